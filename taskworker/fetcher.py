@@ -1,0 +1,120 @@
+"""Claims tasks for the workers, and rescues tasks whose worker vanished.
+
+The fetcher asks only for what can start soon: as many tasks as there are idle
+workers plus a prefetch of one round, at most FETCH_LIMIT per claim. It claims
+again at once while claims come back full, and otherwise sleeps until a NOTIFY,
+a worker going idle, the next retry or lease expiry falling due, or
+FETCH_INTERVAL, whichever comes first.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from gevent.event import Event
+from gevent.queue import Queue
+
+from . import sql
+from .db import Link
+from .inflight import InFlight, Task
+from .logs import log
+from .settings import Settings
+
+RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
+
+
+class Fetcher:
+    def __init__(self, settings: Settings, holder: str, inflight: InFlight, queue: Queue,
+                 idle_workers: Callable[[], int], should_stop: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.holder = holder
+        self.inflight = inflight
+        self.queue = queue
+        self.idle_workers = idle_workers
+        self.should_stop = should_stop
+        self.wake = Event()  # set by the listener, idle workers and shutdown
+        self.link = Link(settings, "fetcher", should_stop=should_stop,
+                         on_reconnect=self._reconnected)
+        self._orphans_possible = False
+        self._next_rescue = 0.0
+        self.claimed = 0  # tasks claimed since start
+        self.rescued = 0  # tasks this process rescued from lost workers
+
+    def slots(self) -> int:
+        """How many tasks to claim now: 0 while the workers have enough."""
+        queued = self.queue.qsize()
+        idle = self.idle_workers()
+        free = idle + self.settings.worker_count - queued
+        batch = min(self.settings.fetch_limit, self.settings.worker_count)
+        if idle > queued or free >= max(1, batch // 2):
+            return min(free, self.settings.fetch_limit)
+        return 0
+
+    def run(self) -> None:
+        while not self.should_stop():
+            self.wake.clear()
+            if self._orphans_possible:
+                self._release_orphans()
+            if time.monotonic() >= self._next_rescue:
+                self.rescue()
+            want = self.slots()
+            if want <= 0:
+                self.wake.wait(self.settings.fetch_interval)
+                continue
+            got = self.claim(want)
+            if got < want and not self.should_stop():
+                self.wake.wait(self._idle_wait())
+
+    def claim(self, limit: int) -> int:
+        rows = self.link.query(sql.claim, {
+            "limit": limit, "holder": self.holder, "lease": self.settings.lease_seconds})
+        rows.sort()
+        for task_id, payload, attempt, rescues in rows:
+            task = Task(task_id, payload, attempt, rescues)
+            self.inflight.add(task)
+            self.queue.put(task)
+        if rows:
+            self.claimed += len(rows)
+            log.info("Fetched %d tasks", len(rows))
+        return len(rows)
+
+    def rescue(self) -> None:
+        """Take back tasks whose lease expired: their process stopped responding."""
+        self._next_rescue = time.monotonic() + min(RESCUE_EVERY, self.settings.fetch_interval)
+        rows = self.link.query(sql.rescue, {"max_rescues": self.settings.max_rescues})
+        if not rows:
+            return
+        back = sorted(task_id for task_id, status in rows if status == "pending")
+        parked = sorted(task_id for task_id, status in rows if status == "error")
+        self.rescued += len(rows)
+        log.warning("Rescued %d tasks whose worker stopped responding: %s",
+                    len(rows), ", ".join(map(str, sorted(back + parked))))
+        for task_id in parked:
+            log.warning("Task ID: %d parked in error: its worker was lost more than "
+                        "MAX_RESCUES=%d times", task_id, self.settings.max_rescues,
+                        extra={"task_id": task_id})
+        if back:
+            self.link.query(sql.wake_others)
+
+    def _idle_wait(self) -> float:
+        """Seconds to sleep when the table had nothing for us."""
+        retry_due, lease_due = self.link.query(sql.next_due)[0]
+        wait = self.settings.fetch_interval
+        for due in (retry_due, lease_due):
+            if due is not None:
+                wait = min(wait, max(float(due), 0.0) + 0.01)
+        return wait
+
+    def _reconnected(self) -> None:
+        # A claim may have committed while its reply was lost with the old
+        # connection: those rows are ours in the table but unknown here.
+        self._orphans_possible = True
+        self.wake.set()
+
+    def _release_orphans(self) -> None:
+        self._orphans_possible = False
+        rows = self.link.query(sql.release_orphans,
+                               {"holder": self.holder, "known": self.inflight.ids()})
+        if rows:
+            log.warning("Gave back %d tasks claimed before the connection was lost: %s",
+                        len(rows), ", ".join(str(r[0]) for r in sorted(rows)))

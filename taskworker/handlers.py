@@ -1,0 +1,74 @@
+"""What a task does: the demo handler, and loading the one TASK_HANDLER names.
+
+A handler is any callable `handler(payload)` returning the result text (or None).
+If it also accepts a `task` keyword, it is called as `handler(payload, task=...)`
+with a `TaskContext` (id, attempt, worker number, settings). Raising any
+exception fails the task; the stored error is `ExceptionType: message`.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import random
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import gevent
+
+from .settings import Settings
+
+Handler = Callable[..., Optional[str]]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    id: int
+    attempt: int  # 1 on the first run, counting every claim that ran the task
+    worker: int  # the worker greenlet's number, as in the log lines
+    settings: Settings
+
+
+class HandlerError(Exception):
+    """TASK_HANDLER cannot be used; str() is one line for the user."""
+
+
+class SimulatedFailure(Exception):
+    """The demo handler's random failure (TASK_FAILURE_RATE)."""
+
+
+def demo(payload: Optional[str], task: TaskContext) -> str:
+    """The original's work: sleep 1-4 s, reverse the payload, fail 1 in 10.
+
+    The payload is reversed by code point, so non-ASCII text stays valid text.
+    The sleep and failure rate come from TASK_MIN_SECONDS, TASK_MAX_SECONDS and
+    TASK_FAILURE_RATE, so tests and benchmarks can run it with no sleep.
+    """
+    s = task.settings
+    if s.task_max_seconds > 0:
+        gevent.sleep(random.uniform(s.task_min_seconds, s.task_max_seconds))
+    if payload is None:
+        raise ValueError("payload is NULL")
+    if s.task_failure_rate and random.random() < s.task_failure_rate:
+        raise SimulatedFailure("random failure")
+    return payload[::-1]
+
+
+def load(path: str) -> tuple[Handler, bool]:
+    """Import `package.module:function`; return it and whether it takes `task=`."""
+    module_name, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except Exception as exc:  # ImportError, AttributeError, or the module's own error
+        raise HandlerError(f"cannot load TASK_HANDLER={path!r}: "
+                           f"{type(exc).__name__}: {exc}") from None
+    if not callable(obj):
+        raise HandlerError(f"cannot load TASK_HANDLER={path!r}: not callable")
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # some builtins have no signature
+        return obj, False
+    takes_task = "task" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return obj, takes_task

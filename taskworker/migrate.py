@@ -1,0 +1,68 @@
+"""Apply migrations/NNN_name.sql in order, each once, each in its own transaction.
+
+Applied versions are recorded in schema_migrations. A session advisory lock makes
+two `taskworker migrate` run at the same moment take turns instead of racing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from . import sql
+from .db import connect
+from .logs import log
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+
+def _folder() -> Path:
+    """migrations/ of a source checkout, else the copy installed as package data."""
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("taskworker.migrations")))
+
+
+def available() -> list[Migration]:
+    """All migration files, by version."""
+    found = []
+    for path in _folder().glob("*.sql"):
+        m = re.match(r"(\d+)_", path.name)
+        if m:
+            found.append(Migration(int(m.group(1)), path.name, path.read_text("utf-8")))
+    return sorted(found, key=lambda mig: mig.version)
+
+
+def run(settings: Settings) -> list[str]:
+    """Apply what is missing; return the names applied (empty when up to date)."""
+    conn = connect(settings, autocommit=True, name="taskworker migrate", statement_timeout=0)
+    applied_now = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.migrations_lock)
+            cur.execute(sql.migrations_table)
+            cur.execute(sql.migrations_applied)
+            done = {row[0] for row in cur.fetchall()}
+        for mig in available():
+            if mig.version in done:
+                continue
+            conn.autocommit = False
+            with conn, conn.cursor() as cur:  # one transaction per migration
+                cur.execute(mig.text)
+                cur.execute(sql.migration_record, {"version": mig.version, "name": mig.name})
+            conn.autocommit = True
+            log.info("Applied migration %s", mig.name)
+            applied_now.append(mig.name)
+        with conn.cursor() as cur:
+            cur.execute(sql.migrations_unlock)
+    finally:
+        conn.close()
+    return applied_now

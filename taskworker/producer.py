@@ -1,0 +1,1 @@
+"""Placeholder: enqueue from application code arrives with part 4."""

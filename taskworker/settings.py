@@ -1,0 +1,212 @@
+"""The one place configuration is read and validated.
+
+`load()` turns the environment (plus `.env` and command-line overrides, which the
+CLI merges in) into one frozen `Settings`. Every bad value stops here with a
+`SettingsError` naming the variable and the value, so the rest of the code can
+trust what it is given.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+DEFAULT_DATABASE_URL = "postgres://postgres@localhost:5432/taskprocessor?sslmode=disable"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("plain", "json")
+
+T = TypeVar("T")
+
+
+class SettingsError(Exception):
+    """A configuration value is unusable; str() is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str  # libpq URL or key=value string; never logged unmasked
+    worker_count: int = 5  # worker greenlets in the pool
+    fetch_interval: float = 5.0  # seconds between fetches when there is nothing to do
+    fetch_limit: int = 10  # most tasks one claim takes
+    task_min_seconds: float = 1.0  # demo handler: shortest simulated work
+    task_max_seconds: float = 4.0  # demo handler: longest simulated work
+    task_failure_rate: float = 0.1  # demo handler: share of tasks that fail
+    task_handler: str = "taskworker.handlers:demo"  # module:function run for each task
+    log_level: str = "INFO"
+    log_format: str = "plain"  # plain (the original's lines) or json
+    lease_seconds: float = 30.0  # how long a claim holds a task without a heartbeat
+    max_retries: int = 0  # handler failures re-queued before the task ends in error
+    retry_backoff: float = 5.0  # base of the exponential retry delay, seconds
+    max_rescues: int = 3  # times a task may lose its worker before it is parked
+    task_timeout: float = 300.0  # seconds a handler may run; 0 = no limit
+    shutdown_timeout: float = 30.0  # seconds running tasks get to finish on Ctrl+C
+    statement_timeout: float = 10.0  # server-side bound on every query, seconds
+    connect_timeout: float = 10.0  # bound on one connection attempt, seconds
+    listen: bool = True  # wake on LISTEN/NOTIFY (false for PgBouncer transaction mode)
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with its password masked, for logs."""
+        return mask_password(self.database_url)
+
+
+# --- parsers: each takes the raw string and returns the value or raises ValueError
+
+
+def _duration(raw: str) -> float:
+    """Seconds from `5`, `5s`, `1.5`, `500ms`, `2m`, `1h`, `7d`."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*", raw)
+    if not m:
+        raise ValueError("expected a duration such as 5, 5s, 1.5 or 500ms")
+    scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def parse_duration(raw: str) -> float:
+    """Public form of the duration parser, for CLI options such as --older-than."""
+    return _duration(raw)
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(options: tuple[str, ...], upper: bool) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in options:
+            raise ValueError("expected one of " + ", ".join(options))
+        return value
+
+    return parse
+
+
+def _handler_path(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", raw.strip()):
+        raise ValueError("expected package.module:function")
+    return raw.strip()
+
+
+def _database_url(raw: str) -> str:
+    from psycopg2.extensions import parse_dsn  # no sockets: safe before patching
+
+    try:
+        parse_dsn(raw)
+    except Exception as exc:  # psycopg2 raises ProgrammingError with libpq's text
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparseable"
+        raise ValueError(f"not a PostgreSQL connection string ({reason})") from None
+    if "=" not in raw and "://" not in raw:
+        raise ValueError("not a PostgreSQL connection string")
+    return raw
+
+
+def _at_least(minimum: float, parse: Callable[[str], T]) -> Callable[[str], T]:
+    def check(raw: str) -> T:
+        value = parse(raw)
+        if value < minimum:  # type: ignore[operator]
+            raise ValueError(f"must be at least {minimum:g}")
+        return value
+
+    return check
+
+
+def _above_zero(parse: Callable[[str], T]) -> Callable[[str], T]:
+    def check(raw: str) -> T:
+        value = parse(raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError("must be greater than 0")
+        return value
+
+    return check
+
+
+def _fraction(raw: str) -> float:
+    value = _float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+# Environment variable -> (Settings field, parser).
+FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
+    "DATABASE_URL": ("database_url", _database_url),
+    "WORKER_COUNT": ("worker_count", _at_least(1, _int)),
+    "FETCH_INTERVAL": ("fetch_interval", _above_zero(_duration)),
+    "FETCH_LIMIT": ("fetch_limit", _at_least(1, _int)),
+    "TASK_MIN_SECONDS": ("task_min_seconds", _at_least(0, _duration)),
+    "TASK_MAX_SECONDS": ("task_max_seconds", _at_least(0, _duration)),
+    "TASK_FAILURE_RATE": ("task_failure_rate", _fraction),
+    "TASK_HANDLER": ("task_handler", _handler_path),
+    "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS, upper=True)),
+    "LOG_FORMAT": ("log_format", _choice(LOG_FORMATS, upper=False)),
+    "LEASE_SECONDS": ("lease_seconds", _at_least(1, _duration)),
+    "MAX_RETRIES": ("max_retries", _at_least(0, _int)),
+    "RETRY_BACKOFF": ("retry_backoff", _at_least(0, _duration)),
+    "MAX_RESCUES": ("max_rescues", _at_least(0, _int)),
+    "TASK_TIMEOUT": ("task_timeout", _at_least(0, _duration)),
+    "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _at_least(0, _duration)),
+    "STATEMENT_TIMEOUT": ("statement_timeout", _above_zero(_duration)),
+    "CONNECT_TIMEOUT": ("connect_timeout", _above_zero(_duration)),
+    "LISTEN": ("listen", _bool),
+}
+
+
+def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Settings:
+    """Build the Settings from `env`, with `overrides` (CLI options) winning.
+
+    Both map environment-variable names to raw strings; a None override is ignored.
+    """
+    merged = dict(env)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    values: dict[str, object] = {"database_url": DEFAULT_DATABASE_URL}
+    for var, (field, parse) in FIELDS.items():
+        raw = merged.get(var)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            shown = mask_password(raw) if var == "DATABASE_URL" else raw
+            raise SettingsError(f"invalid {var}={shown!r}: {exc}") from None
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if settings.task_min_seconds > settings.task_max_seconds:
+        raise SettingsError(
+            f"invalid TASK_MIN_SECONDS={settings.task_min_seconds:g}: "
+            f"must not exceed TASK_MAX_SECONDS={settings.task_max_seconds:g}"
+        )
+    return settings
+
+
+def mask_password(url: str) -> str:
+    """Replace the password of a URL or key=value connection string with ****."""
+    if "://" in url:
+        try:
+            parts = urlsplit(url)
+            if parts.password is not None:
+                host = parts.netloc.rsplit("@", 1)[1]
+                url = urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
+        except ValueError:  # e.g. a bad port: still mask what looks like user:pass@
+            url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
+        return re.sub(r"([?&]password=)[^&]*", r"\1****", url)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1****", url)
+

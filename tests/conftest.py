@@ -1,0 +1,83 @@
+"""Shared fixtures: a real PostgreSQL server, one migrated template database per
+session, a cheap copy of it per test, and taskworker run as subprocesses.
+
+No gevent here on purpose: the pytest process talks to the database with plain
+blocking psycopg2; everything that patches runs in a child process.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import psycopg2
+import pytest
+from pgserver import server_url, temp_database
+from proc import ServeProcess, run_cli
+
+
+@pytest.fixture(scope="session")
+def pg_base_url() -> Iterator[str]:
+    """URL of a superuser connection: $TEST_DATABASE_URL if it answers, else a throwaway cluster."""
+    with server_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_base_url: str) -> Iterator[str]:
+    """Name of a database migrated once per session with `taskworker migrate`."""
+    with temp_database(pg_base_url, prefix="tw_template_") as (name, url):
+        code, out, err = run_cli(["migrate"], env={"DATABASE_URL": url})
+        assert code == 0, f"taskworker migrate exited {code}\nstdout:\n{out}\nstderr:\n{err}"
+        yield name
+
+
+@pytest.fixture
+def empty_db_url(pg_base_url: str) -> Iterator[str]:
+    """URL of a fresh database with no schema at all."""
+    with temp_database(pg_base_url) as (_, url):
+        yield url
+
+
+@pytest.fixture
+def db_url(pg_base_url: str, template_db: str) -> Iterator[str]:
+    """URL of a fresh, migrated database (a copy of `template_db`)."""
+    with temp_database(pg_base_url, template=template_db) as (_, url):
+        yield url
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg2.extensions.connection]:
+    """Autocommit psycopg2 connection to `db_url`, for setting up and asserting."""
+    conn = psycopg2.connect(db_url, connect_timeout=10)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+ServeFactory = Callable[..., ServeProcess]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[ServeFactory]:
+    """Factory: serve(db_url, env={...}, args=[...]) starts `taskworker serve`.
+
+    cwd is an empty temp dir; output goes to tmp_path/serve-N.log. Processes
+    still alive at teardown are SIGKILLed.
+    """
+    started: list[ServeProcess] = []
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    counter = itertools.count(1)
+
+    def start(db_url: str, env: Mapping[str, str] | None = None,
+              args: Sequence[str] = ()) -> ServeProcess:
+        log = tmp_path / f"serve-{next(counter)}.log"
+        p = ServeProcess(args, {"DATABASE_URL": db_url, **(env or {})}, str(cwd), str(log))
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.kill()

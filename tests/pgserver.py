@@ -1,0 +1,174 @@
+"""A PostgreSQL server for the tests: an existing one, or a throwaway cluster.
+
+Tests need a real server (SKIP LOCKED, LISTEN/NOTIFY, template databases), but
+must not depend on one being configured. `server_url()` uses TEST_DATABASE_URL
+when it answers and otherwise starts a private cluster on a free port, which is
+thrown away afterwards. The module has no pytest dependency so scripts (the
+README demo) can reuse it: `python tests/pgserver.py` starts a cluster, prints
+its URL and keeps it up until Ctrl+C / SIGTERM.
+
+initdb and pg_ctl refuse to run as root, so as root they run as the `postgres`
+OS user via runuser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import psycopg2
+from psycopg2.extensions import make_dsn
+from psycopg2.sql import SQL, Identifier
+
+SERVER_USER = "postgres"  # OS user that runs initdb/pg_ctl when we are root
+
+
+def can_connect(url: str, timeout: int = 3) -> bool:
+    """Return whether a connection to `url` succeeds within `timeout` seconds."""
+    try:
+        psycopg2.connect(url, connect_timeout=timeout).close()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+def database_url(base_url: str, dbname: str) -> str:
+    """Return `base_url` pointing at database `dbname` (URL or key=value DSN)."""
+    if "://" in base_url:
+        return urlsplit(base_url)._replace(path="/" + dbname).geturl()
+    return make_dsn(base_url, dbname=dbname)
+
+
+def _bin(name: str) -> str:
+    """Locate a server binary: $PG_BINDIR, then PATH, then the newest Debian install."""
+    if os.environ.get("PG_BINDIR"):
+        return os.path.join(os.environ["PG_BINDIR"], name)
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    if not versions:
+        raise RuntimeError(f"{name} not found: set PG_BINDIR to PostgreSQL's bin directory")
+    return os.path.join(versions[-1], name)
+
+
+def _run_as_server_user(args: list[str], cwd: str) -> None:
+    if os.geteuid() == 0:
+        args = ["runuser", "-u", SERVER_USER, "--", *args]
+    subprocess.run(args, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30) -> Iterator[str]:
+    """Run a private cluster in a temp dir; yield its superuser URL, then destroy it.
+
+    TCP on 127.0.0.1 only, unix socket inside the temp dir, trust auth. Durability
+    is switched off (fsync etc.): the data is thrown away anyway.
+    """
+    root = tempfile.mkdtemp(prefix="tw-pg-")
+    data, log = os.path.join(root, "data"), os.path.join(root, "server.log")
+    if os.geteuid() == 0:
+        shutil.chown(root, SERVER_USER, SERVER_USER)
+    started = False
+    try:
+        _run_as_server_user([_bin("initdb"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                             "--locale=C", "--no-sync", "-D", data], cwd=root)
+        port = _free_port()
+        options = (f"-h 127.0.0.1 -p {port} -k {root} -c max_connections={max_connections}"
+                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        try:
+            started = True  # pg_ctl may leave a server behind even when it reports failure
+            _run_as_server_user([_bin("pg_ctl"), "start", "-w", "-t", str(int(start_timeout)),
+                                 "-D", data, "-l", log, "-o", options], cwd=root)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"postgres did not start: {exc.stderr!r}\n{_read(log)}") from exc
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        deadline = time.monotonic() + start_timeout
+        while not can_connect(url):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"postgres does not answer at {url}\n{_read(log)}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        if started:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run_as_server_user([_bin("pg_ctl"), "stop", "-m", "immediate", "-D", data],
+                                    cwd=root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _read(path: str) -> str:
+    with contextlib.suppress(OSError), open(path, errors="replace") as f:
+        return f.read()
+    return ""
+
+
+@contextlib.contextmanager
+def server_url(env_var: str = "TEST_DATABASE_URL") -> Iterator[str]:
+    """Yield $TEST_DATABASE_URL if it answers within 3 s, else a throwaway cluster's URL."""
+    url = os.environ.get(env_var)
+    if url and can_connect(url):
+        yield url
+        return
+    with throwaway_cluster() as url:
+        yield url
+
+
+def _admin(base_url: str, statement: SQL) -> None:
+    conn = psycopg2.connect(base_url, connect_timeout=10)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def temp_database(base_url: str, prefix: str = "tw_", template: str | None = None
+                  ) -> Iterator[tuple[str, str]]:
+    """Create database `<prefix><random>` (optionally from `template`); yield (name, url).
+
+    The database is dropped WITH (FORCE) afterwards, so connections a test left
+    open (or a killed subprocess's backends) do not block the drop.
+    """
+    name = prefix + secrets.token_hex(4)
+    create = SQL("CREATE DATABASE {}").format(Identifier(name))
+    if template:
+        create = SQL("{} TEMPLATE {}").format(create, Identifier(template))
+    _admin(base_url, create)
+    try:
+        yield name, database_url(base_url, name)
+    finally:
+        _admin(base_url, SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(name)))
+
+
+def main() -> None:
+    """Start a throwaway cluster, print its URL, keep it up until SIGINT/SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with throwaway_cluster() as url:
+        print(url, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                signal.pause()
+
+
+if __name__ == "__main__":
+    main()

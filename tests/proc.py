@@ -1,0 +1,94 @@
+"""Run the taskworker CLI as a subprocess, the way a user does.
+
+Signals are process-wide and gevent patches the whole interpreter, so tests
+never import or patch taskworker in the pytest process: they run
+`python -m taskworker ...` in a child with its own environment and a temp cwd
+(so a developer's `.env` in the checkout is not picked up via the cwd).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+
+CLI = [sys.executable, "-m", "taskworker"]
+
+
+def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return os.environ + unbuffered output + `overrides`."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **(overrides or {})}
+
+
+def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 60,
+            input: str | None = None, cwd: str | None = None) -> tuple[int, str, str]:
+    """Run `taskworker *args` to completion; return (exit code, stdout, stderr).
+
+    `env` overrides os.environ. `cwd` defaults to a fresh empty temp dir.
+    Raises subprocess.TimeoutExpired (child killed) after `timeout` seconds.
+    """
+    with tempfile.TemporaryDirectory(prefix="tw-cli-") as tmp:
+        done = subprocess.run([*CLI, *args], env=child_env(env), cwd=cwd or tmp, input=input,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
+class ServeProcess:
+    """A running `taskworker serve` whose stdout+stderr go to a log file."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: str,
+                 log_path: str) -> None:
+        self.log_path = log_path
+        with open(log_path, "wb") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen([*CLI, "serve", *args], env=child_env(env), cwd=cwd,
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def output(self) -> str:
+        """Everything the process has written so far."""
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        """Poll the log until `pattern` (regex, MULTILINE) matches; return the match.
+
+        Fails early if the process exits without printing it.
+        """
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.proc.poll() is not None  # read the log after this, not before
+            match = regex.search(self.output())
+            if match:
+                return match
+            if exited:
+                why = f"process exited with code {self.proc.returncode}"
+                break
+            if time.monotonic() > deadline:
+                why = f"timed out after {timeout}s"
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in serve output ({why}):\n{self.output()}")
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` (e.g. signal.SIGINT) to the process."""
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        """Wait for exit and return the exit code; AssertionError with the log on timeout."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"serve still running after {timeout}s:\n{self.output()}") from None
+
+    def kill(self) -> None:
+        """SIGKILL the process if it is still alive and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()

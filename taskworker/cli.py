@@ -1,4 +1,5 @@
-"""The `taskworker` command: migrate, seed, serve.
+"""The `taskworker` command: migrate, seed, serve; enqueue, status, show, retry,
+cancel, prune (their bodies are in admin.py).
 
 Configuration comes from the environment and `.env` in the current folder (the
 environment wins), and options override both. Every error a user can cause ends
@@ -9,14 +10,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
+import psycopg2
 from dotenv import dotenv_values
 
-from . import __version__, logs, migrate as migrations, sql
-from .db import DatabaseUnavailable, connect
+from . import __version__, admin, logs, sql
+from . import migrate as migrations
+from .db import DatabaseUnavailable, connect, first_line
 from .logs import log
 from .settings import Settings, SettingsError, load
 
@@ -125,7 +130,8 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE
                          the demo handler's sleep (1s to 4s) and failures (0.1)
     """
-    from .handlers import HandlerError, load as load_handler
+    from .handlers import HandlerError
+    from .handlers import load as load_handler
     from .worker import Processor, SchemaMissing, check_schema
 
     settings = load_settings({"WORKER_COUNT": workers, "FETCH_INTERVAL": fetch_interval,
@@ -141,6 +147,174 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
         fail(str(exc), EXIT_RUNTIME)
     code = Processor(settings, function, takes_task).run()
     sys.exit(code)
+
+# --- feeding, inspecting and steering the queue: declarations here, bodies in admin.py
+
+T = TypeVar("T")
+
+
+def checked(function: Callable[..., T], *args: Any) -> T:
+    """function(*args), with an admin.CommandError ending the command in one line."""
+    try:
+        return function(*args)
+    except admin.CommandError as exc:
+        fail(str(exc), exc.code)
+
+
+@contextmanager
+def database(settings: Settings, command: str, autocommit: bool = True,
+             ) -> Iterator[psycopg2.extensions.connection]:
+    """A connection to a migrated database; any failure inside ends in one line."""
+    from .worker import SchemaMissing, check_schema
+
+    admin.keyboard_interrupts()
+    try:
+        check_schema(settings)
+        conn = connect(settings, autocommit=autocommit, name=f"taskworker {command}")
+    except (DatabaseUnavailable, SchemaMissing) as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    try:
+        yield conn
+    except admin.CommandError as exc:
+        fail(str(exc), exc.code)
+    except psycopg2.Error as exc:
+        fail(f"database error: {first_line(exc)}", EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    finally:
+        conn.close()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+
+
+@cli.command()
+@click.argument("payloads", nargs=-1, required=True, metavar="PAYLOAD...")
+@click.option("--run-at", metavar="TIME",
+              help="Due at TIME, ISO 8601: 2030-01-31T08:00 (local time) or with an offset.")
+@click.option("--delay", metavar="DURATION", help="Due DURATION from now: 30s, 10m, 2h, 1d.")
+@click.option("--batch-size", default=admin.ENQUEUE_BATCH, show_default=True,
+              type=click.IntRange(min=1), help="Rows per INSERT (and per commit for -).")
+def enqueue(payloads: tuple[str, ...], run_at: str | None, delay: str | None,
+            batch_size: int) -> None:
+    """Add one pending task per PAYLOAD; print their ids, one per line.
+
+    Several PAYLOADs are inserted in one transaction. `taskworker enqueue -`
+    reads one payload per line from stdin (UTF-8; blank lines skipped) and
+    commits every --batch-size lines, printing the ids as they are committed; a
+    progress bar shows on stderr when it is a terminal and stdout is not.
+
+    \b
+      taskworker enqueue "resize photo 1" "resize photo 2"
+      taskworker enqueue --delay 10m "send the reminder"
+      taskworker enqueue - < payloads.txt > ids.txt
+    """
+    settings = load_settings()
+    when = checked(admin.schedule, run_at, delay)
+    with database(settings, "enqueue", autocommit=False) as conn:
+        admin.enqueue(conn, payloads, when, batch_size)
+
+
+@cli.command()
+@json_option
+@click.option("--watch", "-w", metavar="[SECONDS]", is_flag=False, flag_value="2",
+              help="Refresh every SECONDS (2 if not given) until Ctrl+C.")
+def status(as_json: bool, watch: str | None) -> None:
+    """Show the queue at a glance.
+
+    \b
+    STATUS   tasks in each status; "scheduled for later": pending tasks not
+             due yet (waiting out a retry backoff, or enqueued with --delay)
+    oldest due task waiting
+             time since the run_at of the oldest pending task that is due
+    rescued in the last hour
+             tasks rescued at least once (their process stopped renewing the
+             lease) whose row changed in the last hour (the schema keeps no
+             rescue times: a good estimate, not an exact count)
+    pending retries
+             pending tasks with attempts > 0: they failed or lost their worker
+             and wait to run again (a count now, not over the last hour)
+    HOLDER   running tasks per process (locked_by = host:pid:random) and the
+             time left on its soonest lease ("expired": it stopped renewing)
+    ERRORS   the 5 most frequent error texts among tasks in error
+    """
+    interval = None if watch is None else checked(admin.duration, "--watch", watch)
+    if interval is not None and interval <= 0:
+        fail(f"invalid --watch={watch!r}: must be greater than 0", EXIT_CONFIG)
+    settings = load_settings()
+    with database(settings, "status") as conn:
+        if interval is None:
+            admin.status(conn, as_json)
+        else:
+            admin.watch(conn, lambda: connect(settings, name="taskworker status"), interval,
+                        as_json)
+
+
+@cli.command()
+@click.argument("task_id", metavar="ID", type=int)
+@json_option
+def show(task_id: int, as_json: bool) -> None:
+    """Print one task, every column."""
+    with database(load_settings(), "show") as conn:
+        admin.show(conn, task_id, as_json)
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option("--all-errors", is_flag=True, help="Every task in error instead of IDs.")
+@click.option("--since", metavar="DURATION",
+              help="With --all-errors: only tasks that ended within DURATION (1h, 2d).")
+def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
+    """Put tasks in error back to pending, due now; print how many.
+
+    A retried task starts over as if new: attempts and rescues go back to 0, so
+    it gets the whole MAX_RETRIES and MAX_RESCUES budget again (a task parked as
+    "abandoned" runs again too). Its error column keeps the last error. Exit
+    status 1 when a named ID was not retried, with one line for each.
+    """
+    if bool(ids) == all_errors:
+        fail("give task IDs or --all-errors (not both)", EXIT_CONFIG)
+    if since is not None and not all_errors:
+        fail("--since goes with --all-errors", EXIT_CONFIG)
+    seconds = None if since is None else checked(admin.duration, "--since", since)
+    with database(load_settings(), "retry") as conn:
+        code = admin.retry(conn, ids or None, seconds)
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, type=int, required=True, metavar="ID...")
+def cancel(ids: tuple[int, ...]) -> None:
+    """Cancel pending tasks (status cancelled: no worker will run them).
+
+    Running tasks cannot be cancelled cleanly yet: they are left alone. Exit
+    status 0 when every ID was cancelled, else 1 with one line per ID that was not.
+    """
+    with database(load_settings(), "cancel") as conn:
+        code = admin.cancel(conn, ids)
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--older-than", required=True, metavar="DURATION",
+              help="Delete tasks last changed (updated_at) more than DURATION ago: 7d, 12h.")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(admin.FINISHED),
+              help="Only this status (repeatable). [default: done, error and cancelled]")
+@click.option("--batch-size", default=admin.PRUNE_BATCH, show_default=True,
+              type=click.IntRange(min=1), help="Rows per DELETE statement.")
+def prune(older_than: str, statuses: tuple[str, ...], batch_size: int) -> None:
+    """Delete finished tasks; print how many.
+
+    Pending and running tasks are never deleted. Each batch is its own short
+    transaction, so workers and producers are not held up while it runs.
+
+    \b
+      taskworker prune --older-than 7d
+      taskworker prune --older-than 1d --status done
+    """
+    seconds = checked(admin.duration, "--older-than", older_than)
+    with database(load_settings(), "prune") as conn:
+        admin.prune(conn, seconds, statuses or admin.FINISHED, batch_size)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ holds that attempt; the rest are reported as lease lost.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from gevent.queue import Queue
 

@@ -4,7 +4,15 @@ gevent's monkey patching must happen before anything else imports socket,
 threading or time, and psycogreen's wait callback before the first connection
 is made; so these are the first lines run, and the CLI is imported after them.
 """
-from gevent import monkey
+import signal
+import sys
+
+# Ctrl+C while the interpreter is still importing: nothing is claimed yet, so
+# leave quietly instead of printing a KeyboardInterrupt traceback. `serve`
+# replaces this with its graceful handler once it runs.
+signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(130))
+
+from gevent import monkey  # noqa: E402
 
 monkey.patch_all()
 

@@ -5,11 +5,17 @@ workers plus a prefetch of one round, at most FETCH_LIMIT per claim. It claims
 again at once while claims come back full, and otherwise sleeps until a NOTIFY,
 a worker going idle, the next retry or lease expiry falling due, or
 FETCH_INTERVAL, whichever comes first.
+
+A task whose worker was lost MAX_RESCUES times (the rescue flags it run_alone)
+gets its last run alone: the fetcher stops claiming, waits until every task it
+holds is run and written, claims that one task, and waits for it in turn. If it
+kills the process again, only that task is charged and parked, not the innocent
+tasks that would have run beside it.
 """
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from gevent.event import Event
 from gevent.queue import Queue
@@ -21,6 +27,7 @@ from .logs import log
 from .settings import Settings
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
+DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
 
 
 class Fetcher:
@@ -37,6 +44,7 @@ class Fetcher:
                          on_reconnect=self._reconnected)
         self._orphans_possible = False
         self._next_rescue = 0.0
+        self._alone_waiting = False  # a task that must run alone may be due
         self.claimed = 0  # tasks claimed since start
         self.rescued = 0  # tasks this process rescued from lost workers
 
@@ -57,6 +65,9 @@ class Fetcher:
                 self._release_orphans()
             if time.monotonic() >= self._next_rescue:
                 self.rescue()
+            if self._alone_waiting:
+                self._run_alone()
+                continue
             want = self.slots()
             if want <= 0:
                 self.wake.wait(self.settings.fetch_interval)
@@ -82,6 +93,8 @@ class Fetcher:
         """Take back tasks whose lease expired: their process stopped responding."""
         self._next_rescue = time.monotonic() + min(RESCUE_EVERY, self.settings.fetch_interval)
         rows = self.link.query(sql.rescue, {"max_rescues": self.settings.max_rescues})
+        if not self._alone_waiting:  # (even with MAX_RESCUES=0: flagged by an earlier run)
+            self._alone_waiting = self.link.query(sql.alone_waiting)[0][0]
         if not rows:
             return
         back = sorted(task_id for task_id, status in rows if status == "pending")
@@ -95,6 +108,23 @@ class Fetcher:
                         extra={"task_id": task_id})
         if back:
             self.link.query(sql.wake_others)
+
+    def _run_alone(self) -> None:
+        """Drain, then claim one task that must run alone and let it finish."""
+        if len(self.inflight):  # claimed tasks not yet run and written
+            self.wake.wait(DRAIN_POLL)
+            return
+        rows = self.link.query(sql.claim_alone, {
+            "holder": self.holder, "lease": self.settings.lease_seconds})
+        if not rows:
+            self._alone_waiting = False
+            return
+        task = Task(*rows[0])
+        log.warning("Task ID: %d lost its worker %d times: running it alone",
+                    task.id, task.rescues, extra={"task_id": task.id})
+        self.claimed += 1
+        self.inflight.add(task)
+        self.queue.put(task)
 
     def _idle_wait(self) -> float:
         """Seconds to sleep when the table had nothing for us."""

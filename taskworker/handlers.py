@@ -10,14 +10,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import gevent
 
 from .settings import Settings
 
-Handler = Callable[..., Optional[str]]
+Handler = Callable[..., str | None]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class SimulatedFailure(Exception):
     """The demo handler's random failure (TASK_FAILURE_RATE)."""
 
 
-def demo(payload: Optional[str], task: TaskContext) -> str:
+def demo(payload: str | None, task: TaskContext) -> str:
     """The original's work: sleep 1-4 s, reverse the payload, fail 1 in 10.
 
     The payload is reversed by code point, so non-ASCII text stays valid text.

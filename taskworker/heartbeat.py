@@ -7,7 +7,7 @@ lost, so a worker skips it if it has not started it yet.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import gevent
 

@@ -7,8 +7,8 @@ the leases of exactly these.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
 
 DONE = "done"
 ERROR = "error"
@@ -19,7 +19,7 @@ RELEASE = "release"  # given back to pending untouched, attempt not counted
 @dataclass(eq=False)
 class Task:
     id: int
-    payload: Optional[str]
+    payload: str | None
     attempt: int  # attempts after this claim
     rescues: int  # times an earlier worker was lost running it
     lost: bool = False  # the heartbeat found the lease taken away
@@ -30,9 +30,9 @@ class Outcome:
     task: Task
     worker: int  # 0: not run by a worker (given back from the local queue)
     kind: str  # DONE, ERROR, RETRY or RELEASE
-    result: Optional[str] = None
-    error: Optional[str] = None
-    delay: Optional[float] = None  # RETRY: seconds until the task is due again
+    result: str | None = None
+    error: str | None = None
+    delay: float | None = None  # RETRY: seconds until the task is due again
 
 
 @dataclass

@@ -9,8 +9,7 @@ FETCH_INTERVAL polling stays as the safety net.
 from __future__ import annotations
 
 import random
-import socket
-from typing import Callable
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -69,7 +68,7 @@ class Listener:
         while True:
             try:
                 wait_read(conn.fileno(), timeout=PING_EVERY)
-            except socket.timeout:
+            except TimeoutError:
                 with conn.cursor() as cur:  # raises if the server went away
                     cur.execute("SELECT 1")
             conn.poll()

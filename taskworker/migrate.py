@@ -28,7 +28,7 @@ def _folder() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "migrations"
     if checkout.is_dir():
         return checkout
-    return Path(str(resources.files("taskworker.migrations")))
+    return Path(str(resources.files("taskworker") / "migrations"))
 
 
 def available() -> list[Migration]:

@@ -1,1 +1,102 @@
-"""Placeholder: enqueue from application code arrives with part 4."""
+"""Enqueue tasks from application code, inside the application's own transaction.
+
+    import taskworker
+
+    with conn:                                   # the application's psycopg2 connection
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO orders ...")
+            taskworker.enqueue(cur, "order 42")  # same transaction as the order row
+
+The task exists only if the application commits: a rollback takes the task with
+it, and workers cannot see it before the commit (the NOTIFY that wakes them is
+sent at commit too). These functions never commit, roll back or change the
+connection's settings; in autocommit mode each call is its own transaction.
+
+This module imports neither gevent nor anything that patches: it works in a plain
+blocking program, a threaded one, or under gevent alike.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg2.extensions
+
+from . import sql
+
+BATCH_SIZE = 5000  # payloads per INSERT statement in enqueue_many
+
+RunAt = datetime | timedelta | None
+
+
+def enqueue(conn_or_cursor: Any, payload: str, *, run_at: RunAt = None) -> int:
+    """Insert one pending task and return its id.
+
+    `conn_or_cursor` is a psycopg2 connection or cursor; the insert joins its
+    current transaction. `run_at` delays the task: a timezone-aware datetime, or
+    a timedelta counted from the database's now(); None means as soon as possible.
+    """
+    return enqueue_many(conn_or_cursor, [payload], run_at=run_at)[0]
+
+
+def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, run_at: RunAt = None,
+                 batch_size: int = BATCH_SIZE) -> list[int]:
+    """Insert one pending task per payload; return their ids in the payloads' order.
+
+    One INSERT statement per `batch_size` payloads, all in the caller's
+    transaction. `run_at` applies to every task (see `enqueue`).
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    when, delay = _schedule(run_at)
+    ids: list[int] = []
+    with _Cursor(conn_or_cursor) as cur:
+        it = iter(payloads)
+        while batch := list(itertools.islice(it, batch_size)):
+            for payload in batch:
+                if not isinstance(payload, str):
+                    raise TypeError(f"payload must be str, not {type(payload).__name__}")
+            cur.execute(sql.enqueue, {"payloads": batch, "run_at": when, "delay": delay})
+            # Rows are inserted in payload order (ORDER BY ordinality), so their
+            # identity values increase in that order whatever RETURNING's order is.
+            ids.extend(sorted(row[0] for row in cur.fetchall()))
+    return ids
+
+
+def _schedule(run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
+    """(absolute time, delay) parameters of the insert; at most one is set."""
+    if run_at is None:
+        return None, None
+    if isinstance(run_at, datetime):
+        if run_at.tzinfo is None or run_at.utcoffset() is None:
+            raise ValueError("run_at must be timezone-aware (a naive datetime is ambiguous)")
+        return run_at, None
+    if isinstance(run_at, timedelta):
+        return None, run_at
+    raise TypeError(f"run_at must be a datetime, a timedelta or None, "
+                    f"not {type(run_at).__name__}")
+
+
+class _Cursor:
+    """Use the caller's cursor as is, or open (and close) one on its connection."""
+
+    def __init__(self, conn_or_cursor: Any) -> None:
+        self.given = conn_or_cursor
+        self.opened: Any = None
+
+    def __enter__(self) -> Any:
+        obj = self.given
+        if isinstance(obj, psycopg2.extensions.cursor):
+            return obj
+        if isinstance(obj, psycopg2.extensions.connection) or hasattr(obj, "cursor"):
+            self.opened = obj.cursor()
+            return self.opened
+        if hasattr(obj, "execute"):
+            return obj
+        raise TypeError(f"expected a psycopg2 connection or cursor, not {type(obj).__name__}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.opened is not None:
+            self.opened.close()

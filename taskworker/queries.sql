@@ -8,9 +8,10 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- name: claim
 -- Take up to %(limit)s due pending tasks, oldest first, for this process, in one
 -- statement. SKIP LOCKED: two claimers never wait on, nor take, the same row.
+-- Tasks that must run alone are left to claim_alone.
 WITH picked AS (
     SELECT id FROM tasks
-    WHERE status = 'pending' AND run_at <= now()
+    WHERE status = 'pending' AND run_at <= now() AND NOT run_alone
     ORDER BY run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -28,6 +29,7 @@ RETURNING t.id, t.payload, t.attempts, t.rescues;
 -- name: rescue
 -- Tasks whose lease ran out belong to a process that stopped responding: put them
 -- back to pending, or park them in error once their worker was lost too often.
+-- A task back to pending for its last chance (lost MAX_RESCUES times) will run alone.
 WITH lost AS (
     SELECT id FROM tasks
     WHERE status = 'in_progress' AND locked_until < now()
@@ -41,12 +43,41 @@ SET rescues = t.rescues + 1,
     error = CASE WHEN t.rescues + 1 > %(max_rescues)s
                  THEN 'abandoned: worker lost ' || (t.rescues + 1) || ' times'
                  ELSE t.error END,
+    run_alone = t.rescues + 1 = %(max_rescues)s,
     locked_by = NULL,
     locked_until = NULL,
     updated_at = now()
 FROM lost
 WHERE t.id = lost.id
 RETURNING t.id, t.status;
+
+-- name: alone_waiting
+-- Is a task that must run alone due? (The process then drains and claims it.)
+SELECT EXISTS (SELECT 1 FROM tasks
+               WHERE run_alone AND status = 'pending' AND run_at <= now());
+
+-- name: claim_alone
+-- Take one due task that must run alone (its worker was lost MAX_RESCUES times),
+-- for a process that holds no other task: if the process dies running it, no
+-- other task is charged with the loss. The flag is cleared: if the process dies
+-- again, the rescue parks the task.
+WITH picked AS (
+    SELECT id FROM tasks
+    WHERE run_alone AND status = 'pending' AND run_at <= now()
+    ORDER BY run_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks AS t
+SET status = 'in_progress',
+    run_alone = false,
+    locked_by = %(holder)s,
+    locked_until = now() + %(lease)s * interval '1 second',
+    attempts = t.attempts + 1,
+    updated_at = now()
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id, t.payload, t.attempts, t.rescues;
 
 -- name: next_due
 -- Seconds until the next retry is due and until the next lease expires (NULL: none).
@@ -127,3 +158,113 @@ SELECT version FROM schema_migrations;
 
 -- name: migration_record
 INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: enqueue
+-- Insert one pending task per element of %(payloads)s, in the array's order (ids
+-- increase in that order); all due at %(run_at)s, or now() + %(delay)s, or now().
+INSERT INTO tasks (payload, run_at)
+SELECT p.payload,
+       coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0'))
+FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
+ORDER BY p.n
+RETURNING id;
+
+-- name: cutoff
+-- The database's now(), and now() minus %(seconds)s (NULL when no age is given):
+-- fixed once per command so that batches agree on "older than".
+SELECT now(), now() - %(seconds)s * interval '1 second';
+
+-- name: status_summary
+-- One scan for the status overview: counts by status, pending tasks scheduled for
+-- later, seconds the oldest due pending task has waited (since its run_at), tasks
+-- with a rescue changed in the last hour, and pending tasks after a failed or
+-- lost attempt (attempts > 0: waiting for a retry).
+SELECT count(*) FILTER (WHERE status = 'pending'),
+       count(*) FILTER (WHERE status = 'in_progress'),
+       count(*) FILTER (WHERE status = 'done'),
+       count(*) FILTER (WHERE status = 'error'),
+       count(*) FILTER (WHERE status = 'cancelled'),
+       count(*) FILTER (WHERE status = 'pending' AND run_at > now()),
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'pending'
+                                                      AND run_at <= now())),
+       count(*) FILTER (WHERE rescues > 0 AND updated_at > now() - interval '1 hour'),
+       count(*) FILTER (WHERE status = 'pending' AND attempts > 0)
+FROM tasks;
+
+-- name: status_holders
+-- Running tasks per process holding them, with the seconds left on the soonest
+-- lease to expire (negative: expired, the holder has stopped renewing).
+SELECT locked_by, count(*), extract(epoch FROM min(locked_until) - now())
+FROM tasks
+WHERE status = 'in_progress'
+GROUP BY locked_by
+ORDER BY count(*) DESC, locked_by;
+
+-- name: status_errors
+-- The %(limit)s most frequent error messages among tasks ended in error.
+SELECT error, count(*)
+FROM tasks
+WHERE status = 'error'
+GROUP BY error
+ORDER BY count(*) DESC, error
+LIMIT %(limit)s;
+
+-- name: task_get
+-- One task, every column (`taskworker show`).
+SELECT * FROM tasks WHERE id = %(id)s;
+
+-- name: task_states
+-- Status and holder of the tasks %(ids)s, to explain why a command left them alone.
+SELECT id, status, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: retry
+-- Put up to %(limit)s tasks in error back to pending, due now, as if new: attempts
+-- and rescues start again from 0 (a fresh retry and rescue budget); the last error
+-- text is kept. Only the tasks %(ids)s when given, only those that ended at or
+-- after %(since)s when given, never one that ended after %(before)s (the command's
+-- start: a task failing again meanwhile is not retried twice).
+WITH picked AS (
+    SELECT id FROM tasks
+    WHERE status = 'error'
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
+      AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s::timestamptz)
+      AND updated_at <= %(before)s
+    ORDER BY id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks AS t
+SET status = 'pending',
+    attempts = 0,
+    rescues = 0,
+    run_alone = false,
+    run_at = now(),
+    locked_by = NULL,
+    locked_until = NULL,
+    updated_at = now()
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id;
+
+-- name: cancel
+-- Cancel the tasks %(ids)s that are pending; running and finished ones are left alone.
+UPDATE tasks
+SET status = 'cancelled', updated_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+RETURNING id;
+
+-- name: prune
+-- Delete up to %(limit)s finished tasks (status in %(statuses)s) last changed
+-- before %(before)s, with ids above %(after)s, lowest ids first. Small batches keep
+-- each transaction's row locks few and short; the conditions are checked again on
+-- the locked rows, so a task retried meanwhile is not deleted.
+DELETE FROM tasks
+WHERE id IN (
+        SELECT id FROM tasks
+        WHERE status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
+          AND id > %(after)s
+        ORDER BY id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+  AND status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
+RETURNING id;

@@ -8,8 +8,9 @@ trust what it is given.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_DATABASE_URL = "postgres://postgres@localhost:5432/taskprocessor?sslmode=disable"
@@ -114,6 +115,9 @@ def _database_url(raw: str) -> str:
         parse_dsn(raw)
     except Exception as exc:  # psycopg2 raises ProgrammingError with libpq's text
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparseable"
+        if mask_password(raw) != raw:
+            # libpq quotes pieces of the string in its message: maybe the password.
+            reason = re.sub(r'"[^"]*"', '"****"', reason)
         raise ValueError(f"not a PostgreSQL connection string ({reason})") from None
     if "=" not in raw and "://" not in raw:
         raise ValueError("not a PostgreSQL connection string")

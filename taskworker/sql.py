@@ -16,7 +16,7 @@ def _load() -> dict[str, str]:
     parts = _HEADER.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
     queries = {}
-    for name, body in zip(parts[1::2], parts[2::2]):
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
         # The description lines are for readers, not for the server.
         lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
         queries[name] = "\n".join(lines).strip()

@@ -21,7 +21,7 @@ import signal
 import socket
 import time
 import uuid
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -92,7 +92,8 @@ class Processor:
         self.stop_now = Event()  # second signal: do not wait for running tasks
         self.stopping = False  # no more claims
         self.giving_up = False  # final writes: stop waiting for the database
-        self.failed: Optional[str] = None  # why a side job died, if one did
+        self.cancelling = False  # shutdown is killing the workers (GreenletExit)
+        self.failed: str | None = None  # why a side job died, if one did
         self.fetcher = Fetcher(settings, self.holder, self.inflight, self.queue,
                                self.idle_workers, lambda: self.stopping)
         self.completer = Completer(settings, self.holder, self.inflight,
@@ -165,19 +166,26 @@ class Processor:
             self.running[n] = task
             try:
                 outcome = self._execute(task, n)
-            except gevent.GreenletExit:
-                self.completer.put(Outcome(task, n, RELEASE))
-                log.info("[Worker %d] Task ID: %d cancelled by shutdown", n, task.id)
-                log.info("[Worker %d] Received shutdown signal", n)
-                raise
+            except gevent.GreenletExit as exc:
+                if not self.cancelling:  # raised by the handler itself, not by shutdown
+                    outcome = self._crashed(task, n, exc)
+                else:
+                    self.completer.put(Outcome(task, n, RELEASE))
+                    log.info("[Worker %d] Task ID: %d cancelled by shutdown", n, task.id)
+                    log.info("[Worker %d] Received shutdown signal", n)
+                    raise
             except BaseException as exc:  # a bug outside the handler: keep the worker
-                outcome = self._failure(task, n, f"worker crashed: {type(exc).__name__}: {exc}")
-                log.error("[Worker %d] crashed on task ID %d (%s: %s); worker restarted",
-                          n, task.id, type(exc).__name__, exc)
+                outcome = self._crashed(task, n, exc)
             finally:
                 del self.running[n]
                 self.fetcher.wake.set()
             self.completer.put(outcome)
+
+    def _crashed(self, task: Task, n: int, exc: BaseException) -> Outcome:
+        outcome = self._failure(task, n, f"worker crashed: {type(exc).__name__}: {exc}")
+        log.error("[Worker %d] crashed on task ID %d (%s: %s); worker restarted",
+                  n, task.id, type(exc).__name__, exc)
+        return outcome
 
     def _execute(self, task: Task, n: int) -> Outcome:
         """Run the handler on one task and say how it ended."""
@@ -245,6 +253,7 @@ class Processor:
                 if self.running:
                     log.info("Cancelling %d running tasks and giving them back to pending",
                              len(self.running))
+                self.cancelling = True
                 self.pool.kill(block=True, timeout=5)
                 break
 
@@ -267,7 +276,7 @@ class Processor:
         log.info("All workers have completed, shutdown successful")
 
 
-def _unstorable(result: object) -> Optional[str]:
+def _unstorable(result: object) -> str | None:
     """Why a handler's return value cannot be stored as a result, if it cannot."""
     if result is None:
         return None

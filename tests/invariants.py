@@ -1,0 +1,200 @@
+"""What the fault-injection tests check afterwards, and how they set up for it.
+
+Plain blocking psycopg2 against the test database, and regexes over the serve
+logs: no gevent, no taskworker import. The `completions` audit table is filled by
+a trigger, so "a task was marked done at most once" is checked by the database
+itself, not inferred from log lines a killed process may never have printed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from proc import ServeProcess
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+# Settings for fast, deterministic runs; a test overrides what it exercises.
+FAST = {
+    "TASK_MIN_SECONDS": "0",
+    "TASK_MAX_SECONDS": "0",
+    "TASK_FAILURE_RATE": "0",
+    "FETCH_INTERVAL": "0.3",
+    "LEASE_SECONDS": "3",
+    "LOG_LEVEL": "INFO",
+}
+
+DONE_LINE = r"Task ID: (\d+) processed with status: done"
+LEASE_LOST_LINE = r"Task ID: (\d+) lease lost, result discarded"
+RESCUED_LINE = r"Rescued \d+ tasks whose worker stopped responding: ([\d, ]+)"
+
+
+def handler_env(name: str, **env: str) -> dict[str, str]:
+    """Environment that makes serve run handlers_for_tests:<name>."""
+    path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "TASK_HANDLER": f"handlers_for_tests:{name}", **env}
+
+
+def insert_tasks(db: Any, payloads: Sequence[str | None]) -> list[int]:
+    """Insert pending tasks in this order in one statement; return their ids."""
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO tasks (payload) SELECT p FROM unnest(%s::text[]) "
+                    "WITH ORDINALITY AS u(p, n) ORDER BY n RETURNING id", (list(payloads),))
+        return sorted(row[0] for row in cur.fetchall())
+
+
+def query(db: Any, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with db.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall()
+
+
+def tasks(db: Any) -> dict[int, dict[str, Any]]:
+    """Every task row by id, as dicts."""
+    with db.cursor() as cur:
+        cur.execute("SELECT id, payload, status, result, error, attempts, rescues, "
+                    "locked_by, locked_until FROM tasks ORDER BY id")
+        names = [d[0] for d in cur.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
+
+
+def status_counts(db: Any) -> dict[str, int]:
+    return dict(query(db, "SELECT status, count(*) FROM tasks GROUP BY status"))
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+               procs: Iterable[ServeProcess] = (), interval: float = 0.05) -> Any:
+    """Poll `check()` until it returns something truthy; return that.
+
+    On timeout, fail with `what` (or what it returns, if callable) and the end
+    of every process log.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {p.log_path} (pid {p.pid}, exit {p.proc.poll()}):\n"
+                             f"{tail(p.output())}" for p in procs)
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {said}\n{logs}")
+        time.sleep(interval)
+
+
+def wait_finished(db: Any, timeout: float, procs: Iterable[ServeProcess] = ()) -> None:
+    """Wait until no task is pending or in progress."""
+    procs = list(procs)
+    wait_until(lambda: not ({"pending", "in_progress"} & status_counts(db).keys()), timeout,
+               lambda: f"every task to finish (now {status_counts(db)})", procs)
+
+
+def wait_lines(proc: ServeProcess, pattern: str, count: int, timeout: float = 30) -> list[str]:
+    """Wait until `pattern` matches at least `count` times in the log; return the matches."""
+    return wait_until(lambda: (found := re.findall(pattern, proc.output()))[count - 1:] and found,
+                      timeout, f"{count} x {pattern!r}", [proc])
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def ids_in(text: str, pattern: str) -> list[int]:
+    """Task ids captured by `pattern` (group 1), in log order, repeats kept."""
+    found = []
+    for m in re.finditer(pattern, text):
+        found.extend(int(x) for x in re.findall(r"\d+", m.group(1)))
+    return found
+
+
+def assert_each_done_line_once(logs: Iterable[str]) -> Counter[int]:
+    """No task is reported done more than once across all logs; return the counts."""
+    counts: Counter[int] = Counter()
+    for text in logs:
+        counts.update(ids_in(text, DONE_LINE))
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    assert not twice, f"tasks reported done more than once: {twice[:20]}"
+    return counts
+
+
+def install_completion_audit(db: Any) -> None:
+    """Record every write that sets a task's status to done or error.
+
+    completions(task_id, status, holder): holder is the locked_by the row had just
+    before the write, i.e. which process's claim was completed.
+    """
+    with db.cursor() as cur:
+        cur.execute("""
+            CREATE TABLE completions (
+                task_id bigint NOT NULL,
+                status  text NOT NULL,
+                holder  text,
+                at      timestamptz NOT NULL DEFAULT clock_timestamp()
+            );
+            CREATE FUNCTION audit_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO completions (task_id, status, holder)
+                VALUES (NEW.id, NEW.status, OLD.locked_by);
+                RETURN NULL;
+            END;
+            $$;
+            CREATE TRIGGER tasks_audit_completion
+                AFTER UPDATE ON tasks FOR EACH ROW
+                WHEN (NEW.status IN ('done', 'error'))
+                EXECUTE FUNCTION audit_completion();
+        """)
+
+
+def completions(db: Any) -> Counter[int]:
+    return Counter(row[0] for row in query(db, "SELECT task_id FROM completions"))
+
+
+def create_runs_table(db: Any) -> None:
+    """The side table handlers_for_tests writes to each time it runs a task."""
+    query_free(db, """
+        CREATE TABLE runs (
+            task_id bigint NOT NULL,
+            pid     integer NOT NULL,
+            attempt integer NOT NULL,
+            note    text NOT NULL DEFAULT '',
+            at      timestamptz NOT NULL DEFAULT clock_timestamp()
+        )""")
+
+
+def query_free(db: Any, statement: str, params: Any = None) -> None:
+    """Run a statement that returns no rows."""
+    with db.cursor() as cur:
+        cur.execute(statement, params)
+
+
+def assert_all_done_once(db: Any, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """Every task is done, its result is its reversed payload, nothing holds a
+    lease, and (with the audit installed) it was completed exactly once."""
+    rows = tasks(db)
+    ids = list(ids)
+    assert sorted(rows) == sorted(ids)
+    not_done = {i: (r["status"], r["error"]) for i, r in rows.items() if r["status"] != "done"}
+    assert not not_done, f"{len(not_done)} tasks not done: {dict(list(not_done.items())[:10])}"
+    wrong = [i for i, r in rows.items() if r["result"] != r["payload"][::-1]]
+    assert not wrong, f"wrong results for tasks {wrong[:20]}"
+    locked = [i for i, r in rows.items() if r["locked_by"] or r["locked_until"]]
+    assert not locked, f"finished tasks still hold a lease: {locked[:20]}"
+    counts = completions(db)
+    not_once = {i: counts.get(i, 0) for i in ids if counts.get(i, 0) != 1}
+    assert not not_once, f"tasks not completed exactly once: {dict(list(not_once.items())[:20])}"
+    return rows
+
+
+def stop_all(procs: Iterable[ServeProcess], sig: int, timeout: float = 20) -> None:
+    """Send `sig` to every process, then each must exit 0."""
+    procs = list(procs)
+    for p in procs:
+        p.signal(sig)
+    for p in procs:
+        code = p.wait(timeout)
+        assert code == 0, f"serve pid {p.pid} exited {code}:\n{tail(p.output())}"

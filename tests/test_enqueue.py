@@ -1,0 +1,206 @@
+"""Enqueue from application code (in the caller's transaction) and from the shell.
+
+The library half runs in the pytest process with plain blocking psycopg2, as an
+application would use it: `taskworker.producer` must not need gevent. The shell
+half runs `taskworker enqueue` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import psycopg2
+import pytest
+from proc import child_env, run_cli
+
+import taskworker
+from taskworker import producer
+from taskworker import settings as tw_settings
+
+UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
+    for var in tw_settings.FIELDS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def app_conn(db_url: str) -> Iterator[Any]:
+    """The application's own connection: not autocommit, as psycopg2 opens it."""
+    conn = psycopg2.connect(db_url, connect_timeout=10)
+    yield conn
+    conn.close()
+
+
+def query(db: Any, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with db.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall()
+
+
+def payloads_by_id(db: Any) -> list[tuple[int, str]]:
+    return query(db, "SELECT id, payload FROM tasks ORDER BY id")  # type: ignore[return-value]
+
+
+# --- from code
+
+
+def test_enqueue_appears_only_when_the_application_commits(app_conn: Any, db: Any) -> None:
+    with app_conn.cursor() as cur:
+        cur.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        cur.execute("INSERT INTO orders VALUES (42)")
+        task_id = taskworker.enqueue(cur, "ship order 42")
+    assert isinstance(task_id, int)
+    assert payloads_by_id(db) == []  # not visible to anyone else before the commit
+    app_conn.commit()
+    assert query(db, "SELECT id, payload, status, attempts FROM tasks") == [
+        (task_id, "ship order 42", "pending", 0)]
+
+
+def test_enqueue_rolled_back_with_the_application(app_conn: Any, db: Any) -> None:
+    ids = taskworker.enqueue_many(app_conn, ["a", "b"])  # on the connection, not a cursor
+    one = taskworker.enqueue(app_conn, "c")
+    assert len(ids) == 2 and one not in ids
+    app_conn.rollback()
+    assert payloads_by_id(db) == []
+    # The connection is still usable, and a later commit keeps only later work.
+    kept = taskworker.enqueue(app_conn, "kept")
+    app_conn.commit()
+    assert payloads_by_id(db) == [(kept, "kept")]
+
+
+def test_enqueue_many_keeps_order_across_batches(app_conn: Any, db: Any) -> None:
+    payloads = [f"item {n}" for n in range(12_345)]
+    ids = producer.enqueue_many(app_conn, iter(payloads), batch_size=5000)
+    app_conn.commit()
+    assert len(ids) == len(payloads) == len(set(ids))
+    assert ids == sorted(ids)
+    assert payloads_by_id(db) == list(zip(ids, payloads, strict=True))
+    assert producer.enqueue_many(app_conn, []) == []
+
+
+def test_enqueue_run_at_and_delay(app_conn: Any, db: Any) -> None:
+    when = datetime(2031, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    at = taskworker.enqueue(app_conn, "at", run_at=when)
+    later = taskworker.enqueue(app_conn, "later", run_at=timedelta(hours=1))
+    now = taskworker.enqueue(app_conn, "now")
+    app_conn.commit()
+    rows = dict(query(db, "SELECT id, run_at FROM tasks"))
+    assert rows[at] == when
+    (db_now,) = query(db, "SELECT now()")[0]
+    assert timedelta(minutes=59) < rows[later] - db_now <= timedelta(hours=1)
+    assert rows[now] <= db_now
+
+
+def test_enqueue_refuses_bad_arguments(app_conn: Any, db: Any) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        taskworker.enqueue(app_conn, "x", run_at=datetime(2031, 1, 1))
+    with pytest.raises(TypeError, match="payload must be str"):
+        taskworker.enqueue(app_conn, b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="run_at"):
+        taskworker.enqueue(app_conn, "x", run_at="tomorrow")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="connection or cursor"):
+        taskworker.enqueue(object(), "x")
+    app_conn.rollback()
+    assert payloads_by_id(db) == []
+
+
+def test_enqueue_in_a_plain_program_without_gevent(db_url: str, db: Any) -> None:
+    """`import taskworker; taskworker.enqueue(...)` in an unpatched program."""
+    program = (
+        "import sys, psycopg2, taskworker\n"
+        "conn = psycopg2.connect(sys.argv[1])\n"
+        "print(taskworker.enqueue(conn, 'from a script'))\n"
+        "conn.commit()\n"
+        "assert 'gevent' not in sys.modules, 'taskworker.enqueue imported gevent'\n"
+        "assert 'psycogreen' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program, db_url], env=child_env(),
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert payloads_by_id(db) == [(int(done.stdout), "from a script")]
+
+
+# --- from the shell
+
+
+def test_enqueue_command_prints_ids(db_url: str, db: Any) -> None:
+    code, out, err = run_cli(["enqueue", "first", "second task", "ünïcode ✓"],
+                             env={"DATABASE_URL": db_url})
+    assert code == 0, err
+    ids = [int(line) for line in out.splitlines()]
+    assert payloads_by_id(db) == list(zip(ids, ["first", "second task", "ünïcode ✓"], strict=True))
+    assert query(db, "SELECT DISTINCT status FROM tasks") == [("pending",)]
+
+
+def test_enqueue_stdin_hundred_thousand_lines(db_url: str, db: Any) -> None:
+    lines = [f"line {n} of the file" for n in range(100_000)]
+    code, out, err = run_cli(["enqueue", "-"], env={"DATABASE_URL": db_url},
+                             input="\n".join(lines) + "\n", timeout=100)
+    assert code == 0, err
+    ids = [int(line) for line in out.splitlines()]
+    assert len(ids) == 100_000
+    assert payloads_by_id(db) == list(zip(ids, lines, strict=True))
+    assert err == ""  # no progress bar when stderr is not a terminal
+
+
+def test_enqueue_stdin_skips_blank_lines_and_crlf(db_url: str, db: Any) -> None:
+    code, out, err = run_cli(["enqueue", "--batch-size", "2", "-"], env={"DATABASE_URL": db_url},
+                             input="a\r\n\nb\n  c  \nd")
+    assert code == 0, err
+    assert [p for _, p in payloads_by_id(db)] == ["a", "b", "  c  ", "d"]
+    assert len(out.split()) == 4
+
+
+def test_enqueue_stdin_bad_line_stops_after_committed_batches(db_url: str, db: Any) -> None:
+    code, out, err = run_cli(["enqueue", "--batch-size", "2", "-"], env={"DATABASE_URL": db_url},
+                             input="a\nb\nc\nd\x00\ne\n")
+    assert code == 1
+    assert err.strip() == ("Error: line 4 contains a NUL character, which PostgreSQL text "
+                           "cannot hold; 2 tasks enqueued before that (their ids are printed), "
+                           "the rest were not")
+    assert [p for _, p in payloads_by_id(db)] == ["a", "b"]
+    assert [int(i) for i in out.split()] == [i for i, _ in payloads_by_id(db)]
+
+
+def test_enqueue_delay_and_run_at(db_url: str, db: Any) -> None:
+    env = {"DATABASE_URL": db_url}
+    code, out, err = run_cli(["enqueue", "--delay", "2h", "later"], env=env)
+    assert code == 0, err
+    code, out2, err = run_cli(["enqueue", "--run-at", "2031-05-06T07:08:09+00:00", "at"], env=env)
+    assert code == 0, err
+    rows = {p: (run_at, now) for p, run_at, now in
+            query(db, "SELECT payload, run_at, now() FROM tasks")}
+    run_at, now = rows["later"]
+    assert timedelta(hours=1, minutes=59) < run_at - now <= timedelta(hours=2)
+    assert rows["at"][0] == datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--delay", "soon", "x"], "Error: invalid --delay='soon': expected a duration"),
+    (["--run-at", "tomorrow", "x"], "Error: invalid --run-at='tomorrow': expected an ISO 8601"),
+    (["--delay", "1h", "--run-at", "2031-01-01", "x"], "Error: give --run-at or --delay, not both"),
+])
+def test_enqueue_bad_options_are_one_line(db_url: str, db: Any, args: list[str],
+                                          message: str) -> None:
+    code, out, err = run_cli(["enqueue", *args], env={"DATABASE_URL": db_url})
+    assert code == 2
+    assert err.startswith(message) and err.count("\n") == 1
+    assert payloads_by_id(db) == []
+
+
+def test_enqueue_before_migrate_and_without_database(empty_db_url: str) -> None:
+    code, _, err = run_cli(["enqueue", "x"], env={"DATABASE_URL": empty_db_url})
+    assert code == 1
+    assert err == 'Error: table "tasks" does not exist: run "taskworker migrate" first\n'
+    code, _, err = run_cli(["enqueue", "x"], env={"DATABASE_URL": UNREACHABLE_URL,
+                                                  "CONNECT_TIMEOUT": "3"})
+    assert code == 1
+    assert err.startswith("Error: cannot connect to database") and err.count("\n") == 1

@@ -1,0 +1,231 @@
+"""Configuration: defaults, accepted forms, every bad value, .env, CLI overrides,
+and the password in DATABASE_URL never shown.
+
+Bad values are checked the way a user meets them: `taskworker serve` run as a
+subprocess must exit 2 with one line on stderr naming the variable and the value.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import psycopg2
+import pytest
+from proc import ServeProcess, run_cli
+
+from taskworker import settings as tw_settings
+
+ServeFactory = Callable[..., ServeProcess]
+UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
+    for var in tw_settings.FIELDS:
+        monkeypatch.delenv(var, raising=False)
+
+
+# --- parsing, in process (pure: no database, no gevent)
+
+
+def test_defaults() -> None:
+    s = tw_settings.load({})
+    assert s.database_url == "postgres://postgres@localhost:5432/taskprocessor?sslmode=disable"
+    assert s.worker_count == 5
+    assert s.fetch_interval == 5.0
+    assert s.fetch_limit == 10
+    assert (s.task_min_seconds, s.task_max_seconds, s.task_failure_rate) == (1.0, 4.0, 0.1)
+    assert s.log_level == "INFO"
+
+
+def test_settings_are_immutable() -> None:
+    s = tw_settings.load({})
+    with pytest.raises(AttributeError):
+        s.worker_count = 7  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [
+    ("5", 5.0), ("5s", 5.0), ("1.5", 1.5), ("500ms", 0.5), (" 2s ", 2.0),
+])
+def test_fetch_interval_forms(raw: str, seconds: float) -> None:
+    assert tw_settings.load({"FETCH_INTERVAL": raw}).fetch_interval == pytest.approx(seconds)
+
+
+def test_empty_value_means_default() -> None:
+    assert tw_settings.load({"WORKER_COUNT": "", "FETCH_INTERVAL": " "}).worker_count == 5
+
+
+def test_overrides_win_and_none_is_ignored() -> None:
+    s = tw_settings.load({"WORKER_COUNT": "4", "FETCH_LIMIT": "7"},
+                         {"WORKER_COUNT": "3", "FETCH_LIMIT": None})
+    assert (s.worker_count, s.fetch_limit) == (3, 7)
+
+
+@pytest.mark.parametrize(("var", "raw"), [
+    ("WORKER_COUNT", "abc"), ("WORKER_COUNT", "0"), ("WORKER_COUNT", "-3"),
+    ("WORKER_COUNT", "2.5"), ("FETCH_INTERVAL", "soon"), ("FETCH_INTERVAL", "0"),
+    ("FETCH_INTERVAL", "-1s"), ("FETCH_LIMIT", "0"), ("TASK_FAILURE_RATE", "2"),
+    ("TASK_FAILURE_RATE", "-0.1"), ("TASK_MIN_SECONDS", "-1"), ("LOG_LEVEL", "loud"),
+    ("DATABASE_URL", "not-a-url"),
+])
+def test_bad_values_raise_settings_error_naming_them(var: str, raw: str) -> None:
+    with pytest.raises(tw_settings.SettingsError) as info:
+        tw_settings.load({var: raw})
+    message = str(info.value)
+    assert var in message and raw in message
+    assert "\n" not in message
+
+
+def test_min_above_max_is_refused() -> None:
+    with pytest.raises(tw_settings.SettingsError, match="TASK_MIN_SECONDS"):
+        tw_settings.load({"TASK_MIN_SECONDS": "5", "TASK_MAX_SECONDS": "1"})
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("postgres://u:hunter2@127.0.0.1:5432/db", "postgres://u:****@127.0.0.1:5432/db"),
+    ("postgresql://u@h/d?password=hunter2&sslmode=disable",
+     "postgresql://u@h/d?password=****&sslmode=disable"),
+    ("host=h password=hunter2 dbname=d", "host=h password=**** dbname=d"),
+    ("host=h password='hunter 2' dbname=d", "host=h password=**** dbname=d"),
+    ("postgres://u@h/d", "postgres://u@h/d"),
+])
+def test_mask_password(url: str, masked: str) -> None:
+    assert tw_settings.mask_password(url) == masked
+
+
+# --- the command a user runs
+
+
+@pytest.mark.parametrize(("var", "raw"), [
+    ("WORKER_COUNT", "abc"), ("WORKER_COUNT", "0"), ("WORKER_COUNT", "-3"),
+    ("FETCH_INTERVAL", "soon"), ("TASK_FAILURE_RATE", "2"), ("DATABASE_URL", "not-a-url"),
+])
+def test_serve_with_a_bad_value_exits_2_with_one_line(var: str, raw: str) -> None:
+    env = {"DATABASE_URL": UNREACHABLE_URL, var: raw}
+    code, out, err = run_cli(["serve"], env=env, timeout=30)
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert var in lines[0] and raw in lines[0]
+    assert "Traceback" not in out + err
+
+
+@pytest.mark.parametrize(("args", "var", "raw"), [
+    (["--workers", "0"], "WORKER_COUNT", "0"),
+    (["--fetch-interval", "soon"], "FETCH_INTERVAL", "soon"),
+    (["--fetch-limit", "none"], "FETCH_LIMIT", "none"),
+])
+def test_bad_option_names_its_variable(args: list[str], var: str, raw: str) -> None:
+    env = {"DATABASE_URL": UNREACHABLE_URL, "WORKER_COUNT": "4"}
+    code, out, err = run_cli(["serve", *args], env=env, timeout=30)
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert var in lines[0] and raw in lines[0]
+    assert "Traceback" not in out + err
+
+
+def test_bad_value_in_dotenv_is_reported(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"DATABASE_URL={UNREACHABLE_URL}\nFETCH_INTERVAL=soon\n")
+    code, out, err = run_cli(["serve"], cwd=str(tmp_path), timeout=30)
+    assert code == 2, (out, err)
+    assert len(err.splitlines()) == 1 and "FETCH_INTERVAL" in err and "soon" in err
+
+
+def test_options_override_environment(db_url: str, serve: ServeFactory) -> None:
+    p = serve(db_url, env={"WORKER_COUNT": "7", "FETCH_INTERVAL": "9s"},
+              args=["--workers", "3", "--fetch-interval", "500ms"])
+    p.wait_for(r"^\S+ \S+ Starting task processor with 3 workers, fetching every 500ms$")
+    p.wait_for(r"Starting worker 3$")
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+    assert "Starting worker 4" not in p.output()
+
+
+def test_dotenv_is_read_and_environment_wins(db_url: str, serve: ServeFactory,
+                                             tmp_path: Path) -> None:
+    # serve's cwd is tmp_path/"cwd": .env there is the user's .env.
+    (tmp_path / "cwd" / ".env").write_text(
+        "# a comment\nWORKER_COUNT=3\nFETCH_INTERVAL=2s\nDATABASE_URL=not-a-url\n")
+    p = serve(db_url, env={"WORKER_COUNT": "4"})  # DATABASE_URL comes from the environment
+    p.wait_for(r"Starting task processor with 4 workers, fetching every 2s$")
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+
+
+def test_dotenv_alone_configures_a_command(db_url: str, db: psycopg2.extensions.connection,
+                                           tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f'DATABASE_URL="{db_url}"\n')
+    code, out, err = run_cli(["seed", "--count", "3"], cwd=str(tmp_path))
+    assert code == 0, (out, err)
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM tasks")
+        assert cur.fetchone() == (3,)
+
+
+def _with_password(url: str) -> tuple[str, str]:
+    """`url` with a password in it (trust auth ignores it); return (url, password)."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    secret = "Sup3rSecretPw"
+    netloc = f"{quote(parts.username or 'postgres')}:{secret}@{parts.netloc.rsplit('@', 1)[-1]}"
+    return parts._replace(netloc=netloc).geturl(), secret
+
+
+def test_password_never_printed(db_url: str, serve: ServeFactory,
+                                db: psycopg2.extensions.connection) -> None:
+    url, secret = _with_password(db_url)
+    seen = []
+    for args in (["migrate"], ["seed", "--count", "2"]):
+        code, out, err = run_cli(args, env={"DATABASE_URL": url})
+        assert code == 0, (out, err)
+        assert "Connecting to database: " in out and "****" in out
+        seen.append(out + err)
+
+    p = serve(url, env={"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0",
+                        "TASK_FAILURE_RATE": "0", "LOG_LEVEL": "debug"})
+    p.wait_for(r"Task ID: \d+ processed with status: done(.|\n)*"
+               r"Task ID: \d+ processed with status: done")
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+    seen.append(p.output())
+
+    # Errors that print the URL: unreachable, and a string libpq cannot parse.
+    unreachable = urlsplit(url)._replace(netloc=f"postgres:{secret}@127.0.0.1:1").geturl()
+    bad = [unreachable,
+           f"postgres://u:{secret}@[::1/db",  # libpq quotes the whole URI in its message
+           f"postgres://u:{secret}%zz@127.0.0.1:5432/db",  # ... or the bad token
+           f"postgres://u@127.0.0.1:5432/db?password={secret}%zz",
+           f"host=127.0.0.1 port=1 password={secret} dbname=x"]
+    for bad_url in bad:
+        for command in (["serve"], ["migrate"]):
+            code, out, err = run_cli(command, env={"DATABASE_URL": bad_url}, timeout=30)
+            assert code in (1, 2), (bad_url, out, err)
+            assert len(err.splitlines()) == 1, err
+            seen.append(out + err)
+
+    for text in seen:
+        assert secret not in text, text
+
+
+def test_help_mentions_every_option_and_variable() -> None:
+    code, top, err = run_cli(["--help"])
+    assert code == 0, err
+    code, serve_help, err = run_cli(["serve", "--help"])
+    assert code == 0, err
+    top, serve_help = " ".join(top.split()), " ".join(serve_help.split())  # undo wrapping
+
+    for command in ("migrate", "seed", "serve"):
+        assert command in top
+    assert "DATABASE_URL" in top
+    for option, var in [("--workers", "WORKER_COUNT"), ("--fetch-interval", "FETCH_INTERVAL"),
+                        ("--fetch-limit", "FETCH_LIMIT"), ("--handler", "TASK_HANDLER")]:
+        assert option in serve_help
+        assert f"env {var}" in serve_help
+    for var in tw_settings.FIELDS:  # every variable is explained somewhere
+        assert var in top or var in serve_help, var

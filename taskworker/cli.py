@@ -127,11 +127,15 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       STATEMENT_TIMEOUT  server-side limit on each query (10s)
       CONNECT_TIMEOUT    limit on one connection attempt (10s)
       LISTEN             wake on LISTEN/NOTIFY; false for PgBouncer (true)
+      METRICS_PORT       serve Prometheus /metrics and /healthz on this port (off)
+      METRICS_HOST       address the metrics server listens on (127.0.0.1)
+      HEALTH_MAX_DOWNTIME  /healthz fails once a connection is down this long (30s)
       TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE
                          the demo handler's sleep (1s to 4s) and failures (0.1)
     """
     from .handlers import HandlerError
     from .handlers import load as load_handler
+    from .metrics import MetricsError
     from .worker import Processor, SchemaMissing, check_schema
 
     settings = load_settings({"WORKER_COUNT": workers, "FETCH_INTERVAL": fetch_interval,
@@ -145,7 +149,10 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
         check_schema(settings)
     except (DatabaseUnavailable, SchemaMissing) as exc:
         fail(str(exc), EXIT_RUNTIME)
-    code = Processor(settings, function, takes_task).run()
+    try:
+        code = Processor(settings, function, takes_task).run()
+    except MetricsError as exc:
+        fail(str(exc), EXIT_RUNTIME)
     sys.exit(code)
 
 # --- feeding, inspecting and steering the queue: declarations here, bodies in admin.py

@@ -25,12 +25,18 @@ _STATUS = {DONE: "done", ERROR: "error", RETRY: "pending", RELEASE: "pending"}
 
 class Completer:
     def __init__(self, settings: Settings, holder: str, inflight: InFlight,
-                 should_stop: Callable[[], bool]) -> None:
+                 should_stop: Callable[[], bool],
+                 retry_scheduled: Callable[[], None] = lambda: None) -> None:
         self.holder = holder
+        # Called once a retry with a backoff is written: the fetcher may have
+        # worked out its sleep from the row while it was still in progress.
+        self.retry_scheduled = retry_scheduled
         self.inflight = inflight
         self.link = Link(settings, "completer", should_stop=should_stop)
         self.outcomes: Queue = Queue()
         self.written = 0  # outcomes the database accepted
+        self.counts = dict.fromkeys((DONE, ERROR, RETRY, RELEASE), 0)  # written, by kind
+        self.lease_lost = 0  # outcomes fenced off: another process took the task over
 
     def put(self, outcome: Outcome) -> None:
         self.outcomes.put(outcome)
@@ -70,7 +76,7 @@ class Completer:
             raise
         except Exception as exc:
             if len(batch) == 1:
-                written = self._store_failure(batch[0], exc)
+                batch, written = self._store_failure(batch[0], exc)
             else:
                 for outcome in batch:
                     self.write([outcome])
@@ -92,21 +98,25 @@ class Completer:
         if any(o.kind == RELEASE or (o.kind == RETRY and not o.delay)
                for o in batch if o.task.id in written):
             self.link.query(sql.wake_others)
+        if any(o.kind == RETRY and o.delay for o in batch if o.task.id in written):
+            self.retry_scheduled()
         return written
 
-    def _store_failure(self, outcome: Outcome, exc: Exception) -> set[int]:
+    def _store_failure(self, outcome: Outcome, exc: Exception,
+                       ) -> tuple[list[Outcome], set[int]]:
         """The outcome itself could not be stored (say, a result PostgreSQL
-        refuses): store that as the task's error instead."""
+        refuses): store that as the task's error instead. Returns the outcome to
+        report (the error, if it was stored) and the ids written."""
         message = f"could not store result: {type(exc).__name__}: {first_line(exc)}"
         failed = Outcome(outcome.task, outcome.worker, ERROR, error=message)
         try:
-            return self._send([failed])
+            return [failed], self._send([failed])
         except CONNECTION_ERRORS:
             raise
         except Exception as exc:
             log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
                       outcome.task.id, first_line(exc))
-            return set()
+            return [outcome], set()
 
     def _report(self, batch: list[Outcome], written: set[int]) -> None:
         info = log.isEnabledFor(logging.INFO)
@@ -114,10 +124,12 @@ class Completer:
             task = o.task
             self.inflight.discard(task.id)
             if task.id not in written:
+                self.lease_lost += 1
                 log.warning("[Worker %d] Task ID: %d lease lost, result discarded",
                             o.worker, task.id, extra=_fields(o))
                 continue
             self.written += 1
+            self.counts[o.kind] += 1
             if not info:
                 continue
             if o.kind in (DONE, ERROR):

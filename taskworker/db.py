@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from .settings import Settings
 
 # Errors that mean "the connection, not the statement, is the problem".
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+RECENT_LOSSES = 5  # times of the last losses each connection keeps (/healthz: flapping)
 
 
 class DatabaseUnavailable(Exception):
@@ -94,6 +96,11 @@ class Link:
         self.on_reconnect = on_reconnect
         self.conn: psycopg2.extensions.connection | None = None
         self.down_since: float | None = None  # monotonic time of the first failure
+        # Like down_since, but cleared only by a statement that succeeds, not by a
+        # connect: a connection killed again and again right after opening stays
+        # failing (read by /healthz).
+        self.failing_since: float | None = None
+        self.losses: deque[float] = deque(maxlen=RECENT_LOSSES)  # when it was lost
         self.reconnects = 0
 
     def connection(self) -> psycopg2.extensions.connection:
@@ -128,7 +135,9 @@ class Link:
             try:
                 with conn.cursor() as cur:
                     cur.execute(statement, params)
-                    return cur.fetchall() if cur.description is not None else []
+                    rows = cur.fetchall() if cur.description is not None else []
+                self.failing_since = None
+                return rows
             except CONNECTION_ERRORS as exc:
                 if not conn.closed and not isinstance(exc, psycopg2.errors.QueryCanceled):
                     raise  # e.g. a serialization failure: not ours to hide
@@ -146,8 +155,11 @@ class Link:
             self.conn = None
 
     def _broken(self, exc: BaseException) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
         if self.down_since is None:
             self.down_since = time.monotonic()
+            self.losses.append(self.down_since)
             log.warning("Database connection lost (%s): %s; reconnecting",
                         self.name, first_line(exc))
 

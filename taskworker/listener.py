@@ -9,6 +9,8 @@ FETCH_INTERVAL polling stays as the safety net.
 from __future__ import annotations
 
 import random
+import time
+from collections import deque
 from collections.abc import Callable
 
 import gevent
@@ -16,7 +18,14 @@ from gevent.event import Event
 from gevent.socket import wait_read
 
 from . import sql
-from .db import CONNECTION_ERRORS, DatabaseUnavailable, Stopped, connect, first_line
+from .db import (
+    CONNECTION_ERRORS,
+    RECENT_LOSSES,
+    DatabaseUnavailable,
+    Stopped,
+    connect,
+    first_line,
+)
 from .logs import log
 from .settings import Settings
 
@@ -30,6 +39,8 @@ class Listener:
         self.wake = wake
         self.should_stop = should_stop
         self.connected = False
+        self.down_since: float | None = None  # monotonic time the connection was lost
+        self.losses: deque[float] = deque(maxlen=RECENT_LOSSES)  # when it was lost
         self.notifications = 0
         self.reconnects = 0
 
@@ -43,6 +54,7 @@ class Listener:
                 with conn.cursor() as cur:
                     cur.execute(sql.listen)
                 self.connected = True
+                self.down_since = None
                 if not first:
                     self.reconnects += 1
                     log.info("Reconnected to database (listener)")
@@ -55,6 +67,9 @@ class Listener:
                     log.warning("Database connection lost (listener): %s; reconnecting",
                                 first_line(exc))
                 self.connected = False
+                if self.down_since is None:
+                    self.down_since = time.monotonic()
+                    self.losses.append(self.down_since)
                 first = False
             finally:
                 if conn is not None:

@@ -268,3 +268,31 @@ WHERE id IN (
         FOR UPDATE SKIP LOCKED)
   AND status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
 RETURNING id;
+
+-- name: depth_active
+-- Queue depth for the metrics: pending and in-progress tasks, counted through
+-- their partial indexes (as cheap as those sets are small), and the table's size
+-- now (pages) and at the last ANALYZE (reltuples over relpages), to choose how to
+-- count the finished ones.
+SELECT (SELECT count(*) FROM tasks WHERE status = 'pending'),
+       (SELECT count(*) FROM tasks WHERE status = 'in_progress'),
+       pg_relation_size(c.oid) / current_setting('block_size')::bigint,
+       c.reltuples::float8, c.relpages
+FROM pg_class AS c
+WHERE c.oid = 'tasks'::regclass;
+
+-- name: depth_finished
+-- Exact counts of finished tasks by status: only run while the table is small.
+SELECT status, count(*)
+FROM tasks
+WHERE status IN ('done', 'error', 'cancelled')
+GROUP BY status;
+
+-- name: status_frequencies
+-- The planner's share of each status (from the last ANALYZE), to estimate the
+-- finished counts of a large table without scanning it.
+SELECT s.most_common_vals::text::text[], s.most_common_freqs
+FROM pg_stats AS s
+JOIN pg_class AS c ON c.relname = s.tablename
+JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
+WHERE c.oid = 'tasks'::regclass AND s.attname = 'status';

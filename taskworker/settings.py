@@ -45,6 +45,9 @@ class Settings:
     statement_timeout: float = 10.0  # server-side bound on every query, seconds
     connect_timeout: float = 10.0  # bound on one connection attempt, seconds
     listen: bool = True  # wake on LISTEN/NOTIFY (false for PgBouncer transaction mode)
+    metrics_port: int | None = None  # serve /metrics and /healthz on this port; None = off
+    metrics_host: str = "127.0.0.1"  # address the metrics server binds (0.0.0.0: all)
+    health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
 
     @property
     def safe_database_url(self) -> str:
@@ -144,6 +147,22 @@ def _above_zero(parse: Callable[[str], T]) -> Callable[[str], T]:
     return check
 
 
+def _port(raw: str) -> int:
+    value = _int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("expected a TCP port between 1 and 65535")
+    return value
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith("[") and value.endswith("]"):  # [::1] as in a URL
+        value = value[1:-1]
+    if not re.fullmatch(r"[0-9A-Za-z.:_-]+", value):
+        raise ValueError("expected a host name or an IP address, such as 127.0.0.1 or 0.0.0.0")
+    return value
+
+
 def _fraction(raw: str) -> float:
     value = _float(raw)
     if not 0 <= value <= 1:
@@ -172,6 +191,9 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "STATEMENT_TIMEOUT": ("statement_timeout", _above_zero(_duration)),
     "CONNECT_TIMEOUT": ("connect_timeout", _above_zero(_duration)),
     "LISTEN": ("listen", _bool),
+    "METRICS_PORT": ("metrics_port", _port),
+    "METRICS_HOST": ("metrics_host", _host),
+    "HEALTH_MAX_DOWNTIME": ("health_max_downtime", _above_zero(_duration)),
 }
 
 

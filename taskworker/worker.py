@@ -37,6 +37,7 @@ from .heartbeat import Heartbeat
 from .inflight import DONE, ERROR, RELEASE, RETRY, InFlight, Outcome, Task
 from .listener import Listener
 from .logs import log, printable
+from .metrics import Metrics
 from .settings import Settings
 
 RETRY_CAP = 3600.0  # longest retry backoff, seconds
@@ -97,11 +98,12 @@ class Processor:
         self.fetcher = Fetcher(settings, self.holder, self.inflight, self.queue,
                                self.idle_workers, lambda: self.stopping)
         self.completer = Completer(settings, self.holder, self.inflight,
-                                   lambda: self.giving_up)
+                                   lambda: self.giving_up, self.fetcher.wake.set)
         self.heartbeat = Heartbeat(settings, self.holder, self.inflight,
                                    lambda: self.giving_up)
         self.listener = Listener(settings, self.fetcher.wake, lambda: self.stopping)
         self.side_jobs: dict[str, gevent.Greenlet] = {}
+        self.metrics = Metrics(self) if settings.metrics_port else None
 
     # --- running
 
@@ -110,10 +112,14 @@ class Processor:
         s = self.settings
         log.info("Starting task processor with %d workers, fetching every %s",
                  s.worker_count, _seconds(s.fetch_interval))
+        if self.metrics:
+            self.metrics.serve()  # first: a port in use stops serve before any claim
         gevent.signal_handler(signal.SIGINT, self._on_signal)
         gevent.signal_handler(signal.SIGTERM, self._on_signal)
         self._start("completer", self.completer.run)
         self._start("heartbeat", self.heartbeat.run)
+        if self.metrics:
+            self._start("metrics", self.metrics.sample_forever)
         if s.listen:
             self._start("listener", self.listener.run)
         for n in range(1, s.worker_count + 1):
@@ -164,6 +170,7 @@ class Processor:
                             n, task.id)
                 continue
             self.running[n] = task
+            started = time.monotonic()
             try:
                 outcome = self._execute(task, n)
             except gevent.GreenletExit as exc:
@@ -179,6 +186,8 @@ class Processor:
             finally:
                 del self.running[n]
                 self.fetcher.wake.set()
+            if self.metrics:
+                self.metrics.task_duration.observe(time.monotonic() - started)
             self.completer.put(outcome)
 
     def _crashed(self, task: Task, n: int, exc: BaseException) -> Outcome:
@@ -273,6 +282,8 @@ class Processor:
             job.kill()
         for link in (self.fetcher.link, self.heartbeat.link, self.completer.link):
             link.close()
+        if self.metrics:
+            self.metrics.stop()
         log.info("All workers have completed, shutdown successful")
 
 

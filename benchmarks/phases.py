@@ -1,0 +1,261 @@
+"""What one benchmark run does: the plan (sizes, settings, repeats) and the
+phases, each filling the Bench with raw results; report.py turns them into the
+table.
+"""
+from __future__ import annotations
+
+import datetime
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import pgqueuer_runs, profiling, rawsql
+from . import taskworker_runs as tw
+from .databases import Server
+from .processes import BenchError
+
+PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency")
+MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
+
+
+@dataclass
+class Plan:
+    sizes: list[int]
+    settings: list[tuple[int, int]]
+    repeats: int  # rounds of the 20,000-task comparisons (medians reported)
+    repeats_large: int  # rounds at the larger sizes
+    pgq_batches: list[int]
+    raw_batches: list[int]  # pgbench runs with 2 clients, at each of `sizes`
+    processes: list[int]
+    process_n: int
+    finished_rows: int
+    finished_n: int
+    finished_repeats: int
+    rss_workers: list[int]
+    latency_rate: float = 200.0
+    latency_seconds: float = 5.0
+    latency_singles: int = 20
+    latency_pause: float = 0.3
+
+
+def plan_for(quick: bool) -> Plan:
+    if quick:
+        return Plan(sizes=[20_000], settings=[(10, 100), (100, 100)], repeats=3,
+                    repeats_large=1, pgq_batches=[10, 100], raw_batches=[10, 100],
+                    processes=[2, 4],
+                    process_n=20_000, finished_rows=1_000_000, finished_n=20_000,
+                    finished_repeats=2, rss_workers=[5, 100, 1000])
+    return Plan(sizes=[20_000, 200_000], settings=[(10, 100), (100, 100), (100, 1000)],
+                repeats=5, repeats_large=2, pgq_batches=[10, 100, 1000],
+                raw_batches=[10, 100],
+                processes=[2, 4], process_n=200_000, finished_rows=1_000_000,
+                finished_n=100_000, finished_repeats=4, rss_workers=[5, 100, 1000])
+
+
+@dataclass
+class Bench:
+    args: Any  # argparse.Namespace of run.py
+    plan: Plan
+    server: Server
+    dbs: dict[str, str] = field(default_factory=dict)
+    tw: dict[tuple[int, int, int], list[tw.Drain]] = field(default_factory=dict)  # (n, w, f)
+    pgq: dict[tuple[int, int], list[pgqueuer_runs.Drain]] = field(default_factory=dict)
+    raw: dict[tuple[int, int], list[rawsql.Raw]] = field(default_factory=dict)  # (n, batch)
+    multi: dict[int, tw.Drain] = field(default_factory=dict)
+    finished: dict[str, list[tw.Drain]] = field(default_factory=dict)  # "empty" / "big"
+    rss: dict[int, tw.Drain] = field(default_factory=dict)
+    latency: dict[str, tuple] = field(default_factory=dict)  # system -> (steady, single)
+    profile: profiling.Profile | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def say(self, message: str) -> None:
+        print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+    def db(self, purpose: str, schema: str = "taskworker") -> str:
+        """A database for `purpose`, made once per run (migrated or pgqueuer-installed)."""
+        if purpose not in self.dbs:
+            url = self.server.create(purpose)
+            if schema == "taskworker":
+                tw.migrate(url)
+            else:
+                pgqueuer_runs.install(url)
+            self.dbs[purpose] = url
+        return self.dbs[purpose]
+
+    def note_drain(self, label: str, d: tw.Drain | pgqueuer_runs.Drain) -> None:
+        for n in d.notes:
+            self.notes.append(f"{label}: {n}")
+
+    # --- best figures, for ratios
+
+    def tw_best(self, n: int) -> tuple[tuple[int, int], float | None]:
+        best: tuple[tuple[int, int], float | None] = (MAIN_SETTING, None)
+        for (size, w, f), runs in self.tw.items():
+            rate = median_rate(runs)
+            if size == n and rate is not None and (best[1] is None or rate > best[1]):
+                best = ((w, f), rate)
+        return best
+
+    def pgq_best(self, n: int) -> tuple[int | None, float | None]:
+        best: tuple[int | None, float | None] = (None, None)
+        for (size, batch), runs in self.pgq.items():
+            rate = median_rate(runs)
+            if size == n and rate is not None and (best[1] is None or rate > best[1]):
+                best = (batch, rate)
+        if best[1] is None and n != 20_000:
+            return self.pgq_best(20_000)
+        return best
+
+    def raw100(self, n: int) -> float | None:
+        """Raw SQL in batches of 100 on `n` tasks (else on 20,000)."""
+        return median_rate(self.raw.get((n, 100)) or self.raw.get((20_000, 100), []))
+
+
+def median_rate(runs: list) -> float | None:
+    rates = [r.rate for r in runs if r.rate is not None]
+    return statistics.median(rates) if rates else None
+
+
+def mb(kb: int | None) -> float | None:
+    return None if kb is None else kb / 1024
+
+
+COMPARED = ("throughput", "pgqueuer", "rawsql")
+
+
+def phase_compare(b: Bench) -> None:
+    """taskworker, pgqueuer and raw SQL throughput, interleaved round by round (and
+    rotated within a round) so that other load on the machine falls on all alike."""
+    want = [p for p in COMPARED if p in b.args.phases]
+    failed: set[str] = set()
+    pgbench = rawsql.find_pgbench(b.args.pgbench)
+    if "rawsql" in want and not pgbench:
+        b.notes.append("raw SQL skipped: pgbench not found (PATH, /usr/lib/postgresql/*/bin); "
+                       "use --pgbench")
+        failed.add("rawsql")
+    if "pgqueuer" in want and not pgqueuer_runs.version():
+        b.notes.append("pgqueuer skipped: pgqueuer/asyncpg not installed (pip install pgqueuer "
+                       "asyncpg, or use tox -e bench)")
+        failed.add("pgqueuer")
+
+    def tw_run(n: int, w: int, f: int) -> None:
+        d = tw.throughput(b.db("tw"), n, w, f)
+        b.tw.setdefault((n, w, f), []).append(d)
+        b.note_drain(f"taskworker {n} W={w} F={f}", d)
+
+    def pgq_run(n: int, batch: int) -> None:
+        d = pgqueuer_runs.drain(b.db("pgq", schema="pgqueuer"), n, batch)
+        b.pgq.setdefault((n, batch), []).append(d)
+        b.note_drain(f"pgqueuer {n} batch {batch}", d)
+
+    def raw_run(n: int, batch: int) -> None:
+        r = rawsql.claim_complete(pgbench or "pgbench", b.db("raw"), batch, n // (2 * batch))
+        b.raw.setdefault((n, batch), []).append(r)
+        b.notes.extend(f"raw SQL batch {batch}: {n}" for n in r.notes)
+
+    for n in b.plan.sizes:
+        rounds = b.plan.repeats if n <= 20_000 else b.plan.repeats_large
+        for r in range(rounds):
+            jobs: list[tuple[str, str, Callable[[], None]]] = []
+            if "throughput" in want:
+                for w, f in b.plan.settings:
+                    jobs.append(("throughput", f"taskworker: {n:,} tasks, W={w} F={f}",
+                                 lambda n=n, w=w, f=f: tw_run(n, w, f)))
+            if "pgqueuer" in want:
+                best = b.pgq_best(20_000)[0] or max(b.plan.pgq_batches)
+                for batch in (b.plan.pgq_batches if n <= 20_000 else [best]):
+                    jobs.append(("pgqueuer", f"pgqueuer: {n:,} jobs, batch {batch}",
+                                 lambda n=n, batch=batch: pgq_run(n, batch)))
+            if "rawsql" in want:
+                for batch in b.plan.raw_batches:
+                    jobs.append(("rawsql", f"raw SQL: pgbench, {n:,} tasks, batch {batch}",
+                                 lambda n=n, batch=batch: raw_run(n, batch)))
+            jobs = jobs[r % len(jobs):] + jobs[:r % len(jobs)] if jobs else jobs
+            for system, label, run_job in jobs:
+                if system in failed:
+                    continue
+                b.say(f"{label} (round {r + 1}/{rounds})")
+                try:
+                    run_job()
+                except Exception as exc:  # noqa: BLE001 - the others go on
+                    failed.add(system)
+                    what = str(exc) if isinstance(exc, BenchError) else \
+                        f"{type(exc).__name__}: {exc}"
+                    b.notes.append(f"{system} failed, skipped from then on: {what}")
+                    b.say(f"{system} failed: {what}")
+
+
+def phase_processes(b: Bench) -> None:
+    url = b.db("tw")
+    n = b.plan.process_n
+    (w, f), _ = b.tw_best(n)
+    for count in b.plan.processes:
+        b.say(f"taskworker: {n:,} tasks, {count} processes, WORKER_COUNT={w} FETCH_LIMIT={f}")
+        d = tw.throughput(url, n, w, f, processes=count)
+        b.multi[count] = d
+        b.note_drain(f"taskworker {count} processes", d)
+
+
+def phase_finished_rows(b: Bench) -> None:
+    empty = b.db("tw")
+    big = b.dbs.get("big")
+    if big is None:
+        big = b.db("big")
+        b.say(f"taskworker: adding {b.plan.finished_rows:,} done rows")
+        tw.add_finished_rows(big, b.plan.finished_rows)
+    w, f = MAIN_SETTING
+    n = b.plan.finished_n
+    for i in range(b.plan.finished_repeats):
+        for label, url, truncate in (("empty", empty, True), ("big", big, False)):
+            b.say(f"taskworker: {n:,} tasks, table {label} ({i + 1}/{b.plan.finished_repeats})")
+            d = tw.throughput(url, n, w, f, truncate=truncate, vacuum=True)
+            b.finished.setdefault(label, []).append(d)
+            b.note_drain(f"taskworker {label} table", d)
+
+
+def phase_rss(b: Bench) -> None:
+    url = b.db("tw")
+    for workers in b.plan.rss_workers:
+        if (20_000, workers, 100) in b.tw:
+            b.rss[workers] = b.tw[(20_000, workers, 100)][0]
+            continue
+        b.say(f"taskworker: 20,000 tasks, WORKER_COUNT={workers} (peak RSS)")
+        d = tw.throughput(url, 20_000, workers, 100)
+        b.rss[workers] = d
+        b.note_drain(f"taskworker RSS W={workers}", d)
+
+
+def phase_latency(b: Bench) -> None:
+    p = b.plan
+    w, f = MAIN_SETTING
+    b.say(f"taskworker: pickup latency, {p.latency_singles} single tasks, then "
+          f"{p.latency_rate:.0f}/s for {p.latency_seconds:.0f} s")
+    steady, single, notes = tw.pickup(b.db("lat"), w, f, p.latency_rate, p.latency_seconds,
+                                      p.latency_singles, p.latency_pause)
+    b.latency["taskworker"] = (steady, single)
+    b.notes.extend(f"taskworker latency: {n}" for n in notes)
+    if pgqueuer_runs.version():
+        batch, _ = b.pgq_best(20_000)
+        batch = batch or 10
+        b.say(f"pgqueuer: pickup latency (batch {batch})")
+        steady, single, notes = pgqueuer_runs.pickup(
+            b.db("pgqlat", schema="pgqueuer"), batch, p.latency_rate, p.latency_seconds,
+            p.latency_singles, p.latency_pause)
+        b.latency["pgqueuer"] = (steady, single)
+        b.notes.extend(f"pgqueuer latency: {n}" for n in notes)
+
+
+def phase_profile(b: Bench) -> None:
+    w, f = MAIN_SETTING
+    n = max(200_000, int(b.args.py_spy * 40_000))  # enough work to outlast the sampling
+    recorder = profiling.Recorder(b.args.py_spy)
+    b.say(f"taskworker: {n:,} tasks under py-spy for {b.args.py_spy:.0f} s")
+    d = tw.throughput(b.db("tw"), n, w, f, on_start=recorder.start)
+    b.profile = recorder.finish()
+    b.notes.append(f"py-spy run: {d.rate or 0:,.0f} tasks/s while sampled "
+                   f"(WORKER_COUNT={w} FETCH_LIMIT={f}, {n:,} tasks)")
+    b.note_drain("taskworker py-spy run", d)
+
+

@@ -1,0 +1,157 @@
+"""Benchmark taskworker against pgqueuer and raw SQL on the local PostgreSQL.
+
+    python -m benchmarks.run [--quick] [--database-url URL] [--markdown FILE]
+                             [--only PHASES] [--py-spy SECONDS]
+
+One run measures, each in databases of its own (twbench_<run>_<purpose>, dropped
+at the end, also on Ctrl+C or failure):
+  throughput     no-op tasks/s of one `taskworker serve` at a few WORKER_COUNT/
+                 FETCH_LIMIT settings, from 20,000 and 200,000 pending tasks
+  pgqueuer       the same no-op work by pgqueuer (asyncpg driver, one process),
+                 batch 10 and 100 (full run: also 1000), best batch at 200,000
+  rawsql         pgbench running claim_complete_10.sql / claim_complete_100.sql
+                 (2 clients) on the same numbers of tasks
+  processes      2 and 4 serve processes together
+  finished-rows  100,000 tasks (--quick: 20,000) with 1,000,000 done rows in the
+                 table vs an empty table, alternated, median of 4 (--quick: 2)
+  rss            peak RSS (VmHWM) of serve at WORKER_COUNT 5, 100 and 1000
+  latency        insert-to-claim latency at 200 tasks/s, and single tasks into an
+                 idle worker, for taskworker and pgqueuer
+With --py-spy N, one extra run (N x 40,000 tasks, at least 200,000) is sampled by
+py-spy for N seconds and the top functions are listed.
+--quick: 20,000 tasks only, fewer settings, 3 rounds (about 1.5 minutes; the full
+run, 5 rounds at 20,000 and 2 at 200,000 tasks, about 5-6 minutes on 2 cores).
+Competitors are interleaved round by round, and medians reported, because other
+load on a small machine moves single runs by tens of percent.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from . import processes, profiling
+from .databases import Server
+from .phases import (
+    COMPARED,
+    PHASES,
+    Bench,
+    phase_compare,
+    phase_finished_rows,
+    phase_latency,
+    phase_processes,
+    phase_profile,
+    phase_rss,
+    plan_for,
+)
+from .processes import BenchError
+from .report import render, source_digest, versions
+
+DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_URL),
+                    help="server to use (a superuser URL; env BENCH_DATABASE_URL; "
+                         f"default {DEFAULT_URL})")
+    ap.add_argument("--quick", action="store_true",
+                    help="20,000 tasks only, fewer settings and rounds")
+    ap.add_argument("--only", default=",".join(PHASES),
+                    help=f"comma-separated phases to run (default all: {','.join(PHASES)})")
+    ap.add_argument("--py-spy", type=float, default=0, metavar="SECONDS",
+                    help="also profile one serve process with py-spy for SECONDS")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
+    ap.add_argument("--pgbench", metavar="PATH", help="pgbench to use (default: PATH, then "
+                    "/usr/lib/postgresql/<newest>/bin/pgbench)")
+    ap.add_argument("--keep-files", action="store_true",
+                    help="keep the children's logs (printed path) instead of removing them")
+    ap.add_argument("--drop-stale", action="store_true",
+                    help="drop twbench_* databases left by killed runs, then exit")
+    args = ap.parse_args(argv)
+    args.phases = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        ap.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    return args
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    server = Server(args.database_url)
+    if args.drop_stale:
+        for name in server.stale():
+            server.drop(name)
+            print(f"dropped {name}")
+        return 0
+    # Also when started in the background (where a shell ignores SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
+    b = Bench(args, plan_for(args.quick), server)
+    stale = server.stale()
+    if stale:
+        b.notes.append(f"databases left by an earlier killed run: {', '.join(stale)} "
+                       "(python -m benchmarks.run --drop-stale)")
+    load_start = os.getloadavg()[0]
+    source_start = source_digest()
+    started = datetime.datetime.now()
+    t0 = datetime.datetime.now().timestamp()
+    phases: dict[str, Callable[[Bench], None]] = {
+        "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
+        "latency": phase_latency}
+    steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
+    if any(p in args.phases for p in COMPARED):
+        steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))
+    interrupted = False
+    try:
+        for name, step in steps:
+            try:
+                step(b)
+            except Exception as exc:  # noqa: BLE001 - one phase failing must not stop the rest
+                what = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+                b.notes.append(f"phase {name} failed: {what}")
+                b.say(f"phase {name} failed: {what}")
+        if args.py_spy > 0:
+            if profiling.available():
+                phase_profile(b)
+            else:
+                b.notes.append("py-spy not installed: no profile")
+    except KeyboardInterrupt:
+        interrupted = True
+        b.say("interrupted: stopping processes and dropping databases")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the cleanup finish
+        processes.stop_all()
+        failed = server.drop_all()
+        if not args.keep_files:
+            processes.remove_workdir()
+        if failed:
+            b.say(f"could not drop: {', '.join(failed)} (use --drop-stale)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if source_digest() != source_start:
+        b.notes.append(f"taskworker's source changed during the run (sha1 {source_start} at "
+                       f"the start, {source_digest()} at the end): figures may mix versions")
+    if args.keep_files:
+        b.notes.append(f"logs of the child processes kept in {processes.workdir()}")
+    info = versions(server)
+    info["load average (1 min) at start / end"] = (
+        f"{load_start:.2f} / {os.getloadavg()[0]:.2f} (other work on the machine adds noise)")
+    text = render(b, started, datetime.datetime.now().timestamp() - t0, info)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(text + "\n")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""taskworker as the benchmark drives it: `python -m taskworker serve`
+subprocesses with the no-op handler, fed a batch of pending tasks once they
+listen, timed from the database's own completion timestamps.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psycopg2.extensions import connection
+
+from . import latency
+from .databases import connect, count_listeners, database_name
+from .processes import BenchError, Proc, run, workdir
+
+REPO = Path(__file__).resolve().parent.parent
+# taskworker's settings: never inherited from the caller's environment, so a
+# stray FETCH_INTERVAL or TASK_TIMEOUT cannot change what is measured.
+SETTING_VARS = (
+    "DATABASE_URL", "WORKER_COUNT", "FETCH_INTERVAL", "FETCH_LIMIT", "TASK_MIN_SECONDS",
+    "TASK_MAX_SECONDS", "TASK_FAILURE_RATE", "TASK_HANDLER", "LOG_LEVEL", "LOG_FORMAT",
+    "LEASE_SECONDS", "MAX_RETRIES", "RETRY_BACKOFF", "MAX_RESCUES", "TASK_TIMEOUT",
+    "SHUTDOWN_TIMEOUT", "STATEMENT_TIMEOUT", "CONNECT_TIMEOUT", "LISTEN",
+)
+# An empty working directory: a developer's .env must not leak into the runs.
+
+
+def env_for(db_url: str, **settings: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_VARS}
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env["DATABASE_URL"] = db_url
+    env.update({k.upper(): str(v) for k, v in settings.items()})
+    return env
+
+
+def migrate(db_url: str) -> None:
+    code, out = run("migrate", [sys.executable, "-m", "taskworker", "migrate"],
+                    env_for(db_url), cwd=workdir("cwd"), timeout=60)
+    if code != 0:
+        raise BenchError(f"taskworker migrate exited {code}: {out.strip()[-500:]}")
+
+
+def start_serve(db_url: str, workers: int, fetch_limit: int) -> Proc:
+    env = env_for(db_url, worker_count=workers, fetch_limit=fetch_limit,
+                  task_handler="benchmarks.noop:noop", log_level="WARNING")
+    return Proc("serve", [sys.executable, "-m", "taskworker", "serve"], env, cwd=workdir("cwd"))
+
+
+def wait_ready(db_url: str, procs: list[Proc], timeout: float = 15.0) -> bool:
+    """Wait until every process has its LISTEN connection up (idle, waiting).
+
+    False if that was not seen in time (the processes may still be fine, but
+    the pickup of the first batch then includes some start-up).
+    """
+    conn = connect(db_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in procs:
+                if not p.alive():
+                    raise BenchError(f"taskworker serve exited {p.popen.returncode} at start: "
+                                     f"{p.output().strip()[-500:]}")
+            if count_listeners(conn, database_name(db_url)) >= len(procs):
+                time.sleep(0.2)  # let the fetchers finish their first (empty) claim
+                return True
+            time.sleep(0.05)
+        return False
+    finally:
+        conn.close()
+
+
+@dataclass
+class Drain:
+    """One throughput run: `n` tasks through `processes` serve processes."""
+    n: int
+    processes: int
+    workers: int
+    fetch_limit: int
+    analyze: bool = True  # ANALYZE in the inserting transaction (planner statistics)
+    rate: float | None = None  # tasks/s from the first to the last completion
+    span: float | None = None  # seconds from the first to the last completion
+    wall: float | None = None  # seconds from the insert's commit to "none left"
+    done: int = 0
+    errors: int = 0
+    left: int = 0
+    rss_kb: list[int | None] = field(default_factory=list)  # VmHWM per process
+    notes: list[str] = field(default_factory=list)  # anything odd
+
+    @property
+    def setting(self) -> str:
+        return f"WORKER_COUNT={self.workers} FETCH_LIMIT={self.fetch_limit}"
+
+
+INSERT_PENDING = """
+WITH ins AS (
+    INSERT INTO tasks (payload) SELECT 'task ' || n FROM generate_series(1, %s) AS n
+    RETURNING id
+)
+SELECT min(id), max(id), count(*) FROM ins
+"""
+# Both checks use taskworker's partial indexes: cheap however big the table.
+ANY_LEFT = ("SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending') "
+            "OR EXISTS (SELECT 1 FROM tasks WHERE status = 'in_progress')")
+WINDOW = """
+WITH r AS (SELECT status, updated_at FROM tasks WHERE id BETWEEN %(lo)s AND %(hi)s),
+     w AS (SELECT min(updated_at) AS t0, max(updated_at) AS t1 FROM r WHERE status = 'done')
+SELECT count(*) FILTER (WHERE status = 'done'),
+       count(*) FILTER (WHERE status = 'error'),
+       count(*) FILTER (WHERE status IN ('pending', 'in_progress')),
+       count(*) FILTER (WHERE status = 'done' AND updated_at = w.t0),
+       extract(epoch FROM w.t1 - w.t0)
+FROM r, w
+GROUP BY w.t0, w.t1
+"""
+
+
+def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: int = 1,
+               truncate: bool = True, vacuum: bool = False, analyze: bool = True,
+               on_start: Callable[[list[Proc]], None] | None = None) -> Drain:
+    """Start the processes, wait until they listen, insert `n` pending tasks in
+    one statement (one NOTIFY wakes them all) and time the drain.
+
+    The rate is taken from the rows' own `updated_at` (set by the completion
+    statement): (done - those of the first completion batch) / (last - first),
+    so process start-up and the poll interval are not in it.
+    """
+    result = Drain(n, processes, workers, fetch_limit, analyze=analyze)
+    conn = connect(db_url)
+    try:
+        _drain(conn, db_url, result, truncate, vacuum, on_start)
+    finally:
+        conn.close()
+    if result.done != n:
+        result.notes.append(f"{result.done} of {n} done, {result.errors} error, "
+                            f"{result.left} pending or in progress after shutdown")
+    return result
+
+
+def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum: bool,
+           on_start: Callable[[list[Proc]], None] | None) -> None:
+    n, workers, fetch_limit = result.n, result.workers, result.fetch_limit
+    procs: list[Proc] = []
+    try:
+        with conn.cursor() as cur:
+            if truncate:
+                cur.execute("TRUNCATE tasks")
+            if vacuum:
+                cur.execute("VACUUM ANALYZE tasks")
+        procs = [start_serve(db_url, workers, fetch_limit) for _ in range(result.processes)]
+        if not wait_ready(db_url, procs):
+            result.notes.append("LISTEN connections not seen within 15 s of start")
+        conn.autocommit = False
+        with conn.cursor() as cur:
+            cur.execute(INSERT_PENDING, (n,))
+            lo, hi, _ = cur.fetchone()
+            if result.analyze:
+                cur.execute("ANALYZE tasks")  # counts our own uncommitted rows
+        conn.commit()
+        conn.autocommit = True
+        committed = time.monotonic()
+        if on_start:
+            on_start(procs)
+        deadline = committed + 20 + n / 1000
+        drained = False
+        with conn.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute(ANY_LEFT)
+                if not cur.fetchone()[0]:
+                    drained = True
+                    break
+                if not any(p.alive() for p in procs):
+                    break
+                time.sleep(0.05)
+        if drained:
+            result.wall = time.monotonic() - committed
+        else:
+            result.notes.append(f"not drained after {time.monotonic() - committed:.0f} s")
+        result.rss_kb = [p.vm_hwm_kb() for p in procs]
+    finally:
+        codes = [(p, p.stop()) for p in procs]
+        for p, code in codes:
+            if code != 0 or p.killed:
+                result.notes.append(f"serve pid {p.pid} exit code {code}"
+                                    + (" (killed after 30 s)" if p.killed else ""))
+            lines = [ln for ln in p.output().splitlines() if ln.strip()]
+            if lines:
+                result.notes.append(f"serve pid {p.pid} printed {len(lines)} lines at "
+                                    f"LOG_LEVEL=WARNING, first: {lines[0][:200]}")
+    with conn.cursor() as cur:
+        cur.execute(WINDOW, {"lo": lo, "hi": hi})
+        row = cur.fetchone()
+    if row:
+        result.done, result.errors, result.left, at_first, span = row
+        if span:
+            result.span = float(span)
+            result.rate = (result.done - at_first) / result.span
+
+
+def median_drain(runs: list[Drain]) -> Drain:
+    """The run with the median rate (runs without a rate sort first)."""
+    ranked = sorted(runs, key=lambda d: d.rate or 0.0)
+    return ranked[len(ranked) // 2]
+
+
+def add_finished_rows(db_url: str, count: int) -> None:
+    """`count` done rows, a day old, as a long-running queue leaves behind."""
+    conn = connect(db_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("""
+                INSERT INTO tasks (payload, status, result, attempts, created_at, updated_at,
+                                   run_at)
+                SELECT 'old task ' || n, 'done', 'old task ' || n, 1,
+                       now() - interval '1 day', now() - interval '1 day',
+                       now() - interval '1 day'
+                FROM generate_series(1, %s) AS n""", (count,))
+            cur.execute("VACUUM ANALYZE tasks")
+    finally:
+        conn.close()
+
+
+
+def pickup(db_url: str, workers: int, fetch_limit: int, rate: float, seconds: float,
+           repeats: int, pause: float) -> tuple[latency.Latency, latency.Latency, list[str]]:
+    """Pickup latency of one idle serve process: single tasks, then a steady rate."""
+    notes: list[str] = []
+    conn = connect(db_url)
+    proc = None
+    try:
+        latency.install_claim_clock(conn, "tasks", "pending", "in_progress")
+        proc = start_serve(db_url, workers, fetch_limit)
+        if not wait_ready(db_url, [proc]):
+            notes.append("LISTEN connection not seen within 15 s of start")
+        latency.singles(conn, LATENCY_INSERT, 2, pause)  # warm-up, not counted
+        single = latency.singles(conn, LATENCY_INSERT, repeats, pause)
+        time.sleep(pause)
+        steady = latency.steady(conn, LATENCY_INSERT, rate, seconds)
+    finally:
+        if proc is not None:
+            code = proc.stop()
+            if code != 0:
+                notes.append(f"serve exit code {code}")
+            lines = [ln for ln in proc.output().splitlines() if ln.strip()]
+            if lines:
+                notes.append(f"serve printed {len(lines)} lines at LOG_LEVEL=WARNING, "
+                             f"first: {lines[0][:200]}")
+        conn.close()
+    return steady, single, notes
+
+
+LATENCY_INSERT = "INSERT INTO tasks (payload) VALUES ('latency probe') RETURNING id"

@@ -1,0 +1,83 @@
+"""The wordcount example end to end, as its README runs it: create its table,
+enqueue files from code, run `taskworker serve` with its handler, and find the
+counts in word_counts and the results in tasks.
+
+Fixtures (db_url, db, serve) come from the main suite through examples/conftest.py.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proc import child_env
+
+from taskworker.settings import FIELDS
+
+HERE = Path(__file__).resolve().parent
+HANDLER = "wordcount.handlers:count_words"
+TEXTS = {
+    "empty.txt": "",
+    "one.txt": "hello",
+    "poem.txt": "The fog comes\non little cat feet.\n\n  It sits looking\tover harbor\n",
+    "unicode.txt": "Größe ändern — naïve café 東京 ok",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
+    for var in FIELDS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def example(db_url: str, *args: str) -> str:
+    """Run `python -m wordcount.<args>` as the README does; return its stdout."""
+    done = subprocess.run([sys.executable, "-m", *args], cwd=HERE, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env=child_env({"DATABASE_URL": db_url, "PYTHONPATH": str(HERE)}))
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return done.stdout
+
+
+def query(db: Any, statement: str) -> list[tuple]:
+    with db.cursor() as cur:
+        cur.execute(statement)
+        return cur.fetchall()
+
+
+def test_wordcount_example(db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    assert "word_counts is ready" in example(db_url, "wordcount.migrate")
+    example(db_url, "wordcount.migrate")  # safe to run again
+
+    for name, text in TEXTS.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    out = example(db_url, "wordcount.submit", *(str(tmp_path / n) for n in TEXTS))
+    ids = {Path(path).name: int(task_id)
+           for task_id, path in (line.split("\t") for line in out.splitlines())}
+    assert sorted(ids) == sorted(TEXTS)
+    null_id = query(db, "INSERT INTO tasks (payload) VALUES (NULL) RETURNING id")[0][0]
+
+    p = serve(db_url, env={"TASK_HANDLER": HANDLER, "PYTHONPATH": str(HERE)})
+    deadline = time.monotonic() + 30
+    while query(db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'in_progress')"
+                )[0][0]:
+        assert p.proc.poll() is None, p.output()
+        assert time.monotonic() < deadline, p.output()
+        time.sleep(0.1)
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+    assert "Traceback" not in p.output(), p.output()
+
+    expected = {ids[name]: len(text.split()) for name, text in TEXTS.items()}
+    assert expected[ids["poem.txt"]] == 12 and expected[ids["unicode.txt"]] == 7
+    assert dict(query(db, "SELECT task_id, words FROM word_counts")) == expected
+    tasks = {row[0]: row[1:] for row in query(db, "SELECT id, status, result, error FROM tasks")}
+    for task_id, words in expected.items():
+        assert tasks[task_id] == ("done", str(words), None)
+    assert tasks[null_id][:2] == ("error", None)
+    assert tasks[null_id][2] == "ValueError: no text to count (the payload is NULL)"

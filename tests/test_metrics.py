@@ -1,0 +1,331 @@
+"""Metrics, health and JSON logs of `taskworker serve`, seen from outside: a
+Prometheus scrape whose counters match the table, /healthz turning 503 when the
+process's backends keep being terminated or its database stops taking
+connections (and 200 again after), one JSON object per log line, and bad
+metrics settings refused at start.
+"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import psycopg2
+import pytest
+from proc import ServeProcess, run_cli
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg2.sql import SQL, Identifier
+
+from taskworker.settings import FIELDS, load
+
+ServeFactory = Callable[..., ServeProcess]
+QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0"}
+UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
+    for var in FIELDS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    """(HTTP status, body) of GET http://127.0.0.1:port/path."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics: (name, sorted labels) -> value."""
+    status, text = get(port, "/metrics")
+    assert status == 200, text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str,
+               p: ServeProcess | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if p is not None and p.proc.poll() is not None:
+            raise AssertionError(f"serve exited ({p.proc.returncode}) before {what}:\n"
+                                 f"{p.output()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
+                                 f"{p.output()[-4000:] if p else ''}")
+        time.sleep(0.1)
+
+
+def query(db: Any, statement: str, params: Any = None) -> list[tuple]:
+    with db.cursor() as cur:
+        cur.execute(statement, params)
+        return cur.fetchall() if cur.description is not None else []
+
+
+def start(serve: ServeFactory, db_url: str, port: int, **env: str) -> ServeProcess:
+    p = serve(db_url, env={**QUICK, "METRICS_PORT": str(port), **env})
+    p.wait_for(rf"Serving metrics on http://127\.0\.0\.1:{port}/metrics$")
+    return p
+
+
+def stop(p: ServeProcess) -> None:
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()[-4000:]
+    assert "Traceback" not in p.output(), p.output()[-4000:]
+
+
+# --- the scrape
+
+
+def test_scrape_during_a_run_matches_the_table(db_url: str, db: Any,
+                                               serve: ServeFactory) -> None:
+    port = free_port()
+    p = start(serve, db_url, port, TASK_MIN_SECONDS="0.005", TASK_MAX_SECONDS="0.02",
+              TASK_FAILURE_RATE="0.3", MAX_RETRIES="1", RETRY_BACKOFF="0")
+    before = scrape(port)
+    assert value(before, "taskworker_tasks_claimed_total") == 0
+    assert value(before, "taskworker_tasks_finished_total", status="done") == 0
+    assert value(before, "taskworker_healthy") == 1
+    assert get(port, "/healthz")[0] == 200
+    assert get(port, "/nothing-here")[0] == 404
+
+    query(db, "INSERT INTO tasks (payload) SELECT 'word ' || n FROM generate_series(1, 200) n"
+              " RETURNING id")
+    # Scrapes while the tasks run: counters only ever grow, and never run ahead.
+    scrapes = [before]
+
+    def all_finished() -> bool:
+        now = scrape(port)
+        for key in ("taskworker_tasks_claimed_total", "taskworker_task_duration_seconds_count"):
+            assert value(now, key) >= value(scrapes[-1], key)
+        finished = sum(value(now, "taskworker_tasks_finished_total", status=s)
+                       for s in ("done", "error"))
+        assert finished <= value(now, "taskworker_tasks_claimed_total")
+        scrapes.append(now)
+        return finished == 200
+
+    wait_until(all_finished, 40, "200 finished tasks in the scrape", p)
+    assert len(scrapes) > 2  # at least one scrape while the tasks ran
+
+    counts = dict(query(db, "SELECT status, count(*) FROM tasks GROUP BY status"))
+    runs, retried = query(db, "SELECT sum(attempts), sum(attempts - 1) FROM tasks")[0]
+    assert counts.get("done", 0) + counts.get("error", 0) == 200, counts
+    m = scrape(port)
+    assert value(m, "taskworker_tasks_finished_total", status="done") == counts.get("done", 0)
+    assert value(m, "taskworker_tasks_finished_total", status="error") == counts.get("error", 0)
+    assert counts.get("error", 0) > 0 and retried > 0  # the run did fail and retry
+    assert value(m, "taskworker_task_retries_total") == retried
+    assert value(m, "taskworker_tasks_claimed_total") == runs
+    assert value(m, "taskworker_task_duration_seconds_count") == runs
+    assert 0 < value(m, "taskworker_task_duration_seconds_sum") < runs * 5
+    for name in ("taskworker_lease_losses_total", "taskworker_tasks_rescued_total",
+                 "taskworker_tasks_given_back_total", "taskworker_tasks_in_flight",
+                 "taskworker_workers_busy"):
+        assert value(m, name) == 0, name
+    for conn in ("fetcher", "heartbeat", "completer", "listener", "metrics"):
+        assert value(m, "taskworker_database_reconnects_total", connection=conn) == 0
+    assert value(m, "taskworker_workers") == 5
+
+    # The queue depth is sampled every few seconds: wait for a sample after the run.
+    def depth_settled() -> dict | None:
+        m = scrape(port)
+        depth = {s: value(m, "taskworker_queue_depth", status=s)
+                 for s in ("pending", "in_progress", "done", "error", "cancelled")}
+        want = {"pending": 0, "in_progress": 0, "done": counts.get("done", 0),
+                "error": counts.get("error", 0), "cancelled": 0}
+        return depth if depth == want else None
+
+    wait_until(depth_settled, 15, "the queue depth sample after the run", p)
+    stop(p)
+
+
+def test_queue_depth_of_a_large_table_is_estimated(db_url: str, db: Any,
+                                                   serve: ServeFactory) -> None:
+    # Over 16 MB of finished tasks: the sampler estimates them from the planner's
+    # statistics instead of counting them; pending tasks are still counted exactly.
+    query(db, "INSERT INTO tasks (payload, status, run_at)"
+              " SELECT repeat('x', 200), CASE WHEN n % 4 = 0 THEN 'error' ELSE 'done' END,"
+              " now() FROM generate_series(1, 80000) n RETURNING NULL")
+    query(db, "INSERT INTO tasks (payload, run_at) SELECT 'later', now() + interval '1 hour'"
+              " FROM generate_series(1, 7) RETURNING NULL")
+    query(db, "ANALYZE tasks")
+    pages = query(db, "SELECT pg_relation_size('tasks') / 8192")[0][0]
+    assert pages > 2048, pages  # (EXACT_PAGES in taskworker/metrics.py)
+    port = free_port()
+    p = start(serve, db_url, port)
+
+    def sampled() -> dict | None:
+        m = scrape(port)
+        depth = {s: v for (name, labels), v in m.items()
+                 if name == "taskworker_queue_depth" for (_, s) in labels}
+        return depth if "done" in depth else None
+
+    depth = wait_until(sampled, 15, "a queue depth sample", p)
+    assert depth["pending"] == 7 and depth["in_progress"] == 0, depth
+    assert depth["done"] == pytest.approx(60000, rel=0.1), depth
+    assert depth["error"] == pytest.approx(20000, rel=0.1), depth
+    assert depth["cancelled"] == 0, depth
+    stop(p)
+
+
+# --- /healthz
+
+
+def healthz(port: int) -> tuple[int, dict]:
+    status, body = get(port, "/healthz")
+    return status, json.loads(body)
+
+
+def test_healthz_fails_while_backends_keep_being_terminated(db_url: str, db: Any,
+                                                            serve: ServeFactory) -> None:
+    port = free_port()
+    p = start(serve, db_url, port, HEALTH_MAX_DOWNTIME="2", FETCH_INTERVAL="0.5")
+    status, body = healthz(port)
+    assert (status, body["status"]) == (200, "ok"), body
+
+    stop_killing = threading.Event()
+
+    def kill_loop() -> None:
+        while not stop_killing.is_set():
+            query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                      " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                      " AND application_name LIKE 'taskworker %%'")
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_loop, daemon=True)
+    killer.start()
+    try:
+        status, body = wait_until(lambda: (r := healthz(port))[0] == 503 and r, 20,
+                                  "/healthz to fail while backends are terminated", p)
+    finally:
+        stop_killing.set()
+        killer.join(5)
+    assert body["status"] == "unhealthy"
+    assert any("database connection" in problem for problem in body["problems"]), body
+    assert value(scrape(port), "taskworker_healthy") == 0
+
+    # Left alone, it reconnects and is healthy again once the losses are older
+    # than HEALTH_MAX_DOWNTIME; it kept running all along.
+    wait_until(lambda: healthz(port)[0] == 200, 20, "/healthz to recover", p)
+    m = scrape(port)
+    assert sum(v for (name, _), v in m.items()
+               if name == "taskworker_database_reconnects_total") > 0
+    assert "Database connection lost" in p.output()
+    stop(p)
+
+
+def test_healthz_fails_while_the_database_refuses_connections(pg_base_url: str, db_url: str,
+                                                              serve: ServeFactory) -> None:
+    dbname = psycopg2.extensions.parse_dsn(db_url)["dbname"]
+    admin = psycopg2.connect(pg_base_url, connect_timeout=10)
+    admin.autocommit = True
+    port = free_port()
+    p = start(serve, db_url, port, HEALTH_MAX_DOWNTIME="1", FETCH_INTERVAL="0.5")
+    assert healthz(port)[0] == 200
+    try:
+        # Stop the database taking connections, then drop the ones it has.
+        query(admin, SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(Identifier(dbname)))
+        query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE datname = %s", (dbname,))
+        status, body = wait_until(lambda: (r := healthz(port))[0] == 503 and r, 20,
+                                  "/healthz to fail while the database is unreachable", p)
+        assert any("down for" in problem for problem in body["problems"]), body
+    finally:
+        query(admin, SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(Identifier(dbname)))
+    wait_until(lambda: healthz(port)[0] == 200, 20, "/healthz to recover", p)
+    admin.close()
+    stop(p)
+
+
+# --- logs as JSON
+
+
+def test_json_logs_one_object_per_line(db_url: str, db: Any, serve: ServeFactory) -> None:
+    query(db, "INSERT INTO tasks (payload) VALUES ('ok 1'), ('ok 2'), (NULL) RETURNING id")
+    p = serve(db_url, env={**QUICK, "LOG_FORMAT": "json"})
+    wait_until(lambda: p.output().count("processed with status") == 3, 30,
+               "3 tasks processed", p)
+    stop(p)
+    lines = p.output().splitlines()
+    assert lines
+    records = []
+    for line in lines:
+        record = json.loads(line)  # every line, start-up and shutdown included
+        assert {"time", "level", "message"} <= record.keys(), line
+        assert record["level"] in ("debug", "info", "warning", "error"), line
+        records.append(record)
+    messages = [r["message"] for r in records]
+    assert messages[0].startswith("Connecting to database: ")
+    assert "All workers have completed, shutdown successful" in messages
+    task_lines = [r for r in records if re.match(r"\[Worker \d+\] .*[Tt]ask ID: \d+",
+                                                 r["message"])]
+    assert len(task_lines) == 7, task_lines  # processing, processed; and failed for NULL
+    for r in task_lines:
+        assert isinstance(r["task_id"], int) and str(r["task_id"]) in r["message"], r
+        assert r["worker"] >= 1 and r["attempt"] == 1, r
+    assert all("task_id" not in r for r in records if r not in task_lines)
+    assert time.strptime(records[0]["time"][:19], "%Y-%m-%dT%H:%M:%S")
+
+
+# --- settings
+
+
+def test_metrics_settings_defaults_and_forms() -> None:
+    s = load({})
+    assert (s.metrics_port, s.metrics_host, s.health_max_downtime) == (None, "127.0.0.1", 30.0)
+    s = load({"METRICS_PORT": " 9100 ", "METRICS_HOST": "[::1]", "HEALTH_MAX_DOWNTIME": "500ms"})
+    assert (s.metrics_port, s.metrics_host, s.health_max_downtime) == (9100, "::1", 0.5)
+    assert load({"METRICS_PORT": ""}).metrics_port is None  # empty: off
+
+
+# --- bad settings
+
+
+@pytest.mark.parametrize(("var", "raw"), [
+    ("METRICS_PORT", "0"), ("METRICS_PORT", "65536"), ("METRICS_PORT", "http"),
+    ("METRICS_PORT", "-1"), ("METRICS_HOST", "bad host"), ("HEALTH_MAX_DOWNTIME", "0"),
+])
+def test_bad_metrics_setting_exits_2_with_one_line(var: str, raw: str) -> None:
+    env = {"DATABASE_URL": UNREACHABLE_URL, "METRICS_PORT": "9100", var: raw}
+    code, out, err = run_cli(["serve"], env=env, timeout=30)
+    assert code == 2, (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"Error: invalid {var}=") and raw in lines[0], err
+
+
+def test_metrics_port_in_use_stops_serve_with_one_line(db_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(["serve"], env={"DATABASE_URL": db_url,
+                                                 "METRICS_PORT": str(port)}, timeout=30)
+    assert code == 1, (out, err)
+    assert err.splitlines() == [f"Error: cannot serve metrics on 127.0.0.1:{port}: "
+                                "Address already in use"], err
+    assert "Fetched" not in out and "Starting worker" not in out

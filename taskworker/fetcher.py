@@ -28,6 +28,8 @@ from .settings import Settings
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
+BACKLOG_MAX = 1000  # outcomes waiting to be written beyond which claiming pauses
+BACKLOG_POLL = 0.01  # seconds between checks while paused
 
 
 class Fetcher:
@@ -58,6 +60,14 @@ class Fetcher:
             return min(free, self.settings.fetch_limit)
         return 0
 
+    def backlogged(self) -> bool:
+        """Outcomes pile up unwritten (the completer is stalled on the database):
+        claim nothing more until they are written, so memory and held leases stay
+        bounded."""
+        running = self.settings.worker_count - self.idle_workers()
+        unwritten = len(self.inflight) - self.queue.qsize() - running
+        return unwritten >= BACKLOG_MAX
+
     def run(self) -> None:
         while not self.should_stop():
             self.wake.clear()
@@ -67,6 +77,9 @@ class Fetcher:
                 self.rescue()
             if self._alone_waiting:
                 self._run_alone()
+                continue
+            if self.backlogged():
+                self.wake.wait(BACKLOG_POLL)
                 continue
             want = self.slots()
             if want <= 0:

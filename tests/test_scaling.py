@@ -247,3 +247,37 @@ def test_claims_and_completions_are_batched(db_url: str, db: Any, serve: ServeFa
     out = p.output()
     # LOG_LEVEL=WARNING: not one per-task line.
     assert "Processing task ID" not in out and "processed with status" not in out, tail(out)
+
+
+SLOW_COMPLETIONS = """
+CREATE FUNCTION slow_done() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.002);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_done BEFORE UPDATE ON tasks
+    FOR EACH ROW WHEN (NEW.status = 'done') EXECUTE FUNCTION slow_done();
+"""
+
+
+def test_claiming_pauses_while_outcomes_wait_to_be_written(db_url: str, db: Any,
+                                                           serve: ServeFactory,
+                                                           noop_env: dict[str, str]) -> None:
+    """A completer slowed down by the database (here: 2 ms per written row, while
+    the no-op handler finishes thousands a second) must not let the fetcher claim
+    the whole table: claiming pauses once 1,000 outcomes wait to be written."""
+    with db.cursor() as cur:
+        cur.execute(SLOW_COMPLETIONS)
+    bulk_insert(db, 4000)
+    p = serve(db_url, env={**noop_env, "WORKER_COUNT": "10", "FETCH_LIMIT": "100"})
+    most = 0
+    deadline = time.monotonic() + 60
+    while count(db, "done") < 4000:
+        assert time.monotonic() < deadline, tail(p.output())
+        most = max(most, count(db, "in_progress"))
+        time.sleep(0.05)
+    p.signal(signal.SIGINT)
+    assert p.wait(30) == 0
+    # 1,000 unwritten + the batch on the wire is part of those + queued and
+    # running (2 x WORKER_COUNT) + one claim past the line (FETCH_LIMIT).
+    assert 0 < most <= 1000 + 2 * 10 + 100, most

@@ -277,6 +277,8 @@ class Processor:
             log.error("Could not write %d outcomes: database unreachable; those tasks "
                       "return to pending when their lease expires", left)
             completer.kill()
+        else:
+            self._release_leftovers()
         self.giving_up = True
         for job in self.side_jobs.values():
             job.kill()
@@ -285,6 +287,22 @@ class Processor:
         if self.metrics:
             self.metrics.stop()
         log.info("All workers have completed, shutdown successful")
+
+
+    def _release_leftovers(self) -> None:
+        """Give back whatever the table still says this process holds: a claim
+        whose reply never arrived (the fetcher cut off mid-statement, a connection
+        lost with the reply). Every known task has had its outcome written."""
+        try:
+            with gevent.Timeout(GIVE_BACK_GRACE, TimeoutError("no answer from the database")):
+                rows = self.completer.link.query(sql.release_orphans,
+                                                 {"holder": self.holder, "known": []})
+        except Exception as exc:  # the database went away just now: leases expire
+            log.error("Could not check for tasks left claimed: %s", first_line(exc))
+            return
+        if rows:
+            log.info("Gave back %d tasks claimed while shutting down: %s",
+                     len(rows), ", ".join(str(r[0]) for r in sorted(rows)))
 
 
 def _unstorable(result: object) -> str | None:

@@ -23,6 +23,8 @@ from .settings import Settings
 
 # Errors that mean "the connection, not the statement, is the problem".
 CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# Errors after which the same statement, sent again, can succeed.
+TRANSIENT_ERRORS = (psycopg2.errors.QueryCanceled, psycopg2.errors.TransactionRollbackError)
 RECENT_LOSSES = 5  # times of the last losses each connection keeps (/healthz: flapping)
 
 
@@ -139,10 +141,18 @@ class Link:
                 self.failing_since = None
                 return rows
             except CONNECTION_ERRORS as exc:
-                if not conn.closed and not isinstance(exc, psycopg2.errors.QueryCanceled):
-                    raise  # e.g. a serialization failure: not ours to hide
-                self._broken(exc)
-                self.close()
+                if conn.closed:
+                    self._broken(exc)
+                    self.close()
+                elif isinstance(exc, TRANSIENT_ERRORS):
+                    # The server rolled the statement back whole (a deadlock with
+                    # another of our statements, statement_timeout): send it again.
+                    if self.failing_since is None:
+                        self.failing_since = time.monotonic()
+                    log.warning("Statement interrupted (%s): %s; retrying",
+                                self.name, first_line(exc))
+                else:
+                    raise
                 self._pause(delay)
                 delay = min(delay * 2, 5.0)
 

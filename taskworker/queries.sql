@@ -87,11 +87,22 @@ SELECT extract(epoch FROM
            (SELECT min(locked_until) FROM tasks WHERE status = 'in_progress') - now());
 
 -- name: heartbeat
--- Extend the lease of every task this process holds; the ids not returned were lost.
-UPDATE tasks
-SET locked_until = now() + %(lease)s * interval '1 second'
-WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_progress'
-RETURNING id;
+-- Extend the lease of every task this process holds, and return the ones it still
+-- holds; the ids not returned were taken away (rescued). SKIP LOCKED: a row locked
+-- right now is being written by our completer (or rescued), so waiting for it
+-- could deadlock; the final SELECT reads the statement's snapshot, so a skipped
+-- row that is still ours is not mistaken for a lost one.
+WITH extended AS (
+    UPDATE tasks
+    SET locked_until = now() + %(lease)s * interval '1 second'
+    WHERE id IN (SELECT id FROM tasks
+                 WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s
+                   AND status = 'in_progress'
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING id
+)
+SELECT id FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_progress';
 
 -- name: complete
 -- Write many outcomes at once. Fenced: a row is written only while this process

@@ -25,16 +25,15 @@ import psycopg2.extensions
 from . import sql
 from .db import DatabaseUnavailable, first_line
 from .producer import RunAt, enqueue_many
+from .pruner import PRUNE_BATCH, prune_finished
 from .settings import parse_duration
 
 Connection = psycopg2.extensions.connection
 
 ENQUEUE_BATCH = 5000  # stdin lines per INSERT and per commit
-PRUNE_BATCH = 10000  # rows per DELETE
 RETRY_BATCH = 10000  # rows per UPDATE of retry --all-errors
 TOP_ERRORS = 5
 STATUSES = ("pending", "in_progress", "done", "error", "cancelled")
-FINISHED = ("done", "error", "cancelled")
 
 
 def keyboard_interrupts() -> None:
@@ -379,19 +378,12 @@ def prune(conn: Connection, older_than: float, statuses: Sequence[str],
           batch_size: int = PRUNE_BATCH) -> None:
     """Delete finished tasks not changed for `older_than` seconds, one batch per
     transaction (lowest ids first); print how many."""
-    deleted = 0
-    after = -(2**63)
     with conn.cursor() as cur:
-        cur.execute(sql.cutoff, {"seconds": older_than})
-        _, before = cur.fetchone()
-        while True:
-            cur.execute(sql.prune, {"statuses": list(statuses), "before": before,
-                                    "after": after, "limit": batch_size})
-            got = [row[0] for row in cur.fetchall()]
-            if not got:
-                break
-            deleted += len(got)
-            after = max(got)
+        def query(statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+            cur.execute(statement, params)
+            return cur.fetchall()
+
+        deleted = prune_finished(query, older_than, statuses, batch_size)
     click.echo(f"Deleted {_tasks(deleted)}")
 
 

@@ -23,6 +23,7 @@ from . import __version__, admin, logs, sql
 from . import migrate as migrations
 from .db import DatabaseUnavailable, connect, first_line
 from .logs import log
+from .pruner import FINISHED, PRUNE_BATCH
 from .settings import Settings, SettingsError, load
 
 EXIT_CONFIG = 2
@@ -130,6 +131,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       METRICS_PORT       serve Prometheus /metrics and /healthz on this port (off)
       METRICS_HOST       address the metrics server listens on (127.0.0.1)
       HEALTH_MAX_DOWNTIME  /healthz fails once a connection is down this long (30s)
+      PRUNE_AFTER        delete done/error/cancelled tasks older than this (off)
       TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE
                          the demo handler's sleep (1s to 4s) and failures (0.1)
     """
@@ -305,9 +307,9 @@ def cancel(ids: tuple[int, ...]) -> None:
 @cli.command()
 @click.option("--older-than", required=True, metavar="DURATION",
               help="Delete tasks last changed (updated_at) more than DURATION ago: 7d, 12h.")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(admin.FINISHED),
+@click.option("--status", "statuses", multiple=True, type=click.Choice(FINISHED),
               help="Only this status (repeatable). [default: done, error and cancelled]")
-@click.option("--batch-size", default=admin.PRUNE_BATCH, show_default=True,
+@click.option("--batch-size", default=PRUNE_BATCH, show_default=True,
               type=click.IntRange(min=1), help="Rows per DELETE statement.")
 def prune(older_than: str, statuses: tuple[str, ...], batch_size: int) -> None:
     """Delete finished tasks; print how many.
@@ -321,7 +323,7 @@ def prune(older_than: str, statuses: tuple[str, ...], batch_size: int) -> None:
     """
     seconds = checked(admin.duration, "--older-than", older_than)
     with database(load_settings(), "prune") as conn:
-        admin.prune(conn, seconds, statuses or admin.FINISHED, batch_size)
+        admin.prune(conn, seconds, statuses or FINISHED, batch_size)
 
 
 def main() -> None:

@@ -37,13 +37,13 @@ from . import sql
 from .db import Link, Stopped, first_line
 from .inflight import DONE, ERROR, RELEASE, RETRY
 from .logs import log
+from .pruner import FINISHED
 
 if TYPE_CHECKING:
     from .worker import Processor
 
 DEPTH_EVERY = 5.0  # seconds between queue depth samples
 EXACT_PAGES = 2048  # finished tasks are counted exactly up to this table size (16 MB)
-FINISHED = ("done", "error", "cancelled")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
                     300, 600, float("inf"))
 WATCHED_JOBS = ("fetcher", "heartbeat", "completer", "listener")

@@ -48,6 +48,7 @@ class Settings:
     metrics_port: int | None = None  # serve /metrics and /healthz on this port; None = off
     metrics_host: str = "127.0.0.1"  # address the metrics server binds (0.0.0.0: all)
     health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
+    prune_after: float | None = None  # serve deletes finished tasks older than this; None = off
 
     @property
     def safe_database_url(self) -> str:
@@ -194,6 +195,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "METRICS_PORT": ("metrics_port", _port),
     "METRICS_HOST": ("metrics_host", _host),
     "HEALTH_MAX_DOWNTIME": ("health_max_downtime", _above_zero(_duration)),
+    "PRUNE_AFTER": ("prune_after", _above_zero(_duration)),
 }
 
 

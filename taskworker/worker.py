@@ -38,6 +38,7 @@ from .inflight import DONE, ERROR, RELEASE, RETRY, InFlight, Outcome, Task
 from .listener import Listener
 from .logs import log, printable
 from .metrics import Metrics
+from .pruner import Pruner
 from .settings import Settings
 
 RETRY_CAP = 3600.0  # longest retry backoff, seconds
@@ -104,6 +105,7 @@ class Processor:
         self.listener = Listener(settings, self.fetcher.wake, lambda: self.stopping)
         self.side_jobs: dict[str, gevent.Greenlet] = {}
         self.metrics = Metrics(self) if settings.metrics_port else None
+        self.pruner = Pruner(settings, lambda: self.stopping) if settings.prune_after else None
 
     # --- running
 
@@ -122,6 +124,8 @@ class Processor:
             self._start("metrics", self.metrics.sample_forever)
         if s.listen:
             self._start("listener", self.listener.run)
+        if self.pruner:
+            self._start("pruner", self.pruner.run)
         for n in range(1, s.worker_count + 1):
             log.info("Starting worker %d", n)
             self.pool.spawn(self._worker, n)
@@ -284,6 +288,8 @@ class Processor:
             job.kill()
         for link in (self.fetcher.link, self.heartbeat.link, self.completer.link):
             link.close()
+        if self.pruner:
+            self.pruner.link.close()
         if self.metrics:
             self.metrics.stop()
         log.info("All workers have completed, shutdown successful")

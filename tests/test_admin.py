@@ -377,3 +377,31 @@ def test_cancelled_status_needs_migration_004(db: Any) -> None:
     add(db, status="cancelled")
     with pytest.raises(Exception, match="tasks_status_check"):
         add(db, status="canceled")
+
+
+def test_serve_prunes_on_its_own_with_prune_after(db_url: str, db: Any, serve: Any,
+                                                  history: dict[str, int]) -> None:
+    """PRUNE_AFTER=7d: serve deletes the finished tasks older than a week, and keeps
+    the recent ones and every unfinished one (which it processes as usual)."""
+    p = serve(db_url, env={"PRUNE_AFTER": "7d", "TASK_MIN_SECONDS": "0",
+                           "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0",
+                           "LEASE_SECONDS": "1", "FETCH_INTERVAL": "0.2"})
+    p.wait_for(r"Pruned 3 finished tasks last changed more than 604800s ago", timeout=30)
+    assert remaining(db, history) == {"old_pending", "old_running", "recent_done",
+                                      "recent_error", "recent_cancelled"}
+    p.signal(signal.SIGINT)
+    assert p.wait(30) == 0
+    statuses = dict(query(db, "SELECT id, status FROM tasks WHERE id IN (%s, %s)",
+                          (history["old_pending"], history["old_running"])))
+    assert statuses == {history["old_pending"]: "done", history["old_running"]: "done"}
+
+
+def test_serve_without_prune_after_deletes_nothing(db_url: str, db: Any, serve: Any,
+                                                   history: dict[str, int]) -> None:
+    p = serve(db_url, env={"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0",
+                           "TASK_FAILURE_RATE": "0", "FETCH_INTERVAL": "0.2"})
+    p.wait_for(r"Task ID: %d processed with status: done" % history["old_pending"], timeout=30)
+    p.signal(signal.SIGINT)
+    assert p.wait(30) == 0
+    assert "Pruned" not in p.output()
+    assert remaining(db, history) == set(history)

@@ -400,7 +400,7 @@ def test_serve_without_prune_after_deletes_nothing(db_url: str, db: Any, serve: 
                                                    history: dict[str, int]) -> None:
     p = serve(db_url, env={"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0",
                            "TASK_FAILURE_RATE": "0", "FETCH_INTERVAL": "0.2"})
-    p.wait_for(r"Task ID: %d processed with status: done" % history["old_pending"], timeout=30)
+    p.wait_for(rf"Task ID: {history['old_pending']} processed with status: done", timeout=30)
     p.signal(signal.SIGINT)
     assert p.wait(30) == 0
     assert "Pruned" not in p.output()

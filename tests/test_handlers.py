@@ -1,0 +1,151 @@
+"""Your own handlers: TASK_HANDLER / --handler naming any importable function,
+the task context it may ask for, what ends up in the table, and the one line a
+handler that cannot be loaded gets. Plus the version, as a user asks for it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proc import CLI, ServeProcess, child_env, run_cli
+
+from taskworker import __version__
+from taskworker import settings as tw_settings
+
+ServeFactory = Callable[..., ServeProcess]
+
+HANDLERS = '''\
+"""Handlers for test_handlers.py, imported by `taskworker serve` from PYTHONPATH."""
+
+
+def shout(payload):
+    return payload.upper()
+
+
+def describe(payload, task):
+    return f"{payload}|id={task.id}|attempt={task.attempt}|worker={task.worker}"
+
+
+class Refused(Exception):
+    pass
+
+
+def refuse(payload):
+    raise Refused(f"will not do {payload!r}")
+
+
+not_a_function = 42
+'''
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in tw_settings.FIELDS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def handler_dir(tmp_path: Path) -> dict[str, str]:
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    (folder / "my_handlers.py").write_text(HANDLERS)
+    (folder / "broken_on_import.py").write_text("raise RuntimeError('no config here')\n")
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "FETCH_INTERVAL": "0.2"}
+
+
+def insert(db: Any, *payloads: str) -> list[int]:
+    with db.cursor() as cur:
+        cur.execute("INSERT INTO tasks (payload) SELECT unnest(%s::text[]) RETURNING id",
+                    (list(payloads),))
+        return sorted(r[0] for r in cur.fetchall())
+
+
+def rows(db: Any) -> dict[int, tuple[str, str | None, str | None, int]]:
+    with db.cursor() as cur:
+        cur.execute("SELECT id, status, result, error, attempts FROM tasks")
+        return {r[0]: tuple(r[1:]) for r in cur.fetchall()}
+
+
+def run_until_finished(p: ServeProcess, ids: list[int]) -> str:
+    for task_id in ids:
+        p.wait_for(rf"Task ID: {task_id} processed with status: (done|error)", timeout=30)
+    p.signal(signal.SIGINT)
+    assert p.wait(30) == 0
+    return p.output()
+
+
+def test_handler_named_by_environment(db_url: str, db: Any, serve: ServeFactory,
+                                      handler_dir: dict[str, str]) -> None:
+    ids = insert(db, "quiet please", "naïve ✓")
+    p = serve(db_url, env={**handler_dir, "TASK_HANDLER": "my_handlers:shout"})
+    run_until_finished(p, ids)
+    assert rows(db) == {ids[0]: ("done", "QUIET PLEASE", None, 1),
+                        ids[1]: ("done", "NAÏVE ✓", None, 1)}
+
+
+def test_handler_gets_the_task_context(db_url: str, db: Any, serve: ServeFactory,
+                                       handler_dir: dict[str, str]) -> None:
+    ids = insert(db, "a", "b")
+    p = serve(db_url, env={**handler_dir, "WORKER_COUNT": "1"},
+              args=["--handler", "my_handlers:describe"])
+    run_until_finished(p, ids)
+    got = rows(db)
+    for task_id, payload in zip(ids, "ab", strict=True):
+        assert got[task_id] == ("done", f"{payload}|id={task_id}|attempt=1|worker=1", None, 1)
+
+
+def test_handler_exception_is_stored_as_type_and_message(db_url: str, db: Any,
+                                                         serve: ServeFactory,
+                                                         handler_dir: dict[str, str]) -> None:
+    ids = insert(db, "the dishes")
+    p = serve(db_url, env={**handler_dir, "TASK_HANDLER": "my_handlers:refuse"})
+    out = run_until_finished(p, ids)
+    assert rows(db) == {ids[0]: ("error", None, "Refused: will not do 'the dishes'", 1)}
+    assert f"Task ID: {ids[0]} processed with status: error" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(("path", "reason"), [
+    ("no_such_module:run", "ModuleNotFoundError"),
+    ("my_handlers:missing", "AttributeError"),
+    ("broken_on_import:run", "RuntimeError: no config here"),
+    ("my_handlers:not_a_function", "not callable"),
+])
+def test_handler_that_cannot_be_loaded_stops_serve(db_url: str, db: Any,
+                                                   handler_dir: dict[str, str],
+                                                   path: str, reason: str) -> None:
+    ids = insert(db, "untouched")
+    code, out, err = run_cli(["serve"], env={**handler_dir, "DATABASE_URL": db_url,
+                                             "TASK_HANDLER": path}, timeout=30)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert f"TASK_HANDLER='{path}'" in lines[0] and reason in lines[0]
+    assert "Traceback" not in out + err
+    assert rows(db) == {ids[0]: ("pending", None, None, 0)}  # nothing was claimed
+
+
+def test_handler_path_must_look_like_module_colon_function(db_url: str) -> None:
+    code, out, err = run_cli(["serve"], env={"DATABASE_URL": db_url,
+                                             "TASK_HANDLER": "just-a-name"}, timeout=30)
+    assert code == 2
+    assert err.strip() == ("Error: invalid TASK_HANDLER='just-a-name': "
+                           "expected package.module:function")
+
+
+def test_version_from_the_command_and_from_python_m() -> None:
+    code, out, _ = run_cli(["--version"])
+    assert (code, out.strip()) == (0, f"taskworker, version {__version__}")
+    script = Path(sys.executable).with_name("taskworker")
+    if script.exists():  # the console script, where pip put it
+        done = subprocess.run([str(script), "--version"], env=child_env(), text=True,
+                              capture_output=True, timeout=60, check=False)
+        assert (done.returncode, done.stdout.strip()) == (0, f"taskworker, version {__version__}")
+    assert CLI[1:] == ["-m", "taskworker"]

@@ -85,22 +85,24 @@ class Fetcher:
             if want <= 0:
                 self.wake.wait(self.settings.fetch_interval)
                 continue
-            got = self.claim(want)
+            got = len(self.claim(want))
+            if got:
+                log.info("Fetched %d tasks", got)
             if got < want and not self.should_stop():
                 self.wake.wait(self._idle_wait())
 
-    def claim(self, limit: int) -> int:
-        rows = self.link.query(sql.claim, {
-            "limit": limit, "holder": self.holder, "lease": self.settings.lease_seconds})
-        rows.sort()
-        for task_id, payload, attempt, rescues in rows:
-            task = Task(task_id, payload, attempt, rescues)
+    def claim(self, limit: int, alone: bool = False) -> list[Task]:
+        """Claim up to `limit` tasks (with `alone`: only tasks that must run alone)
+        and queue them for the workers, oldest first."""
+        rows = self.link.query(sql.claim, {"limit": limit, "alone": alone,
+                                           "holder": self.holder,
+                                           "lease": self.settings.lease_seconds})
+        tasks = [Task(*row) for row in sorted(rows)]
+        for task in tasks:
             self.inflight.add(task)
             self.queue.put(task)
-        if rows:
-            self.claimed += len(rows)
-            log.info("Fetched %d tasks", len(rows))
-        return len(rows)
+        self.claimed += len(tasks)
+        return tasks
 
     def rescue(self) -> None:
         """Take back tasks whose lease expired: their process stopped responding."""
@@ -127,17 +129,13 @@ class Fetcher:
         if len(self.inflight):  # claimed tasks not yet run and written
             self.wake.wait(DRAIN_POLL)
             return
-        rows = self.link.query(sql.claim_alone, {
-            "holder": self.holder, "lease": self.settings.lease_seconds})
-        if not rows:
+        tasks = self.claim(1, alone=True)
+        if not tasks:
             self._alone_waiting = False
             return
-        task = Task(*rows[0])
+        task = tasks[0]
         log.warning("Task ID: %d lost its worker %d times: running it alone",
                     task.id, task.rescues, extra={"task_id": task.id})
-        self.claimed += 1
-        self.inflight.add(task)
-        self.queue.put(task)
 
     def _idle_wait(self) -> float:
         """Seconds to sleep when the table had nothing for us."""

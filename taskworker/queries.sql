@@ -8,16 +8,21 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- name: claim
 -- Take up to %(limit)s due pending tasks, oldest first, for this process, in one
 -- statement. SKIP LOCKED: two claimers never wait on, nor take, the same row.
--- Tasks that must run alone are left to claim_alone.
+-- %(alone)s false: the ordinary claim, leaving out tasks that must run alone.
+-- %(alone)s true: one such task (its worker was lost MAX_RESCUES times), for a
+-- process that holds no other, so that if the process dies running it no other
+-- task is charged with the loss; the flag is cleared, and if the process dies
+-- again the rescue parks the task.
 WITH picked AS (
     SELECT id FROM tasks
-    WHERE status = 'pending' AND run_at <= now() AND NOT run_alone
+    WHERE status = 'pending' AND run_at <= now() AND run_alone = %(alone)s
     ORDER BY run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
 SET status = 'in_progress',
+    run_alone = false,
     locked_by = %(holder)s,
     locked_until = now() + %(lease)s * interval '1 second',
     attempts = t.attempts + 1,
@@ -55,29 +60,6 @@ RETURNING t.id, t.status;
 -- Is a task that must run alone due? (The process then drains and claims it.)
 SELECT EXISTS (SELECT 1 FROM tasks
                WHERE run_alone AND status = 'pending' AND run_at <= now());
-
--- name: claim_alone
--- Take one due task that must run alone (its worker was lost MAX_RESCUES times),
--- for a process that holds no other task: if the process dies running it, no
--- other task is charged with the loss. The flag is cleared: if the process dies
--- again, the rescue parks the task.
-WITH picked AS (
-    SELECT id FROM tasks
-    WHERE run_alone AND status = 'pending' AND run_at <= now()
-    ORDER BY run_at, id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks AS t
-SET status = 'in_progress',
-    run_alone = false,
-    locked_by = %(holder)s,
-    locked_until = now() + %(lease)s * interval '1 second',
-    attempts = t.attempts + 1,
-    updated_at = now()
-FROM picked
-WHERE t.id = picked.id
-RETURNING t.id, t.payload, t.attempts, t.rescues;
 
 -- name: next_due
 -- Seconds until the next retry is due and until the next lease expires (NULL: none).

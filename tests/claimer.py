@@ -32,7 +32,8 @@ def claim_all(url: str, holder: str, limit: int,
     try:
         with conn.cursor() as cur:
             while True:
-                cur.execute(QUERIES["claim"], {"limit": limit, "holder": holder, "lease": 300})
+                cur.execute(QUERIES["claim"], {"limit": limit, "alone": False, "holder": holder,
+                                                "lease": 300})
                 rows = cur.fetchall()
                 if not rows:
                     return ids

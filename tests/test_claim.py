@@ -104,6 +104,6 @@ def test_claim_takes_oldest_first_and_respects_limit(db_url: str,
         cur.execute("UPDATE tasks SET status = 'done' WHERE payload = 'task 1'")
         cur.execute("UPDATE tasks SET run_at = now() + interval '1 hour'"
                     " WHERE payload = 'task 2'")
-        cur.execute(QUERIES["claim"], {"limit": 3, "holder": "me", "lease": 30})
+        cur.execute(QUERIES["claim"], {"limit": 3, "alone": False, "holder": "me", "lease": 30})
         got = sorted(row[1] for row in cur.fetchall())
     assert got == ["task 3", "task 4", "task 5"]  # not done, not due: skipped

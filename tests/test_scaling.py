@@ -149,20 +149,22 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
     assert count(db, "pending") == 100_000
 
     ids = list(range(1, 101))
-    statements = {  # the fetcher's, completer's and heartbeat's, with realistic parameters
-        "claim": {"limit": 100, "holder": "host:1:abcd", "lease": 30},
-        "rescue": {"max_rescues": 3},
-        "next_due": None,
-        "alone_waiting": None,
-        "claim_alone": {"holder": "host:1:abcd", "lease": 30},
-        "heartbeat": {"ids": ids, "holder": "host:1:abcd", "lease": 30},
-        "complete": {"holder": "host:1:abcd", "ids": ids, "attempts": [1] * 100,
-                     "statuses": ["done"] * 100, "results": ["x"] * 100,
-                     "errors": [None] * 100, "delays": [None] * 100, "uncounts": [0] * 100},
-    }
+    claim = {"limit": 100, "holder": "host:1:abcd", "lease": 30}
+    statements = [  # the fetcher's, completer's and heartbeat's, with realistic parameters
+        ("claim", "claim", {**claim, "alone": False}),
+        ("claim alone", "claim", {**claim, "limit": 1, "alone": True}),
+        ("rescue", "rescue", {"max_rescues": 3}),
+        ("next_due", "next_due", None),
+        ("alone_waiting", "alone_waiting", None),
+        ("heartbeat", "heartbeat", {"ids": ids, "holder": "host:1:abcd", "lease": 30}),
+        ("complete", "complete", {
+            "holder": "host:1:abcd", "ids": ids, "attempts": [1] * 100,
+            "statuses": ["done"] * 100, "results": ["x"] * 100,
+            "errors": [None] * 100, "delays": [None] * 100, "uncounts": [0] * 100}),
+    ]
     with db.cursor() as cur:
-        for name, params in statements.items():
-            statement = cur.mogrify(QUERIES[name], params).decode()
+        for name, query_name, params in statements:
+            statement = cur.mogrify(QUERIES[query_name], params).decode()
             cur.execute("EXPLAIN (FORMAT JSON) " + statement)
             raw = cur.fetchone()[0]
             plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]

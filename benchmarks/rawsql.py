@@ -1,4 +1,4 @@
-"""The raw SQL ceiling: pgbench running claim_complete_<batch>.sql (claim with
+"""The raw SQL ceiling: pgbench running claim_complete.sql (claim with
 SKIP LOCKED, then complete) against a tasks table made by `taskworker migrate`.
 """
 from __future__ import annotations
@@ -53,9 +53,7 @@ def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
                    clients: int = 2) -> Raw:
     """Exactly clients x transactions x batch pending tasks, all claimed and done."""
     result = Raw(batch, clients, transactions)
-    script = HERE / f"claim_complete_{batch}.sql"
-    if not script.exists():
-        raise BenchError(f"no pgbench script {script.name}")
+    script = HERE / "claim_complete.sql"
     conn = connect(db_url)
     try:
         with conn.cursor() as cur:
@@ -65,6 +63,7 @@ def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
             cur.execute("ANALYZE tasks")
         env = dict(os.environ, PGAPPNAME="twbench pgbench")
         code, out = run("pgbench", [pgbench, "-n", "-M", "prepared", "-f", str(script),
+                                    "-D", f"batch={batch}",
                                     "-c", str(clients), "-j", str(clients),
                                     "-t", str(transactions), db_url], env, timeout=300)
         if code != 0:

@@ -1,12 +1,12 @@
--- pgbench script: the raw SQL of one worker round with batches of 10.
--- Claim 10 due pending tasks with SKIP LOCKED (as taskworker's claim: lease,
+-- pgbench script: the raw SQL of one worker round with batches of :batch tasks
+-- (pgbench -D batch=100). Claim :batch due pending tasks with SKIP LOCKED (as taskworker's claim: lease,
 -- attempt count), then, in a second transaction, mark them done fenced on the
 -- holder. Run with -M prepared; :ids is the claimed ids as an array literal.
 WITH picked AS (
     SELECT id FROM tasks
     WHERE status = 'pending' AND run_at <= now()
     ORDER BY run_at, id
-    LIMIT 10
+    LIMIT :batch
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE tasks AS t

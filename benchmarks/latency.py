@@ -90,6 +90,16 @@ def singles(conn: connection, insert_sql: str, repeats: int, pause: float) -> La
     return result
 
 
+def measure(conn: connection, insert_sql: str, rate: float, seconds: float, repeats: int,
+            pause: float) -> tuple[Latency, Latency]:
+    """Pickup latency into a consumer that is up and idle: (steady at `rate` per
+    second for `seconds`, `repeats` single tasks), after two warm-up tasks."""
+    singles(conn, insert_sql, 2, pause)  # warm-up, not counted
+    single = singles(conn, insert_sql, repeats, pause)
+    time.sleep(pause)
+    return steady(conn, insert_sql, rate, seconds), single
+
+
 def _collect(conn: connection, inserted: list[tuple[int, float]], result: Latency,
              wait: float = 10.0) -> None:
     ids = [i for i, _ in inserted]

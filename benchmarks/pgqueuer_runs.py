@@ -129,10 +129,7 @@ def pickup(db_url: str, batch: int, rate: float, seconds: float, repeats: int,
                 raise BenchError(f"pgqueuer consumer did not start: {proc.output()[-300:]}")
             time.sleep(0.05)
         time.sleep(0.5)
-        latency.singles(conn, LATENCY_INSERT, 2, pause)  # warm-up, not counted
-        single = latency.singles(conn, LATENCY_INSERT, repeats, pause)
-        time.sleep(pause)
-        steady = latency.steady(conn, LATENCY_INSERT, rate, seconds)
+        steady, single = latency.measure(conn, LATENCY_INSERT, rate, seconds, repeats, pause)
     finally:
         if proc is not None:
             code = proc.stop(signal.SIGINT, 15)

@@ -236,10 +236,7 @@ def pickup(db_url: str, workers: int, fetch_limit: int, rate: float, seconds: fl
         proc = start_serve(db_url, workers, fetch_limit)
         if not wait_ready(db_url, [proc]):
             notes.append("LISTEN connection not seen within 15 s of start")
-        latency.singles(conn, LATENCY_INSERT, 2, pause)  # warm-up, not counted
-        single = latency.singles(conn, LATENCY_INSERT, repeats, pause)
-        time.sleep(pause)
-        steady = latency.steady(conn, LATENCY_INSERT, rate, seconds)
+        steady, single = latency.measure(conn, LATENCY_INSERT, rate, seconds, repeats, pause)
     finally:
         if proc is not None:
             code = proc.stop()

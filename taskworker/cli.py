@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -86,19 +86,8 @@ def seed(count: int) -> None:
     """Insert sample pending tasks "Test task 1" ... "Test task N"."""
     settings = load_settings()
     log.info("Connecting to database: %s", settings.safe_database_url)
-    try:
-        conn = connect(settings)
-    except DatabaseUnavailable as exc:
-        fail(str(exc), EXIT_RUNTIME)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.table_exists)
-            if not cur.fetchone()[0]:
-                fail('table "tasks" does not exist: run "taskworker migrate" first',
-                     EXIT_RUNTIME)
-            cur.execute(sql.seed, {"count": count})
-    finally:
-        conn.close()
+    with database(settings, "seed") as conn, conn.cursor() as cur:
+        cur.execute(sql.seed, {"count": count})
     log.info("Inserted %d pending tasks", count)
 
 
@@ -138,7 +127,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     from .handlers import HandlerError
     from .handlers import load as load_handler
     from .metrics import MetricsError
-    from .worker import Processor, SchemaMissing, check_schema
+    from .worker import Processor
 
     settings = load_settings({"WORKER_COUNT": workers, "FETCH_INTERVAL": fetch_interval,
                               "FETCH_LIMIT": fetch_limit, "TASK_HANDLER": handler})
@@ -147,9 +136,10 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     except HandlerError as exc:
         fail(str(exc), EXIT_CONFIG)
     log.info("Connecting to database: %s", settings.safe_database_url)
-    try:
-        check_schema(settings)
-    except (DatabaseUnavailable, SchemaMissing) as exc:
+    try:  # refuse to start on a database that is unreachable or not migrated
+        with closing(connect(settings, name="taskworker check")) as conn:
+            migrations.check(conn)
+    except (DatabaseUnavailable, migrations.SchemaMissing) as exc:
         fail(str(exc), EXIT_RUNTIME)
     try:
         code = Processor(settings, function, takes_task).run()
@@ -174,16 +164,16 @@ def checked(function: Callable[..., T], *args: Any) -> T:
 def database(settings: Settings, command: str, autocommit: bool = True,
              ) -> Iterator[psycopg2.extensions.connection]:
     """A connection to a migrated database; any failure inside ends in one line."""
-    from .worker import SchemaMissing, check_schema
-
     admin.keyboard_interrupts()
     try:
-        check_schema(settings)
         conn = connect(settings, autocommit=autocommit, name=f"taskworker {command}")
-    except (DatabaseUnavailable, SchemaMissing) as exc:
+    except DatabaseUnavailable as exc:
         fail(str(exc), EXIT_RUNTIME)
     try:
+        migrations.check(conn)
         yield conn
+    except migrations.SchemaMissing as exc:
+        fail(str(exc), EXIT_RUNTIME)
     except admin.CommandError as exc:
         fail(str(exc), exc.code)
     except psycopg2.Error as exc:

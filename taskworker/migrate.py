@@ -10,10 +10,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import psycopg2.extensions
+
 from . import sql
 from .db import connect
 from .logs import log
 from .settings import Settings
+
+
+class SchemaMissing(Exception):
+    """The database has no (or an outdated) tasks table; str() is for the user."""
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,22 @@ def run(settings: Settings) -> list[str]:
     finally:
         conn.close()
     return applied_now
+
+
+def check(conn: psycopg2.extensions.connection) -> None:
+    """Raise SchemaMissing unless every migration is applied: the commands that use
+    the tasks table refuse to run on a database `taskworker migrate` has not
+    prepared (or has prepared for an older taskworker)."""
+    with conn.cursor() as cur:
+        cur.execute(sql.table_exists)
+        if not cur.fetchone()[0]:
+            raise SchemaMissing('table "tasks" does not exist: run "taskworker migrate" first')
+        cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        have: set[int] = set()
+        if cur.fetchone()[0]:
+            cur.execute(sql.migrations_applied)
+            have = {row[0] for row in cur.fetchall()}
+    missing = [m.name for m in available() if m.version not in have]
+    if missing:
+        raise SchemaMissing(f"database schema is missing {', '.join(missing)}: "
+                            'run "taskworker migrate" first')

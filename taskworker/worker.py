@@ -28,9 +28,9 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.queue import Queue
 
-from . import migrate, sql
+from . import sql
 from .completer import Completer
-from .db import Stopped, connect, first_line
+from .db import Stopped, first_line
 from .fetcher import Fetcher
 from .handlers import Handler, TaskContext
 from .heartbeat import Heartbeat
@@ -45,10 +45,6 @@ RETRY_CAP = 3600.0  # longest retry backoff, seconds
 GIVE_BACK_GRACE = 10.0  # seconds the final writes may wait for the database
 
 
-class SchemaMissing(Exception):
-    """The database has no (or an outdated) tasks table; str() is for the user."""
-
-
 class TaskTimeout(Exception):
     pass
 
@@ -56,28 +52,6 @@ class TaskTimeout(Exception):
 def holder_name() -> str:
     """host:pid:random, unique per process start; recorded as tasks.locked_by."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def check_schema(settings: Settings) -> None:
-    """Refuse to start on a database that taskworker migrate has not prepared."""
-    conn = connect(settings, name="taskworker check")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.table_exists)
-            if not cur.fetchone()[0]:
-                raise SchemaMissing('table "tasks" does not exist: '
-                                    'run "taskworker migrate" first')
-            cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-            have = set()
-            if cur.fetchone()[0]:
-                cur.execute(sql.migrations_applied)
-                have = {row[0] for row in cur.fetchall()}
-    finally:
-        conn.close()
-    missing = [m.name for m in migrate.available() if m.version not in have]
-    if missing:
-        raise SchemaMissing(f"database schema is missing {', '.join(missing)}: "
-                            'run "taskworker migrate" first')
 
 
 class Processor:

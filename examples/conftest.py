@@ -27,3 +27,4 @@ empty_db_url = _fixtures.empty_db_url
 db_url = _fixtures.db_url
 db = _fixtures.db
 serve = _fixtures.serve
+clean_env = _fixtures.clean_env

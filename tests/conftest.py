@@ -16,6 +16,15 @@ import pytest
 from pgserver import server_url, temp_database
 from proc import ServeProcess, run_cli
 
+from taskworker.settings import FIELDS
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
+    for var in FIELDS:
+        monkeypatch.delenv(var, raising=False)
+
 
 @pytest.fixture(scope="session")
 def pg_base_url() -> Iterator[str]:

@@ -68,17 +68,26 @@ def status_counts(db: Any) -> dict[str, int]:
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str | Callable[[], str],
-               procs: Iterable[ServeProcess] = (), interval: float = 0.05) -> Any:
+               procs: Iterable[ServeProcess] = (), interval: float = 0.05,
+               fail_on_exit: bool = False) -> Any:
     """Poll `check()` until it returns something truthy; return that.
 
     On timeout, fail with `what` (or what it returns, if callable) and the end
-    of every process log.
+    of every process log. With `fail_on_exit`, fail at once when one of `procs`
+    exits before `check()` holds (it will not hold any more).
     """
+    procs = list(procs)
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
+        exited = [p for p in procs if fail_on_exit and p.proc.poll() is not None]
+        if exited:
+            said = what() if callable(what) else what
+            p = exited[0]
+            raise AssertionError(f"serve pid {p.pid} exited ({p.proc.returncode}) before "
+                                 f"{said}:\n{tail(p.output())}")
         if time.monotonic() > deadline:
             logs = "\n".join(f"--- {p.log_path} (pid {p.pid}, exit {p.proc.poll()}):\n"
                              f"{tail(p.output())}" for p in procs)

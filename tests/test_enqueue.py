@@ -19,16 +19,9 @@ from proc import child_env, run_cli
 
 import taskworker
 from taskworker import producer
-from taskworker import settings as tw_settings
 
 UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in tw_settings.FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture

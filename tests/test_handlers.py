@@ -16,7 +16,6 @@ import pytest
 from proc import CLI, ServeProcess, child_env, run_cli
 
 from taskworker import __version__
-from taskworker import settings as tw_settings
 
 ServeFactory = Callable[..., ServeProcess]
 
@@ -43,11 +42,6 @@ def refuse(payload):
 not_a_function = 42
 '''
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in tw_settings.FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture

@@ -23,18 +23,12 @@ from proc import ServeProcess, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.sql import SQL, Identifier
 
-from taskworker.settings import FIELDS, load
+from taskworker.settings import load
 
 ServeFactory = Callable[..., ServeProcess]
 QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0"}
 UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 def free_port() -> int:

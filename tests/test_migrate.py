@@ -15,18 +15,10 @@ import psycopg2.errors
 import pytest
 from proc import CLI, child_env, run_cli
 
-from taskworker.settings import FIELDS
-
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = sorted(p.name for p in (ROOT / "migrations").glob("*.sql"))
 LINE = r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} "  # the log's time stamp
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 def _query(url: str, statement: str, params: tuple | None = None) -> list[tuple]:

@@ -17,10 +17,17 @@ from typing import Any
 
 import psycopg2
 import pytest
-from invariants import create_runs_table, handler_env, query, query_free, stop_all, tail
+from invariants import (
+    create_runs_table,
+    handler_env,
+    query,
+    query_free,
+    stop_all,
+    tail,
+    wait_until,
+)
 from proc import ServeProcess
 
-from taskworker.settings import FIELDS
 from taskworker.sql import QUERIES
 
 ServeFactory = Callable[..., ServeProcess]
@@ -33,12 +40,6 @@ def noop(payload):
     return None
 '''
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
@@ -65,18 +66,10 @@ def count(db: Any, status: str) -> int:
 
 def wait_for_count(db: Any, status: str, at_least: int, timeout: float,
                    p: ServeProcess, interval: float = 0.05) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        n = count(db, status)
-        if n >= at_least:
-            return n
-        if p.proc.poll() is not None:
-            raise AssertionError(f"serve exited ({p.proc.returncode}) with {n} tasks "
-                                 f"{status}:\n{tail(p.output())}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s with {n} of {at_least} tasks "
-                                 f"{status}\n{tail(p.output())}")
-        time.sleep(interval)
+    """Wait until at least `at_least` tasks are in `status`; return how many are."""
+    return wait_until(lambda: (n := count(db, status)) >= at_least and n, timeout,
+                      lambda: f"{at_least} tasks {status} (now {count(db, status)})",
+                      [p], interval, fail_on_exit=True)
 
 
 # --- 5. claims sized to the free workers

@@ -17,8 +17,6 @@ import psycopg2
 import pytest
 from proc import ServeProcess, run_cli
 
-from taskworker.settings import FIELDS
-
 ServeFactory = Callable[..., ServeProcess]
 Conn = psycopg2.extensions.connection
 
@@ -32,12 +30,6 @@ FAST = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0.2"}
 SHUTDOWN_LINES = ("Shutdown signal received, stopping task processor gracefully...",
                   "All workers have completed, shutdown successful")
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str,

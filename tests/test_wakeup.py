@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import invariants
 import psycopg2
 import pytest
 from invariants import create_runs_table, handler_env, insert_tasks, query, stop_all, tail
 from proc import ServeProcess, run_cli
-
-from taskworker.settings import FIELDS
 
 ServeFactory = Callable[..., ServeProcess]
 
@@ -40,12 +39,6 @@ IDLE = {
 }
 WAKE_BOUND = 2.0  # seconds from commit to done for a task inserted into an idle process
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 def backends(db: Any, app: str) -> list[int]:
@@ -75,18 +68,8 @@ def wait_idle_and_listening(db: Any, p: ServeProcess, timeout: float = 20) -> in
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str,
                p: ServeProcess, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if p.proc.poll() is not None:
-            raise AssertionError(f"serve exited ({p.proc.returncode}) before {what}:\n"
-                                 f"{tail(p.output())}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
-                                 f"{tail(p.output())}")
-        time.sleep(interval)
+    """invariants.wait_until for one serve process, failing early if it exits."""
+    return invariants.wait_until(check, timeout, what, [p], interval, fail_on_exit=True)
 
 
 def wait_done(db: Any, ids: list[int], timeout: float, p: ServeProcess, how: str) -> float:

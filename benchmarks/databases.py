@@ -39,24 +39,23 @@ class Server:
     def create(self, purpose: str) -> str:
         """Create an empty database for `purpose`; returns its URL."""
         name = f"{PREFIX}{self.run_id}_{purpose}"
-        conn = connect(self.url)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            conn.close()
+        self._admin(f'CREATE DATABASE "{name}"')
         self.created.append(name)
         return url_with_database(self.url, name)
 
     def drop(self, name: str) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if name in self.created:
+            self.created.remove(name)
+
+    def _admin(self, statement: str) -> None:
+        """One statement on the server's maintenance connection (autocommit)."""
         conn = connect(self.url)
         try:
             with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                cur.execute(statement)
         finally:
             conn.close()
-        if name in self.created:
-            self.created.remove(name)
 
     def drop_all(self) -> list[str]:
         """Drop every database this run created; returns the ones that failed."""

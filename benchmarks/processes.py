@@ -63,18 +63,26 @@ class Proc:
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
         """Send `sig`, wait up to `timeout`, then SIGKILL. Returns the exit code."""
         if self.alive():
+            self.send(sig)
+            self.reap(timeout, 10)
+        self._forget()
+        return self.popen.returncode
+
+    def send(self, sig: int) -> None:
+        if self.alive():
             try:
                 self.popen.send_signal(sig)
             except ProcessLookupError:
                 pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.killed = True
-                self.popen.kill()
-                self.popen.wait(10)
-        self._forget()
-        return self.popen.returncode
+
+    def reap(self, timeout: float, kill_wait: float) -> None:
+        """Wait up to `timeout` for the process to exit, then SIGKILL it."""
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.killed = True
+            self.popen.kill()
+            self.popen.wait(kill_wait)
 
     def output(self) -> str:
         if not self._log.closed:
@@ -122,20 +130,10 @@ def stop_all() -> None:
     """Stop every child still running: SIGINT, a short grace period, SIGKILL."""
     procs = list(_live)
     for p in procs:
-        if p.alive():
-            try:
-                p.popen.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
+        p.send(signal.SIGINT)
     deadline = time.monotonic() + 5.0
     for p in procs:
-        remaining = max(0.1, deadline - time.monotonic())
-        try:
-            p.popen.wait(remaining)
-        except subprocess.TimeoutExpired:
-            p.killed = True
-            p.popen.kill()
-            p.popen.wait(5)
+        p.reap(max(0.1, deadline - time.monotonic()), 5)
         p._forget()
 
 

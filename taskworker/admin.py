@@ -22,7 +22,7 @@ import click
 import psycopg2
 import psycopg2.extensions
 
-from . import sql
+from .store import sql
 from .db import DatabaseUnavailable, first_line
 from .producer import RunAt, enqueue_many
 from .pruner import PRUNE_BATCH, prune_finished

@@ -19,7 +19,8 @@ import click
 import psycopg2
 from dotenv import dotenv_values
 
-from . import __version__, admin, logs, sql
+from . import __version__, admin, logs
+from .store import sql
 from . import migrate as migrations
 from .db import DatabaseUnavailable, connect, first_line
 from .logs import log

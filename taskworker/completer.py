@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from gevent.queue import Queue
 
-from . import sql
+from .store import sql
 from .db import CONNECTION_ERRORS, Link, first_line
 from .inflight import DONE, ERROR, RELEASE, RETRY, InFlight, Outcome
 from .logs import log

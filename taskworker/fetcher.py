@@ -20,7 +20,7 @@ from collections.abc import Callable
 from gevent.event import Event
 from gevent.queue import Queue
 
-from . import sql
+from .store import sql
 from .db import Link
 from .inflight import InFlight, Task
 from .logs import log

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import gevent
 
-from . import sql
+from .store import sql
 from .db import Link
 from .inflight import InFlight
 from .settings import Settings

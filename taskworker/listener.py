@@ -17,7 +17,7 @@ import gevent
 from gevent.event import Event
 from gevent.socket import wait_read
 
-from . import sql
+from .store import sql
 from .db import (
     CONNECTION_ERRORS,
     RECENT_LOSSES,

@@ -33,7 +33,7 @@ from gevent.pywsgi import WSGIServer
 from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from . import sql
+from .store import sql
 from .db import Link, Stopped, first_line
 from .inflight import DONE, ERROR, RELEASE, RETRY
 from .logs import log

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg2.extensions
 
-from . import sql
+from .store import sql
 from .db import connect
 from .logs import log
 from .settings import Settings

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg2.extensions
 
-from . import sql
+from .store import sql
 
 BATCH_SIZE = 5000  # payloads per INSERT statement in enqueue_many
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import gevent
 
-from . import sql
+from .store import sql
 from .db import Link
 from .logs import log
 from .settings import Settings

@@ -28,7 +28,7 @@ from gevent.event import Event
 from gevent.pool import Pool
 from gevent.queue import Queue
 
-from . import sql
+from .store import sql
 from .completer import Completer
 from .db import Stopped, first_line
 from .fetcher import Fetcher

@@ -22,7 +22,7 @@ def claim_all(url: str, holder: str, limit: int,
               start: Callable[[], object] | None = None) -> list[int]:
     import psycopg2
 
-    from taskworker.sql import QUERIES
+    from taskworker.store.sql import QUERIES
 
     conn = psycopg2.connect(url, connect_timeout=10, application_name=holder)
     conn.autocommit = True

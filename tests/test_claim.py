@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg2
 from claimer import claim_all
 
-from taskworker.sql import QUERIES
+from taskworker.store.sql import QUERIES
 
 ROWS = 3000
 PROCESSES = 3

@@ -28,7 +28,7 @@ from invariants import (
 )
 from proc import ServeProcess
 
-from taskworker.sql import QUERIES
+from taskworker.store.sql import QUERIES
 
 ServeFactory = Callable[..., ServeProcess]
 

@@ -12,7 +12,7 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 def _load() -> dict[str, str]:
-    text = resources.files("taskworker").joinpath("queries.sql").read_text("utf-8")
+    text = resources.files("taskworker.store").joinpath("queries.sql").read_text("utf-8")
     parts = _HEADER.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
     queries = {}

@@ -12,7 +12,7 @@ __all__ = ["__version__", "enqueue", "enqueue_many"]
 
 def __getattr__(name: str) -> Any:
     if name in ("enqueue", "enqueue_many"):
-        from . import producer as module
+        from . import client as module
 
         return getattr(module, name)
     raise AttributeError(f"module 'taskworker' has no attribute {name!r}")

@@ -1,5 +1,6 @@
 -- Every statement taskworker sends, by name. Each block starts with
--- "-- name: <name>" and a line saying what it is for. Loaded once by sql.py.
+-- "-- name: <name>" and a line saying what it is for. Loaded once by sql.py, and
+-- sent only through the typed functions of tasks.py and migrations.py.
 
 -- name: table_exists
 -- Does the tasks table exist? (serve refuses to start without it)
@@ -88,13 +89,13 @@ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_pr
 
 -- name: complete
 -- Write many outcomes at once. Fenced: a row is written only while this process
--- still holds that attempt. status 'pending' with uncount 1 gives a task back
--- without counting the attempt; with a delay it schedules a retry.
+-- still holds that attempt. status 'pending' with given_back gives a task back
+-- untouched (the attempt is not counted); with a delay it schedules a retry.
 UPDATE tasks AS t
 SET status = v.status,
     result = v.result,
     error = coalesce(v.error, t.error),
-    attempts = t.attempts - v.uncount,
+    attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
     run_at = CASE WHEN v.delay IS NULL THEN t.run_at
                   ELSE now() + v.delay * interval '1 second' END,
     locked_by = NULL,
@@ -102,17 +103,18 @@ SET status = v.status,
     updated_at = now()
 FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
             %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
-            %(uncounts)s::int[])
-     AS v(id, attempt, status, result, error, delay, uncount)
+            %(given_back)s::bool[])
+     AS v(id, attempt, status, result, error, delay, given_back)
 WHERE t.id = v.id
   AND t.attempts = v.attempt
   AND t.locked_by = %(holder)s
   AND t.status = 'in_progress'
 RETURNING t.id;
 
--- name: release_orphans
--- After a reconnect: give back tasks this process holds in the database but does
--- not know of (a claim whose reply was lost with the connection).
+-- name: give_back_orphans
+-- Give back tasks this process holds in the database but does not know of (a
+-- claim whose reply was lost with the connection): after a reconnect, and at the
+-- end of shutdown (with %(known)s empty).
 UPDATE tasks
 SET status = 'pending', attempts = attempts - 1,
     locked_by = NULL, locked_until = NULL, updated_at = now()
@@ -125,7 +127,12 @@ RETURNING id;
 SELECT pg_notify('taskworker_tasks', '');
 
 -- name: listen
+-- Receive the notifications of wake_others and of the insert trigger (migration 003).
 LISTEN taskworker_tasks;
+
+-- name: ping
+-- Is the connection still alive? (The listener asks after a long silence.)
+SELECT 1;
 
 -- name: seed
 -- Insert %(count)s sample tasks "Test task 1" ... "Test task N".
@@ -133,6 +140,7 @@ INSERT INTO tasks (payload)
 SELECT 'Test task ' || n FROM generate_series(1, %(count)s) AS n;
 
 -- name: migrations_table
+-- The record of applied migrations (the only table not created by a migration).
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    integer PRIMARY KEY,
     name       text NOT NULL,
@@ -144,12 +152,19 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 SELECT pg_advisory_lock(7261835001);
 
 -- name: migrations_unlock
+-- Let the next migrator in.
 SELECT pg_advisory_unlock(7261835001);
 
+-- name: migrations_table_exists
+-- Has any migration ever run here?
+SELECT to_regclass('schema_migrations') IS NOT NULL;
+
 -- name: migrations_applied
+-- Versions already applied.
 SELECT version FROM schema_migrations;
 
 -- name: migration_record
+-- Record one applied migration, in the migration's own transaction.
 INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: enqueue

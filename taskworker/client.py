@@ -22,9 +22,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg2.extensions
-
-from .store import sql
+from .store import admin
+from .store.database import Direct
 
 BATCH_SIZE = 5000  # payloads per INSERT statement in enqueue_many
 
@@ -46,23 +45,30 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, run_at: RunAt 
     """Insert one pending task per payload; return their ids in the payloads' order.
 
     One INSERT statement per `batch_size` payloads, all in the caller's
-    transaction. `run_at` applies to every task (see `enqueue`).
+    transaction. `run_at` applies to every task (see `enqueue`). A payload that
+    PostgreSQL text cannot hold (not a str, a NUL character) raises TypeError or
+    ValueError before anything of its batch is sent.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     when, delay = _schedule(run_at)
+    db = Direct(conn_or_cursor)
     ids: list[int] = []
-    with _Cursor(conn_or_cursor) as cur:
-        it = iter(payloads)
-        while batch := list(itertools.islice(it, batch_size)):
-            for payload in batch:
-                if not isinstance(payload, str):
-                    raise TypeError(f"payload must be str, not {type(payload).__name__}")
-            cur.execute(sql.enqueue, {"payloads": batch, "run_at": when, "delay": delay})
-            # Rows are inserted in payload order (ORDER BY ordinality), so their
-            # identity values increase in that order whatever RETURNING's order is.
-            ids.extend(sorted(row[0] for row in cur.fetchall()))
+    it = iter(payloads)
+    while batch := list(itertools.islice(it, batch_size)):
+        for payload in batch:
+            check_payload(payload)
+        ids.extend(admin.enqueue(db, batch, run_at=when, delay=delay))
     return ids
+
+
+def check_payload(payload: object) -> None:
+    """Raise TypeError or ValueError (the message is for the user) unless
+    PostgreSQL text can hold `payload`."""
+    if not isinstance(payload, str):
+        raise TypeError(f"payload must be str, not {type(payload).__name__}")
+    if "\x00" in payload:
+        raise ValueError("payload contains a NUL character, which PostgreSQL text cannot hold")
 
 
 def _schedule(run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
@@ -77,26 +83,3 @@ def _schedule(run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
         return None, run_at
     raise TypeError(f"run_at must be a datetime, a timedelta or None, "
                     f"not {type(run_at).__name__}")
-
-
-class _Cursor:
-    """Use the caller's cursor as is, or open (and close) one on its connection."""
-
-    def __init__(self, conn_or_cursor: Any) -> None:
-        self.given = conn_or_cursor
-        self.opened: Any = None
-
-    def __enter__(self) -> Any:
-        obj = self.given
-        if isinstance(obj, psycopg2.extensions.cursor):
-            return obj
-        if isinstance(obj, psycopg2.extensions.connection) or hasattr(obj, "cursor"):
-            self.opened = obj.cursor()
-            return self.opened
-        if hasattr(obj, "execute"):
-            return obj
-        raise TypeError(f"expected a psycopg2 connection or cursor, not {type(obj).__name__}")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.opened is not None:
-            self.opened.close()

@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import psycopg2.extensions
-
-from .store import sql
-from .db import connect
-from .logs import log
-from .settings import Settings
+from ..logs import log
+from ..settings import Settings
+from . import sql
+from .connection import connect
+from .database import Direct, PgConnection
 
 
 class SchemaMissing(Exception):
@@ -31,7 +30,7 @@ class Migration:
 
 def _folder() -> Path:
     """migrations/ of a source checkout, else the copy installed as package data."""
-    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
     if checkout.is_dir():
         return checkout
     return Path(str(resources.files("taskworker") / "migrations"))
@@ -50,43 +49,41 @@ def available() -> list[Migration]:
 def run(settings: Settings) -> list[str]:
     """Apply what is missing; return the names applied (empty when up to date)."""
     conn = connect(settings, autocommit=True, name="taskworker migrate", statement_timeout=0)
+    db = Direct(conn)
     applied_now = []
     try:
-        with conn.cursor() as cur:
-            cur.execute(sql.migrations_lock)
-            cur.execute(sql.migrations_table)
-            cur.execute(sql.migrations_applied)
-            done = {row[0] for row in cur.fetchall()}
+        db.query(sql.migrations_lock)
+        db.query(sql.migrations_table)
+        done = applied(db)
         for mig in available():
             if mig.version in done:
                 continue
             conn.autocommit = False
-            with conn, conn.cursor() as cur:  # one transaction per migration
-                cur.execute(mig.text)
-                cur.execute(sql.migration_record, {"version": mig.version, "name": mig.name})
+            with conn:  # one transaction per migration
+                db.query(mig.text)
+                db.query(sql.migration_record, {"version": mig.version, "name": mig.name})
             conn.autocommit = True
             log.info("Applied migration %s", mig.name)
             applied_now.append(mig.name)
-        with conn.cursor() as cur:
-            cur.execute(sql.migrations_unlock)
+        db.query(sql.migrations_unlock)
     finally:
         conn.close()
     return applied_now
 
 
-def check(conn: psycopg2.extensions.connection) -> None:
+def applied(db: Direct) -> set[int]:
+    """Versions recorded in schema_migrations (which must exist)."""
+    return {row[0] for row in db.query(sql.migrations_applied)}
+
+
+def check(conn: PgConnection) -> None:
     """Raise SchemaMissing unless every migration is applied: the commands that use
     the tasks table refuse to run on a database `taskworker migrate` has not
     prepared (or has prepared for an older taskworker)."""
-    with conn.cursor() as cur:
-        cur.execute(sql.table_exists)
-        if not cur.fetchone()[0]:
-            raise SchemaMissing('table "tasks" does not exist: run "taskworker migrate" first')
-        cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        have: set[int] = set()
-        if cur.fetchone()[0]:
-            cur.execute(sql.migrations_applied)
-            have = {row[0] for row in cur.fetchall()}
+    db = Direct(conn)
+    if not db.query(sql.table_exists)[0][0]:
+        raise SchemaMissing('table "tasks" does not exist: run "taskworker migrate" first')
+    have = applied(db) if db.query(sql.migrations_table_exists)[0][0] else set()
     missing = [m.name for m in available() if m.version not in have]
     if missing:
         raise SchemaMissing(f"database schema is missing {', '.join(missing)}: "

@@ -1,0 +1,196 @@
+"""Connections: opening one safely, and keeping one alive across outages.
+
+`connect` bounds one attempt in time; `ReconnectingConnection` is the connection
+each of serve's services owns, which re-opens itself and sends the statement
+again after an outage. It is a `Database` (database.py), so the typed functions
+of the store take it as they take a caller's own connection.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gevent
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from ..logs import log
+from ..settings import Settings
+from .database import Params, PgConnection, Row, execute, first_line
+
+# Errors that mean "the connection, not the statement, is the problem".
+CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# Errors after which the same statement, sent again, can succeed.
+TRANSIENT_ERRORS = (psycopg2.errors.QueryCanceled, psycopg2.errors.TransactionRollbackError)
+RECENT_LOSSES = 5  # times of the last losses each connection keeps (/healthz: flapping)
+BACKOFF_START = 0.1  # seconds before the first retry; doubles up to BACKOFF_MAX
+BACKOFF_MAX = 5.0
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached; str() is one line for the user."""
+
+
+class ConnectTimeout(Exception):
+    """One connection attempt took longer than CONNECT_TIMEOUT."""
+
+
+class Stopped(Exception):
+    """A ReconnectingConnection gave up retrying because its owner is stopping."""
+
+
+def connect(settings: Settings, *, autocommit: bool = True, name: str = "taskworker",
+            statement_timeout: float | None = None) -> PgConnection:
+    """Open one connection, bounded by CONNECT_TIMEOUT.
+
+    libpq's own connect_timeout is not honoured once psycogreen makes connections
+    asynchronous, so the bound is a gevent.Timeout. TCP keepalives make a dead peer
+    show up as an error instead of a query that waits for ever.
+    """
+    timeout = settings.statement_timeout if statement_timeout is None else statement_timeout
+    options = f"-c statement_timeout={int(timeout * 1000)}"
+    try:
+        with gevent.Timeout(settings.connect_timeout, ConnectTimeout):
+            conn = psycopg2.connect(
+                settings.database_url,
+                application_name=name,
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
+                options=options,
+            )
+    except ConnectTimeout:
+        raise DatabaseUnavailable(
+            f"cannot connect to database {settings.safe_database_url}: "
+            f"no answer within {settings.connect_timeout:g}s"
+        ) from None
+    except psycopg2.Error as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to database {settings.safe_database_url}: {first_line(exc)}"
+        ) from None
+    conn.autocommit = autocommit
+    return conn
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """What /healthz and /metrics know of one connection."""
+
+    name: str
+    failing_since: float | None  # monotonic time it started failing; None: it works
+    losses: tuple[float, ...]  # monotonic times of its last RECENT_LOSSES losses
+    reconnects: int  # times it was opened again after a loss
+
+
+class ReconnectingConnection:
+    """One connection for one greenlet, re-opened whenever it breaks.
+
+    A lost connection (server restart, network cut, idle-session kill) is closed,
+    re-opened with capped exponential backoff, and the statement sent again; a
+    statement the server rolled back whole (deadlock, statement_timeout) is sent
+    again on the same connection; any other error is raised to the caller. So every
+    statement sent through it must be safe to repeat: all of taskworker's are
+    fenced or idempotent.
+
+    `should_stop` is asked between retries; when it answers True the connection
+    raises `Stopped` instead of waiting for the database any longer.
+    """
+
+    def __init__(self, settings: Settings, name: str,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 on_reconnect: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.name = name
+        self.should_stop = should_stop
+        self.on_reconnect = on_reconnect
+        self.conn: PgConnection | None = None
+        self._down_since: float | None = None  # first failure since the last connect
+        # Like _down_since, but cleared only by a statement that succeeds, not by a
+        # connect: a connection killed again and again right after opening stays
+        # failing.
+        self._failing_since: float | None = None
+        self._losses: deque[float] = deque(maxlen=RECENT_LOSSES)
+        self._reconnects = 0
+        self._delay = BACKOFF_START
+
+    def state(self) -> ConnectionState:
+        return ConnectionState(self.name, self._failing_since, tuple(self._losses),
+                               self._reconnects)
+
+    def connection(self) -> PgConnection:
+        """The live connection, opened (with retries) if needed."""
+        while self.conn is None or self.conn.closed:
+            try:
+                self.conn = connect(self.settings, name=f"taskworker {self.name}")
+            except DatabaseUnavailable as exc:
+                self.lost(exc)
+                continue
+            if self._down_since is not None:
+                self._down_since = None
+                self._reconnects += 1
+                log.info("Reconnected to database (%s)", self.name)
+                if self.on_reconnect:
+                    self.on_reconnect()
+        return self.conn
+
+    def query(self, statement: str, params: Params = None) -> list[Row]:
+        """Run one statement in its own transaction and return its rows."""
+        while True:
+            conn = self.connection()
+            try:
+                with conn.cursor() as cur:
+                    rows = execute(cur, statement, params)
+                self.worked()
+                return rows
+            except CONNECTION_ERRORS as exc:
+                if conn.closed:
+                    self.lost(exc)
+                elif isinstance(exc, TRANSIENT_ERRORS):
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
+                    log.warning("Statement interrupted (%s): %s; retrying",
+                                self.name, first_line(exc))
+                    self._pause()
+                else:
+                    raise
+
+    def worked(self) -> None:
+        """A statement sent on `connection()` directly (not through `query`)
+        succeeded: the connection works again."""
+        self._failing_since = None
+        self._delay = BACKOFF_START
+
+    def lost(self, exc: BaseException) -> None:
+        """The connection failed (or could not be opened): say so once per outage,
+        close it, and wait out the backoff before the next attempt."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if self._down_since is None:
+            self._down_since = now
+            self._losses.append(now)
+            log.warning("Database connection lost (%s): %s; reconnecting",
+                        self.name, first_line(exc))
+        self.close()
+        self._pause()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+
+    def _pause(self) -> None:
+        if self.should_stop():
+            raise Stopped(self.name)
+        gevent.sleep(self._delay * random.uniform(0.5, 1.0))
+        self._delay = min(self._delay * 2, BACKOFF_MAX)
+        if self.should_stop():
+            raise Stopped(self.name)

@@ -1,0 +1,69 @@
+"""Running a statement: the `Database` protocol every typed function of the
+store takes, and `Direct`, a caller's own psycopg2 connection or cursor used as
+one.
+
+Statements reach the server through something with a `query` method: a
+`ReconnectingConnection` (connection.py) for serve's long-lived services, or
+`Direct` for the admin commands and the enqueue API. This module imports no
+gevent, so the enqueue API works in a plain blocking program.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import psycopg2
+import psycopg2.extensions
+
+PgConnection = psycopg2.extensions.connection
+Params = Mapping[str, Any] | Sequence[Any] | None
+Row = tuple[Any, ...]
+
+
+class Database(Protocol):
+    """Anything that runs one statement and returns its rows."""
+
+    def query(self, statement: str, params: Params = None) -> list[Row]: ...
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an error message (libpq's are multi-line)."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def execute(cur: psycopg2.extensions.cursor, statement: str, params: Params) -> list[Row]:
+    """Run one statement on a cursor; its rows, or [] when it returns none."""
+    cur.execute(statement, params)
+    return cur.fetchall() if cur.description is not None else []
+
+
+class Direct:
+    """A caller's psycopg2 connection or cursor, used as it is: its transaction,
+    no retries, errors raised to the caller."""
+
+    def __init__(self, conn_or_cursor: Any) -> None:
+        if isinstance(conn_or_cursor, psycopg2.extensions.cursor):
+            self._cursor, self._conn = conn_or_cursor, None
+        elif isinstance(conn_or_cursor, PgConnection) or hasattr(conn_or_cursor, "cursor"):
+            self._cursor, self._conn = None, conn_or_cursor
+        elif hasattr(conn_or_cursor, "execute"):  # a cursor-like object of another wrapper
+            self._cursor, self._conn = conn_or_cursor, None
+        else:
+            raise TypeError("expected a psycopg2 connection or cursor, "
+                            f"not {type(conn_or_cursor).__name__}")
+
+    def query(self, statement: str, params: Params = None) -> list[Row]:
+        if self._cursor is not None:
+            return execute(self._cursor, statement, params)
+        with self._conn.cursor() as cur:
+            return execute(cur, statement, params)
+
+    def query_named(self, statement: str, params: Params = None) -> list[dict[str, Any]]:
+        """Rows as dicts in column order (for `SELECT *`)."""
+        with self._conn.cursor() as cur:
+            rows = execute(cur, statement, params)
+            names = [d[0] for d in cur.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in rows]

@@ -1,0 +1,165 @@
+"""One typed function per statement on the tasks table: serve's side.
+
+Each function takes a `Database` (a ReconnectingConnection or a `Direct` caller's
+connection), sends one statement from queries.sql and returns Python values, so
+no caller sees SQL text or unpacks a row by position. The admin commands' and
+the enqueue API's statements are in `store.admin`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import NamedTuple
+
+from . import sql
+from .database import Database
+
+
+class ClaimedTask(NamedTuple):
+    """One claim: the row's id and payload, and the attempt number the claim gave
+    it (fencing: every later write names that attempt)."""
+
+    id: int
+    payload: str | None
+    attempt: int  # attempts after this claim
+    rescues: int  # times an earlier worker was lost running it
+
+
+class Rescued(NamedTuple):
+    back: list[int]  # put back to pending
+    parked: list[int]  # parked in error: their worker was lost more than MAX_RESCUES times
+
+
+class NextDue(NamedTuple):
+    """Seconds until something falls due (None: nothing will)."""
+
+    retry: float | None  # the next pending task scheduled for later
+    lease: float | None  # the next lease to expire
+
+
+class OutcomeWrite(NamedTuple):
+    """One row of `complete`: what to write for one claimed attempt."""
+
+    id: int
+    attempt: int
+    status: str  # done, error or pending
+    result: str | None
+    error: str | None
+    delay: float | None  # pending: seconds until due again (None: now)
+    given_back: bool  # pending, untouched: the attempt is not counted
+
+
+class Cutoff(NamedTuple):
+    now: datetime
+    before: datetime | None  # now minus the age asked for
+
+
+def claim(db: Database, *, holder: str, limit: int, lease: float,
+          alone: bool = False) -> list[ClaimedTask]:
+    """Claim up to `limit` due tasks for `holder` (with `alone`: only a task that
+    must run alone), lowest id first."""
+    rows = db.query(sql.claim, {"limit": limit, "alone": alone, "holder": holder,
+                                "lease": lease})
+    return sorted(ClaimedTask(*row) for row in rows)
+
+
+def rescue(db: Database, *, max_rescues: int) -> Rescued:
+    """Take back tasks whose lease expired: their process stopped responding."""
+    rows = db.query(sql.rescue, {"max_rescues": max_rescues})
+    return Rescued(back=sorted(i for i, status in rows if status == "pending"),
+                   parked=sorted(i for i, status in rows if status == "error"))
+
+
+def alone_waiting(db: Database) -> bool:
+    """Is a task that must run alone due?"""
+    return bool(db.query(sql.alone_waiting)[0][0])
+
+
+def next_due(db: Database) -> NextDue:
+    retry, lease = db.query(sql.next_due)[0]
+    return NextDue(None if retry is None else float(retry),
+                   None if lease is None else float(lease))
+
+
+def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) -> set[int]:
+    """Extend the leases of `ids`; return the ids `holder` still holds."""
+    rows = db.query(sql.heartbeat, {"ids": list(ids), "holder": holder, "lease": lease})
+    return {row[0] for row in rows}
+
+
+def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite]) -> set[int]:
+    """Write many outcomes in one statement; return the ids written (the others
+    were fenced off: `holder` no longer held that attempt)."""
+    rows = db.query(sql.complete, {
+        "holder": holder,
+        "ids": [w.id for w in writes],
+        "attempts": [w.attempt for w in writes],
+        "statuses": [w.status for w in writes],
+        "results": [w.result for w in writes],
+        "errors": [w.error for w in writes],
+        "delays": [w.delay for w in writes],
+        "given_back": [w.given_back for w in writes],
+    })
+    return {row[0] for row in rows}
+
+
+def give_back_orphans(db: Database, *, holder: str, known: Sequence[int]) -> list[int]:
+    """Give back the tasks `holder` holds in the table other than `known`; their ids."""
+    rows = db.query(sql.give_back_orphans, {"holder": holder, "known": list(known)})
+    return sorted(row[0] for row in rows)
+
+
+def wake_others(db: Database) -> None:
+    """Wake the idle fetchers of every process: tasks became claimable."""
+    db.query(sql.wake_others)
+
+
+def listen(db: Database) -> None:
+    """Subscribe this connection to the wake-up notifications."""
+    db.query(sql.listen)
+
+
+def ping(db: Database) -> None:
+    """Raises if the connection is dead."""
+    db.query(sql.ping)
+
+
+def cutoff(db: Database, older_than: float | None) -> Cutoff:
+    """The database's now(), and now() minus `older_than` seconds."""
+    now, before = db.query(sql.cutoff, {"seconds": older_than})[0]
+    return Cutoff(now, before)
+
+
+def prune(db: Database, *, statuses: Sequence[str], before: datetime, after_id: int,
+          limit: int) -> list[int]:
+    """Delete up to `limit` tasks in `statuses` last changed before `before`, with
+    ids above `after_id`; return the ids deleted."""
+    rows = db.query(sql.prune, {"statuses": list(statuses), "before": before,
+                                "after": after_id, "limit": limit})
+    return [row[0] for row in rows]
+
+
+class ActiveDepth(NamedTuple):
+    pending: int
+    in_progress: int
+    pages: int  # the table's size now
+    reltuples: float  # rows at the last ANALYZE (-1: never analyzed)
+    relpages: int  # pages at the last ANALYZE
+
+
+def active_depth(db: Database) -> ActiveDepth:
+    """Pending and running tasks (through their partial indexes) and the table's size."""
+    return ActiveDepth(*db.query(sql.depth_active)[0])
+
+
+def finished_counts(db: Database) -> dict[str, int]:
+    """Exact counts of finished tasks by status (scans them: a small table only)."""
+    return {status: count for status, count in db.query(sql.depth_finished)}
+
+
+def status_shares(db: Database) -> dict[str, float] | None:
+    """The planner's share of each status at the last ANALYZE; None before one."""
+    rows = db.query(sql.status_frequencies)
+    if not rows or rows[0][0] is None:
+        return None
+    return dict(zip(rows[0][0], rows[0][1], strict=False))

@@ -1,6 +1,6 @@
 """taskworker: a PostgreSQL-backed task processor on gevent.
 
-This module imports nothing that opens sockets, so that `taskworker.entry` can
+This module imports nothing that opens sockets, so that `taskworker.cooperative` can
 monkey-patch before anything else is imported. `enqueue` and `enqueue_many`
 are loaded on first use.
 """

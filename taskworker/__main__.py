@@ -1,4 +1,4 @@
 """`python -m taskworker`: the same as the `taskworker` command."""
-from taskworker.entry import main
+from taskworker.cooperative import main
 
 main()

@@ -4,6 +4,7 @@ gevent's monkey patching must happen before anything else imports socket,
 threading or time, and psycogreen's wait callback before the first connection
 is made; so these are the first lines run, and the CLI is imported after them.
 """
+import os
 import signal
 import sys
 
@@ -20,6 +21,18 @@ from psycogreen.gevent import patch_psycopg  # noqa: E402
 
 patch_psycopg()
 
-from taskworker.cli import main  # noqa: E402
+from taskworker import commands  # noqa: E402
 
 __all__ = ["main"]
+
+
+def main() -> None:
+    # The current folder first on the import path, as `python -m taskworker` has
+    # it: a console script's path starts with its own bin/ folder instead, so
+    # `TASK_HANDLER=myapp.tasks:shout taskworker serve`, run from the folder
+    # holding myapp/, would fail with "No module named 'myapp'". Celery, rq and
+    # procrastinate put the current folder first for the same reason.
+    cwd = os.getcwd()
+    if sys.path[:1] not in ([""], [cwd]):
+        sys.path.insert(0, cwd)
+    commands.main()

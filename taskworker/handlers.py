@@ -2,8 +2,9 @@
 
 A handler is any callable `handler(payload)` returning the result text (or None).
 If it also accepts a `task` keyword, it is called as `handler(payload, task=...)`
-with a `TaskContext` (id, attempt, worker number, settings). Raising any
-exception fails the task; the stored error is `ExceptionType: message`.
+with a `TaskContext` (id, attempt, worker number, and the settings a handler may
+need: never the database URL or its password). Raising any exception fails the
+task; the stored error is `ExceptionType: message`.
 """
 from __future__ import annotations
 
@@ -21,11 +22,27 @@ Handler = Callable[..., str | None]
 
 
 @dataclass(frozen=True)
+class HandlerSettings:
+    """The part of the configuration a handler may read."""
+
+    task_timeout: float  # seconds a run may take (0: no limit)
+    max_retries: int  # failed runs retried before the task ends in error
+    task_min_seconds: float  # the demo handler's shortest simulated work
+    task_max_seconds: float  # ... its longest
+    task_failure_rate: float  # ... and the share of tasks it fails
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> HandlerSettings:
+        return cls(s.task_timeout, s.max_retries, s.task_min_seconds, s.task_max_seconds,
+                   s.task_failure_rate)
+
+
+@dataclass(frozen=True)
 class TaskContext:
     id: int
     attempt: int  # 1 on the first run, counting every claim that ran the task
     worker: int  # the worker greenlet's number, as in the log lines
-    settings: Settings
+    settings: HandlerSettings
 
 
 class HandlerError(Exception):

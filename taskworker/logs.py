@@ -57,3 +57,10 @@ def printable(text: str | None, limit: int = 200) -> str:
     if len(text) > limit:
         cut += f"... ({len(text)} chars)"
     return cut
+
+
+def seconds(value: float) -> str:
+    """5 -> '5s', 1.5 -> '1.5s', 0.5 -> '500ms', as Go prints durations."""
+    if value < 1:
+        return f"{value * 1000:g}ms"
+    return f"{value:g}s"

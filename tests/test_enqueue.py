@@ -1,7 +1,7 @@
 """Enqueue from application code (in the caller's transaction) and from the shell.
 
 The library half runs in the pytest process with plain blocking psycopg2, as an
-application would use it: `taskworker.producer` must not need gevent. The shell
+application would use it: `taskworker.client` must not need gevent. The shell
 half runs `taskworker enqueue` as a subprocess.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from proc import child_env, run_cli
 
 import taskworker
-from taskworker import producer
+from taskworker import client
 
 UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
 
@@ -71,12 +71,12 @@ def test_enqueue_rolled_back_with_the_application(app_conn: Any, db: Any) -> Non
 
 def test_enqueue_many_keeps_order_across_batches(app_conn: Any, db: Any) -> None:
     payloads = [f"item {n}" for n in range(12_345)]
-    ids = producer.enqueue_many(app_conn, iter(payloads), batch_size=5000)
+    ids = client.enqueue_many(app_conn, iter(payloads), batch_size=5000)
     app_conn.commit()
     assert len(ids) == len(payloads) == len(set(ids))
     assert ids == sorted(ids)
     assert payloads_by_id(db) == list(zip(ids, payloads, strict=True))
-    assert producer.enqueue_many(app_conn, []) == []
+    assert client.enqueue_many(app_conn, []) == []
 
 
 def test_enqueue_run_at_and_delay(app_conn: Any, db: Any) -> None:

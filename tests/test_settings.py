@@ -28,7 +28,7 @@ UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port
 
 def test_defaults() -> None:
     s = tw_settings.load({})
-    assert s.database_url == "postgres://postgres@localhost:5432/taskprocessor?sslmode=disable"
+    assert s.database_url == "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
     assert s.worker_count == 5
     assert s.fetch_interval == 5.0
     assert s.fetch_limit == 10

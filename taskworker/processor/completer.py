@@ -13,59 +13,70 @@ from collections.abc import Callable
 
 from gevent.queue import Queue
 
-from .store import sql
-from .db import CONNECTION_ERRORS, Link, first_line
-from .inflight import DONE, ERROR, RELEASE, RETRY, InFlight, Outcome
-from .logs import log
-from .settings import Settings
+from ..logs import log
+from ..settings import Settings
+from ..store import tasks as store
+from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection
+from ..store.database import first_line
+from .dispatch import Dispatch
+from .outcomes import DONE, ERROR, GIVE_BACK, KINDS, RETRY, Outcome
 
 BATCH_MAX = 1000  # outcomes in one statement
-_STATUS = {DONE: "done", ERROR: "error", RETRY: "pending", RELEASE: "pending"}
+BACKLOG_MAX = 1000  # outcomes waiting to be written beyond which claiming pauses
 
 
 class Completer:
-    def __init__(self, settings: Settings, holder: str, inflight: InFlight,
-                 should_stop: Callable[[], bool],
-                 retry_scheduled: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
+                 should_stop: Callable[[], bool]) -> None:
         self.holder = holder
-        # Called once a retry with a backoff is written: the fetcher may have
-        # worked out its sleep from the row while it was still in progress.
-        self.retry_scheduled = retry_scheduled
-        self.inflight = inflight
-        self.link = Link(settings, "completer", should_stop=should_stop)
-        self.outcomes: Queue = Queue()
-        self.written = 0  # outcomes the database accepted
-        self.counts = dict.fromkeys((DONE, ERROR, RETRY, RELEASE), 0)  # written, by kind
-        self.lease_lost = 0  # outcomes fenced off: another process took the task over
+        self.dispatch = dispatch
+        self.db = ReconnectingConnection(settings, "completer", should_stop=should_stop)
+        self._outcomes: Queue = Queue()
+        self._unwritten = 0  # outcomes handed over and not yet written (or fenced off)
+        self._written = dict.fromkeys(KINDS, 0)  # outcomes written, by kind
+        self._lease_lost = 0  # outcomes fenced off: another process took the task over
 
     def put(self, outcome: Outcome) -> None:
-        self.outcomes.put(outcome)
+        self._unwritten += 1
+        self._outcomes.put(outcome)
 
     def stop(self) -> None:
         """Ask run() to write what is queued, then return."""
-        self.outcomes.put(None)
+        self._outcomes.put(None)
 
-    def pending(self) -> int:
-        return self.outcomes.qsize()
+    def unwritten(self) -> int:
+        return self._unwritten
+
+    def backlogged(self) -> bool:
+        """Outcomes pile up unwritten (the database is slow or away): the fetcher
+        claims nothing more until they are written, so memory and held leases
+        stay bounded."""
+        return self._unwritten >= BACKLOG_MAX
+
+    def stats(self) -> dict[str, int]:
+        w = self._written
+        return {"done": w[DONE], "error": w[ERROR], "retried": w[RETRY],
+                "given_back": w[GIVE_BACK], "lease_lost": self._lease_lost,
+                "unwritten": self._unwritten}
 
     def run(self) -> None:
         stopping = False
         while not stopping:
-            first = self.outcomes.get()
+            first = self._outcomes.get()
             if first is None:
                 stopping = True
                 batch = []
             else:
                 batch = [first]
-            while len(batch) < BATCH_MAX and not self.outcomes.empty():
-                item = self.outcomes.get_nowait()
+            while len(batch) < BATCH_MAX and not self._outcomes.empty():
+                item = self._outcomes.get_nowait()
                 if item is None:
                     stopping = True
                     continue
                 batch.append(item)
             if batch:
                 self.write(batch)
-        self.link.close()
+        self.db.close()
 
     def write(self, batch: list[Outcome]) -> None:
         """Write a batch; on a statement error, write one by one so one bad row
@@ -84,22 +95,14 @@ class Completer:
         self._report(batch, written)
 
     def _send(self, batch: list[Outcome]) -> set[int]:
-        rows = self.link.query(sql.complete, {
-            "holder": self.holder,
-            "ids": [o.task.id for o in batch],
-            "attempts": [o.task.attempt for o in batch],
-            "statuses": [_STATUS[o.kind] for o in batch],
-            "results": [o.result for o in batch],
-            "errors": [o.error for o in batch],
-            "delays": [o.delay for o in batch],
-            "uncounts": [1 if o.kind == RELEASE else 0 for o in batch],
-        })
-        written = {row[0] for row in rows}
-        if any(o.kind == RELEASE or (o.kind == RETRY and not o.delay)
-               for o in batch if o.task.id in written):
-            self.link.query(sql.wake_others)
-        if any(o.kind == RETRY and o.delay for o in batch if o.task.id in written):
-            self.retry_scheduled()
+        written = store.complete(self.db, holder=self.holder, writes=[o.write() for o in batch])
+        landed = [o for o in batch if o.task.id in written]
+        if any(o.wakes_others for o in landed):
+            store.wake_others(self.db)
+        if any(o.kind == RETRY and o.delay for o in landed):
+            # The fetcher may have worked out its sleep while the row was still
+            # in progress: let it look at the new run_at.
+            self.dispatch.wake()
         return written
 
     def _store_failure(self, outcome: Outcome, exc: Exception,
@@ -122,14 +125,14 @@ class Completer:
         info = log.isEnabledFor(logging.INFO)
         for o in batch:
             task = o.task
-            self.inflight.discard(task.id)
+            self.dispatch.settle(task.id)
+            self._unwritten -= 1
             if task.id not in written:
-                self.lease_lost += 1
+                self._lease_lost += 1
                 log.warning("[Worker %d] Task ID: %d lease lost, result discarded",
                             o.worker, task.id, extra=_fields(o))
                 continue
-            self.written += 1
-            self.counts[o.kind] += 1
+            self._written[o.kind] += 1
             if not info:
                 continue
             if o.kind in (DONE, ERROR):
@@ -139,11 +142,10 @@ class Completer:
                 log.info("[Worker %d] Task ID: %d failed on attempt %d, retrying in %.1fs: %s",
                          o.worker, task.id, task.attempt, o.delay or 0, o.error,
                          extra=_fields(o))
-            elif o.worker:
+            elif o.kind == GIVE_BACK and o.worker:
                 log.info("[Worker %d] Task ID: %d given back to pending",
                          o.worker, task.id, extra=_fields(o))
 
 
 def _fields(o: Outcome) -> dict[str, object]:
     return {"task_id": o.task.id, "worker": o.worker or None, "attempt": o.task.attempt}
-

@@ -1,62 +1,115 @@
-"""The tasks a process holds, and what became of each.
+"""What the fetcher, the listener, the workers, the heartbeat and the completer
+share: the queue of claimed tasks, the fetcher's wake-up, and which tasks this
+process holds and runs.
 
-A `Task` is one claim: the row's id and payload, and the attempt number the
-claim gave it (fencing: every later write names that attempt). The `InFlight`
-map holds every claimed task until its outcome is written; the heartbeat extends
-the leases of exactly these.
+The processor owns one `Dispatch`; the others reach it only through the methods
+below, each named for the event it records, so a reader can see who changes
+what: the fetcher hands tasks out, workers take, start and finish them, the
+heartbeat marks the ones taken away, the completer settles them once their
+outcome is written, and shutdown closes it.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from gevent.event import Event
+from gevent.queue import Queue
 
-DONE = "done"
-ERROR = "error"
-RETRY = "retry"  # failed, back to pending after a backoff
-RELEASE = "release"  # given back to pending untouched, attempt not counted
+from ..store.tasks import ClaimedTask
 
 
-@dataclass(eq=False)
-class Task:
-    id: int
-    payload: str | None
-    attempt: int  # attempts after this claim
-    rescues: int  # times an earlier worker was lost running it
-    lost: bool = False  # the heartbeat found the lease taken away
+class Dispatch:
+    def __init__(self, worker_count: int) -> None:
+        self.worker_count = worker_count
+        self._queue: Queue = Queue()  # claimed tasks waiting for a worker; None: stop
+        self._wake = Event()  # the fetcher sleeps on it
+        self._held: dict[int, ClaimedTask] = {}  # claimed, outcome not yet written
+        self._lost: set[int] = set()  # held, but the heartbeat found the lease gone
+        self._running: dict[int, ClaimedTask] = {}  # worker number -> its task
 
+    # --- the fetcher
 
-@dataclass(eq=False)
-class Outcome:
-    task: Task
-    worker: int  # 0: not run by a worker (given back from the local queue)
-    kind: str  # DONE, ERROR, RETRY or RELEASE
-    result: str | None = None
-    error: str | None = None
-    delay: float | None = None  # RETRY: seconds until the task is due again
+    def free_slots(self, fetch_limit: int) -> int:
+        """How many tasks to claim now: 0 while the workers have enough.
 
+        Idle workers plus one round of prefetch, at most `fetch_limit`; and no
+        claim for only a slot or two while the queue still feeds every worker, so
+        a busy process claims in batches instead of one by one."""
+        queued = self._queue.qsize()
+        idle = self.worker_count - len(self._running)
+        free = idle + self.worker_count - queued
+        batch = min(fetch_limit, self.worker_count)
+        if idle > queued or free >= max(1, batch // 2):
+            return min(free, fetch_limit)
+        return 0
 
-@dataclass
-class InFlight:
-    """Claimed tasks by id, until their outcome is written (or found fenced off)."""
+    def hand_out(self, tasks: list[ClaimedTask]) -> None:
+        """Queue claimed tasks for the workers, in this order."""
+        for task in tasks:
+            self._held[task.id] = task
+            self._queue.put(task)
 
-    tasks: dict[int, Task] = field(default_factory=dict)
+    def sleep(self, timeout: float) -> None:
+        """The fetcher waits until woken, or `timeout` seconds."""
+        self._wake.wait(timeout)
+        self._wake.clear()
 
-    def add(self, task: Task) -> None:
-        self.tasks[task.id] = task
+    def wake(self) -> None:
+        """Make the fetcher look again now: tasks may be claimable, or due."""
+        self._wake.set()
 
-    def discard(self, task_id: int) -> None:
-        self.tasks.pop(task_id, None)
+    # --- the workers
 
-    def ids(self) -> list[int]:
-        return list(self.tasks)
+    def take(self) -> ClaimedTask | None:
+        """The next task for a worker; None once the processor is stopping."""
+        return self._queue.get()
 
-    def mark_lost(self, task_id: int) -> None:
-        task = self.tasks.get(task_id)
-        if task is not None:
-            task.lost = True
+    def is_lost(self, task: ClaimedTask) -> bool:
+        return task.id in self._lost
 
-    def __len__(self) -> int:
-        return len(self.tasks)
+    def started(self, worker: int, task: ClaimedTask) -> None:
+        self._running[worker] = task
 
-    def __iter__(self) -> Iterator[Task]:
-        return iter(list(self.tasks.values()))
+    def finished(self, worker: int) -> None:
+        """A worker is idle again: the fetcher may claim for it."""
+        self._running.pop(worker, None)
+        self._wake.set()
+
+    # --- the heartbeat and the completer
+
+    def held_ids(self) -> list[int]:
+        return list(self._held)
+
+    def mark_lost(self, task_ids: list[int]) -> None:
+        """These leases were taken away: a worker skips them if not yet started."""
+        self._lost.update(i for i in task_ids if i in self._held)
+
+    def settle(self, task_id: int) -> None:
+        """The task's outcome is written (or fenced off): no longer held."""
+        self._held.pop(task_id, None)
+        self._lost.discard(task_id)
+
+    # --- shutdown
+
+    def close(self) -> list[ClaimedTask]:
+        """Stop every worker once it is done with its task; return the tasks still
+        queued, which no worker will start (the caller gives them back)."""
+        queued = []
+        while not self._queue.empty():
+            task = self._queue.get_nowait()
+            if task is not None:
+                queued.append(task)
+        for _ in range(self.worker_count):
+            self._queue.put(None)
+        self._wake.set()
+        return queued
+
+    # --- what others may read
+
+    def held_count(self) -> int:
+        return len(self._held)
+
+    def running_count(self) -> int:
+        return len(self._running)
+
+    def stats(self) -> dict[str, int]:
+        return {"held": len(self._held), "busy": len(self._running),
+                "workers": self.worker_count}

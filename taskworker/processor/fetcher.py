@@ -17,117 +17,91 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from gevent.event import Event
-from gevent.queue import Queue
-
-from .store import sql
-from .db import Link
-from .inflight import InFlight, Task
-from .logs import log
-from .settings import Settings
+from ..logs import log
+from ..settings import Settings
+from ..store import tasks as store
+from ..store.connection import ReconnectingConnection
+from ..store.tasks import ClaimedTask
+from .dispatch import Dispatch
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
-BACKLOG_MAX = 1000  # outcomes waiting to be written beyond which claiming pauses
-BACKLOG_POLL = 0.01  # seconds between checks while paused
+BACKLOG_POLL = 0.01  # seconds between checks while the completer's backlog is full
 
 
 class Fetcher:
-    def __init__(self, settings: Settings, holder: str, inflight: InFlight, queue: Queue,
-                 idle_workers: Callable[[], int], should_stop: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
+                 backlogged: Callable[[], bool], should_stop: Callable[[], bool]) -> None:
         self.settings = settings
         self.holder = holder
-        self.inflight = inflight
-        self.queue = queue
-        self.idle_workers = idle_workers
+        self.dispatch = dispatch
+        self.backlogged = backlogged  # the completer has too many outcomes to write
         self.should_stop = should_stop
-        self.wake = Event()  # set by the listener, idle workers and shutdown
-        self.link = Link(settings, "fetcher", should_stop=should_stop,
-                         on_reconnect=self._reconnected)
+        self.db = ReconnectingConnection(settings, "fetcher", should_stop=should_stop,
+                                         on_reconnect=self._reconnected)
         self._orphans_possible = False
         self._next_rescue = 0.0
         self._alone_waiting = False  # a task that must run alone may be due
-        self.claimed = 0  # tasks claimed since start
-        self.rescued = 0  # tasks this process rescued from lost workers
+        self._claimed = 0
+        self._rescued = 0
 
-    def slots(self) -> int:
-        """How many tasks to claim now: 0 while the workers have enough."""
-        queued = self.queue.qsize()
-        idle = self.idle_workers()
-        free = idle + self.settings.worker_count - queued
-        batch = min(self.settings.fetch_limit, self.settings.worker_count)
-        if idle > queued or free >= max(1, batch // 2):
-            return min(free, self.settings.fetch_limit)
-        return 0
-
-    def backlogged(self) -> bool:
-        """Outcomes pile up unwritten (the completer is stalled on the database):
-        claim nothing more until they are written, so memory and held leases stay
-        bounded."""
-        running = self.settings.worker_count - self.idle_workers()
-        unwritten = len(self.inflight) - self.queue.qsize() - running
-        return unwritten >= BACKLOG_MAX
+    def stats(self) -> dict[str, int]:
+        return {"claimed": self._claimed, "rescued": self._rescued}
 
     def run(self) -> None:
         while not self.should_stop():
-            self.wake.clear()
             if self._orphans_possible:
-                self._release_orphans()
+                self._give_back_orphans()
             if time.monotonic() >= self._next_rescue:
                 self.rescue()
             if self._alone_waiting:
                 self._run_alone()
                 continue
             if self.backlogged():
-                self.wake.wait(BACKLOG_POLL)
+                self.dispatch.sleep(BACKLOG_POLL)
                 continue
-            want = self.slots()
+            want = self.dispatch.free_slots(self.settings.fetch_limit)
             if want <= 0:
-                self.wake.wait(self.settings.fetch_interval)
+                self.dispatch.sleep(self.settings.fetch_interval)
                 continue
             got = len(self.claim(want))
             if got:
                 log.info("Fetched %d tasks", got)
             if got < want and not self.should_stop():
-                self.wake.wait(self._idle_wait())
+                self.dispatch.sleep(self._idle_wait())
 
-    def claim(self, limit: int, alone: bool = False) -> list[Task]:
+    def claim(self, limit: int, alone: bool = False) -> list[ClaimedTask]:
         """Claim up to `limit` tasks (with `alone`: only tasks that must run alone)
-        and queue them for the workers, oldest first."""
-        rows = self.link.query(sql.claim, {"limit": limit, "alone": alone,
-                                           "holder": self.holder,
-                                           "lease": self.settings.lease_seconds})
-        tasks = [Task(*row) for row in sorted(rows)]
-        for task in tasks:
-            self.inflight.add(task)
-            self.queue.put(task)
-        self.claimed += len(tasks)
+        and hand them to the workers, lowest id first."""
+        tasks = store.claim(self.db, holder=self.holder, limit=limit,
+                            lease=self.settings.lease_seconds, alone=alone)
+        self.dispatch.hand_out(tasks)
+        self._claimed += len(tasks)
         return tasks
 
     def rescue(self) -> None:
         """Take back tasks whose lease expired: their process stopped responding."""
         self._next_rescue = time.monotonic() + min(RESCUE_EVERY, self.settings.fetch_interval)
-        rows = self.link.query(sql.rescue, {"max_rescues": self.settings.max_rescues})
+        rescued = store.rescue(self.db, max_rescues=self.settings.max_rescues)
         if not self._alone_waiting:  # (even with MAX_RESCUES=0: flagged by an earlier run)
-            self._alone_waiting = self.link.query(sql.alone_waiting)[0][0]
-        if not rows:
+            self._alone_waiting = store.alone_waiting(self.db)
+        found = sorted(rescued.back + rescued.parked)
+        if not found:
             return
-        back = sorted(task_id for task_id, status in rows if status == "pending")
-        parked = sorted(task_id for task_id, status in rows if status == "error")
-        self.rescued += len(rows)
+        self._rescued += len(found)
         log.warning("Rescued %d tasks whose worker stopped responding: %s",
-                    len(rows), ", ".join(map(str, sorted(back + parked))))
-        for task_id in parked:
+                    len(found), ", ".join(map(str, found)))
+        for task_id in rescued.parked:
             log.warning("Task ID: %d parked in error: its worker was lost more than "
                         "MAX_RESCUES=%d times", task_id, self.settings.max_rescues,
                         extra={"task_id": task_id})
-        if back:
-            self.link.query(sql.wake_others)
+        if rescued.back:
+            store.wake_others(self.db)
 
     def _run_alone(self) -> None:
         """Drain, then claim one task that must run alone and let it finish."""
-        if len(self.inflight):  # claimed tasks not yet run and written
-            self.wake.wait(DRAIN_POLL)
+        if self.dispatch.held_count():  # claimed tasks not yet run and written
+            self.dispatch.sleep(DRAIN_POLL)
             return
         tasks = self.claim(1, alone=True)
         if not tasks:
@@ -139,23 +113,23 @@ class Fetcher:
 
     def _idle_wait(self) -> float:
         """Seconds to sleep when the table had nothing for us."""
-        retry_due, lease_due = self.link.query(sql.next_due)[0]
+        due = store.next_due(self.db)
         wait = self.settings.fetch_interval
-        for due in (retry_due, lease_due):
-            if due is not None:
-                wait = min(wait, max(float(due), 0.0) + 0.01)
+        for seconds in (due.retry, due.lease):
+            if seconds is not None:
+                wait = min(wait, max(seconds, 0.0) + 0.01)
         return wait
 
     def _reconnected(self) -> None:
         # A claim may have committed while its reply was lost with the old
         # connection: those rows are ours in the table but unknown here.
         self._orphans_possible = True
-        self.wake.set()
+        self.dispatch.wake()
 
-    def _release_orphans(self) -> None:
+    def _give_back_orphans(self) -> None:
         self._orphans_possible = False
-        rows = self.link.query(sql.release_orphans,
-                               {"holder": self.holder, "known": self.inflight.ids()})
-        if rows:
+        ids = store.give_back_orphans(self.db, holder=self.holder,
+                                      known=self.dispatch.held_ids())
+        if ids:
             log.warning("Gave back %d tasks claimed before the connection was lost: %s",
-                        len(rows), ", ".join(str(r[0]) for r in sorted(rows)))
+                        len(ids), ", ".join(map(str, ids)))

@@ -11,35 +11,28 @@ from collections.abc import Callable
 
 import gevent
 
-from .store import sql
-from .db import Link
-from .inflight import InFlight
-from .settings import Settings
+from ..settings import Settings
+from ..store import tasks as store
+from ..store.connection import ReconnectingConnection
+from .dispatch import Dispatch
 
 
 class Heartbeat:
-    def __init__(self, settings: Settings, holder: str, inflight: InFlight,
+    def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
                  should_stop: Callable[[], bool]) -> None:
-        self.settings = settings
+        self.lease = settings.lease_seconds
         self.holder = holder
-        self.inflight = inflight
-        self.link = Link(settings, "heartbeat", should_stop=should_stop)
-        self.beats = 0
+        self.dispatch = dispatch
+        self.db = ReconnectingConnection(settings, "heartbeat", should_stop=should_stop)
 
     def run(self) -> None:
         while True:
-            gevent.sleep(self.settings.lease_seconds / 3)
+            gevent.sleep(self.lease / 3)
             self.beat()
 
     def beat(self) -> None:
-        ids = self.inflight.ids()
+        ids = self.dispatch.held_ids()
         if not ids:
-            self.beats += 1
             return
-        rows = self.link.query(sql.heartbeat, {
-            "ids": ids, "holder": self.holder, "lease": self.settings.lease_seconds})
-        kept = {row[0] for row in rows}
-        for task_id in ids:
-            if task_id not in kept:
-                self.inflight.mark_lost(task_id)
-        self.beats += 1
+        kept = store.heartbeat(self.db, holder=self.holder, ids=ids, lease=self.lease)
+        self.dispatch.mark_lost([i for i in ids if i not in kept])

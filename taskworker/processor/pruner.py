@@ -7,32 +7,30 @@ transaction, so neither workers nor producers wait on a long lock.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import gevent
 
-from .store import sql
-from .db import Link
-from .logs import log
-from .settings import Settings
+from ..logs import log
+from ..settings import Settings
+from ..store import tasks as store
+from ..store.connection import ReconnectingConnection
+from ..store.database import Database
+from ..store.tasks import FINISHED
 
-FINISHED = ("done", "error", "cancelled")  # the statuses a task never leaves by itself
 PRUNE_BATCH = 10000  # rows per DELETE
 PRUNE_EVERY = 600.0  # seconds between two passes of serve's pruner (at most)
 
-Query = Callable[[str, dict[str, Any]], list[tuple[Any, ...]]]
 
-
-def prune_finished(query: Query, older_than: float, statuses: Sequence[str] = FINISHED,
+def prune_finished(db: Database, older_than: float, statuses: Sequence[str] = FINISHED,
                    batch_size: int = PRUNE_BATCH) -> int:
     """Delete tasks in `statuses` last changed more than `older_than` seconds ago
     (by the database's clock, fixed at the start); return how many."""
-    before = query(sql.cutoff, {"seconds": older_than})[0][1]
+    before = store.cutoff(db, older_than).before
+    assert before is not None
     deleted, after = 0, -(2**63)
     while True:
-        got = [row[0] for row in query(sql.prune, {
-            "statuses": list(statuses), "before": before, "after": after,
-            "limit": batch_size})]
+        got = store.prune(db, statuses=statuses, before=before, after_id=after,
+                          limit=batch_size)
         if not got:
             return deleted
         deleted += len(got)
@@ -40,20 +38,22 @@ def prune_finished(query: Query, older_than: float, statuses: Sequence[str] = FI
 
 
 class Pruner:
-    """serve's side job: every PRUNE_EVERY seconds (or a tenth of PRUNE_AFTER,
+    """serve's service: every PRUNE_EVERY seconds (or a tenth of PRUNE_AFTER,
     whichever is shorter), delete finished tasks older than PRUNE_AFTER."""
 
     def __init__(self, settings: Settings, should_stop: Callable[[], bool]) -> None:
-        self.settings = settings
-        self.link = Link(settings, "pruner", should_stop=should_stop)
-        self.pruned = 0
+        self.after = settings.prune_after or 0.0
+        self.db = ReconnectingConnection(settings, "pruner", should_stop=should_stop)
+        self._pruned = 0
+
+    def stats(self) -> dict[str, int]:
+        return {"pruned": self._pruned}
 
     def run(self) -> None:
-        after = self.settings.prune_after or 0
         while True:
-            deleted = prune_finished(self.link.query, after)
+            deleted = prune_finished(self.db, self.after)
             if deleted:
-                self.pruned += deleted
+                self._pruned += deleted
                 log.info("Pruned %d finished tasks last changed more than %gs ago",
-                         deleted, after)
-            gevent.sleep(min(PRUNE_EVERY, max(after / 10, 1.0)))
+                         deleted, self.after)
+            gevent.sleep(min(PRUNE_EVERY, max(self.after / 10, 1.0)))

@@ -14,6 +14,8 @@ from typing import NamedTuple
 from . import sql
 from .database import Database
 
+FINISHED = ("done", "error", "cancelled")  # the statuses a task never leaves by itself
+
 
 class ClaimedTask(NamedTuple):
     """One claim: the row's id and payload, and the attempt number the claim gave

@@ -16,9 +16,12 @@ meanwhile. Two rules follow from that:
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import psycopg2
+
+from .migrate import DEFAULT_DATABASE_URL
 
 if TYPE_CHECKING:
     from taskworker.handlers import TaskContext
@@ -34,7 +37,10 @@ def count_words(payload: str | None, task: TaskContext) -> str:
     if payload is None:
         raise ValueError("no text to count (the payload is NULL)")  # ends the task in error
     words = len(payload.split())
-    conn = psycopg2.connect(task.settings.database_url, application_name="wordcount")
+    # The application's own database setting: taskworker does not hand its
+    # connection string (and password) to handlers.
+    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    conn = psycopg2.connect(url, application_name="wordcount")
     try:
         with conn, conn.cursor() as cur:  # one transaction: commit, or roll back on error
             cur.execute(UPSERT, {"task_id": task.id, "words": words})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg2
 
-DEFAULT_DATABASE_URL = "postgres://postgres@localhost:5432/taskprocessor?sslmode=disable"
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
 
 
 def main() -> None:

@@ -1,0 +1,39 @@
+"""The `taskworker` command: migrate, seed, serve; enqueue, status, show, retry,
+cancel, prune. One module per family of commands; context.py is what they all
+run in (settings, a checked connection, one-line errors and exit statuses).
+
+Configuration comes from the environment and `.env` in the current folder (the
+environment wins), and options override both. Every error a user can cause ends
+in one line on stderr and a non-zero exit: 2 for bad configuration, 1 when the
+database is unreachable or not migrated.
+"""
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from . import enqueue, prune, schema, serve, status, tasks
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="taskworker")
+def cli() -> None:
+    """taskworker: a PostgreSQL-backed task processor on gevent.
+
+    \b
+    Configuration (environment or .env in the current folder):
+      DATABASE_URL   PostgreSQL connection string
+                     (default postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable)
+      LOG_LEVEL      DEBUG, INFO, WARNING or ERROR (default INFO)
+      LOG_FORMAT     plain or json (default plain)
+    See `taskworker serve --help` for the processor's settings.
+    """
+
+
+for command in (schema.migrate, schema.seed, serve.serve, enqueue.enqueue, status.status,
+                tasks.show, tasks.retry, tasks.cancel, prune.prune):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="taskworker")

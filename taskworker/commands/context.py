@@ -1,0 +1,112 @@
+"""What every command runs in: its settings, its connection, and the one-line
+errors and exit statuses a user sees.
+
+Every error a user can cause ends in `Error: <one line>` on stderr and a non-zero
+exit: EXIT_CONFIG for bad configuration or options, EXIT_RUNTIME when the database
+is unreachable, not migrated or refuses a statement, EXIT_INTERRUPTED on Ctrl+C.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NoReturn
+
+import click
+import psycopg2
+from dotenv import dotenv_values
+
+from .. import logs
+from ..settings import Settings, SettingsError, load, parse_duration
+from ..store import migrations
+from ..store.connection import DatabaseUnavailable, connect
+from ..store.database import PgConnection, first_line
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+class CommandError(Exception):
+    """Ends the command with `Error: <message>` on stderr and exit status `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_RUNTIME) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_settings(overrides: dict[str, str | None] | None = None) -> Settings:
+    """Settings from .env (current folder), the environment (which wins), then
+    `overrides` (the command's options); logging set up as they say."""
+    env: dict[str, str] = {k: v for k, v in dotenv_values(Path.cwd() / ".env").items()
+                           if v is not None}
+    env.update(os.environ)
+    try:
+        settings = load(env, overrides or {})
+    except SettingsError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    logs.setup(settings.log_level, settings.log_format)
+    return settings
+
+
+def duration(option: str, raw: str) -> float:
+    """Seconds from an option's DURATION (30s, 5m, 2h, 7d); exit 2 when invalid."""
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        fail(f"invalid {option}={raw!r}: {exc}", EXIT_CONFIG)
+
+
+def keyboard_interrupts() -> None:
+    """Make Ctrl+C raise KeyboardInterrupt in the main greenlet, for the commands
+    to end in their own way (`status --watch` exits 0, `enqueue -` says how far it
+    got), instead of the entry module's immediate exit 130; and keep gevent's hub
+    from printing the interrupt when it passes it on to the main greenlet."""
+    import gevent
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    hub = gevent.get_hub()
+    if KeyboardInterrupt not in hub.NOT_ERROR:
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
+
+
+@contextmanager
+def checked_connection(settings: Settings, command: str, autocommit: bool = True,
+                       ) -> Iterator[PgConnection]:
+    """A connection to a migrated database; any failure, when connecting, checking
+    the schema or inside the block, ends the command in one line."""
+    try:
+        conn = connect(settings, autocommit=autocommit, name=f"taskworker {command}")
+    except DatabaseUnavailable as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    try:
+        migrations.check(conn)
+        yield conn
+    except migrations.SchemaMissing as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    except CommandError as exc:
+        fail(str(exc), exc.code)
+    except psycopg2.Error as exc:  # e.g. a role that may connect but not read the tables
+        fail(f"database error: {first_line(exc)}", EXIT_RUNTIME)
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
+    finally:
+        conn.close()
+
+
+@contextmanager
+def database(settings: Settings, command: str, autocommit: bool = True,
+             ) -> Iterator[PgConnection]:
+    """What an admin command runs in: Ctrl+C as KeyboardInterrupt (see
+    keyboard_interrupts), and a checked connection."""
+    keyboard_interrupts()
+    with checked_connection(settings, command, autocommit) as conn:
+        yield conn

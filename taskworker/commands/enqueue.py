@@ -1,0 +1,164 @@
+"""`taskworker enqueue`: add tasks from the command line, or one per line of stdin."""
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from typing import IO
+
+import click
+import psycopg2
+
+from ..client import RunAt, check_payload, enqueue_many
+from ..store.database import PgConnection, first_line
+from . import text
+from .context import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    CommandError,
+    database,
+    duration,
+    fail,
+    load_settings,
+)
+
+ENQUEUE_BATCH = 5000  # stdin lines per INSERT and per commit
+
+
+@click.command()
+@click.argument("payloads", nargs=-1, required=True, metavar="PAYLOAD...")
+@click.option("--run-at", metavar="TIME",
+              help="Due at TIME, ISO 8601: 2030-01-31T08:00 (local time) or with an offset.")
+@click.option("--delay", metavar="DURATION", help="Due DURATION from now: 30s, 10m, 2h, 1d.")
+@click.option("--batch-size", default=ENQUEUE_BATCH, show_default=True,
+              type=click.IntRange(min=1), help="Rows per INSERT (and per commit for -).")
+def enqueue(payloads: tuple[str, ...], run_at: str | None, delay: str | None,
+            batch_size: int) -> None:
+    """Add one pending task per PAYLOAD; print their ids, one per line.
+
+    Several PAYLOADs are inserted in one transaction. `taskworker enqueue -`
+    reads one payload per line from stdin (UTF-8; blank lines skipped) and
+    commits every --batch-size lines, printing the ids as they are committed; a
+    progress bar shows on stderr when it is a terminal and stdout is not.
+
+    \b
+      taskworker enqueue "resize photo 1" "resize photo 2"
+      taskworker enqueue --delay 10m "send the reminder"
+      taskworker enqueue - < payloads.txt > ids.txt
+    """
+    settings = load_settings()
+    when = schedule(run_at, delay)
+    with database(settings, "enqueue", autocommit=False) as conn:
+        if list(payloads) == ["-"]:
+            enqueue_stdin(conn, when, batch_size)
+            return
+        if "-" in payloads:
+            raise CommandError('"-" (read stdin) must be the only PAYLOAD', EXIT_CONFIG)
+        ids = enqueue_many(conn, payloads, run_at=when, batch_size=batch_size)
+        conn.commit()
+        print_ids(ids)
+
+
+def schedule(run_at: str | None, delay: str | None) -> RunAt:
+    """When enqueued tasks become due: --run-at (ISO 8601) or --delay, or None (now)."""
+    if run_at is not None and delay is not None:
+        fail("give --run-at or --delay, not both", EXIT_CONFIG)
+    if delay is not None:
+        return timedelta(seconds=duration("--delay", delay))
+    if run_at is None:
+        return None
+    try:
+        when = datetime.fromisoformat(run_at.strip())
+    except ValueError:
+        fail(f"invalid --run-at={run_at!r}: expected an ISO 8601 time such as "
+             "2030-01-31T08:00 or 2030-01-31T08:00+02:00", EXIT_CONFIG)
+    return when if when.tzinfo is not None else when.astimezone()  # naive: local time
+
+
+def enqueue_stdin(conn: PgConnection, run_at: RunAt, batch_size: int) -> None:
+    """One INSERT and one commit per batch of lines, ids printed as each commits.
+
+    COPY would be faster still, but psycopg2 refuses it while psycogreen's wait
+    callback is installed; unnest() batches of a few thousand rows come close.
+    """
+    stdin = click.get_binary_stream("stdin")
+    stderr = click.get_text_stream("stderr")
+    size = file_size(stdin)
+    # The bar goes to stderr; ids printed on the same terminal would tear it apart.
+    wanted = stderr.isatty() and not sys.stdout.isatty()
+    bar = click.progressbar(
+        length=size, iterable=None if size else (n for n in ()), label="Enqueuing", file=stderr,
+        show_eta=bool(size), hidden=not wanted,
+        item_show_func=lambda n: f"{n} tasks" if n is not None else None)
+    done = 0
+    try:
+        with bar:
+            for batch, nbytes in stdin_batches(stdin, batch_size):
+                if batch:
+                    ids = enqueue_many(conn, batch, run_at=run_at, batch_size=batch_size)
+                    conn.commit()
+                    print_ids(ids)
+                    done += len(ids)
+                bar.update(nbytes if size else len(batch), done)
+    except CommandError as exc:
+        raise CommandError(f"{exc}; {enqueued_so_far(done)}") from None
+    except psycopg2.Error as exc:
+        raise CommandError(f"database error: {first_line(exc)}; {enqueued_so_far(done)}"
+                           ) from None
+    except KeyboardInterrupt:
+        raise CommandError(f"interrupted; {enqueued_so_far(done)}", EXIT_INTERRUPTED) from None
+
+
+def enqueued_so_far(done: int) -> str:
+    if not done:
+        return "nothing was enqueued"
+    return f"{text.tasks(done)} enqueued before that (their ids are printed), the rest were not"
+
+
+def file_size(stream: IO[bytes]) -> int | None:
+    """Size in bytes when stdin is a regular file (so the bar can show a percentage)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) and info.st_size > 0 else None
+
+
+def stdin_batches(stream: IO[bytes], batch_size: int) -> Iterator[tuple[list[str], int]]:
+    """(payloads, bytes read) per `batch_size` non-blank lines of UTF-8 text.
+
+    A line ends at \\n (a \\r before it is dropped too). Lines that are empty or
+    only whitespace are skipped; any other line is the payload exactly as it is,
+    leading and trailing spaces included.
+    """
+    batch: list[str] = []
+    nbytes = 0
+    for number, raw in enumerate(stream, 1):
+        nbytes += len(raw)
+        line = raw[:-1] if raw.endswith(b"\n") else raw
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        try:
+            payload = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"line {number} is not UTF-8 text "
+                               f"(byte {exc.start + 1}: {exc.reason})") from None
+        if not payload or payload.isspace():
+            continue
+        try:
+            check_payload(payload)
+        except ValueError as exc:  # "payload contains a NUL character, which ..."
+            raise CommandError(f"line {number} {str(exc).removeprefix('payload ')}") from None
+        batch.append(payload)
+        if len(batch) == batch_size:
+            yield batch, nbytes
+            batch, nbytes = [], 0
+    if batch or nbytes:
+        yield batch, nbytes
+
+
+def print_ids(ids: Sequence[int]) -> None:
+    if ids:
+        click.echo("\n".join(map(str, ids)))

@@ -1,0 +1,71 @@
+"""`taskworker serve`: process tasks until Ctrl+C or SIGTERM.
+
+The processor's side (taskworker.processor, taskworker.web) is imported inside the
+command, so that the other commands neither load it nor depend on it.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..logs import log
+from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_settings
+
+
+@click.command()
+@click.option("--workers", "-w", metavar="N",
+              help="Worker greenlets processing tasks in parallel. [env WORKER_COUNT; default 5]")
+@click.option("--fetch-interval", "-i", metavar="DURATION",
+              help="How often to look for tasks when idle: 5, 5s, 1.5, 500ms. "
+                   "[env FETCH_INTERVAL; default 5s]")
+@click.option("--fetch-limit", "-l", metavar="N",
+              help="Most tasks claimed in one statement. [env FETCH_LIMIT; default 10]")
+@click.option("--handler", metavar="MODULE:FUNCTION",
+              help="The function run for each task. "
+                   "[env TASK_HANDLER; default taskworker.handlers:demo]")
+def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | None,
+          handler: str | None) -> None:
+    """Process tasks until Ctrl+C (SIGINT) or SIGTERM.
+
+    \b
+    Also read from the environment or .env:
+      LEASE_SECONDS      lease of a claimed task, renewed every third (30)
+      MAX_RETRIES        retries of a failed task before it ends in error (0)
+      RETRY_BACKOFF      base of the exponential retry delay (5s)
+      MAX_RESCUES        times a task may lose its worker before it is parked (3)
+      TASK_TIMEOUT       longest a task may run, 0 = no limit (300s)
+      SHUTDOWN_TIMEOUT   time running tasks get to finish on Ctrl+C (30s)
+      STATEMENT_TIMEOUT  server-side limit on each query (10s)
+      CONNECT_TIMEOUT    limit on one connection attempt (10s)
+      LISTEN             wake on LISTEN/NOTIFY; false for PgBouncer (true)
+      METRICS_PORT       serve Prometheus /metrics and /healthz on this port (off)
+      METRICS_HOST       address the metrics server listens on (127.0.0.1)
+      HEALTH_MAX_DOWNTIME  /healthz fails once a connection is down this long (30s)
+      PRUNE_AFTER        delete done/error/cancelled tasks older than this (off)
+      TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE
+                         the demo handler's sleep (1s to 4s) and failures (0.1)
+    """
+    from ..handlers import HandlerError
+    from ..handlers import load as load_handler
+
+    settings = load_settings({"WORKER_COUNT": workers, "FETCH_INTERVAL": fetch_interval,
+                              "FETCH_LIMIT": fetch_limit, "TASK_HANDLER": handler})
+    try:
+        function, takes_task = load_handler(settings.task_handler)
+    except HandlerError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    log.info("Connecting to database: %s", settings.safe_database_url)
+    # Refuse to start on a database that is unreachable, not migrated, or not
+    # readable by this role: one line, exit 1.
+    with checked_connection(settings, "check"):
+        pass
+
+    from ..processor.processor import Processor
+    from ..web.server import MetricsError
+
+    try:
+        code = Processor(settings, function, takes_task).run()
+    except MetricsError as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    sys.exit(code)

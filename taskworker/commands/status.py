@@ -1,0 +1,157 @@
+"""`taskworker status`: the queue at a glance, once or every few seconds."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import psycopg2
+
+from ..store import admin
+from ..store.connection import DatabaseUnavailable, connect
+from ..store.database import Direct, PgConnection, first_line
+from . import text
+from .context import EXIT_CONFIG, database, duration, fail, load_settings
+
+TOP_ERRORS = 5
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+@click.option("--watch", "-w", metavar="[SECONDS]", is_flag=False, flag_value="2",
+              help="Refresh every SECONDS (2 if not given) until Ctrl+C.")
+def status(as_json: bool, watch: str | None) -> None:
+    """Show the queue at a glance.
+
+    \b
+    STATUS   tasks in each status; "scheduled for later": pending tasks not
+             due yet (waiting out a retry backoff, or enqueued with --delay)
+    oldest due task waiting
+             time since the run_at of the oldest pending task that is due
+    rescued in the last hour
+             tasks rescued at least once (their process stopped renewing the
+             lease) whose row changed in the last hour (the schema keeps no
+             rescue times: a good estimate, not an exact count)
+    pending retries
+             pending tasks with attempts > 0: they failed or lost their worker
+             and wait to run again (a count now, not over the last hour)
+    HOLDER   running tasks per process (locked_by = host:pid:random) and the
+             time left on its soonest lease ("expired": it stopped renewing)
+    ERRORS   the 5 most frequent error texts among tasks in error
+    """
+    interval = None if watch is None else duration("--watch", watch)
+    if interval is not None and interval <= 0:
+        fail(f"invalid --watch={watch!r}: must be greater than 0", EXIT_CONFIG)
+    settings = load_settings()
+    with database(settings, "status") as conn:
+        if interval is None:
+            snap = snapshot(conn)
+            click.echo(json.dumps(snap) if as_json else render(snap))
+        else:
+            watch_status(conn, lambda: connect(settings, name="taskworker status"),
+                         interval, as_json)
+
+
+def snapshot(conn: PgConnection) -> dict[str, Any]:
+    """Everything `status` shows, read in one REPEATABLE READ, read-only transaction."""
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True, autocommit=False)
+    db = Direct(conn)
+    try:
+        summary = admin.summary(db)
+        holders = admin.holders(db)
+        errors = admin.top_errors(db, TOP_ERRORS)
+    finally:
+        if not conn.closed:  # closed: interrupted (Ctrl+C) or lost mid-query
+            conn.rollback()
+    oldest = summary.oldest_due_seconds
+    return {
+        "counts": summary.counts,
+        "scheduled": summary.scheduled,
+        "oldest_pending_seconds": None if oldest is None else round(oldest, 3),
+        "rescued_last_hour": summary.rescued_last_hour,
+        "retrying": summary.retrying,
+        "holders": [{"locked_by": h.locked_by, "tasks": h.tasks,
+                     "lease_left_seconds": None if h.lease_left_seconds is None
+                     else round(h.lease_left_seconds, 3)}
+                    for h in holders],
+        "top_errors": [{"error": e.error, "tasks": e.tasks} for e in errors],
+    }
+
+
+def render(snap: dict[str, Any]) -> str:
+    """The snapshot as aligned tables."""
+    counts = snap["counts"]
+    rows = [("STATUS", "TASKS", "")]
+    for name in admin.STATUSES:
+        note = f"{snap['scheduled']} scheduled for later" if name == "pending" \
+            and snap["scheduled"] else ""
+        rows.append((name, str(counts[name]), note))
+    oldest = snap["oldest_pending_seconds"]
+    lines = text.table(rows, right=frozenset({1}))
+    lines += [""] + text.table([
+        ("oldest due task waiting", "-" if oldest is None else text.age(oldest)),
+        ("rescued in the last hour", str(snap["rescued_last_hour"])),
+        ("pending retries", str(snap["retrying"])),
+    ], right=frozenset({1}))
+    lines.append("")
+    if snap["holders"]:
+        rows = [("HOLDER (locked_by)", "TASKS", "LEASE LEFT")]
+        for h in snap["holders"]:
+            left = h["lease_left_seconds"]
+            shown = "-" if left is None else (
+                text.age(left) if left >= 0 else f"expired {text.age(-left)} ago")
+            rows.append((h["locked_by"] or "(none)", str(h["tasks"]), shown))
+        lines += text.table(rows, right=frozenset({1}))
+    else:
+        lines.append("No task is running.")
+    lines.append("")
+    if snap["top_errors"]:
+        rows = [(f"ERRORS (top {TOP_ERRORS})", "TASKS")]
+        rows += [(text.one_line(e["error"], 72), str(e["tasks"])) for e in snap["top_errors"]]
+        lines += text.table(rows, right=frozenset({1}))
+    else:
+        lines.append("No task has ended in error.")
+    return "\n".join(lines)
+
+
+def watch_status(conn: PgConnection | None, reconnect: Callable[[], PgConnection],
+                 interval: float, as_json: bool) -> None:
+    """Print the status every `interval` seconds until Ctrl+C.
+
+    On a terminal the screen is cleared before each table; with --json each
+    refresh is one JSON line. A lost database shows as an error line and the
+    connection is opened again at the next refresh.
+    """
+    clear = sys.stdout.isatty() and not as_json
+    try:
+        while True:
+            try:
+                if conn is None or conn.closed:
+                    conn = reconnect()
+                snap: dict[str, Any] | None = snapshot(conn)
+                problem = ""
+            except (DatabaseUnavailable, psycopg2.Error) as exc:
+                snap, problem = None, f"Error: {first_line(exc)} (trying again)"
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            if as_json:
+                if snap is not None:
+                    click.echo(json.dumps({"time": text.now(), **snap}))
+                else:
+                    click.echo(problem, err=True)
+            else:
+                if clear:
+                    click.clear()
+                click.echo(f"Every {interval:g}s: taskworker status    {text.now()}\n")
+                click.echo(render(snap) if snap is not None else problem)
+                click.echo()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+    finally:
+        if conn is not None:
+            conn.close()

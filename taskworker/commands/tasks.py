@@ -1,0 +1,126 @@
+"""Looking at and steering single tasks: `taskworker show`, `retry`, `cancel`."""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import click
+
+from ..store import admin, tasks
+from ..store.database import Direct
+from . import text
+from .context import EXIT_CONFIG, CommandError, database, duration, fail, load_settings
+
+RETRY_BATCH = 10000  # rows per UPDATE of retry --all-errors
+
+
+@click.command()
+@click.argument("task_id", metavar="ID", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+def show(task_id: int, as_json: bool) -> None:
+    """Print one task, every column."""
+    with database(load_settings(), "show") as conn:
+        row = admin.task(Direct(conn), task_id)
+        if row is None:
+            raise CommandError(f"no task with id {task_id}")
+    if as_json:
+        click.echo(json.dumps(row, default=json_value))
+        return
+    width = max(map(len, row)) + 2
+    for name, value in row.items():
+        shown = "(null)" if value is None else text.printable(str(value))
+        first, *rest = shown.split("\n") or [""]
+        click.echo(f"{name:<{width}}{first}".rstrip())
+        for more in rest:
+            click.echo(f"{'':<{width}}{more}".rstrip())
+
+
+@click.command()
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option("--all-errors", is_flag=True, help="Every task in error instead of IDs.")
+@click.option("--since", metavar="DURATION",
+              help="With --all-errors: only tasks that ended within DURATION (1h, 2d).")
+def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
+    """Put tasks in error back to pending, due now; print how many.
+
+    A retried task starts over as if new: attempts and rescues go back to 0, so
+    it gets the whole MAX_RETRIES and MAX_RESCUES budget again (a task parked as
+    "abandoned" runs again too). Its error column keeps the last error. Exit
+    status 1 when a named ID was not retried, with one line for each.
+    """
+    if bool(ids) == all_errors:
+        fail("give task IDs or --all-errors (not both)", EXIT_CONFIG)
+    if since is not None and not all_errors:
+        fail("--since goes with --all-errors", EXIT_CONFIG)
+    seconds = None if since is None else duration("--since", since)
+    wanted = list(dict.fromkeys(ids)) if ids else None
+    retried: set[int] = set()
+    with database(load_settings(), "retry") as conn:
+        db = Direct(conn)
+        # Fixed once: batches agree on "since", and a task failing again while
+        # the command runs (after `now`) is not retried twice.
+        cut = tasks.cutoff(db, seconds)
+        while got := admin.retry(db, ids=wanted, since=cut.before, before=cut.now,
+                                 limit=RETRY_BATCH):
+            retried.update(got)
+        if retried:
+            tasks.wake_others(db)
+        click.echo(f"Retried {text.tasks(len(retried))}")
+        left = [i for i in wanted or () if i not in retried]
+        for task_id, state in states(db, left).items():
+            if state.status is None:
+                click.echo(f"Error: no task with id {task_id}", err=True)
+            elif state.status == "error":
+                click.echo(f"Error: task {task_id} is busy (another command holds it): "
+                           "try again", err=True)
+            else:
+                click.echo(f"Error: task {task_id} is {state.status}: only tasks in error "
+                           "are retried", err=True)
+    sys.exit(1 if left else 0)
+
+
+@click.command()
+@click.argument("ids", nargs=-1, type=int, required=True, metavar="ID...")
+def cancel(ids: tuple[int, ...]) -> None:
+    """Cancel pending tasks (status cancelled: no worker will run them).
+
+    Running tasks cannot be cancelled cleanly yet: they are left alone. Exit
+    status 0 when every ID was cancelled, else 1 with one line per ID that was not.
+    """
+    wanted = list(dict.fromkeys(ids))
+    with database(load_settings(), "cancel") as conn:
+        db = Direct(conn)
+        cancelled = set(admin.cancel(db, wanted))
+        click.echo(f"Cancelled {text.tasks(len(cancelled))}")
+        left = [i for i in wanted if i not in cancelled]
+        for task_id, state in states(db, left).items():
+            if state.status is None:
+                click.echo(f"Error: no task with id {task_id}", err=True)
+            elif state.status == "in_progress":
+                click.echo(f"Error: task {task_id} is running (held by {state.locked_by}): "
+                           "running tasks cannot be cancelled cleanly yet; left alone",
+                           err=True)
+            else:
+                click.echo(f"Error: task {task_id} is {state.status}: only pending tasks "
+                           "can be cancelled", err=True)
+    sys.exit(1 if left else 0)
+
+
+def states(db: Direct, ids: Sequence[int]) -> dict[int, admin.TaskState]:
+    """Why the commands left `ids` alone: their status and holder (none asked: no query)."""
+    return admin.states(db, ids) if ids else {}
+
+
+def json_value(value: Any) -> Any:
+    """JSON for the column types json.dumps does not know."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)

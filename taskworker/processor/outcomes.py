@@ -1,0 +1,72 @@
+"""What became of one run of a task, and the rules that decide it.
+
+Every failure rule lives here: whether a failed run is retried and after what
+backoff (`RetryPolicy`), and what each kind of outcome writes to the row
+(`Outcome.write`). The worker decides the kind; the completer only writes it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..settings import Settings
+from ..store.tasks import ClaimedTask, OutcomeWrite
+
+DONE = "done"  # the handler returned: status done, with its result
+ERROR = "error"  # failed for good: status error
+RETRY = "retry"  # failed, retries remain: back to pending after a backoff
+GIVE_BACK = "give back"  # not run to the end (shutdown): back to pending untouched
+KINDS = (DONE, ERROR, RETRY, GIVE_BACK)
+
+RETRY_CAP = 3600.0  # longest retry backoff, seconds
+
+
+@dataclass(eq=False)
+class Outcome:
+    task: ClaimedTask
+    worker: int  # 0: not run by a worker (given back from the local queue)
+    kind: str  # one of KINDS
+    result: str | None = None
+    error: str | None = None
+    delay: float | None = None  # RETRY: seconds until the task is due again
+
+    def write(self) -> OutcomeWrite:
+        """The row update this outcome makes.
+
+        A given-back task does not count the attempt its claim counted: a Ctrl+C
+        never uses up a task's retries. A retry keeps the count, which is how
+        the retry budget is spent."""
+        status = {DONE: "done", ERROR: "error", RETRY: "pending", GIVE_BACK: "pending"}
+        return OutcomeWrite(self.task.id, self.task.attempt, status[self.kind], self.result,
+                            self.error, self.delay, self.kind == GIVE_BACK)
+
+    @property
+    def wakes_others(self) -> bool:
+        """Once written, the task is claimable again at once."""
+        return self.kind == GIVE_BACK or (self.kind == RETRY and not self.delay)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """MAX_RETRIES and RETRY_BACKOFF: a failed run is retried while the task has
+    failed at most `max_retries` times, after `backoff × 2^(failures-1)` seconds
+    (capped at an hour) with ±20% jitter so that tasks failing together do not
+    come back together.
+
+    Runs lost to a dead worker (rescues) are not failures: they do not use up
+    the retry budget (MAX_RESCUES bounds them instead)."""
+
+    max_retries: int
+    backoff: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.max_retries, settings.retry_backoff)
+
+    def after_failure(self, task: ClaimedTask, worker: int, message: str) -> Outcome:
+        failures = task.attempt - task.rescues  # runs that ended in a failure, this one too
+        if failures <= self.max_retries:
+            base = self.backoff * 2 ** (failures - 1)
+            delay = min(base, RETRY_CAP) * random.uniform(0.8, 1.2)
+            return Outcome(task, worker, RETRY, error=message, delay=delay)
+        return Outcome(task, worker, ERROR, error=message)

@@ -1,0 +1,230 @@
+"""The task processor: a pool of worker greenlets and the services that feed it.
+
+    fetcher ──claims──▶ dispatch ──▶ workers (pool) ──outcomes──▶ completer
+       ▲ wake                                                    (batched, fenced)
+    listener (NOTIFY)          heartbeat (extends every lease this process holds)
+    pruner (PRUNE_AFTER)       metrics sampler + web server (METRICS_PORT)
+
+Each service has its own connection; workers have none (they only run the
+handler), so a process uses four connections whatever WORKER_COUNT is, plus one
+for the pruner and one for the metrics sampler when they run. If a service dies,
+the process says why in one line and stops, and exits 1.
+
+Shutdown, on the first SIGINT/SIGTERM: stop claiming, give back the tasks still
+queued, let running tasks finish for up to SHUTDOWN_TIMEOUT, then cancel the rest
+and give them back too (a task given back keeps its attempt count), write every
+outcome, and exit 0. A second signal skips the wait.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable
+
+import gevent
+from gevent.event import Event
+from gevent.pool import Pool
+
+from ..handlers import Handler
+from ..logs import log, seconds
+from ..settings import Settings
+from ..store import tasks as store
+from ..store.connection import ConnectionState, ReconnectingConnection, Stopped
+from ..store.database import first_line
+from ..web.metrics import Metrics
+from ..web.server import WebServer
+from .completer import Completer
+from .dispatch import Dispatch
+from .fetcher import Fetcher
+from .heartbeat import Heartbeat
+from .listener import Listener
+from .outcomes import GIVE_BACK, Outcome
+from .pruner import Pruner
+from .worker import Worker
+
+GIVE_BACK_GRACE = 10.0  # seconds the final writes may wait for the database
+
+
+def holder_name() -> str:
+    """host:pid:random, unique per process start; recorded as tasks.locked_by."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Processor:
+    def __init__(self, settings: Settings, handler: Handler, takes_task: bool) -> None:
+        self.settings = settings
+        self.holder = holder_name()
+        self.dispatch = Dispatch(settings.worker_count)
+        self.pool = Pool(settings.worker_count)
+        self.stop_requested = Event()
+        self.stop_now = Event()  # second signal: do not wait for running tasks
+        self._stopping = False  # no more claims
+        self._giving_up = False  # final writes: stop waiting for the database
+        self._cancelling = False  # shutdown is killing the workers (GreenletExit)
+        self._failure: str | None = None  # why a service died, if one did
+        stopping, giving_up = (lambda: self._stopping), (lambda: self._giving_up)
+
+        self.completer = Completer(settings, self.holder, self.dispatch, giving_up)
+        self.fetcher = Fetcher(settings, self.holder, self.dispatch,
+                               self.completer.backlogged, stopping)
+        self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
+        self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
+        self.pruner = Pruner(settings, stopping) if settings.prune_after else None
+        self.metrics = Metrics(settings, stopping) if settings.metrics_port else None
+        self.web = WebServer(settings, self, self.metrics) if self.metrics else None
+        self.worker = Worker(settings, handler, takes_task, self.dispatch, self.completer.put,
+                             lambda: self._cancelling,
+                             self.metrics.task_duration.observe if self.metrics else _ignore)
+        # The services, in the order they start; the fetcher last, once all is ready.
+        self.services: dict[str, Callable[[], None]] = {
+            "completer": self.completer.run, "heartbeat": self.heartbeat.run}
+        if self.metrics:
+            self.services["metrics"] = self.metrics.sample_forever
+        if self.listener:
+            self.services["listener"] = self.listener.run
+        if self.pruner:
+            self.services["pruner"] = self.pruner.run
+        self.services["fetcher"] = self.fetcher.run
+        self._running: dict[str, gevent.Greenlet] = {}
+        if self.metrics:
+            self.metrics.observe(self)
+
+    # --- what the web side reads (web.health.Observed)
+
+    def _connections(self) -> list[ReconnectingConnection]:
+        """Every connection this process has, in one list: /healthz and the
+        reconnect metric read it, shutdown closes it."""
+        owners = (self.fetcher, self.heartbeat, self.completer, self.listener, self.pruner,
+                  self.metrics)
+        return [owner.db for owner in owners if owner is not None]
+
+    def connections(self) -> list[ConnectionState]:
+        return [db.state() for db in self._connections()]
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        parts = {"dispatch": self.dispatch, "fetcher": self.fetcher,
+                 "completer": self.completer, "listener": self.listener, "pruner": self.pruner}
+        return {name: part.stats() for name, part in parts.items() if part is not None}
+
+    def failure(self) -> str | None:
+        return self._failure
+
+    def stopping(self) -> bool:
+        return self.stop_requested.is_set()
+
+    def dead_services(self) -> list[str]:
+        return [name for name, job in self._running.items() if job.dead]
+
+    # --- running
+
+    def run(self) -> int:
+        """Process tasks until a signal; return the exit code."""
+        s = self.settings
+        log.info("Starting task processor with %d workers, fetching every %s",
+                 s.worker_count, seconds(s.fetch_interval))
+        if self.web:
+            self.web.start()  # first: a port in use stops serve before any claim
+        gevent.signal_handler(signal.SIGINT, self._on_signal)
+        gevent.signal_handler(signal.SIGTERM, self._on_signal)
+        for name, run in self.services.items():
+            if name == "fetcher":
+                for n in range(1, s.worker_count + 1):
+                    log.info("Starting worker %d", n)
+                    self.pool.spawn(self.worker.loop, n)
+            self._running[name] = gevent.spawn(self._guard, name, run)
+        self.stop_requested.wait()
+        self._shutdown()
+        if self._failure:
+            log.error("Stopped because the %s; exit status 1", self._failure)
+            return 1
+        log.info("All workers have completed, shutdown successful")
+        return 0
+
+    def _guard(self, name: str, run: Callable[[], None]) -> None:
+        """Run a service; if it dies, say why in one line and stop the process."""
+        try:
+            run()
+        except Stopped:
+            pass
+        except Exception as exc:
+            self._failure = f"{name} failed: {type(exc).__name__}: {first_line(exc)}"
+            log.error("%s; stopping", self._failure)
+            self.stop_requested.set()
+
+    def _on_signal(self) -> None:
+        # Runs in its own greenlet: only set flags, the main greenlet does the work.
+        if not self.stop_requested.is_set():
+            log.info("Shutdown signal received, stopping task processor gracefully...")
+            self.stop_requested.set()
+        elif not self.stop_now.is_set():
+            log.info("Second shutdown signal received, cancelling running tasks now")
+            self.stop_now.set()
+
+    # --- shutdown, in order: stop claiming, drain the workers, write, close
+
+    def _shutdown(self) -> None:
+        s = self.settings
+        self._stopping = True
+        self.dispatch.wake()
+        fetcher = self._running["fetcher"]
+        fetcher.join(timeout=s.statement_timeout + s.connect_timeout)
+        fetcher.kill()
+        if "listener" in self._running:
+            self._running["listener"].kill()
+
+        queued = self.dispatch.close()
+        for task in queued:
+            self.completer.put(Outcome(task, 0, GIVE_BACK))
+        if queued:
+            log.info("Gave back %d queued tasks to pending", len(queued))
+
+        deadline = time.monotonic() + s.shutdown_timeout
+        while not self.pool.join(timeout=0.05):
+            if self.stop_now.is_set() or time.monotonic() >= deadline:
+                if self.dispatch.running_count():
+                    log.info("Cancelling %d running tasks and giving them back to pending",
+                             self.dispatch.running_count())
+                self._cancelling = True
+                self.pool.kill(block=True, timeout=5)
+                break
+
+        # Outcomes first, while leases are still kept alive; then the rest.
+        self.completer.stop()
+        completer = self._running["completer"]
+        completer.join(timeout=GIVE_BACK_GRACE)
+        if not completer.ready():
+            self._giving_up = True
+            completer.join(timeout=2)
+            log.error("Could not write %d outcomes: database unreachable; those tasks "
+                      "return to pending when their lease expires", self.completer.unwritten())
+            completer.kill()
+        else:
+            self._give_back_leftovers()
+        self._giving_up = True
+        for job in self._running.values():
+            job.kill()
+        for db in self._connections():
+            db.close()
+        if self.web:
+            self.web.stop()
+
+    def _give_back_leftovers(self) -> None:
+        """Give back whatever the table still says this process holds: a claim
+        whose reply never arrived (the fetcher cut off mid-statement, a connection
+        lost with the reply). Every known task has had its outcome written."""
+        try:
+            with gevent.Timeout(GIVE_BACK_GRACE, TimeoutError("no answer from the database")):
+                ids = store.give_back_orphans(self.completer.db, holder=self.holder, known=[])
+        except Exception as exc:  # the database went away just now: leases expire
+            log.error("Could not check for tasks left claimed: %s", first_line(exc))
+            return
+        if ids:
+            log.info("Gave back %d tasks claimed while shutting down: %s",
+                     len(ids), ", ".join(map(str, ids)))
+
+
+def _ignore(seconds: float) -> None:
+    pass

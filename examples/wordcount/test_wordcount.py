@@ -2,7 +2,8 @@
 enqueue files from code, run `taskworker serve` with its handler, and find the
 counts in word_counts and the results in tasks.
 
-Fixtures (db_url, db, serve) come from the main suite through examples/conftest.py.
+Fixtures (db_url, db, serve, and the autouse clean_env) come from the main suite:
+tests/suite_fixtures.py, loaded by the root conftest.py.
 """
 from __future__ import annotations
 
@@ -13,10 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from proc import child_env
-
-from taskworker.settings import FIELDS
 
 HERE = Path(__file__).resolve().parent
 HANDLER = "wordcount.handlers:count_words"
@@ -26,13 +24,6 @@ TEXTS = {
     "poem.txt": "The fog comes\non little cat feet.\n\n  It sits looking\tover harbor\n",
     "unicode.txt": "Größe ändern — naïve café 東京 ok",
 }
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in FIELDS:
-        monkeypatch.delenv(var, raising=False)
 
 
 def example(db_url: str, *args: str) -> str:

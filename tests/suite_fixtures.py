@@ -1,5 +1,6 @@
-"""Shared fixtures: a real PostgreSQL server, one migrated template database per
-session, a cheap copy of it per test, and taskworker run as subprocesses.
+"""The fixtures of tests/ and examples/: a real PostgreSQL server, one migrated
+template database per session, a cheap copy of it per test, and taskworker run as
+subprocesses. A plain module, loaded by the root conftest.py as a pytest plugin.
 
 No gevent here on purpose: the pytest process talks to the database with plain
 blocking psycopg2; everything that patches runs in a child process.

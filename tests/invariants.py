@@ -49,9 +49,10 @@ def insert_tasks(db: Any, payloads: Sequence[str | None]) -> list[int]:
 
 
 def query(db: Any, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run `statement`; return its rows ([] for a statement that returns none)."""
     with db.cursor() as cur:
         cur.execute(statement, params)
-        return cur.fetchall()
+        return cur.fetchall() if cur.description is not None else []
 
 
 def tasks(db: Any) -> dict[int, dict[str, Any]]:

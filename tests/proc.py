@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 CLI = [sys.executable, "-m", "taskworker"]
 
@@ -92,3 +92,6 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+ServeFactory = Callable[..., ServeProcess]  # the `serve` fixture: serve(db_url, env=, args=)

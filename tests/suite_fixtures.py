@@ -9,13 +9,13 @@ blocking psycopg2; everything that patches runs in a child process.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psycopg2
 import pytest
 from pgserver import server_url, temp_database
-from proc import ServeProcess, run_cli
+from proc import ServeFactory, ServeProcess, run_cli
 
 from taskworker.settings import FIELDS
 
@@ -65,8 +65,6 @@ def db(db_url: str) -> Iterator[psycopg2.extensions.connection]:
     yield conn
     conn.close()
 
-
-ServeFactory = Callable[..., ServeProcess]
 
 
 @pytest.fixture

@@ -14,16 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from invariants import query
+from pgserver import UNREACHABLE_URL
 from proc import CLI, child_env, run_cli
-
-UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
-
-
-
-def query(db: Any, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with db.cursor() as cur:
-        cur.execute(statement, params)
-        return cur.fetchall() if cur.description else []
 
 
 def add(db: Any, payload: str = "p", status: str = "pending", age: str = "0s",
@@ -360,7 +353,7 @@ def test_commands_before_migrate(empty_db_url: str, args: list[str]) -> None:
 def test_commands_without_database(args: list[str]) -> None:
     code, out, err = run_cli(args, env={"DATABASE_URL": UNREACHABLE_URL, "CONNECT_TIMEOUT": "3"})
     assert (code, out) == (1, "")
-    assert err.startswith("Error: cannot connect to database postgres://postgres@127.0.0.1:1/x")
+    assert err.startswith(f"Error: cannot connect to database {UNREACHABLE_URL}")
     assert err.count("\n") == 1
 
 

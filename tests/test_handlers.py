@@ -8,16 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from proc import CLI, ServeProcess, child_env, run_cli
+from proc import CLI, ServeFactory, ServeProcess, child_env, run_cli
 
 from taskworker import __version__
-
-ServeFactory = Callable[..., ServeProcess]
 
 HANDLERS = '''\
 """Handlers for test_handlers.py, imported by `taskworker serve` from PYTHONPATH."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.errors
 import pytest
+from pgserver import UNREACHABLE_URL
 from proc import CLI, child_env, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +125,7 @@ def test_two_migrates_at_the_same_moment(empty_db_url: str, tmp_path: Path) -> N
 
 
 def test_migrate_unreachable_database_is_one_line() -> None:
-    code, out, err = run_cli(["migrate"], env={"DATABASE_URL": "postgres://postgres@127.0.0.1:1/x"},
+    code, out, err = run_cli(["migrate"], env={"DATABASE_URL": UNREACHABLE_URL},
                              timeout=30)
     assert code == 1, (out, err)
     assert len(err.splitlines()) == 1 and "127.0.0.1" in err

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from invariants import query
 from proc import child_env
 
 HERE = Path(__file__).resolve().parent
@@ -33,12 +34,6 @@ def example(db_url: str, *args: str) -> str:
                           env=child_env({"DATABASE_URL": db_url, "PYTHONPATH": str(HERE)}))
     assert done.returncode == 0, (done.stdout, done.stderr)
     return done.stdout
-
-
-def query(db: Any, statement: str) -> list[tuple]:
-    with db.cursor() as cur:
-        cur.execute(statement)
-        return cur.fetchall()
 
 
 def test_wordcount_example(db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:

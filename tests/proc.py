@@ -37,6 +37,11 @@ def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: 
     return done.returncode, done.stdout, done.stderr
 
 
+def cli(db_url: str, *args: str) -> tuple[int, str, str]:
+    """`taskworker *args` against `db_url` (run_cli with DATABASE_URL set)."""
+    return run_cli(list(args), env={"DATABASE_URL": db_url})
+
+
 class ServeProcess:
     """A running `taskworker serve` whose stdout+stderr go to a log file."""
 

@@ -1,13 +1,11 @@
 """Metrics, health and JSON logs of `taskworker serve`, seen from outside: a
 Prometheus scrape whose counters match the table, /healthz turning 503 when the
 process's backends keep being terminated or its database stops taking
-connections (and 200 again after), one JSON object per log line, and bad
-metrics settings refused at start.
+connections (and 200 again after), and bad metrics settings refused at start.
 """
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import threading
@@ -232,36 +230,6 @@ def test_healthz_fails_while_the_database_refuses_connections(pg_base_url: str, 
     wait_until(lambda: healthz(port)[0] == 200, 20, "/healthz to recover", [p], fail_on_exit=True)
     admin.close()
     stop(p)
-
-
-# --- logs as JSON
-
-
-def test_json_logs_one_object_per_line(db_url: str, db: Any, serve: ServeFactory) -> None:
-    query(db, "INSERT INTO tasks (payload) VALUES ('ok 1'), ('ok 2'), (NULL) RETURNING id")
-    p = serve(db_url, env={**QUICK, "LOG_FORMAT": "json"})
-    wait_until(lambda: p.output().count("processed with status") == 3, 30,
-               "3 tasks processed", [p], fail_on_exit=True)
-    stop(p)
-    lines = p.output().splitlines()
-    assert lines
-    records = []
-    for line in lines:
-        record = json.loads(line)  # every line, start-up and shutdown included
-        assert {"time", "level", "message"} <= record.keys(), line
-        assert record["level"] in ("debug", "info", "warning", "error"), line
-        records.append(record)
-    messages = [r["message"] for r in records]
-    assert messages[0].startswith("Connecting to database: ")
-    assert "All workers have completed, shutdown successful" in messages
-    task_lines = [r for r in records if re.match(r"\[Worker \d+\] .*[Tt]ask ID: \d+",
-                                                 r["message"])]
-    assert len(task_lines) == 7, task_lines  # processing, processed; and failed for NULL
-    for r in task_lines:
-        assert isinstance(r["task_id"], int) and str(r["task_id"]) in r["message"], r
-        assert r["worker"] >= 1 and r["attempt"] == 1, r
-    assert all("task_id" not in r for r in records if r not in task_lines)
-    assert time.strptime(records[0]["time"][:19], "%Y-%m-%dT%H:%M:%S")
 
 
 # --- settings

@@ -51,13 +51,50 @@ def test_prune_chosen_statuses(db_url: str, db: Any, history: dict[str, int]) ->
     assert remaining(db, history) == {"old_pending", "old_running", "recent_done"}
 
 
+def record_deletes(db: Any) -> None:
+    """Log every DELETE statement on tasks in `deletes`: its transaction and the ids it
+    removed (a statement-level trigger with a transition table, so one row per statement)."""
+    query(db, """
+        CREATE TABLE deletes (
+            n    serial PRIMARY KEY,
+            txid bigint NOT NULL,
+            ids  bigint[] NOT NULL
+        );
+        CREATE FUNCTION record_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO deletes (txid, ids)
+            SELECT txid_current(), coalesce(array_agg(id ORDER BY id), '{}') FROM gone;
+            RETURN NULL;
+        END;
+        $$;
+        CREATE TRIGGER tasks_record_delete
+            AFTER DELETE ON tasks REFERENCING OLD TABLE AS gone
+            FOR EACH STATEMENT EXECUTE FUNCTION record_delete();
+    """)
+
+
 def test_prune_in_small_batches(db_url: str, db: Any) -> None:
-    old = [add_task(db, status="done", age="2 days") for _ in range(25)]
-    kept = [add_task(db, status="done", age="1 hour") for _ in range(5)]
+    """--batch-size 4: 25 old tasks go in 7 DELETEs of at most 4 rows, lowest ids
+    first, each in its own transaction; the recent tasks stay."""
+    record_deletes(db)
+    old, kept = [], []
+    for n in range(30):  # old and recent interleaved, so a batch cannot be a plain id range
+        if n % 6 == 5:
+            kept.append(add_task(db, status="done", age="1 hour"))
+        else:
+            old.append(add_task(db, status="done", age="2 days"))
     code, out, err = cli(db_url, "prune", "--older-than", "1d", "--batch-size", "4")
     assert (code, out, err) == (0, "Deleted 25 tasks\n", "")
     assert sorted(i for i, in query(db, "SELECT id FROM tasks")) == kept
-    assert old  # all gone
+    statements = [(txid, ids) for txid, ids in
+                  query(db, "SELECT txid, ids FROM deletes ORDER BY n") if ids]
+    sizes = [len(ids) for _, ids in statements]
+    assert all(size <= 4 for size in sizes), f"a DELETE took more than 4 rows: {sizes}"
+    assert sizes == [4, 4, 4, 4, 4, 4, 1], f"rows per DELETE statement: {sizes}"
+    txids = [txid for txid, _ in statements]
+    assert len(set(txids)) == len(txids), f"DELETEs shared a transaction: {txids}"
+    deleted = [i for _, ids in statements for i in ids]
+    assert deleted == sorted(old), "not every old task deleted exactly once, lowest ids first"
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -12,12 +12,11 @@ from typing import Any
 from invariants import query, stop_all, wait_until
 from proc import ServeFactory
 
-QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0"}
-
 
 def test_json_logs_one_object_per_line(db_url: str, db: Any, serve: ServeFactory) -> None:
     query(db, "INSERT INTO tasks (payload) VALUES ('ok 1'), ('ok 2'), (NULL) RETURNING id")
-    p = serve(db_url, env={**QUICK, "LOG_FORMAT": "json"})
+    p = serve(db_url, env={"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0",
+                           "TASK_FAILURE_RATE": "0", "LOG_FORMAT": "json"})
     wait_until(lambda: p.output().count("processed with status") == 3, 30,
                "3 tasks processed", [p], fail_on_exit=True)
     stop_all([p], signal.SIGINT)

@@ -1,4 +1,5 @@
-"""What the fault-injection tests check afterwards, and how they set up for it.
+"""What the tests check afterwards, and how they set up for it: tasks rows in a
+chosen state, polling until something holds, the fault-injection tests' audits.
 
 Plain blocking psycopg2 against the test database, and regexes over the serve
 logs: no gevent, no taskworker import. The `completions` audit table is filled by
@@ -49,9 +50,37 @@ def insert_tasks(db: Any, payloads: Sequence[str | None]) -> list[int]:
 
 
 def query(db: Any, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run `statement`; return its rows ([] for a statement that returns none)."""
     with db.cursor() as cur:
         cur.execute(statement, params)
-        return cur.fetchall()
+        return cur.fetchall() if cur.description is not None else []
+
+
+def add_task(db: Any, payload: str = "p", status: str = "pending", age: str = "0s",
+             **columns: Any) -> int:
+    """Insert one task in `status`, last changed `age` ago (a Postgres interval); return its id."""
+    columns = {"payload": payload, "status": status, **columns}
+    names = ", ".join(columns)
+    marks = ", ".join(["%s"] * len(columns))
+    (task_id,) = query(db, f"INSERT INTO tasks ({names}, updated_at) "
+                           f"VALUES ({marks}, now() - %s::interval) RETURNING id",
+                       [*columns.values(), age])[0]
+    return task_id
+
+
+def running_task(db: Any, holder: str = "host-a:101:abcd1234", lease: str = "20 seconds") -> int:
+    """Insert one task in progress, claimed by `holder`, its lease ending in `lease`."""
+    return add_task(db, "running", "in_progress", attempts=1, locked_by=holder,
+                    locked_until=query(db, f"SELECT now() + interval '{lease}'")[0][0])
+
+
+def task_row(db: Any, task_id: int) -> dict[str, Any] | None:
+    """Every column of one task, or None when there is no such task."""
+    with db.cursor() as cur:
+        cur.execute("SELECT * FROM tasks WHERE id = %s", (task_id,))
+        found = cur.fetchone()
+        names = [d[0] for d in cur.description]
+        return None if found is None else dict(zip(names, found, strict=True))
 
 
 def tasks(db: Any) -> dict[int, dict[str, Any]]:

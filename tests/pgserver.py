@@ -32,6 +32,7 @@ from psycopg2.extensions import make_dsn
 from psycopg2.sql import SQL, Identifier
 
 SERVER_USER = "postgres"  # OS user that runs initdb/pg_ctl when we are root
+UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1: refused at once
 
 
 def can_connect(url: str, timeout: int = 3) -> bool:

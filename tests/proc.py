@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 CLI = [sys.executable, "-m", "taskworker"]
 
@@ -35,6 +35,11 @@ def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: 
         done = subprocess.run([*CLI, *args], env=child_env(env), cwd=cwd or tmp, input=input,
                               capture_output=True, text=True, timeout=timeout, check=False)
     return done.returncode, done.stdout, done.stderr
+
+
+def cli(db_url: str, *args: str) -> tuple[int, str, str]:
+    """`taskworker *args` against `db_url` (run_cli with DATABASE_URL set)."""
+    return run_cli(list(args), env={"DATABASE_URL": db_url})
 
 
 class ServeProcess:
@@ -92,3 +97,6 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+ServeFactory = Callable[..., ServeProcess]  # the `serve` fixture: serve(db_url, env=, args=)

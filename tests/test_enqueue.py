@@ -15,13 +15,12 @@ from typing import Any
 
 import psycopg2
 import pytest
+from invariants import query
+from pgserver import UNREACHABLE_URL
 from proc import child_env, run_cli
 
 import taskworker
 from taskworker import client
-
-UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
-
 
 
 @pytest.fixture
@@ -30,12 +29,6 @@ def app_conn(db_url: str) -> Iterator[Any]:
     conn = psycopg2.connect(db_url, connect_timeout=10)
     yield conn
     conn.close()
-
-
-def query(db: Any, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
-    with db.cursor() as cur:
-        cur.execute(statement, params)
-        return cur.fetchall()
 
 
 def payloads_by_id(db: Any) -> list[tuple[int, str]]:

@@ -1,23 +1,16 @@
 """Your own handlers: TASK_HANDLER / --handler naming any importable function,
 the task context it may ask for, what ends up in the table, and the one line a
-handler that cannot be loaded gets. Plus the version, as a user asks for it.
+handler that cannot be loaded gets.
 """
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from proc import CLI, ServeProcess, child_env, run_cli
-
-from taskworker import __version__
-
-ServeFactory = Callable[..., ServeProcess]
+from proc import ServeFactory, ServeProcess, run_cli
 
 HANDLERS = '''\
 """Handlers for test_handlers.py, imported by `taskworker serve` from PYTHONPATH."""
@@ -132,14 +125,3 @@ def test_handler_path_must_look_like_module_colon_function(db_url: str) -> None:
     assert code == 2
     assert err.strip() == ("Error: invalid TASK_HANDLER='just-a-name': "
                            "expected package.module:function")
-
-
-def test_version_from_the_command_and_from_python_m() -> None:
-    code, out, _ = run_cli(["--version"])
-    assert (code, out.strip()) == (0, f"taskworker, version {__version__}")
-    script = Path(sys.executable).with_name("taskworker")
-    if script.exists():  # the console script, where pip put it
-        done = subprocess.run([str(script), "--version"], env=child_env(), text=True,
-                              capture_output=True, timeout=60, check=False)
-        assert (done.returncode, done.stdout.strip()) == (0, f"taskworker, version {__version__}")
-    assert CLI[1:] == ["-m", "taskworker"]

@@ -1,33 +1,30 @@
 """Metrics, health and JSON logs of `taskworker serve`, seen from outside: a
 Prometheus scrape whose counters match the table, /healthz turning 503 when the
 process's backends keep being terminated or its database stops taking
-connections (and 200 again after), one JSON object per log line, and bad
-metrics settings refused at start.
+connections (and 200 again after), and bad metrics settings refused at start.
 """
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
 import pytest
-from proc import ServeProcess, run_cli
+from invariants import query, wait_until
+from pgserver import UNREACHABLE_URL
+from proc import ServeFactory, ServeProcess, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.sql import SQL, Identifier
 
 from taskworker.settings import load
 
-ServeFactory = Callable[..., ServeProcess]
 QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0"}
-UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
 
 
 
@@ -56,28 +53,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str,
-               p: ServeProcess | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if p is not None and p.proc.poll() is not None:
-            raise AssertionError(f"serve exited ({p.proc.returncode}) before {what}:\n"
-                                 f"{p.output()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n"
-                                 f"{p.output()[-4000:] if p else ''}")
-        time.sleep(0.1)
-
-
-def query(db: Any, statement: str, params: Any = None) -> list[tuple]:
-    with db.cursor() as cur:
-        cur.execute(statement, params)
-        return cur.fetchall() if cur.description is not None else []
 
 
 def start(serve: ServeFactory, db_url: str, port: int, **env: str) -> ServeProcess:
@@ -122,7 +97,7 @@ def test_scrape_during_a_run_matches_the_table(db_url: str, db: Any,
         scrapes.append(now)
         return finished == 200
 
-    wait_until(all_finished, 40, "200 finished tasks in the scrape", p)
+    wait_until(all_finished, 40, "200 finished tasks in the scrape", [p], fail_on_exit=True)
     assert len(scrapes) > 2  # at least one scrape while the tasks ran
 
     counts = dict(query(db, "SELECT status, count(*) FROM tasks GROUP BY status"))
@@ -153,7 +128,7 @@ def test_scrape_during_a_run_matches_the_table(db_url: str, db: Any,
                 "error": counts.get("error", 0), "cancelled": 0}
         return depth if depth == want else None
 
-    wait_until(depth_settled, 15, "the queue depth sample after the run", p)
+    wait_until(depth_settled, 15, "the queue depth sample after the run", [p], fail_on_exit=True)
     stop(p)
 
 
@@ -178,7 +153,7 @@ def test_queue_depth_of_a_large_table_is_estimated(db_url: str, db: Any,
                  if name == "taskworker_queue_depth" for (_, s) in labels}
         return depth if "done" in depth else None
 
-    depth = wait_until(sampled, 15, "a queue depth sample", p)
+    depth = wait_until(sampled, 15, "a queue depth sample", [p], fail_on_exit=True)
     assert depth["pending"] == 7 and depth["in_progress"] == 0, depth
     assert depth["done"] == pytest.approx(60000, rel=0.1), depth
     assert depth["error"] == pytest.approx(20000, rel=0.1), depth
@@ -214,7 +189,8 @@ def test_healthz_fails_while_backends_keep_being_terminated(db_url: str, db: Any
     killer.start()
     try:
         status, body = wait_until(lambda: (r := healthz(port))[0] == 503 and r, 20,
-                                  "/healthz to fail while backends are terminated", p)
+                                  "/healthz to fail while backends are terminated", [p],
+                                  fail_on_exit=True)
     finally:
         stop_killing.set()
         killer.join(5)
@@ -224,7 +200,7 @@ def test_healthz_fails_while_backends_keep_being_terminated(db_url: str, db: Any
 
     # Left alone, it reconnects and is healthy again once the losses are older
     # than HEALTH_MAX_DOWNTIME; it kept running all along.
-    wait_until(lambda: healthz(port)[0] == 200, 20, "/healthz to recover", p)
+    wait_until(lambda: healthz(port)[0] == 200, 20, "/healthz to recover", [p], fail_on_exit=True)
     m = scrape(port)
     assert sum(v for (name, _), v in m.items()
                if name == "taskworker_database_reconnects_total") > 0
@@ -246,43 +222,14 @@ def test_healthz_fails_while_the_database_refuses_connections(pg_base_url: str, 
         query(admin, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                      " WHERE datname = %s", (dbname,))
         status, body = wait_until(lambda: (r := healthz(port))[0] == 503 and r, 20,
-                                  "/healthz to fail while the database is unreachable", p)
+                                  "/healthz to fail while the database is unreachable", [p],
+                                  fail_on_exit=True)
         assert any("down for" in problem for problem in body["problems"]), body
     finally:
         query(admin, SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(Identifier(dbname)))
-    wait_until(lambda: healthz(port)[0] == 200, 20, "/healthz to recover", p)
+    wait_until(lambda: healthz(port)[0] == 200, 20, "/healthz to recover", [p], fail_on_exit=True)
     admin.close()
     stop(p)
-
-
-# --- logs as JSON
-
-
-def test_json_logs_one_object_per_line(db_url: str, db: Any, serve: ServeFactory) -> None:
-    query(db, "INSERT INTO tasks (payload) VALUES ('ok 1'), ('ok 2'), (NULL) RETURNING id")
-    p = serve(db_url, env={**QUICK, "LOG_FORMAT": "json"})
-    wait_until(lambda: p.output().count("processed with status") == 3, 30,
-               "3 tasks processed", p)
-    stop(p)
-    lines = p.output().splitlines()
-    assert lines
-    records = []
-    for line in lines:
-        record = json.loads(line)  # every line, start-up and shutdown included
-        assert {"time", "level", "message"} <= record.keys(), line
-        assert record["level"] in ("debug", "info", "warning", "error"), line
-        records.append(record)
-    messages = [r["message"] for r in records]
-    assert messages[0].startswith("Connecting to database: ")
-    assert "All workers have completed, shutdown successful" in messages
-    task_lines = [r for r in records if re.match(r"\[Worker \d+\] .*[Tt]ask ID: \d+",
-                                                 r["message"])]
-    assert len(task_lines) == 7, task_lines  # processing, processed; and failed for NULL
-    for r in task_lines:
-        assert isinstance(r["task_id"], int) and str(r["task_id"]) in r["message"], r
-        assert r["worker"] >= 1 and r["attempt"] == 1, r
-    assert all("task_id" not in r for r in records if r not in task_lines)
-    assert time.strptime(records[0]["time"][:19], "%Y-%m-%dT%H:%M:%S")
 
 
 # --- settings

@@ -10,7 +10,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,9 @@ from invariants import (
     tail,
     wait_until,
 )
-from proc import ServeProcess
+from proc import ServeFactory, ServeProcess
 
 from taskworker.store.sql import QUERIES
-
-ServeFactory = Callable[..., ServeProcess]
 
 NOOP_MODULE = '''\
 """A handler that does nothing, for the scaling tests."""

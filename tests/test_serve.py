@@ -10,14 +10,14 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
 import pytest
-from proc import ServeProcess, run_cli
+from invariants import wait_until
+from pgserver import UNREACHABLE_URL
+from proc import ServeFactory, ServeProcess, run_cli
 
-ServeFactory = Callable[..., ServeProcess]
 Conn = psycopg2.extensions.connection
 
 SEED_SQL = (Path(__file__).resolve().parent.parent / "seed" / "seed_tasks.sql").read_text()
@@ -30,19 +30,6 @@ FAST = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0.2"}
 SHUTDOWN_LINES = ("Shutdown signal received, stopping task processor gracefully...",
                   "All workers have completed, shutdown successful")
 
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str,
-               p: ServeProcess | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if p is not None and p.proc.poll() is not None:
-            raise AssertionError(f"serve exited ({p.proc.returncode}) before {what}:\n"
-                                 f"{p.output()}")
-        if time.monotonic() > deadline:
-            log = p.output() if p is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log}")
-        time.sleep(0.05)
 
 
 def rows(db: Conn) -> dict[int, tuple]:
@@ -110,7 +97,8 @@ def test_serve_processes_the_seed(db_url: str, db: Conn, serve: ServeFactory) ->
     assert len(ids) == 20
 
     p = serve(db_url, env=FAST)  # TASK_FAILURE_RATE: the default 0.1
-    wait_until(lambda: len(processed(p.output())) == 20, 40, "20 processed lines", p)
+    wait_until(lambda: len(processed(p.output())) == 20, 40, "20 processed lines", [p],
+               fail_on_exit=True)
     out = stop(p)
 
     lines = out.splitlines()
@@ -157,7 +145,8 @@ def test_failure_rate_all_or_nothing(db_url: str, db: Conn, serve: ServeFactory,
                                      rate: str, expected: str) -> None:
     ids = insert(db, [f"job {n}" for n in range(12)])
     p = serve(db_url, env={**FAST, "TASK_FAILURE_RATE": rate})
-    wait_until(lambda: len(processed(p.output())) == len(ids), 30, "all processed lines", p)
+    wait_until(lambda: len(processed(p.output())) == len(ids), 30, "all processed lines", [p],
+               fail_on_exit=True)
     out = stop(p)
     assert {status for _, status in processed(out).values()} == {expected}
     for payload, status, result, error, *_ in rows(db).values():
@@ -177,7 +166,8 @@ def test_signal_lets_running_tasks_finish(db_url: str, db: Conn, serve: ServeFac
     ids = insert(db, [f"slow {n}" for n in range(20)])
     p = serve(db_url, env={"TASK_MIN_SECONDS": "2", "TASK_MAX_SECONDS": "3",
                            "TASK_FAILURE_RATE": "0"})
-    wait_until(lambda: len(processing(p.output())) >= 5, 30, "5 tasks running", p)
+    wait_until(lambda: len(processing(p.output())) >= 5, 30, "5 tasks running", [p],
+               fail_on_exit=True)
     assert statuses(db)["in_progress"] > 5  # some claimed tasks wait in the local queue
     out = stop(p, sig, timeout=30)
     assert_shutdown_lines(out, 5)
@@ -204,7 +194,8 @@ def test_second_signal_stops_at_once(db_url: str, db: Conn, serve: ServeFactory,
     ids = insert(db, [f"long {n}" for n in range(10)])
     p = serve(db_url, env={"TASK_MIN_SECONDS": "20", "TASK_MAX_SECONDS": "30",
                            "TASK_FAILURE_RATE": "0", "SHUTDOWN_TIMEOUT": "300"})
-    wait_until(lambda: len(processing(p.output())) == 5, 30, "5 tasks running", p)
+    wait_until(lambda: len(processing(p.output())) == 5, 30, "5 tasks running", [p],
+               fail_on_exit=True)
     p.signal(sig)
     p.wait_for("Shutdown signal received")
     time.sleep(1)
@@ -249,9 +240,8 @@ def _assert_cannot_connect(url: str, code: int, out: str, err: str) -> None:
 
 
 def test_unreachable_database() -> None:
-    url = "postgres://postgres@127.0.0.1:1/x"  # nothing listens: refused at once
-    code, out, err = run_cli(["serve"], env={"DATABASE_URL": url}, timeout=30)
-    _assert_cannot_connect(url, code, out, err)
+    code, out, err = run_cli(["serve"], env={"DATABASE_URL": UNREACHABLE_URL}, timeout=30)
+    _assert_cannot_connect(UNREACHABLE_URL, code, out, err)
 
 
 def test_database_that_never_answers() -> None:

@@ -8,20 +8,15 @@ subprocess must exit 2 with one line on stderr naming the variable and the value
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import psycopg2
 import pytest
-from proc import ServeProcess, run_cli
+from pgserver import UNREACHABLE_URL
+from proc import ServeFactory, run_cli
 
 from taskworker import settings as tw_settings
-
-ServeFactory = Callable[..., ServeProcess]
-UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1
-
-
 
 # --- parsing, in process (pure: no database, no gevent)
 

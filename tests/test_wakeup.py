@@ -12,17 +12,21 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import invariants
 import psycopg2
 import pytest
-from invariants import create_runs_table, handler_env, insert_tasks, query, stop_all, tail
-from proc import ServeProcess, run_cli
-
-ServeFactory = Callable[..., ServeProcess]
+from invariants import (
+    create_runs_table,
+    handler_env,
+    insert_tasks,
+    query,
+    stop_all,
+    tail,
+    wait_until,
+)
+from proc import ServeFactory, ServeProcess, run_cli
 
 SEED_SQL = Path(__file__).resolve().parent.parent / "seed" / "seed_tasks.sql"
 CHANNEL = "taskworker_tasks"
@@ -60,16 +64,10 @@ def wait_idle_and_listening(db: Any, p: ServeProcess, timeout: float = 20) -> in
                 "AND application_name = 'taskworker listener' AND state = 'idle' "
                 "AND query ILIKE 'LISTEN%%'")]
 
-    pids = wait_until(listening, timeout, "the listener to LISTEN", p)
+    pids = wait_until(listening, timeout, "the listener to LISTEN", [p], fail_on_exit=True)
     assert len(pids) == 1, pids
     time.sleep(0.5)
     return pids[0]
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str,
-               p: ServeProcess, interval: float = 0.02) -> Any:
-    """invariants.wait_until for one serve process, failing early if it exits."""
-    return invariants.wait_until(check, timeout, what, [p], interval, fail_on_exit=True)
 
 
 def wait_done(db: Any, ids: list[int], timeout: float, p: ServeProcess, how: str) -> float:
@@ -81,7 +79,8 @@ def wait_done(db: Any, ids: list[int], timeout: float, p: ServeProcess, how: str
                      (ids,))
         return rows[0][0] == len(ids)
 
-    wait_until(done, timeout, f"{len(ids)} task(s) inserted by {how} to be done", p)
+    wait_until(done, timeout, f"{len(ids)} task(s) inserted by {how} to be done", [p],
+               interval=0.02, fail_on_exit=True)
     return time.monotonic() - start
 
 
@@ -178,14 +177,15 @@ def test_listener_reconnects_and_catches_up(db_url: str, db: Any, serve: ServeFa
     [(killed,)] = query(db, "SELECT pg_terminate_backend(%s)", (old,))
     assert killed
     wait_until(lambda: old not in backends(db, "taskworker listener"), 5,
-               "the listener's backend to exit", p, interval=0.002)
+               "the listener's backend to exit", [p], interval=0.002, fail_on_exit=True)
     # Right away, while the listener reconnects: a NOTIFY now may reach no one.
     [task_id] = insert_tasks(db, ["while the listener was away"])
     took = wait_done(db, [task_id], 5.0, p, "an INSERT while the listener reconnected")
 
     p.wait_for(r"Database connection lost \(listener\): .*; reconnecting$", timeout=5)
     p.wait_for(r"Reconnected to database \(listener\)$", timeout=5)
-    new = wait_until(lambda: backends(db, "taskworker listener"), 5, "a new listener", p)
+    new = wait_until(lambda: backends(db, "taskworker listener"), 5, "a new listener", [p],
+                     fail_on_exit=True)
     assert new != [old] and len(new) == 1, (old, new)
     # Only the listener was cut off: the fetcher kept its connection.
     assert backends(db, "taskworker fetcher") == fetcher
@@ -207,7 +207,8 @@ def test_listen_false_polls_and_opens_no_listener(db_url: str, db: Any,
                                                   serve: ServeFactory) -> None:
     p = serve(db_url, env={**IDLE, "FETCH_INTERVAL": "0.3", "LISTEN": "false"})
     p.wait_for(r"Starting task processor with 5 workers, fetching every 300ms$")
-    wait_until(lambda: backends(db, "taskworker fetcher"), 20, "the fetcher to connect", p)
+    wait_until(lambda: backends(db, "taskworker fetcher"), 20, "the fetcher to connect", [p],
+               fail_on_exit=True)
 
     for round_ in range(2):  # inserted while serve runs: only polling can find them
         ids = insert_tasks(db, [f"polled {round_}.{n}" for n in range(5)])

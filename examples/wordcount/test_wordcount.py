@@ -2,7 +2,8 @@
 enqueue files from code, run `taskworker serve` with its handler, and find the
 counts in word_counts and the results in tasks.
 
-Fixtures (db_url, db, serve) come from the main suite through examples/conftest.py.
+Fixtures (db_url, db, serve, and the autouse clean_env) come from the main suite:
+tests/suite_fixtures.py, loaded by the root conftest.py.
 """
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from invariants import query
 from proc import child_env
-
-from taskworker.settings import FIELDS
 
 HERE = Path(__file__).resolve().parent
 HANDLER = "wordcount.handlers:count_words"
@@ -28,13 +27,6 @@ TEXTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Children inherit os.environ: drop taskworker's variables a developer may have set."""
-    for var in FIELDS:
-        monkeypatch.delenv(var, raising=False)
-
-
 def example(db_url: str, *args: str) -> str:
     """Run `python -m wordcount.<args>` as the README does; return its stdout."""
     done = subprocess.run([sys.executable, "-m", *args], cwd=HERE, capture_output=True,
@@ -42,12 +34,6 @@ def example(db_url: str, *args: str) -> str:
                           env=child_env({"DATABASE_URL": db_url, "PYTHONPATH": str(HERE)}))
     assert done.returncode == 0, (done.stdout, done.stderr)
     return done.stdout
-
-
-def query(db: Any, statement: str) -> list[tuple]:
-    with db.cursor() as cur:
-        cur.execute(statement)
-        return cur.fetchall()
 
 
 def test_wordcount_example(db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real PostgreSQL server, one migrated template database per
-session, a cheap copy of it per test, and taskworker run as subprocesses.
+"""The fixtures of tests/ and examples/: a real PostgreSQL server, one migrated
+template database per session, a cheap copy of it per test, and taskworker run as
+subprocesses. A plain module, loaded by the root conftest.py as a pytest plugin.
 
 No gevent here on purpose: the pytest process talks to the database with plain
 blocking psycopg2; everything that patches runs in a child process.
@@ -8,13 +9,13 @@ blocking psycopg2; everything that patches runs in a child process.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psycopg2
 import pytest
 from pgserver import server_url, temp_database
-from proc import ServeProcess, run_cli
+from proc import ServeFactory, ServeProcess, run_cli
 
 from taskworker.settings import FIELDS
 
@@ -64,8 +65,6 @@ def db(db_url: str) -> Iterator[psycopg2.extensions.connection]:
     yield conn
     conn.close()
 
-
-ServeFactory = Callable[..., ServeProcess]
 
 
 @pytest.fixture

@@ -1,0 +1,124 @@
+"""`taskworker status`: the overview of the queue (counts by status, what is
+scheduled, who holds what, the most common errors), as a table, as JSON, and
+refreshed with --watch until Ctrl+C. Runs as `python -m taskworker status` against
+a real database; tests assert the output and the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invariants import add_task, query, running_task
+from proc import CLI, child_env, cli
+
+
+@pytest.fixture
+def busy_queue(db: Any) -> dict[str, Any]:
+    """A queue with something in every status, two holders and a few errors."""
+    ids = {
+        "pending": [add_task(db), add_task(db), add_task(db, attempts=1)],  # one waits for a retry
+        "scheduled": add_task(db, run_at=query(db, "SELECT now() + interval '1 hour'")[0][0]),
+        "old_pending": add_task(db, run_at=query(db, "SELECT now() - interval '2 hours'")[0][0]),
+        "running": [running_task(db), running_task(db),
+                    running_task(db, "host-b:202:ffff0000", lease="-5 seconds")],
+        "done": [add_task(db, status="done", result="r") for _ in range(4)],
+        "errors": [add_task(db, status="error", error="ValueError: bad input") for _ in range(3)]
+        + [add_task(db, status="error", error="TimeoutError: slow")]
+        + [add_task(db, status="error", error="abandoned: worker lost 4 times", rescues=4)],
+        "cancelled": add_task(db, status="cancelled"),
+    }
+    add_task(db, status="done", rescues=1, age="3 hours")  # rescued, but long ago
+    return ids
+
+
+def test_status_table(db_url: str, busy_queue: dict[str, Any]) -> None:
+    code, out, err = cli(db_url, "status")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert re.search(r"^pending\s+5\s+1 scheduled for later$", out, re.M), out
+    assert re.search(r"^in_progress\s+3$", out, re.M)
+    assert re.search(r"^done\s+5$", out, re.M)
+    assert re.search(r"^error\s+5$", out, re.M)
+    assert re.search(r"^cancelled\s+1$", out, re.M)
+    assert re.search(r"^oldest due task waiting\s+2h 0m$", out, re.M)
+    assert re.search(r"^rescued in the last hour\s+1$", out, re.M)
+    assert re.search(r"^pending retries\s+1$", out, re.M)
+    assert re.search(r"^host-a:101:abcd1234\s+2\s+1\ds$", out, re.M)
+    assert re.search(r"^host-b:202:ffff0000\s+1\s+expired [56]\.\ds ago$", out, re.M)
+    assert re.search(r"^ValueError: bad input\s+3$", out, re.M)
+    assert re.search(r"^TimeoutError: slow\s+1$", out, re.M)
+    # Aligned: the counts of the status table end in the same column.
+    counts = [line for line in lines[1:6]]
+    assert len({len(line.split("  1 scheduled")[0].rstrip()) for line in counts}) == 1
+
+
+def test_status_json(db_url: str, busy_queue: dict[str, Any]) -> None:
+    code, out, err = cli(db_url, "status", "--json")
+    assert code == 0, err
+    snap = json.loads(out)
+    assert snap["counts"] == {"pending": 5, "in_progress": 3, "done": 5, "error": 5,
+                              "cancelled": 1}
+    assert snap["scheduled"] == 1
+    assert 7190 < snap["oldest_pending_seconds"] < 7300
+    assert snap["rescued_last_hour"] == 1
+    assert snap["retrying"] == 1
+    assert [(h["locked_by"], h["tasks"]) for h in snap["holders"]] == [
+        ("host-a:101:abcd1234", 2), ("host-b:202:ffff0000", 1)]
+    assert snap["holders"][1]["lease_left_seconds"] < 0 < snap["holders"][0]["lease_left_seconds"]
+    assert snap["top_errors"] == [
+        {"error": "ValueError: bad input", "tasks": 3},
+        {"error": "TimeoutError: slow", "tasks": 1},
+        {"error": "abandoned: worker lost 4 times", "tasks": 1},
+    ]
+
+
+def test_status_of_an_empty_queue(db_url: str) -> None:
+    code, out, err = cli(db_url, "status")
+    assert code == 0, err
+    assert re.search(r"^pending\s+0$", out, re.M)
+    assert re.search(r"^oldest due task waiting\s+-$", out, re.M)
+    assert "No task is running." in out
+    assert "No task has ended in error." in out
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_watch_refreshes_until_ctrl_c(db_url: str, db: Any, tmp_path: Path,
+                                             as_json: bool) -> None:
+    out_path = tmp_path / "watch.out"
+    args = [*CLI, "status", "--watch", "0.2", *(["--json"] if as_json else [])]
+    with open(out_path, "w") as out, open(tmp_path / "watch.err", "w") as err:
+        proc = subprocess.Popen(args, env=child_env({"DATABASE_URL": db_url}), cwd=tmp_path,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+    try:
+        def refreshes() -> int:
+            text = out_path.read_text()
+            return text.count('"counts"') if as_json else text.count("Every 0.2s:")
+
+        deadline = time.monotonic() + 20
+        while refreshes() < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert refreshes() >= 2, out_path.read_text()
+        add_task(db, "new")  # the next refresh shows it
+        seen = refreshes()
+        while refreshes() < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = out_path.read_text()
+    assert (tmp_path / "watch.err").read_text() == ""  # no traceback, no "Aborted!"
+    if as_json:
+        snaps = [json.loads(line) for line in text.splitlines() if line.strip()]
+        assert snaps[0]["counts"]["pending"] == 0 and snaps[-1]["counts"]["pending"] == 1
+    else:
+        assert re.search(r"^pending\s+1$", text, re.M)

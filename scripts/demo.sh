@@ -3,8 +3,11 @@
 #   1. install taskworker into .venv
 #   2. use the PostgreSQL that DATABASE_URL (environment or .env) names if it
 #      answers (creating its database if the server answers but the database is
-#      missing), else start a throwaway cluster from the installed server binaries
-#   3. migrate, seed 20 tasks, serve; Ctrl+C stops it (and the throwaway cluster)
+#      missing); if nothing listens there, start a throwaway cluster from the
+#      installed server binaries on DATABASE_URL's port, with its database; stop
+#      on any other connection error (wrong role or password, ...)
+#   3. migrate, seed 20 tasks, serve; Ctrl+C stops it (and the throwaway cluster,
+#      leaving nothing in the temp folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,46 +20,34 @@ fi
 PY=.venv/bin/python
 TW=.venv/bin/taskworker
 
-# DATABASE_URL as taskworker sees it (environment, then .env, then the default).
-url=$("$PY" - <<'PY'
-from taskworker.cli import load_settings
-print(load_settings().database_url)
-PY
-)
+# Use the PostgreSQL that DATABASE_URL (environment, then .env, then the default)
+# names, creating its database if only that is missing; if nothing listens there,
+# start a throwaway cluster on its port with its database. Any other error (a wrong
+# role or password, say) is printed by demo_database.py and stops the demo here.
+probe=$("$PY" scripts/demo_database.py)
+{ read -r state; read -r arg1; read -r arg2; } <<<"$probe" || true
 
-# Does the server answer? Create the database if only it is missing.
-state=$("$PY" - "$url" <<'PY'
-import sys, psycopg2
-from psycopg2 import sql
-from psycopg2.extensions import parse_dsn, make_dsn
-url = sys.argv[1]
-try:
-    psycopg2.connect(url, connect_timeout=3).close()
-    print("ok")
-except psycopg2.OperationalError as exc:
-    dbname = parse_dsn(url).get("dbname")
-    if dbname and f'"{dbname}" does not exist' in str(exc):
-        conn = psycopg2.connect(make_dsn(url, dbname="postgres"), connect_timeout=3)
-        conn.autocommit = True
-        conn.cursor().execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-        conn.close()
-        print("created")
-    else:
-        print("down")
-PY
-)
-
-cluster_pid=""
-cleanup() { [ -n "$cluster_pid" ] && kill -TERM "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null; true; }
+cluster_pid="" out=""
+cleanup() {
+    if [ -n "$cluster_pid" ]; then  # pgserver stops the cluster and removes its folder
+        kill -TERM "$cluster_pid" 2>/dev/null && wait "$cluster_pid" 2>/dev/null
+    fi
+    [ -z "$out" ] || rm -f "$out"
+    true
+}
 trap cleanup EXIT
-if [ "$state" = down ]; then
-    echo "demo: no PostgreSQL answers at DATABASE_URL; starting a throwaway cluster ..."
+if [ "$state" = absent ]; then
+    echo "demo: nothing listens at DATABASE_URL; starting a throwaway cluster on port $arg1 ..."
     out=$(mktemp)
-    "$PY" tests/pgserver.py >"$out" &
+    # SIGINT ignored: on Ctrl+C serve shuts down first, then cleanup stops the cluster.
+    (trap '' INT; exec "$PY" tests/pgserver.py --port "$arg1" --dbname "$arg2") >"$out" &
     cluster_pid=$!
-    for _ in $(seq 1 300); do [ -s "$out" ] && break; sleep 0.1; done
+    while [ ! -s "$out" ] && kill -0 "$cluster_pid" 2>/dev/null; do sleep 0.1; done
     url=$(head -n 1 "$out")
+    rm -f "$out"
     [ -n "$url" ] || { echo "demo: could not start a PostgreSQL cluster" >&2; exit 1; }
+else
+    url=$arg1
 fi
 export DATABASE_URL=$url
 

@@ -4,8 +4,9 @@ Tests need a real server (SKIP LOCKED, LISTEN/NOTIFY, template databases), but
 must not depend on one being configured. `server_url()` uses TEST_DATABASE_URL
 when it answers and otherwise starts a private cluster on a free port, which is
 thrown away afterwards. The module has no pytest dependency so scripts (the
-README demo) can reuse it: `python tests/pgserver.py` starts a cluster, prints
-its URL and keeps it up until Ctrl+C / SIGTERM.
+README demo) can reuse it: `python tests/pgserver.py [--port N] [--dbname NAME]`
+starts a cluster (on port N, default a free one; with database NAME created, default
+`postgres`), prints its URL and keeps it up until Ctrl+C / SIGTERM.
 
 initdb and pg_ctl refuse to run as root, so as root they run as the `postgres`
 OS user via runuser.
@@ -13,6 +14,7 @@ OS user via runuser.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import os
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import psycopg2
 from psycopg2.extensions import make_dsn
@@ -47,7 +49,7 @@ def can_connect(url: str, timeout: int = 3) -> bool:
 def database_url(base_url: str, dbname: str) -> str:
     """Return `base_url` pointing at database `dbname` (URL or key=value DSN)."""
     if "://" in base_url:
-        return urlsplit(base_url)._replace(path="/" + dbname).geturl()
+        return urlsplit(base_url)._replace(path="/" + quote(dbname, safe="")).geturl()
     return make_dsn(base_url, dbname=dbname)
 
 
@@ -77,11 +79,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30) -> Iterator[str]:
+def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30,
+                      port: int | None = None) -> Iterator[str]:
     """Run a private cluster in a temp dir; yield its superuser URL, then destroy it.
 
-    TCP on 127.0.0.1 only, unix socket inside the temp dir, trust auth. Durability
-    is switched off (fsync etc.): the data is thrown away anyway.
+    TCP on 127.0.0.1 only (on `port`, default a free one), unix socket inside the
+    temp dir, trust auth. Durability is switched off (fsync etc.): the data is
+    thrown away anyway.
     """
     root = tempfile.mkdtemp(prefix="tw-pg-")
     data, log = os.path.join(root, "data"), os.path.join(root, "server.log")
@@ -91,7 +95,7 @@ def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30) -> 
     try:
         _run_as_server_user([_bin("initdb"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                              "--locale=C", "--no-sync", "-D", data], cwd=root)
-        port = _free_port()
+        port = port or _free_port()
         options = (f"-h 127.0.0.1 -p {port} -k {root} -c max_connections={max_connections}"
                    " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         try:
@@ -161,14 +165,27 @@ def temp_database(base_url: str, prefix: str = "tw_", template: str | None = Non
         _admin(base_url, SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(name)))
 
 
-def main() -> None:
-    """Start a throwaway cluster, print its URL, keep it up until SIGINT/SIGTERM."""
+def main(argv: list[str] | None = None) -> None:
+    """Start a throwaway cluster, print its URL, keep it up until SIGINT/SIGTERM.
+
+    Both signals remove the cluster and its folder before the process exits.
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, help="TCP port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--dbname", default="postgres",
+                        help="database to create and print the URL of (default: postgres)")
+    args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with throwaway_cluster() as url:
-        print(url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                signal.pause()
+    try:
+        with throwaway_cluster(port=args.port) as url:
+            if args.dbname != "postgres":
+                _admin(url, SQL("CREATE DATABASE {}").format(Identifier(args.dbname)))
+            print(database_url(url, args.dbname), flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    signal.pause()
+    except (RuntimeError, psycopg2.Error) as exc:
+        sys.exit(f"pgserver: {exc}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,186 @@
+"""The README's configuration table is kept true to the code.
+
+Its rows (variable(s), option, default, meaning) are compared with
+`taskworker.settings.FIELDS` and the `Settings` dataclass defaults: every variable
+is documented, every documented variable exists, every default shown is the real
+one, and every `--option` is an option of `taskworker serve` for that variable.
+The contents' links must name real sections too.
+
+Pure: no database, no gevent in this process (`serve --help` runs as a subprocess).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskworker import settings as tw_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+HEADER = ["Variable", "Option", "Default", "Meaning"]
+NO_VALUE = object()  # marks a Settings field without a default
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    line: int  # 1-based line number in README.md, for messages
+    variables: list[str]
+    options: list[str]
+    defaults: list[str]  # one per variable
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a Markdown table line (`\\|` inside a cell is not a separator)."""
+    inner = line.strip()
+    assert inner.startswith("|") and inner.endswith("|"), line
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", inner[1:-1])]
+
+
+def config_rows(text: str) -> list[Row]:
+    """The rows of the table under the `## Configuration` heading."""
+    lines = text.splitlines()
+    start = lines.index("## Configuration")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+               len(lines))
+    table = [(i, line) for i, line in enumerate(lines[start:end], start + 1)
+             if line.lstrip().startswith("|")]
+    assert table, "no table under ## Configuration"
+    assert _cells(table[0][1]) == HEADER, f"unexpected header: {table[0][1]}"
+    assert set(table[1][1].replace("|", "").strip()) <= set("-: "), "no separator line"
+    rows = []
+    for number, line in table[2:]:
+        cells = _cells(line)
+        assert len(cells) == len(HEADER), f"README.md:{number}: {len(cells)} cells: {line}"
+        variables = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0])
+        assert variables, f"README.md:{number}: no variable in {cells[0]!r}"
+        options = re.findall(r"`(--[a-z][a-z0-9-]*)`", cells[1])
+        defaults = [d.strip().strip("`").strip() for d in cells[2].split(" / ")]
+        if len(variables) > 1 and len(defaults) == 1:
+            defaults *= len(variables)  # one default shared by the row's variables
+        assert len(defaults) == len(variables), (
+            f"README.md:{number}: {len(variables)} variables but defaults {cells[2]!r}")
+        rows.append(Row(number, variables, options, defaults))
+    return rows
+
+
+# --- the README's way of writing a default, read back as a value
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)")
+_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def normalise(text: str) -> object:
+    """`off` -> None, `true`/`false` -> bool, `5` -> 5, `0.1` -> 0.1, `5s`/`500ms`/`7d`
+    -> seconds as float, anything else -> the text itself."""
+    low = text.lower()
+    if low in ("off", "none", "(none)"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    if re.fullmatch(r"-?(\d+\.\d*|\.\d+)", text):
+        return float(text)
+    m = _DURATION.fullmatch(text)
+    if m:
+        return float(m.group(1)) * _SCALE[m.group(2)]
+    return text
+
+
+def same(shown: str, actual: object) -> bool:
+    """Does the README's `shown` default mean the dataclass default `actual`?"""
+    value = normalise(shown)
+    if actual is None or isinstance(actual, bool):
+        return value is actual
+    if isinstance(actual, int):  # a count: written as a whole number, not `5s`
+        return type(value) is int and value == actual
+    if isinstance(actual, float):  # seconds or a fraction: `5s`, `5`, `0.1`
+        return type(value) in (int, float) and float(value) == actual
+    return value == actual
+
+
+def test_normalise() -> None:
+    assert same("5s", 5.0) and same("300s", 300.0) and same("5", 5.0)
+    assert same("500ms", 0.5) and same("2m", 120.0) and same("7d", 604800.0)
+    assert same("off", None) and same("true", True) and same("false", False)
+    assert same("INFO", "INFO") and same("0.1", 0.1) and same("10", 10)
+    assert not same("5s", 5)  # a count is not a duration
+    assert not same("6", 5) and not same("4s", 5.0) and not same("on", True)
+    assert not same("0", None) and not same("1", True) and not same("info", "INFO")
+
+
+def defaults() -> dict[str, object]:
+    """Environment variable -> the default of its Settings field."""
+    fields = {f.name: f for f in dataclasses.fields(tw_settings.Settings)}
+    found = {}
+    for var, (name, _parse) in tw_settings.FIELDS.items():
+        field = fields[name]
+        found[var] = NO_VALUE if field.default is dataclasses.MISSING else field.default
+    found["DATABASE_URL"] = tw_settings.DEFAULT_DATABASE_URL  # the field has none: load() sets it
+    return found
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[Row]:
+    return config_rows(README.read_text("utf-8"))
+
+
+def test_every_variable_is_documented_once(rows: list[Row]) -> None:
+    documented = [var for row in rows for var in row.variables]
+    duplicated = sorted({var for var in documented if documented.count(var) > 1})
+    assert not duplicated, f"in more than one row of the configuration table: {duplicated}"
+    missing = sorted(set(tw_settings.FIELDS) - set(documented))
+    assert not missing, f"settings.FIELDS has variables the README does not list: {missing}"
+    unknown = sorted(set(documented) - set(tw_settings.FIELDS))
+    assert not unknown, f"the README lists variables settings.FIELDS does not have: {unknown}"
+
+
+def test_defaults_match_settings(rows: list[Row]) -> None:
+    actual = defaults()
+    wrong = []
+    for row in rows:
+        for var, shown in zip(row.variables, row.defaults, strict=True):
+            if var not in actual:
+                continue  # reported by test_every_variable_is_documented_once
+            assert actual[var] is not NO_VALUE, f"Settings has no default for {var}"
+            if not same(shown, actual[var]):
+                wrong.append(f"README.md:{row.line}: {var} default shown as {shown!r}, "
+                             f"but Settings says {actual[var]!r}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_options_belong_to_serve(rows: list[Row]) -> None:
+    """Each option is in `taskworker serve --help`, and its help names the row's variable."""
+    out = subprocess.run([sys.executable, "-m", "taskworker", "serve", "--help"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, check=True).stdout
+    flat = " ".join(out.split())  # click wraps lines anywhere between words
+    options = [(row, option) for row in rows for option in row.options]
+    assert options, "no --option in the configuration table"
+    for row, option in options:
+        m = re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])(.*?)(?= -\w, --| --|$)", flat)
+        assert m, f"README.md:{row.line}: {option} is not an option of taskworker serve"
+        env = re.findall(r"\[env ([A-Z0-9_]+)", m.group(1))
+        assert env and env[0] in row.variables, (
+            f"README.md:{row.line}: serve --help says {option} sets {env}, "
+            f"the README says {row.variables}")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to -."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_section_links_resolve() -> None:
+    text = README.read_text("utf-8")
+    outside_code = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    anchors = {_slug(m) for m in re.findall(r"^#{1,6} (.+)$", outside_code, flags=re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", outside_code))
+    assert links, "no section links"
+    assert not links - anchors, f"links to no heading: {sorted(links - anchors)}"

@@ -1,5 +1,11 @@
-"""The raw SQL ceiling: pgbench running claim_complete.sql (claim with
-SKIP LOCKED, then complete) against a tasks table made by `taskworker migrate`.
+"""The raw SQL ceiling: pgbench running taskworker's own claim (SKIP LOCKED) and
+completion statements, in batches, against a tasks table made by `taskworker
+migrate`.
+
+The pgbench script is built at run time from taskworker.store.sql.QUERIES, so it
+is always the SQL that taskworker sends (no hand copy to drift). Each psycopg2
+parameter `%(name)s` of the two statements is replaced by its entry in VALUES.
+`python -m benchmarks.rawsql` prints the script.
 """
 from __future__ import annotations
 
@@ -9,12 +15,103 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from taskworker.store.sql import QUERIES
 
 from .databases import connect
-from .processes import BenchError, run
+from .processes import BenchError, run, workdir
 
-HERE = Path(__file__).resolve().parent
+
+@dataclass(frozen=True)
+class PerTask:
+    """An array parameter of the completion, one element per claimed task: `expr`
+    over the claim's RETURNING columns (id, payload, attempts, rescues). The script
+    aggregates it into an array literal right after the claim, \\gset stores that
+    in a pgbench variable of the parameter's name, and the completion uses it."""
+
+    expr: str
+
+
+# The value of every parameter of the claim and complete statements, in one place:
+# SQL text put in the statement (a literal, or the pgbench variable :batch, set by
+# `pgbench -D batch=N`), or a PerTask array. A parameter not listed here stops the
+# run with a message naming it.
+VALUES: dict[str, str | PerTask] = {
+    "limit": ":batch",  # claim size
+    "alone": "false",  # the ordinary claim
+    "holder": "'pgbench'",  # locked_by, and the completion's fence on it
+    "lease": "30",  # seconds
+    # The completion: every claimed task done, with its payload as the result.
+    "ids": PerTask("id"),
+    "attempts": PerTask("attempts"),
+    "statuses": PerTask("'done'::text"),
+    "results": PerTask("payload"),
+    "errors": PerTask("NULL::text"),
+    "delays": PerTask("NULL::float8"),
+    "uncounts": PerTask("0"),
+}
+
+# -M prepared saves parsing, but after five runs the server may switch a prepared
+# statement to a generic plan, made without the parameters' values. taskworker
+# sends its statements with the values in (psycopg2), planned for them each time;
+# for the completion the generic plan (unnest() guessed at 10 rows: a nested loop
+# over the batch) took about 15 ms for 100 tasks, the custom one (hash join) 1 ms.
+PGOPTIONS = "-c plan_cache_mode=force_custom_plan"
+
+_PARAM = re.compile(r"%\((\w+)\)s|%%")
+
+
+def to_pgbench(name: str) -> tuple[str, dict[str, PerTask]]:
+    """QUERIES[name] with each `%(param)s` replaced by its VALUES entry (`%%` becomes
+    `%`), and the PerTask parameters it uses, in order of first use; those become the
+    pgbench variable of their name."""
+    per_task: dict[str, PerTask] = {}
+    missing: list[str] = []
+
+    def replace(m: re.Match[str]) -> str:
+        param = m.group(1)
+        if param is None:
+            return "%"
+        value = VALUES.get(param)
+        if value is None:
+            if param not in missing:
+                missing.append(param)
+            return m.group(0)
+        if isinstance(value, PerTask):
+            per_task[param] = value
+            return f":{param}"
+        return value
+
+    text = _PARAM.sub(replace, QUERIES[name]).strip().rstrip(";").rstrip()
+    if missing:
+        raise BenchError(
+            f"taskworker's {name!r} statement (taskworker/store/queries.sql) has "
+            f"parameter(s) {', '.join(f'%({p})s' for p in missing)} that the raw SQL "
+            "benchmark has no value for: add them to VALUES in benchmarks/rawsql.py")
+    return text, per_task
+
+
+def pgbench_script() -> str:
+    """One worker round in batches of :batch tasks: the claim, then, in a second
+    transaction, the completion of every task it returned."""
+    claim, in_claim = to_pgbench("claim")
+    if in_claim:
+        raise BenchError(
+            f"taskworker's 'claim' statement has parameter(s) {', '.join(in_claim)}, "
+            "which VALUES in benchmarks/rawsql.py gives per claimed task: the claim "
+            "needs plain values")
+    complete, arrays = to_pgbench("complete")
+    # One row of aggregates over the claimed rows: the aggregates of one SELECT see
+    # the rows in the same order, so the arrays line up element by element.
+    # coalesce: an empty claim gives '{}', not NULL.
+    columns = ",\n       ".join(
+        f"coalesce(array_agg({v.expr})::text, '{{}}') AS {p}" for p, v in arrays.items())
+    return (
+        "-- pgbench script built by benchmarks/rawsql.py from taskworker's claim and\n"
+        "-- complete statements (taskworker/store/queries.sql); run with -D batch=N.\n"
+        f"WITH claimed AS (\n{claim}\n)\n"
+        f"SELECT {columns or 'count(*) AS claimed'}\nFROM claimed\n\\gset\n"
+        f"{complete};\n")
 
 
 def find_pgbench(explicit: str | None = None) -> str | None:
@@ -53,7 +150,9 @@ def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
                    clients: int = 2) -> Raw:
     """Exactly clients x transactions x batch pending tasks, all claimed and done."""
     result = Raw(batch, clients, transactions)
-    script = HERE / "claim_complete.sql"
+    script = os.path.join(workdir(), "claim_complete.sql")
+    with open(script, "w") as fh:
+        fh.write(pgbench_script())
     conn = connect(db_url)
     try:
         with conn.cursor() as cur:
@@ -61,8 +160,9 @@ def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
             cur.execute("INSERT INTO tasks (payload) "
                         "SELECT 'task ' || n FROM generate_series(1, %s) AS n", (result.n,))
             cur.execute("ANALYZE tasks")
-        env = dict(os.environ, PGAPPNAME="twbench pgbench")
-        code, out = run("pgbench", [pgbench, "-n", "-M", "prepared", "-f", str(script),
+        env = dict(os.environ, PGAPPNAME="twbench pgbench",
+                   PGOPTIONS=f"{os.environ.get('PGOPTIONS', '')} {PGOPTIONS}".strip())
+        code, out = run("pgbench", [pgbench, "-n", "-M", "prepared", "-f", script,
                                     "-D", f"batch={batch}",
                                     "-c", str(clients), "-j", str(clients),
                                     "-t", str(transactions), db_url], env, timeout=300)
@@ -84,3 +184,7 @@ def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
     if result.done != result.n:
         result.notes.append(f"{result.done} of {result.n} done (claims came back short)")
     return result
+
+
+if __name__ == "__main__":
+    print(pgbench_script(), end="")

@@ -73,10 +73,12 @@ MEASURED = (
     "excluded. Latency = clock_timestamp() in a row trigger on the claiming UPDATE "
     "(benchmark databases only) minus the time the inserter's commit returned (same "
     "clock). Handler: benchmarks.noop:noop, LOG_LEVEL=WARNING; raw SQL: pgbench -M "
-    "prepared -c 2 -j 2 -t N, tasks/s = script runs/s x batch. Ratios compare with "
-    "pgqueuer at its best batch and with raw SQL in batches of 100 on the same number of "
-    "tasks. Every bulk insert is followed by ANALYZE (in the same transaction for "
-    "taskworker), since autovacuum may be off on a benchmark server.")
+    "prepared -c 2 -j 2 -t N (plan_cache_mode=force_custom_plan) running taskworker's "
+    "own claim and complete statements (every task done), tasks/s = script runs/s x "
+    "batch. Ratios compare with pgqueuer at its best batch and with raw SQL in batches "
+    "of 100 on the same number of tasks. Every bulk insert is followed by ANALYZE (in "
+    "the same transaction for taskworker), since autovacuum may be off on a benchmark "
+    "server.")
 
 
 def rate_detail(runs: list) -> str:

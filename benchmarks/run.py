@@ -9,8 +9,8 @@ at the end, also on Ctrl+C or failure):
                  FETCH_LIMIT settings, from 20,000 and 200,000 pending tasks
   pgqueuer       the same no-op work by pgqueuer (asyncpg driver, one process),
                  batch 10 and 100 (full run: also 1000), best batch at 200,000
-  rawsql         pgbench running claim_complete.sql in batches of 10 and of 100
-                 (2 clients) on the same numbers of tasks
+  rawsql         pgbench running taskworker's own claim and complete statements
+                 in batches of 10 and of 100 (2 clients) on the same numbers of tasks
   processes      2 and 4 serve processes together
   finished-rows  100,000 tasks (--quick: 20,000) with 1,000,000 done rows in the
                  table vs an empty table, alternated, median of 4 (--quick: 2)

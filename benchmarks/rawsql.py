@@ -48,7 +48,7 @@ VALUES: dict[str, str | PerTask] = {
     "results": PerTask("payload"),
     "errors": PerTask("NULL::text"),
     "delays": PerTask("NULL::float8"),
-    "uncounts": PerTask("0"),
+    "given_back": PerTask("false"),
 }
 
 # -M prepared saves parsing, but after five runs the server may switch a prepared

@@ -26,7 +26,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
-from taskworker.cli import load_settings
+from taskworker.commands.context import load_settings
 
 
 def stop(exc: BaseException, dsn: dict[str, str]) -> NoReturn:

@@ -1,6 +1,6 @@
 """A claimer for the claim race in test_claim.py.
 
-`claim_all()` runs the `claim` statement of queries.sql under one holder name
+`claim_all()` runs the claim (taskworker.store.tasks.claim) under one holder name
 until a claim comes back empty, and returns the ids it got. The test runs it in
 threads of the pytest process, and this file as a script in child processes:
 
@@ -22,7 +22,8 @@ def claim_all(url: str, holder: str, limit: int,
               start: Callable[[], object] | None = None) -> list[int]:
     import psycopg2
 
-    from taskworker.store.sql import QUERIES
+    from taskworker.store import tasks
+    from taskworker.store.database import Direct
 
     conn = psycopg2.connect(url, connect_timeout=10, application_name=holder)
     conn.autocommit = True
@@ -30,20 +31,17 @@ def claim_all(url: str, holder: str, limit: int,
     if start is not None:
         start()
     try:
-        with conn.cursor() as cur:
-            while True:
-                cur.execute(QUERIES["claim"], {"limit": limit, "alone": False, "holder": holder,
-                                                "lease": 300})
-                rows = cur.fetchall()
-                if not rows:
-                    return ids
-                ids.extend(row[0] for row in rows)
+        while True:
+            claimed = tasks.claim(Direct(conn), holder=holder, limit=limit, lease=300)
+            if not claimed:
+                return ids
+            ids.extend(task.id for task in claimed)
     finally:
         conn.close()
 
 
 def main(mode: str, url: str, name: str, number: str) -> None:
-    if mode == "green":  # patch before psycopg2 connects, as taskworker.entry does
+    if mode == "green":  # patch before psycopg2 connects, as taskworker.cooperative does
         from gevent import monkey
 
         monkey.patch_all()

@@ -46,10 +46,12 @@ class ServeProcess:
     """A running `taskworker serve` whose stdout+stderr go to a log file."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: str,
-                 log_path: str) -> None:
+                 log_path: str, command: Sequence[str] | None = None) -> None:
+        """`python -m taskworker serve *args`, or `command` as it is when given."""
         self.log_path = log_path
+        argv = list(command) if command is not None else [*CLI, "serve", *args]
         with open(log_path, "wb") as log:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen([*CLI, "serve", *args], env=child_env(env), cwd=cwd,
+            self.proc = subprocess.Popen(argv, env=child_env(env), cwd=cwd,
                                          stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
         self.pid = self.proc.pid

@@ -19,7 +19,8 @@ from pathlib import Path
 import psycopg2
 from claimer import claim_all
 
-from taskworker.store.sql import QUERIES
+from taskworker.store import tasks
+from taskworker.store.database import Direct
 
 ROWS = 3000
 PROCESSES = 3
@@ -104,6 +105,5 @@ def test_claim_takes_oldest_first_and_respects_limit(db_url: str,
         cur.execute("UPDATE tasks SET status = 'done' WHERE payload = 'task 1'")
         cur.execute("UPDATE tasks SET run_at = now() + interval '1 hour'"
                     " WHERE payload = 'task 2'")
-        cur.execute(QUERIES["claim"], {"limit": 3, "alone": False, "holder": "me", "lease": 30})
-        got = sorted(row[1] for row in cur.fetchall())
+    got = sorted(t.payload for t in tasks.claim(Direct(db), holder="me", limit=3, lease=30))
     assert got == ["task 3", "task 4", "task 5"]  # not done, not due: skipped

@@ -94,6 +94,11 @@ def test_enqueue_refuses_bad_arguments(app_conn: Any, db: Any) -> None:
         taskworker.enqueue(app_conn, "x", run_at="tomorrow")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="connection or cursor"):
         taskworker.enqueue(object(), "x")
+    # The CLI's words, not psycopg2's raw "A string literal cannot contain NUL";
+    # and the batch's good payloads are not sent either.
+    with pytest.raises(ValueError, match="^payload contains a NUL character, which "
+                                         "PostgreSQL text cannot hold$"):
+        taskworker.enqueue_many(app_conn, ["fine", "bad\x00"])
     app_conn.rollback()
     assert payloads_by_id(db) == []
 
@@ -139,8 +144,9 @@ def test_enqueue_stdin_hundred_thousand_lines(db_url: str, db: Any) -> None:
 
 def test_enqueue_stdin_skips_blank_lines_and_crlf(db_url: str, db: Any) -> None:
     code, out, err = run_cli(["enqueue", "--batch-size", "2", "-"], env={"DATABASE_URL": db_url},
-                             input="a\r\n\nb\n  c  \nd")
+                             input="a\r\n\nb\n  c  \n \t \r\n   \nd")
     assert code == 0, err
+    # Whitespace-only lines are blank too; other lines are kept exactly.
     assert [p for _, p in payloads_by_id(db)] == ["a", "b", "  c  ", "d"]
     assert len(out.split()) == 4
 

@@ -5,12 +5,18 @@ handler that cannot be loaded gets.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from invariants import insert_tasks
 from proc import ServeFactory, ServeProcess, run_cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 HANDLERS = '''\
 """Handlers for test_handlers.py, imported by `taskworker serve` from PYTHONPATH."""
@@ -47,13 +53,6 @@ def handler_dir(tmp_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": path, "FETCH_INTERVAL": "0.2"}
 
 
-def insert(db: Any, *payloads: str) -> list[int]:
-    with db.cursor() as cur:
-        cur.execute("INSERT INTO tasks (payload) SELECT unnest(%s::text[]) RETURNING id",
-                    (list(payloads),))
-        return sorted(r[0] for r in cur.fetchall())
-
-
 def rows(db: Any) -> dict[int, tuple[str, str | None, str | None, int]]:
     with db.cursor() as cur:
         cur.execute("SELECT id, status, result, error, attempts FROM tasks")
@@ -70,7 +69,7 @@ def run_until_finished(p: ServeProcess, ids: list[int]) -> str:
 
 def test_handler_named_by_environment(db_url: str, db: Any, serve: ServeFactory,
                                       handler_dir: dict[str, str]) -> None:
-    ids = insert(db, "quiet please", "naïve ✓")
+    ids = insert_tasks(db, ["quiet please", "naïve ✓"])
     p = serve(db_url, env={**handler_dir, "TASK_HANDLER": "my_handlers:shout"})
     run_until_finished(p, ids)
     assert rows(db) == {ids[0]: ("done", "QUIET PLEASE", None, 1),
@@ -79,7 +78,7 @@ def test_handler_named_by_environment(db_url: str, db: Any, serve: ServeFactory,
 
 def test_handler_gets_the_task_context(db_url: str, db: Any, serve: ServeFactory,
                                        handler_dir: dict[str, str]) -> None:
-    ids = insert(db, "a", "b")
+    ids = insert_tasks(db, ["a", "b"])
     p = serve(db_url, env={**handler_dir, "WORKER_COUNT": "1"},
               args=["--handler", "my_handlers:describe"])
     run_until_finished(p, ids)
@@ -91,7 +90,7 @@ def test_handler_gets_the_task_context(db_url: str, db: Any, serve: ServeFactory
 def test_handler_exception_is_stored_as_type_and_message(db_url: str, db: Any,
                                                          serve: ServeFactory,
                                                          handler_dir: dict[str, str]) -> None:
-    ids = insert(db, "the dishes")
+    ids = insert_tasks(db, ["the dishes"])
     p = serve(db_url, env={**handler_dir, "TASK_HANDLER": "my_handlers:refuse"})
     out = run_until_finished(p, ids)
     assert rows(db) == {ids[0]: ("error", None, "Refused: will not do 'the dishes'", 1)}
@@ -108,7 +107,7 @@ def test_handler_exception_is_stored_as_type_and_message(db_url: str, db: Any,
 def test_handler_that_cannot_be_loaded_stops_serve(db_url: str, db: Any,
                                                    handler_dir: dict[str, str],
                                                    path: str, reason: str) -> None:
-    ids = insert(db, "untouched")
+    ids = insert_tasks(db, ["untouched"])
     code, out, err = run_cli(["serve"], env={**handler_dir, "DATABASE_URL": db_url,
                                              "TASK_HANDLER": path}, timeout=30)
     assert code == 2
@@ -125,3 +124,33 @@ def test_handler_path_must_look_like_module_colon_function(db_url: str) -> None:
     assert code == 2
     assert err.strip() == ("Error: invalid TASK_HANDLER='just-a-name': "
                            "expected package.module:function")
+
+
+def test_the_readmes_handler_as_the_readme_runs_it(db_url: str, db: Any, tmp_path: Path) -> None:
+    """The tour's two shell blocks, run as they stand in the README: the first
+    writes myapp/tasks.py into the current folder, the second starts the
+    `taskworker` console script with TASK_HANDLER naming it. No PYTHONPATH: the
+    console script must find myapp in the current folder by itself."""
+    text = README.read_text()
+    write = re.search(r"```sh\n(mkdir -p myapp && cat > myapp/tasks\.py <<'EOF'\n.*?\nEOF)\n```",
+                      text, re.S)
+    run = re.search(r"```sh\n(TASK_HANDLER=myapp\.tasks:shout taskworker serve)\n```", text)
+    assert write and run, "the README's handler example changed: update this test"
+    bindir = Path(sys.executable).parent
+    if not (bindir / "taskworker").exists():
+        pytest.skip(f"taskworker is not installed as a console script in {bindir}")
+    app = tmp_path / "app"
+    app.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(DATABASE_URL=db_url, PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
+               FETCH_INTERVAL="0.2", PYTHONUNBUFFERED="1")
+    subprocess.run(["bash", "-c", write.group(1)], cwd=app, env=env, check=True)
+    [task_id] = insert_tasks(db, ["hello"])
+    p = ServeProcess([], env, str(app), str(tmp_path / "serve.log"),
+                     command=["bash", "-c", run.group(1)])  # bash execs the one command
+    try:
+        out = run_until_finished(p, [task_id])
+    finally:
+        p.kill()
+    assert "ModuleNotFoundError" not in out
+    assert rows(db) == {task_id: ("done", "HELLO (attempt 1)", None, 1)}

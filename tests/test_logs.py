@@ -33,7 +33,8 @@ def test_json_logs_one_object_per_line(db_url: str, db: Any, serve: ServeFactory
     assert "All workers have completed, shutdown successful" in messages
     task_lines = [r for r in records if re.match(r"\[Worker \d+\] .*[Tt]ask ID: \d+",
                                                  r["message"])]
-    assert len(task_lines) == 7, task_lines  # processing, processed; and failed for NULL
+    # processing, finished, processed; and failed for NULL
+    assert len(task_lines) == 10, task_lines
     for r in task_lines:
         assert isinstance(r["task_id"], int) and str(r["task_id"]) in r["message"], r
         assert r["worker"] >= 1 and r["attempt"] == 1, r

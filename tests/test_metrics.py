@@ -113,8 +113,9 @@ def test_scrape_during_a_run_matches_the_table(db_url: str, db: Any,
     assert 0 < value(m, "taskworker_task_duration_seconds_sum") < runs * 5
     for name in ("taskworker_lease_losses_total", "taskworker_tasks_rescued_total",
                  "taskworker_tasks_given_back_total", "taskworker_tasks_in_flight",
-                 "taskworker_workers_busy"):
+                 "taskworker_workers_busy", "taskworker_outcomes_unwritten"):
         assert value(m, name) == 0, name
+    assert value(m, "taskworker_notifications_total") >= 1  # the INSERT's NOTIFY woke it
     for conn in ("fetcher", "heartbeat", "completer", "listener", "metrics"):
         assert value(m, "taskworker_database_reconnects_total", connection=conn) == 0
     assert value(m, "taskworker_workers") == 5
@@ -205,6 +206,33 @@ def test_healthz_fails_while_backends_keep_being_terminated(db_url: str, db: Any
     assert sum(v for (name, _), v in m.items()
                if name == "taskworker_database_reconnects_total") > 0
     assert "Database connection lost" in p.output()
+    stop(p)
+
+
+def test_healthz_watches_the_pruners_connection_too(db_url: str, db: Any,
+                                                   serve: ServeFactory) -> None:
+    """Every connection of the process counts for /healthz, the pruner's included
+    (PRUNE_AFTER: it prunes every second here, and its backend is terminated each
+    time until /healthz names it)."""
+    query(db, "INSERT INTO tasks (payload, status, updated_at)"
+              " VALUES ('old', 'done', now() - interval '1 day')")
+    port = free_port()
+    p = start(serve, db_url, port, PRUNE_AFTER="1s", HEALTH_MAX_DOWNTIME="20")
+    wait_until(lambda: value(scrape(port), "taskworker_tasks_pruned_total") == 1, 20,
+               "the old task pruned", [p], fail_on_exit=True)
+    assert query(db, "SELECT count(*) FROM tasks") == [(0,)]
+
+    def pruner_reported() -> dict | None:
+        query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                  " WHERE datname = current_database() AND application_name = 'taskworker pruner'")
+        status, body = healthz(port)
+        return body if status == 503 else None
+
+    body = wait_until(pruner_reported, 30, "/healthz to name the pruner's connection", [p],
+                      interval=0.2, fail_on_exit=True)
+    assert [problem for problem in body["problems"] if "(pruner)" in problem], body
+    assert all("(pruner)" in problem for problem in body["problems"]), body  # only the pruner's
+    assert value(scrape(port), "taskworker_database_reconnects_total", connection="pruner") >= 4
     stop(p)
 
 

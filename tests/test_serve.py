@@ -5,6 +5,7 @@ and the two bad states (no tasks table, no database).
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from invariants import wait_until
+from invariants import insert_tasks, wait_until
 from pgserver import UNREACHABLE_URL
 from proc import ServeFactory, ServeProcess, run_cli
 
@@ -44,13 +45,6 @@ def statuses(db: Conn) -> Counter:
     return Counter(r[1] for r in rows(db).values())
 
 
-def insert(db: Conn, payloads: list[str]) -> list[int]:
-    with db.cursor() as cur:
-        cur.execute("INSERT INTO tasks (payload) SELECT unnest(%s::text[]) RETURNING id",
-                    (payloads,))
-        return sorted(r[0] for r in cur.fetchall())
-
-
 def processing(out: str) -> dict[int, tuple[int, str]]:
     """task id -> (worker, payload) from the Processing lines; each id at most once."""
     found = [(int(task), int(worker), payload) for worker, task, payload in PROCESSING.findall(out)]
@@ -77,6 +71,31 @@ def stop(p: ServeProcess, sig: int = signal.SIGINT, timeout: float = 30) -> str:
         assert line in out, out
     assert "Traceback" not in out, out
     return out
+
+
+FINISHED = re.compile(rf"^{STAMP}\[Worker (\d+)\] Finished task ID: (\d+) in \S+$", re.MULTILINE)
+WORKER_LINE = re.compile(
+    r"\[Worker (\d+)\] (?:(Processing) task ID: (\d+)|(Finished) task ID: (\d+)"
+    r"|Task ID: (\d+) (processed) with status)")
+
+
+def assert_each_worker_reads_in_order(out: str) -> None:
+    """Following one worker's lines, it runs one task at a time: Processing X,
+    Finished X, then the next; and X's `processed with status` line (written
+    once the outcome has committed) comes after its Finished line."""
+    running: dict[int, int] = {}  # worker -> task it is running
+    finished: set[int] = set()
+    for m in WORKER_LINE.finditer(out):
+        worker = int(m.group(1))
+        if m.group(2):
+            assert worker not in running, f"worker {worker} started {m.group(3)} while " \
+                                          f"running {running.get(worker)}:\n{out}"
+            running[worker] = int(m.group(3))
+        elif m.group(4):
+            assert running.pop(worker, None) == int(m.group(5)), out
+            finished.add(int(m.group(5)))
+        else:
+            assert int(m.group(6)) in finished, f"{m.group(6)} processed before finished:\n{out}"
 
 
 def assert_shutdown_lines(out: str, workers: int) -> None:
@@ -114,6 +133,8 @@ def test_serve_processes_the_seed(db_url: str, db: Conn, serve: ServeFactory) ->
 
     started, finished = processing(out), processed(out)
     assert sorted(started) == ids and sorted(finished) == ids
+    assert sorted(int(task) for _, task in FINISHED.findall(out)) == ids
+    assert_each_worker_reads_in_order(out)
     table = rows(db)
     for task_id in ids:
         payload, status, result, error, attempts, locked_by, moved = table[task_id]
@@ -132,7 +153,7 @@ def test_serve_processes_the_seed(db_url: str, db: Conn, serve: ServeFactory) ->
 
 def test_unicode_payload_is_reversed_by_code_point(db_url: str, db: Conn,
                                                    serve: ServeFactory) -> None:
-    [task_id] = insert(db, ["naïve ✓"])
+    [task_id] = insert_tasks(db, ["naïve ✓"])
     p = serve(db_url, env={**FAST, "TASK_FAILURE_RATE": "0"})
     p.wait_for(rf"Task ID: {task_id} processed with status: done$")
     out = stop(p)
@@ -143,7 +164,7 @@ def test_unicode_payload_is_reversed_by_code_point(db_url: str, db: Conn,
 @pytest.mark.parametrize(("rate", "expected"), [("1", "error"), ("0", "done")])
 def test_failure_rate_all_or_nothing(db_url: str, db: Conn, serve: ServeFactory,
                                      rate: str, expected: str) -> None:
-    ids = insert(db, [f"job {n}" for n in range(12)])
+    ids = insert_tasks(db, [f"job {n}" for n in range(12)])
     p = serve(db_url, env={**FAST, "TASK_FAILURE_RATE": rate})
     wait_until(lambda: len(processed(p.output())) == len(ids), 30, "all processed lines", [p],
                fail_on_exit=True)
@@ -163,7 +184,7 @@ def test_failure_rate_all_or_nothing(db_url: str, db: Conn, serve: ServeFactory,
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_lets_running_tasks_finish(db_url: str, db: Conn, serve: ServeFactory,
                                           sig: int) -> None:
-    ids = insert(db, [f"slow {n}" for n in range(20)])
+    ids = insert_tasks(db, [f"slow {n}" for n in range(20)])
     p = serve(db_url, env={"TASK_MIN_SECONDS": "2", "TASK_MAX_SECONDS": "3",
                            "TASK_FAILURE_RATE": "0"})
     wait_until(lambda: len(processing(p.output())) >= 5, 30, "5 tasks running", [p],
@@ -191,7 +212,7 @@ def test_signal_lets_running_tasks_finish(db_url: str, db: Conn, serve: ServeFac
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_second_signal_stops_at_once(db_url: str, db: Conn, serve: ServeFactory,
                                      sig: int) -> None:
-    ids = insert(db, [f"long {n}" for n in range(10)])
+    ids = insert_tasks(db, [f"long {n}" for n in range(10)])
     p = serve(db_url, env={"TASK_MIN_SECONDS": "20", "TASK_MAX_SECONDS": "30",
                            "TASK_FAILURE_RATE": "0", "SHUTDOWN_TIMEOUT": "300"})
     wait_until(lambda: len(processing(p.output())) == 5, 30, "5 tasks running", [p],
@@ -229,6 +250,49 @@ def test_table_made_by_hand_without_migrations(empty_db_url: str) -> None:
     code, out, err = run_cli(["serve"], env={"DATABASE_URL": empty_db_url}, timeout=30)
     assert code == 1, (out, err)
     assert len(err.splitlines()) == 1 and 'run "taskworker migrate" first' in err, err
+
+
+def test_role_that_cannot_read_the_tables(db_url: str, db: Conn) -> None:
+    """A role that may connect but not read: one line naming the refusal, exit 1,
+    for serve as for the other commands, and nothing claimed."""
+    role = f"tw_no_read_{os.getpid()}"
+    with db.cursor() as cur:
+        cur.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        ids = insert_tasks(db, ["untouched"])
+        url = psycopg2.extensions.make_dsn(db_url, user=role)
+        for args in (["serve"], ["status"], ["seed"]):
+            code, out, err = run_cli(args, env={"DATABASE_URL": url}, timeout=30)
+            assert code == 1, (args, out, err)
+            assert err.splitlines() == [
+                "Error: database error: permission denied for table schema_migrations"], err
+            assert "Traceback" not in out + err
+        assert rows(db)[ids[0]][1] == "pending"
+    finally:
+        with db.cursor() as cur:
+            cur.execute(f"DROP ROLE {role}")
+
+
+def test_a_service_that_dies_stops_serve_saying_why(db_url: str, db: Conn,
+                                                    serve: ServeFactory) -> None:
+    """The pruner's DELETE is refused (by a trigger here): serve stops, gives back
+    nothing wrongly, and its last line says what happened; exit status 1."""
+    with db.cursor() as cur:
+        cur.execute("""
+            CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'deleting tasks is not allowed here'; END; $$;
+            CREATE TRIGGER tasks_refuse_delete BEFORE DELETE ON tasks
+                FOR EACH ROW EXECUTE FUNCTION refuse_delete();
+            INSERT INTO tasks (payload, status, updated_at)
+                VALUES ('old', 'done', now() - interval '1 day');""")
+    p = serve(db_url, env={**FAST, "PRUNE_AFTER": "1h"})
+    assert p.wait(30) == 1, p.output()
+    out = p.output()
+    assert "Traceback" not in out, out
+    why = "pruner failed: RaiseException: deleting tasks is not allowed here"
+    assert re.search(rf"^{STAMP}{why}; stopping$", out, re.MULTILINE), out
+    assert out.splitlines()[-1].endswith(f"Stopped because the {why}; exit status 1"), out
+    assert "shutdown successful" not in out, out
 
 
 def _assert_cannot_connect(url: str, code: int, out: str, err: str) -> None:

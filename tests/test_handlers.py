@@ -17,6 +17,7 @@ from invariants import insert_tasks
 from proc import ServeFactory, ServeProcess, run_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+HANDLER_SETTINGS = "task_timeout,max_retries,task_min_seconds,task_max_seconds,task_failure_rate"
 
 HANDLERS = '''\
 """Handlers for test_handlers.py, imported by `taskworker serve` from PYTHONPATH."""
@@ -27,7 +28,11 @@ def shout(payload):
 
 
 def describe(payload, task):
-    return f"{payload}|id={task.id}|attempt={task.attempt}|worker={task.worker}"
+    import dataclasses
+    settings = ",".join(f.name for f in dataclasses.fields(task.settings))
+    secret = "postgres" in repr(task) or "database_url" in repr(task)
+    return (f"{payload}|id={task.id}|attempt={task.attempt}|worker={task.worker}"
+            f"|settings={settings}|url={secret}")
 
 
 class Refused(Exception):
@@ -84,7 +89,9 @@ def test_handler_gets_the_task_context(db_url: str, db: Any, serve: ServeFactory
     run_until_finished(p, ids)
     got = rows(db)
     for task_id, payload in zip(ids, "ab", strict=True):
-        assert got[task_id] == ("done", f"{payload}|id={task_id}|attempt=1|worker=1", None, 1)
+        # The settings a handler may need, and nothing of the database's URL.
+        assert got[task_id] == ("done", f"{payload}|id={task_id}|attempt=1|worker=1"
+                                f"|settings={HANDLER_SETTINGS}|url=False", None, 1)
 
 
 def test_handler_exception_is_stored_as_type_and_message(db_url: str, db: Any,

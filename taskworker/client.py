@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from .settings import DEFAULT_MAX_PAYLOAD_BYTES
 from .store import admin
 from .store.database import Direct
 
@@ -30,24 +31,28 @@ BATCH_SIZE = 5000  # payloads per INSERT statement in enqueue_many
 RunAt = datetime | timedelta | None
 
 
-def enqueue(conn_or_cursor: Any, payload: str, *, run_at: RunAt = None) -> int:
+def enqueue(conn_or_cursor: Any, payload: str, *, run_at: RunAt = None,
+            max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> int:
     """Insert one pending task and return its id.
 
     `conn_or_cursor` is a psycopg2 connection or cursor; the insert joins its
     current transaction. `run_at` delays the task: a timezone-aware datetime, or
     a timedelta counted from the database's now(); None means as soon as possible.
+    `max_bytes`: the workers' MAX_PAYLOAD_BYTES (a larger payload raises
+    ValueError; a worker would end the task in error without running it).
     """
-    return enqueue_many(conn_or_cursor, [payload], run_at=run_at)[0]
+    return enqueue_many(conn_or_cursor, [payload], run_at=run_at, max_bytes=max_bytes)[0]
 
 
 def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, run_at: RunAt = None,
-                 batch_size: int = BATCH_SIZE) -> list[int]:
+                 batch_size: int = BATCH_SIZE,
+                 max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> list[int]:
     """Insert one pending task per payload; return their ids in the payloads' order.
 
     One INSERT statement per `batch_size` payloads, all in the caller's
-    transaction. `run_at` applies to every task (see `enqueue`). A payload that
-    PostgreSQL text cannot hold (not a str, a NUL character) raises TypeError or
-    ValueError before anything of its batch is sent.
+    transaction. `run_at` and `max_bytes` apply to every task (see `enqueue`). A
+    payload that cannot be stored (not a str, a NUL character, over `max_bytes`)
+    raises TypeError or ValueError before anything of its batch is sent.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -57,18 +62,20 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, run_at: RunAt 
     it = iter(payloads)
     while batch := list(itertools.islice(it, batch_size)):
         for payload in batch:
-            check_payload(payload)
+            check_payload(payload, max_bytes)
         ids.extend(admin.enqueue(db, batch, run_at=when, delay=delay))
     return ids
 
 
-def check_payload(payload: object) -> None:
+def check_payload(payload: object, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
     """Raise TypeError or ValueError (the message is for the user) unless
-    PostgreSQL text can hold `payload`."""
+    `payload` can be stored and run: text PostgreSQL can hold, within `max_bytes`."""
     if not isinstance(payload, str):
         raise TypeError(f"payload must be str, not {type(payload).__name__}")
     if "\x00" in payload:
         raise ValueError("payload contains a NUL character, which PostgreSQL text cannot hold")
+    if len(payload) > max_bytes // 4 and (size := len(payload.encode("utf-8"))) > max_bytes:
+        raise ValueError(f"payload is {size} bytes, over MAX_PAYLOAD_BYTES={max_bytes}")
 
 
 def _schedule(run_at: RunAt) -> tuple[datetime | None, timedelta | None]:

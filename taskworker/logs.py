@@ -64,3 +64,14 @@ def seconds(value: float) -> str:
     if value < 1:
         return f"{value * 1000:g}ms"
     return f"{value:g}s"
+
+
+def format_line(level: str, message: str, fields: dict[str, object]) -> str:
+    """One record formatted as the configured handler formats it (plain or JSON),
+    without emitting it: for a thread that must not take the logging locks of
+    the main thread (processor/monitor.py)."""
+    record = log.makeRecord(log.name, getattr(logging, level.upper()), "(monitor)", 0,
+                            message, (), None, extra={k: v for k, v in fields.items()
+                                                      if v is not None})
+    handler = log.handlers[0] if log.handlers else logging.StreamHandler()
+    return handler.format(record)

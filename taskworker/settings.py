@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # 1 MB: a claim's or a completion's batch stays small
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
@@ -49,6 +50,7 @@ class Settings:
     metrics_host: str = "127.0.0.1"  # address the metrics server binds (0.0.0.0: all)
     health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
     prune_after: float | None = None  # serve deletes finished tasks older than this; None = off
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # largest payload or result, bytes
 
     @property
     def safe_database_url(self) -> str:
@@ -148,6 +150,16 @@ def _above_zero(parse: Callable[[str], T]) -> Callable[[str], T]:
     return check
 
 
+def _between(low: int, high: int, parse: Callable[[str], int]) -> Callable[[str], int]:
+    def check(raw: str) -> int:
+        value = parse(raw)
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:,} and {high:,}")
+        return value
+
+    return check
+
+
 def _port(raw: str) -> int:
     value = _int(raw)
     if not 1 <= value <= 65535:
@@ -162,6 +174,17 @@ def _host(raw: str) -> str:
     if not re.fullmatch(r"[0-9A-Za-z.:_-]+", value):
         raise ValueError("expected a host name or an IP address, such as 127.0.0.1 or 0.0.0.0")
     return value
+
+
+def _bytes(raw: str) -> int:
+    """Bytes from `1048576`, `512kB`, `1MB`, `2GB` (powers of 1024, as PostgreSQL
+    counts them; `KiB`, `MiB`, `GiB` say the same)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB)?\s*", raw)
+    if not m:
+        raise ValueError("expected a size in bytes such as 1048576, 512kB or 1MB")
+    scale = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "KiB": 1024, "MB": 1024**2,
+             "MiB": 1024**2, "GB": 1024**3, "GiB": 1024**3}[m.group(2)]
+    return int(m.group(1)) * scale
 
 
 def _fraction(raw: str) -> float:
@@ -196,6 +219,8 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "METRICS_HOST": ("metrics_host", _host),
     "HEALTH_MAX_DOWNTIME": ("health_max_downtime", _above_zero(_duration)),
     "PRUNE_AFTER": ("prune_after", _above_zero(_duration)),
+    # At most 1 GB: PostgreSQL's own limit for one text value.
+    "MAX_PAYLOAD_BYTES": ("max_payload_bytes", _between(1, 1024**3, _bytes)),
 }
 
 

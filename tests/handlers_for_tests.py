@@ -78,3 +78,18 @@ def misbehaving(payload: str | None) -> object:
         raise gevent.GreenletExit("raised by the handler itself")
     _sleep()
     return None if payload is None else payload[::-1]
+
+
+def spin(payload: str | None) -> str | None:
+    """Compute without ever yielding: for TEST_SPIN seconds, or for ever on the
+    payload 'forever' (a handler that blocks the whole process)."""
+    seconds = float("inf") if payload == "forever" else float(os.environ.get("TEST_SPIN", "3"))
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        pass
+    return None if payload is None else payload[::-1]
+
+
+def big_result(payload: str | None) -> str:
+    """A result of TEST_RESULT_BYTES characters (ASCII: as many bytes)."""
+    return "r" * int(os.environ.get("TEST_RESULT_BYTES", "1000"))

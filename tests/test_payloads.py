@@ -26,7 +26,8 @@ def test_awkward_payloads_with_the_demo_handler(db_url, db, serve) -> None:  # t
     payloads = [None, "", MEGABYTE, CONTROL, UNICODE, ODD_TEXT, "plain"]
     ids = dict(zip(["null", "empty", "mega", "control", "unicode", "odd", "plain"],
                    insert_tasks(db, payloads), strict=True))
-    p = serve(db_url, env={**FAST, "WORKER_COUNT": "3"})
+    # (The megabyte payload is just over the default MAX_PAYLOAD_BYTES: allow it.)
+    p = serve(db_url, env={**FAST, "WORKER_COUNT": "3", "MAX_PAYLOAD_BYTES": "2MB"})
     wait_finished(db, 30, [p])
     stop_all([p], signal.SIGINT)
     rows = tasks(db)

@@ -22,7 +22,7 @@ from dotenv import dotenv_values
 from .. import logs
 from ..settings import Settings, SettingsError, load, parse_duration
 from ..store import migrations
-from ..store.connection import DatabaseUnavailable, connect
+from ..store.connection import DatabaseUnavailable, NoFreeSlot, connect
 from ..store.database import PgConnection, first_line
 
 EXIT_RUNTIME = 1
@@ -78,13 +78,36 @@ def keyboard_interrupts() -> None:
         hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
 
 
+def connect_waiting_for_a_slot(settings: Settings, name: str) -> PgConnection:
+    """A connection, waited for (with backoff, saying so once) while the server
+    has no connection slot free: a busy server is no reason for serve to exit."""
+    import gevent
+
+    delay = 0.5
+    said = False
+    while True:
+        try:
+            return connect(settings, name=name)
+        except NoFreeSlot as exc:
+            if not said:
+                logs.log.warning("%s; waiting for a free connection slot", exc)
+                said = True
+            gevent.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 @contextmanager
 def checked_connection(settings: Settings, command: str, autocommit: bool = True,
-                       ) -> Iterator[PgConnection]:
+                       wait_for_slot: bool = False) -> Iterator[PgConnection]:
     """A connection to a migrated database; any failure, when connecting, checking
-    the schema or inside the block, ends the command in one line."""
+    the schema or inside the block, ends the command in one line. With
+    `wait_for_slot`, a server without a free connection slot is waited for."""
+    name = f"taskworker {command}"
     try:
-        conn = connect(settings, autocommit=autocommit, name=f"taskworker {command}")
+        if wait_for_slot:
+            conn = connect_waiting_for_a_slot(settings, name)
+        else:
+            conn = connect(settings, autocommit=autocommit, name=name)
     except DatabaseUnavailable as exc:
         fail(str(exc), EXIT_RUNTIME)
     try:

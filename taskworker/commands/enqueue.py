@@ -52,11 +52,15 @@ def enqueue(payloads: tuple[str, ...], run_at: str | None, delay: str | None,
     when = schedule(run_at, delay)
     with database(settings, "enqueue", autocommit=False) as conn:
         if list(payloads) == ["-"]:
-            enqueue_stdin(conn, when, batch_size)
+            enqueue_stdin(conn, when, batch_size, settings.max_payload_bytes)
             return
         if "-" in payloads:
             raise CommandError('"-" (read stdin) must be the only PAYLOAD', EXIT_CONFIG)
-        ids = enqueue_many(conn, payloads, run_at=when, batch_size=batch_size)
+        try:
+            ids = enqueue_many(conn, payloads, run_at=when, batch_size=batch_size,
+                               max_bytes=settings.max_payload_bytes)
+        except ValueError as exc:  # over MAX_PAYLOAD_BYTES: nothing was enqueued
+            raise CommandError(f"{exc}; nothing was enqueued") from None
         conn.commit()
         print_ids(ids)
 
@@ -77,7 +81,7 @@ def schedule(run_at: str | None, delay: str | None) -> RunAt:
     return when if when.tzinfo is not None else when.astimezone()  # naive: local time
 
 
-def enqueue_stdin(conn: PgConnection, run_at: RunAt, batch_size: int) -> None:
+def enqueue_stdin(conn: PgConnection, run_at: RunAt, batch_size: int, max_bytes: int) -> None:
     """One INSERT and one commit per batch of lines, ids printed as each commits.
 
     COPY would be faster still, but psycopg2 refuses it while psycogreen's wait
@@ -95,9 +99,10 @@ def enqueue_stdin(conn: PgConnection, run_at: RunAt, batch_size: int) -> None:
     done = 0
     try:
         with bar:
-            for batch, nbytes in stdin_batches(stdin, batch_size):
+            for batch, nbytes in stdin_batches(stdin, batch_size, max_bytes):
                 if batch:
-                    ids = enqueue_many(conn, batch, run_at=run_at, batch_size=batch_size)
+                    ids = enqueue_many(conn, batch, run_at=run_at, batch_size=batch_size,
+                                       max_bytes=max_bytes)
                     conn.commit()
                     print_ids(ids)
                     done += len(ids)
@@ -126,7 +131,8 @@ def file_size(stream: IO[bytes]) -> int | None:
     return info.st_size if stat.S_ISREG(info.st_mode) and info.st_size > 0 else None
 
 
-def stdin_batches(stream: IO[bytes], batch_size: int) -> Iterator[tuple[list[str], int]]:
+def stdin_batches(stream: IO[bytes], batch_size: int, max_bytes: int,
+                  ) -> Iterator[tuple[list[str], int]]:
     """(payloads, bytes read) per `batch_size` non-blank lines of UTF-8 text.
 
     A line ends at \\n (a \\r before it is dropped too). Lines that are empty or
@@ -148,7 +154,7 @@ def stdin_batches(stream: IO[bytes], batch_size: int) -> Iterator[tuple[list[str
         if not payload or payload.isspace():
             continue
         try:
-            check_payload(payload)
+            check_payload(payload, max_bytes)
         except ValueError as exc:  # "payload contains a NUL character, which ..."
             raise CommandError(f"line {number} {str(exc).removeprefix('payload ')}") from None
         batch.append(payload)

@@ -43,6 +43,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       METRICS_HOST       address the metrics server listens on (127.0.0.1)
       HEALTH_MAX_DOWNTIME  /healthz fails once a connection is down this long (30s)
       PRUNE_AFTER        delete done/error/cancelled tasks older than this (off)
+      MAX_PAYLOAD_BYTES  largest payload or result, larger ones fail the task (1MB)
       TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE
                          the demo handler's sleep (1s to 4s) and failures (0.1)
     """
@@ -57,8 +58,9 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
         fail(str(exc), EXIT_CONFIG)
     log.info("Connecting to database: %s", settings.safe_database_url)
     # Refuse to start on a database that is unreachable, not migrated, or not
-    # readable by this role: one line, exit 1.
-    with checked_connection(settings, "check"):
+    # readable by this role: one line, exit 1. (One with no connection slot free
+    # is waited for.)
+    with checked_connection(settings, "check", wait_for_slot=True):
         pass
 
     from ..processor.processor import Processor

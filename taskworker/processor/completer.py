@@ -3,14 +3,19 @@
 Workers hand their outcomes to one completer greenlet (with its own connection)
 instead of writing them themselves: while one batch is on the wire the next one
 gathers, so a busy process sends one UPDATE for many tasks and an idle one still
-writes each outcome at once. Every row is written only if this process still
-holds that attempt; the rest are reported as lease lost.
+writes each outcome at once. A batch holds at most BATCH_MAX outcomes and
+BATCH_BYTES of results (one large result goes alone), and a batch the server
+cancels (statement_timeout) is split in halves, so one outcome never holds back
+the others. Every row is written only if this process still holds that attempt;
+the rest are reported as lease lost, after a check of the rows when the
+connection was lost mid-write (the write may have committed, its reply lost).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
+import psycopg2.errors
 from gevent.queue import Queue
 
 from ..logs import log
@@ -18,10 +23,12 @@ from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection
 from ..store.database import first_line
+from . import memory
 from .dispatch import Dispatch
 from .outcomes import DONE, ERROR, GIVE_BACK, KINDS, RETRY, Outcome
 
 BATCH_MAX = 1000  # outcomes in one statement
+BATCH_BYTES = 4 * 1024 * 1024  # bytes of results in one statement (at least one outcome)
 BACKLOG_MAX = 1000  # outcomes waiting to be written beyond which claiming pauses
 
 
@@ -32,6 +39,7 @@ class Completer:
         self.dispatch = dispatch
         self.db = ReconnectingConnection(settings, "completer", should_stop=should_stop)
         self._outcomes: Queue = Queue()
+        self._carried: Outcome | None = None  # taken from the queue, left for the next batch
         self._unwritten = 0  # outcomes handed over and not yet written (or fenced off)
         self._written = dict.fromkeys(KINDS, 0)  # outcomes written, by kind
         self._lease_lost = 0  # outcomes fenced off: another process took the task over
@@ -60,29 +68,59 @@ class Completer:
                 "unwritten": self._unwritten}
 
     def run(self) -> None:
+        self.db.connection()  # now, not at the first outcome: ready when it comes
         stopping = False
-        while not stopping:
-            first = self._outcomes.get()
-            if first is None:
-                stopping = True
-                batch = []
-            else:
-                batch = [first]
-            while len(batch) < BATCH_MAX and not self._outcomes.empty():
-                item = self._outcomes.get_nowait()
-                if item is None:
-                    stopping = True
-                    continue
-                batch.append(item)
+        while not stopping or self._carried is not None:
+            batch, stopping = self._gather(stopping)
             if batch:
                 self.write(batch)
+                large = sum(o.size + len(o.task.payload or "") for o in batch) >= memory.LARGE
+                del batch
+                if large:
+                    self.db.recycle()
+                    memory.give_back()
         self.db.close()
 
+    def _gather(self, stopping: bool) -> tuple[list[Outcome], bool]:
+        """The next batch: what is queued now, within BATCH_MAX and BATCH_BYTES
+        (waiting for one outcome if none is); and whether stop() was asked."""
+        batch: list[Outcome] = []
+        size = 0
+        while len(batch) < BATCH_MAX:
+            if self._carried is not None:
+                item, self._carried = self._carried, None
+            elif batch or stopping:
+                if self._outcomes.empty():
+                    break
+                item = self._outcomes.get_nowait()
+            else:
+                item = self._outcomes.get()
+            if item is None:
+                stopping = True
+                continue
+            if batch and size + item.size > BATCH_BYTES:
+                self._carried = item
+                break
+            batch.append(item)
+            size += item.size
+        return batch, stopping
+
     def write(self, batch: list[Outcome]) -> None:
-        """Write a batch; on a statement error, write one by one so one bad row
-        cannot hold back the others."""
+        """Write a batch. Cancelled by statement_timeout: write each half on its
+        own. Refused for another reason: write one by one, so one bad row cannot
+        hold back the others."""
         try:
             written = self._send(batch)
+        except psycopg2.errors.QueryCanceled as exc:
+            if len(batch) == 1:
+                batch, written = self._store_failure(batch[0], exc)
+            else:
+                log.warning("Writing %d outcomes took longer than STATEMENT_TIMEOUT; "
+                            "writing them in two halves", len(batch))
+                half = len(batch) // 2
+                self.write(batch[:half])
+                self.write(batch[half:])
+                return
         except CONNECTION_ERRORS:
             raise
         except Exception as exc:
@@ -94,9 +132,16 @@ class Completer:
                 return
         self._report(batch, written)
 
-    def _send(self, batch: list[Outcome]) -> set[int]:
+    def _send(self, batch: list[Outcome]) -> set[tuple[int, int]]:
+        """Write the batch; the (id, attempt) pairs now in the table."""
+        reconnects = self.db.state().reconnects
         written = store.complete(self.db, holder=self.holder, writes=[o.write() for o in batch])
-        landed = [o for o in batch if o.task.id in written]
+        if self.db.state().reconnects != reconnects:
+            # The connection was lost and the statement sent again: the first send
+            # may have committed with its reply lost, and the second found nothing
+            # left to write. Ask the rows before calling those outcomes discarded.
+            written |= _committed_before_the_loss(self.db, batch, written)
+        landed = [o for o in batch if (o.task.id, o.task.attempt) in written]
         if any(o.wakes_others for o in landed):
             store.wake_others(self.db)
         if any(o.kind == RETRY and o.delay for o in landed):
@@ -106,7 +151,7 @@ class Completer:
         return written
 
     def _store_failure(self, outcome: Outcome, exc: Exception,
-                       ) -> tuple[list[Outcome], set[int]]:
+                       ) -> tuple[list[Outcome], set[tuple[int, int]]]:
         """The outcome itself could not be stored (say, a result PostgreSQL
         refuses): store that as the task's error instead. Returns the outcome to
         report (the error, if it was stored) and the ids written."""
@@ -121,13 +166,13 @@ class Completer:
                       outcome.task.id, first_line(exc))
             return [outcome], set()
 
-    def _report(self, batch: list[Outcome], written: set[int]) -> None:
+    def _report(self, batch: list[Outcome], written: set[tuple[int, int]]) -> None:
         info = log.isEnabledFor(logging.INFO)
         for o in batch:
             task = o.task
-            self.dispatch.settle(task.id)
+            self.dispatch.settle(task)
             self._unwritten -= 1
-            if task.id not in written:
+            if (task.id, task.attempt) not in written:
                 self._lease_lost += 1
                 log.warning("[Worker %d] Task ID: %d lease lost, result discarded",
                             o.worker, task.id, extra=_fields(o))
@@ -145,6 +190,28 @@ class Completer:
             elif o.kind == GIVE_BACK and o.worker:
                 log.info("[Worker %d] Task ID: %d given back to pending",
                          o.worker, task.id, extra=_fields(o))
+
+
+def _committed_before_the_loss(db: ReconnectingConnection, batch: list[Outcome],
+                               written: set[tuple[int, int]]) -> set[tuple[int, int]]:
+    """The outcomes of `batch` not in `written` that the rows show as written by
+    this very attempt: the status it writes, the attempt count it leaves, no
+    holder, and no rescue since the claim (a rescue or a new claim by anyone
+    changes the counts)."""
+    missing = [o for o in batch if (o.task.id, o.task.attempt) not in written]
+    if not missing:
+        return set()
+    rows = store.outcome_rows(db, [o.task.id for o in missing])
+    found = set()
+    for o in missing:
+        row, expected = rows.get(o.task.id), o.write()
+        if row is not None and row.locked_by is None and row.status == expected.status \
+                and row.attempts == o.task.attempt - expected.given_back \
+                and row.rescues == o.task.rescues:
+            log.info("Task ID: %d outcome was written before the connection was lost",
+                     o.task.id, extra=_fields(o))
+            found.add((o.task.id, o.task.attempt))
+    return found
 
 
 def _fields(o: Outcome) -> dict[str, object]:

@@ -1,15 +1,18 @@
 """What the fetcher, the listener, the workers, the heartbeat and the completer
 share: the queue of claimed tasks, the fetcher's wake-up, and which tasks this
-process holds and runs.
+process holds and runs, with the time each one's lease is known to last.
 
 The processor owns one `Dispatch`; the others reach it only through the methods
 below, each named for the event it records, so a reader can see who changes
 what: the fetcher hands tasks out, workers take, start and finish them, the
-heartbeat marks the ones taken away, the completer settles them once their
-outcome is written, and shutdown closes it.
+heartbeat renews their leases or marks the ones taken away, the completer
+settles them once their outcome is written, and shutdown closes it.
 """
 from __future__ import annotations
 
+import time
+
+import gevent
 from gevent.event import Event
 from gevent.queue import Queue
 
@@ -17,13 +20,16 @@ from ..store.tasks import ClaimedTask
 
 
 class Dispatch:
-    def __init__(self, worker_count: int) -> None:
+    def __init__(self, worker_count: int, lease: float) -> None:
         self.worker_count = worker_count
+        self.lease = lease
         self._queue: Queue = Queue()  # claimed tasks waiting for a worker; None: stop
         self._wake = Event()  # the fetcher sleeps on it
         self._held: dict[int, ClaimedTask] = {}  # claimed, outcome not yet written
+        self._lease_ends: dict[int, float] = {}  # held: when its lease runs out (monotonic)
         self._lost: set[int] = set()  # held, but the heartbeat found the lease gone
-        self._running: dict[int, ClaimedTask] = {}  # worker number -> its task
+        # worker number -> its task and its greenlet
+        self._running: dict[int, tuple[ClaimedTask, gevent.Greenlet]] = {}
 
     # --- the fetcher
 
@@ -41,10 +47,12 @@ class Dispatch:
             return min(free, fetch_limit)
         return 0
 
-    def hand_out(self, tasks: list[ClaimedTask]) -> None:
-        """Queue claimed tasks for the workers, in this order."""
+    def hand_out(self, tasks: list[ClaimedTask], claimed_at: float) -> None:
+        """Queue claimed tasks for the workers, in this order. `claimed_at`: the
+        monotonic time the claim was sent (its lease counts from then at most)."""
         for task in tasks:
             self._held[task.id] = task
+            self._lease_ends[task.id] = claimed_at + self.lease
             self._queue.put(task)
 
     def sleep(self, timeout: float) -> None:
@@ -65,8 +73,12 @@ class Dispatch:
     def is_lost(self, task: ClaimedTask) -> bool:
         return task.id in self._lost
 
+    def lease_ending(self, task: ClaimedTask, margin: float) -> bool:
+        """Will the task's lease run out within `margin` seconds, unrenewed?"""
+        return self._lease_ends.get(task.id, 0.0) - time.monotonic() < margin
+
     def started(self, worker: int, task: ClaimedTask) -> None:
-        self._running[worker] = task
+        self._running[worker] = (task, gevent.getcurrent())
 
     def finished(self, worker: int) -> None:
         """A worker is idle again: the fetcher may claim for it."""
@@ -78,14 +90,30 @@ class Dispatch:
     def held_ids(self) -> list[int]:
         return list(self._held)
 
+    def renewed(self, task_ids: set[int], until: float) -> None:
+        """The heartbeat extended these leases to `until` (monotonic)."""
+        for task_id in task_ids:
+            if task_id in self._lease_ends:
+                self._lease_ends[task_id] = until
+
     def mark_lost(self, task_ids: list[int]) -> None:
         """These leases were taken away: a worker skips them if not yet started."""
         self._lost.update(i for i in task_ids if i in self._held)
 
-    def settle(self, task_id: int) -> None:
-        """The task's outcome is written (or fenced off): no longer held."""
-        self._held.pop(task_id, None)
-        self._lost.discard(task_id)
+    def running_with_lease_ending(self, margin: float,
+                                  ) -> list[tuple[int, ClaimedTask, gevent.Greenlet]]:
+        """(worker, task, greenlet) of each running task whose lease runs out
+        within `margin` seconds, unrenewed."""
+        return [(worker, task, greenlet) for worker, (task, greenlet) in self._running.items()
+                if self.lease_ending(task, margin)]
+
+    def settle(self, task: ClaimedTask) -> None:
+        """The claim's outcome is written (or fenced off): no longer held. (A
+        later claim of the same task, made since, stays held.)"""
+        if self._held.get(task.id) is task:
+            del self._held[task.id]
+            self._lease_ends.pop(task.id, None)
+            self._lost.discard(task.id)
 
     # --- shutdown
 

@@ -6,6 +6,11 @@ again at once while claims come back full, and otherwise sleeps until a NOTIFY,
 a worker going idle, the next retry or lease expiry falling due, or
 FETCH_INTERVAL, whichever comes first.
 
+It claims only while the heartbeat renews leases (a process holds no claim it
+cannot keep), and loads payloads within CLAIM_BYTES per claim; a payload over
+MAX_PAYLOAD_BYTES (a row inserted without enqueue's check) ends its task in
+error at the claim, without being loaded.
+
 A task whose worker was lost MAX_RESCUES times (the rescue flags it run_alone)
 gets its last run alone: the fetcher stops claiming, waits until every task it
 holds is run and written, claims that one task, and waits for it in turn. If it
@@ -22,20 +27,25 @@ from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import ReconnectingConnection
 from ..store.tasks import ClaimedTask
+from . import memory
 from .dispatch import Dispatch
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
 BACKLOG_POLL = 0.01  # seconds between checks while the completer's backlog is full
+RENEWAL_POLL = 0.1  # seconds between checks while leases are not being renewed
+CLAIM_BYTES = 4 * 1024 * 1024  # payload bytes one claim loads (at least one task)
 
 
 class Fetcher:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
-                 backlogged: Callable[[], bool], should_stop: Callable[[], bool]) -> None:
+                 backlogged: Callable[[], bool], renewing: Callable[[], bool],
+                 should_stop: Callable[[], bool]) -> None:
         self.settings = settings
         self.holder = holder
         self.dispatch = dispatch
         self.backlogged = backlogged  # the completer has too many outcomes to write
+        self.renewing = renewing  # the heartbeat renews leases
         self.should_stop = should_stop
         self.db = ReconnectingConnection(settings, "fetcher", should_stop=should_stop,
                                          on_reconnect=self._reconnected)
@@ -44,9 +54,10 @@ class Fetcher:
         self._alone_waiting = False  # a task that must run alone may be due
         self._claimed = 0
         self._rescued = 0
+        self._refused = 0
 
     def stats(self) -> dict[str, int]:
-        return {"claimed": self._claimed, "rescued": self._rescued}
+        return {"claimed": self._claimed, "rescued": self._rescued, "refused": self._refused}
 
     def run(self) -> None:
         while not self.should_stop():
@@ -60,29 +71,44 @@ class Fetcher:
             if self.backlogged():
                 self.dispatch.sleep(BACKLOG_POLL)
                 continue
+            if not self.renewing():
+                self.dispatch.sleep(RENEWAL_POLL)
+                continue
             want = self.dispatch.free_slots(self.settings.fetch_limit)
             if want <= 0:
                 self.dispatch.sleep(self.settings.fetch_interval)
                 continue
-            got = len(self.claim(want))
-            if got:
-                log.info("Fetched %d tasks", got)
-            if got < want and not self.should_stop():
+            tasks, rows = self.claim(want)
+            if tasks:
+                log.info("Fetched %d tasks", len(tasks))
+            if rows < want and not self.should_stop():
                 self.dispatch.sleep(self._idle_wait())
 
-    def claim(self, limit: int, alone: bool = False) -> list[ClaimedTask]:
+    def claim(self, limit: int, alone: bool = False) -> tuple[list[ClaimedTask], int]:
         """Claim up to `limit` tasks (with `alone`: only tasks that must run alone)
-        and hand them to the workers, lowest id first."""
-        tasks = store.claim(self.db, holder=self.holder, limit=limit,
-                            lease=self.settings.lease_seconds, alone=alone)
-        self.dispatch.hand_out(tasks)
-        self._claimed += len(tasks)
-        return tasks
+        and hand them to the workers, lowest id first; return them, and how many
+        rows the claim took (those refused for their payload's size too)."""
+        s = self.settings
+        claimed_at = time.monotonic()
+        got = store.claim(self.db, holder=self.holder, limit=limit, lease=s.lease_seconds,
+                          max_bytes=s.max_payload_bytes, budget=CLAIM_BYTES, alone=alone)
+        self.dispatch.hand_out(got.tasks, claimed_at)
+        if sum(len(t.payload or "") for t in got.tasks) >= memory.LARGE:
+            self.db.recycle()  # give back the buffer that received them
+        self._claimed += len(got.tasks)
+        self._refused += len(got.refused)
+        for refused in got.refused:
+            fields = {"task_id": refused.id}
+            log.info("Task ID: %d failed: payload is %d bytes, over MAX_PAYLOAD_BYTES=%d",
+                     refused.id, refused.size, s.max_payload_bytes, extra=fields)
+            log.info("Task ID: %d processed with status: error", refused.id, extra=fields)
+        return got.tasks, len(got.tasks) + len(got.refused)
 
     def rescue(self) -> None:
         """Take back tasks whose lease expired: their process stopped responding."""
         self._next_rescue = time.monotonic() + min(RESCUE_EVERY, self.settings.fetch_interval)
-        rescued = store.rescue(self.db, max_rescues=self.settings.max_rescues)
+        rescued = store.rescue(self.db, max_rescues=self.settings.max_rescues,
+                               holder=self.holder, held=self.dispatch.held_ids())
         if not self._alone_waiting:  # (even with MAX_RESCUES=0: flagged by an earlier run)
             self._alone_waiting = store.alone_waiting(self.db)
         found = sorted(rescued.back + rescued.parked)
@@ -103,7 +129,7 @@ class Fetcher:
         if self.dispatch.held_count():  # claimed tasks not yet run and written
             self.dispatch.sleep(DRAIN_POLL)
             return
-        tasks = self.claim(1, alone=True)
+        tasks, _ = self.claim(1, alone=True)
         if not tasks:
             self._alone_waiting = False
             return

@@ -1,38 +1,83 @@
-"""Keeps this process's leases alive.
+"""Keeps this process's leases alive, and lets go of those it cannot keep.
 
 Every third of LEASE_SECONDS one statement extends the lease of every task the
-process holds (queued or running). A task the statement does not return was
-taken away (its lease expired and another process rescued it): it is marked
-lost, so a worker skips it if it has not started it yet.
+process holds (queued or running); with nothing held it checks the connection
+instead. A task the statement does not return was taken away (its lease expired
+and another process rescued it): it is marked lost, so a worker skips it if it
+has not started it yet.
+
+A process holds no claim it cannot keep. While renewals fail (the heartbeat's
+connection is down, or cannot be had for want of connection slots) the fetcher
+claims nothing, and the lease guard stops each running task whose lease would
+run out unrenewed within a third of LEASE_SECONDS, and gives it back: its
+attempt is not counted and no rescue is charged, instead of a run whose result
+would be discarded. The same guard ends the work of a process frozen past its
+leases (SIGSTOP, a suspended VM) as soon as it runs again.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import gevent
 
+from ..logs import log
 from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import ReconnectingConnection
 from .dispatch import Dispatch
 
 
+class LeaseExpiring(BaseException):
+    """Raised in a worker whose task's lease is about to run out unrenewed. A
+    BaseException, like gevent.Timeout, so that a handler's `except Exception`
+    does not swallow it."""
+
+
 class Heartbeat:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
                  should_stop: Callable[[], bool]) -> None:
         self.lease = settings.lease_seconds
+        self.margin = settings.lease_seconds / 3  # two renewals missed
         self.holder = holder
         self.dispatch = dispatch
         self.db = ReconnectingConnection(settings, "heartbeat", should_stop=should_stop)
+        self._renewed_at: float | None = None  # monotonic start of the last good renewal
+        self._stopped: set[int] = set()  # tasks the guard has stopped
+
+    def renewing(self) -> bool:
+        """Are leases being renewed? The fetcher claims only while they are."""
+        return (self._renewed_at is not None
+                and time.monotonic() - self._renewed_at < self.lease / 2
+                and self.db.state().failing_since is None)
 
     def run(self) -> None:
         while True:
-            gevent.sleep(self.lease / 3)
             self.beat()
+            gevent.sleep(self.lease / 3)
 
     def beat(self) -> None:
+        started = time.monotonic()
         ids = self.dispatch.held_ids()
-        if not ids:
-            return
-        kept = store.heartbeat(self.db, holder=self.holder, ids=ids, lease=self.lease)
-        self.dispatch.mark_lost([i for i in ids if i not in kept])
+        if ids:
+            kept = store.heartbeat(self.db, holder=self.holder, ids=ids, lease=self.lease)
+            self.dispatch.renewed(kept, started + self.lease)
+            self.dispatch.mark_lost([i for i in ids if i not in kept])
+        else:
+            store.ping(self.db)
+        self._renewed_at = started
+
+    def guard(self) -> None:
+        """Service: stop running tasks whose lease is about to run out unrenewed."""
+        while True:
+            gevent.sleep(min(1.0, self.lease / 6))
+            for worker, task, greenlet in self.dispatch.running_with_lease_ending(self.margin):
+                if task.id in self._stopped:
+                    continue
+                self._stopped.add(task.id)
+                log.warning("[Worker %d] Task ID: %d stopped: its lease would run out "
+                            "unrenewed; giving it back", worker, task.id,
+                            extra={"task_id": task.id, "worker": worker,
+                                   "attempt": task.attempt})
+                greenlet.kill(LeaseExpiring(), block=False)
+            self._stopped &= set(self.dispatch.held_ids())

@@ -29,6 +29,7 @@ class Outcome:
     result: str | None = None
     error: str | None = None
     delay: float | None = None  # RETRY: seconds until the task is due again
+    size: int = 0  # bytes of the result, for the completer's batches
 
     def write(self) -> OutcomeWrite:
         """The row update this outcome makes.
@@ -68,5 +69,5 @@ class RetryPolicy:
         if failures <= self.max_retries:
             base = self.backoff * 2 ** (failures - 1)
             delay = min(base, RETRY_CAP) * random.uniform(0.8, 1.2)
-            return Outcome(task, worker, RETRY, error=message, delay=delay)
-        return Outcome(task, worker, ERROR, error=message)
+            return Outcome(task, worker, RETRY, error=message, delay=delay, size=len(message))
+        return Outcome(task, worker, ERROR, error=message, size=len(message))

@@ -3,6 +3,7 @@
     fetcher ──claims──▶ dispatch ──▶ workers (pool) ──outcomes──▶ completer
        ▲ wake                                                    (batched, fenced)
     listener (NOTIFY)          heartbeat (extends every lease this process holds)
+    lease guard (gives back what the heartbeat cannot renew)
     pruner (PRUNE_AFTER)       metrics sampler + web server (METRICS_PORT)
 
 Each service has its own connection; workers have none (they only run the
@@ -41,6 +42,7 @@ from .dispatch import Dispatch
 from .fetcher import Fetcher
 from .heartbeat import Heartbeat
 from .listener import Listener
+from .monitor import HubMonitor
 from .outcomes import GIVE_BACK, Outcome
 from .pruner import Pruner
 from .worker import Worker
@@ -57,7 +59,7 @@ class Processor:
     def __init__(self, settings: Settings, handler: Handler, takes_task: bool) -> None:
         self.settings = settings
         self.holder = holder_name()
-        self.dispatch = Dispatch(settings.worker_count)
+        self.dispatch = Dispatch(settings.worker_count, settings.lease_seconds)
         self.pool = Pool(settings.worker_count)
         self.stop_requested = Event()
         self.stop_now = Event()  # second signal: do not wait for running tasks
@@ -65,12 +67,14 @@ class Processor:
         self._giving_up = False  # final writes: stop waiting for the database
         self._cancelling = False  # shutdown is killing the workers (GreenletExit)
         self._failure: str | None = None  # why a service died, if one did
+        self._signals = 0  # SIGINT/SIGTERM handled
+        self.monitor = HubMonitor(settings.shutdown_timeout, lambda: self._signals)
         stopping, giving_up = (lambda: self._stopping), (lambda: self._giving_up)
 
         self.completer = Completer(settings, self.holder, self.dispatch, giving_up)
-        self.fetcher = Fetcher(settings, self.holder, self.dispatch,
-                               self.completer.backlogged, stopping)
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
+        self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.completer.backlogged,
+                               self.heartbeat.renewing, stopping)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, stopping) if settings.metrics_port else None
@@ -80,7 +84,8 @@ class Processor:
                              self.metrics.task_duration.observe if self.metrics else _ignore)
         # The services, in the order they start; the fetcher last, once all is ready.
         self.services: dict[str, Callable[[], None]] = {
-            "completer": self.completer.run, "heartbeat": self.heartbeat.run}
+            "completer": self.completer.run, "heartbeat": self.heartbeat.run,
+            "lease guard": self.heartbeat.guard}
         if self.metrics:
             self.services["metrics"] = self.metrics.sample_forever
         if self.listener:
@@ -106,7 +111,8 @@ class Processor:
 
     def stats(self) -> dict[str, dict[str, int]]:
         parts = {"dispatch": self.dispatch, "fetcher": self.fetcher,
-                 "completer": self.completer, "listener": self.listener, "pruner": self.pruner}
+                 "completer": self.completer, "listener": self.listener, "pruner": self.pruner,
+                 "monitor": self.monitor}
         return {name: part.stats() for name, part in parts.items() if part is not None}
 
     def failure(self) -> str | None:
@@ -117,6 +123,15 @@ class Processor:
 
     def dead_services(self) -> list[str]:
         return [name for name, job in self._running.items() if job.dead]
+
+    def blocked(self, within: float) -> str | None:
+        """A handler blocked the process longer than SHUTDOWN_TIMEOUT, less than
+        `within` seconds ago: what and how long."""
+        block = self.monitor.last_long_block(within)
+        if block is None or block.ended is None:
+            return None
+        return (f"{block.where} blocked the process for {block.ended - block.started:.0f}s "
+                f"({time.monotonic() - block.ended:.0f}s ago)")
 
     # --- running
 
@@ -129,6 +144,7 @@ class Processor:
             self.web.start()  # first: a port in use stops serve before any claim
         gevent.signal_handler(signal.SIGINT, self._on_signal)
         gevent.signal_handler(signal.SIGTERM, self._on_signal)
+        self.monitor.start()
         for name, run in self.services.items():
             if name == "fetcher":
                 for n in range(1, s.worker_count + 1):
@@ -156,6 +172,7 @@ class Processor:
 
     def _on_signal(self) -> None:
         # Runs in its own greenlet: only set flags, the main greenlet does the work.
+        self._signals += 1
         if not self.stop_requested.is_set():
             log.info("Shutdown signal received, stopping task processor gracefully...")
             self.stop_requested.set()
@@ -198,8 +215,10 @@ class Processor:
         if not completer.ready():
             self._giving_up = True
             completer.join(timeout=2)
-            log.error("Could not write %d outcomes: database unreachable; those tasks "
-                      "return to pending when their lease expires", self.completer.unwritten())
+            why = ("database unreachable" if self.completer.db.state().failing_since is not None
+                   else f"the database did not take them within {GIVE_BACK_GRACE:g}s")
+            log.error("Could not write %d outcomes: %s; those tasks return to pending when "
+                      "their lease expires", self.completer.unwritten(), why)
             completer.kill()
         else:
             self._give_back_leftovers()

@@ -19,6 +19,7 @@ from ..logs import log, printable, seconds
 from ..settings import Settings
 from ..store.tasks import ClaimedTask
 from .dispatch import Dispatch
+from .heartbeat import LeaseExpiring
 from .outcomes import DONE, ERROR, GIVE_BACK, Outcome, RetryPolicy
 
 
@@ -37,6 +38,8 @@ class Worker:
         self.takes_task = takes_task
         self.timeout = settings.task_timeout
         self.handler_settings = HandlerSettings.from_settings(settings)
+        self.max_bytes = settings.max_payload_bytes
+        self.lease_margin = settings.lease_seconds / 3  # as the lease guard's
         self.retries = RetryPolicy.from_settings(settings)
         self.dispatch = dispatch
         self.outcome = outcome  # hands an outcome to the completer
@@ -51,14 +54,21 @@ class Worker:
                 log.info("[Worker %d] Received shutdown signal", n)
                 return
             if self.dispatch.is_lost(task):
-                self.dispatch.settle(task.id)
+                self.dispatch.settle(task)
                 log.warning("[Worker %d] Task ID: %d lease lost before it started, skipped",
                             n, task.id)
+                continue
+            if self.dispatch.lease_ending(task, self.lease_margin):
+                log.warning("[Worker %d] Task ID: %d not started: its lease would run out "
+                            "unrenewed; giving it back", n, task.id, extra=_fields(task, n))
+                self.outcome(Outcome(task, n, GIVE_BACK))
                 continue
             self.dispatch.started(n, task)
             started = time.monotonic()
             try:
                 outcome = self.run(task, n)
+            except LeaseExpiring:  # the lease guard stopped it: give it back untouched
+                outcome = Outcome(task, n, GIVE_BACK)
             except gevent.GreenletExit as exc:
                 if not self.cancelling():  # raised by the handler itself, not by shutdown
                     outcome = self._crashed(task, n, exc)
@@ -76,6 +86,7 @@ class Worker:
             log.info("[Worker %d] Finished task ID: %d in %s", n, task.id, seconds(round(took, 3)),
                      extra=_fields(task, n))
             self.outcome(outcome)
+            task = outcome = None  # an idle worker keeps no payload or result alive
 
     def run(self, task: ClaimedTask, n: int) -> Outcome:
         """Run the handler on one task and say how it ended."""
@@ -90,10 +101,10 @@ class Worker:
                 result = self.handler(task.payload, task=ctx)
             else:
                 result = self.handler(task.payload)
-            problem = _unstorable(result)
+            problem, size = _storable(result, self.max_bytes)
             if problem:
                 return self._failed(task, n, problem)
-            return Outcome(task, n, DONE, result=result)
+            return Outcome(task, n, DONE, result=result, size=size)
         except TaskTimeout:
             return self._failed(task, n, f"timed out after {seconds(self.timeout)}")
         except (Exception, SystemExit) as exc:
@@ -102,6 +113,7 @@ class Worker:
             timer.close()
 
     def _failed(self, task: ClaimedTask, n: int, message: str) -> Outcome:
+        message = _bounded(message, self.max_bytes)
         outcome = self.retries.after_failure(task, n, message)
         if outcome.kind == ERROR:
             log.info("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
@@ -115,19 +127,32 @@ class Worker:
         return outcome
 
 
-def _unstorable(result: object) -> str | None:
-    """Why a handler's return value cannot be stored as a result, if it cannot."""
+def _storable(result: object, max_bytes: int) -> tuple[str | None, int]:
+    """(why the handler's return value cannot be stored as a result, or None; its
+    size in bytes)."""
     if result is None:
-        return None
+        return None, 0
     if not isinstance(result, str):
-        return f"TypeError: handler returned {type(result).__name__}, expected str or None"
+        return f"TypeError: handler returned {type(result).__name__}, expected str or None", 0
     if "\x00" in result:
-        return "ValueError: result contains a NUL character, which PostgreSQL text cannot hold"
+        return ("ValueError: result contains a NUL character, which PostgreSQL text cannot "
+                "hold", 0)
     try:
-        result.encode("utf-8")
+        size = len(result.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        return f"UnicodeEncodeError: result is not valid text ({exc.reason})"
-    return None
+        return f"UnicodeEncodeError: result is not valid text ({exc.reason})", 0
+    if size > max_bytes:
+        return f"ValueError: result is {size} bytes, over MAX_PAYLOAD_BYTES={max_bytes}", 0
+    return None, size
+
+
+def _bounded(message: str, max_bytes: int) -> str:
+    """An error text cut so that it stays within MAX_PAYLOAD_BYTES (an exception
+    may carry a whole payload in its message)."""
+    if len(message) * 4 <= max_bytes or len(message.encode("utf-8")) <= max_bytes:
+        return message
+    keep = max(max_bytes // 4 - 40, 0)
+    return f"{message[:keep]}... (cut: {len(message)} characters)"
 
 
 def _fields(task: ClaimedTask, n: int) -> dict[str, object]:

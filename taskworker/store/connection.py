@@ -8,6 +8,7 @@ of the store take it as they take a caller's own connection.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -33,6 +34,17 @@ BACKOFF_MAX = 5.0
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached; str() is one line for the user."""
+
+
+class NoFreeSlot(DatabaseUnavailable):
+    """The server (or the role, or the database) has no connection slot free:
+    worth waiting for, unlike a wrong password."""
+
+
+# How the server says it has no connection slot for us (SQLSTATE 53300, which
+# psycopg2 does not expose for a failed connection).
+NO_FREE_SLOT = re.compile(r"too many (connections|clients)|remaining connection slots are reserved")
+STILL_DOWN_EVERY = 60.0  # seconds between two "still down" lines while an outage lasts
 
 
 class ConnectTimeout(Exception):
@@ -70,7 +82,8 @@ def connect(settings: Settings, *, autocommit: bool = True, name: str = "taskwor
             f"no answer within {settings.connect_timeout:g}s"
         ) from None
     except psycopg2.Error as exc:
-        raise DatabaseUnavailable(
+        kind = NoFreeSlot if NO_FREE_SLOT.search(str(exc)) else DatabaseUnavailable
+        raise kind(
             f"cannot connect to database {settings.safe_database_url}: {first_line(exc)}"
         ) from None
     conn.autocommit = autocommit
@@ -117,6 +130,7 @@ class ReconnectingConnection:
         self._losses: deque[float] = deque(maxlen=RECENT_LOSSES)
         self._reconnects = 0
         self._delay = BACKOFF_START
+        self._said_at = 0.0  # when the outage was last logged
 
     def state(self) -> ConnectionState:
         return ConnectionState(self.name, self._failing_since, tuple(self._losses),
@@ -138,8 +152,13 @@ class ReconnectingConnection:
                     self.on_reconnect()
         return self.conn
 
-    def query(self, statement: str, params: Params = None) -> list[Row]:
-        """Run one statement in its own transaction and return its rows."""
+    def query(self, statement: str, params: Params = None, *,
+              resend_on_timeout: bool = True) -> list[Row]:
+        """Run one statement in its own transaction and return its rows.
+
+        With `resend_on_timeout` false, a statement cancelled by statement_timeout
+        is raised (QueryCanceled) instead of sent again: its caller can send a
+        smaller one."""
         while True:
             conn = self.connection()
             try:
@@ -150,6 +169,8 @@ class ReconnectingConnection:
             except CONNECTION_ERRORS as exc:
                 if conn.closed:
                     self.lost(exc)
+                elif isinstance(exc, psycopg2.errors.QueryCanceled) and not resend_on_timeout:
+                    raise
                 elif isinstance(exc, TRANSIENT_ERRORS):
                     if self._failing_since is None:
                         self._failing_since = time.monotonic()
@@ -172,12 +193,22 @@ class ReconnectingConnection:
         if self._failing_since is None:
             self._failing_since = now
         if self._down_since is None:
-            self._down_since = now
+            self._down_since = self._said_at = now
             self._losses.append(now)
             log.warning("Database connection lost (%s): %s; reconnecting",
                         self.name, first_line(exc))
+        elif now - self._said_at >= STILL_DOWN_EVERY:  # an outage is never silent for long
+            self._said_at = now
+            log.warning("Database connection (%s) still down after %.0fs: %s; reconnecting",
+                        self.name, now - self._down_since, first_line(exc))
         self.close()
         self._pause()
+
+    def recycle(self) -> None:
+        """Close the connection on purpose (the next statement opens a new one):
+        libpq keeps its buffers as large as the largest message they carried, so
+        after a large payload or result this is how that memory is given back."""
+        self.close()
 
     def close(self) -> None:
         if self.conn is not None:

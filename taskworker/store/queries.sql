@@ -14,31 +14,52 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- process that holds no other, so that if the process dies running it no other
 -- task is charged with the loss; the flag is cleared, and if the process dies
 -- again the rescue parks the task.
+-- Payload sizes are read first (octet_length does not load a stored value):
+-- payloads are loaded only while their sum stays within %(budget)s bytes (the
+-- first task always), the rest stay pending for the next claim; a payload over
+-- %(max_bytes)s (MAX_PAYLOAD_BYTES, a row inserted without enqueue's check) ends
+-- its task in error, unloaded and unrun. Returns id, payload (NULL when refused),
+-- attempts, rescues, and the payload's size when it was refused.
 WITH picked AS (
-    SELECT id FROM tasks
+    SELECT id, run_at, coalesce(octet_length(payload), 0) AS size FROM tasks
     WHERE status = 'pending' AND run_at <= now() AND run_alone = %(alone)s
     ORDER BY run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), sized AS (
+    SELECT id, size, size > %(max_bytes)s AS refused,
+           row_number() OVER (ORDER BY run_at, id) AS n,
+           sum(CASE WHEN size > %(max_bytes)s THEN 0 ELSE size END)
+               OVER (ORDER BY run_at, id) AS loaded
+    FROM picked
 )
 UPDATE tasks AS t
-SET status = 'in_progress',
+SET status = CASE WHEN s.refused THEN 'error' ELSE 'in_progress' END,
+    error = CASE WHEN s.refused
+                 THEN format('payload is %%s bytes, over MAX_PAYLOAD_BYTES=%%s',
+                             s.size, %(max_bytes)s)
+                 ELSE t.error END,
     run_alone = false,
-    locked_by = %(holder)s,
-    locked_until = now() + %(lease)s * interval '1 second',
-    attempts = t.attempts + 1,
+    locked_by = CASE WHEN s.refused THEN NULL ELSE %(holder)s END,
+    locked_until = CASE WHEN s.refused THEN NULL
+                        ELSE now() + %(lease)s * interval '1 second' END,
+    attempts = t.attempts + CASE WHEN s.refused THEN 0 ELSE 1 END,
     updated_at = now()
-FROM picked
-WHERE t.id = picked.id
-RETURNING t.id, t.payload, t.attempts, t.rescues;
+FROM sized AS s
+WHERE t.id = s.id AND (s.refused OR s.n = 1 OR s.loaded <= %(budget)s)
+RETURNING t.id, CASE WHEN s.refused THEN NULL ELSE t.payload END, t.attempts, t.rescues,
+          CASE WHEN s.refused THEN s.size END;
 
 -- name: rescue
 -- Tasks whose lease ran out belong to a process that stopped responding: put them
 -- back to pending, or park them in error once their worker was lost too often.
+-- Never a task the rescuer itself still holds (%(holder)s, %(held)s): a live
+-- process gives back what it can no longer keep, without charging a rescue.
 -- A task back to pending for its last chance (lost MAX_RESCUES times) will run alone.
 WITH lost AS (
     SELECT id FROM tasks
     WHERE status = 'in_progress' AND locked_until < now()
+      AND NOT (locked_by = %(holder)s AND id = ANY(%(held)s::bigint[]))
     ORDER BY locked_until
     LIMIT 1000
     FOR UPDATE SKIP LOCKED
@@ -89,7 +110,9 @@ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_pr
 
 -- name: complete
 -- Write many outcomes at once. Fenced: a row is written only while this process
--- still holds that attempt. status 'pending' with given_back gives a task back
+-- still holds that attempt, and the (id, attempt) pairs written are returned: a
+-- batch may hold a stale attempt's outcome beside the new attempt's of the same
+-- task, and only the one that matched may be reported. status 'pending' with given_back gives a task back
 -- untouched (the attempt is not counted); with a delay it schedules a retry.
 UPDATE tasks AS t
 SET status = v.status,
@@ -109,7 +132,12 @@ WHERE t.id = v.id
   AND t.attempts = v.attempt
   AND t.locked_by = %(holder)s
   AND t.status = 'in_progress'
-RETURNING t.id;
+RETURNING v.id, v.attempt;
+
+-- name: outcome_rows
+-- What the rows %(ids)s say now: after a completion whose reply was lost with the
+-- connection, to tell an outcome that was written from one that was fenced off.
+SELECT id, status, attempts, rescues, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: give_back_orphans
 -- Give back tasks this process holds in the database but does not know of (a

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from ..settings import DEFAULT_MAX_PAYLOAD_BYTES
 from . import sql
 from .database import Database
+
+if TYPE_CHECKING:  # (this module imports no gevent: tests claim through it unpatched)
+    from .connection import ReconnectingConnection
 
 FINISHED = ("done", "error", "cancelled")  # the statuses a task never leaves by itself
 
@@ -25,6 +29,18 @@ class ClaimedTask(NamedTuple):
     payload: str | None
     attempt: int  # attempts after this claim
     rescues: int  # times an earlier worker was lost running it
+
+
+class Refused(NamedTuple):
+    """A task the claim ended in error unrun: its payload is over MAX_PAYLOAD_BYTES."""
+
+    id: int
+    size: int  # the payload's size in bytes
+
+
+class Claim(NamedTuple):
+    tasks: list[ClaimedTask]  # to run, lowest id first
+    refused: list[Refused]
 
 
 class Rescued(NamedTuple):
@@ -51,23 +67,35 @@ class OutcomeWrite(NamedTuple):
     given_back: bool  # pending, untouched: the attempt is not counted
 
 
+class RowState(NamedTuple):
+    status: str
+    attempts: int
+    rescues: int
+    locked_by: str | None
+
+
 class Cutoff(NamedTuple):
     now: datetime
     before: datetime | None  # now minus the age asked for
 
 
 def claim(db: Database, *, holder: str, limit: int, lease: float,
-          alone: bool = False) -> list[ClaimedTask]:
+          max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, budget: int = 2**62,
+          alone: bool = False) -> Claim:
     """Claim up to `limit` due tasks for `holder` (with `alone`: only a task that
-    must run alone), lowest id first."""
+    must run alone), loading payloads up to `budget` bytes in all; a payload over
+    `max_bytes` ends its task in error without being loaded."""
     rows = db.query(sql.claim, {"limit": limit, "alone": alone, "holder": holder,
-                                "lease": lease})
-    return sorted(ClaimedTask(*row) for row in rows)
+                                "lease": lease, "max_bytes": max_bytes, "budget": budget})
+    return Claim(sorted(ClaimedTask(*row[:4]) for row in rows if row[4] is None),
+                 sorted(Refused(row[0], row[4]) for row in rows if row[4] is not None))
 
 
-def rescue(db: Database, *, max_rescues: int) -> Rescued:
-    """Take back tasks whose lease expired: their process stopped responding."""
-    rows = db.query(sql.rescue, {"max_rescues": max_rescues})
+def rescue(db: Database, *, max_rescues: int, holder: str, held: Sequence[int]) -> Rescued:
+    """Take back tasks whose lease expired: their process stopped responding (never
+    one that `holder` still holds: `held`)."""
+    rows = db.query(sql.rescue, {"max_rescues": max_rescues, "holder": holder,
+                                 "held": list(held)})
     return Rescued(back=sorted(i for i, status in rows if status == "pending"),
                    parked=sorted(i for i, status in rows if status == "error"))
 
@@ -89,10 +117,13 @@ def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) ->
     return {row[0] for row in rows}
 
 
-def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite]) -> set[int]:
-    """Write many outcomes in one statement; return the ids written (the others
-    were fenced off: `holder` no longer held that attempt)."""
-    rows = db.query(sql.complete, {
+def complete(db: ReconnectingConnection, *, holder: str, writes: Sequence[OutcomeWrite],
+             ) -> set[tuple[int, int]]:
+    """Write many outcomes in one statement; return the (id, attempt) pairs written
+    (the others were fenced off: `holder` no longer held that attempt). A
+    statement_timeout is raised (QueryCanceled), not sent again: the caller
+    splits the batch."""
+    rows = db.query(sql.complete, resend_on_timeout=False, params={
         "holder": holder,
         "ids": [w.id for w in writes],
         "attempts": [w.attempt for w in writes],
@@ -102,7 +133,13 @@ def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite]) -> se
         "delays": [w.delay for w in writes],
         "given_back": [w.given_back for w in writes],
     })
-    return {row[0] for row in rows}
+    return {(task_id, attempt) for task_id, attempt in rows}
+
+
+def outcome_rows(db: Database, ids: Sequence[int]) -> dict[int, RowState]:
+    """What the rows `ids` say now (a missing id: the row was deleted)."""
+    rows = db.query(sql.outcome_rows, {"ids": list(ids)})
+    return {row[0]: RowState(*row[1:]) for row in rows}
 
 
 def give_back_orphans(db: Database, *, holder: str, known: Sequence[int]) -> list[int]:

@@ -1,6 +1,8 @@
 """What /healthz reports: whether this process can still do its work.
 
-It fails (503) when a service died, when a connection has failed for longer than
+It fails (503) when a service died, when a handler blocked the whole process
+for longer than SHUTDOWN_TIMEOUT within the last HEALTH_MAX_DOWNTIME (while it
+blocks, nothing answers at all), when a connection has failed for longer than
 HEALTH_MAX_DOWNTIME, when a connection was lost RECENT_LOSSES times within that
 window (it keeps being dropped), or while the process shuts down. Every
 connection the process has is watched, whichever service owns it.
@@ -25,6 +27,9 @@ class Observed(Protocol):
 
     def dead_services(self) -> list[str]: ...
 
+    def blocked(self, within: float) -> str | None:
+        """A handler that blocked the whole process for long, lately."""
+
     def connections(self) -> list[ConnectionState]:
         """Every connection of the process, in one list."""
 
@@ -40,6 +45,9 @@ def problems(process: Observed, max_downtime: float) -> list[str]:
     if process.stopping():
         return ["shutting down"]
     found = [f"{name} is not running" for name in process.dead_services()]
+    blocked = process.blocked(max_downtime)
+    if blocked:
+        found.append(blocked)
     now = time.monotonic()
     for conn in process.connections():
         since, losses = conn.failing_since, conn.losses

@@ -133,6 +133,10 @@ class _Counts:
         yield _counter("taskworker_tasks_claimed", "Tasks this process claimed.",
                        fetched["claimed"])
         yield _counter(
+            "taskworker_tasks_refused",
+            "Tasks the claim ended in error unrun: payload over MAX_PAYLOAD_BYTES.",
+            fetched["refused"])
+        yield _counter(
             "taskworker_tasks_rescued",
             "Tasks whose lease had expired that this process took back (to pending, or "
             "parked in error after MAX_RESCUES).", fetched["rescued"])
@@ -144,6 +148,14 @@ class _Counts:
             yield _counter("taskworker_tasks_pruned",
                            "Finished tasks deleted by serve's pruner (PRUNE_AFTER).",
                            stats["pruner"]["pruned"])
+        yield _counter(
+            "taskworker_hub_blocks",
+            "Times a handler blocked the whole process for a second or more without yielding.",
+            stats["monitor"]["blocks"])
+        yield _counter(
+            "taskworker_hub_blocked_seconds",
+            "Seconds the whole process was blocked by handlers that did not yield.",
+            stats["monitor"]["blocked_seconds"])
         reconnects = CounterMetricFamily(
             "taskworker_database_reconnects",
             "Connections re-opened after being lost, by connection.", labels=["connection"])

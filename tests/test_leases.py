@@ -1,0 +1,134 @@
+"""A process holds no claim it cannot keep: short of connection slots it waits
+(saying so) instead of exiting or idling silently, claims only while its
+heartbeat renews leases, and gives back a running task whose lease it cannot
+renew, so that no task is charged a rescue while its process is alive.
+
+The process runs as a role of its own whose CONNECTION LIMIT the tests move.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2.extensions
+import pytest
+from invariants import (
+    FAST,
+    assert_all_done_once,
+    create_runs_table,
+    handler_env,
+    insert_tasks,
+    install_completion_audit,
+    query,
+    stop_all,
+    tasks,
+    wait_finished,
+    wait_until,
+)
+from proc import ServeFactory
+
+QUICK = {**FAST, "LEASE_SECONDS": "3", "FETCH_INTERVAL": "0.2"}
+
+
+@pytest.fixture
+def role(db: Any) -> Iterator[str]:
+    """A login role allowed to use the tasks table, dropped afterwards."""
+    name = f"tw_limited_{os.getpid()}"
+    query(db, f"CREATE ROLE {name} LOGIN CONNECTION LIMIT 0")
+    query(db, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}")
+    query(db, f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}")
+    yield name
+    query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+          (name,))
+    wait_until(lambda: not query(db, "SELECT 1 FROM pg_stat_activity WHERE usename = %s",
+                                 (name,)), 10, f"{name}'s connections to end")
+    query(db, f"REASSIGN OWNED BY {name} TO CURRENT_USER")
+    query(db, f"DROP OWNED BY {name}")
+    query(db, f"DROP ROLE {name}")
+
+
+def limit(db: Any, role: str, connections: int) -> None:
+    query(db, f"ALTER ROLE {role} CONNECTION LIMIT {connections}")
+
+
+def connections_of(db: Any, role: str) -> list[str]:
+    return [r[0] for r in query(db, "SELECT application_name FROM pg_stat_activity "
+                                    "WHERE usename = %s", (role,))]
+
+
+def test_a_process_short_of_connections_waits_and_never_rescues_its_own(
+        db_url: str, db: Any, role: str, serve: ServeFactory) -> None:
+    """No slot at all at start: serve waits, saying why, instead of exiting. Two
+    slots for the four it needs: it claims only while its heartbeat renews
+    leases. Enough slots: everything finishes, each task once, none rescued."""
+    install_completion_audit(db)
+    query(db, f"GRANT ALL ON completions TO {role}")
+    ids = insert_tasks(db, [f"short of slots {n}" for n in range(12)])
+    url = psycopg2.extensions.make_dsn(db_url, user=role)
+    # The demo handler (a one-second sleep): it opens no connection of its own.
+    p = serve(url, env={**QUICK, "TASK_MIN_SECONDS": "1", "TASK_MAX_SECONDS": "1"})
+    p.wait_for(r'too many connections for role "\w+"; waiting for a free connection slot')
+    time.sleep(1)
+    assert p.proc.poll() is None, p.output()  # still there, waiting
+
+    limit(db, role, 2)  # the check passes; then two of the four services get a slot
+    wait_until(lambda: len(connections_of(db, role)) == 2, 20,
+               "two connections for the services", [p], fail_on_exit=True)
+    time.sleep(4)  # more than a lease: a lease not renewed would have run out by now
+    assert p.proc.poll() is None, p.output()
+
+    limit(db, role, 10)
+    wait_finished(db, 60, [p])
+    stop_all([p], signal.SIGINT)
+
+    rows = assert_all_done_once(db, ids)
+    assert all(r["rescues"] == 0 for r in rows.values()), rows
+    out = p.output()
+    assert "Rescued" not in out, out
+    assert re.search(r'Database connection lost \(\w+\): .*too many connections for role', out)
+    assert "Traceback" not in out
+
+
+def test_a_running_task_whose_lease_cannot_be_renewed_is_given_back(
+        db_url: str, db: Any, role: str, serve: ServeFactory) -> None:
+    """The heartbeat's connection is cut and cannot come back (no slot): the lease
+    guard stops the running tasks before their leases run out and gives them
+    back, untouched; they run again once the heartbeat is back, without a rescue
+    and without an attempt counted for the stopped run."""
+    install_completion_audit(db)
+    create_runs_table(db)
+    query(db, f"GRANT ALL ON runs, completions TO {role}")
+    ids = insert_tasks(db, [f"long {n}" for n in range(3)])
+    limit(db, role, 10)
+    url = psycopg2.extensions.make_dsn(db_url, user=role)
+    p = serve(url, env=handler_env("recording", **QUICK, TEST_SLEEP="5", WORKER_COUNT="3"))
+    wait_until(lambda: len(re.findall(r"Processing task ID", p.output())) == 3, 20,
+               "three tasks running", [p], fail_on_exit=True)
+    wait_until(lambda: len(connections_of(db, role)) == 4, 10,  # every service connected
+               "four connections", [p], fail_on_exit=True)
+    limit(db, role, 0)  # nothing can reconnect now
+    query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+              "WHERE usename = %s AND application_name = 'taskworker heartbeat'", (role,))
+    for task_id in ids:
+        p.wait_for(rf"Task ID: {task_id} stopped: its lease would run out unrenewed; "
+                   r"giving it back", timeout=10)
+    wait_until(lambda: all(r["status"] == "pending" for r in tasks(db).values()), 10,
+               "the tasks given back to pending", [p], fail_on_exit=True)
+    assert all(r["attempts"] == 0 and r["rescues"] == 0 for r in tasks(db).values())
+    assert query(db, "SELECT count(*) FROM runs") == [(0,)]  # no run went to its end
+    # While leases cannot be renewed, nothing is claimed again.
+    fetched = p.output().count("Fetched")
+    time.sleep(3)
+    assert all(r["status"] == "pending" for r in tasks(db).values()), tasks(db)
+    assert p.output().count("Fetched") == fetched, p.output()
+
+    limit(db, role, 10)
+    wait_finished(db, 60, [p])
+    stop_all([p], signal.SIGINT)
+    rows = assert_all_done_once(db, ids)
+    assert all((r["attempts"], r["rescues"]) == (1, 0) for r in rows.values()), rows
+    assert "Rescued" not in p.output()

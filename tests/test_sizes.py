@@ -1,0 +1,175 @@
+"""Payloads and results too large to handle: MAX_PAYLOAD_BYTES refused at enqueue,
+checked at the claim for rows inserted by hand (before a payload is loaded), and
+for results; completions sized by bytes and split when the server cancels them;
+memory given back after a large task. Everything with real serve processes
+against a real PostgreSQL, under the completion audit.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import time
+from typing import Any
+
+import pytest
+from invariants import (
+    FAST,
+    assert_each_done_line_once,
+    completions,
+    handler_env,
+    insert_tasks,
+    install_completion_audit,
+    query,
+    stop_all,
+    tasks,
+    wait_finished,
+)
+from proc import ServeFactory, cli, run_cli
+
+import taskworker
+
+MB = 1024 * 1024
+
+
+def memory_kb(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS (now) or VmHWM (peak) of a process, in kB."""
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE).group(1))
+
+
+def test_huge_payloads_inserted_by_hand_do_not_hold_back_the_small_ones(
+        db_url: str, db: Any, serve: ServeFactory) -> None:
+    """Six 60 MB payloads inserted by a plain INSERT (no enqueue to refuse them)
+    and twenty small tasks, default MAX_PAYLOAD_BYTES: the claim ends the big ones
+    in error without loading them, the small ones finish within seconds, nothing
+    is left in progress, and the process never holds the big payloads."""
+    install_completion_audit(db)
+    query(db, "INSERT INTO tasks (payload) SELECT repeat(md5(n::text), 60 * 1024 * 1024 / 32)"
+              " FROM generate_series(1, 6) AS n")
+    small = insert_tasks(db, [f"small {n}" for n in range(20)])
+    started = time.monotonic()
+    p = serve(db_url, env=FAST)
+    wait_finished(db, 30, [p])
+    took = time.monotonic() - started
+    peak = memory_kb(p.pid, "VmHWM")
+    stop_all([p], signal.SIGINT)
+
+    rows = tasks(db)
+    assert len(rows) == 26
+    big = [r for r in rows.values() if r["id"] not in small]
+    for row in big:
+        assert (row["status"], row["attempts"], row["locked_by"]) == ("error", 0, None), row
+        assert row["error"] == f"payload is {60 * MB} bytes, over MAX_PAYLOAD_BYTES={MB}"
+    assert all(rows[i]["status"] == "done" for i in small)
+    assert took < 15, f"the small tasks took {took:.1f}s"
+    assert peak < 150_000, f"serve holds {peak} kB: it loaded the big payloads"
+    assert completions(db) == {i: 1 for i in rows}  # every task ended exactly once
+    out = p.output()
+    assert_each_done_line_once([out])
+    for row in big:
+        assert (f"Task ID: {row['id']} failed: payload is {60 * MB} bytes, over "
+                f"MAX_PAYLOAD_BYTES={MB}") in out
+        assert f"Task ID: {row['id']} processed with status: error" in out
+    assert "Traceback" not in out and "Statement interrupted" not in out
+
+
+def test_large_results_are_written_and_the_memory_given_back(
+        db_url: str, db: Any, serve: ServeFactory) -> None:
+    """With MAX_PAYLOAD_BYTES raised to 64 MB, 60 MB payloads run: their 60 MB
+    results are written in batches of their own beside the small tasks', and the
+    idle process gives the memory back (libpq's buffers, malloc's free pages)."""
+    install_completion_audit(db)
+    query(db, "INSERT INTO tasks (payload) SELECT repeat(md5(n::text), 60 * 1024 * 1024 / 32)"
+              " FROM generate_series(1, 2) AS n")
+    insert_tasks(db, [f"small {n}" for n in range(20)])
+    p = serve(db_url, env={**FAST, "MAX_PAYLOAD_BYTES": "64MB"})
+    wait_finished(db, 60, [p])
+    time.sleep(1)  # the completer gives the memory back after its batch
+    idle = memory_kb(p.pid)
+    stop_all([p], signal.SIGINT)
+    rows = tasks(db)
+    assert {r["status"] for r in rows.values()} == {"done"}
+    assert all(r["result"] == r["payload"][::-1] for r in rows.values())
+    assert completions(db) == {i: 1 for i in rows}
+    assert idle < 100_000, f"an idle serve keeps {idle} kB after the large tasks"
+
+
+def test_a_result_over_the_limit_fails_its_task(db_url: str, db: Any,
+                                                serve: ServeFactory) -> None:
+    ids = insert_tasks(db, ["one", "two"])
+    p = serve(db_url, env=handler_env("big_result", **FAST, MAX_PAYLOAD_BYTES="1kB",
+                                      TEST_RESULT_BYTES="1025"))
+    wait_finished(db, 30, [p])
+    stop_all([p], signal.SIGINT)
+    for task_id in ids:
+        row = tasks(db)[task_id]
+        assert (row["status"], row["result"]) == ("error", None), row
+        assert row["error"] == "ValueError: result is 1025 bytes, over MAX_PAYLOAD_BYTES=1024"
+
+
+def test_enqueue_refuses_a_payload_over_the_limit(db_url: str, db: Any) -> None:
+    env = {"DATABASE_URL": db_url, "MAX_PAYLOAD_BYTES": "10"}
+    code, out, err = run_cli(["enqueue", "fine", "x" * 11], env=env)
+    assert (code, out) == (1, "")
+    assert err.strip() == ("Error: payload is 11 bytes, over MAX_PAYLOAD_BYTES=10; "
+                           "nothing was enqueued")
+    code, out, err = run_cli(["enqueue", "-"], env=env, input="fine\nlonger than ten\n")
+    assert code == 1
+    assert err.strip() == ("Error: line 2 is 15 bytes, over MAX_PAYLOAD_BYTES=10; "
+                           "nothing was enqueued")
+    assert tasks(db) == {}
+    assert cli(db_url, "enqueue", "x" * 11)[0] == 0  # the default limit is 1 MB
+    with pytest.raises(ValueError, match=r"^payload is 1048577 bytes, over "
+                                         r"MAX_PAYLOAD_BYTES=1048576$"):
+        taskworker.enqueue(db, "é" + "x" * (MB - 1))
+
+
+def test_a_completion_cancelled_by_statement_timeout_is_split(db_url: str, db: Any,
+                                                              serve: ServeFactory) -> None:
+    """A trigger makes each completed row cost 60 ms and STATEMENT_TIMEOUT is
+    0.2 s: a batch of more than three outcomes is cancelled, split in halves
+    until it fits, and every task is written once; none is held back."""
+    install_completion_audit(db)
+    query(db, """
+        CREATE FUNCTION slow_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(0.06); RETURN NEW; END; $$;
+        CREATE TRIGGER tasks_slow_completion BEFORE UPDATE ON tasks FOR EACH ROW
+            WHEN (NEW.status = 'done') EXECUTE FUNCTION slow_completion();""")
+    ids = insert_tasks(db, [f"task {n}" for n in range(40)])
+    p = serve(db_url, env={**FAST, "WORKER_COUNT": "20", "FETCH_LIMIT": "40",
+                           "STATEMENT_TIMEOUT": "0.2"})
+    wait_finished(db, 60, [p])
+    stop_all([p], signal.SIGINT)
+    out = p.output()
+    assert re.search(r"Writing \d+ outcomes took longer than STATEMENT_TIMEOUT; writing them "
+                     r"in two halves", out), out
+    assert completions(db) == {i: 1 for i in ids}
+    assert {r["status"] for r in tasks(db).values()} == {"done"}
+    assert_each_done_line_once([out])
+    assert len(re.findall(r"processed with status: done", out)) == 40
+    assert "Statement interrupted (completer)" not in out
+
+
+def test_shutdown_says_database_unreachable_only_when_it_is(db_url: str, db: Any,
+                                                            serve: ServeFactory) -> None:
+    """An outcome that cannot be written at shutdown because the database is slow
+    to take it (here: a lock held elsewhere) is not blamed on an unreachable
+    database."""
+    ids = insert_tasks(db, ["locked"])
+    p = serve(db_url, env={**FAST, "TASK_MIN_SECONDS": "1", "TASK_MAX_SECONDS": "1",
+                           "STATEMENT_TIMEOUT": "60"})
+    p.wait_for(r"Processing task ID")
+    db.autocommit = False
+    with db.cursor() as cur:  # hold the row: the completion waits for the lock
+        cur.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", (ids[0],))
+    try:
+        p.wait_for(r"Finished task ID")
+        p.signal(signal.SIGINT)
+        p.wait_for(r"Could not write 1 outcomes", timeout=30)
+    finally:
+        db.rollback()
+        db.autocommit = True
+    assert p.wait(30) == 0
+    out = p.output()
+    assert "database unreachable" not in out, out
+    assert "Could not write 1 outcomes: the database did not take them within 10s" in out

@@ -93,3 +93,16 @@ def spin(payload: str | None) -> str | None:
 def big_result(payload: str | None) -> str:
     """A result of TEST_RESULT_BYTES characters (ASCII: as many bytes)."""
     return "r" * int(os.environ.get("TEST_RESULT_BYTES", "1000"))
+
+
+def stubborn(payload: str | None) -> str | None:
+    """Sleep cooperatively; when cancelled (a second Ctrl+C), refuse to stop and
+    compute for ever instead, blocking the whole process."""
+    import gevent  # here, not at the top: only ever imported inside serve
+
+    try:
+        gevent.sleep(60)
+    except gevent.GreenletExit:
+        while True:
+            pass
+    return payload

@@ -72,7 +72,8 @@ def _run_as_server_user(args: list[str], cwd: str) -> None:
     subprocess.run(args, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (now)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -95,7 +96,7 @@ def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30,
     try:
         _run_as_server_user([_bin("initdb"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                              "--locale=C", "--no-sync", "-D", data], cwd=root)
-        port = port or _free_port()
+        port = port or free_port()
         options = (f"-h 127.0.0.1 -p {port} -k {root} -c max_connections={max_connections}"
                    " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         try:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pgserver import _free_port
+from pgserver import free_port
 from psycopg2.extensions import make_dsn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ def test_wrong_role_prints_the_server_error_and_starts_no_cluster(
 
 def test_nothing_listening_starts_a_throwaway_cluster_on_that_port_and_ctrl_c_removes_it(
         run_demo: RunDemo, demo_tmpdir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     url = f"postgresql://postgres@127.0.0.1:{port}/demo_x"
     demo = run_demo(url)
 

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg2
 import pytest
 from invariants import query, wait_until
-from pgserver import UNREACHABLE_URL
+from pgserver import UNREACHABLE_URL, free_port
 from proc import ServeFactory, ServeProcess, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.sql import SQL, Identifier
@@ -26,12 +26,6 @@ from taskworker.settings import load
 
 QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0"}
 
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(port: int, path: str) -> tuple[int, str]:

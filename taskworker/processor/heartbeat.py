@@ -57,6 +57,7 @@ class Heartbeat:
             gevent.sleep(self.lease / 3)
 
     def beat(self) -> None:
+        was_renewing = self.renewing()
         started = time.monotonic()
         ids = self.dispatch.held_ids()
         if ids:
@@ -66,6 +67,8 @@ class Heartbeat:
         else:
             store.ping(self.db)
         self._renewed_at = started
+        if not was_renewing:
+            self.dispatch.wake()  # the fetcher may claim (again)
 
     def guard(self) -> None:
         """Service: stop running tasks whose lease is about to run out unrenewed."""

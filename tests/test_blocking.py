@@ -9,23 +9,14 @@ import json
 import re
 import signal
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from invariants import FAST, handler_env, insert_tasks, tasks, wait_until
 from pgserver import free_port
 from proc import ServeFactory
+from scrapes import get, scrape, value
 
 STAMP = r"\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} "
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_a_blocking_handler_is_named_and_reported(db_url: str, db: Any,
@@ -42,11 +33,9 @@ def test_a_blocking_handler_is_named_and_reported(db_url: str, db: Any,
     problems = json.loads(body)["problems"]
     assert any(re.match(rf"\[Worker 1\] Task ID: {task_id} \(at .*\) blocked the process for "
                         r"3s", problem) for problem in problems), problems
-    metrics = get(port, "/metrics")[1]
-    assert re.search(r"^taskworker_hub_blocks_total 1\.0$", metrics, re.MULTILINE), metrics
-    blocked = float(re.search(r"^taskworker_hub_blocked_seconds_total (\S+)$", metrics,
-                              re.MULTILINE).group(1))
-    assert 2.9 <= blocked < 4, blocked
+    metrics = scrape(port)
+    assert value(metrics, "taskworker_hub_blocks_total") == 1
+    assert 2.9 <= value(metrics, "taskworker_hub_blocked_seconds_total") < 4
     wait_until(lambda: get(port, "/healthz")[0] == 200, 10, "/healthz to recover", [p])
     p.signal(signal.SIGINT)
     assert p.wait(20) == 0

@@ -28,7 +28,9 @@ from invariants import (
     tasks,
     wait_finished,
 )
+from pgserver import free_port
 from proc import ServeFactory, child_env
+from scrapes import scrape, value
 from tcpproxy import Proxy
 
 HERE = Path(__file__).resolve().parent
@@ -76,11 +78,14 @@ def test_a_completion_whose_reply_was_lost_is_reported_as_written(
         url = psycopg2.extensions.make_dsn(db_url, host="127.0.0.1", port=proxy.port,
                                            sslmode="disable")
         proxy.drop_reply_to(b"AS v(id, attempt, status")
-        p = serve(url, env={**FAST, "LISTEN": "false", "FETCH_INTERVAL": "0.2"})
+        port = free_port()
+        p = serve(url, env={**FAST, "LISTEN": "false", "FETCH_INTERVAL": "0.2",
+                            "METRICS_PORT": str(port)})
         wait_finished(db, 30, [p])
         p.wait_for(r"Task ID: \d+ processed with status: done(.|\n)*"
                    r"Task ID: \d+ processed with status: done(.|\n)*"
                    r"Task ID: \d+ processed with status: done")
+        m = scrape(port)
         stop_all([p], signal.SIGINT)
     finally:
         proxy.close()
@@ -93,3 +98,6 @@ def test_a_completion_whose_reply_was_lost_is_reported_as_written(
     assert not ids_in(out, LEASE_LOST_LINE), out
     assert sorted(ids_in(out, DONE_LINE)) == ids  # each reported done once
     assert_all_done_once(db, ids)
+    assert value(m, "taskworker_tasks_finished_total", status="done") == 3
+    assert value(m, "taskworker_lease_losses_total") == 0
+    assert value(m, "taskworker_database_reconnects_total", connection="completer") == 1

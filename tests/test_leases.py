@@ -29,7 +29,9 @@ from invariants import (
     wait_finished,
     wait_until,
 )
+from pgserver import free_port
 from proc import ServeFactory
+from scrapes import scrape, value
 
 QUICK = {**FAST, "LEASE_SECONDS": "3", "FETCH_INTERVAL": "0.2"}
 
@@ -105,11 +107,13 @@ def test_a_running_task_whose_lease_cannot_be_renewed_is_given_back(
     ids = insert_tasks(db, [f"long {n}" for n in range(3)])
     limit(db, role, 10)
     url = psycopg2.extensions.make_dsn(db_url, user=role)
-    p = serve(url, env=handler_env("recording", **QUICK, TEST_SLEEP="5", WORKER_COUNT="3"))
+    port = free_port()
+    p = serve(url, env=handler_env("recording", **QUICK, TEST_SLEEP="5", WORKER_COUNT="3",
+                                   METRICS_PORT=str(port)))
     wait_until(lambda: len(re.findall(r"Processing task ID", p.output())) == 3, 20,
                "three tasks running", [p], fail_on_exit=True)
-    wait_until(lambda: len(connections_of(db, role)) == 4, 10,  # every service connected
-               "four connections", [p], fail_on_exit=True)
+    wait_until(lambda: len(connections_of(db, role)) == 5, 10,  # every service connected
+               "five connections (four services, the metrics sampler)", [p], fail_on_exit=True)
     limit(db, role, 0)  # nothing can reconnect now
     query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
               "WHERE usename = %s AND application_name = 'taskworker heartbeat'", (role,))
@@ -128,7 +132,11 @@ def test_a_running_task_whose_lease_cannot_be_renewed_is_given_back(
 
     limit(db, role, 10)
     wait_finished(db, 60, [p])
+    m = scrape(port)
     stop_all([p], signal.SIGINT)
     rows = assert_all_done_once(db, ids)
     assert all((r["attempts"], r["rescues"]) == (1, 0) for r in rows.values()), rows
+    assert value(m, "taskworker_tasks_given_back_total") == 3
+    assert value(m, "taskworker_tasks_finished_total", status="done") == 3
+    assert value(m, "taskworker_tasks_rescued_total") == 0
     assert "Rescued" not in p.output()

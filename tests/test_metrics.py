@@ -10,8 +10,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import psycopg2
@@ -19,34 +17,13 @@ import pytest
 from invariants import query, wait_until
 from pgserver import UNREACHABLE_URL, free_port
 from proc import ServeFactory, ServeProcess, run_cli
-from prometheus_client.parser import text_string_to_metric_families
 from psycopg2.sql import SQL, Identifier
+from scrapes import get, scrape, value
 
 from taskworker.settings import load
 
 QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0"}
 
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    """(HTTP status, body) of GET http://127.0.0.1:port/path."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics: (name, sorted labels) -> value."""
-    status, text = get(port, "/metrics")
-    assert status == 200, text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples[(name, tuple(sorted(labels.items())))]
 
 
 def start(serve: ServeFactory, db_url: str, port: int, **env: str) -> ServeProcess:

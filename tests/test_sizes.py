@@ -24,7 +24,9 @@ from invariants import (
     tasks,
     wait_finished,
 )
+from pgserver import free_port
 from proc import ServeFactory, cli, run_cli
+from scrapes import scrape, value
 
 import taskworker
 
@@ -48,11 +50,16 @@ def test_huge_payloads_inserted_by_hand_do_not_hold_back_the_small_ones(
               " FROM generate_series(1, 6) AS n")
     small = insert_tasks(db, [f"small {n}" for n in range(20)])
     started = time.monotonic()
-    p = serve(db_url, env=FAST)
+    port = free_port()
+    p = serve(db_url, env={**FAST, "METRICS_PORT": str(port)})
     wait_finished(db, 30, [p])
     took = time.monotonic() - started
     peak = memory_kb(p.pid, "VmHWM")
+    m = scrape(port)
     stop_all([p], signal.SIGINT)
+    assert value(m, "taskworker_tasks_refused_total") == 6
+    assert value(m, "taskworker_tasks_finished_total", status="done") == 20
+    assert value(m, "taskworker_tasks_claimed_total") == 20
 
     rows = tasks(db)
     assert len(rows) == 26

@@ -46,6 +46,7 @@ class Settings:
     statement_timeout: float = 10.0  # server-side bound on every query, seconds
     connect_timeout: float = 10.0  # bound on one connection attempt, seconds
     listen: bool = True  # wake on LISTEN/NOTIFY (false for PgBouncer transaction mode)
+    listen_database_url: str | None = None  # LISTEN alone connects here (None: DATABASE_URL)
     metrics_port: int | None = None  # serve /metrics and /healthz on this port; None = off
     metrics_host: str = "127.0.0.1"  # address the metrics server binds (0.0.0.0: all)
     health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
@@ -215,6 +216,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "STATEMENT_TIMEOUT": ("statement_timeout", _above_zero(_duration)),
     "CONNECT_TIMEOUT": ("connect_timeout", _above_zero(_duration)),
     "LISTEN": ("listen", _bool),
+    "LISTEN_DATABASE_URL": ("listen_database_url", _database_url),
     "METRICS_PORT": ("metrics_port", _port),
     "METRICS_HOST": ("metrics_host", _host),
     "HEALTH_MAX_DOWNTIME": ("health_max_downtime", _above_zero(_duration)),
@@ -239,7 +241,7 @@ def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Se
         try:
             values[field] = parse(raw)
         except ValueError as exc:
-            shown = mask_password(raw) if var == "DATABASE_URL" else raw
+            shown = mask_password(raw) if var.endswith("DATABASE_URL") else raw
             raise SettingsError(f"invalid {var}={shown!r}: {exc}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.task_min_seconds > settings.task_max_seconds:

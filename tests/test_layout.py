@@ -12,7 +12,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "taskworker"
 MAX_LINES = 300
 SQL_TEXT = re.compile(  # the start of a statement, as queries.sql writes them
-    r"^\s*(SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|WITH \w+ AS|LISTEN|CREATE|ALTER) ")
+    r"^\s*(?:(?:SELECT|INSERT INTO|UPDATE \w+ SET|DELETE FROM|WITH \w+ AS|CREATE|ALTER) "
+    r"|LISTEN \w+;?\s*$)")
 
 
 def modules() -> dict[str, Path]:

@@ -62,7 +62,9 @@ def wait_idle_and_listening(db: Any, p: ServeProcess, timeout: float = 20) -> in
         return [r[0] for r in query(
             db, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                 "AND application_name = 'taskworker listener' AND state = 'idle' "
-                "AND query ILIKE 'LISTEN%%'")]
+                # its LISTEN, or the statements that follow it (its own checks)
+                "AND (query ILIKE '%%LISTEN taskworker_tasks%%' OR query ILIKE '%%pg_notify%%'"
+                "     OR query ILIKE '%%pg_backend_pid%%')")]
 
     pids = wait_until(listening, timeout, "the listener to LISTEN", [p], fail_on_exit=True)
     assert len(pids) == 1, pids

@@ -9,21 +9,36 @@ once to catch up; FETCH_INTERVAL polling stays as the safety net.
 The connection is a ReconnectingConnection like every other service's (the same
 backoff, the same log lines, the same entry in /healthz), but the listener
 sends its statements on the raw connection: a silent reconnect inside a query
-would leave a new connection that is not listening.
+would leave a new connection that is not listening. With LISTEN_DATABASE_URL it
+connects there (a direct connection past a transaction pooler) and everything
+else uses DATABASE_URL.
+
+LISTEN through a pooler in transaction mode (PgBouncer's usual setting) fails
+silently: the LISTEN lands on a server connection the pooler hands to someone
+else, and notifications never arrive. The listener says so in one line when it
+sees a pooler (the backend pid the connection announced at start differs from
+the server's own: a pooler announces one of its own making), and when its own
+test notification, sent once after the first LISTEN, does not come back within
+PROBE_WAIT. Polling every FETCH_INTERVAL still finds the work.
 """
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Callable
 
+import gevent
 from gevent.socket import wait_read
 
+from ..logs import log
 from ..settings import Settings
 from ..store import tasks as store
-from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection
+from ..store.connection import CONNECTION_ERRORS, NoAnswer, ReconnectingConnection
 from ..store.database import Direct, PgConnection
 from .dispatch import Dispatch
 
 PING_EVERY = 10.0  # seconds of silence after which the connection is checked
+PROBE_WAIT = 2.0  # seconds the listener waits for its own test notification
 
 
 class Listener:
@@ -31,8 +46,11 @@ class Listener:
                  should_stop: Callable[[], bool]) -> None:
         self.dispatch = dispatch
         self.should_stop = should_stop
-        self.db = ReconnectingConnection(settings, "listener", should_stop=should_stop)
+        self.db = ReconnectingConnection(settings, "listener", should_stop=should_stop,
+                                         url=settings.listen_database_url)
         self._notifications = 0
+        self._probe: str | None = f"probe {uuid.uuid4().hex}"  # None once it came back
+        self._probe_sent = 0.0
 
     def stats(self) -> dict[str, int]:
         return {"notifications": self._notifications}
@@ -41,21 +59,46 @@ class Listener:
         while not self.should_stop():
             conn = self.db.connection()  # waits out an outage, with backoff
             try:
-                store.listen(Direct(conn))
+                with gevent.Timeout(self.db.deadline, NoAnswer):
+                    store.listen(Direct(conn))
+                    if self._probe and not self._probe_sent:
+                        if store.backend_pid(Direct(conn)) != conn.info.backend_pid:
+                            self._probe_lost("LISTEN goes through a connection pooler (the "
+                                             "server's backend pid is not the one announced)")
+                        else:
+                            store.notify_self(Direct(conn), self._probe)
+                            self._probe_sent = time.monotonic()
                 self.db.worked()
                 self.dispatch.wake()  # catch up on what was inserted while away
                 self._listen(conn)
+            except NoAnswer:
+                self.db.lost(NoAnswer(f"no answer within {self.db.deadline:g}s"))
             except CONNECTION_ERRORS as exc:
                 self.db.lost(exc)
 
     def _listen(self, conn: PgConnection) -> None:
         while True:
-            try:
-                wait_read(conn.fileno(), timeout=PING_EVERY)
-            except TimeoutError:
-                store.ping(Direct(conn))  # raises if the server went away
-            conn.poll()
+            conn.poll()  # (a notification may have come with a reply already)
             if conn.notifies:
+                if any(n.payload == self._probe for n in conn.notifies):
+                    self._probe = None
                 self._notifications += len(conn.notifies)
                 conn.notifies.clear()
                 self.dispatch.wake()
+            wait = PING_EVERY
+            if self._probe:
+                wait = max(self._probe_sent + PROBE_WAIT - time.monotonic(), 0.0)
+            try:
+                wait_read(conn.fileno(), timeout=wait)
+            except TimeoutError:
+                if self._probe:
+                    self._probe_lost("LISTEN gets no notifications on this connection")
+                else:
+                    with gevent.Timeout(self.db.deadline, NoAnswer):
+                        store.ping(Direct(conn))  # raises if the server went away
+
+    def _probe_lost(self, what: str) -> None:
+        self._probe = None
+        log.warning("%s: in transaction mode (PgBouncer's usual) notifications never arrive; "
+                    "set LISTEN_DATABASE_URL to a direct connection, or LISTEN=false; "
+                    "polling every FETCH_INTERVAL meanwhile", what)

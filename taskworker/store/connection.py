@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 import psycopg2
@@ -20,7 +21,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from ..logs import log
-from ..settings import Settings
+from ..settings import Settings, mask_password
 from .database import Params, PgConnection, Row, execute, first_line
 
 # Errors that mean "the connection, not the statement, is the problem".
@@ -28,6 +29,8 @@ CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 # Errors after which the same statement, sent again, can succeed.
 TRANSIENT_ERRORS = (psycopg2.errors.QueryCanceled, psycopg2.errors.TransactionRollbackError)
 RECENT_LOSSES = 5  # times of the last losses each connection keeps (/healthz: flapping)
+CLIENT_MARGIN = 5.0  # seconds past STATEMENT_TIMEOUT after which the client gives up
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 10, 5, 3  # dead peer noticed in 25 s
 BACKOFF_START = 0.1  # seconds before the first retry; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 5.0
 
@@ -51,43 +54,81 @@ class ConnectTimeout(Exception):
     """One connection attempt took longer than CONNECT_TIMEOUT."""
 
 
+class NoAnswer(Exception):
+    """A statement went unanswered past the client's deadline."""
+
+
 class Stopped(Exception):
     """A ReconnectingConnection gave up retrying because its owner is stopping."""
 
 
+class TimedConnection(psycopg2.extensions.connection):
+    """A connection whose every statement carries its own statement_timeout.
+
+    The timeout travels with each statement (`SET LOCAL statement_timeout = N;`
+    in front of it, one round trip, gone at the end of its transaction) rather
+    than in the startup packet's `options` or a session `SET`: PgBouncer in
+    transaction mode refuses the first (`unsupported startup parameter:
+    options`) and would hand the second to other clients' transactions."""
+
+    statement_timeout_ms = 0  # 0: none
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cursor_factory", TimedCursor)
+        return super().cursor(*args, **kwargs)
+
+
+class TimedCursor(psycopg2.extensions.cursor):
+    def execute(self, query: Any, vars: Params = None) -> Any:  # noqa: A002 (psycopg2's name)
+        prefix = f"SET LOCAL statement_timeout = {self.connection.statement_timeout_ms}; "
+        return super().execute(prefix + query, vars)
+
+
 def connect(settings: Settings, *, autocommit: bool = True, name: str = "taskworker",
-            statement_timeout: float | None = None) -> PgConnection:
-    """Open one connection, bounded by CONNECT_TIMEOUT.
+            statement_timeout: float | None = None, url: str | None = None,
+            ) -> TimedConnection:
+    """Open one connection (to `url`, else DATABASE_URL), bounded by CONNECT_TIMEOUT.
 
     libpq's own connect_timeout is not honoured once psycogreen makes connections
-    asynchronous, so the bound is a gevent.Timeout. TCP keepalives make a dead peer
-    show up as an error instead of a query that waits for ever.
+    asynchronous, so the bound is a gevent.Timeout. TCP keepalives, and
+    tcp_user_timeout for data sent but never acknowledged, make a dead peer or a
+    silent partition show up as an error instead of a query that waits for ever.
+    Each statement carries `statement_timeout` (default STATEMENT_TIMEOUT; 0:
+    none): see TimedConnection.
     """
     timeout = settings.statement_timeout if statement_timeout is None else statement_timeout
-    options = f"-c statement_timeout={int(timeout * 1000)}"
+    url = url or settings.database_url
+    shown = mask_password(url)
     try:
         with gevent.Timeout(settings.connect_timeout, ConnectTimeout):
             conn = psycopg2.connect(
-                settings.database_url,
+                url,
+                connection_factory=TimedConnection,
                 application_name=name,
                 keepalives=1,
-                keepalives_idle=10,
-                keepalives_interval=5,
-                keepalives_count=3,
-                options=options,
+                keepalives_idle=KEEPALIVE_IDLE,
+                keepalives_interval=KEEPALIVE_INTERVAL,
+                keepalives_count=KEEPALIVE_COUNT,
+                tcp_user_timeout=int(client_deadline(settings) * 1000),
             )
     except ConnectTimeout:
         raise DatabaseUnavailable(
-            f"cannot connect to database {settings.safe_database_url}: "
-            f"no answer within {settings.connect_timeout:g}s"
-        ) from None
+            f"cannot connect to database {shown}: no answer within "
+            f"{settings.connect_timeout:g}s") from None
     except psycopg2.Error as exc:
         kind = NoFreeSlot if NO_FREE_SLOT.search(str(exc)) else DatabaseUnavailable
-        raise kind(
-            f"cannot connect to database {settings.safe_database_url}: {first_line(exc)}"
-        ) from None
+        raise kind(f"cannot connect to database {shown}: {first_line(exc)}") from None
+    conn.statement_timeout_ms = int(timeout * 1000)
     conn.autocommit = autocommit
     return conn
+
+
+def client_deadline(settings: Settings) -> float:
+    """Seconds a statement may go unanswered before the client gives up on the
+    connection: the server's own STATEMENT_TIMEOUT never reaches a client cut
+    off by a partition, so the client keeps a deadline of its own, a little
+    longer."""
+    return settings.statement_timeout + CLIENT_MARGIN
 
 
 @dataclass(frozen=True)
@@ -116,9 +157,12 @@ class ReconnectingConnection:
 
     def __init__(self, settings: Settings, name: str,
                  should_stop: Callable[[], bool] = lambda: False,
-                 on_reconnect: Callable[[], None] | None = None) -> None:
+                 on_reconnect: Callable[[], None] | None = None,
+                 url: str | None = None) -> None:
         self.settings = settings
         self.name = name
+        self.url = url  # None: DATABASE_URL
+        self.deadline = client_deadline(settings)
         self.should_stop = should_stop
         self.on_reconnect = on_reconnect
         self.conn: PgConnection | None = None
@@ -140,7 +184,7 @@ class ReconnectingConnection:
         """The live connection, opened (with retries) if needed."""
         while self.conn is None or self.conn.closed:
             try:
-                self.conn = connect(self.settings, name=f"taskworker {self.name}")
+                self.conn = connect(self.settings, name=f"taskworker {self.name}", url=self.url)
             except DatabaseUnavailable as exc:
                 self.lost(exc)
                 continue
@@ -162,10 +206,14 @@ class ReconnectingConnection:
         while True:
             conn = self.connection()
             try:
-                with conn.cursor() as cur:
+                with gevent.Timeout(self.deadline, NoAnswer), conn.cursor() as cur:
                     rows = execute(cur, statement, params)
                 self.worked()
                 return rows
+            except NoAnswer:
+                # The server's statement_timeout would have answered by now: the
+                # peer is gone or cut off (a partition drops packets silently).
+                self.lost(NoAnswer(f"no answer within {self.deadline:g}s"))
             except CONNECTION_ERRORS as exc:
                 if conn.closed:
                     self.lost(exc)

@@ -158,6 +158,14 @@ SELECT pg_notify('taskworker_tasks', '');
 -- Receive the notifications of wake_others and of the insert trigger (migration 003).
 LISTEN taskworker_tasks;
 
+-- name: notify
+-- The listener's check that its LISTEN works: a notification it should receive.
+SELECT pg_notify('taskworker_tasks', %(payload)s);
+
+-- name: backend_pid
+-- Which server process runs this statement (a pooler in between changes it).
+SELECT pg_backend_pid();
+
 -- name: ping
 -- Is the connection still alive? (The listener asks after a long silence.)
 SELECT 1;

@@ -158,6 +158,17 @@ def listen(db: Database) -> None:
     db.query(sql.listen)
 
 
+def notify_self(db: Database, payload: str) -> None:
+    """A notification on the wake-up channel with `payload`: the listener's check
+    that its LISTEN works."""
+    db.query(sql.notify, {"payload": payload})
+
+
+def backend_pid(db: Database) -> int:
+    """The server process serving this connection's statement."""
+    return int(db.query(sql.backend_pid)[0][0])
+
+
 def ping(db: Database) -> None:
     """Raises if the connection is dead."""
     db.query(sql.ping)

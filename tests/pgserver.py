@@ -10,6 +10,12 @@ starts a cluster (on port N, default a free one; with database NAME created, def
 
 initdb and pg_ctl refuse to run as root, so as root they run as the `postgres`
 OS user via runuser.
+
+`cluster()` is the general form: it can listen on another address (the test hosts
+of tests/hosts.py put it on a bridge inside a network namespace), trust clients of
+a subnet, and run pg_ctl behind a command prefix (`ip netns exec NAME`); it yields
+a `Cluster` whose `local_url` (the unix socket) reaches the server from anywhere on
+this machine, whatever network namespace it listens in.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 import psycopg2
@@ -66,10 +73,11 @@ def _bin(name: str) -> str:
     return os.path.join(versions[-1], name)
 
 
-def _run_as_server_user(args: list[str], cwd: str) -> None:
+def _run_as_server_user(args: list[str], cwd: str, prefix: Sequence[str] = ()) -> None:
     if os.geteuid() == 0:
         args = ["runuser", "-u", SERVER_USER, "--", *args]
-    subprocess.run(args, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run([*prefix, *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
 
 
 def free_port() -> int:
@@ -79,16 +87,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30,
-                      port: int | None = None) -> Iterator[str]:
-    """Run a private cluster in a temp dir; yield its superuser URL, then destroy it.
+@dataclass(frozen=True)
+class Cluster:
+    """A running throwaway cluster."""
 
-    TCP on 127.0.0.1 only (on `port`, default a free one), unix socket inside the
-    temp dir, trust auth. Durability is switched off (fsync etc.): the data is
-    thrown away anyway.
+    root: str  # its temp folder: data/, server.log, and the unix socket
+    host: str  # the TCP address it listens on
+    port: int
+
+    @property
+    def url(self) -> str:
+        """Superuser URL over TCP, at `host`."""
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+
+    @property
+    def local_url(self) -> str:
+        """Superuser URL over the unix socket in `root`."""
+        return f"postgresql://postgres@/postgres?host={quote(self.root, safe='')}&port={self.port}"
+
+    @property
+    def log(self) -> str:
+        return _read(os.path.join(self.root, "server.log"))
+
+
+@contextlib.contextmanager
+def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | None = None,
+            host: str = "127.0.0.1", trust: Sequence[str] = (), prefix: Sequence[str] = (),
+            tmp_prefix: str = "tw-pg-") -> Iterator[Cluster]:
+    """Run a private cluster in a temp dir; yield it, then destroy it.
+
+    TCP on `host` only (on `port`, default a free one on 127.0.0.1), unix socket
+    inside the temp dir (named `tmp_prefix` + random), trust auth for local
+    clients and for the networks in `trust` (CIDR, e.g. "10.213.0.0/24"). pg_ctl
+    runs behind `prefix` (e.g. `ip netns exec NAME`). Durability is switched off
+    (fsync etc.): the data is thrown away anyway.
     """
-    root = tempfile.mkdtemp(prefix="tw-pg-")
+    root = tempfile.mkdtemp(prefix=tmp_prefix)
     data, log = os.path.join(root, "data"), os.path.join(root, "server.log")
     if os.geteuid() == 0:
         shutil.chown(root, SERVER_USER, SERVER_USER)
@@ -96,28 +130,44 @@ def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30,
     try:
         _run_as_server_user([_bin("initdb"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
                              "--locale=C", "--no-sync", "-D", data], cwd=root)
+        if trust:
+            with open(os.path.join(data, "pg_hba.conf"), "a") as hba:
+                hba.writelines(f"host all all {net} trust\n" for net in trust)
         port = port or free_port()
-        options = (f"-h 127.0.0.1 -p {port} -k {root} -c max_connections={max_connections}"
+        options = (f"-h {host} -p {port} -k {root} -c max_connections={max_connections}"
                    " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         try:
             started = True  # pg_ctl may leave a server behind even when it reports failure
             _run_as_server_user([_bin("pg_ctl"), "start", "-w", "-t", str(int(start_timeout)),
-                                 "-D", data, "-l", log, "-o", options], cwd=root)
+                                 "-D", data, "-l", log, "-o", options], cwd=root, prefix=prefix)
         except subprocess.CalledProcessError as exc:
             raise RuntimeError(f"postgres did not start: {exc.stderr!r}\n{_read(log)}") from exc
-        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        running = Cluster(root, host, port)
         deadline = time.monotonic() + start_timeout
-        while not can_connect(url):
+        while not can_connect(running.local_url):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"postgres does not answer at {url}\n{_read(log)}")
+                raise RuntimeError(f"postgres does not answer at {running.local_url}\n"
+                                   f"{_read(log)}")
             time.sleep(0.1)
-        yield url
+        yield running
     finally:
         if started:
             with contextlib.suppress(subprocess.CalledProcessError):
                 _run_as_server_user([_bin("pg_ctl"), "stop", "-m", "immediate", "-D", data],
                                     cwd=root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30,
+                      port: int | None = None) -> Iterator[str]:
+    """Run a private cluster in a temp dir; yield its superuser URL, then destroy it.
+
+    TCP on 127.0.0.1 only (on `port`, default a free one), unix socket inside the
+    temp dir, trust auth (see `cluster`).
+    """
+    with cluster(max_connections, start_timeout, port) as running:
+        yield running.url
 
 
 def _read(path: str) -> str:

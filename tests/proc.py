@@ -46,10 +46,14 @@ class ServeProcess:
     """A running `taskworker serve` whose stdout+stderr go to a log file."""
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], cwd: str,
-                 log_path: str, command: Sequence[str] | None = None) -> None:
-        """`python -m taskworker serve *args`, or `command` as it is when given."""
+                 log_path: str, command: Sequence[str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
+        """`python -m taskworker serve *args`, or `command` as it is when given;
+        behind `prefix` when given (e.g. `ip netns exec NAME`, which execs the
+        command in place, so `pid` is still the serve process's own)."""
         self.log_path = log_path
         argv = list(command) if command is not None else [*CLI, "serve", *args]
+        argv = [*prefix, *argv]
         with open(log_path, "wb") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(argv, env=child_env(env), cwd=cwd,
                                          stdin=subprocess.DEVNULL, stdout=log,

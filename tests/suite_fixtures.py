@@ -69,7 +69,8 @@ def db(db_url: str) -> Iterator[psycopg2.extensions.connection]:
 
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[ServeFactory]:
-    """Factory: serve(db_url, env={...}, args=[...]) starts `taskworker serve`.
+    """Factory: serve(db_url, env={...}, args=[...], prefix=[...]) starts `taskworker serve`
+    (behind `prefix`, e.g. `ip netns exec NAME`, when given).
 
     cwd is an empty temp dir; output goes to tmp_path/serve-N.log. Processes
     still alive at teardown are SIGKILLed.
@@ -80,9 +81,10 @@ def serve(tmp_path: Path) -> Iterator[ServeFactory]:
     counter = itertools.count(1)
 
     def start(db_url: str, env: Mapping[str, str] | None = None,
-              args: Sequence[str] = ()) -> ServeProcess:
+              args: Sequence[str] = (), prefix: Sequence[str] = ()) -> ServeProcess:
         log = tmp_path / f"serve-{next(counter)}.log"
-        p = ServeProcess(args, {"DATABASE_URL": db_url, **(env or {})}, str(cwd), str(log))
+        p = ServeProcess(args, {"DATABASE_URL": db_url, **(env or {})}, str(cwd), str(log),
+                         prefix=prefix)
         started.append(p)
         return p
 

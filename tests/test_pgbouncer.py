@@ -81,6 +81,9 @@ def test_serve_and_every_command_through_pgbouncer(pooled: str, db_url: str, db:
     query(db, "UPDATE tasks SET status = 'done', updated_at = now() - interval '2 days'")
     code, out, err = cli(pooled, "prune", "--older-than", "1d")
     assert (code, out.strip()) == (0, "Deleted 7 tasks"), err
+    code, out, err = cli(pooled, "seed", "--count", "3")
+    assert code == 0 and "Inserted 3 pending tasks" in out, out + err
+    assert query(db, "SELECT count(*) FROM tasks WHERE status = 'pending'") == [(3,)]
     # No session state was left on the pooled server connections.
     settings = query(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = "
                          "current_database() AND state = 'idle in transaction'")

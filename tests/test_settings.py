@@ -218,3 +218,15 @@ def test_help_mentions_every_option_and_variable() -> None:
         assert f"env {var}" in serve_help
     for var in tw_settings.FIELDS:  # every variable is explained somewhere
         assert var in top or var in serve_help, var
+
+
+def test_env_example_is_valid_configuration() -> None:
+    """.env.example, copied to .env as the README says, loads; it names only real
+    settings."""
+    from dotenv import dotenv_values
+
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    values = {k: v for k, v in dotenv_values(example).items() if v is not None}
+    assert set(values) <= set(tw_settings.FIELDS), set(values) - set(tw_settings.FIELDS)
+    settings = tw_settings.load(values)
+    assert settings.max_payload_bytes == 1024 * 1024

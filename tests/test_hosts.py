@@ -275,6 +275,11 @@ def test_partition_mid_run_rescued_then_healed(net: Network, hdb: tuple[str, Any
     assert len(noticed) == len(cut_off), (
         f"a cut-off process did not log 'Database connection lost' within {NOTICE_WITHIN:g} s "
         f"of a silent cut:\n" + "\n".join(report))
+    # Which mechanism fires first: the client's own deadline, STATEMENT_TIMEOUT (2 s)
+    # + 5 s (tcp_user_timeout is set to the same bound; keepalives take 25 s).
+    for p in cut_off:
+        first = re.search(LOST_LINE, since(p, offsets[p.pid]))
+        assert first and first.group(2) == "no answer within 7s; reconnecting", first
     for p in cut_off:
         lost, back = lost_and_back(p, offsets[p.pid], heal_offsets[p.pid])
         assert lost, f"pid {p.pid} lost no connection:\n{tail(p.output())}"

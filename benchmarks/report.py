@@ -259,6 +259,8 @@ def noop_verdict(s: scaling.Scaling, cpus: int) -> str:
         return ""
     steps = ", ".join(f"{h} hosts {ratio(run.rate, lo.rate):.2f}x"
                       for h, run in zip(points[1:], runs[1:], strict=True))
+    if len(runs) > 2 and runs[-2].rate:
+        steps += f" ({points[-1]} vs {points[-2]}: {ratio(hi.rate, runs[-2].rate):.2f}x)"
     busy = ", ".join(f"{run.cpu.cores(run.cpu.machine):.2f}" for run in runs)
     pg = hi.cpu.cores(hi.cpu.postgres) or 0.0
     serve = hi.cpu.cores(hi.cpu.serve) or 0.0
@@ -269,8 +271,8 @@ def noop_verdict(s: scaling.Scaling, cpus: int) -> str:
         return head + ": below saturation in this run."
     us = [run.cpu.postgres / run.drain.done * 1e6 for run in (lo, hi) if run.drain.done]
     per_task = (f"; PostgreSQL spends {us[0]:.0f} µs of CPU per task at {points[0]} host "
-                f"and {us[-1]:.0f} µs at {points[-1]} (at most {1e6 / us[-1]:,.0f} tasks/s "
-                "per core it has)" if len(us) == 2 else "")
+                f"and {us[-1]:.0f} µs at {points[-1]}, so one core of PostgreSQL's does at most "
+                f"about {1e6 / us[-1]:,.0f} tasks/s" if len(us) == 2 else "")
     share = ("PostgreSQL (the claim and complete statements of every process) takes the "
              "larger share of it, and on separate machines its own cores would be the ceiling"
              if pg > serve else "the serve processes take the larger share of it")

@@ -272,7 +272,7 @@ def noop_verdict(s: scaling.Scaling, cpus: int) -> str:
     us = [run.cpu.postgres / run.drain.done * 1e6 for run in (lo, hi) if run.drain.done]
     per_task = (f"; PostgreSQL spends {us[0]:.0f} µs of CPU per task at {points[0]} host "
                 f"and {us[-1]:.0f} µs at {points[-1]}, so one core of PostgreSQL's does at most "
-                f"about {1e6 / us[-1]:,.0f} tasks/s" if len(us) == 2 else "")
+                f"about {round(1e6 / us[-1], -2):,.0f} tasks/s" if len(us) == 2 else "")
     share = ("PostgreSQL (the claim and complete statements of every process) takes the "
              "larger share of it, and on separate machines its own cores would be the ceiling"
              if pg > serve else "the serve processes take the larger share of it")

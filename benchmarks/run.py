@@ -24,8 +24,9 @@ at the end, also on Ctrl+C or failure):
                  with the CPU of the server and of the serve processes
 With --py-spy N, one extra run (N x 40,000 tasks, at least 200,000) is sampled by
 py-spy for N seconds and the top functions are listed.
---quick: 20,000 tasks only, fewer settings, 3 rounds (about 1.5 minutes; the full
-run, 5 rounds at 20,000 and 2 at 200,000 tasks, about 5-6 minutes on 2 cores).
+--quick: 20,000 tasks only, fewer settings, 3 rounds (about 3 minutes, 1.3 of them
+the hosts phase; the full run, 5 rounds at 20,000 and 2 at 200,000 tasks, about 5-6
+minutes on 2 cores plus 2.5 for the hosts phase).
 Competitors are interleaved round by round, and medians reported, because other
 load on a small machine moves single runs by tens of percent.
 """

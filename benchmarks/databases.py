@@ -96,10 +96,14 @@ class Server:
 
 
 def count_listeners(conn: psycopg2.extensions.connection, dbname: str) -> int:
-    """Sessions in `dbname` whose last statement was a LISTEN (idle, waiting)."""
+    """Sessions in `dbname` that listen: their last statement was a LISTEN (after
+    taskworker's `SET LOCAL statement_timeout = N;`), or taskworker's listener has
+    sent the test notification it sends once its LISTEN is in place."""
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = %s AND query ILIKE 'listen%%'", (dbname,))
+        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                    "AND (query ~* '^(set local statement_timeout = \\d+; )?listen ' "
+                    "OR (application_name = 'taskworker listener' "
+                    "AND query ILIKE '%%pg_notify(%%')) ", (dbname,))
         return cur.fetchone()[0]
 
 

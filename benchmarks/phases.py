@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import pgqueuer_runs, profiling, rawsql
+from . import pgqueuer_runs, profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .processes import BenchError
 
-PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency")
+PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
+          "hosts")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -38,6 +39,10 @@ class Plan:
     latency_seconds: float = 5.0
     latency_singles: int = 20
     latency_pause: float = 0.3
+    hosts: list[int] = field(default_factory=lambda: [1, 2, 3])
+    hosts_io_n: int = 15_000  # I/O-bound tasks per point: 7.5 s at 1 host, 2.5 s at 3
+    hosts_noop_n: int = 50_000
+    hosts_rounds: int = 3
 
 
 def plan_for(quick: bool) -> Plan:
@@ -46,7 +51,8 @@ def plan_for(quick: bool) -> Plan:
                     repeats_large=1, pgq_batches=[10, 100], raw_batches=[10, 100],
                     processes=[2, 4],
                     process_n=20_000, finished_rows=1_000_000, finished_n=20_000,
-                    finished_repeats=2, rss_workers=[5, 100, 1000])
+                    finished_repeats=2, rss_workers=[5, 100, 1000],
+                    hosts_io_n=6_000, hosts_noop_n=20_000)
     return Plan(sizes=[20_000, 200_000], settings=[(10, 100), (100, 100), (100, 1000)],
                 repeats=5, repeats_large=2, pgq_batches=[10, 100, 1000],
                 raw_batches=[10, 100],
@@ -68,6 +74,7 @@ class Bench:
     rss: dict[int, tw.Drain] = field(default_factory=dict)
     latency: dict[str, tuple] = field(default_factory=dict)  # system -> (steady, single)
     profile: profiling.Profile | None = None
+    scaling: scaling.Scaling | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -245,6 +252,15 @@ def phase_latency(b: Bench) -> None:
             p.latency_singles, p.latency_pause)
         b.latency["pgqueuer"] = (steady, single)
         b.notes.extend(f"pgqueuer latency: {n}" for n in notes)
+
+
+def phase_hosts(b: Bench) -> None:
+    """1, 2 and 3 hosts (network namespaces), I/O-bound tasks direct and through
+    PgBouncer, no-op tasks direct (benchmarks/scaling.py)."""
+    p = b.plan
+    b.scaling = scaling.Scaling(io_n=p.hosts_io_n, noop_n=p.hosts_noop_n)
+    if not scaling.measure(b.scaling, b.say, b.notes, p.hosts_rounds, p.hosts):
+        b.scaling = None
 
 
 def phase_profile(b: Bench) -> None:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import profiling, rawsql
+from . import profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .phases import MAIN_SETTING, Bench, mb, median_rate
@@ -184,6 +184,102 @@ def sections(b: Bench) -> list[tuple[str, list[Row]]]:
     return out
 
 
+def _cores(cpu: scaling.Cpu | None, seconds: float | None, done: int) -> str:
+    """CPU as cores busy over the drain, and per task."""
+    if cpu is None or seconds is None:
+        return ""
+    per_task = f"; {seconds / done * 1e6:.0f} µs/task" if done else ""
+    return f"{cpu.cores(seconds):.2f}{per_task}"
+
+
+def scaling_table(s: scaling.Scaling) -> list[str]:
+    """The hosts phase: one row per point, medians over rounds."""
+    cpus = os.cpu_count() or 0
+    lines = [f"Scaling with hosts: one `taskworker serve` per host (network namespace), "
+             f"WORKER_COUNT={s.workers} FETCH_LIMIT={s.fetch_limit}; I/O-bound: "
+             f"{s.io_n:,} tasks of {s.sleep * 1000:.0f} ms each, no-op: {s.noop_n:,} tasks "
+             "per point", "",
+             "| work | hosts | route | tasks/s | ideal | of ideal | vs 1 host | PostgreSQL "
+             "CPU, cores | serve CPU, cores | PgBouncer CPU, cores | machine busy, cores | "
+             "detail |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for p, runs in sorted(s.runs.items(), key=lambda kv: (kv[0].work != "io", kv[0].route,
+                                                          kv[0].hosts)):
+        rate = median_rate(runs)
+        ideal = s.ideal(p)
+        one = median_rate(s.runs.get(scaling.Point(p.work, p.route, 1), []))
+        ranked = sorted(runs, key=lambda r: r.rate or 0.0)
+        mid = ranked[len(ranked) // 2]
+        cpu, done = mid.cpu, mid.drain.done
+        work = f"I/O {s.sleep * 1000:.0f} ms" if p.work == "io" else "no-op"
+        lines.append(
+            f"| {work} | {p.hosts} | {p.route} | {fmt_value(rate, 'tasks/s')} | "
+            f"{'' if ideal is None else f'{ideal:,.0f}'} | {fmt_ratio(ratio(rate, ideal))} | "
+            f"{fmt_ratio(ratio(rate, one))} | {_cores(cpu, cpu and cpu.postgres, done)} | "
+            f"{_cores(cpu, cpu and cpu.serve, done)} | "
+            f"{_cores(cpu, cpu and cpu.bouncer, done) if p.route == 'pgbouncer' else ''} | "
+            f"{f'{cpu.cores(cpu.machine):.2f} of {cpus}' if cpu else ''} | "
+            f"{rate_detail(runs)} |")
+    lines += ["", SCALING_MEASURED.format(listen=s.listen or "n/a", server=s.server)]
+    verdict = noop_verdict(s, cpus)
+    if verdict:
+        lines += ["", verdict]
+    return lines
+
+
+SCALING_MEASURED = (
+    "How it is measured (hosts): network namespaces on a private bridge (tests/hosts.py) "
+    "with a throwaway PostgreSQL on the bridge ({server}), one `serve` per host started "
+    "with `ip netns exec`, LOG_LEVEL=WARNING; every point drains the same batch, inserted "
+    "in one statement once the processes listen; tasks/s = tasks done after the first "
+    "completion batch / (last - first completion), from the rows' updated_at (start-up "
+    "excluded), median over rounds, points rotated each round. I/O-bound "
+    "handler: benchmarks.iobound:sleep, gevent.sleep(0.05); ideal = hosts x WORKER_COUNT "
+    "/ 0.05 s. PgBouncer: tests/pgbouncer.py on the bridge, pool_mode=transaction, stock "
+    "settings otherwise (default_pool_size 20); DATABASE_URL through it, LISTEN: {listen}. "
+    "CPU (of the median run) from /proc over its drain, insert commit to none left, as "
+    "cores busy (CPU s / wall s) and per task: PostgreSQL = postmaster and its backends "
+    "(an exited backend's time counted via the postmaster's cutime); serve = the serve "
+    "processes; machine = every CPU's busy time (/proc/stat), whoever used it.")
+
+
+def noop_verdict(s: scaling.Scaling, cpus: int) -> str:
+    """One line on how no-op work scales with hosts, from the figures measured."""
+    points = sorted(p.hosts for p in s.runs if p.work == "noop" and p.route == "direct")
+    if len(points) < 2:
+        return ""
+
+    def mid(h: int) -> scaling.Run:
+        runs = sorted(s.runs[scaling.Point("noop", "direct", h)], key=lambda r: r.rate or 0.0)
+        return runs[len(runs) // 2]
+
+    runs = [mid(h) for h in points]
+    lo, hi = runs[0], runs[-1]
+    if None in (lo.rate, hi.rate) or any(run.cpu is None for run in runs):
+        return ""
+    steps = ", ".join(f"{h} hosts {ratio(run.rate, lo.rate):.2f}x"
+                      for h, run in zip(points[1:], runs[1:], strict=True))
+    if len(runs) > 2 and runs[-2].rate:
+        steps += f" ({points[-1]} vs {points[-2]}: {ratio(hi.rate, runs[-2].rate):.2f}x)"
+    busy = ", ".join(f"{run.cpu.cores(run.cpu.machine):.2f}" for run in runs)
+    pg = hi.cpu.cores(hi.cpu.postgres) or 0.0
+    serve = hi.cpu.cores(hi.cpu.serve) or 0.0
+    head = (f"No-op work: tasks/s vs {points[0]} host: {steps}; the machine's busy cores at "
+            f"{', '.join(map(str, points))} hosts: {busy} of {cpus}; at {points[-1]} hosts "
+            f"PostgreSQL takes {pg:.2f} cores and the serve processes {serve:.2f}")
+    if (hi.cpu.cores(hi.cpu.machine) or 0.0) < 0.9 * cpus:
+        return head + ": below saturation in this run."
+    us = [run.cpu.postgres / run.drain.done * 1e6 for run in (lo, hi) if run.drain.done]
+    per_task = (f"; PostgreSQL spends {us[0]:.0f} µs of CPU per task at {points[0]} host "
+                f"and {us[-1]:.0f} µs at {points[-1]}, so one core of PostgreSQL's does at most "
+                f"about {round(1e6 / us[-1], -2):,.0f} tasks/s" if len(us) == 2 else "")
+    share = ("PostgreSQL (the claim and complete statements of every process) takes the "
+             "larger share of it, and on separate machines its own cores would be the ceiling"
+             if pg > serve else "the serve processes take the larger share of it")
+    return (head + per_task + ". Once the cores are full they are the bound: added hosts "
+            f"add claimers, not CPU; {share}.")
+
+
 def targets(b: Bench) -> list[str]:
     """The issue's targets, each with the figure measured in this run."""
     lines = []
@@ -194,6 +290,8 @@ def targets(b: Bench) -> list[str]:
     for n in b.plan.sizes:
         (w, f), rate = b.tw_best(n)
         pgq_batch, pgq = b.pgq_best(n)
+        if rate is None and pgq is None:
+            continue  # (phases that measure it not run)
         r1, r2 = ratio(rate, pgq), ratio(rate, b.raw100(n))
         lines.append(f"- one process vs pgqueuer >= 2.0, {n:,} tasks: {r1 or 0:.2f} "
                      f"(best taskworker W={w} F={f} vs best pgqueuer batch {pgq_batch}) -> "
@@ -277,8 +375,14 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
     out = [f"# taskworker benchmark, {started:%Y-%m-%d %H:%M} ({elapsed:.0f} s)", "",
            f"Command: `{command.strip()}`", ""]
     out += [f"- {k}: {val}" for k, val in info.items()]
-    out += ["", table(sections(b)), ""]
-    out += [MEASURED, ""]
+    secs = sections(b)
+    if any(rows for _, rows in secs):
+        out += ["", table(secs), ""]
+        out += [MEASURED, ""]
+    else:
+        out += [""]
+    if b.scaling is not None and b.scaling.runs:
+        out += [*scaling_table(b.scaling), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

@@ -17,10 +17,16 @@ at the end, also on Ctrl+C or failure):
   rss            peak RSS (VmHWM) of serve at WORKER_COUNT 5, 100 and 1000
   latency        insert-to-claim latency at 200 tasks/s, and single tasks into an
                  idle worker, for taskworker and pgqueuer
+  hosts          1, 2 and 3 hosts (network namespaces, one serve each, a throwaway
+                 PostgreSQL on their bridge; needs root, else skipped with a note):
+                 I/O-bound tasks (50 ms gevent.sleep) direct and through PgBouncer,
+                 against the ideal hosts x WORKER_COUNT / 0.05 s, and no-op tasks
+                 with the CPU of the server and of the serve processes
 With --py-spy N, one extra run (N x 40,000 tasks, at least 200,000) is sampled by
 py-spy for N seconds and the top functions are listed.
---quick: 20,000 tasks only, fewer settings, 3 rounds (about 1.5 minutes; the full
-run, 5 rounds at 20,000 and 2 at 200,000 tasks, about 5-6 minutes on 2 cores).
+--quick: 20,000 tasks only, fewer settings, 3 rounds (about 3 minutes, 1.3 of them
+the hosts phase; the full run, 5 rounds at 20,000 and 2 at 200,000 tasks, about 5-6
+minutes on 2 cores plus 2.5 for the hosts phase).
 Competitors are interleaved round by round, and medians reported, because other
 load on a small machine moves single runs by tens of percent.
 """
@@ -41,6 +47,7 @@ from .phases import (
     Bench,
     phase_compare,
     phase_finished_rows,
+    phase_hosts,
     phase_latency,
     phase_processes,
     phase_profile,
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = datetime.datetime.now().timestamp()
     phases: dict[str, Callable[[Bench], None]] = {
         "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
-        "latency": phase_latency}
+        "latency": phase_latency, "hosts": phase_hosts}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +24,9 @@ SETTING_VARS = (
     "DATABASE_URL", "WORKER_COUNT", "FETCH_INTERVAL", "FETCH_LIMIT", "TASK_MIN_SECONDS",
     "TASK_MAX_SECONDS", "TASK_FAILURE_RATE", "TASK_HANDLER", "LOG_LEVEL", "LOG_FORMAT",
     "LEASE_SECONDS", "MAX_RETRIES", "RETRY_BACKOFF", "MAX_RESCUES", "TASK_TIMEOUT",
-    "SHUTDOWN_TIMEOUT", "STATEMENT_TIMEOUT", "CONNECT_TIMEOUT", "LISTEN",
+    "SHUTDOWN_TIMEOUT", "STATEMENT_TIMEOUT", "CONNECT_TIMEOUT", "LISTEN", "LISTEN_DATABASE_URL",
 )
+NOOP = "benchmarks.noop:noop"
 # An empty working directory: a developer's .env must not leak into the runs.
 
 
@@ -45,10 +46,14 @@ def migrate(db_url: str) -> None:
         raise BenchError(f"taskworker migrate exited {code}: {out.strip()[-500:]}")
 
 
-def start_serve(db_url: str, workers: int, fetch_limit: int) -> Proc:
+def start_serve(db_url: str, workers: int, fetch_limit: int, prefix: Sequence[str] = (),
+                handler: str = NOOP, **settings: object) -> Proc:
+    """One `python -m taskworker serve`, behind `prefix` (e.g. `ip netns exec H`,
+    which execs it: the pid is the serve process's own)."""
     env = env_for(db_url, worker_count=workers, fetch_limit=fetch_limit,
-                  task_handler="benchmarks.noop:noop", log_level="WARNING")
-    return Proc("serve", [sys.executable, "-m", "taskworker", "serve"], env, cwd=workdir("cwd"))
+                  task_handler=handler, log_level="WARNING", **settings)
+    return Proc("serve", [*prefix, sys.executable, "-m", "taskworker", "serve"], env,
+                cwd=workdir("cwd"))
 
 
 def wait_ready(db_url: str, procs: list[Proc], timeout: float = 15.0) -> bool:
@@ -121,9 +126,16 @@ GROUP BY w.t0, w.t1
 
 def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: int = 1,
                truncate: bool = True, vacuum: bool = False, analyze: bool = True,
-               on_start: Callable[[list[Proc]], None] | None = None) -> Drain:
+               on_start: Callable[[list[Proc]], None] | None = None,
+               start: Callable[[], list[Proc]] | None = None,
+               on_drained: Callable[[list[Proc]], None] | None = None) -> Drain:
     """Start the processes, wait until they listen, insert `n` pending tasks in
     one statement (one NOTIFY wakes them all) and time the drain.
+
+    `start` starts the processes instead of `processes` local ones with the no-op
+    handler (they must use the database of `db_url`, which the harness uses).
+    `on_start` is called once the insert committed, `on_drained` once no task is
+    left (before the processes are stopped).
 
     The rate is taken from the rows' own `updated_at` (set by the completion
     statement): (done - those of the first completion batch) / (last - first),
@@ -132,7 +144,7 @@ def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: i
     result = Drain(n, processes, workers, fetch_limit, analyze=analyze)
     conn = connect(db_url)
     try:
-        _drain(conn, db_url, result, truncate, vacuum, on_start)
+        _drain(conn, db_url, result, truncate, vacuum, on_start, start, on_drained)
     finally:
         conn.close()
     if result.done != n:
@@ -142,7 +154,9 @@ def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: i
 
 
 def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum: bool,
-           on_start: Callable[[list[Proc]], None] | None) -> None:
+           on_start: Callable[[list[Proc]], None] | None,
+           start: Callable[[], list[Proc]] | None,
+           on_drained: Callable[[list[Proc]], None] | None) -> None:
     n, workers, fetch_limit = result.n, result.workers, result.fetch_limit
     procs: list[Proc] = []
     try:
@@ -151,7 +165,10 @@ def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum:
                 cur.execute("TRUNCATE tasks")
             if vacuum:
                 cur.execute("VACUUM ANALYZE tasks")
-        procs = [start_serve(db_url, workers, fetch_limit) for _ in range(result.processes)]
+        if start is not None:
+            procs = start()
+        else:
+            procs = [start_serve(db_url, workers, fetch_limit) for _ in range(result.processes)]
         if not wait_ready(db_url, procs):
             result.notes.append("LISTEN connections not seen within 15 s of start")
         conn.autocommit = False
@@ -178,6 +195,8 @@ def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum:
                 time.sleep(0.05)
         if drained:
             result.wall = time.monotonic() - committed
+            if on_drained:
+                on_drained(procs)
         else:
             result.notes.append(f"not drained after {time.monotonic() - committed:.0f} s")
         result.rss_kb = [p.vm_hwm_kb() for p in procs]

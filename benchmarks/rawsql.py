@@ -41,8 +41,7 @@ VALUES: dict[str, str | PerTask] = {
     "alone": "false",  # the ordinary claim
     "holder": "'pgbench'",  # locked_by, and the completion's fence on it
     "lease": "30",  # seconds
-    "max_bytes": "1048576",  # MAX_PAYLOAD_BYTES, as serve's default
-    "budget": "4194304",  # payload bytes one claim loads, as serve's
+    "inline_bytes": "41943",  # payloads loaded with the claim, as serve's at FETCH_LIMIT 100
     # The completion: every claimed task done, with its payload as the result.
     "ids": PerTask("id"),
     "attempts": PerTask("attempts"),

@@ -32,7 +32,8 @@ def claim_all(url: str, holder: str, limit: int,
         start()
     try:
         while True:
-            claimed = tasks.claim(Direct(conn), holder=holder, limit=limit, lease=300).tasks
+            rows = tasks.claim(Direct(conn), holder=holder, limit=limit, lease=300)
+            claimed = [row.task for row in rows]
             if not claimed:
                 return ids
             ids.extend(task.id for task in claimed)

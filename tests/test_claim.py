@@ -105,5 +105,5 @@ def test_claim_takes_oldest_first_and_respects_limit(db_url: str,
         cur.execute("UPDATE tasks SET status = 'done' WHERE payload = 'task 1'")
         cur.execute("UPDATE tasks SET run_at = now() + interval '1 hour'"
                     " WHERE payload = 'task 2'")
-    got = sorted(t.payload for t in tasks.claim(Direct(db), holder="me", limit=3, lease=30).tasks)
+    got = sorted(c.task.payload for c in tasks.claim(Direct(db), holder="me", limit=3, lease=30))
     assert got == ["task 3", "task 4", "task 5"]  # not done, not due: skipped

@@ -140,8 +140,7 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
     assert count(db, "pending") == 100_000
 
     ids = list(range(1, 101))
-    claim = {"limit": 100, "holder": "host:1:abcd", "lease": 30, "max_bytes": 1 << 20,
-             "budget": 4 << 20}
+    claim = {"limit": 100, "holder": "host:1:abcd", "lease": 30, "inline_bytes": 40000}
     statements = [  # the fetcher's, completer's and heartbeat's, with realistic parameters
         ("claim", "claim", {**claim, "alone": False}),
         ("claim alone", "claim", {**claim, "limit": 1, "alone": True}),
@@ -150,6 +149,7 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
         ("alone_waiting", "alone_waiting", None),
         ("heartbeat", "heartbeat", {"ids": ids, "holder": "host:1:abcd", "lease": 30}),
         ("outcome_rows", "outcome_rows", {"ids": ids}),
+        ("payloads", "payloads", {"ids": ids, "holder": "host:1:abcd"}),
         ("complete", "complete", {
             "holder": "host:1:abcd", "ids": ids, "attempts": [1] * 100,
             "statuses": ["done"] * 100, "results": ["x"] * 100,

@@ -25,7 +25,7 @@ from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection
 from ..store.database import first_line
 from . import memory
 from .dispatch import Dispatch
-from .outcomes import DONE, ERROR, GIVE_BACK, KINDS, RETRY, Outcome
+from .outcomes import DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, Outcome
 
 BATCH_MAX = 1000  # outcomes in one statement
 BATCH_BYTES = 4 * 1024 * 1024  # bytes of results in one statement (at least one outcome)
@@ -190,6 +190,9 @@ class Completer:
             elif o.kind == GIVE_BACK and o.worker:
                 log.info("[Worker %d] Task ID: %d given back to pending",
                          o.worker, task.id, extra=_fields(o))
+            elif o.kind == REFUSE:
+                log.info("Task ID: %d processed with status: error", task.id,
+                         extra=_fields(o))
 
 
 def _committed_before_the_loss(db: ReconnectingConnection, batch: list[Outcome],

@@ -9,7 +9,7 @@ FETCH_INTERVAL, whichever comes first.
 It claims only while the heartbeat renews leases (a process holds no claim it
 cannot keep), and loads payloads within CLAIM_BYTES per claim; a payload over
 MAX_PAYLOAD_BYTES (a row inserted without enqueue's check) ends its task in
-error at the claim, without being loaded.
+error, without being loaded.
 
 A task whose worker was lost MAX_RESCUES times (the rescue flags it run_alone)
 gets its last run alone: the fetcher stops claiming, waits until every task it
@@ -29,6 +29,7 @@ from ..store.connection import ReconnectingConnection
 from ..store.tasks import ClaimedTask
 from . import memory
 from .dispatch import Dispatch
+from .outcomes import GIVE_BACK, REFUSE, Outcome
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
@@ -40,8 +41,9 @@ CLAIM_BYTES = 4 * 1024 * 1024  # payload bytes one claim loads (at least one tas
 class Fetcher:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
                  backlogged: Callable[[], bool], renewing: Callable[[], bool],
-                 should_stop: Callable[[], bool]) -> None:
+                 outcome: Callable[[Outcome], None], should_stop: Callable[[], bool]) -> None:
         self.settings = settings
+        self.outcome = outcome  # hands an outcome to the completer
         self.holder = holder
         self.dispatch = dispatch
         self.backlogged = backlogged  # the completer has too many outcomes to write
@@ -87,22 +89,47 @@ class Fetcher:
     def claim(self, limit: int, alone: bool = False) -> tuple[list[ClaimedTask], int]:
         """Claim up to `limit` tasks (with `alone`: only tasks that must run alone)
         and hand them to the workers, lowest id first; return them, and how many
-        rows the claim took (those refused for their payload's size too)."""
+        rows the claim took.
+
+        Payloads come with the claim while each is at most CLAIM_BYTES / limit
+        bytes, so the claim's reply stays within CLAIM_BYTES. A larger one is
+        loaded afterwards if it fits what is left of CLAIM_BYTES (the first task
+        always does), else given back untouched for a later claim; one over
+        MAX_PAYLOAD_BYTES is never loaded: its task ends in error, unrun."""
         s = self.settings
         claimed_at = time.monotonic()
-        got = store.claim(self.db, holder=self.holder, limit=limit, lease=s.lease_seconds,
-                          max_bytes=s.max_payload_bytes, budget=CLAIM_BYTES, alone=alone)
-        self.dispatch.hand_out(got.tasks, claimed_at)
-        if sum(len(t.payload or "") for t in got.tasks) >= memory.LARGE:
+        rows = store.claim(self.db, holder=self.holder, limit=limit, lease=s.lease_seconds,
+                           inline_bytes=max(CLAIM_BYTES // limit, 1), alone=alone)
+        tasks = [row.task for row in rows if row.loaded]
+        loaded = sum(row.size for row in rows if row.loaded)
+        wanted = []
+        for row in rows:
+            if row.loaded:
+                continue
+            if row.size > s.max_payload_bytes:
+                self._refuse(row.task, row.size)
+            elif not tasks and not wanted or loaded + row.size <= CLAIM_BYTES:
+                wanted.append(row.task)
+                loaded += row.size
+            else:
+                self.outcome(Outcome(row.task, 0, GIVE_BACK))  # for a later claim
+        if wanted:
+            found = store.payloads(self.db, holder=self.holder, ids=[t.id for t in wanted])
+            tasks = sorted(tasks + [t._replace(payload=found[t.id]) for t in wanted
+                                    if t.id in found])
+        self.dispatch.hand_out(tasks, claimed_at)
+        if loaded >= memory.LARGE:
             self.db.recycle()  # give back the buffer that received them
-        self._claimed += len(got.tasks)
-        self._refused += len(got.refused)
-        for refused in got.refused:
-            fields = {"task_id": refused.id}
-            log.info("Task ID: %d failed: payload is %d bytes, over MAX_PAYLOAD_BYTES=%d",
-                     refused.id, refused.size, s.max_payload_bytes, extra=fields)
-            log.info("Task ID: %d processed with status: error", refused.id, extra=fields)
-        return got.tasks, len(got.tasks) + len(got.refused)
+        self._claimed += len(tasks)
+        return tasks, len(rows)
+
+    def _refuse(self, task: ClaimedTask, size: int) -> None:
+        """End a task whose payload is over MAX_PAYLOAD_BYTES, without loading it."""
+        limit = self.settings.max_payload_bytes
+        message = f"payload is {size} bytes, over MAX_PAYLOAD_BYTES={limit}"
+        log.info("Task ID: %d failed: %s", task.id, message, extra={"task_id": task.id})
+        self._refused += 1
+        self.outcome(Outcome(task, 0, REFUSE, error=message))
 
     def rescue(self) -> None:
         """Take back tasks whose lease expired: their process stopped responding."""

@@ -16,7 +16,8 @@ DONE = "done"  # the handler returned: status done, with its result
 ERROR = "error"  # failed for good: status error
 RETRY = "retry"  # failed, retries remain: back to pending after a backoff
 GIVE_BACK = "give back"  # not run to the end (shutdown): back to pending untouched
-KINDS = (DONE, ERROR, RETRY, GIVE_BACK)
+REFUSE = "refuse"  # not run at all, its payload is over MAX_PAYLOAD_BYTES: error, unrun
+KINDS = (DONE, ERROR, RETRY, GIVE_BACK, REFUSE)
 
 RETRY_CAP = 3600.0  # longest retry backoff, seconds
 
@@ -35,11 +36,12 @@ class Outcome:
         """The row update this outcome makes.
 
         A given-back task does not count the attempt its claim counted: a Ctrl+C
-        never uses up a task's retries. A retry keeps the count, which is how
-        the retry budget is spent."""
-        status = {DONE: "done", ERROR: "error", RETRY: "pending", GIVE_BACK: "pending"}
+        never uses up a task's retries; nor does a refused one, which never ran.
+        A retry keeps the count, which is how the retry budget is spent."""
+        status = {DONE: "done", ERROR: "error", RETRY: "pending", GIVE_BACK: "pending",
+                  REFUSE: "error"}
         return OutcomeWrite(self.task.id, self.task.attempt, status[self.kind], self.result,
-                            self.error, self.delay, self.kind == GIVE_BACK)
+                            self.error, self.delay, self.kind in (GIVE_BACK, REFUSE))
 
     @property
     def wakes_others(self) -> bool:

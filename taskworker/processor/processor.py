@@ -74,7 +74,7 @@ class Processor:
         self.completer = Completer(settings, self.holder, self.dispatch, giving_up)
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
         self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.completer.backlogged,
-                               self.heartbeat.renewing, stopping)
+                               self.heartbeat.renewing, self.completer.put, stopping)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, stopping) if settings.metrics_port else None

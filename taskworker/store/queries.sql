@@ -14,41 +14,34 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- process that holds no other, so that if the process dies running it no other
 -- task is charged with the loss; the flag is cleared, and if the process dies
 -- again the rescue parks the task.
--- Payload sizes are read first (octet_length does not load a stored value):
--- payloads are loaded only while their sum stays within %(budget)s bytes (the
--- first task always), the rest stay pending for the next claim; a payload over
--- %(max_bytes)s (MAX_PAYLOAD_BYTES, a row inserted without enqueue's check) ends
--- its task in error, unloaded and unrun. Returns id, payload (NULL when refused),
--- attempts, rescues, and the payload's size when it was refused.
+-- Returns id, payload, attempts, rescues and the payload's size in bytes; a
+-- payload over %(inline_bytes)s is not returned (NULL): octet_length reads a
+-- stored value's size without loading it, and the fetcher decides what to load.
 WITH picked AS (
-    SELECT id, run_at, coalesce(octet_length(payload), 0) AS size FROM tasks
+    SELECT id FROM tasks
     WHERE status = 'pending' AND run_at <= now() AND run_alone = %(alone)s
     ORDER BY run_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-), sized AS (
-    SELECT id, size, size > %(max_bytes)s AS refused,
-           row_number() OVER (ORDER BY run_at, id) AS n,
-           sum(CASE WHEN size > %(max_bytes)s THEN 0 ELSE size END)
-               OVER (ORDER BY run_at, id) AS loaded
-    FROM picked
 )
 UPDATE tasks AS t
-SET status = CASE WHEN s.refused THEN 'error' ELSE 'in_progress' END,
-    error = CASE WHEN s.refused
-                 THEN format('payload is %%s bytes, over MAX_PAYLOAD_BYTES=%%s',
-                             s.size, %(max_bytes)s)
-                 ELSE t.error END,
+SET status = 'in_progress',
     run_alone = false,
-    locked_by = CASE WHEN s.refused THEN NULL ELSE %(holder)s END,
-    locked_until = CASE WHEN s.refused THEN NULL
-                        ELSE now() + %(lease)s * interval '1 second' END,
-    attempts = t.attempts + CASE WHEN s.refused THEN 0 ELSE 1 END,
+    locked_by = %(holder)s,
+    locked_until = now() + %(lease)s * interval '1 second',
+    attempts = t.attempts + 1,
     updated_at = now()
-FROM sized AS s
-WHERE t.id = s.id AND (s.refused OR s.n = 1 OR s.loaded <= %(budget)s)
-RETURNING t.id, CASE WHEN s.refused THEN NULL ELSE t.payload END, t.attempts, t.rescues,
-          CASE WHEN s.refused THEN s.size END;
+FROM picked
+WHERE t.id = picked.id
+RETURNING t.id,
+          CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
+          t.attempts, t.rescues, coalesce(octet_length(t.payload), 0);
+
+-- name: payloads
+-- The payloads of tasks %(ids)s that %(holder)s holds: the ones the claim left
+-- unloaded for their size, loaded within the fetcher's byte budget.
+SELECT id, payload FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_progress';
 
 -- name: rescue
 -- Tasks whose lease ran out belong to a process that stopped responding: put them

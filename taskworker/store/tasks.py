@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
-from ..settings import DEFAULT_MAX_PAYLOAD_BYTES
 from . import sql
 from .database import Database
 
@@ -31,16 +30,13 @@ class ClaimedTask(NamedTuple):
     rescues: int  # times an earlier worker was lost running it
 
 
-class Refused(NamedTuple):
-    """A task the claim ended in error unrun: its payload is over MAX_PAYLOAD_BYTES."""
+class Claimed(NamedTuple):
+    """One row of a claim: the task (its payload None when not loaded) and the
+    payload's size in bytes."""
 
-    id: int
-    size: int  # the payload's size in bytes
-
-
-class Claim(NamedTuple):
-    tasks: list[ClaimedTask]  # to run, lowest id first
-    refused: list[Refused]
+    task: ClaimedTask
+    size: int
+    loaded: bool  # the payload came with the claim
 
 
 class Rescued(NamedTuple):
@@ -80,15 +76,19 @@ class Cutoff(NamedTuple):
 
 
 def claim(db: Database, *, holder: str, limit: int, lease: float,
-          max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, budget: int = 2**62,
-          alone: bool = False) -> Claim:
+          inline_bytes: int = 2**62, alone: bool = False) -> list[Claimed]:
     """Claim up to `limit` due tasks for `holder` (with `alone`: only a task that
-    must run alone), loading payloads up to `budget` bytes in all; a payload over
-    `max_bytes` ends its task in error without being loaded."""
+    must run alone), lowest id first; payloads over `inline_bytes` are left
+    unloaded (see `payloads`)."""
     rows = db.query(sql.claim, {"limit": limit, "alone": alone, "holder": holder,
-                                "lease": lease, "max_bytes": max_bytes, "budget": budget})
-    return Claim(sorted(ClaimedTask(*row[:4]) for row in rows if row[4] is None),
-                 sorted(Refused(row[0], row[4]) for row in rows if row[4] is not None))
+                                "lease": lease, "inline_bytes": inline_bytes})
+    return sorted((Claimed(ClaimedTask(*row[:4]), row[4], row[4] <= inline_bytes)
+                   for row in rows), key=lambda c: c.task.id)
+
+
+def payloads(db: Database, *, holder: str, ids: Sequence[int]) -> dict[int, str | None]:
+    """The payloads of tasks `holder` holds, by id."""
+    return dict(db.query(sql.payloads, {"ids": list(ids), "holder": holder}))
 
 
 def rescue(db: Database, *, max_rescues: int, holder: str, held: Sequence[int]) -> Rescued:

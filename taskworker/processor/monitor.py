@@ -34,6 +34,7 @@ from gevent import monkey
 from ..logs import format_line, log
 
 TICK = 0.1  # seconds between two moves of the hub's timestamp
+WATCH_EVERY = 0.5  # seconds between two looks of the monitor thread (each takes the GIL)
 BLOCKED_AFTER = 1.0  # seconds without a tick after which the hub counts as blocked
 EXIT_FORCED = 1
 
@@ -110,7 +111,7 @@ class HubMonitor:
 
     def _watch(self) -> None:
         while True:
-            _sleep(TICK)
+            _sleep(WATCH_EVERY)
             tick = self._tick
             now = time.monotonic()
             if now - tick < BLOCKED_AFTER:

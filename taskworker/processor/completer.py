@@ -159,6 +159,10 @@ class Completer:
         failed = Outcome(outcome.task, outcome.worker, ERROR, error=message)
         try:
             return [failed], self._send([failed])
+        except psycopg2.errors.QueryCanceled as exc:  # (an OperationalError, but no loss)
+            log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
+                      outcome.task.id, first_line(exc))
+            return [outcome], set()
         except CONNECTION_ERRORS:
             raise
         except Exception as exc:

@@ -134,9 +134,9 @@ class Completer:
 
     def _send(self, batch: list[Outcome]) -> set[tuple[int, int]]:
         """Write the batch; the (id, attempt) pairs now in the table."""
-        reconnects = self.db.state().reconnects
+        reconnects = self.db.reconnects
         written = store.complete(self.db, holder=self.holder, writes=[o.write() for o in batch])
-        if self.db.state().reconnects != reconnects:
+        if self.db.reconnects != reconnects:
             # The connection was lost and the statement sent again: the first send
             # may have committed with its reply lost, and the second found nothing
             # left to write. Ask the rows before calling those outcomes discarded.

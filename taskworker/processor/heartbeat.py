@@ -49,7 +49,7 @@ class Heartbeat:
         """Are leases being renewed? The fetcher claims only while they are."""
         return (self._renewed_at is not None
                 and time.monotonic() - self._renewed_at < self.lease / 2
-                and self.db.state().failing_since is None)
+                and not self.db.failing)
 
     def run(self) -> None:
         while True:

@@ -215,7 +215,7 @@ class Processor:
         if not completer.ready():
             self._giving_up = True
             completer.join(timeout=2)
-            why = ("database unreachable" if self.completer.db.state().failing_since is not None
+            why = ("database unreachable" if self.completer.db.failing
                    else f"the database did not take them within {GIVE_BACK_GRACE:g}s")
             log.error("Could not write %d outcomes: %s; those tasks return to pending when "
                       "their lease expires", self.completer.unwritten(), why)

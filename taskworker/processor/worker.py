@@ -83,8 +83,9 @@ class Worker:
                 self.dispatch.finished(n)
             took = time.monotonic() - started
             self.observe(took)
-            log.info("[Worker %d] Finished task ID: %d in %s", n, task.id, seconds(round(took, 3)),
-                     extra=_fields(task, n))
+            if log.isEnabledFor(logging.INFO):  # (the arguments cost on a hot path)
+                log.info("[Worker %d] Finished task ID: %d in %s", n, task.id,
+                         seconds(round(took, 3)), extra=_fields(task, n))
             self.outcome(outcome)
             task = outcome = None  # an idle worker keeps no payload or result alive
 

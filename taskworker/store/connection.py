@@ -180,6 +180,16 @@ class ReconnectingConnection:
         return ConnectionState(self.name, self._failing_since, tuple(self._losses),
                                self._reconnects)
 
+    @property
+    def failing(self) -> bool:
+        """Failing now (as `state().failing_since`, without building the state:
+        the fetcher asks before every claim)."""
+        return self._failing_since is not None
+
+    @property
+    def reconnects(self) -> int:
+        return self._reconnects
+
     def connection(self) -> PgConnection:
         """The live connection, opened (with retries) if needed."""
         while self.conn is None or self.conn.closed:

@@ -159,6 +159,17 @@ def wait_reconnected(procs: Sequence[ServeProcess], lost_from: dict[int, int],
                lambda: f"the lost connections to come back (still out: {missing()})", procs)
 
 
+def work_on_after(db: Any, procs: Sequence[ServeProcess], what: str, count: int) -> list[int]:
+    """Once everything held is finished, `count` new tasks run too, with every
+    process still running; then all stop (Ctrl+C). Returns the new tasks' ids."""
+    wait_finished(db, 60, procs)
+    ids = insert_tasks(db, [f"task {n} after {what}" for n in range(count)])
+    wait_finished(db, 60, procs)
+    assert_running(procs, f"after {what}")
+    stop_all(procs, signal.SIGINT)
+    return ids
+
+
 def wait_cut_processes_hold_tasks(db: Any, victims: Sequence[ServeProcess],
                                   procs: Sequence[ServeProcess], done_at_least: int) -> None:
     wait_until(lambda: done_count(db) >= done_at_least
@@ -247,12 +258,8 @@ def test_partition_mid_run_rescued_then_healed(net: Network, hdb: tuple[str, Any
                            for p in cut_off), 45,
                "a cut-off process to discard a late result", procs)
     wait_reconnected(cut_off, offsets, heal_offsets)
-    wait_finished(db, 60, procs)
     # ... and go on working: they take a share of new tasks.
-    second = insert_tasks(db, [f"task {n} after the partition" for n in range(120)])
-    wait_finished(db, 60, procs)
-    assert_running(procs, "after the partition")
-    stop_all(procs, signal.SIGINT)
+    second = work_on_after(db, procs, "the partition", 120)
 
     report = [f"cut at 0 s; held {len(held)} tasks; taken over by {rescued_after:.1f} s; "
               f"healed at {healed_after:.1f} s; noticed: "
@@ -366,11 +373,7 @@ def test_database_unreachable_from_every_host(net: Network, hdb: tuple[str, Any]
         net.heal(host)
 
     wait_reconnected(procs, offsets, heal_offsets)
-    wait_finished(db, 60, procs)
-    second = insert_tasks(db, [f"task {n} after the outage" for n in range(240)])
-    wait_finished(db, 60, procs)
-    assert_running(procs, "after the outage")
-    stop_all(procs, signal.SIGINT)
+    second = work_on_after(db, procs, "the outage", 240)
 
     assert_all_done_once(db, first + second)
     by = Counter(completed_by(db, second).values())

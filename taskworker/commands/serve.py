@@ -22,10 +22,16 @@ from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_s
 @click.option("--fetch-limit", "-l", metavar="N",
               help="Most tasks claimed in one statement. [env FETCH_LIMIT; default 10]")
 @click.option("--handler", metavar="MODULE:FUNCTION",
-              help="The function run for each task. "
-                   "[env TASK_HANDLER; default taskworker.handlers:demo]")
+              help="The function run for each task without a name. "
+                   "[env TASK_HANDLER; default taskworker.handlers:demo, "
+                   "none when --tasks is given]")
+@click.option("--tasks", "-t", "modules", metavar="MODULE[,MODULE]",
+              help="Modules that register named tasks (@taskworker.task). [env TASK_MODULES]")
+@click.option("--queues", "-q", metavar="QUEUE[:N][,QUEUE[:N]]",
+              help="Serve only these queues; QUEUE:N runs at most N of that queue's "
+                   "tasks at once here. [env QUEUES; default every queue]")
 def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | None,
-          handler: str | None) -> None:
+          handler: str | None, modules: str | None, queues: str | None) -> None:
     """Process tasks until Ctrl+C (SIGINT) or SIGTERM.
 
     \b
@@ -38,6 +44,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       SHUTDOWN_TIMEOUT   time running tasks get to finish on Ctrl+C (30s)
       STATEMENT_TIMEOUT  server-side limit on each query (10s)
       CONNECT_TIMEOUT    limit on one connection attempt (10s)
+      CRON_TZ            time zone of periodic tasks' cron expressions (UTC)
       LISTEN             wake on LISTEN/NOTIFY; false behind PgBouncer (true)
       LISTEN_DATABASE_URL  a direct connection for LISTEN alone (DATABASE_URL)
       METRICS_PORT       serve Prometheus /metrics and /healthz on this port (off)
@@ -52,9 +59,10 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     from ..handlers import load as load_handler
 
     settings = load_settings({"WORKER_COUNT": workers, "FETCH_INTERVAL": fetch_interval,
-                              "FETCH_LIMIT": fetch_limit, "TASK_HANDLER": handler})
+                              "FETCH_LIMIT": fetch_limit, "TASK_HANDLER": handler,
+                              "TASK_MODULES": modules, "QUEUES": queues})
     try:
-        function, takes_task = load_handler(settings.task_handler)
+        function, takes_task = load_handler(settings.default_handler or "")
     except HandlerError as exc:
         fail(str(exc), EXIT_CONFIG)
     log.info("Connecting to database: %s", settings.safe_database_url)

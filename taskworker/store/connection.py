@@ -71,7 +71,7 @@ class TimedConnection(psycopg2.extensions.connection):
     transaction mode refuses the first (`unsupported startup parameter:
     options`) and would hand the second to other clients' transactions."""
 
-    statement_timeout_ms = 0  # 0: none
+    statement_timeout_ms: int | None = 0  # 0: none; None: no prefix (the session's own)
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cursor_factory", TimedCursor)
@@ -80,8 +80,10 @@ class TimedConnection(psycopg2.extensions.connection):
 
 class TimedCursor(psycopg2.extensions.cursor):
     def execute(self, query: Any, vars: Params = None) -> Any:  # noqa: A002 (psycopg2's name)
-        prefix = f"SET LOCAL statement_timeout = {self.connection.statement_timeout_ms}; "
-        return super().execute(prefix + query, vars)
+        ms = self.connection.statement_timeout_ms
+        if ms is None:  # (a statement that cannot run in a transaction block)
+            return super().execute(query, vars)
+        return super().execute(f"SET LOCAL statement_timeout = {ms}; " + query, vars)
 
 
 def connect(settings: Settings, *, autocommit: bool = True, name: str = "taskworker",

@@ -17,6 +17,15 @@ from .connection import connect
 from .database import Direct, PgConnection
 
 
+NO_TRANSACTION = "-- taskworker: no transaction"
+
+
+def _code(text: str) -> bool:
+    """Does `text` hold anything besides comments and blank lines?"""
+    return any(line.strip() and not line.strip().startswith("--")
+               for line in text.splitlines())
+
+
 class SchemaMissing(Exception):
     """The database has no (or an outdated) tasks table; str() is for the user."""
 
@@ -26,6 +35,17 @@ class Migration:
     version: int
     name: str
     text: str
+
+    @property
+    def transactional(self) -> bool:
+        """False when the file's first line is `-- taskworker: no transaction`."""
+        return self.text.lstrip().splitlines()[0].strip() != NO_TRANSACTION
+
+    def statements(self) -> list[str]:
+        """The file's statements, split at a `;` that ends a line (the files of a
+        non-transactional migration hold simple statements only)."""
+        parts = re.split(r";[ \t]*(?:\n|$)", self.text)
+        return [p.strip() for p in parts if _code(p)]
 
 
 def _folder() -> Path:
@@ -58,11 +78,18 @@ def run(settings: Settings) -> list[str]:
         for mig in available():
             if mig.version in done:
                 continue
-            conn.autocommit = False
-            with conn:  # one transaction per migration
-                db.query(mig.text)
+            if mig.transactional:
+                conn.autocommit = False
+                with conn:  # one transaction per migration
+                    db.query(mig.text)
+                    db.query(sql.migration_record, {"version": mig.version, "name": mig.name})
+                conn.autocommit = True
+            else:  # e.g. CREATE INDEX CONCURRENTLY: one statement at a time, no prefix
+                conn.statement_timeout_ms = None
+                for statement in mig.statements():
+                    db.query(statement)
+                conn.statement_timeout_ms = 0
                 db.query(sql.migration_record, {"version": mig.version, "name": mig.name})
-            conn.autocommit = True
             log.info("Applied migration %s", mig.name)
             applied_now.append(mig.name)
         db.query(sql.migrations_unlock)

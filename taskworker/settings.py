@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from .parsers import modules as _modules
+from .parsers import queues as _queues
+from .parsers import time_zone as _time_zone
+
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # 1 MB: a claim's or a completion's batch stays small
 DEMO_HANDLER = "taskworker.handlers:demo"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
+
 
 T = TypeVar("T")
 
@@ -35,9 +40,9 @@ class Settings:
     task_min_seconds: float = 1.0  # demo handler: shortest simulated work
     task_max_seconds: float = 4.0  # demo handler: longest simulated work
     task_failure_rate: float = 0.1  # demo handler: share of tasks that fail
-    task_handler: str | None = None  # module:function for tasks without a name (see default_handler)
+    task_handler: str | None = None  # runs tasks without a name: see default_handler
     task_modules: tuple[str, ...] = ()  # modules imported to register named tasks
-    queues: tuple[tuple[str, int | None], ...] | None = None  # served queues, each with its cap; None: all
+    queues: tuple[tuple[str, int | None], ...] | None = None  # served, with caps; None: all
     cron_tz: str = "UTC"  # time zone of periodic tasks' cron expressions
     log_level: str = "INFO"
     log_format: str = "plain"  # plain (the original's lines) or json
@@ -129,46 +134,6 @@ def _choice(options: tuple[str, ...], upper: bool) -> Callable[[str], str]:
 def _handler_path(raw: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", raw.strip()):
         raise ValueError("expected package.module:function")
-    return raw.strip()
-
-
-def _modules(raw: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for name in names:
-        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name):
-            raise ValueError(f"{name!r} is not a module name (expected a.b,c.d)")
-    return names
-
-
-def _queues(raw: str) -> tuple[tuple[str, int | None], ...]:
-    """`images:5,default`: queue names, each with an optional cap on how many of its
-    tasks run at once in this process."""
-    found: dict[str, int | None] = {}
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        name, sep, cap = part.partition(":")
-        name = name.strip()
-        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}", name):
-            raise ValueError(f"{name!r} is not a queue name (expected images:5,default)")
-        if sep:
-            if not cap.strip().isdigit() or int(cap) < 1:
-                raise ValueError(f"the cap of queue {name!r} must be a whole number of 1 or more")
-            found[name] = int(cap)
-        else:
-            found[name] = None
-    if not found:
-        raise ValueError("expected queue names such as images:5,default")
-    return tuple(found.items())
-
-
-def _time_zone(raw: str) -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(raw.strip())
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("not a time zone name such as UTC or Europe/Berlin") from None
     return raw.strip()
 
 

@@ -16,7 +16,6 @@ from . import sql
 from .connection import connect
 from .database import Direct, PgConnection
 
-
 NO_TRANSACTION = "-- taskworker: no transaction"
 
 

@@ -86,27 +86,26 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
 @click.command()
 @click.argument("ids", nargs=-1, type=int, required=True, metavar="ID...")
 def cancel(ids: tuple[int, ...]) -> None:
-    """Cancel pending tasks (status cancelled: no worker will run them).
-
-    Running tasks cannot be cancelled cleanly yet: they are left alone. Exit
-    status 0 when every ID was cancelled, else 1 with one line per ID that was not.
+    """Cancel tasks: a pending one at once (status cancelled: no worker will run
+    it); a running one is asked to stop: its process stops the handler within
+    about a second (at its next heartbeat with LISTEN=false) and writes status
+    cancelled (if its process died, the rescue does). Exit status 0 when every ID
+    was cancelled or asked, else 1 with one line per ID that was not.
     """
     wanted = list(dict.fromkeys(ids))
     with database(load_settings(), "cancel") as conn:
         db = Direct(conn)
-        cancelled = set(admin.cancel(db, wanted))
-        click.echo(f"Cancelled {text.tasks(len(cancelled))}")
-        left = [i for i in wanted if i not in cancelled]
+        done = admin.cancel(db, wanted)
+        click.echo(f"Cancelled {text.tasks(len(done.cancelled))}")
+        for task_id in done.requested:
+            click.echo(f"Task {task_id} is running: asked its process to stop it")
+        left = [i for i in wanted if i not in done.cancelled and i not in done.requested]
         for task_id, state in states(db, left).items():
             if state.status is None:
                 click.echo(f"Error: no task with id {task_id}", err=True)
-            elif state.status == "in_progress":
-                click.echo(f"Error: task {task_id} is running (held by {state.locked_by}): "
-                           "running tasks cannot be cancelled cleanly yet; left alone",
-                           err=True)
             else:
-                click.echo(f"Error: task {task_id} is {state.status}: only pending tasks "
-                           "can be cancelled", err=True)
+                click.echo(f"Error: task {task_id} is {state.status}: only pending and "
+                           "running tasks can be cancelled", err=True)
     sys.exit(1 if left else 0)
 
 

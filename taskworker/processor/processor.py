@@ -31,12 +31,14 @@ from gevent.pool import Pool
 
 from ..handlers import Handler
 from ..logs import log, seconds
+from ..registry import TaskDef
 from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import ConnectionState, ReconnectingConnection, Stopped
 from ..store.database import first_line
 from ..web.metrics import Metrics
 from ..web.server import WebServer
+from .catalog import Catalog
 from .completer import Completer
 from .dispatch import Dispatch
 from .fetcher import Fetcher
@@ -56,8 +58,10 @@ def holder_name() -> str:
 
 
 class Processor:
-    def __init__(self, settings: Settings, handler: Handler, takes_task: bool) -> None:
+    def __init__(self, settings: Settings, default: tuple[Handler, bool] | None,
+                 definitions: dict[str, TaskDef]) -> None:
         self.settings = settings
+        self.catalog = Catalog(settings, default, definitions)
         self.holder = holder_name()
         self.dispatch = Dispatch(settings.worker_count, settings.lease_seconds)
         self.pool = Pool(settings.worker_count)
@@ -73,13 +77,14 @@ class Processor:
 
         self.completer = Completer(settings, self.holder, self.dispatch, giving_up)
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
-        self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.completer.backlogged,
+        self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.catalog,
+                               self.completer.backlogged,
                                self.heartbeat.renewing, self.completer.put, stopping)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, stopping) if settings.metrics_port else None
         self.web = WebServer(settings, self, self.metrics) if self.metrics else None
-        self.worker = Worker(settings, handler, takes_task, self.dispatch, self.completer.put,
+        self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
                              self.metrics.task_duration.observe if self.metrics else _ignore)
         # The services, in the order they start; the fetcher last, once all is ready.

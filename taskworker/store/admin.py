@@ -92,6 +92,14 @@ def retry(db: Database, *, ids: Sequence[int] | None, since: datetime | None,
     return [row[0] for row in rows]
 
 
-def cancel(db: Database, ids: Sequence[int]) -> list[int]:
-    """Cancel the pending tasks among `ids`; the ids cancelled."""
-    return [row[0] for row in db.query(sql.cancel, {"ids": list(ids)})]
+class Cancelled(NamedTuple):
+    cancelled: list[int]  # were pending: now cancelled
+    requested: list[int]  # are running: their holder was asked to stop them
+
+
+def cancel(db: Database, ids: Sequence[int]) -> Cancelled:
+    """Cancel the pending tasks among `ids`, and ask the holders of the running
+    ones to stop them."""
+    rows = db.query(sql.cancel, {"ids": list(ids)})
+    return Cancelled(sorted(i for i, running in rows if not running),
+                     sorted(i for i, running in rows if running))

@@ -315,6 +315,10 @@ def test_enqueue_command_fills_from_task_modules(db_url: str, db: Any) -> None:
     assert code == 0, err
     assert [placed(db, int(out)), placed(db, int(out2))] == [
         ("report", "reports", 7, None), ("report", "reports", 1, None)]
+    code, out, err = run_cli(["enqueue", "--task", "reprot", "r"], env=env)
+    assert code == 0
+    assert placed(db, int(out)) == ("reprot", "default", 0, None)
+    assert err == "Warning: TASK_MODULES registers no task 'reprot'; enqueued anyway\n"
     code, _, err = run_cli(["enqueue", "--task", "report", "r"],
                            env={**env, "TASK_MODULES": "no_such_module_here"})
     assert code == 2

@@ -100,6 +100,9 @@ def placement(settings: Settings, task_name: str | None, queue: str | None,
             registry.import_modules(settings.task_modules)
         except registry.RegistryError as exc:
             fail(str(exc), EXIT_CONFIG)
+        if registry.get(task_name) is None:  # a typo would sit pending, claimed by nobody
+            click.echo(f"Warning: TASK_MODULES registers no task {task_name!r}; enqueued "
+                       "anyway", err=True)
     options = {"task": task_name, "queue": queue, "priority": priority, "run_at": run_at}
     try:
         place(**options, delay=None)

@@ -49,7 +49,9 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
 
     A retried task starts over as if new: attempts and rescues go back to 0, so
     it gets the whole MAX_RETRIES and MAX_RESCUES budget again (a task parked as
-    "abandoned" runs again too). Its error column keeps the last error. Exit
+    "abandoned" runs again too). Its error column keeps the last error. A task
+    whose unique key a pending or running task holds is skipped, with a line
+    saying so (of several with the same key, the lowest id is retried). Exit
     status 1 when a named ID was not retried, with one line for each.
     """
     if bool(ids) == all_errors:
@@ -69,10 +71,19 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
             retried.update(got)
         if retried:
             tasks.wake_others(db)
-        click.echo(f"Retried {text.tasks(len(retried))}")
+        skipped = {b.id: b for b in admin.blocked(db, ids=wanted, since=cut.before,
+                                                   before=cut.now) if b.id not in retried}
+        click.echo(f"Retried {text.tasks(len(retried))}"
+                   + (f"; skipped {len(skipped)} whose unique key a live task holds"
+                      if skipped else ""))
+        for b in skipped.values() if wanted is None else ():
+            click.echo(f"Skipped task {b.id}: {held(b)}")
         left = [i for i in wanted or () if i not in retried]
         for task_id, state in states(db, left).items():
-            if state.status is None:
+            if task_id in skipped:
+                click.echo(f"Error: task {task_id} skipped: {held(skipped[task_id])}",
+                           err=True)
+            elif state.status is None:
                 click.echo(f"Error: no task with id {task_id}", err=True)
             elif state.status == "error":
                 click.echo(f"Error: task {task_id} is busy (another command holds it): "
@@ -81,6 +92,13 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
                 click.echo(f"Error: task {task_id} is {state.status}: only tasks in error "
                            "are retried", err=True)
     sys.exit(1 if left else 0)
+
+
+def held(blocked: admin.Blocked) -> str:
+    """Why retry left a task in error: the live task that holds its unique key."""
+    state = "running" if blocked.holder_status == "in_progress" else blocked.holder_status
+    return (f"its unique key {blocked.unique_key!r} is held by task "
+            f"{blocked.holder_id} ({state})")
 
 
 @click.command()

@@ -499,13 +499,36 @@ INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
 -- name: enqueue
 -- Insert one pending task per element of %(payloads)s, in the array's order (ids
--- increase in that order); all due at %(run_at)s, or now() + %(delay)s, or now().
-INSERT INTO tasks (payload, run_at)
+-- increase in that order); all due at %(run_at)s, or now() + %(delay)s, or now();
+-- all of task %(task)s (NULL: the default handler), in queue %(queue)s, at %(priority)s.
+INSERT INTO tasks (payload, run_at, task, queue, priority)
 SELECT p.payload,
-       coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0'))
+       coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
+       %(task)s, %(queue)s, %(priority)s
 FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
 ORDER BY p.n
 RETURNING id;
+
+-- name: enqueue_unique
+-- Insert one pending task with unique key %(unique_key)s, unless a live (pending
+-- or running) task holds that key: then nothing is inserted and no row is
+-- returned. The partial unique index decides, race-free: a conflicting row
+-- inserted by a transaction not yet committed makes this statement wait for it.
+-- DO NOTHING locks no row: DO UPDATE ... RETURNING would lock the live task's
+-- row until the caller's commit, stalling its completer and heartbeat.
+INSERT INTO tasks (payload, run_at, task, queue, priority, unique_key)
+VALUES (%(payload)s,
+        coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
+        %(task)s, %(queue)s, %(priority)s, %(unique_key)s)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'in_progress')
+DO NOTHING
+RETURNING id;
+
+-- name: unique_holder
+-- The live task holding unique key %(unique_key)s (after enqueue_unique inserted
+-- nothing): its id and status; no row when it finished in between.
+SELECT id, status FROM tasks
+WHERE unique_key = %(unique_key)s AND status IN ('pending', 'in_progress');
 
 -- name: cutoff
 -- The database's now(), and now() minus %(seconds)s (NULL when no age is given):
@@ -560,16 +583,28 @@ SELECT id, status, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
 -- and rescues start again from 0 (a fresh retry and rescue budget); the last error
 -- text is kept. Only the tasks %(ids)s when given, only those that ended at or
 -- after %(since)s when given, never one that ended after %(before)s (the command's
--- start: a task failing again meanwhile is not retried twice).
-WITH picked AS (
-    SELECT id FROM tasks
+-- start: a task failing again meanwhile is not retried twice). A task whose
+-- unique_key a live task holds is left in error (see retry_blocked), and of
+-- several picked with the same key only the lowest id is retried. (A concurrent
+-- enqueue or retry can still take the key first: the statement then fails on
+-- tasks_unique_key_idx, and the caller runs it again.)
+WITH locked AS (
+    SELECT id, unique_key FROM tasks AS e
     WHERE status = 'error'
       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s::timestamptz)
       AND updated_at <= %(before)s
+      AND (unique_key IS NULL
+           OR NOT EXISTS (SELECT 1 FROM tasks AS live
+                          WHERE live.unique_key = e.unique_key
+                            AND live.status IN ('pending', 'in_progress')))
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM locked
+    WHERE unique_key IS NULL
+       OR id = (SELECT min(same.id) FROM locked AS same WHERE same.unique_key = locked.unique_key)
 )
 UPDATE tasks AS t
 SET status = 'pending',
@@ -583,6 +618,20 @@ SET status = 'pending',
 FROM picked
 WHERE t.id = picked.id
 RETURNING t.id;
+
+-- name: retry_blocked
+-- Tasks in error that retry leaves alone because a live task holds their
+-- unique_key (same selection as retry): their id and key, and the live task's id
+-- and status.
+SELECT e.id, e.unique_key, live.id, live.status
+FROM tasks AS e
+JOIN tasks AS live
+  ON live.unique_key = e.unique_key AND live.status IN ('pending', 'in_progress')
+WHERE e.status = 'error' AND e.unique_key IS NOT NULL
+  AND (%(ids)s::bigint[] IS NULL OR e.id = ANY(%(ids)s::bigint[]))
+  AND (%(since)s::timestamptz IS NULL OR e.updated_at >= %(since)s::timestamptz)
+  AND e.updated_at <= %(before)s
+ORDER BY e.id;
 
 -- name: cancel
 -- Cancel the tasks %(ids)s that are pending; for the running ones, record the

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
+import pytest
 from invariants import FAST, query, wait_until
+from pgbouncer import available, bouncer
 from proc import CLI, ServeFactory, ServeProcess, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,5 +286,17 @@ def test_migrate_to_a_version_that_does_not_exist(empty_db_url: str) -> None:
     assert code == 1, (out, err)
     numbers = ", ".join(str(int(name.split("_")[0])) for name in MIGRATIONS)
     assert err == f"Error: no migration numbered 99 (there are {numbers})\n"
+    with closing(connect(empty_db_url)) as db:
+        assert query(db, "SELECT to_regclass('schema_migrations')") == [(None,)]
+
+
+@pytest.mark.skipif(not available(), reason="pgbouncer is not installed")
+def test_migrate_refuses_to_go_through_a_pooler(empty_db_url: str) -> None:
+    with bouncer(empty_db_url) as via:
+        code, out, err = run_cli(["migrate"], env={"DATABASE_URL": via(empty_db_url)})
+    assert code == 1, (out, err)
+    assert err == ("Error: migrate must connect to PostgreSQL directly, not through a "
+                   "connection pooler (it keeps a session lock and builds indexes outside "
+                   "transactions): point DATABASE_URL at the server itself\n")
     with closing(connect(empty_db_url)) as db:
         assert query(db, "SELECT to_regclass('schema_migrations')") == [(None,)]

@@ -300,3 +300,14 @@ def test_migrate_refuses_to_go_through_a_pooler(empty_db_url: str) -> None:
                    "transactions): point DATABASE_URL at the server itself\n")
     with closing(connect(empty_db_url)) as db:
         assert query(db, "SELECT to_regclass('schema_migrations')") == [(None,)]
+
+
+def test_migrate_bad_lock_options_are_one_line(empty_db_url: str) -> None:
+    for args, message in ((["--lock-timeout", "0"], "invalid --lock-timeout='0': must be "
+                                                      "more than 0"),
+                          (["--retry-for", "soon"], "invalid --retry-for='soon': expected a "
+                                                    "duration such as 5, 5s, 1.5 or 500ms")):
+        code, out, err = run_cli(["migrate", *args], env={"DATABASE_URL": empty_db_url})
+        assert (code, err) == (2, f"Error: {message}\n"), out
+    with closing(connect(empty_db_url)) as db:
+        assert query(db, "SELECT to_regclass('schema_migrations')") == [(None,)]

@@ -478,8 +478,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 );
 
 -- name: migrations_lock
--- One migrator at a time, across processes and hosts.
-SELECT pg_advisory_lock(7261835001);
+-- One migrator at a time, across processes and hosts: tried, not waited for (a
+-- session waiting for it would have an open transaction, which a CREATE INDEX
+-- CONCURRENTLY of the lock's holder waits for in turn: a deadlock).
+SELECT pg_try_advisory_lock(7261835001);
 
 -- name: migrations_unlock
 -- Let the next migrator in.
@@ -496,6 +498,50 @@ SELECT version FROM schema_migrations;
 -- name: migration_record
 -- Record one applied migration, in the migration's own transaction.
 INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- name: migration_lock_timeout
+-- How long a transactional migration waits for a lock (an ALTER TABLE behind an
+-- open transaction that enqueued) before it gives up and is tried again: while
+-- it waits, every statement on the table queues behind it.
+SELECT set_config('lock_timeout', %(ms)s, true);
+
+-- name: migration_session
+-- The migrate session's own defaults (a direct connection, never a pooler's):
+-- no statement_timeout or lock_timeout a role or database may set cuts short an
+-- index built CONCURRENTLY (its waits for older transactions are lock waits).
+SET statement_timeout = 0; SET lock_timeout = 0;
+
+-- name: invalid_indexes
+-- Which of %(names)s are INVALID indexes: left by a CREATE INDEX CONCURRENTLY
+-- that was interrupted or failed (IF NOT EXISTS would keep them as they are).
+SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE NOT i.indisvalid AND c.relname = ANY(%(names)s) AND pg_table_is_visible(c.oid);
+
+-- name: drop_index_concurrently
+-- Drop an invalid index without blocking the table (outside a transaction).
+DROP INDEX CONCURRENTLY IF EXISTS {index};
+
+-- name: cancel_backend
+-- Stop the statement an interrupted migrate left running (an index build).
+SELECT pg_cancel_backend(%(pid)s);
+
+-- name: lock_holder
+-- The oldest other transaction holding a lock on a table of this database: what
+-- a migration that cannot get its lock is most likely waiting behind.
+SELECT a.pid, coalesce(nullif(a.application_name, ''), 'no application_name'),
+       coalesce(a.state, 'state unknown'),
+       coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0),
+       string_agg(DISTINCT c.relname, ', ')
+FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+JOIN pg_class c ON c.oid = l.relation
+WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND c.relkind IN ('r', 'p')
+  AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+GROUP BY a.pid, a.application_name, a.state, a.xact_start
+ORDER BY a.xact_start NULLS LAST
+LIMIT 1;
 
 -- name: enqueue
 -- Insert one pending task per element of %(payloads)s, in the array's order (ids

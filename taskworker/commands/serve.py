@@ -55,6 +55,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE
                          the demo handler's sleep (1s to 4s) and failures (0.1)
     """
+    from .. import registry
     from ..handlers import HandlerError
     from ..handlers import load as load_handler
 
@@ -64,6 +65,10 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     try:
         function, takes_task = load_handler(settings.default_handler or "")
     except HandlerError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    try:
+        registry.import_modules(settings.task_modules)
+    except registry.RegistryError as exc:
         fail(str(exc), EXIT_CONFIG)
     log.info("Connecting to database: %s", settings.safe_database_url)
     # Refuse to start on a database that is unreachable, not migrated, or not

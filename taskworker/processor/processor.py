@@ -9,8 +9,8 @@
 
 Each service has its own connection; workers have none (they only run the
 handler), so a process uses four connections whatever WORKER_COUNT is, plus one
-for the pruner and one for the metrics sampler when they run. If a service dies,
-the process says why in one line and stops, and exits 1.
+for the pruner, the metrics sampler and the scheduler each when they run. If a
+service dies, the process says why in one line and stops, and exits 1.
 
 Shutdown, on the first SIGINT/SIGTERM: stop claiming, give back the tasks still
 queued, let running tasks finish for up to SHUTDOWN_TIMEOUT, then cancel the rest

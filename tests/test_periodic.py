@@ -167,13 +167,15 @@ def test_a_tick_is_skipped_while_the_previous_run_is_live_unless_told_otherwise(
     wait_until(lambda: len(ticks(db, "overlap")) >= 4, 10, "four ticks of overlap", [p])
     stop(p)
 
+    # (taskworker_ticks keeps the last 10 ticks of a task: the log has them all.)
     slow = ticks(db, "slow")
     skipped = [show(t) for t, i in slow if i is None]
     lines = logged([p], SKIPPED.format("slow"))
-    assert [tick for tick, _, _ in lines] == skipped, p.output()
+    assert [tick for tick, _, _ in lines][-len(skipped):] == skipped, p.output()
     runs = task_ids(db, "slow")
     assert {int(run) for _, run, _ in lines} <= set(runs)
-    assert sorted(i for _, i in slow if i is not None) == runs
+    assert [int(i) for _, i in logged([p], ENQUEUED.format("slow"))] == runs
+    assert {i for _, i in slow if i is not None} <= set(runs)
     # No two runs of "slow" overlapped: each was enqueued after the last one ended.
     spans = query(db, "SELECT created_at, updated_at FROM tasks WHERE task = 'slow' "
                       "ORDER BY id")
@@ -213,3 +215,30 @@ def test_serve_stops_when_the_scheduler_fails(db_url: str, db: Any, serve: Any,
     assert re.search(r'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d Stopped because the scheduler failed: '
                      r'UndefinedTable: relation "taskworker_ticks" does not exist; '
                      r'exit status 1$', p.output(), re.MULTILINE), p.output()
+
+
+def test_enqueue_tick_takes_a_tick_once_never_an_older_one_and_keeps_ten(db: Any) -> None:
+    from taskworker.store.database import Direct
+    from taskworker.store.schedules import enqueue_tick
+
+    (hour,) = query(db, "SELECT date_trunc('hour', now())")[0]
+    for back in range(20, 5, -1):  # 15 old ticks, the newest 6 hours ago
+        query(db, "INSERT INTO taskworker_ticks (task, tick) VALUES ('hourly', %s)",
+              (hour - timedelta(hours=back),))
+
+    def offer(tick: datetime) -> Any:
+        return enqueue_tick(Direct(db), task="hourly", tick=tick, since=hour, queue="reports",
+                            priority=3, payload="p", skip_if_running=False)
+
+    done = offer(hour)
+    assert done.taken and done.task_id is not None
+    assert query(db, "SELECT task, queue, priority, payload, status FROM tasks") == [
+        ("hourly", "reports", 3, "p", "pending")]
+    found = ticks(db, "hourly")
+    assert len(found) == 10 and found[-1] == (hour, done.task_id)
+    assert found[0][0] == hour - timedelta(hours=14)
+    # Sent again (a reply lost with the connection): nothing more.
+    assert offer(hour) == (False, None, None, None)
+    # A host whose clock lags offers an older tick, not recorded yet: refused.
+    assert offer(hour - timedelta(minutes=30)) == (False, None, None, None)
+    assert len(task_ids(db, "hourly")) == 1

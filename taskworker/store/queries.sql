@@ -342,18 +342,25 @@ WHERE c.oid = 'tasks'::regclass AND s.attname = 'status';
 -- latest recorded tick (a host whose clock lags never enqueues an older tick),
 -- and, for a task with no recorded tick, if it is not older than %(since)s (a
 -- process's start: a new schedule starts with its next tick, not the last one
--- missed). With %(skip_if_running)s, a tick that finds a run of the task still
--- pending or in progress is taken with task_id NULL (skipped). The task's id is
--- drawn before both inserts so that the tick's row names it; the existence check
--- keeps the other processes from drawing ids for a tick already taken. The
--- task's rows of ticks beyond the newest 10 are deleted. Returns whether the
--- tick was taken, the new task's id, and the live run that made it skip.
+-- missed). With %(skip_if_running)s, a tick that finds a run of the task in
+-- progress, or pending in its queue (read through tasks_in_progress_idx and
+-- tasks_name_claim_idx: a backlog of other tasks costs nothing), is taken with
+-- task_id NULL (skipped). The task's id is drawn before both inserts so that the
+-- tick's row names it; the existence check keeps the other processes from drawing
+-- ids for a tick already taken. The task's rows of ticks beyond the newest 10 are
+-- deleted. Returns whether the tick was taken, the new task's id, and the live run
+-- that made it skip.
 WITH last AS (
     SELECT max(tick) AS tick FROM taskworker_ticks WHERE task = %(task)s
 ), live AS (
-    SELECT id, status FROM tasks
-    WHERE %(skip_if_running)s AND task = %(task)s AND status IN ('pending', 'in_progress')
-    ORDER BY id
+    (SELECT id, status FROM tasks
+     WHERE %(skip_if_running)s AND status = 'in_progress' AND task = %(task)s
+     LIMIT 1)
+    UNION ALL
+    (SELECT id, status FROM tasks
+     WHERE %(skip_if_running)s AND status = 'pending' AND queue = %(queue)s
+       AND coalesce(task, '') = %(task)s
+     LIMIT 1)
     LIMIT 1
 ), taken AS (
     INSERT INTO taskworker_ticks (task, tick, task_id)

@@ -746,3 +746,76 @@ FROM pg_stats AS s
 JOIN pg_class AS c ON c.relname = s.tablename
 JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
 WHERE c.oid = 'tasks'::regclass AND s.attname = 'status';
+
+-- name: enqueue_tick
+-- Enqueue tick %(tick)s of periodic task %(task)s, once across every process: the
+-- tick's row in taskworker_ticks and its task are written by this one statement.
+-- The tick is taken only if no row has it (ON CONFLICT: another process took it;
+-- a racing one waits for that insert to commit), if it is newer than the task's
+-- latest recorded tick (a host whose clock lags never enqueues an older tick),
+-- and, for a task with no recorded tick, if it is not older than %(since)s (a
+-- process's start: a new schedule starts with its next tick, not the last one
+-- missed). With %(skip_if_running)s, a tick that finds a run of the task in
+-- progress, or pending in its queue (read through tasks_in_progress_idx and
+-- tasks_name_claim_idx: a backlog of other tasks costs nothing), is taken with
+-- task_id NULL (skipped). The task's id is drawn before both inserts so that the
+-- tick's row names it; the existence check keeps the other processes from drawing
+-- ids for a tick already taken. The task's rows of ticks beyond the newest 10 are
+-- deleted. Returns whether the tick was taken, the new task's id, and the live run
+-- that made it skip.
+WITH last AS (
+    SELECT max(tick) AS tick FROM taskworker_ticks WHERE task = %(task)s
+), live AS (
+    (SELECT id, status FROM tasks
+     WHERE %(skip_if_running)s AND status = 'in_progress' AND task = %(task)s
+     LIMIT 1)
+    UNION ALL
+    (SELECT id, status FROM tasks
+     WHERE %(skip_if_running)s AND status = 'pending' AND queue = %(queue)s
+       AND coalesce(task, '') = %(task)s
+     LIMIT 1)
+    LIMIT 1
+), taken AS (
+    INSERT INTO taskworker_ticks (task, tick, task_id)
+    SELECT %(task)s, %(tick)s,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM live)
+                THEN nextval(pg_get_serial_sequence('tasks', 'id')) END
+    FROM last
+    WHERE coalesce(%(tick)s > last.tick, %(tick)s >= %(since)s)
+      AND NOT EXISTS (SELECT 1 FROM taskworker_ticks
+                      WHERE task = %(task)s AND tick = %(tick)s)
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+), created AS (
+    INSERT INTO tasks (id, task, queue, priority, payload)
+    SELECT task_id, %(task)s, %(queue)s, %(priority)s, %(payload)s
+    FROM taken
+    WHERE task_id IS NOT NULL
+    RETURNING id
+), trimmed AS (
+    DELETE FROM taskworker_ticks
+    WHERE task = %(task)s AND EXISTS (SELECT 1 FROM taken)
+      AND tick < (SELECT tick FROM taskworker_ticks WHERE task = %(task)s
+                  ORDER BY tick DESC OFFSET 8 LIMIT 1)
+)
+SELECT EXISTS (SELECT 1 FROM taken), (SELECT id FROM created),
+       (SELECT id FROM live), (SELECT status FROM live);
+
+-- name: schedule_ticks
+-- The latest recorded tick of each periodic task, with its task's status (NULL:
+-- skipped, or the task was pruned), for `taskworker schedule`.
+SELECT t.task, t.tick, t.task_id, k.status
+FROM (SELECT DISTINCT ON (task) task, tick, task_id
+      FROM taskworker_ticks
+      ORDER BY task, tick DESC) AS t
+LEFT JOIN tasks AS k ON k.id = t.task_id
+ORDER BY t.task;
+
+-- name: live_schedules
+-- Each live process's periodic schedules (name -> "cron ..." / "every Ns"), for
+-- `taskworker schedule`: a process is live while its seen_at is less than two
+-- leases old.
+SELECT holder, schedules
+FROM taskworker_processes
+WHERE seen_at + lease_seconds * 2 * interval '1 second' > now()
+ORDER BY holder;

@@ -96,7 +96,7 @@ class Fetcher:
 
     def claim(self, limit: int, alone: bool = False) -> tuple[list[ClaimedTask], bool]:
         """Claim up to `limit` tasks (with `alone`: only tasks that must run alone)
-        and hand them to the workers, lowest id first; return them, and whether
+        and hand them to the workers in the claim's order; return them, and whether
         more may be waiting (a queue got all the claim could give it).
 
         Each served queue with due tasks gets an equal share of `limit` (so a busy
@@ -139,8 +139,9 @@ class Fetcher:
                 self.outcome(Outcome(row.task, 0, GIVE_BACK))  # for a later claim
         if wanted:
             found = store.payloads(self.db, holder=self.holder, ids=[t.id for t in wanted])
+            order = {row.task.id: n for n, row in enumerate(rows)}  # the claim's order
             tasks = sorted(tasks + [t._replace(payload=found[t.id]) for t in wanted
-                                    if t.id in found])
+                                    if t.id in found], key=lambda t: order[t.id])
         self.dispatch.hand_out(tasks, claimed_at)
         if loaded >= memory.LARGE:
             self.db.recycle()  # give back the buffer that received them

@@ -38,8 +38,8 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- read whole and sorted): sent with SET LOCAL in the same round trip.
 -- Returns id, payload (NULL when over %(inline_bytes)s bytes: octet_length reads
 -- a stored value's size without loading it), attempts, rescues, payload size,
--- task name, queue, the queue's share, and cancel_requested_at IS NOT NULL; then
--- the pairs discovered.
+-- task name, queue, the queue's share, and cancel_requested_at IS NOT NULL, in
+-- the order to run them (priority, due time, id); then the pairs discovered.
 WITH RECURSIVE found(queue, name) AS (
     (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
      ORDER BY queue, coalesce(task, '') LIMIT 1)
@@ -124,11 +124,14 @@ claimed AS (
     FROM chosen
     WHERE t.id = chosen.id
     RETURNING t.id,
-              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
-              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0),
-              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL
+              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
+                  AS payload,
+              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
+              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
+              t.priority, t.run_at
 )
-SELECT * FROM claimed
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+ ORDER BY priority DESC, run_at, id)
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
 
@@ -246,11 +249,14 @@ claimed AS (
     WHERE t.id = chosen.id
       AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
     RETURNING t.id,
-              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
-              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0),
-              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL
+              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
+                  AS payload,
+              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
+              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
+              t.priority, t.run_at
 )
-SELECT * FROM claimed
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+ ORDER BY priority DESC, run_at, id)
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
 

@@ -97,7 +97,7 @@ Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
 
 class Claim(NamedTuple):
-    rows: list[Claimed]  # lowest id first
+    rows: list[Claimed]  # in the order to run them: priority, due time, id
     pairs: Pairs | None  # the (queue, name) pairs with pending tasks, when discovered
 
 
@@ -115,9 +115,9 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
         "capped": list(served.rooms), "rooms": list(served.rooms.values()),
         "discover": pairs is None, "pair_queues": [q for q, _ in pairs or ()],
         "pair_names": [n for _, n in pairs or ()]})
-    rows = sorted((Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8]),
-                           row[4], row[4] <= inline_bytes, row[7])
-                   for row in found if row[0] is not None), key=lambda c: c.task.id)
+    rows = [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8]),
+                    row[4], row[4] <= inline_bytes, row[7])
+            for row in found if row[0] is not None]  # (in the order to run them)
     return Claim(rows, None if pairs is not None or alone else
                  [(row[6], row[5]) for row in found if row[0] is None])
 

@@ -8,11 +8,12 @@ exceptions a handler raises to choose its task's ending: `Fail`, `Snooze`, `Canc
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Cancel", "Fail", "Snooze", "__version__", "enqueue", "enqueue_many", "task"]
+__all__ = ["Cancel", "Fail", "Snooze", "__version__", "enqueue", "enqueue_many",
+           "enqueue_unique", "task"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("enqueue", "enqueue_many"):
+    if name in ("enqueue", "enqueue_many", "enqueue_unique"):
         from . import client as module
 
         return getattr(module, name)

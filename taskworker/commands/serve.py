@@ -24,7 +24,7 @@ from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_s
 @click.option("--handler", metavar="MODULE:FUNCTION",
               help="The function run for each task without a name. "
                    "[env TASK_HANDLER; default taskworker.handlers:demo, "
-                   "none when --tasks is given]")
+                   "none when TASK_MODULES is set]")
 @click.option("--tasks", "-t", "modules", metavar="MODULE[,MODULE]",
               help="Modules that register named tasks (@taskworker.task). [env TASK_MODULES]")
 @click.option("--queues", "-q", metavar="QUEUE[:N][,QUEUE[:N]]",

@@ -13,7 +13,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from invariants import FAST, query, stop_all, wait_until
+from proc import cli
 
 APP = '''
 import os
@@ -210,4 +212,23 @@ def test_queues_take_turns(db_url: str, db: Any, serve: Any, tmp_path: Path) -> 
     busy_left = query(db, "SELECT count(*) FROM tasks WHERE id = ANY(%s) AND status = 'pending'",
                       (busy,))[0][0]
     assert busy_left >= 10, "the quiet queue waited for the busy one"
+    stop_all([p], signal.SIGINT)
+
+
+def test_a_delayed_named_task_runs_on_time_without_polling(
+        db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    """`enqueue(..., task=..., delay=...)`: claimed within about a second of its time,
+    by a process whose FETCH_INTERVAL is far longer (it sleeps until the due time)."""
+    p = serve(db_url, env={**FAST, "FETCH_INTERVAL": "60"}, args=app(tmp_path))
+    p.wait_for("Starting worker 1")
+    code, out, err = cli(db_url, "enqueue", "--task", "work", "--delay", "2s", "0")
+    assert (code, err) == (0, "")
+    task_id = int(out.split()[-1])
+    wait_until(lambda: finished(db, [task_id]), 10, "the delayed task to run", [p])
+    start = spans(db, [task_id])[0][0]
+    created, run_at = query(db, "SELECT extract(epoch FROM created_at), "
+                                "extract(epoch FROM run_at) FROM tasks WHERE id = %s",
+                            (task_id,))[0]
+    assert float(run_at) - float(created) == pytest.approx(2, abs=0.05)
+    assert float(run_at) <= start < float(run_at) + 1.0
     stop_all([p], signal.SIGINT)

@@ -26,8 +26,8 @@ WORKERS, FETCH_LIMIT = 100, 100
 INSERT_NAMED = """
 WITH ins AS (
     INSERT INTO tasks (payload, task, queue, priority)
-    SELECT 'task ' || n, 'bench_' || (ARRAY['a', 'b', 'c'])[1 + n % 3],
-           CASE WHEN n % 3 = 2 THEN 'other' ELSE 'default' END, n % 5
+    SELECT 'task ' || n, 'bench_' || (ARRAY['a', 'b', 'c'])[1 + n %% 3],
+           CASE WHEN n %% 3 = 2 THEN 'other' ELSE 'default' END, n %% 5
     FROM generate_series(1, %s) AS n
     RETURNING id
 )

@@ -2,7 +2,7 @@
 round trip, planning included, as the fetcher sees it) of the part-7 claim
 (`taskworker.store.tasks.claim`, with the pairs an earlier claim found, and
 discovering them) against the part-3 claim (one ordered scan of
-tasks_claimable_idx, copied below from git 610de36), in claims of 100 and of 10.
+tasks_claimable_idx, read from git 610de36), in claims of 100 and of 10.
 
 Each measurement starts from the shape as loaded (claimed rows put back to
 pending and the table vacuumed, or, never analyzed, loaded again) and runs
@@ -13,6 +13,7 @@ Shapes, variants and sizes are interleaved round by round; medians reported.
 from __future__ import annotations
 
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,37 +21,29 @@ from typing import Any
 
 from taskworker.store import tasks
 from taskworker.store.database import Direct
-from taskworker.store.sql import QUERIES
+from taskworker.store.sql import QUERIES, parse
 from taskworker.store.tasks import Served
 
 from .databases import connect
+from .processes import BenchError
+from .taskworker_runs import REPO
 
 CLAIMS = 30  # claims in a row per measurement
 LIMITS = (100, 10)
 
-# The claim of part 3 (git show 610de36:taskworker/store/queries.sql, block claim):
-# every queue and name, oldest first, through tasks_claimable_idx (run_at, id).
-PART3_CLAIM = """
-WITH picked AS (
-    SELECT id FROM tasks
-    WHERE status = 'pending' AND run_at <= now() AND run_alone = %(alone)s
-    ORDER BY run_at, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks AS t
-SET status = 'in_progress',
-    run_alone = false,
-    locked_by = %(holder)s,
-    locked_until = now() + %(lease)s * interval '1 second',
-    attempts = t.attempts + 1,
-    updated_at = now()
-FROM picked
-WHERE t.id = picked.id
-RETURNING t.id,
-          CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
-          t.attempts, t.rescues, coalesce(octet_length(t.payload), 0)
-"""
+PART3 = "610de36"  # part 6's code: the claim of part 3, before the part-7 rewrite
+
+
+def part3_claim() -> str:
+    """The claim statement of git PART3 (every queue and name, oldest first, through
+    tasks_claimable_idx (run_at, id)), read from the repository's history."""
+    shown = subprocess.run(["git", "-C", str(REPO), "show",
+                            f"{PART3}:taskworker/store/queries.sql"],
+                           capture_output=True, text=True, check=False)
+    if shown.returncode != 0:
+        raise BenchError(f"git show {PART3}: {shown.stderr.strip()[-300:]}")
+    return parse(shown.stdout)["claim"]
+
 
 SPREAD = ("INSERT INTO tasks (payload, queue, priority) SELECT 'spread ' || n, 'q' || (n % 10), "
           "(n / 10) % 5 FROM generate_series(1, 100000) AS n")
@@ -126,11 +119,12 @@ def claimer(conn: Any, variant: str, shape: Shape, limit: int) -> Callable[[], i
         cur.execute(PUT_BACK)  # (the look's own claim)
     inline = max(4 * 1024 * 1024 // limit, 1)
     if variant == "part 3":
+        statement = part3_claim()
         params = {"limit": limit, "alone": False, "holder": "bench", "lease": 30,
                   "inline_bytes": inline}
 
         def old() -> int:
-            return len(db.query(PART3_CLAIM, params))
+            return len(db.query(statement, params))
         return old
     kept = pairs if variant == "part 7, pairs kept" else None
 

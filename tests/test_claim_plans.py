@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 
 LIMITS = (1, 30, 100)
 MOST_FILTERED = 100  # rows of tasks a claim may read and throw away
-MOST_PAGES = 600  # pages of tasks (index and heap) a claim of at most 100 may touch
+MOST_PAGES = 300  # pages of tasks (index and heap) a claim of at most 100 may touch (seen: <= 150)
 
 SPREAD = """INSERT INTO tasks (payload, queue, priority)
             SELECT 'spread ' || n, 'q' || (n %% 10), (n / 10) %% 5
@@ -148,4 +148,19 @@ def test_a_million_finished_rows(stale: Any, db_url: str) -> None:
 def test_one_queue_backlog_never_analyzed(stale: Any, db_url: str) -> None:
     """100,000 pending rows in the default queue, at 5 priorities."""
     load(stale, (SPREAD.replace("'q' || (n %% 10)", "'default'"), {"n": 100_000}))
+    assert_each_claim(db_url, Served(None, [""], {}, []), {1: 1, 30: 30, 100: 100})
+
+
+DELAYED = """INSERT INTO tasks (payload, priority, run_at)
+             SELECT 'later ' || n, 10, now() + interval '1 hour'
+             FROM generate_series(1, %(n)s) AS n"""
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: run_at <= now() is an index condition "
+                   "after priority, so a claim walks every not-yet-due entry of a higher "
+                   "priority (about 600 pages, 10 ms, for a claim of 1 here) without "
+                   "filtering a row")
+def test_backlog_not_yet_due_at_a_higher_priority(stale: Any, db_url: str) -> None:
+    """100,000 rows due in an hour at priority 10 (retries, delays) in the served queue."""
+    load(stale, (DELAYED, {"n": 100_000}), (KNOWN, {"n": 300, "task": None}))
     assert_each_claim(db_url, Served(None, [""], {}, []), {1: 1, 30: 30, 100: 100})

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import pgqueuer_runs, profiling, rawsql, scaling
+from . import baseline, claims, pgqueuer_runs, profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
-          "hosts")
+          "hosts", "claims", "baseline")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -43,6 +43,7 @@ class Plan:
     hosts_io_n: int = 15_000  # I/O-bound tasks per point: 7.5 s at 1 host, 2.5 s at 3
     hosts_noop_n: int = 50_000
     hosts_rounds: int = 3
+    baseline_n: int = 50_000  # tasks per run of the baseline phase (at least 5 rounds)
 
 
 def plan_for(quick: bool) -> Plan:
@@ -52,7 +53,7 @@ def plan_for(quick: bool) -> Plan:
                     processes=[2, 4],
                     process_n=20_000, finished_rows=1_000_000, finished_n=20_000,
                     finished_repeats=2, rss_workers=[5, 100, 1000],
-                    hosts_io_n=6_000, hosts_noop_n=20_000)
+                    hosts_io_n=6_000, hosts_noop_n=20_000, baseline_n=20_000)
     return Plan(sizes=[20_000, 200_000], settings=[(10, 100), (100, 100), (100, 1000)],
                 repeats=5, repeats_large=2, pgq_batches=[10, 100, 1000],
                 raw_batches=[10, 100],
@@ -75,6 +76,8 @@ class Bench:
     latency: dict[str, tuple] = field(default_factory=dict)  # system -> (steady, single)
     profile: profiling.Profile | None = None
     scaling: scaling.Scaling | None = None
+    claims: claims.Claims | None = None
+    baseline: baseline.Baseline | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -275,3 +278,15 @@ def phase_profile(b: Bench) -> None:
     b.note_drain("taskworker py-spy run", d)
 
 
+
+
+def phase_claims(b: Bench) -> None:
+    """The claim statement alone per backlog shape, part 7 vs part 3 (claims.py)."""
+    b.claims = claims.run_claims(b.db("claims"), b.db("claims_fresh"), b.plan.repeats, b.say)
+    b.notes.extend(f"claims: {n}" for n in b.claims.notes)
+
+
+def phase_baseline(b: Bench) -> None:
+    """No-op throughput of this code vs an older commit's (baseline.py)."""
+    b.baseline = baseline.measure(b.db("baseline"), b.args.baseline, b.plan.baseline_n,
+                                  max(5, b.plan.repeats), b.say, b.notes)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import profiling, rawsql, scaling
+from . import baseline, claims, profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .phases import MAIN_SETTING, Bench, mb, median_rate
@@ -383,6 +383,10 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [""]
     if b.scaling is not None and b.scaling.runs:
         out += [*scaling_table(b.scaling), ""]
+    if b.claims is not None:
+        out += [*claims.report(b.claims), ""]
+    if b.baseline is not None:
+        out += [*baseline.report(b.baseline), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

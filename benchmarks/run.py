@@ -22,6 +22,15 @@ at the end, also on Ctrl+C or failure):
                  I/O-bound tasks (50 ms gevent.sleep) direct and through PgBouncer,
                  against the ideal hosts x WORKER_COUNT / 0.05 s, and no-op tasks
                  with the CPU of the server and of the serve processes
+  claims         the claim statement alone, ms per claim of 100 and of 10, part 7's
+                 (pairs kept, and discovering) vs part 3's, per backlog shape: 100,000
+                 pending over 10 queues x 5 priorities (analyzed, and never analyzed),
+                 with 1,000,000 done rows, and a skewed backlog of an unserved queue or
+                 an unknown task name (benchmarks/claims.py)
+  baseline       no-op throughput of one serve (W=100 F=100) against the code of git
+                 --baseline REF (default 610de36: part 6's code, the claim of part 3),
+                 named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
+                 interleaved, ratio of medians (benchmarks/baseline.py)
 With --py-spy N, one extra run (N x 40,000 tasks, at least 200,000) is sampled by
 py-spy for N seconds and the top functions are listed.
 --quick: 20,000 tasks only, fewer settings, 3 rounds (about 3 minutes, 1.3 of them
@@ -45,6 +54,8 @@ from .phases import (
     COMPARED,
     PHASES,
     Bench,
+    phase_baseline,
+    phase_claims,
     phase_compare,
     phase_finished_rows,
     phase_hosts,
@@ -75,6 +86,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
     ap.add_argument("--pgbench", metavar="PATH", help="pgbench to use (default: PATH, then "
                     "/usr/lib/postgresql/<newest>/bin/pgbench)")
+    ap.add_argument("--baseline", default="610de36", metavar="REF",
+                    help="the older commit the baseline phase compares with (default 610de36)")
     ap.add_argument("--keep-files", action="store_true",
                     help="keep the children's logs (printed path) instead of removing them")
     ap.add_argument("--drop-stale", action="store_true",
@@ -114,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = datetime.datetime.now().timestamp()
     phases: dict[str, Callable[[Bench], None]] = {
         "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
-        "latency": phase_latency, "hosts": phase_hosts}
+        "latency": phase_latency, "hosts": phase_hosts,
+        "claims": phase_claims, "baseline": phase_baseline}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

@@ -47,11 +47,17 @@ def migrate(db_url: str) -> None:
 
 
 def start_serve(db_url: str, workers: int, fetch_limit: int, prefix: Sequence[str] = (),
-                handler: str = NOOP, **settings: object) -> Proc:
+                handler: str | None = NOOP, pythonpath: str | None = None,
+                **settings: object) -> Proc:
     """One `python -m taskworker serve`, behind `prefix` (e.g. `ip netns exec H`,
-    which execs it: the pid is the serve process's own)."""
+    which execs it: the pid is the serve process's own). handler None: no
+    TASK_HANDLER; `pythonpath`: where taskworker is imported from (another version)."""
+    if handler is not None:
+        settings["task_handler"] = handler
     env = env_for(db_url, worker_count=workers, fetch_limit=fetch_limit,
-                  task_handler=handler, log_level="WARNING", **settings)
+                  log_level="WARNING", **settings)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     return Proc("serve", [*prefix, sys.executable, "-m", "taskworker", "serve"], env,
                 cwd=workdir("cwd"))
 
@@ -126,6 +132,7 @@ GROUP BY w.t0, w.t1
 
 def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: int = 1,
                truncate: bool = True, vacuum: bool = False, analyze: bool = True,
+               insert: str = INSERT_PENDING,
                on_start: Callable[[list[Proc]], None] | None = None,
                start: Callable[[], list[Proc]] | None = None,
                on_drained: Callable[[list[Proc]], None] | None = None) -> Drain:
@@ -144,7 +151,7 @@ def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: i
     result = Drain(n, processes, workers, fetch_limit, analyze=analyze)
     conn = connect(db_url)
     try:
-        _drain(conn, db_url, result, truncate, vacuum, on_start, start, on_drained)
+        _drain(conn, db_url, result, truncate, vacuum, insert, on_start, start, on_drained)
     finally:
         conn.close()
     if result.done != n:
@@ -154,7 +161,7 @@ def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: i
 
 
 def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum: bool,
-           on_start: Callable[[list[Proc]], None] | None,
+           insert: str, on_start: Callable[[list[Proc]], None] | None,
            start: Callable[[], list[Proc]] | None,
            on_drained: Callable[[list[Proc]], None] | None) -> None:
     n, workers, fetch_limit = result.n, result.workers, result.fetch_limit
@@ -173,7 +180,7 @@ def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum:
             result.notes.append("LISTEN connections not seen within 15 s of start")
         conn.autocommit = False
         with conn.cursor() as cur:
-            cur.execute(INSERT_PENDING, (n,))
+            cur.execute(insert, (n,))
             lo, hi, _ = cur.fetchone()
             if result.analyze:
                 cur.execute("ANALYZE tasks")  # counts our own uncommitted rows

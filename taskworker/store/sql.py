@@ -12,7 +12,12 @@ _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 def _load() -> dict[str, str]:
-    text = resources.files("taskworker.store").joinpath("queries.sql").read_text("utf-8")
+    return parse(resources.files("taskworker.store").joinpath("queries.sql").read_text("utf-8"))
+
+
+def parse(text: str) -> dict[str, str]:
+    """The blocks of a queries.sql text by name, without their comment lines (the
+    benchmark also reads an older commit's file with it)."""
     parts = _HEADER.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
     queries = {}

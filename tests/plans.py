@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskworker.store import sql, tasks
+from taskworker.store.prepared import Prepared
 from taskworker.store.tasks import Pairs, Served
 
 CLAIM_INDEXES = ("tasks_queue_claim_idx", "tasks_name_claim_idx")
@@ -29,13 +30,19 @@ class Explaining:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.plan: dict[str, Any] | None = None
+        self.prepared: set[str] = set()  # (statements last as long as the session)
 
-    def query(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
-        prefix = sql.ordered_plans
-        assert statement.startswith(prefix), "the claim is no longer sent behind ordered_plans"
-        explain = "\nEXPLAIN (ANALYZE, BUFFERS, SUMMARY, FORMAT JSON) "
+    def query(self, statement: Prepared, params: Any = None) -> list[tuple[Any, ...]]:
+        """The plan serve runs: the statement prepared, its generic plan, behind
+        the planner settings."""
+        assert isinstance(statement, Prepared), "the claim is no longer prepared"
+        assert statement.prefix.startswith(sql.ordered_plans), \
+            "the claim is no longer sent behind ordered_plans"
+        first = statement.name not in self.prepared
+        self.prepared.add(statement.name)
         with self.conn.cursor() as cur:
-            cur.execute(prefix + explain + statement[len(prefix):], params)
+            cur.execute(statement.explained("ANALYZE, BUFFERS, SUMMARY, FORMAT JSON", first),
+                        params)
             self.plan = cur.fetchone()[0][0]
         return []
 

@@ -53,7 +53,7 @@ class Fetcher:
         self.renewing = renewing  # the heartbeat renews leases
         self.should_stop = should_stop
         self.db = ReconnectingConnection(settings, "fetcher", should_stop=should_stop,
-                                         on_reconnect=self._reconnected)
+                                         on_reconnect=self._reconnected, prepare=True)
         self._orphans_possible = False
         self._next_rescue = 0.0
         self._alone_waiting = False  # a task that must run alone may be due

@@ -22,6 +22,7 @@ import psycopg2.extensions
 
 from ..logs import log
 from ..settings import Settings, mask_password
+from . import prepared
 from .database import Params, PgConnection, Row, execute, first_line
 
 # Errors that mean "the connection, not the statement, is the problem".
@@ -72,6 +73,7 @@ class TimedConnection(psycopg2.extensions.connection):
     options`) and would hand the second to other clients' transactions."""
 
     statement_timeout_ms: int | None = 0  # 0: none; None: no prefix (the session's own)
+    prepared: set[str] | None = None  # statements prepared here; None: never prepare
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cursor_factory", TimedCursor)
@@ -160,9 +162,10 @@ class ReconnectingConnection:
     def __init__(self, settings: Settings, name: str,
                  should_stop: Callable[[], bool] = lambda: False,
                  on_reconnect: Callable[[], None] | None = None,
-                 url: str | None = None) -> None:
+                 url: str | None = None, prepare: bool = False) -> None:
         self.settings = settings
         self.name = name
+        self.prepare = prepare  # prepare statements (prepared.Prepared) when direct
         self.url = url  # None: DATABASE_URL
         self.deadline = client_deadline(settings)
         self.should_stop = should_stop
@@ -197,7 +200,14 @@ class ReconnectingConnection:
         while self.conn is None or self.conn.closed:
             try:
                 self.conn = connect(self.settings, name=f"taskworker {self.name}", url=self.url)
+                if self.prepare:
+                    with gevent.Timeout(self.deadline, NoAnswer):
+                        direct = prepared.direct_session(self.conn)
+                    self.conn.prepared = set() if direct else None
             except DatabaseUnavailable as exc:
+                self.lost(exc)
+                continue
+            except (NoAnswer, *CONNECTION_ERRORS) as exc:
                 self.lost(exc)
                 continue
             if self._down_since is not None:
@@ -208,7 +218,7 @@ class ReconnectingConnection:
                     self.on_reconnect()
         return self.conn
 
-    def query(self, statement: str, params: Params = None, *,
+    def query(self, statement: str | prepared.Prepared, params: Params = None, *,
               resend_on_timeout: bool = True) -> list[Row]:
         """Run one statement in its own transaction and return its rows.
 

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 import psycopg2
 import psycopg2.extensions
 
+from . import prepared
+
 PgConnection = psycopg2.extensions.connection
 Params = Mapping[str, Any] | Sequence[Any] | None
 Row = tuple[Any, ...]
@@ -23,7 +25,7 @@ Row = tuple[Any, ...]
 class Database(Protocol):
     """Anything that runs one statement and returns its rows."""
 
-    def query(self, statement: str, params: Params = None) -> list[Row]: ...
+    def query(self, statement: str | prepared.Prepared, params: Params = None) -> list[Row]: ...
 
 
 def first_line(exc: BaseException) -> str:
@@ -34,9 +36,13 @@ def first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def execute(cur: psycopg2.extensions.cursor, statement: str, params: Params) -> list[Row]:
+def execute(cur: psycopg2.extensions.cursor, statement: str | prepared.Prepared,
+            params: Params) -> list[Row]:
     """Run one statement on a cursor; its rows, or [] when it returns none."""
-    cur.execute(statement, params)
+    if isinstance(statement, prepared.Prepared):
+        prepared.run(cur, statement, params)  # type: ignore[arg-type]
+    else:
+        cur.execute(statement, params)
     return cur.fetchall() if cur.description is not None else []
 
 
@@ -55,7 +61,7 @@ class Direct:
             raise TypeError("expected a psycopg2 connection or cursor, "
                             f"not {type(conn_or_cursor).__name__}")
 
-    def query(self, statement: str, params: Params = None) -> list[Row]:
+    def query(self, statement: str | prepared.Prepared, params: Params = None) -> list[Row]:
         if self._cursor is not None:
             return execute(self._cursor, statement, params)
         with self._conn.cursor() as cur:

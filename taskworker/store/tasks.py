@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from . import sql
 from .database import Database
+from .prepared import Prepared
 
 if TYPE_CHECKING:  # (this module imports no gevent: tests claim through it unpatched)
     from .connection import ReconnectingConnection
@@ -93,6 +94,15 @@ class Cutoff(NamedTuple):
 
 EVERYTHING = Served(None, [""], {}, [])  # every queue, tasks without a name only
 
+_CLAIM_TYPES = {
+    "limit": "int", "holder": "text", "lease": "float8", "inline_bytes": "bigint",
+    "queues": "text[]", "names": "text[]", "limited": "text[]", "capped": "text[]",
+    "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]"}
+# Prepared once per direct connection (see prepared.py), behind the planner settings.
+CLAIM = Prepared("taskworker_claim_v7", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM_LIMITED = Prepared("taskworker_claim_limited_v7", sql.claim_limited, _CLAIM_TYPES,
+                         sql.ordered_plans + "\n")
+
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
 
@@ -108,7 +118,7 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
     left unloaded (see `payloads`). `pairs`: the (queue, name) pairs found by an
     earlier claim; None: find them now (returned in the Claim)."""
     statement = (sql.claim_alone if alone else
-                 sql.ordered_plans + "\n" + (sql.claim_limited if served.limited else sql.claim))
+                 CLAIM_LIMITED if served.limited else CLAIM)
     found = db.query(statement, {
         "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
         "queues": served.queues, "names": served.names, "limited": served.limited,

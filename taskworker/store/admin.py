@@ -95,3 +95,20 @@ def retry(db: Database, *, ids: Sequence[int] | None, since: datetime | None,
 def cancel(db: Database, ids: Sequence[int]) -> list[int]:
     """Cancel the pending tasks among `ids`; the ids cancelled."""
     return [row[0] for row in db.query(sql.cancel, {"ids": list(ids)})]
+
+
+class Backlog(NamedTuple):
+    """Pending and running tasks of one task name in one queue."""
+
+    queue: str
+    task: str | None  # None: tasks without a name (the default handler's)
+    pending: int  # due now
+    scheduled: int  # pending, due later
+    running: int
+    oldest_pending_seconds: float | None  # how long the oldest due one has waited
+
+
+def backlog(db: Database) -> list[Backlog]:
+    """Pending and running tasks by (queue, task name); reads no finished row."""
+    return [Backlog(queue, task, due, later, running, None if oldest is None else float(oldest))
+            for queue, task, due, later, running, oldest in db.query(sql.status_backlog)]

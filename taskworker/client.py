@@ -18,53 +18,156 @@ blocking program, a threaded one, or under gevent alike.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
+from . import registry
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES
 from .store import admin
 from .store.database import Direct
 
 BATCH_SIZE = 5000  # payloads per INSERT statement in enqueue_many
+MAX_UNIQUE_KEY_BYTES = 1000  # a btree entry must fit a third of a page; keys are short anyway
+UNIQUE_ROUNDS = 100  # enqueue_unique: insert-or-read rounds before giving up
+PRIORITY_RANGE = range(-2**31, 2**31)  # the column is a PostgreSQL integer
 
 RunAt = datetime | timedelta | None
+Delay = timedelta | float | None  # a timedelta, or seconds
+TaskRef = str | Callable[..., Any] | None  # a name, or a function decorated with @taskworker.task
 
 
-def enqueue(conn_or_cursor: Any, payload: str, *, run_at: RunAt = None,
+class Enqueued(NamedTuple):
+    """What `enqueue_unique` did."""
+
+    id: int  # the task inserted, or the live task that holds the key
+    inserted: bool  # False: a live task held the key and nothing was inserted
+    status: str  # that task's status as read: 'pending' or 'in_progress'
+
+
+def enqueue(conn_or_cursor: Any, payload: str, *, task: TaskRef = None, queue: str | None = None,
+            priority: int | None = None, run_at: RunAt = None, delay: Delay = None,
+            unique_key: str | None = None,
             max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> int:
     """Insert one pending task and return its id.
 
     `conn_or_cursor` is a psycopg2 connection or cursor; the insert joins its
-    current transaction. `run_at` delays the task: a timezone-aware datetime, or
-    a timedelta counted from the database's now(); None means as soon as possible.
-    `max_bytes`: the workers' MAX_PAYLOAD_BYTES (a larger payload raises
-    ValueError; a worker would end the task in error without running it).
+    current transaction. `task` is the name of a task registered with
+    @taskworker.task (or the decorated function itself); None runs the default
+    handler. `queue` and `priority` default to the registered task's, when this
+    process has imported it, else to queue 'default' and priority 0. `run_at` is
+    a timezone-aware datetime (or, as `delay`, a timedelta); `delay` a timedelta
+    or seconds from the database's now(); neither: as soon as possible.
+    `unique_key`: see `enqueue_unique` (this returns its id). `max_bytes`: the
+    workers' MAX_PAYLOAD_BYTES (a larger payload raises ValueError; a worker
+    would end the task in error without running it).
     """
-    return enqueue_many(conn_or_cursor, [payload], run_at=run_at, max_bytes=max_bytes)[0]
+    options = {"task": task, "queue": queue, "priority": priority, "run_at": run_at,
+               "delay": delay, "max_bytes": max_bytes}
+    if unique_key is not None:
+        return enqueue_unique(conn_or_cursor, payload, unique_key, **options).id
+    return enqueue_many(conn_or_cursor, [payload], **options)[0]
 
 
-def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, run_at: RunAt = None,
-                 batch_size: int = BATCH_SIZE,
+def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef = None,
+                 queue: str | None = None, priority: int | None = None, run_at: RunAt = None,
+                 delay: Delay = None, batch_size: int = BATCH_SIZE,
                  max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> list[int]:
     """Insert one pending task per payload; return their ids in the payloads' order.
 
     One INSERT statement per `batch_size` payloads, all in the caller's
-    transaction. `run_at` and `max_bytes` apply to every task (see `enqueue`). A
+    transaction. The options apply to every task (see `enqueue`); a unique key
+    belongs to one task, so there is none here: call `enqueue` for each. A
     payload that cannot be stored (not a str, a NUL character, over `max_bytes`)
     raises TypeError or ValueError before anything of its batch is sent.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    when, delay = _schedule(run_at)
+    placement = place(task, queue, priority, run_at, delay)
     db = Direct(conn_or_cursor)
     ids: list[int] = []
     it = iter(payloads)
     while batch := list(itertools.islice(it, batch_size)):
         for payload in batch:
             check_payload(payload, max_bytes)
-        ids.extend(admin.enqueue(db, batch, run_at=when, delay=delay))
+        ids.extend(admin.enqueue(db, batch, placement))
     return ids
+
+
+def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: TaskRef = None,
+                   queue: str | None = None, priority: int | None = None,
+                   run_at: RunAt = None, delay: Delay = None,
+                   max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Enqueued:
+    """Insert one task with `unique_key`, unless a live task (pending, waiting for
+    a retry included, or running) holds the key: then insert nothing and return
+    that task's id, with inserted=False. Options as for `enqueue`.
+
+    Race-free across concurrent enqueuers: the partial unique index decides, and
+    an insert that conflicts with a row of a transaction not yet committed waits
+    for that transaction. No row is locked: insert with DO NOTHING, then read the
+    holder; if it finished in between, try again. A key this transaction inserted
+    earlier is held too (its own row is visible to it). Under REPEATABLE READ or
+    SERIALIZABLE, a holder committed after the transaction's snapshot raises
+    psycopg2's SerializationFailure: run the transaction again.
+    """
+    check_unique_key(unique_key)
+    check_payload(payload, max_bytes)
+    placement = place(task, queue, priority, run_at, delay)
+    db = Direct(conn_or_cursor)
+    for _ in range(UNIQUE_ROUNDS):
+        task_id = admin.enqueue_unique(db, payload, unique_key, placement)
+        if task_id is not None:
+            return Enqueued(task_id, True, "pending")
+        holder = admin.unique_holder(db, unique_key)
+        if holder is not None:
+            return Enqueued(holder[0], False, holder[1])
+    raise RuntimeError(f"unique key {unique_key!r}: its tasks kept finishing between the "
+                       f"insert and the read, {UNIQUE_ROUNDS} times")
+
+
+def place(task: TaskRef, queue: str | None, priority: int | None, run_at: RunAt,
+          delay: Delay) -> admin.Placement:
+    """The checked columns of an enqueue, queue and priority filled in order: the
+    argument, else the registered task's (if this process imported it), else the
+    defaults. Raises TypeError or ValueError (the message is for the user)."""
+    name = task_name(task)
+    known = registry.get(name) if name is not None else None
+    if queue is None:
+        queue = known.queue if known is not None and known.queue is not None else "default"
+    registry.check_name(queue, "queue")
+    if priority is None:
+        priority = known.priority if known is not None and known.priority is not None else 0
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+    if priority not in PRIORITY_RANGE:
+        raise ValueError(f"priority {priority} is out of range ({PRIORITY_RANGE.start} to "
+                         f"{PRIORITY_RANGE.stop - 1})")
+    when, after = _schedule(run_at, delay)
+    return admin.Placement(name, queue, priority, when, after)
+
+
+def task_name(task: TaskRef) -> str | None:
+    """The name a `task=` argument stands for (checked), or None (default handler)."""
+    if task is None:
+        return None
+    if not isinstance(task, str):
+        name = getattr(task, "task_name", None)
+        if not isinstance(name, str):
+            raise TypeError("task must be a task name or a function decorated with "
+                            f"@taskworker.task, not {type(task).__name__}")
+        task = name
+    registry.check_name(task, "task")
+    return task
+
+
+def check_unique_key(key: object) -> None:
+    """Raise TypeError or ValueError unless `key` can be a unique key."""
+    if not isinstance(key, str):
+        raise TypeError(f"unique_key must be str, not {type(key).__name__}")
+    if not key or "\x00" in key:
+        raise ValueError("unique_key must be a non-empty text without NUL characters")
+    if (size := len(key.encode("utf-8"))) > MAX_UNIQUE_KEY_BYTES:
+        raise ValueError(f"unique_key is {size} bytes, over {MAX_UNIQUE_KEY_BYTES}")
 
 
 def check_payload(payload: object, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
@@ -78,8 +181,18 @@ def check_payload(payload: object, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -
         raise ValueError(f"payload is {size} bytes, over MAX_PAYLOAD_BYTES={max_bytes}")
 
 
-def _schedule(run_at: RunAt) -> tuple[datetime | None, timedelta | None]:
+def _schedule(run_at: RunAt, delay: Delay) -> tuple[datetime | None, timedelta | None]:
     """(absolute time, delay) parameters of the insert; at most one is set."""
+    if delay is not None:
+        if run_at is not None:
+            raise ValueError("give run_at or delay, not both")
+        if isinstance(delay, (int, float)) and not isinstance(delay, bool):
+            delay = timedelta(seconds=delay)
+        if not isinstance(delay, timedelta):
+            raise TypeError(f"delay must be a timedelta or seconds, not {type(delay).__name__}")
+        if delay < timedelta(0):
+            raise ValueError("delay must not be negative")
+        return None, delay
     if run_at is None:
         return None, None
     if isinstance(run_at, datetime):

@@ -12,7 +12,7 @@ import importlib
 import inspect
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gevent
 
@@ -37,12 +37,26 @@ class HandlerSettings:
                    s.task_failure_rate)
 
 
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class TaskContext:
     id: int
     attempt: int  # 1 on the first run, counting every claim that ran the task
     worker: int  # the worker greenlet's number, as in the log lines
     settings: HandlerSettings
+    name: str | None = None  # the registered task's name (None: the default handler)
+    queue: str = "default"
+    _cancelled: Callable[[], bool] = field(default=_never, repr=False, compare=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """Has `taskworker cancel` asked this task to stop? (The worker is also
+        killed at the handler's next cooperative point; a handler in a long
+        computation without one can check this and return or raise Cancel.)"""
+        return self._cancelled()
 
 
 class HandlerError(Exception):

@@ -65,7 +65,7 @@ class TaskDef:
         if self.cron is not None:
             return f"cron {self.cron}"
         if self.every is not None:
-            return f"every {self.every:g}s"
+            return f"every {self.every:.15g}s"
         return None
 
 

@@ -32,7 +32,7 @@ def claim_all(url: str, holder: str, limit: int,
         start()
     try:
         while True:
-            rows = tasks.claim(Direct(conn), holder=holder, limit=limit, lease=300)
+            rows = tasks.claim(Direct(conn), holder=holder, limit=limit, lease=300).rows
             claimed = [row.task for row in rows]
             if not claimed:
                 return ids

@@ -105,5 +105,6 @@ def test_claim_takes_oldest_first_and_respects_limit(db_url: str,
         cur.execute("UPDATE tasks SET status = 'done' WHERE payload = 'task 1'")
         cur.execute("UPDATE tasks SET run_at = now() + interval '1 hour'"
                     " WHERE payload = 'task 2'")
-    got = sorted(c.task.payload for c in tasks.claim(Direct(db), holder="me", limit=3, lease=30))
+    claim = tasks.claim(Direct(db), holder="me", limit=3, lease=30)
+    got = sorted(c.task.payload for c in claim.rows)
     assert got == ["task 3", "task 4", "task 5"]  # not done, not due: skipped

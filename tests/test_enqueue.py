@@ -7,20 +7,22 @@ half runs `taskworker enqueue` as a subprocess.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import enqueue_tasks_for_tests
 import psycopg2
 import pytest
-from invariants import query
+from invariants import TESTS_DIR, query
 from pgserver import UNREACHABLE_URL
 from proc import child_env, run_cli
 
 import taskworker
-from taskworker import client
+from taskworker import client, registry
 
 
 @pytest.fixture
@@ -196,3 +198,144 @@ def test_enqueue_before_migrate_and_without_database(empty_db_url: str) -> None:
                                                   "CONNECT_TIMEOUT": "3"})
     assert code == 1
     assert err.startswith("Error: cannot connect to database") and err.count("\n") == 1
+
+
+# --- named tasks: task, queue, priority
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The enqueue_tasks_for_tests module imported, its tasks registered in this
+    process (into a copy of the registry, put back afterwards)."""
+    monkeypatch.setattr(registry, "_registry", registry.registered())
+    return importlib.reload(enqueue_tasks_for_tests)  # registers into the copy
+
+
+def placed(db: Any, task_id: int) -> tuple[Any, ...]:
+    return query(db, "SELECT task, queue, priority, unique_key FROM tasks WHERE id = %s",
+                 (task_id,))[0]
+
+
+def test_enqueue_fills_queue_and_priority_from_the_registry(app_conn: Any, db: Any,
+                                                            registered: Any) -> None:
+    by_name = taskworker.enqueue(app_conn, "r", task="report")
+    by_function = taskworker.enqueue(app_conn, "r", task=registered.report)
+    explicit = taskworker.enqueue(app_conn, "r", task="report", queue="urgent", priority=0)
+    half = taskworker.enqueue(app_conn, "t", task="tidy")
+    unknown = taskworker.enqueue(app_conn, "u", task="not.imported.here")
+    default = taskworker.enqueue(app_conn, "d", queue="side", priority=-3)
+    many = taskworker.enqueue_many(app_conn, ["m1", "m2"], task="report", priority=9)
+    app_conn.commit()
+    assert placed(db, by_name) == placed(db, by_function) == ("report", "reports", 7, None)
+    assert placed(db, explicit) == ("report", "urgent", 0, None)  # arguments win, 0 too
+    assert placed(db, half) == ("tidy", "chores", 0, None)
+    assert placed(db, unknown) == ("not.imported.here", "default", 0, None)
+    assert placed(db, default) == (None, "side", -3, None)
+    assert [placed(db, i) for i in many] == [("report", "reports", 9, None)] * 2
+
+
+def test_enqueue_delay_accepts_seconds_and_timedelta(app_conn: Any, db: Any) -> None:
+    seconds = taskworker.enqueue(app_conn, "s", delay=90)
+    span = taskworker.enqueue(app_conn, "t", task="x", delay=timedelta(hours=2))
+    app_conn.commit()
+    rows = dict(query(db, "SELECT id, run_at - now() FROM tasks"))
+    assert timedelta(seconds=85) < rows[seconds] <= timedelta(seconds=90)
+    assert timedelta(hours=1, minutes=59) < rows[span] <= timedelta(hours=2)
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"task": ""}, ValueError, "task '' is not a valid name"),
+    ({"task": "no spaces"}, ValueError, "task 'no spaces' is not a valid name"),
+    ({"task": print}, TypeError, "task must be a task name or a function decorated with "
+                                 "@taskworker.task, not builtin_function_or_method"),
+    ({"queue": "-x"}, ValueError, "queue '-x' is not a valid name"),
+    ({"priority": "1"}, TypeError, "priority must be an int, not str"),
+    ({"priority": True}, TypeError, "priority must be an int, not bool"),
+    ({"priority": 2**31}, ValueError, "priority 2147483648 is out of range"),
+    ({"delay": -1}, ValueError, "delay must not be negative"),
+    ({"delay": "5s"}, TypeError, "delay must be a timedelta or seconds, not str"),
+    ({"delay": 5, "run_at": timedelta(1)}, ValueError, "give run_at or delay, not both"),
+])
+def test_enqueue_refuses_bad_named_options(app_conn: Any, db: Any, options: dict[str, Any],
+                                           error: type[Exception], message: str) -> None:
+    for call in (lambda: taskworker.enqueue(app_conn, "x", **options),
+                 lambda: taskworker.enqueue_many(app_conn, ["x"], **options),
+                 lambda: client.enqueue_unique(app_conn, "x", "k", **options)):
+        with pytest.raises(error) as raised:
+            call()
+        assert str(raised.value).startswith(message)
+    app_conn.rollback()
+    assert payloads_by_id(db) == []
+
+
+def test_enqueue_command_named_options(db_url: str, db: Any) -> None:
+    env = {"DATABASE_URL": db_url}
+    code, out, err = run_cli(["enqueue", "--task", "resize", "--queue", "images", "--priority",
+                              "-5", "--run-at", "2031-05-06T07:08:09+00:00", "a", "b"], env=env)
+    assert code == 0, err
+    ids = [int(line) for line in out.split()]
+    rows = query(db, "SELECT id, task, queue, priority, unique_key, run_at FROM tasks "
+                     "ORDER BY id")
+    when = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    assert rows == [(i, "resize", "images", -5, None, when) for i in ids]
+    # A unique key: inserted once; then the live task's id and a line saying so.
+    args = ["enqueue", "--task", "invoice", "--delay", "1h", "--unique-key", "invoice-42", "42"]
+    code, out, err = run_cli(args, env=env)
+    assert (code, err) == (0, "")
+    first = int(out)
+    assert placed(db, first) == ("invoice", "default", 0, "invoice-42")
+    assert run_cli(args, env=env) == (
+        0, f"{first}\n",
+        f"Task {first} already pending with unique key 'invoice-42'; nothing inserted\n")
+    query(db, "UPDATE tasks SET status = 'in_progress' WHERE id = %s", (first,))
+    code, out, err = run_cli(args, env=env)
+    assert (code, out) == (0, f"{first}\n") and "already running" in err
+    query(db, "UPDATE tasks SET status = 'done' WHERE id = %s", (first,))
+    code, out, err = run_cli(args, env=env)
+    assert (code, err) == (0, "") and int(out) > first
+    assert query(db, "SELECT count(*) FROM tasks WHERE unique_key = 'invoice-42'") == [(2,)]
+    # show prints the new columns.
+    code, out, err = run_cli(["show", str(first)], env=env)
+    assert code == 0, err
+    shown = dict(line.split(None, 1) for line in out.splitlines())
+    assert {k: shown[k] for k in ("task", "queue", "priority", "unique_key",
+                                  "cancel_requested_at")} == {
+        "task": "invoice", "queue": "default", "priority": "0", "unique_key": "invoice-42",
+        "cancel_requested_at": "(null)"}
+
+
+def test_enqueue_command_fills_from_task_modules(db_url: str, db: Any) -> None:
+    """With TASK_MODULES set, `enqueue --task` places a task as the application's
+    enqueue would: the declared queue and priority, unless the options say."""
+    env = {"DATABASE_URL": db_url, "PYTHONPATH": str(TESTS_DIR),
+           "TASK_MODULES": "enqueue_tasks_for_tests"}
+    code, out, err = run_cli(["enqueue", "--task", "report", "r"], env=env)
+    assert code == 0, err
+    code, out2, err = run_cli(["enqueue", "--task", "report", "--priority", "1", "r"], env=env)
+    assert code == 0, err
+    assert [placed(db, int(out)), placed(db, int(out2))] == [
+        ("report", "reports", 7, None), ("report", "reports", 1, None)]
+    code, out, err = run_cli(["enqueue", "--task", "reprot", "r"], env=env)
+    assert code == 0
+    assert placed(db, int(out)) == ("reprot", "default", 0, None)
+    assert err == "Warning: TASK_MODULES registers no task 'reprot'; enqueued anyway\n"
+    code, _, err = run_cli(["enqueue", "--task", "report", "r"],
+                           env={**env, "TASK_MODULES": "no_such_module_here"})
+    assert code == 2
+    assert err.startswith("Error: cannot load TASK_MODULES module 'no_such_module_here'")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--unique-key", "k", "a", "b"], "Error: --unique-key takes exactly one PAYLOAD (not -)"),
+    (["--unique-key", "k", "-"], "Error: --unique-key takes exactly one PAYLOAD (not -)"),
+    (["--unique-key", "", "a"], "Error: unique_key must be a non-empty text"),
+    (["--queue", "a b", "x"], "Error: queue 'a b' is not a valid name"),
+    (["--task", "a/b", "x"], "Error: task 'a/b' is not a valid name"),
+])
+def test_enqueue_bad_named_options_are_one_line(db_url: str, db: Any, args: list[str],
+                                                message: str) -> None:
+    code, out, err = run_cli(["enqueue", *args], env={"DATABASE_URL": db_url})
+    assert (code, out) == (2, "")
+    assert err.startswith(message) and err.count("\n") == 1
+    assert payloads_by_id(db) == []

@@ -109,17 +109,18 @@ def test_cancel(db_url: str, db: Any) -> None:
     done = add_task(db, status="done")
     code, out, err = cli(db_url, "cancel", *map(str, [*pending, run, done, 999999]))
     assert code == 1
-    assert out == "Cancelled 2 tasks\n"
+    assert out == f"Cancelled 2 tasks\nTask {run} is running: asked its process to stop it\n"
     assert err.splitlines() == [
-        f"Error: task {run} is running (held by host-a:101:abcd1234): running tasks cannot "
-        "be cancelled cleanly yet; left alone",
-        f"Error: task {done} is done: only pending tasks can be cancelled",
+        f"Error: task {done} is done: only pending and running tasks can be cancelled",
         "Error: no task with id 999999",
     ]
     statuses = dict(query(db, "SELECT id, status FROM tasks"))
     assert [statuses[i] for i in pending] == ["cancelled", "cancelled"]
+    # A running task's status is its holder's to write: only the request is recorded.
     assert (statuses[run], statuses[done]) == ("in_progress", "done")
-    assert task_row(db, run)["locked_by"] == "host-a:101:abcd1234"  # type: ignore[index]
+    row = task_row(db, run)
+    assert row["locked_by"] == "host-a:101:abcd1234"  # type: ignore[index]
+    assert row["cancel_requested_at"] is not None  # type: ignore[index]
 
 
 def test_cancel_all_pending_exits_0(db_url: str, db: Any) -> None:

@@ -67,3 +67,38 @@ def test_wordcount_example(db_url: str, db: Any, serve: Any, tmp_path: Path) -> 
         assert tasks[task_id] == ("done", str(words), None)
     assert tasks[null_id][:2] == ("error", None)
     assert tasks[null_id][2] == "ValueError: no text to count (the payload is NULL)"
+
+
+def test_wordcount_named_tasks(db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    """The README's application: three named tasks in two queues (count: unique per
+    file; add: max_running=1; report: periodic), started with one serve command."""
+    example(db_url, "wordcount.migrate")
+    for name, text in TEXTS.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    files = [str(tmp_path / n) for n in TEXTS]
+    first = example(db_url, "wordcount.submit", "--named", *files)
+    again = example(db_url, "wordcount.submit", "--named", files[0])  # still pending
+    assert again.splitlines() == first.splitlines()[:1]
+    assert query(db, "SELECT DISTINCT task, queue FROM tasks") == [("wordcount.count", "texts")]
+
+    p = serve(db_url, env={"PYTHONPATH": str(HERE), "REPORT_EVERY": "1s",
+                           "FETCH_INTERVAL": "0.3"},
+              args=["--tasks", "wordcount.tasks"])
+    total = sum(len(text.split()) for text in TEXTS.values())
+    deadline = time.monotonic() + 30
+    while query(db, "SELECT words FROM word_totals")[0][0] != total \
+            or not query(db, "SELECT count(*) FROM word_reports WHERE words = %s", (total,))[0][0]:
+        assert p.proc.poll() is None, p.output()
+        assert time.monotonic() < deadline, p.output()
+        time.sleep(0.1)
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+    assert "Traceback" not in p.output(), p.output()
+    by_task = dict(query(db, "SELECT task, count(*) FROM tasks WHERE status = 'done' "
+                             "GROUP BY task"))
+    assert by_task["wordcount.count"] == by_task["wordcount.add"] == len(TEXTS)
+    assert by_task["wordcount.report"] >= 1
+    assert query(db, "SELECT DISTINCT queue FROM tasks WHERE task <> 'wordcount.count'") == [
+        ("totals",)]
+    assert query(db, "SELECT count(*) FROM taskworker_slots WHERE task = 'wordcount.add'") == [
+        (1,)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import enqueue, prune, queues, schema, serve, status, tasks
+from . import enqueue, prune, queues, schedule, schema, serve, status, tasks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +31,8 @@ def cli() -> None:
 
 
 for command in (schema.migrate, schema.seed, serve.serve, enqueue.enqueue, status.status,
-                tasks.show, tasks.retry, tasks.cancel, prune.prune, queues.pause, queues.resume):
+                tasks.show, tasks.retry, tasks.cancel, prune.prune, schedule.schedule,
+                queues.pause, queues.resume):
     cli.add_command(command)
 
 

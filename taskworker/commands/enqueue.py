@@ -6,12 +6,14 @@ import stat
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 import click
 import psycopg2
 
-from ..client import RunAt, check_payload, enqueue_many
+from .. import registry
+from ..client import RunAt, check_payload, check_unique_key, enqueue_many, enqueue_unique, place
+from ..settings import Settings
 from ..store.database import PgConnection, first_line
 from . import text
 from .context import (
@@ -29,13 +31,22 @@ ENQUEUE_BATCH = 5000  # stdin lines per INSERT and per commit
 
 @click.command()
 @click.argument("payloads", nargs=-1, required=True, metavar="PAYLOAD...")
+@click.option("--task", "task_name", metavar="NAME",
+              help="Run by the task registered as NAME (default: the default handler).")
+@click.option("--queue", metavar="NAME",
+              help="Queue (default: the task's, when TASK_MODULES registers it, else default).")
+@click.option("--priority", type=click.IntRange(-2**31, 2**31 - 1), metavar="INT",
+              help="Higher runs first within its queue (default: the task's, else 0).")
 @click.option("--run-at", metavar="TIME",
               help="Due at TIME, ISO 8601: 2030-01-31T08:00 (local time) or with an offset.")
 @click.option("--delay", metavar="DURATION", help="Due DURATION from now: 30s, 10m, 2h, 1d.")
+@click.option("--unique-key", metavar="KEY",
+              help="Insert nothing while a pending or running task has KEY (one PAYLOAD only).")
 @click.option("--batch-size", default=ENQUEUE_BATCH, show_default=True,
               type=click.IntRange(min=1), help="Rows per INSERT (and per commit for -).")
-def enqueue(payloads: tuple[str, ...], run_at: str | None, delay: str | None,
-            batch_size: int) -> None:
+def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
+            priority: int | None, run_at: str | None, delay: str | None,
+            unique_key: str | None, batch_size: int) -> None:
     """Add one pending task per PAYLOAD; print their ids, one per line.
 
     Several PAYLOADs are inserted in one transaction. `taskworker enqueue -`
@@ -43,26 +54,78 @@ def enqueue(payloads: tuple[str, ...], run_at: str | None, delay: str | None,
     commits every --batch-size lines, printing the ids as they are committed; a
     progress bar shows on stderr when it is a terminal and stdout is not.
 
+    With --unique-key, while a pending or running task has KEY nothing is
+    inserted: that task's id is printed, and a line on stderr says so (exit 0).
+
     \b
       taskworker enqueue "resize photo 1" "resize photo 2"
       taskworker enqueue --delay 10m "send the reminder"
+      taskworker enqueue --task invoice --unique-key invoice-42 42
       taskworker enqueue - < payloads.txt > ids.txt
     """
     settings = load_settings()
-    when = schedule(run_at, delay)
+    if unique_key is not None and (len(payloads) != 1 or payloads[0] == "-"):
+        fail("--unique-key takes exactly one PAYLOAD (not -)", EXIT_CONFIG)
+    options = placement(settings, task_name, queue, priority, schedule(run_at, delay),
+                        unique_key)
     with database(settings, "enqueue", autocommit=False) as conn:
+        if unique_key is not None:
+            enqueue_once(conn, payloads[0], unique_key, options, settings.max_payload_bytes)
+            return
         if list(payloads) == ["-"]:
-            enqueue_stdin(conn, when, batch_size, settings.max_payload_bytes)
+            enqueue_stdin(conn, options, batch_size, settings.max_payload_bytes)
             return
         if "-" in payloads:
             raise CommandError('"-" (read stdin) must be the only PAYLOAD', EXIT_CONFIG)
         try:
-            ids = enqueue_many(conn, payloads, run_at=when, batch_size=batch_size,
+            ids = enqueue_many(conn, payloads, **options, batch_size=batch_size,
                                max_bytes=settings.max_payload_bytes)
         except ValueError as exc:  # over MAX_PAYLOAD_BYTES: nothing was enqueued
             raise CommandError(f"{exc}; nothing was enqueued") from None
         conn.commit()
         print_ids(ids)
+
+
+def placement(settings: Settings, task_name: str | None, queue: str | None,
+              priority: int | None, run_at: RunAt, unique_key: str | None,
+              ) -> dict[str, Any]:
+    """The enqueue API's options, checked now (one line and exit 2 when bad).
+
+    With --task, the TASK_MODULES of the settings are imported first, so that a
+    task's declared queue and priority are filled in as they are for the
+    application's own enqueue calls.
+    """
+    if task_name is not None and settings.task_modules:
+        try:
+            registry.import_modules(settings.task_modules)
+        except registry.RegistryError as exc:
+            fail(str(exc), EXIT_CONFIG)
+        if registry.get(task_name) is None:  # a typo would sit pending, claimed by nobody
+            click.echo(f"Warning: TASK_MODULES registers no task {task_name!r}; enqueued "
+                       "anyway", err=True)
+    options = {"task": task_name, "queue": queue, "priority": priority, "run_at": run_at}
+    try:
+        place(**options, delay=None)
+        if unique_key is not None:
+            check_unique_key(unique_key)
+    except (TypeError, ValueError) as exc:
+        fail(str(exc), EXIT_CONFIG)
+    return options
+
+
+def enqueue_once(conn: PgConnection, payload: str, unique_key: str, options: dict[str, Any],
+                 max_bytes: int) -> None:
+    """--unique-key: insert, or print the id of the live task holding the key."""
+    try:
+        done = enqueue_unique(conn, payload, unique_key, **options, max_bytes=max_bytes)
+    except ValueError as exc:  # over MAX_PAYLOAD_BYTES
+        raise CommandError(f"{exc}; nothing was enqueued") from None
+    conn.commit()
+    print_ids([done.id])
+    if not done.inserted:
+        state = "running" if done.status == "in_progress" else done.status
+        click.echo(f"Task {done.id} already {state} with unique key {unique_key!r}; "
+                   "nothing inserted", err=True)
 
 
 def schedule(run_at: str | None, delay: str | None) -> RunAt:
@@ -81,7 +144,8 @@ def schedule(run_at: str | None, delay: str | None) -> RunAt:
     return when if when.tzinfo is not None else when.astimezone()  # naive: local time
 
 
-def enqueue_stdin(conn: PgConnection, run_at: RunAt, batch_size: int, max_bytes: int) -> None:
+def enqueue_stdin(conn: PgConnection, options: dict[str, Any], batch_size: int,
+                  max_bytes: int) -> None:
     """One INSERT and one commit per batch of lines, ids printed as each commits.
 
     COPY would be faster still, but psycopg2 refuses it while psycogreen's wait
@@ -101,7 +165,7 @@ def enqueue_stdin(conn: PgConnection, run_at: RunAt, batch_size: int, max_bytes:
         with bar:
             for batch, nbytes in stdin_batches(stdin, batch_size, max_bytes):
                 if batch:
-                    ids = enqueue_many(conn, batch, run_at=run_at, batch_size=batch_size,
+                    ids = enqueue_many(conn, batch, **options, batch_size=batch_size,
                                        max_bytes=max_bytes)
                     conn.commit()
                     print_ids(ids)

@@ -24,7 +24,7 @@ from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_s
 @click.option("--handler", metavar="MODULE:FUNCTION",
               help="The function run for each task without a name. "
                    "[env TASK_HANDLER; default taskworker.handlers:demo, "
-                   "none when --tasks is given]")
+                   "none when TASK_MODULES is set]")
 @click.option("--tasks", "-t", "modules", metavar="MODULE[,MODULE]",
               help="Modules that register named tasks (@taskworker.task). [env TASK_MODULES]")
 @click.option("--queues", "-q", metavar="QUEUE[:N][,QUEUE[:N]]",
@@ -57,14 +57,24 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     """
     from ..handlers import HandlerError
     from ..handlers import load as load_handler
+    from ..registry import RegistryError, import_modules, registered
 
     settings = load_settings({"WORKER_COUNT": workers, "FETCH_INTERVAL": fetch_interval,
                               "FETCH_LIMIT": fetch_limit, "TASK_HANDLER": handler,
                               "TASK_MODULES": modules, "QUEUES": queues})
     try:
-        function, takes_task = load_handler(settings.default_handler or "")
-    except HandlerError as exc:
+        import_modules(settings.task_modules)
+        default = load_handler(settings.default_handler) if settings.default_handler else None
+    except (HandlerError, RegistryError) as exc:
         fail(str(exc), EXIT_CONFIG)
+    definitions = registered()
+    if settings.task_modules and not definitions and default is None:
+        fail(f"TASK_MODULES={','.join(settings.task_modules)} registers no task "
+             "(@taskworker.task) and TASK_HANDLER is not set: nothing to run", EXIT_CONFIG)
+    if definitions:
+        log.info("Serving tasks: %s%s; queues: %s", ", ".join(sorted(definitions)),
+                 " and tasks without a name" if default else "",
+                 ", ".join(settings.queue_names) if settings.queue_names else "all")
     log.info("Connecting to database: %s", settings.safe_database_url)
     # Refuse to start on a database that is unreachable, not migrated, or not
     # readable by this role: one line, exit 1. (One with no connection slot free
@@ -76,7 +86,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     from ..web.server import MetricsError
 
     try:
-        code = Processor(settings, function, takes_task).run()
+        code = Processor(settings, default, definitions).run()
     except MetricsError as exc:
         fail(str(exc), EXIT_RUNTIME)
     sys.exit(code)

@@ -49,7 +49,9 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
 
     A retried task starts over as if new: attempts and rescues go back to 0, so
     it gets the whole MAX_RETRIES and MAX_RESCUES budget again (a task parked as
-    "abandoned" runs again too). Its error column keeps the last error. Exit
+    "abandoned" runs again too). Its error column keeps the last error. A task
+    whose unique key a pending or running task holds is skipped, with a line
+    saying so (of several with the same key, the lowest id is retried). Exit
     status 1 when a named ID was not retried, with one line for each.
     """
     if bool(ids) == all_errors:
@@ -69,10 +71,19 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
             retried.update(got)
         if retried:
             tasks.wake_others(db)
-        click.echo(f"Retried {text.tasks(len(retried))}")
+        skipped = {b.id: b for b in admin.blocked(db, ids=wanted, since=cut.before,
+                                                   before=cut.now) if b.id not in retried}
+        click.echo(f"Retried {text.tasks(len(retried))}"
+                   + (f"; skipped {len(skipped)} whose unique key a live task holds"
+                      if skipped else ""))
+        for b in skipped.values() if wanted is None else ():
+            click.echo(f"Skipped task {b.id}: {held(b)}")
         left = [i for i in wanted or () if i not in retried]
         for task_id, state in states(db, left).items():
-            if state.status is None:
+            if task_id in skipped:
+                click.echo(f"Error: task {task_id} skipped: {held(skipped[task_id])}",
+                           err=True)
+            elif state.status is None:
                 click.echo(f"Error: no task with id {task_id}", err=True)
             elif state.status == "error":
                 click.echo(f"Error: task {task_id} is busy (another command holds it): "
@@ -83,30 +94,36 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
     sys.exit(1 if left else 0)
 
 
+def held(blocked: admin.Blocked) -> str:
+    """Why retry left a task in error: the live task that holds its unique key."""
+    state = "running" if blocked.holder_status == "in_progress" else blocked.holder_status
+    return (f"its unique key {blocked.unique_key!r} is held by task "
+            f"{blocked.holder_id} ({state})")
+
+
 @click.command()
 @click.argument("ids", nargs=-1, type=int, required=True, metavar="ID...")
 def cancel(ids: tuple[int, ...]) -> None:
-    """Cancel pending tasks (status cancelled: no worker will run them).
-
-    Running tasks cannot be cancelled cleanly yet: they are left alone. Exit
-    status 0 when every ID was cancelled, else 1 with one line per ID that was not.
+    """Cancel tasks: a pending one at once (status cancelled: no worker will run
+    it); a running one is asked to stop: its process stops the handler within
+    about a second (at its next heartbeat with LISTEN=false) and writes status
+    cancelled (if its process died, the rescue does). Exit status 0 when every ID
+    was cancelled or asked, else 1 with one line per ID that was not.
     """
     wanted = list(dict.fromkeys(ids))
     with database(load_settings(), "cancel") as conn:
         db = Direct(conn)
-        cancelled = set(admin.cancel(db, wanted))
-        click.echo(f"Cancelled {text.tasks(len(cancelled))}")
-        left = [i for i in wanted if i not in cancelled]
+        done = admin.cancel(db, wanted)
+        click.echo(f"Cancelled {text.tasks(len(done.cancelled))}")
+        for task_id in done.requested:
+            click.echo(f"Task {task_id} is running: asked its process to stop it")
+        left = [i for i in wanted if i not in done.cancelled and i not in done.requested]
         for task_id, state in states(db, left).items():
             if state.status is None:
                 click.echo(f"Error: no task with id {task_id}", err=True)
-            elif state.status == "in_progress":
-                click.echo(f"Error: task {task_id} is running (held by {state.locked_by}): "
-                           "running tasks cannot be cancelled cleanly yet; left alone",
-                           err=True)
             else:
-                click.echo(f"Error: task {task_id} is {state.status}: only pending tasks "
-                           "can be cancelled", err=True)
+                click.echo(f"Error: task {task_id} is {state.status}: only pending and "
+                           "running tasks can be cancelled", err=True)
     sys.exit(1 if left else 0)
 
 

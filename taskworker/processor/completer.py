@@ -25,7 +25,7 @@ from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection
 from ..store.database import first_line
 from . import memory
 from .dispatch import Dispatch
-from .outcomes import DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, Outcome
+from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, SNOOZE, Outcome
 
 BATCH_MAX = 1000  # outcomes in one statement
 BATCH_BYTES = 4 * 1024 * 1024  # bytes of results in one statement (at least one outcome)
@@ -64,7 +64,8 @@ class Completer:
     def stats(self) -> dict[str, int]:
         w = self._written
         return {"done": w[DONE], "error": w[ERROR], "retried": w[RETRY],
-                "given_back": w[GIVE_BACK], "lease_lost": self._lease_lost,
+                "given_back": w[GIVE_BACK], "cancelled": w[CANCEL], "snoozed": w[SNOOZE],
+                "lease_lost": self._lease_lost,
                 "unwritten": self._unwritten}
 
     def run(self) -> None:
@@ -144,7 +145,7 @@ class Completer:
         landed = [o for o in batch if (o.task.id, o.task.attempt) in written]
         if any(o.wakes_others for o in landed):
             store.wake_others(self.db)
-        if any(o.kind == RETRY and o.delay for o in landed):
+        if any(o.kind in (RETRY, SNOOZE) and o.delay for o in landed):
             # The fetcher may have worked out its sleep while the row was still
             # in progress: let it look at the new run_at.
             self.dispatch.wake()
@@ -197,6 +198,12 @@ class Completer:
             elif o.kind == REFUSE:
                 log.info("Task ID: %d processed with status: error", task.id,
                          extra=_fields(o))
+            elif o.kind == CANCEL:
+                log.info("[Worker %d] Task ID: %d processed with status: cancelled",
+                         o.worker, task.id, extra=_fields(o))
+            elif o.kind == SNOOZE:
+                log.info("[Worker %d] Task ID: %d snoozed for %.1fs", o.worker, task.id,
+                         o.delay or 0, extra=_fields(o))
 
 
 def _committed_before_the_loss(db: ReconnectingConnection, batch: list[Outcome],

@@ -11,6 +11,7 @@ settles them once their outcome is written, and shutdown closes it.
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import gevent
 from gevent.event import Event
@@ -28,6 +29,7 @@ class Dispatch:
         self._held: dict[int, ClaimedTask] = {}  # claimed, outcome not yet written
         self._lease_ends: dict[int, float] = {}  # held: when its lease runs out (monotonic)
         self._lost: set[int] = set()  # held, but the heartbeat found the lease gone
+        self._cancel: set[int] = set()  # held, and `taskworker cancel` asked to stop it
         # worker number -> its task and its greenlet
         self._running: dict[int, tuple[ClaimedTask, gevent.Greenlet]] = {}
 
@@ -51,9 +53,15 @@ class Dispatch:
         """Queue claimed tasks for the workers, in this order. `claimed_at`: the
         monotonic time the claim was sent (its lease counts from then at most)."""
         for task in tasks:
+            if task.cancel_requested:
+                self._cancel.add(task.id)
             self._held[task.id] = task
             self._lease_ends[task.id] = claimed_at + self.lease
             self._queue.put(task)
+
+    def held_by_queue(self) -> Counter[str]:
+        """Tasks held per queue (for the caps of QUEUES=images:5)."""
+        return Counter(task.queue for task in self._held.values())
 
     def sleep(self, timeout: float) -> None:
         """The fetcher waits until woken, or `timeout` seconds."""
@@ -107,6 +115,18 @@ class Dispatch:
         return [(worker, task, greenlet) for worker, (task, greenlet) in self._running.items()
                 if self.lease_ending(task, margin)]
 
+    def cancel_requested(self, task_ids: list[int],
+                         ) -> list[tuple[int, ClaimedTask, gevent.Greenlet]]:
+        """`taskworker cancel` asked to stop these tasks: remember it for the
+        ones held, and return (worker, task, greenlet) of those running now."""
+        new = {i for i in task_ids if i in self._held and i not in self._cancel}
+        self._cancel.update(new)
+        return [(worker, task, greenlet) for worker, (task, greenlet) in self._running.items()
+                if task.id in new]
+
+    def is_cancelled(self, task_id: int) -> bool:
+        return task_id in self._cancel
+
     def settle(self, task: ClaimedTask) -> None:
         """The claim's outcome is written (or fenced off): no longer held. (A
         later claim of the same task, made since, stays held.)"""
@@ -114,6 +134,7 @@ class Dispatch:
             del self._held[task.id]
             self._lease_ends.pop(task.id, None)
             self._lost.discard(task.id)
+            self._cancel.discard(task.id)
 
     # --- shutdown
 

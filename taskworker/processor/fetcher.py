@@ -28,6 +28,7 @@ from ..store import tasks as store
 from ..store.connection import ReconnectingConnection
 from ..store.tasks import ClaimedTask
 from . import memory
+from .catalog import Catalog
 from .dispatch import Dispatch
 from .outcomes import GIVE_BACK, REFUSE, Outcome
 
@@ -35,14 +36,16 @@ RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
 BACKLOG_POLL = 0.01  # seconds between checks while the completer's backlog is full
 RENEWAL_POLL = 0.1  # seconds between checks while leases are not being renewed
+PAIRS_TTL = 0.5  # seconds a busy fetcher claims from the (queue, name) pairs it found
 CLAIM_BYTES = 4 * 1024 * 1024  # payload bytes one claim loads (at least one task)
 
 
 class Fetcher:
-    def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
+    def __init__(self, settings: Settings, holder: str, dispatch: Dispatch, catalog: Catalog,
                  backlogged: Callable[[], bool], renewing: Callable[[], bool],
                  outcome: Callable[[Outcome], None], should_stop: Callable[[], bool]) -> None:
         self.settings = settings
+        self.catalog = catalog
         self.outcome = outcome  # hands an outcome to the completer
         self.holder = holder
         self.dispatch = dispatch
@@ -54,6 +57,8 @@ class Fetcher:
         self._orphans_possible = False
         self._next_rescue = 0.0
         self._alone_waiting = False  # a task that must run alone may be due
+        self._pairs: store.Pairs = []  # (queue, name) with pending tasks, as last found
+        self._pairs_at = 0.0  # when (monotonic); 0: find them with the next claim
         self._claimed = 0
         self._rescued = 0
         self._refused = 0
@@ -62,6 +67,8 @@ class Fetcher:
         return {"claimed": self._claimed, "rescued": self._rescued, "refused": self._refused}
 
     def run(self) -> None:
+        if self.catalog.limits:  # the slot rows of max_running, before any claim
+            store.ensure_slots(self.db, self.catalog.limits)
         while not self.should_stop():
             if self._orphans_possible:
                 self._give_back_orphans()
@@ -80,16 +87,23 @@ class Fetcher:
             if want <= 0:
                 self.dispatch.sleep(self.settings.fetch_interval)
                 continue
-            tasks, rows = self.claim(want)
+            tasks, more = self.claim(want)
             if tasks:
                 log.info("Fetched %d tasks", len(tasks))
-            if rows < want and not self.should_stop():
+            if not more and not self.should_stop():
+                self._pairs_at = 0.0  # after an idle spell, look for new queues and names
                 self.dispatch.sleep(self._idle_wait())
 
-    def claim(self, limit: int, alone: bool = False) -> tuple[list[ClaimedTask], int]:
+    def claim(self, limit: int, alone: bool = False) -> tuple[list[ClaimedTask], bool]:
         """Claim up to `limit` tasks (with `alone`: only tasks that must run alone)
-        and hand them to the workers, lowest id first; return them, and how many
-        rows the claim took.
+        and hand them to the workers in the claim's order; return them, and whether
+        more may be waiting (a queue got all the claim could give it).
+
+        Each served queue with due tasks gets an equal share of `limit` (so a busy
+        queue does not starve the others), at most the room left under its cap.
+        Which queues and names have pending tasks is found by the first claim
+        after an idle spell and then every PAIRS_TTL while claims keep coming
+        back full (a queue or name new since is claimed from at the next look).
 
         Payloads come with the claim while each is at most CLAIM_BYTES / limit
         bytes, so the claim's reply stays within CLAIM_BYTES. A larger one is
@@ -98,8 +112,18 @@ class Fetcher:
         MAX_PAYLOAD_BYTES is never loaded: its task ends in error, unrun."""
         s = self.settings
         claimed_at = time.monotonic()
-        rows = store.claim(self.db, holder=self.holder, limit=limit, lease=s.lease_seconds,
-                           inline_bytes=max(CLAIM_BYTES // limit, 1), alone=alone)
+        served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
+        fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
+        result = store.claim(self.db, holder=self.holder, limit=limit, lease=s.lease_seconds,
+                             served=served, pairs=self._pairs if fresh else None,
+                             inline_bytes=max(CLAIM_BYTES // limit, 1), alone=alone)
+        rows = result.rows
+        if result.pairs is not None:
+            self._pairs, self._pairs_at = result.pairs, claimed_at
+        per_queue: dict[str, int] = {}
+        for row in rows:
+            per_queue[row.task.queue] = per_queue.get(row.task.queue, 0) + 1
+        more = any(per_queue[row.task.queue] >= row.share for row in rows)
         tasks = [row.task for row in rows if row.loaded]
         loaded = sum(row.size for row in rows if row.loaded)
         wanted = []
@@ -115,13 +139,14 @@ class Fetcher:
                 self.outcome(Outcome(row.task, 0, GIVE_BACK))  # for a later claim
         if wanted:
             found = store.payloads(self.db, holder=self.holder, ids=[t.id for t in wanted])
+            order = {row.task.id: n for n, row in enumerate(rows)}  # the claim's order
             tasks = sorted(tasks + [t._replace(payload=found[t.id]) for t in wanted
-                                    if t.id in found])
+                                    if t.id in found], key=lambda t: order[t.id])
         self.dispatch.hand_out(tasks, claimed_at)
         if loaded >= memory.LARGE:
             self.db.recycle()  # give back the buffer that received them
         self._claimed += len(tasks)
-        return tasks, len(rows)
+        return tasks, more
 
     def _refuse(self, task: ClaimedTask, size: int) -> None:
         """End a task whose payload is over MAX_PAYLOAD_BYTES, without loading it."""
@@ -137,13 +162,16 @@ class Fetcher:
         rescued = store.rescue(self.db, max_rescues=self.settings.max_rescues,
                                holder=self.holder, held=self.dispatch.held_ids())
         if not self._alone_waiting:  # (even with MAX_RESCUES=0: flagged by an earlier run)
-            self._alone_waiting = store.alone_waiting(self.db)
-        found = sorted(rescued.back + rescued.parked)
+            self._alone_waiting = store.alone_waiting(self.db, self.catalog.served({}))
+        found = sorted(rescued.back + rescued.parked + rescued.cancelled)
         if not found:
             return
         self._rescued += len(found)
         log.warning("Rescued %d tasks whose worker stopped responding: %s",
                     len(found), ", ".join(map(str, found)))
+        for task_id in rescued.cancelled:
+            log.warning("Task ID: %d processed with status: cancelled (cancel requested, "
+                        "its worker was lost)", task_id, extra={"task_id": task_id})
         for task_id in rescued.parked:
             log.warning("Task ID: %d parked in error: its worker was lost more than "
                         "MAX_RESCUES=%d times", task_id, self.settings.max_rescues,

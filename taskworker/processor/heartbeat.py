@@ -36,6 +36,17 @@ class LeaseExpiring(BaseException):
     does not swallow it."""
 
 
+def stop_cancelled(dispatch: Dispatch, task_ids: list[int]) -> None:
+    """`taskworker cancel` asked to stop these tasks: kill the worker greenlet of
+    each one running here (the handler sees GreenletExit at its next cooperative
+    point, and the worker writes `cancelled`); one still queued is cancelled by
+    the worker that takes it, without running."""
+    for worker, task, greenlet in dispatch.cancel_requested(task_ids):
+        log.info("[Worker %d] Task ID: %d cancel requested: stopping it", worker, task.id,
+                 extra={"task_id": task.id, "worker": worker, "attempt": task.attempt})
+        greenlet.kill(block=False)
+
+
 class Heartbeat:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
                  should_stop: Callable[[], bool]) -> None:
@@ -65,8 +76,10 @@ class Heartbeat:
         ids = self.dispatch.held_ids()
         if ids:
             kept = store.heartbeat(self.db, holder=self.holder, ids=ids, lease=self.lease)
-            self.dispatch.renewed(kept, started + self.lease)
-            self.dispatch.mark_lost([i for i in ids if i not in kept])
+            self.dispatch.renewed(kept.ids, started + self.lease)
+            self.dispatch.mark_lost([i for i in ids if i not in kept.ids])
+            if kept.cancel:  # (with LISTEN on, the listener has usually done it already)
+                stop_cancelled(self.dispatch, kept.cancel)
         self.presence.touch(self.db)  # (with nothing held, also the connection's check)
         self._renewed_at = started
         if not was_renewing:

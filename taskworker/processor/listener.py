@@ -36,8 +36,10 @@ from ..store import tasks as store
 from ..store.connection import CONNECTION_ERRORS, NoAnswer, ReconnectingConnection
 from ..store.database import Direct, PgConnection
 from .dispatch import Dispatch
+from .heartbeat import stop_cancelled
 
 PING_EVERY = 10.0  # seconds of silence after which the connection is checked
+CANCEL_CHANNEL = "taskworker_cancel"  # payload: the id `taskworker cancel` asked to stop
 PROBE_WAIT = 2.0  # seconds the listener waits for its own test notification
 
 
@@ -83,7 +85,11 @@ class Listener:
                 if any(n.payload == self._probe for n in conn.notifies):
                     self._probe = None
                 self._notifications += len(conn.notifies)
+                cancel = [int(n.payload) for n in conn.notifies
+                          if n.channel == CANCEL_CHANNEL and n.payload.isdigit()]
                 conn.notifies.clear()
+                if cancel:
+                    stop_cancelled(self.dispatch, cancel)
                 self.dispatch.wake()
             wait = PING_EVERY
             if self._probe:

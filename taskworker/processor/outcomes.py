@@ -17,7 +17,9 @@ ERROR = "error"  # failed for good: status error
 RETRY = "retry"  # failed, retries remain: back to pending after a backoff
 GIVE_BACK = "give back"  # not run to the end (shutdown): back to pending untouched
 REFUSE = "refuse"  # not run at all, its payload is over MAX_PAYLOAD_BYTES: error, unrun
-KINDS = (DONE, ERROR, RETRY, GIVE_BACK, REFUSE)
+SNOOZE = "snooze"  # the handler raised Snooze: back to pending after a delay, uncounted
+CANCEL = "cancel"  # cancelled (taskworker cancel, or the handler raised Cancel)
+KINDS = (DONE, ERROR, RETRY, GIVE_BACK, REFUSE, SNOOZE, CANCEL)
 
 RETRY_CAP = 3600.0  # longest retry backoff, seconds
 
@@ -31,6 +33,7 @@ class Outcome:
     error: str | None = None
     delay: float | None = None  # RETRY: seconds until the task is due again
     size: int = 0  # bytes of the result, for the completer's batches
+    frees_slot: bool = False  # the task held a max_running slot
 
     def write(self) -> OutcomeWrite:
         """The row update this outcome makes.
@@ -39,14 +42,16 @@ class Outcome:
         never uses up a task's retries; nor does a refused one, which never ran.
         A retry keeps the count, which is how the retry budget is spent."""
         status = {DONE: "done", ERROR: "error", RETRY: "pending", GIVE_BACK: "pending",
-                  REFUSE: "error"}
+                  REFUSE: "error", SNOOZE: "pending", CANCEL: "cancelled"}
         return OutcomeWrite(self.task.id, self.task.attempt, status[self.kind], self.result,
-                            self.error, self.delay, self.kind in (GIVE_BACK, REFUSE))
+                            self.error, self.delay, self.kind in (GIVE_BACK, REFUSE, SNOOZE))
 
     @property
     def wakes_others(self) -> bool:
-        """Once written, the task is claimable again at once."""
-        return self.kind == GIVE_BACK or (self.kind == RETRY and not self.delay)
+        """Once written, a task is claimable again at once, or a concurrency
+        slot is free for another task of its name."""
+        return (self.kind == GIVE_BACK or (self.kind in (RETRY, SNOOZE) and not self.delay)
+                or self.frees_slot)
 
 
 @dataclass(frozen=True)

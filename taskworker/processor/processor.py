@@ -5,11 +5,12 @@
     listener (NOTIFY)          heartbeat (extends every lease this process holds)
     lease guard (gives back what the heartbeat cannot renew)
     pruner (PRUNE_AFTER)       metrics sampler + web server (METRICS_PORT)
+    scheduler (periodic tasks: enqueues each tick once across processes)
 
 Each service has its own connection; workers have none (they only run the
 handler), so a process uses four connections whatever WORKER_COUNT is, plus one
-for the pruner and one for the metrics sampler when they run. If a service dies,
-the process says why in one line and stops, and exits 1.
+for the pruner, the metrics sampler and the scheduler each when they run. If a
+service dies, the process says why in one line and stops, and exits 1.
 
 Shutdown, on the first SIGINT/SIGTERM: stop claiming, give back the tasks still
 queued, let running tasks finish for up to SHUTDOWN_TIMEOUT, then cancel the rest
@@ -31,12 +32,14 @@ from gevent.pool import Pool
 
 from ..handlers import Handler
 from ..logs import log, seconds
+from ..registry import TaskDef
 from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import ConnectionState, ReconnectingConnection, Stopped
 from ..store.database import first_line
 from ..web.metrics import Metrics
 from ..web.server import WebServer
+from .catalog import Catalog
 from .completer import Completer
 from .dispatch import Dispatch
 from .fetcher import Fetcher
@@ -45,6 +48,7 @@ from .listener import Listener
 from .monitor import HubMonitor
 from .outcomes import GIVE_BACK, Outcome
 from .pruner import Pruner
+from .scheduler import Scheduler
 from .worker import Worker
 
 GIVE_BACK_GRACE = 10.0  # seconds the final writes may wait for the database
@@ -56,8 +60,10 @@ def holder_name() -> str:
 
 
 class Processor:
-    def __init__(self, settings: Settings, handler: Handler, takes_task: bool) -> None:
+    def __init__(self, settings: Settings, default: tuple[Handler, bool] | None,
+                 definitions: dict[str, TaskDef]) -> None:
         self.settings = settings
+        self.catalog = Catalog(settings, default, definitions)
         self.holder = holder_name()
         self.dispatch = Dispatch(settings.worker_count, settings.lease_seconds)
         self.pool = Pool(settings.worker_count)
@@ -73,13 +79,17 @@ class Processor:
 
         self.completer = Completer(settings, self.holder, self.dispatch, giving_up)
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
-        self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.completer.backlogged,
+        self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.catalog,
+                               self.completer.backlogged,
                                self.heartbeat.renewing, self.completer.put, stopping)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, stopping) if settings.metrics_port else None
+        periodic = self.catalog.periodic()
+        self.scheduler = Scheduler(settings, self.holder, periodic, stopping) if periodic \
+            else None
         self.web = WebServer(settings, self, self.metrics) if self.metrics else None
-        self.worker = Worker(settings, handler, takes_task, self.dispatch, self.completer.put,
+        self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
                              self.metrics.task_duration.observe if self.metrics else _ignore)
         # The services, in the order they start; the fetcher last, once all is ready.
@@ -92,6 +102,8 @@ class Processor:
             self.services["listener"] = self.listener.run
         if self.pruner:
             self.services["pruner"] = self.pruner.run
+        if self.scheduler:
+            self.services["scheduler"] = self.scheduler.run
         self.services["fetcher"] = self.fetcher.run
         self._running: dict[str, gevent.Greenlet] = {}
         if self.metrics:
@@ -103,7 +115,7 @@ class Processor:
         """Every connection this process has, in one list: /healthz and the
         reconnect metric read it, shutdown closes it."""
         owners = (self.fetcher, self.heartbeat, self.completer, self.listener, self.pruner,
-                  self.metrics)
+                  self.metrics, self.scheduler)
         return [owner.db for owner in owners if owner is not None]
 
     def connections(self) -> list[ConnectionState]:
@@ -112,7 +124,7 @@ class Processor:
     def stats(self) -> dict[str, dict[str, int]]:
         parts = {"dispatch": self.dispatch, "fetcher": self.fetcher,
                  "completer": self.completer, "listener": self.listener, "pruner": self.pruner,
-                 "monitor": self.monitor}
+                 "monitor": self.monitor, "scheduler": self.scheduler}
         return {name: part.stats() for name, part in parts.items() if part is not None}
 
     def failure(self) -> str | None:

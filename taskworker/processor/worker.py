@@ -11,16 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import gevent
 
-from ..handlers import Handler, HandlerSettings, TaskContext
+from ..endings import Cancel, Fail, Snooze
+from ..handlers import HandlerSettings, TaskContext
 from ..logs import log, printable, seconds
 from ..settings import Settings
 from ..store.tasks import ClaimedTask
+from .catalog import Catalog, Job
 from .dispatch import Dispatch
 from .heartbeat import LeaseExpiring
-from .outcomes import DONE, ERROR, GIVE_BACK, Outcome, RetryPolicy
+from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, SNOOZE, Outcome
 
 
 class TaskTimeout(Exception):
@@ -28,19 +31,20 @@ class TaskTimeout(Exception):
 
 
 class Worker:
-    """What every worker greenlet shares: the handler and how to judge its run."""
+    """What every worker greenlet shares: what runs each task (the catalog) and
+    how to judge its run."""
 
-    def __init__(self, settings: Settings, handler: Handler, takes_task: bool,
+    def __init__(self, settings: Settings, catalog: Catalog,
                  dispatch: Dispatch, outcome: Callable[[Outcome], None],
                  cancelling: Callable[[], bool],
                  observe: Callable[[float], None] = lambda seconds: None) -> None:
-        self.handler = handler
-        self.takes_task = takes_task
-        self.timeout = settings.task_timeout
-        self.handler_settings = HandlerSettings.from_settings(settings)
+        self.catalog = catalog
+        base = HandlerSettings.from_settings(settings)
+        self.handler_settings = {  # what a handler sees: its task's own options
+            name: replace(base, task_timeout=job.timeout, max_retries=job.retries.max_retries)
+            for name, job in catalog.jobs.items()}
         self.max_bytes = settings.max_payload_bytes
         self.lease_margin = settings.lease_seconds / 3  # as the lease guard's
-        self.retries = RetryPolicy.from_settings(settings)
         self.dispatch = dispatch
         self.outcome = outcome  # hands an outcome to the completer
         self.cancelling = cancelling  # shutdown is killing the workers now
@@ -70,7 +74,9 @@ class Worker:
             except LeaseExpiring:  # the lease guard stopped it: give it back untouched
                 outcome = Outcome(task, n, GIVE_BACK)
             except gevent.GreenletExit as exc:
-                if not self.cancelling():  # raised by the handler itself, not by shutdown
+                if self.dispatch.is_cancelled(task.id) and not self.cancelling():
+                    outcome = self._cancelled(task, n, "taskworker cancel")
+                elif not self.cancelling():  # raised by the handler itself, not by shutdown
                     outcome = self._crashed(task, n, exc)
                 else:
                     self.outcome(Outcome(task, n, GIVE_BACK))
@@ -90,39 +96,68 @@ class Worker:
             task = outcome = None  # an idle worker keeps no payload or result alive
 
     def run(self, task: ClaimedTask, n: int) -> Outcome:
-        """Run the handler on one task and say how it ended."""
+        """Run the task's function on it and say how it ended."""
+        job = self.catalog.job(task.name)
+        if job is None:  # (the claim takes only names this process knows)
+            log.warning("[Worker %d] Task ID: %d names task %r, unknown here; giving it back",
+                        n, task.id, task.name)
+            return Outcome(task, n, GIVE_BACK)
+        if self.dispatch.is_cancelled(task.id):
+            return self._cancelled(task, n, "taskworker cancel, before it started")
         if log.isEnabledFor(logging.INFO):
             log.info("[Worker %d] Processing task ID: %d with payload: %s",
                      n, task.id, printable(task.payload), extra=_fields(task, n))
-        timer = gevent.Timeout(self.timeout or None, TaskTimeout)
+        timer = gevent.Timeout(job.timeout or None, TaskTimeout)
         timer.start()
         try:
-            if self.takes_task:
-                ctx = TaskContext(task.id, task.attempt, n, self.handler_settings)
-                result = self.handler(task.payload, task=ctx)
+            if job.takes_task:
+                ctx = TaskContext(task.id, task.attempt, n, self.handler_settings[task.name],
+                                  task.name, task.queue,
+                                  lambda: self.dispatch.is_cancelled(task.id))
+                result = job.fn(task.payload, task=ctx)
             else:
-                result = self.handler(task.payload)
+                result = job.fn(task.payload)
             problem, size = _storable(result, self.max_bytes)
             if problem:
-                return self._failed(task, n, problem)
-            return Outcome(task, n, DONE, result=result, size=size)
+                return self._failed(task, n, job, problem)
+            return Outcome(task, n, DONE, result=result, size=size, frees_slot=job.limited)
         except TaskTimeout:
-            return self._failed(task, n, f"timed out after {seconds(self.timeout)}")
+            return self._failed(task, n, job, f"timed out after {seconds(job.timeout)}")
+        except Fail as exc:
+            return self._failed(task, n, job, f"{exc}" or "failed", retry=False)
+        except Snooze as exc:
+            return Outcome(task, n, SNOOZE, delay=exc.delay, frees_slot=job.limited)
+        except Cancel as exc:
+            return self._cancelled(task, n, f"{exc}" or "by its handler")
         except (Exception, SystemExit) as exc:
-            return self._failed(task, n, f"{type(exc).__name__}: {exc}")
+            return self._failed(task, n, job, f"{type(exc).__name__}: {exc}")
         finally:
             timer.close()
 
-    def _failed(self, task: ClaimedTask, n: int, message: str) -> Outcome:
+    def _cancelled(self, task: ClaimedTask, n: int, why: str) -> Outcome:
+        job = self.catalog.job(task.name)
+        log.info("[Worker %d] Task ID: %d cancelled (%s)", n, task.id, why,
+                 extra=_fields(task, n))
+        return Outcome(task, n, CANCEL, error=f"cancelled: {_bounded(why, self.max_bytes)}",
+                       frees_slot=job is not None and job.limited)
+
+    def _failed(self, task: ClaimedTask, n: int, job: Job | None, message: str,
+                retry: bool = True) -> Outcome:
         message = _bounded(message, self.max_bytes)
-        outcome = self.retries.after_failure(task, n, message)
+        limited = job is not None and job.limited
+        if job is not None and retry:
+            outcome = job.retries.after_failure(task, n, message)
+        else:
+            outcome = Outcome(task, n, ERROR, error=message, size=len(message))
+        outcome.frees_slot = limited
         if outcome.kind == ERROR:
             log.info("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
                      extra=_fields(task, n))
         return outcome
 
     def _crashed(self, task: ClaimedTask, n: int, exc: BaseException) -> Outcome:
-        outcome = self._failed(task, n, f"worker crashed: {type(exc).__name__}: {exc}")
+        outcome = self._failed(task, n, self.catalog.job(task.name),
+                               f"worker crashed: {type(exc).__name__}: {exc}")
         log.error("[Worker %d] crashed on task ID %d (%s: %s); worker restarted",
                   n, task.id, type(exc).__name__, exc)
         return outcome

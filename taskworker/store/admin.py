@@ -9,21 +9,48 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+import psycopg2.errors
+
 from . import sql
 from .database import Database, Direct
 
 STATUSES = ("pending", "in_progress", "done", "error", "cancelled")
+UNIQUE_KEY_INDEX = "tasks_unique_key_idx"  # migration 007: one live task per unique_key
+RETRY_CONFLICTS = 10  # times retry runs again after losing a unique key to a concurrent writer
 
 
-def enqueue(db: Database, payloads: Sequence[str], *, run_at: datetime | None = None,
-            delay: timedelta | None = None) -> list[int]:
-    """Insert one pending task per payload, due at `run_at`, or after `delay`, or
-    now; return their ids in the payloads' order."""
-    rows = db.query(sql.enqueue, {"payloads": list(payloads), "run_at": run_at,
-                                  "delay": delay})
+class Placement(NamedTuple):
+    """Where and when enqueued tasks go: the columns every task of a call shares."""
+
+    task: str | None = None  # None: the default handler
+    queue: str = "default"
+    priority: int = 0
+    run_at: datetime | None = None  # due at; or
+    delay: timedelta | None = None  # due after this, from the database's now(); or now
+
+
+def enqueue(db: Database, payloads: Sequence[str], placement: Placement) -> list[int]:
+    """Insert one pending task per payload, placed as `placement` says; return
+    their ids in the payloads' order."""
+    rows = db.query(sql.enqueue, {"payloads": list(payloads), **placement._asdict()})
     # Rows are inserted in payload order (ORDER BY ordinality), so their identity
     # values increase in that order whatever RETURNING's order is.
     return sorted(row[0] for row in rows)
+
+
+def enqueue_unique(db: Database, payload: str, unique_key: str,
+                   placement: Placement) -> int | None:
+    """Insert one task with `unique_key` and return its id; None (nothing
+    inserted, no row locked) when a live task holds the key."""
+    rows = db.query(sql.enqueue_unique, {"payload": payload, "unique_key": unique_key,
+                                         **placement._asdict()})
+    return rows[0][0] if rows else None
+
+
+def unique_holder(db: Database, unique_key: str) -> tuple[int, str] | None:
+    """(id, status) of the live task holding `unique_key`; None if there is none."""
+    rows = db.query(sql.unique_holder, {"unique_key": unique_key})
+    return (rows[0][0], rows[0][1]) if rows else None
 
 
 def seed(db: Database, count: int) -> None:
@@ -84,17 +111,53 @@ def states(db: Database, ids: Sequence[int]) -> dict[int, TaskState]:
     return {i: found.get(i, TaskState(None, None)) for i in ids}
 
 
+class Blocked(NamedTuple):
+    """A task in error that retry leaves alone: a live task holds its unique_key."""
+
+    id: int
+    unique_key: str
+    holder_id: int
+    holder_status: str
+
+
 def retry(db: Database, *, ids: Sequence[int] | None, since: datetime | None,
           before: datetime, limit: int) -> list[int]:
-    """Put up to `limit` tasks in error back to pending, as if new; their ids."""
-    rows = db.query(sql.retry, {"ids": None if ids is None else list(ids), "since": since,
-                                "before": before, "limit": limit})
-    return [row[0] for row in rows]
+    """Put up to `limit` tasks in error back to pending, as if new; their ids.
+
+    A task whose unique_key a live task holds stays in error (see `blocked`).
+    When a concurrent enqueue or retry takes such a key between the statement's
+    check and its update, the statement fails on the unique index and is run
+    again, which then sees the key taken: `db` must be in autocommit mode.
+    """
+    params = {"ids": None if ids is None else list(ids), "since": since, "before": before,
+              "limit": limit}
+    for _ in range(RETRY_CONFLICTS):
+        try:
+            return [row[0] for row in db.query(sql.retry, params)]
+        except psycopg2.errors.UniqueViolation as exc:
+            if exc.diag.constraint_name != UNIQUE_KEY_INDEX:
+                raise
+    return [row[0] for row in db.query(sql.retry, params)]
 
 
-def cancel(db: Database, ids: Sequence[int]) -> list[int]:
-    """Cancel the pending tasks among `ids`; the ids cancelled."""
-    return [row[0] for row in db.query(sql.cancel, {"ids": list(ids)})]
+def blocked(db: Database, *, ids: Sequence[int] | None, since: datetime | None,
+            before: datetime) -> list[Blocked]:
+    """The tasks in error of retry's selection whose unique_key is held by a live task."""
+    return [Blocked(*row) for row in db.query(sql.retry_blocked, {
+        "ids": None if ids is None else list(ids), "since": since, "before": before})]
+
+
+class Cancelled(NamedTuple):
+    cancelled: list[int]  # were pending: now cancelled
+    requested: list[int]  # are running: their holder was asked to stop them
+
+
+def cancel(db: Database, ids: Sequence[int]) -> Cancelled:
+    """Cancel the pending tasks among `ids`, and ask the holders of the running
+    ones to stop them."""
+    rows = db.query(sql.cancel, {"ids": list(ids)})
+    return Cancelled(sorted(i for i, running in rows if not running),
+                     sorted(i for i, running in rows if running))
 
 
 class Backlog(NamedTuple):

@@ -1,10 +1,14 @@
-"""Apply migrations/NNN_name.sql in order, each once, each in its own transaction.
+"""Apply migrations/NNN_name.sql in order, each once: each in its own
+transaction, or, for a file whose first line is `-- taskworker: no transaction`
+(CREATE INDEX CONCURRENTLY), statement by statement.
 
 Applied versions are recorded in schema_migrations. A session advisory lock makes
-two `taskworker migrate` run at the same moment take turns instead of racing.
+two `taskworker migrate` run at the same moment take turns instead of racing;
+live_migration.py is how each file is applied to a table in use.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -15,6 +19,14 @@ from ..settings import Settings
 from . import sql
 from .connection import connect
 from .database import Direct, PgConnection
+from .live_migration import (
+    LockPolicy,
+    MigrationError,
+    apply_in_transaction,
+    apply_without_transaction,
+    index_names,
+    take_turn,
+)
 
 NO_TRANSACTION = "-- taskworker: no transaction"
 
@@ -65,36 +77,59 @@ def available() -> list[Migration]:
     return sorted(found, key=lambda mig: mig.version)
 
 
-def run(settings: Settings) -> list[str]:
-    """Apply what is missing; return the names applied (empty when up to date)."""
+def run(settings: Settings, to: int | None = None,
+        policy: LockPolicy | None = None) -> list[str]:
+    """Apply what is missing (up to version `to` when given); return the names
+    applied (empty when up to date). MigrationError for the user's one line."""
+    wanted = [m for m in available() if to is None or m.version <= to]
+    if to is not None and to not in {m.version for m in wanted}:
+        raise MigrationError(f"no migration numbered {to} (there are "
+                             f"{', '.join(str(m.version) for m in available())})")
     conn = connect(settings, autocommit=True, name="taskworker migrate", statement_timeout=0)
+    conn.statement_timeout_ms = None  # the session's own settings: see migration_session
     db = Direct(conn)
+    pid = conn.get_backend_pid()  # as the server announced it at the start
     applied_now = []
     try:
-        db.query(sql.migrations_lock)
+        if pid != db.query(sql.backend_pid)[0][0]:
+            raise MigrationError(
+                "migrate must connect to PostgreSQL directly, not through a connection "
+                "pooler (it keeps a session lock and builds indexes outside transactions): "
+                "point DATABASE_URL at the server itself")
+        db.query(sql.migration_session)
+        take_turn(db)
         db.query(sql.migrations_table)
         done = applied(db)
-        for mig in available():
+        for mig in wanted:
             if mig.version in done:
                 continue
+            record = {"version": mig.version, "name": mig.name}
             if mig.transactional:
-                conn.autocommit = False
-                with conn:  # one transaction per migration
-                    db.query(mig.text)
-                    db.query(sql.migration_record, {"version": mig.version, "name": mig.name})
-                conn.autocommit = True
-            else:  # e.g. CREATE INDEX CONCURRENTLY: one statement at a time, no prefix
-                conn.statement_timeout_ms = None
-                for statement in mig.statements():
-                    db.query(statement)
-                conn.statement_timeout_ms = 0
-                db.query(sql.migration_record, {"version": mig.version, "name": mig.name})
+                apply_in_transaction(conn, mig.name, mig.text, record, policy or LockPolicy())
+            else:  # e.g. CREATE INDEX CONCURRENTLY: one statement at a time
+                apply_without_transaction(conn, mig.name, mig.statements(),
+                                          index_names(mig.text), record)
             log.info("Applied migration %s", mig.name)
             applied_now.append(mig.name)
         db.query(sql.migrations_unlock)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl+C: stop an index build (left INVALID,
+        _cancel(settings, pid)  # rebuilt next time), not leave it running
+        raise
     finally:
         conn.close()
     return applied_now
+
+
+def _cancel(settings: Settings, pid: int) -> None:
+    """Cancel what the migrate session `pid` is running, from a connection of its
+    own: an interrupted green wait leaves the session's connection unusable for
+    conn.cancel(), and the server would go on with the statement regardless."""
+    with contextlib.suppress(Exception):
+        other = connect(settings, name="taskworker migrate (cancel)", statement_timeout=0)
+        try:
+            Direct(other).query(sql.cancel_backend, {"pid": pid})
+        finally:
+            other.close()
 
 
 def applied(db: Direct) -> set[int]:

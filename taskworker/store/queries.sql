@@ -7,21 +7,282 @@
 SELECT to_regclass('tasks') IS NOT NULL;
 
 -- name: claim
--- Take up to %(limit)s due pending tasks, oldest first, for this process, in one
--- statement. SKIP LOCKED: two claimers never wait on, nor take, the same row.
--- %(alone)s false: the ordinary claim, leaving out tasks that must run alone.
--- %(alone)s true: one such task (its worker was lost MAX_RESCUES times), for a
--- process that holds no other, so that if the process dies running it no other
+-- Take up to %(limit)s due pending tasks for this process, in one round trip.
+--
+-- What it serves: the queues %(queues)s (NULL: every queue) that are not paused,
+-- and the task names %(names)s it knows ('' stands for a task without a name,
+-- served by a process with a default handler). A capped queue (QUEUES=images:5)
+-- has %(rooms)s more places in this process (%(capped)s names them).
+--
+-- pairs: the (queue, name) pairs that have pending tasks. With %(discover)s
+-- they are found by skipping through tasks_name_claim_idx (one index descent per
+-- pair, however many rows) and returned as extra rows (id NULL; name, queue) for
+-- the fetcher to keep; without, the fetcher sends the pairs it keeps
+-- (%(pair_queues)s, %(pair_names)s): the descents walk the index entries of
+-- claimed rows until VACUUM removes them, too dear for every claim of a busy
+-- process (the fetcher rediscovers after an idle spell and every half second).
+-- Each served queue with work gets an equal share of the claim, and the queues
+-- take turns: every queue's first task, then every queue's second, ...; at the
+-- same turn the task due longest goes first, so a queue is never starved by a
+-- busier one or one with higher priorities (a share of 1 still reaches it once
+-- its head is the oldest). Within a queue: higher priority first, then due
+-- time, then id. A queue whose pending names this process all knows is read in
+-- one ordered scan of tasks_queue_claim_idx; a queue that also holds names it
+-- does not know (a rolling deploy added them) is read name by name, so those rows
+-- are never walked over. SKIP LOCKED: two claimers never wait on, nor take, the
+-- same row. Tasks that must run alone are claimed by claim_alone; names with a
+-- concurrency limit by claim_limited.
+--
+-- Planner settings: the plan must take the ordered indexes however stale the
+-- statistics (a table just bulk-loaded and never analyzed would otherwise be
+-- read whole and sorted): sent with SET LOCAL in the same round trip.
+-- Returns id, payload (NULL when over %(inline_bytes)s bytes: octet_length reads
+-- a stored value's size without loading it), attempts, rescues, payload size,
+-- task name, queue, the queue's share, and cancel_requested_at IS NOT NULL, in
+-- the order to run them (priority, due time, id); then the pairs discovered.
+WITH RECURSIVE found(queue, name) AS (
+    (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
+     ORDER BY queue, coalesce(task, '') LIMIT 1)
+  UNION ALL
+    SELECT n.queue, n.name
+    FROM found AS p
+    CROSS JOIN LATERAL (
+        SELECT queue, coalesce(task, '') AS name FROM tasks
+        WHERE status = 'pending' AND (queue, coalesce(task, '')) > (p.queue, p.name)
+        ORDER BY queue, coalesce(task, '') LIMIT 1) AS n
+),
+pairs AS (
+    SELECT queue, name FROM found
+  UNION ALL
+    SELECT queue, name FROM unnest(%(pair_queues)s::text[], %(pair_names)s::text[]) AS k(queue, name)
+    WHERE NOT %(discover)s
+),
+served AS MATERIALIZED (
+    SELECT p.queue, p.name, r.room
+    FROM pairs AS p
+    LEFT JOIN unnest(%(capped)s::text[], %(rooms)s::int[]) AS r(queue, room)
+           ON r.queue = p.queue
+    WHERE (%(queues)s::text[] IS NULL OR p.queue = ANY(%(queues)s::text[]))
+      AND NOT EXISTS (SELECT 1 FROM taskworker_paused_queues AS z WHERE z.queue = p.queue)
+      AND coalesce(r.room, 1) > 0
+),
+queues AS (
+    SELECT queue,
+           bool_and(name = ANY(%(names)s::text[])) AS whole,
+           min(room) AS room
+    FROM served
+    GROUP BY queue
+    HAVING bool_or(name = ANY(%(names)s::text[]))
+),
+shares AS MATERIALIZED (
+    SELECT queue, whole,
+           least(ceil(%(limit)s::float8 / count(*) OVER ())::int,
+                 coalesce(room, %(limit)s)) AS share
+    FROM queues
+),
+picked AS (
+    SELECT c.id, s.queue, c.name, c.priority, c.run_at, s.share
+    FROM shares AS s
+    CROSS JOIN LATERAL (
+        SELECT t.id, coalesce(t.task, '') AS name, t.priority, t.run_at FROM tasks AS t
+        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
+          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT s.share
+        FOR UPDATE OF t SKIP LOCKED) AS c
+    WHERE s.whole
+  UNION ALL
+    SELECT c.id, s.queue, p.name, c.priority, c.run_at, s.share
+    FROM shares AS s
+    JOIN served AS p ON p.queue = s.queue AND p.name = ANY(%(names)s::text[])
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.run_at FROM tasks AS t
+        WHERE t.status = 'pending' AND t.queue = s.queue AND coalesce(t.task, '') = p.name
+          AND t.run_at <= now() AND NOT t.run_alone
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT s.share
+        FOR UPDATE OF t SKIP LOCKED) AS c
+    WHERE NOT s.whole
+),
+chosen AS MATERIALIZED (
+    SELECT id, share FROM (
+        SELECT id, queue, name, share, priority, run_at,
+               row_number() OVER (PARTITION BY queue ORDER BY priority DESC, run_at, id) AS turn
+        FROM picked) AS ranked
+    WHERE turn <= share
+    ORDER BY turn, run_at, id
+    LIMIT %(limit)s
+),
+claimed AS (
+    UPDATE tasks AS t
+    SET status = 'in_progress',
+        run_alone = false,
+        locked_by = %(holder)s,
+        locked_until = now() + %(lease)s * interval '1 second',
+        attempts = t.attempts + 1,
+        updated_at = now()
+    FROM chosen
+    WHERE t.id = chosen.id
+    RETURNING t.id,
+              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
+                  AS payload,
+              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
+              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
+              t.priority, t.run_at
+)
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+ ORDER BY priority DESC, run_at, id)
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
+
+-- name: claim_limited
+-- The claim of a process that serves names with a concurrency limit
+-- (%(limited)s, max_running): as `claim`, and a limited name's task is claimed
+-- only with a free slot row of taskworker_slots, taken in the same statement and
+-- leased like the task (a slot whose lease ran out is free: its holder died).
+-- Queues holding a limited name are read name by name.
+WITH RECURSIVE found(queue, name) AS (
+    (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
+     ORDER BY queue, coalesce(task, '') LIMIT 1)
+  UNION ALL
+    SELECT n.queue, n.name
+    FROM found AS p
+    CROSS JOIN LATERAL (
+        SELECT queue, coalesce(task, '') AS name FROM tasks
+        WHERE status = 'pending' AND (queue, coalesce(task, '')) > (p.queue, p.name)
+        ORDER BY queue, coalesce(task, '') LIMIT 1) AS n
+),
+pairs AS (
+    SELECT queue, name FROM found
+  UNION ALL
+    SELECT queue, name FROM unnest(%(pair_queues)s::text[], %(pair_names)s::text[]) AS k(queue, name)
+    WHERE NOT %(discover)s
+),
+served AS MATERIALIZED (
+    SELECT p.queue, p.name, r.room
+    FROM pairs AS p
+    LEFT JOIN unnest(%(capped)s::text[], %(rooms)s::int[]) AS r(queue, room)
+           ON r.queue = p.queue
+    WHERE (%(queues)s::text[] IS NULL OR p.queue = ANY(%(queues)s::text[]))
+      AND NOT EXISTS (SELECT 1 FROM taskworker_paused_queues AS z WHERE z.queue = p.queue)
+      AND coalesce(r.room, 1) > 0
+),
+queues AS (
+    SELECT queue,
+           bool_and(name = ANY(%(names)s::text[])) AND NOT bool_or(name = ANY(%(limited)s::text[]))
+               AS whole,
+           min(room) AS room
+    FROM served
+    GROUP BY queue
+    HAVING bool_or(name = ANY(%(names)s::text[]))
+),
+shares AS MATERIALIZED (
+    SELECT queue, whole,
+           least(ceil(%(limit)s::float8 / count(*) OVER ())::int,
+                 coalesce(room, %(limit)s)) AS share
+    FROM queues
+),
+slots AS MATERIALIZED (
+    SELECT task, slot FROM taskworker_slots
+    WHERE task = ANY(%(limited)s::text[]) AND (locked_by IS NULL OR locked_until < now())
+    FOR UPDATE SKIP LOCKED
+),
+picked AS (
+    SELECT c.id, s.queue, c.name, c.priority, c.run_at, s.share
+    FROM shares AS s
+    CROSS JOIN LATERAL (
+        SELECT t.id, coalesce(t.task, '') AS name, t.priority, t.run_at FROM tasks AS t
+        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
+          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT s.share
+        FOR UPDATE OF t SKIP LOCKED) AS c
+    WHERE s.whole
+  UNION ALL
+    SELECT c.id, s.queue, p.name, c.priority, c.run_at, s.share
+    FROM shares AS s
+    JOIN served AS p ON p.queue = s.queue AND p.name = ANY(%(names)s::text[])
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.run_at FROM tasks AS t
+        WHERE t.status = 'pending' AND t.queue = s.queue AND coalesce(t.task, '') = p.name
+          AND t.run_at <= now() AND (NOT t.run_alone OR p.name = ANY(%(limited)s::text[]))
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT CASE WHEN p.name = ANY(%(limited)s::text[])
+                   THEN least(s.share, (SELECT count(*) FROM slots WHERE slots.task = p.name))
+                   ELSE s.share END
+        FOR UPDATE OF t SKIP LOCKED) AS c
+    WHERE NOT s.whole
+),
+chosen AS MATERIALIZED (
+    SELECT id, queue, name, share FROM (
+        SELECT id, queue, name, share, priority, run_at,
+               row_number() OVER (PARTITION BY queue ORDER BY priority DESC, run_at, id) AS turn
+        FROM picked) AS ranked
+    WHERE turn <= share
+    ORDER BY turn, run_at, id
+    LIMIT %(limit)s
+),
+slotted AS (
+    SELECT c.id, s.task, s.slot
+    FROM (SELECT id, name, row_number() OVER (PARTITION BY name ORDER BY id) AS n
+          FROM chosen WHERE name = ANY(%(limited)s::text[])) AS c
+    JOIN (SELECT task, slot, row_number() OVER (PARTITION BY task ORDER BY slot) AS n
+          FROM slots) AS s ON s.task = c.name AND s.n = c.n
+),
+took AS (
+    UPDATE taskworker_slots AS z
+    SET task_id = slotted.id, locked_by = %(holder)s,
+        locked_until = now() + %(lease)s * interval '1 second'
+    FROM slotted
+    WHERE z.task = slotted.task AND z.slot = slotted.slot
+    RETURNING z.task_id
+),
+claimed AS (
+    UPDATE tasks AS t
+    SET status = 'in_progress',
+        run_alone = false,
+        locked_by = %(holder)s,
+        locked_until = now() + %(lease)s * interval '1 second',
+        attempts = t.attempts + 1,
+        updated_at = now()
+    FROM chosen
+    WHERE t.id = chosen.id
+      AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
+    RETURNING t.id,
+              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
+                  AS payload,
+              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
+              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
+              t.priority, t.run_at
+)
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+ ORDER BY priority DESC, run_at, id)
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
+
+-- name: ordered_plans
+-- Sent in front of a claim, in its transaction: only ordered index scans, so the
+-- plan does not depend on statistics (see claim). A plan priced with disabled
+-- nodes costs billions, past jit_above_cost: JIT compiling it would take seconds.
+SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off;
+SET LOCAL jit = off;
+
+-- name: claim_alone
+-- One due task that must run alone (its worker was lost MAX_RESCUES times), for
+-- a process that holds no other, so that if the process dies running it no other
 -- task is charged with the loss; the flag is cleared, and if the process dies
--- again the rescue parks the task.
--- Returns id, payload, attempts, rescues and the payload's size in bytes; a
--- payload over %(inline_bytes)s is not returned (NULL): octet_length reads a
--- stored value's size without loading it, and the fetcher decides what to load.
+-- again the rescue parks the task. Served queues and known names only (a name
+-- with a concurrency limit is not run alone: the ordinary claim takes it under
+-- its limit). Returns the claim's columns.
 WITH picked AS (
     SELECT id FROM tasks
-    WHERE status = 'pending' AND run_at <= now() AND run_alone = %(alone)s
-    ORDER BY run_at, id
-    LIMIT %(limit)s
+    WHERE status = 'pending' AND run_at <= now() AND run_alone
+      AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+      AND coalesce(task, '') = ANY(%(names)s::text[])
+      AND coalesce(task, '') <> ALL(%(limited)s::text[])
+      AND queue NOT IN (SELECT queue FROM taskworker_paused_queues)
+    ORDER BY priority DESC, run_at, id
+    LIMIT 1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
@@ -35,7 +296,26 @@ FROM picked
 WHERE t.id = picked.id
 RETURNING t.id,
           CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
-          t.attempts, t.rescues, coalesce(octet_length(t.payload), 0);
+          t.attempts, t.rescues, coalesce(octet_length(t.payload), 0),
+          t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL;
+
+-- name: ensure_slots
+-- One slot row per allowed run of each limited task name (%(tasks)s, with
+-- max_running %(counts)s); free slots above a lowered limit are deleted (one in
+-- use goes when it is free, at the next start).
+WITH wanted AS (
+    SELECT t.task, s.slot
+    FROM unnest(%(tasks)s::text[], %(counts)s::int[]) AS t(task, n)
+    CROSS JOIN LATERAL generate_series(1, t.n) AS s(slot)
+),
+added AS (
+    INSERT INTO taskworker_slots (task, slot)
+    SELECT task, slot FROM wanted
+    ON CONFLICT DO NOTHING
+)
+DELETE FROM taskworker_slots AS z
+USING unnest(%(tasks)s::text[], %(counts)s::int[]) AS t(task, n)
+WHERE z.task = t.task AND z.slot > t.n AND (z.locked_by IS NULL OR z.locked_until < now());
 
 -- name: payloads
 -- The payloads of tasks %(ids)s that %(holder)s holds: the ones the claim left
@@ -49,6 +329,7 @@ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_pr
 -- Never a task the rescuer itself still holds (%(holder)s, %(held)s): a live
 -- process gives back what it can no longer keep, without charging a rescue.
 -- A task back to pending for its last chance (lost MAX_RESCUES times) will run alone.
+-- A task `taskworker cancel` asked to stop ends cancelled instead of going back.
 WITH lost AS (
     SELECT id FROM tasks
     WHERE status = 'in_progress' AND locked_until < now()
@@ -59,11 +340,14 @@ WITH lost AS (
 )
 UPDATE tasks AS t
 SET rescues = t.rescues + 1,
-    status = CASE WHEN t.rescues + 1 > %(max_rescues)s THEN 'error' ELSE 'pending' END,
-    error = CASE WHEN t.rescues + 1 > %(max_rescues)s
+    status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
+                  WHEN t.rescues + 1 > %(max_rescues)s THEN 'error' ELSE 'pending' END,
+    error = CASE WHEN t.cancel_requested_at IS NOT NULL
+                 THEN 'cancelled: taskworker cancel; its worker was lost'
+                 WHEN t.rescues + 1 > %(max_rescues)s
                  THEN 'abandoned: worker lost ' || (t.rescues + 1) || ' times'
                  ELSE t.error END,
-    run_alone = t.rescues + 1 = %(max_rescues)s,
+    run_alone = t.rescues + 1 = %(max_rescues)s AND t.cancel_requested_at IS NULL,
     locked_by = NULL,
     locked_until = NULL,
     updated_at = now()
@@ -72,9 +356,13 @@ WHERE t.id = lost.id
 RETURNING t.id, t.status;
 
 -- name: alone_waiting
--- Is a task that must run alone due? (The process then drains and claims it.)
+-- Is a task that must run alone due, that this process would claim (see
+-- claim_alone)? (The process then drains and claims it.)
 SELECT EXISTS (SELECT 1 FROM tasks
-               WHERE run_alone AND status = 'pending' AND run_at <= now());
+               WHERE run_alone AND status = 'pending' AND run_at <= now()
+                 AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+                 AND coalesce(task, '') = ANY(%(names)s::text[])
+                 AND coalesce(task, '') <> ALL(%(limited)s::text[]));
 
 -- name: next_due
 -- Seconds until the next retry is due and until the next lease expires (NULL: none).
@@ -84,11 +372,13 @@ SELECT extract(epoch FROM
            (SELECT min(locked_until) FROM tasks WHERE status = 'in_progress') - now());
 
 -- name: heartbeat
--- Extend the lease of every task this process holds, and return the ones it still
--- holds; the ids not returned were taken away (rescued). SKIP LOCKED: a row locked
--- right now is being written by our completer (or rescued), so waiting for it
--- could deadlock; the final SELECT reads the statement's snapshot, so a skipped
--- row that is still ours is not mistaken for a lost one.
+-- Extend the lease of every task this process holds (and of the concurrency
+-- slots those tasks hold), and return the ones it still holds, each with whether
+-- `taskworker cancel` asked to stop it; the ids not returned were taken away
+-- (rescued). SKIP LOCKED: a row locked right now is being written by our
+-- completer (or rescued), so waiting for it could deadlock; the final SELECT
+-- reads the statement's snapshot, so a skipped row that is still ours is not
+-- mistaken for a lost one.
 WITH extended AS (
     UPDATE tasks
     SET locked_until = now() + %(lease)s * interval '1 second'
@@ -97,16 +387,25 @@ WITH extended AS (
                    AND status = 'in_progress'
                  FOR UPDATE SKIP LOCKED)
     RETURNING id
+),
+slots AS (
+    UPDATE taskworker_slots
+    SET locked_until = now() + %(lease)s * interval '1 second'
+    WHERE locked_by = %(holder)s AND task_id = ANY(%(ids)s::bigint[])
 )
-SELECT id FROM tasks
+SELECT id, cancel_requested_at IS NOT NULL FROM tasks
 WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_progress';
 
 -- name: complete
 -- Write many outcomes at once. Fenced: a row is written only while this process
 -- still holds that attempt, and the (id, attempt) pairs written are returned: a
 -- batch may hold a stale attempt's outcome beside the new attempt's of the same
--- task, and only the one that matched may be reported. status 'pending' with given_back gives a task back
--- untouched (the attempt is not counted); with a delay it schedules a retry.
+-- task, and only the one that matched may be reported. status 'pending' with
+-- given_back gives a task back untouched (the attempt is not counted); with a
+-- delay it schedules a retry (or a snooze). The concurrency slots the written
+-- tasks held are freed, fenced the same way (only a slot still leased to this
+-- holder for that task).
+WITH written AS (
 UPDATE tasks AS t
 SET status = v.status,
     result = v.result,
@@ -125,7 +424,14 @@ WHERE t.id = v.id
   AND t.attempts = v.attempt
   AND t.locked_by = %(holder)s
   AND t.status = 'in_progress'
-RETURNING v.id, v.attempt;
+RETURNING v.id, v.attempt
+),
+freed AS (
+    UPDATE taskworker_slots
+    SET task_id = NULL, locked_by = NULL, locked_until = NULL
+    WHERE locked_by = %(holder)s AND task_id IN (SELECT id FROM written)
+)
+SELECT id, attempt FROM written;
 
 -- name: outcome_rows
 -- What the rows %(ids)s say now: after a completion whose reply was lost with the
@@ -148,8 +454,9 @@ RETURNING id;
 SELECT pg_notify('taskworker_tasks', '');
 
 -- name: listen
--- Receive the notifications of wake_others and of the insert trigger (migration 003).
-LISTEN taskworker_tasks;
+-- Receive the notifications of wake_others and of the insert trigger (migration
+-- 003), and the cancel requests of running tasks (payload: the task's id).
+LISTEN taskworker_tasks; LISTEN taskworker_cancel;
 
 -- name: notify
 -- The listener's check that its LISTEN works: a notification it should receive.
@@ -177,8 +484,10 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 );
 
 -- name: migrations_lock
--- One migrator at a time, across processes and hosts.
-SELECT pg_advisory_lock(7261835001);
+-- One migrator at a time, across processes and hosts: tried, not waited for (a
+-- session waiting for it would have an open transaction, which a CREATE INDEX
+-- CONCURRENTLY of the lock's holder waits for in turn: a deadlock).
+SELECT pg_try_advisory_lock(7261835001);
 
 -- name: migrations_unlock
 -- Let the next migrator in.
@@ -196,15 +505,82 @@ SELECT version FROM schema_migrations;
 -- Record one applied migration, in the migration's own transaction.
 INSERT INTO schema_migrations (version, name) VALUES (%(version)s, %(name)s);
 
+-- name: migration_lock_timeout
+-- How long a transactional migration waits for a lock (an ALTER TABLE behind an
+-- open transaction that enqueued) before it gives up and is tried again: while
+-- it waits, every statement on the table queues behind it.
+SELECT set_config('lock_timeout', %(ms)s, true);
+
+-- name: migration_session
+-- The migrate session's own defaults (a direct connection, never a pooler's):
+-- no statement_timeout or lock_timeout a role or database may set cuts short an
+-- index built CONCURRENTLY (its waits for older transactions are lock waits).
+SET statement_timeout = 0; SET lock_timeout = 0;
+
+-- name: invalid_indexes
+-- Which of %(names)s are INVALID indexes: left by a CREATE INDEX CONCURRENTLY
+-- that was interrupted or failed (IF NOT EXISTS would keep them as they are).
+SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE NOT i.indisvalid AND c.relname = ANY(%(names)s) AND pg_table_is_visible(c.oid);
+
+-- name: drop_index_concurrently
+-- Drop an invalid index without blocking the table (outside a transaction).
+DROP INDEX CONCURRENTLY IF EXISTS {index};
+
+-- name: cancel_backend
+-- Stop the statement an interrupted migrate left running (an index build).
+SELECT pg_cancel_backend(%(pid)s);
+
+-- name: lock_holder
+-- The oldest other transaction holding a lock on a table of this database: what
+-- a migration that cannot get its lock is most likely waiting behind.
+SELECT a.pid, coalesce(nullif(a.application_name, ''), 'no application_name'),
+       coalesce(a.state, 'state unknown'),
+       coalesce(extract(epoch FROM now() - a.xact_start)::bigint, 0),
+       string_agg(DISTINCT c.relname, ', ')
+FROM pg_locks l
+JOIN pg_stat_activity a ON a.pid = l.pid
+JOIN pg_class c ON c.oid = l.relation
+WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND c.relkind IN ('r', 'p')
+  AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+GROUP BY a.pid, a.application_name, a.state, a.xact_start
+ORDER BY a.xact_start NULLS LAST
+LIMIT 1;
+
 -- name: enqueue
 -- Insert one pending task per element of %(payloads)s, in the array's order (ids
--- increase in that order); all due at %(run_at)s, or now() + %(delay)s, or now().
-INSERT INTO tasks (payload, run_at)
+-- increase in that order); all due at %(run_at)s, or now() + %(delay)s, or now();
+-- all of task %(task)s (NULL: the default handler), in queue %(queue)s, at %(priority)s.
+INSERT INTO tasks (payload, run_at, task, queue, priority)
 SELECT p.payload,
-       coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0'))
+       coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
+       %(task)s, %(queue)s, %(priority)s
 FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
 ORDER BY p.n
 RETURNING id;
+
+-- name: enqueue_unique
+-- Insert one pending task with unique key %(unique_key)s, unless a live (pending
+-- or running) task holds that key: then nothing is inserted and no row is
+-- returned. The partial unique index decides, race-free: a conflicting row
+-- inserted by a transaction not yet committed makes this statement wait for it.
+-- DO NOTHING locks no row: DO UPDATE ... RETURNING would lock the live task's
+-- row until the caller's commit, stalling its completer and heartbeat.
+INSERT INTO tasks (payload, run_at, task, queue, priority, unique_key)
+VALUES (%(payload)s,
+        coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
+        %(task)s, %(queue)s, %(priority)s, %(unique_key)s)
+ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'in_progress')
+DO NOTHING
+RETURNING id;
+
+-- name: unique_holder
+-- The live task holding unique key %(unique_key)s (after enqueue_unique inserted
+-- nothing): its id and status; no row when it finished in between.
+SELECT id, status FROM tasks
+WHERE unique_key = %(unique_key)s AND status IN ('pending', 'in_progress');
 
 -- name: cutoff
 -- The database's now(), and now() minus %(seconds)s (NULL when no age is given):
@@ -259,16 +635,28 @@ SELECT id, status, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
 -- and rescues start again from 0 (a fresh retry and rescue budget); the last error
 -- text is kept. Only the tasks %(ids)s when given, only those that ended at or
 -- after %(since)s when given, never one that ended after %(before)s (the command's
--- start: a task failing again meanwhile is not retried twice).
-WITH picked AS (
-    SELECT id FROM tasks
+-- start: a task failing again meanwhile is not retried twice). A task whose
+-- unique_key a live task holds is left in error (see retry_blocked), and of
+-- several picked with the same key only the lowest id is retried. (A concurrent
+-- enqueue or retry can still take the key first: the statement then fails on
+-- tasks_unique_key_idx, and the caller runs it again.)
+WITH locked AS (
+    SELECT id, unique_key FROM tasks AS e
     WHERE status = 'error'
       AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s::bigint[]))
       AND (%(since)s::timestamptz IS NULL OR updated_at >= %(since)s::timestamptz)
       AND updated_at <= %(before)s
+      AND (unique_key IS NULL
+           OR NOT EXISTS (SELECT 1 FROM tasks AS live
+                          WHERE live.unique_key = e.unique_key
+                            AND live.status IN ('pending', 'in_progress')))
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT id FROM locked
+    WHERE unique_key IS NULL
+       OR id = (SELECT min(same.id) FROM locked AS same WHERE same.unique_key = locked.unique_key)
 )
 UPDATE tasks AS t
 SET status = 'pending',
@@ -283,12 +671,43 @@ FROM picked
 WHERE t.id = picked.id
 RETURNING t.id;
 
+-- name: retry_blocked
+-- Tasks in error that retry leaves alone because a live task holds their
+-- unique_key (same selection as retry): their id and key, and the live task's id
+-- and status.
+SELECT e.id, e.unique_key, live.id, live.status
+FROM tasks AS e
+JOIN tasks AS live
+  ON live.unique_key = e.unique_key AND live.status IN ('pending', 'in_progress')
+WHERE e.status = 'error' AND e.unique_key IS NOT NULL
+  AND (%(ids)s::bigint[] IS NULL OR e.id = ANY(%(ids)s::bigint[]))
+  AND (%(since)s::timestamptz IS NULL OR e.updated_at >= %(since)s::timestamptz)
+  AND e.updated_at <= %(before)s
+ORDER BY e.id;
+
 -- name: cancel
--- Cancel the tasks %(ids)s that are pending; running and finished ones are left alone.
-UPDATE tasks
-SET status = 'cancelled', updated_at = now()
-WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
-RETURNING id;
+-- Cancel the tasks %(ids)s that are pending; for the running ones, record the
+-- request (their status is left to their holder: changing it here would make the
+-- holder's fenced write discard its outcome, and free the task's unique key and
+-- concurrency slot while its handler still runs) and notify the holder, which
+-- stops the handler and writes 'cancelled'. Finished tasks are left alone.
+-- Returns (id, was running).
+WITH pending AS (
+    UPDATE tasks
+    SET status = 'cancelled', updated_at = now()
+    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+    RETURNING id
+),
+running AS (
+    UPDATE tasks
+    SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'in_progress'
+    RETURNING id
+)
+SELECT id, false FROM pending
+UNION ALL
+SELECT r.id, true FROM running AS r
+CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', r.id::text)) AS n;
 
 -- name: prune
 -- Delete up to %(limit)s finished tasks (status in %(statuses)s) last changed
@@ -333,6 +752,79 @@ FROM pg_stats AS s
 JOIN pg_class AS c ON c.relname = s.tablename
 JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
 WHERE c.oid = 'tasks'::regclass AND s.attname = 'status';
+
+-- name: enqueue_tick
+-- Enqueue tick %(tick)s of periodic task %(task)s, once across every process: the
+-- tick's row in taskworker_ticks and its task are written by this one statement.
+-- The tick is taken only if no row has it (ON CONFLICT: another process took it;
+-- a racing one waits for that insert to commit), if it is newer than the task's
+-- latest recorded tick (a host whose clock lags never enqueues an older tick),
+-- and, for a task with no recorded tick, if it is not older than %(since)s (a
+-- process's start: a new schedule starts with its next tick, not the last one
+-- missed). With %(skip_if_running)s, a tick that finds a run of the task in
+-- progress, or pending in its queue (read through tasks_in_progress_idx and
+-- tasks_name_claim_idx: a backlog of other tasks costs nothing), is taken with
+-- task_id NULL (skipped). The task's id is drawn before both inserts so that the
+-- tick's row names it; the existence check keeps the other processes from drawing
+-- ids for a tick already taken. The task's rows of ticks beyond the newest 10 are
+-- deleted. Returns whether the tick was taken, the new task's id, and the live run
+-- that made it skip.
+WITH last AS (
+    SELECT max(tick) AS tick FROM taskworker_ticks WHERE task = %(task)s
+), live AS (
+    (SELECT id, status FROM tasks
+     WHERE %(skip_if_running)s AND status = 'in_progress' AND task = %(task)s
+     LIMIT 1)
+    UNION ALL
+    (SELECT id, status FROM tasks
+     WHERE %(skip_if_running)s AND status = 'pending' AND queue = %(queue)s
+       AND coalesce(task, '') = %(task)s
+     LIMIT 1)
+    LIMIT 1
+), taken AS (
+    INSERT INTO taskworker_ticks (task, tick, task_id)
+    SELECT %(task)s, %(tick)s,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM live)
+                THEN nextval(pg_get_serial_sequence('tasks', 'id')) END
+    FROM last
+    WHERE coalesce(%(tick)s > last.tick, %(tick)s >= %(since)s)
+      AND NOT EXISTS (SELECT 1 FROM taskworker_ticks
+                      WHERE task = %(task)s AND tick = %(tick)s)
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+), created AS (
+    INSERT INTO tasks (id, task, queue, priority, payload)
+    SELECT task_id, %(task)s, %(queue)s, %(priority)s, %(payload)s
+    FROM taken
+    WHERE task_id IS NOT NULL
+    RETURNING id
+), trimmed AS (
+    DELETE FROM taskworker_ticks
+    WHERE task = %(task)s AND EXISTS (SELECT 1 FROM taken)
+      AND tick < (SELECT tick FROM taskworker_ticks WHERE task = %(task)s
+                  ORDER BY tick DESC OFFSET 8 LIMIT 1)
+)
+SELECT EXISTS (SELECT 1 FROM taken), (SELECT id FROM created),
+       (SELECT id FROM live), (SELECT status FROM live);
+
+-- name: schedule_ticks
+-- The latest recorded tick of each periodic task, with its task's status (NULL:
+-- skipped, or the task was pruned), for `taskworker schedule`.
+SELECT t.task, t.tick, t.task_id, k.status
+FROM (SELECT DISTINCT ON (task) task, tick, task_id
+      FROM taskworker_ticks
+      ORDER BY task, tick DESC) AS t
+LEFT JOIN tasks AS k ON k.id = t.task_id
+ORDER BY t.task;
+
+-- name: live_schedules
+-- Each live process's periodic schedules (name -> "cron ..." / "every Ns"), for
+-- `taskworker schedule`: a process is live while its seen_at is less than two
+-- leases old.
+SELECT holder, schedules
+FROM taskworker_processes
+WHERE seen_at + lease_seconds * 2 * interval '1 second' > now()
+ORDER BY holder;
 
 -- name: process_register
 -- Record (or refresh) this serve process in taskworker_processes: what it serves

@@ -28,6 +28,20 @@ class ClaimedTask(NamedTuple):
     payload: str | None
     attempt: int  # attempts after this claim
     rescues: int  # times an earlier worker was lost running it
+    name: str | None = None  # the registered task it runs (None: the default handler)
+    queue: str = "default"
+    cancel_requested: bool = False  # `taskworker cancel` asked before the claim
+
+
+class Served(NamedTuple):
+    """What a process claims: queues (None: every queue), the task names it knows
+    ('' for tasks without a name, when it has a default handler), how many more
+    tasks of each capped queue it may start, and the names with max_running."""
+
+    queues: list[str] | None
+    names: list[str]
+    rooms: dict[str, int]  # capped queue -> places left in this process
+    limited: list[str]
 
 
 class Claimed(NamedTuple):
@@ -37,11 +51,13 @@ class Claimed(NamedTuple):
     task: ClaimedTask
     size: int
     loaded: bool  # the payload came with the claim
+    share: int  # most tasks its queue could get from this claim
 
 
 class Rescued(NamedTuple):
     back: list[int]  # put back to pending
     parked: list[int]  # parked in error: their worker was lost more than MAX_RESCUES times
+    cancelled: list[int] = []  # a cancel was requested: ended cancelled
 
 
 class NextDue(NamedTuple):
@@ -75,15 +91,41 @@ class Cutoff(NamedTuple):
     before: datetime | None  # now minus the age asked for
 
 
-def claim(db: Database, *, holder: str, limit: int, lease: float,
-          inline_bytes: int = 2**62, alone: bool = False) -> list[Claimed]:
-    """Claim up to `limit` due tasks for `holder` (with `alone`: only a task that
-    must run alone), lowest id first; payloads over `inline_bytes` are left
-    unloaded (see `payloads`)."""
-    rows = db.query(sql.claim, {"limit": limit, "alone": alone, "holder": holder,
-                                "lease": lease, "inline_bytes": inline_bytes})
-    return sorted((Claimed(ClaimedTask(*row[:4]), row[4], row[4] <= inline_bytes)
-                   for row in rows), key=lambda c: c.task.id)
+EVERYTHING = Served(None, [""], {}, [])  # every queue, tasks without a name only
+
+Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
+
+
+class Claim(NamedTuple):
+    rows: list[Claimed]  # in the order to run them: priority, due time, id
+    pairs: Pairs | None  # the (queue, name) pairs with pending tasks, when discovered
+
+
+def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served = EVERYTHING,
+          pairs: Pairs | None = None, inline_bytes: int = 2**62, alone: bool = False) -> Claim:
+    """Claim up to `limit` due tasks for `holder` that `served` covers (with
+    `alone`: only a task that must run alone); payloads over `inline_bytes` are
+    left unloaded (see `payloads`). `pairs`: the (queue, name) pairs found by an
+    earlier claim; None: find them now (returned in the Claim)."""
+    statement = (sql.claim_alone if alone else
+                 sql.ordered_plans + "\n" + (sql.claim_limited if served.limited else sql.claim))
+    found = db.query(statement, {
+        "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
+        "queues": served.queues, "names": served.names, "limited": served.limited,
+        "capped": list(served.rooms), "rooms": list(served.rooms.values()),
+        "discover": pairs is None, "pair_queues": [q for q, _ in pairs or ()],
+        "pair_names": [n for _, n in pairs or ()]})
+    rows = [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8]),
+                    row[4], row[4] <= inline_bytes, row[7])
+            for row in found if row[0] is not None]  # (in the order to run them)
+    return Claim(rows, None if pairs is not None or alone else
+                 [(row[6], row[5]) for row in found if row[0] is None])
+
+
+def ensure_slots(db: Database, limits: dict[str, int]) -> None:
+    """Make the concurrency slots of each limited task name: `limits[name]` rows
+    (free slots above a lowered limit are removed)."""
+    db.query(sql.ensure_slots, {"tasks": list(limits), "counts": list(limits.values())})
 
 
 def payloads(db: Database, *, holder: str, ids: Sequence[int]) -> dict[int, str | None]:
@@ -97,12 +139,14 @@ def rescue(db: Database, *, max_rescues: int, holder: str, held: Sequence[int]) 
     rows = db.query(sql.rescue, {"max_rescues": max_rescues, "holder": holder,
                                  "held": list(held)})
     return Rescued(back=sorted(i for i, status in rows if status == "pending"),
-                   parked=sorted(i for i, status in rows if status == "error"))
+                   parked=sorted(i for i, status in rows if status == "error"),
+                   cancelled=sorted(i for i, status in rows if status == "cancelled"))
 
 
-def alone_waiting(db: Database) -> bool:
-    """Is a task that must run alone due?"""
-    return bool(db.query(sql.alone_waiting)[0][0])
+def alone_waiting(db: Database, served: Served = EVERYTHING) -> bool:
+    """Is a task that must run alone due, of those `served` covers?"""
+    return bool(db.query(sql.alone_waiting, {
+        "queues": served.queues, "names": served.names, "limited": served.limited})[0][0])
 
 
 def next_due(db: Database) -> NextDue:
@@ -111,10 +155,15 @@ def next_due(db: Database) -> NextDue:
                    None if lease is None else float(lease))
 
 
-def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) -> set[int]:
-    """Extend the leases of `ids`; return the ids `holder` still holds."""
+class Held(NamedTuple):
+    ids: set[int]  # still held by this holder
+    cancel: list[int]  # of those, the ones `taskworker cancel` asked to stop
+
+
+def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) -> Held:
+    """Extend the leases of `ids` (and their slots); say which `holder` still holds."""
     rows = db.query(sql.heartbeat, {"ids": list(ids), "holder": holder, "lease": lease})
-    return {row[0] for row in rows}
+    return Held({row[0] for row in rows}, sorted(row[0] for row in rows if row[1]))
 
 
 def complete(db: ReconnectingConnection, *, holder: str, writes: Sequence[OutcomeWrite],

@@ -7,3 +7,19 @@ CREATE TABLE IF NOT EXISTS word_counts (
     words      integer NOT NULL,
     counted_at timestamptz NOT NULL DEFAULT now()
 );
+
+-- The named tasks' tables (wordcount.tasks): the running total, the tasks already
+-- added to it (so that a second run of the same `add` task adds nothing), and
+-- the periodic reports.
+CREATE TABLE IF NOT EXISTS word_totals (
+    words bigint NOT NULL
+);
+INSERT INTO word_totals (words) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM word_totals);
+CREATE TABLE IF NOT EXISTS word_totals_added (
+    task_id bigint PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS word_reports (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    words       bigint NOT NULL,
+    reported_at timestamptz NOT NULL DEFAULT now()
+);

@@ -1,10 +1,13 @@
 """Enqueue one task per text file, from application code, in one transaction:
 
-    python -m wordcount.submit notes.txt letter.txt
+    python -m wordcount.submit notes.txt letter.txt          # the default handler
+    python -m wordcount.submit --named notes.txt letter.txt  # wordcount.count
 
 prints the task ids. Either every file becomes a task or (on any error) none
-does: taskworker.enqueue_many joins the transaction of the connection it is
-given, and the tasks appear to workers only when it commits.
+does: taskworker.enqueue joins the transaction of the connection it is given,
+and the tasks appear to workers only when it commits. With --named, each file's
+task is `wordcount.count` with the unique key "file:<absolute path>": while a
+file's count is pending or running, submitting it again prints the same id.
 """
 from __future__ import annotations
 
@@ -17,14 +20,22 @@ import psycopg2
 import taskworker
 
 from .migrate import DEFAULT_DATABASE_URL
+from .tasks import count
 
 
-def main(paths: list[str]) -> None:
+def main(args: list[str]) -> None:
+    named = args[:1] == ["--named"]
+    paths = args[1:] if named else args
     texts = [Path(p).read_text(encoding="utf-8") for p in paths]
     conn = psycopg2.connect(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)
     try:
         with conn:  # commits on success, rolls back (no task at all) on an error
-            ids = taskworker.enqueue_many(conn, texts)
+            if named:
+                ids = [taskworker.enqueue(conn, text, task=count,
+                                          unique_key=f"file:{Path(path).resolve()}")
+                       for path, text in zip(paths, texts, strict=True)]
+            else:
+                ids = taskworker.enqueue_many(conn, texts)
     finally:
         conn.close()
     for path, task_id in zip(paths, ids, strict=True):

@@ -1,0 +1,142 @@
+"""Cancelling a running task, and concurrency limits across processes: several
+`serve` processes, the CLI, kill -9, and the rows they leave."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from invariants import FAST, query, stop_all, wait_until
+from proc import cli
+from test_named_tasks import add, finished, most_at_once, row, spans
+
+APP = '''
+import os
+import time
+
+import psycopg2
+
+import taskworker
+
+
+def span(payload):
+    start = time.time()
+    time.sleep(float(payload or 0))
+    return f"{start} {time.time()} {os.getpid()}"
+
+
+@taskworker.task("sleepy")
+def sleepy(payload):
+    return span(payload)
+
+
+@taskworker.task("dbwork")
+def dbwork(payload):
+    conn = psycopg2.connect(os.environ["DATABASE_URL"])
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_sleep(30)")
+    finally:
+        conn.close()
+
+
+@taskworker.task("limited", max_running=2)
+def limited(payload):
+    return span(payload)
+'''
+
+
+def app(tmp_path: Path) -> list[str]:
+    (tmp_path / "cwd" / "app.py").write_text(APP)
+    return ["--tasks", "app"]
+
+
+def running(db: Any, task_id: int) -> bool:
+    return row(db, task_id)["status"] == "in_progress"
+
+
+def cancel_when_running(db_url: str, db: Any, task_id: int, procs: list[Any]) -> None:
+    wait_until(lambda: running(db, task_id), 20, f"task {task_id} to run", procs)
+    code, out, err = cli(db_url, "cancel", str(task_id))
+    assert (code, err) == (0, "")
+    assert out == f"Cancelled 0 tasks\nTask {task_id} is running: asked its process to stop it\n"
+
+
+def test_cancel_stops_a_sleeping_handler_and_one_in_a_query(
+        db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    p = serve(db_url, env=FAST, args=app(tmp_path))
+    for task in ("sleepy", "dbwork"):
+        task_id = add(db, task, "30")
+        cancel_when_running(db_url, db, task_id, [p])
+        # LISTEN on: the holder hears it at once and stops the handler.
+        wait_until(lambda: row(db, task_id)["status"] == "cancelled", 5,  # noqa: B023
+                   f"{task} task {task_id} to be cancelled", [p])
+        assert row(db, task_id)["attempts"] == 1
+        assert row(db, task_id)["error"] == "cancelled: taskworker cancel"
+        p.wait_for(rf"Task ID: {task_id} cancel requested: stopping it")
+        p.wait_for(rf"Task ID: {task_id} processed with status: cancelled")
+    # serve goes on working.
+    after = add(db, "sleepy", "0")
+    wait_until(lambda: finished(db, [after]), 10, "a task after the cancels", [p])
+    assert row(db, after)["status"] == "done"
+    assert "crashed" not in p.output()
+    stop_all([p], signal.SIGINT)
+
+
+def test_cancel_without_listen_is_seen_at_the_next_heartbeat(
+        db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    p = serve(db_url, env={**FAST, "LISTEN": "false", "LEASE_SECONDS": "3"}, args=app(tmp_path))
+    task_id = add(db, "sleepy", "30")
+    cancel_when_running(db_url, db, task_id, [p])
+    wait_until(lambda: row(db, task_id)["status"] == "cancelled", 5,
+               "the cancel to be seen by a heartbeat (every LEASE_SECONDS / 3)", [p])
+    stop_all([p], signal.SIGINT)
+
+
+def test_a_cancel_requested_of_a_dead_holder_ends_cancelled(
+        db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    env = {**FAST, "LEASE_SECONDS": "2"}
+    doomed = serve(db_url, env=env, args=app(tmp_path))
+    task_id = add(db, "sleepy", "30")
+    wait_until(lambda: running(db, task_id), 20, "the task to run", [doomed])
+    doomed.kill()  # kill -9: it never hears of the cancel
+    code, out, _ = cli(db_url, "cancel", str(task_id))
+    assert code == 0 and "asked its process to stop it" in out
+    assert row(db, task_id)["status"] == "in_progress"
+    rescuer = serve(db_url, env=env, args=app(tmp_path))
+    wait_until(lambda: row(db, task_id)["status"] == "cancelled", 15,
+               "the rescue to end the task cancelled", [rescuer])
+    assert row(db, task_id)["attempts"] == 1  # not run again
+    rescuer.wait_for(rf"Task ID: {task_id} processed with status: cancelled \(cancel "
+                     r"requested, its worker was lost\)")
+    stop_all([rescuer], signal.SIGINT)
+
+
+def test_max_running_holds_across_processes_and_survives_kill_9(
+        db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    env = {**FAST, "WORKER_COUNT": "5", "LEASE_SECONDS": "2"}
+    args = app(tmp_path)
+    ids = [add(db, "limited", "0.3") for _ in range(12)]
+    free = [add(db, "sleepy", "0.3") for _ in range(10)]
+    procs = [serve(db_url, env=env, args=args) for _ in range(3)]
+    wait_until(lambda: finished(db, ids + free), 40, "every task to finish", procs)
+    runs = spans(db, ids)
+    assert most_at_once(runs) == 2  # the limit, reached, never passed
+    assert len({pid for _, _, pid in runs}) >= 2  # by several processes
+    assert most_at_once(spans(db, free)) > 2  # (unlimited tasks are not held back)
+
+    # A holder killed -9 while it holds both slots: they come back with their
+    # leases, and the others run the rest, still two at a time.
+    slow = [add(db, "limited", "1.5") for _ in range(4)]
+    wait_until(lambda: query(db, "SELECT count(*) FROM taskworker_slots WHERE task_id IS NOT "
+                                 "NULL")[0][0] == 2, 20, "both slots taken", procs)
+    holder = query(db, "SELECT locked_by FROM taskworker_slots WHERE task_id IS NOT NULL "
+                       "LIMIT 1")[0][0]
+    victim = next(p for p in procs if f":{p.pid}:" in holder)
+    victim.kill()
+    rest = [p for p in procs if p is not victim]
+    wait_until(lambda: finished(db, slow), 40, "the slow limited tasks to finish", rest)
+    assert most_at_once(spans(db, slow)) <= 2
+    assert {row(db, i)["status"] for i in slow} == {"done"}
+    stop_all(rest, signal.SIGINT)

@@ -13,6 +13,7 @@ import json
 import re
 import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -21,6 +22,8 @@ from invariants import FAST, add_task, query, wait_until
 from pgserver import free_port
 from proc import ServeFactory, cli
 from scrapes import scrape
+
+from taskworker.store.sql import QUERIES
 
 DEFAULT_HINT = "start a serve without TASK_MODULES or with TASK_HANDLER"
 
@@ -262,3 +265,29 @@ def test_metrics_by_queue_and_name(db_url: str, db: Any, serve: ServeFactory) ->
     assert by_name_oldest["resize"]["value"] == 0
     p.signal(signal.SIGINT)
     assert p.wait() == 0, p.output()
+
+
+def plan_scans(db: Any, statement: str) -> list[tuple[str, str | None]]:
+    """The scans of tasks in the plan of `statement`: (node type, index)."""
+    def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield plan
+        for child in plan.get("Plans", ()):
+            yield from nodes(child)
+
+    raw = query(db, "EXPLAIN (FORMAT JSON) " + statement)[0][0]
+    plan = (raw if isinstance(raw, list) else json.loads(raw))[0]["Plan"]
+    return [(n["Node Type"], n.get("Index Name")) for n in nodes(plan)
+            if n.get("Relation Name") == "tasks"]
+
+
+def test_the_backlog_reads_only_pending_and_running_rows(db: Any) -> None:
+    """status and the metrics group pending and running tasks through their
+    partial indexes: a table of finished tasks however large is not scanned."""
+    query(db, "INSERT INTO tasks (payload, status, queue, task) SELECT 'old', 'done', "
+              "'q' || n % 10, 't' || n % 7 FROM generate_series(1, 200000) AS n")
+    query(db, "INSERT INTO tasks (payload, queue, task) SELECT 'new', 'q' || n % 10, "
+              "'t' || n % 7 FROM generate_series(1, 2000) AS n")
+    query(db, "ANALYZE tasks")
+    scans = plan_scans(db, QUERIES["status_backlog"])
+    assert len(scans) == 2, scans  # one for the pending tasks, one for the running ones
+    assert all(kind != "Seq Scan" and index for kind, index in scans), scans

@@ -1,5 +1,5 @@
 """The `taskworker` command: migrate, seed, serve; enqueue, status, show, retry,
-cancel, prune. One module per family of commands; context.py is what they all
+cancel, prune; pause, resume. One module per family of commands; context.py is what they all
 run in (settings, a checked connection, one-line errors and exit statuses).
 
 Configuration comes from the environment and `.env` in the current folder (the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import enqueue, prune, schedule, schema, serve, status, tasks
+from . import enqueue, prune, queues, schedule, schema, serve, status, tasks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +31,8 @@ def cli() -> None:
 
 
 for command in (schema.migrate, schema.seed, serve.serve, enqueue.enqueue, status.status,
-                tasks.show, tasks.retry, tasks.cancel, prune.prune, schedule.schedule):
+                tasks.show, tasks.retry, tasks.cancel, prune.prune, schedule.schedule,
+                queues.pause, queues.resume):
     cli.add_command(command)
 
 

@@ -13,7 +13,7 @@ import psycopg2
 from ..store import admin
 from ..store.connection import DatabaseUnavailable, connect
 from ..store.database import Direct, PgConnection, first_line
-from . import text
+from . import status_serving, text
 from .context import EXIT_CONFIG, database, duration, fail, load_settings
 
 TOP_ERRORS = 5
@@ -38,6 +38,14 @@ def status(as_json: bool, watch: str | None) -> None:
     pending retries
              pending tasks with attempts > 0: they failed or lost their worker
              and wait to run again (a count now, not over the last hour)
+    QUEUE, TASK
+             pending (due now), scheduled (due later) and running tasks, and
+             the oldest due task's wait, per queue and per task name
+    PROCESS  serve processes alive (seen within two leases): what they serve,
+             how long they have run, when their heartbeat last wrote, tasks held
+    PAUSED   queues paused with `taskworker pause`
+    Warning  pending tasks no running process would claim (a task name none
+             knows, no default handler, a queue none serves)
     HOLDER   running tasks per process (locked_by = host:pid:random) and the
              time left on its soonest lease ("expired": it stopped renewing)
     ERRORS   the 5 most frequent error texts among tasks in error
@@ -63,6 +71,7 @@ def snapshot(conn: PgConnection) -> dict[str, Any]:
         summary = admin.summary(db)
         holders = admin.holders(db)
         errors = admin.top_errors(db, TOP_ERRORS)
+        serving = status_serving.read(db, {h.locked_by: h.tasks for h in holders})
     finally:
         if not conn.closed:  # closed: interrupted (Ctrl+C) or lost mid-query
             conn.rollback()
@@ -78,6 +87,7 @@ def snapshot(conn: PgConnection) -> dict[str, Any]:
                      else round(h.lease_left_seconds, 3)}
                     for h in holders],
         "top_errors": [{"error": e.error, "tasks": e.tasks} for e in errors],
+        **serving,
     }
 
 
@@ -97,6 +107,7 @@ def render(snap: dict[str, Any]) -> str:
         ("pending retries", str(snap["retrying"])),
     ], right=frozenset({1}))
     lines.append("")
+    lines += status_serving.render(snap)
     if snap["holders"]:
         rows = [("HOLDER (locked_by)", "TASKS", "LEASE LEFT")]
         for h in snap["holders"]:

@@ -2,7 +2,8 @@
 
 Every third of LEASE_SECONDS one statement extends the lease of every task the
 process holds (queued or running); with nothing held it checks the connection
-instead. A task the statement does not return was taken away (its lease expired
+instead; either way it refreshes the process's row in taskworker_processes
+(presence.py). A task the statement does not return was taken away (its lease expired
 and another process rescued it): it is marked lost, so a worker skips it if it
 has not started it yet.
 
@@ -26,6 +27,7 @@ from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import ReconnectingConnection
 from .dispatch import Dispatch
+from .presence import Presence
 
 
 class LeaseExpiring(BaseException):
@@ -53,6 +55,7 @@ class Heartbeat:
         self.holder = holder
         self.dispatch = dispatch
         self.db = ReconnectingConnection(settings, "heartbeat", should_stop=should_stop)
+        self.presence = Presence(settings, holder)  # this process's row, touched every beat
         self._renewed_at: float | None = None  # monotonic start of the last good renewal
         self._stopped: set[int] = set()  # tasks the guard has stopped
 
@@ -77,8 +80,7 @@ class Heartbeat:
             self.dispatch.mark_lost([i for i in ids if i not in kept.ids])
             if kept.cancel:  # (with LISTEN on, the listener has usually done it already)
                 stop_cancelled(self.dispatch, kept.cancel)
-        else:
-            store.ping(self.db)
+        self.presence.touch(self.db)  # (with nothing held, also the connection's check)
         self._renewed_at = started
         if not was_renewing:
             self.dispatch.wake()  # the fetcher may claim (again)

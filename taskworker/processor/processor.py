@@ -157,6 +157,7 @@ class Processor:
         gevent.signal_handler(signal.SIGINT, self._on_signal)
         gevent.signal_handler(signal.SIGTERM, self._on_signal)
         self.monitor.start()
+        self.heartbeat.presence.register(self.heartbeat.db)  # taskworker_processes
         for name, run in self.services.items():
             if name == "fetcher":
                 for n in range(1, s.worker_count + 1):
@@ -234,6 +235,7 @@ class Processor:
             completer.kill()
         else:
             self._give_back_leftovers()
+            self.heartbeat.presence.unregister(self.completer.db, GIVE_BACK_GRACE)
         self._giving_up = True
         for job in self._running.values():
             job.kill()

@@ -158,3 +158,20 @@ def cancel(db: Database, ids: Sequence[int]) -> Cancelled:
     rows = db.query(sql.cancel, {"ids": list(ids)})
     return Cancelled(sorted(i for i, running in rows if not running),
                      sorted(i for i, running in rows if running))
+
+
+class Backlog(NamedTuple):
+    """Pending and running tasks of one task name in one queue."""
+
+    queue: str
+    task: str | None  # None: tasks without a name (the default handler's)
+    pending: int  # due now
+    scheduled: int  # pending, due later
+    running: int
+    oldest_pending_seconds: float | None  # how long the oldest due one has waited
+
+
+def backlog(db: Database) -> list[Backlog]:
+    """Pending and running tasks by (queue, task name); reads no finished row."""
+    return [Backlog(queue, task, due, later, running, None if oldest is None else float(oldest))
+            for queue, task, due, later, running, oldest in db.query(sql.status_backlog)]

@@ -831,3 +831,80 @@ SELECT holder, schedules
 FROM taskworker_processes
 WHERE seen_at + lease_seconds * 2 * interval '1 second' > now()
 ORDER BY holder;
+
+-- name: process_register
+-- Record (or refresh) this serve process in taskworker_processes: what it serves
+-- and how long its heartbeat may go quiet (lease_seconds) before it counts as gone.
+INSERT INTO taskworker_processes (holder, host, pid, queues, tasks, default_handler,
+                                  schedules, lease_seconds)
+VALUES (%(holder)s, %(host)s, %(pid)s, %(queues)s::text[], %(tasks)s::text[],
+        %(default_handler)s, %(schedules)s::jsonb, %(lease_seconds)s)
+ON CONFLICT (holder) DO UPDATE
+SET host = excluded.host, pid = excluded.pid, queues = excluded.queues,
+    tasks = excluded.tasks, default_handler = excluded.default_handler,
+    schedules = excluded.schedules, lease_seconds = excluded.lease_seconds,
+    seen_at = now();
+
+-- name: process_touch
+-- The heartbeat's sign of life: one row by primary key. No row returned: the
+-- row is gone (reaped while this process was frozen): the caller registers again.
+UPDATE taskworker_processes SET seen_at = now() WHERE holder = %(holder)s RETURNING 1;
+
+-- name: process_unregister
+-- A clean shutdown removes its own row.
+DELETE FROM taskworker_processes WHERE holder = %(holder)s;
+
+-- name: process_reap
+-- Remove the rows of processes not seen for ten of their leases (killed, or their
+-- host lost): nothing reads them any more, live processes refresh theirs.
+DELETE FROM taskworker_processes
+WHERE seen_at < now() - 10 * lease_seconds * interval '1 second'
+RETURNING holder;
+
+-- name: process_live
+-- Processes seen within two of their leases, oldest first, with the seconds since
+-- they started and since they were last seen.
+SELECT holder, host, pid, queues, tasks, default_handler, schedules, lease_seconds,
+       started_at, extract(epoch FROM now() - started_at),
+       extract(epoch FROM now() - seen_at)
+FROM taskworker_processes
+WHERE seen_at + 2 * lease_seconds * interval '1 second' > now()
+ORDER BY started_at, holder;
+
+-- name: queue_pause
+-- Pause the queues %(queues)s (no process claims from them); the ones newly paused.
+INSERT INTO taskworker_paused_queues (queue)
+SELECT DISTINCT q FROM unnest(%(queues)s::text[]) AS q
+ON CONFLICT (queue) DO NOTHING
+RETURNING queue;
+
+-- name: queue_resume
+-- Resume the queues %(queues)s; the ones that were paused.
+DELETE FROM taskworker_paused_queues WHERE queue = ANY(%(queues)s::text[]) RETURNING queue;
+
+-- name: queue_paused
+-- Every paused queue, with the seconds since it was paused.
+SELECT queue, paused_at, extract(epoch FROM now() - paused_at)
+FROM taskworker_paused_queues
+ORDER BY queue;
+
+-- name: status_backlog
+-- Pending and running tasks per (queue, task name): due, scheduled for later,
+-- running, and the seconds the oldest due one has waited. Reads only pending and
+-- in-progress rows, each set through its partial index (a name of '' is a task
+-- without a name: names are never empty), never the finished ones.
+WITH live AS (
+    SELECT queue, coalesce(task, '') AS name, run_at, true AS pending
+    FROM tasks WHERE status = 'pending'
+    UNION ALL
+    SELECT queue, coalesce(task, ''), run_at, false
+    FROM tasks WHERE status = 'in_progress'
+)
+SELECT queue, nullif(name, ''),
+       count(*) FILTER (WHERE pending AND run_at <= now()),
+       count(*) FILTER (WHERE pending AND run_at > now()),
+       count(*) FILTER (WHERE NOT pending),
+       extract(epoch FROM now() - min(run_at) FILTER (WHERE pending AND run_at <= now()))
+FROM live
+GROUP BY queue, name
+ORDER BY queue, name;

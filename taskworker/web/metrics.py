@@ -7,7 +7,8 @@ hot path pays nothing for them; the one thing measured per task is its run time
 service with its own connection, every DEPTH_EVERY seconds: pending and
 in-progress tasks are counted through their partial indexes, finished ones
 exactly while the table is small and estimated from the planner's statistics
-once it is not, so a scrape never scans the table.
+once it is not, so a scrape never scans the table. The same service samples the
+backlog by queue and by task name (backlog_metrics.py).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from ..store import tasks as store
 from ..store.connection import ReconnectingConnection, Stopped
 from ..store.database import first_line
 from ..store.tasks import FINISHED
+from .backlog_metrics import BacklogMetrics
 from .health import Observed, problems
 
 DEPTH_EVERY = 5.0  # seconds between queue depth samples
@@ -46,6 +48,8 @@ class Metrics:
             f"Tasks in the table by status, sampled every {DEPTH_EVERY:g}s (finished "
             "statuses are estimated from planner statistics on a large table).",
             ["status"], registry=self.registry)
+        self.backlog = BacklogMetrics(settings, DEPTH_EVERY)  # by queue and by task name
+        self.registry.register(self.backlog)
         self.db = ReconnectingConnection(settings, "metrics", should_stop=should_stop)
         self._last_problem: str | None = None
 
@@ -80,6 +84,7 @@ class Metrics:
         if finished is not None:  # (never analyzed: no estimate yet, keep the last one)
             for status, count in finished.items():
                 self.queue_depth.labels(status).set(count)
+        self.backlog.sample(self.db)
 
     def _estimate(self, depth: store.ActiveDepth) -> dict[str, float] | None:
         """Finished tasks by status from the table's size now and the shares of

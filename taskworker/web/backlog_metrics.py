@@ -1,0 +1,92 @@
+"""The backlog by queue and by task name, as Prometheus gauges.
+
+    taskworker_tasks_by_queue{queue, state}          state: pending, scheduled, running
+    taskworker_oldest_pending_seconds_by_queue{queue}
+    taskworker_tasks_by_name{task, state}            task "(no name)": the default handler's
+    taskworker_oldest_pending_seconds_by_name{task}
+
+Labels are queue and task names only (never ids or payloads), and bounded: at
+most MAX_SERIES queues and MAX_SERIES names, the largest; the rest are summed
+under "(other)". The queues this process serves (QUEUES) and the names it has
+registered are always exported (first, within the bound), 0 when they have
+nothing, so a drained queue reads 0 instead of vanishing.
+
+Sampled by the metrics service (see metrics.py), never at scrape time: one
+statement over pending and running rows only (through their partial indexes),
+every DEPTH_EVERY seconds while it is quick, and less often when it is not, so
+that it takes at most BUDGET of the sampler's time on a large backlog.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from .. import backlog, registry
+from ..settings import Settings
+from ..store import admin
+from ..store.database import Database
+
+MAX_SERIES = 100  # queues, and task names, exported at most (the rest: "(other)")
+BUDGET = 0.05  # share of the time the breakdown may take: 50 ms a query -> every 5 s at most
+STATES = ("pending", "scheduled", "running")
+
+
+class BacklogMetrics:
+    """A collector yielding the last sample; `sample` takes a new one when due."""
+
+    def __init__(self, settings: Settings, every: float) -> None:
+        self.every = every
+        self.served_queues = settings.queue_names or ()
+        self.default_handler = settings.default_handler is not None
+        self._next = 0.0  # monotonic time of the next sample
+        self._queues: list[backlog.Total] = []
+        self._names: list[backlog.Total] = []
+
+    def sample(self, db: Database) -> None:
+        """Read the backlog if it is time to: every `every` seconds, or less often
+        when the statement is slow (BUDGET)."""
+        started = time.monotonic()
+        if started < self._next:
+            return
+        rows = admin.backlog(db)
+        took = time.monotonic() - started
+        self._next = started + max(self.every, took / BUDGET)
+        queues = {t.key: t for t in backlog.by_queue(rows)}
+        names = {t.key: t for t in backlog.by_task(rows)}
+        always_names = [*registry.registered(), *([None] if self.default_handler else [])]
+        self._queues = _bounded(queues, self.served_queues)
+        self._names = _bounded(names, always_names)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _families("queue", "queue", self._queues)
+        yield from _families("name", "task", self._names)
+
+
+def _bounded(totals: dict[str | None, backlog.Total],
+             always: Sequence[str | None]) -> list[backlog.Total]:
+    for key in always:
+        totals.setdefault(key, backlog.Total(key, 0, 0, 0, None))
+    return backlog.bounded(sorted(totals.values(), key=lambda t: (t.key is not None, t.key or "")),
+                           MAX_SERIES, set(always))
+
+
+def _families(by: str, label: str, totals: Sequence[backlog.Total]) -> Iterator[Metric]:
+    what = "queue" if by == "queue" else "task name"
+    counts = GaugeMetricFamily(
+        f"taskworker_tasks_by_{by}",
+        f"Pending (due now), scheduled (due later) and running tasks by {what} "
+        f"(at most {MAX_SERIES} {what}s, the rest summed under {backlog.OTHER}).",
+        labels=[label, "state"])
+    oldest = GaugeMetricFamily(
+        f"taskworker_oldest_pending_seconds_by_{by}",
+        f"Seconds the oldest due pending task of each {what} has waited (0: none).",
+        labels=[label])
+    for t in totals:
+        key = backlog.NO_NAME if t.key is None else t.key
+        for state, n in zip(STATES, (t.pending, t.scheduled, t.running), strict=True):
+            counts.add_metric([key, state], n)
+        oldest.add_metric([key], t.oldest_pending_seconds or 0.0)
+    yield counts
+    yield oldest

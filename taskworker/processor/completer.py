@@ -69,7 +69,10 @@ class Completer:
                 "unwritten": self._unwritten}
 
     def run(self) -> None:
-        self.db.connection()  # now, not at the first outcome: ready when it comes
+        # Connect now, not at the first outcome: ready when it comes. A statement,
+        # not just a connect: only a statement that succeeds clears a failure the
+        # connect went through (else /healthz reports an idle completer down).
+        store.ping(self.db)
         stopping = False
         while not stopping or self._carried is not None:
             batch, stopping = self._gather(stopping)

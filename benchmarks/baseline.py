@@ -74,7 +74,7 @@ def measure(url: str, ref: str, n: int, rounds: int, say: Callable[[str], None],
             say(f"baseline: {n:,} {workload} tasks, {'this code' if code == 'this' else code} "
                 f"(round {r + 1}/{rounds})")
             d = tw.throughput(url, n, WORKERS, FETCH_LIMIT, insert=WORKLOADS[workload],
-                              start=starter(url, workload, code, old_tree))
+                              start=starter(url, workload, code, old_tree), checkpoint=True)
             result.runs.setdefault((workload, code), []).append(d)
             notes.extend(f"baseline {workload} {code}: {note}" for note in d.notes)
     return result

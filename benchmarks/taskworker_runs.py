@@ -132,7 +132,7 @@ GROUP BY w.t0, w.t1
 
 def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: int = 1,
                truncate: bool = True, vacuum: bool = False, analyze: bool = True,
-               insert: str = INSERT_PENDING,
+               insert: str = INSERT_PENDING, checkpoint: bool = False,
                on_start: Callable[[list[Proc]], None] | None = None,
                start: Callable[[], list[Proc]] | None = None,
                on_drained: Callable[[list[Proc]], None] | None = None) -> Drain:
@@ -151,7 +151,8 @@ def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: i
     result = Drain(n, processes, workers, fetch_limit, analyze=analyze)
     conn = connect(db_url)
     try:
-        _drain(conn, db_url, result, truncate, vacuum, insert, on_start, start, on_drained)
+        _drain(conn, db_url, result, truncate, vacuum, insert, on_start, start, on_drained,
+               checkpoint)
     finally:
         conn.close()
     if result.done != n:
@@ -163,7 +164,7 @@ def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: i
 def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum: bool,
            insert: str, on_start: Callable[[list[Proc]], None] | None,
            start: Callable[[], list[Proc]] | None,
-           on_drained: Callable[[list[Proc]], None] | None) -> None:
+           on_drained: Callable[[list[Proc]], None] | None, checkpoint: bool = False) -> None:
     n, workers, fetch_limit = result.n, result.workers, result.fetch_limit
     procs: list[Proc] = []
     try:
@@ -172,6 +173,8 @@ def _drain(conn: connection, db_url: str, result: Drain, truncate: bool, vacuum:
                 cur.execute("TRUNCATE tasks")
             if vacuum:
                 cur.execute("VACUUM ANALYZE tasks")
+            if checkpoint:  # (so that no checkpoint of the last run's writes lands in this one)
+                cur.execute("CHECKPOINT")
         if start is not None:
             procs = start()
         else:

@@ -55,8 +55,11 @@ def walk(node: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[dic
 
 
 def reads_tasks(node: dict[str, Any]) -> bool:
+    """Does `node` read rows of tasks? Not counting the discovery of the (queue,
+    name) pairs (a recursive skip through the index, one row per pair): the
+    shares sort the few queues it finds."""
     return any(n["Node Type"] in SCANS and n.get("Relation Name") == "tasks"
-               for n, _ in walk(node))
+               and "Recursive Union" not in path for n, path in walk(node))
 
 
 @dataclass

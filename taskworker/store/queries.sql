@@ -21,12 +21,10 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- (%(pair_queues)s, %(pair_names)s): the descents walk the index entries of
 -- claimed rows until VACUUM removes them, too dear for every claim of a busy
 -- process (the fetcher rediscovers after an idle spell and every half second).
--- Each served queue with work gets an equal share of the claim, and the queues
--- take turns: every queue's first task, then every queue's second, ...; at the
--- same turn the task due longest goes first, so a queue is never starved by a
--- busier one or one with higher priorities (a share of 1 still reaches it once
--- its head is the oldest). Within a queue: higher priority first, then due
--- time, then id. A queue whose pending names this process all knows is read in
+-- Each served queue with work gets an equal share of the claim (what does not
+-- divide evenly goes one each to queues drawn at random), so a queue is never
+-- starved by a busier one or one with higher priorities: priorities order tasks
+-- within a queue (higher first, then due time, then id), not across queues. A queue whose pending names this process all knows is read in
 -- one ordered scan of tasks_queue_claim_idx; a queue that also holds names it
 -- does not know (a rolling deploy added them) is read name by name, so those rows
 -- are never walked over. SKIP LOCKED: two claimers never wait on, nor take, the
@@ -76,23 +74,14 @@ queues AS (
 ),
 shares AS MATERIALIZED (
     SELECT queue, whole,
-           least(ceil(%(limit)s::float8 / count(*) OVER ())::int,
+           least(%(limit)s / n + (turn <= mod(%(limit)s, n))::int,
                  coalesce(room, %(limit)s)) AS share
-    FROM queues
+    FROM (SELECT queue, whole, room, count(*) OVER () AS n,
+                 row_number() OVER (ORDER BY random()) AS turn
+          FROM queues) AS q
 ),
-picked AS (
-    SELECT c.id, s.queue, c.name, c.priority, c.run_at, s.share
-    FROM shares AS s
-    CROSS JOIN LATERAL (
-        SELECT t.id, coalesce(t.task, '') AS name, t.priority, t.run_at FROM tasks AS t
-        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
-          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
-        ORDER BY t.priority DESC, t.run_at, t.id
-        LIMIT s.share
-        FOR UPDATE OF t SKIP LOCKED) AS c
-    WHERE s.whole
-  UNION ALL
-    SELECT c.id, s.queue, p.name, c.priority, c.run_at, s.share
+by_name AS MATERIALIZED (
+    SELECT c.id, s.queue, s.share, c.priority, c.run_at
     FROM shares AS s
     JOIN served AS p ON p.queue = s.queue AND p.name = ANY(%(names)s::text[])
     CROSS JOIN LATERAL (
@@ -102,16 +91,25 @@ picked AS (
         ORDER BY t.priority DESC, t.run_at, t.id
         LIMIT s.share
         FOR UPDATE OF t SKIP LOCKED) AS c
-    WHERE NOT s.whole
+    WHERE NOT s.whole AND s.share > 0
 ),
-chosen AS MATERIALIZED (
+picked AS MATERIALIZED (
+    SELECT c.id, s.share
+    FROM shares AS s
+    CROSS JOIN LATERAL (
+        SELECT t.id FROM tasks AS t
+        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
+          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT s.share
+        FOR UPDATE OF t SKIP LOCKED) AS c
+    WHERE s.whole AND s.share > 0
+  UNION ALL
     SELECT id, share FROM (
-        SELECT id, queue, name, share, priority, run_at,
-               row_number() OVER (PARTITION BY queue ORDER BY priority DESC, run_at, id) AS turn
-        FROM picked) AS ranked
-    WHERE turn <= share
-    ORDER BY turn, run_at, id
-    LIMIT %(limit)s
+        SELECT id, share, row_number() OVER (PARTITION BY queue
+                                             ORDER BY priority DESC, run_at, id) AS rank
+        FROM by_name) AS ranked
+    WHERE rank <= share
 ),
 claimed AS (
     UPDATE tasks AS t
@@ -121,7 +119,7 @@ claimed AS (
         locked_until = now() + %(lease)s * interval '1 second',
         attempts = t.attempts + 1,
         updated_at = now()
-    FROM chosen
+    FROM picked AS chosen
     WHERE t.id = chosen.id
     RETURNING t.id,
               CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
@@ -178,10 +176,13 @@ queues AS (
 ),
 shares AS MATERIALIZED (
     SELECT queue, whole,
-           least(ceil(%(limit)s::float8 / count(*) OVER ())::int,
+           least(%(limit)s / n + (turn <= mod(%(limit)s, n))::int,
                  coalesce(room, %(limit)s)) AS share
-    FROM queues
+    FROM (SELECT queue, whole, room, count(*) OVER () AS n,
+                 row_number() OVER (ORDER BY random()) AS turn
+          FROM queues) AS q
 ),
+
 slots AS MATERIALIZED (
     SELECT task, slot FROM taskworker_slots
     WHERE task = ANY(%(limited)s::text[]) AND (locked_by IS NULL OR locked_until < now())
@@ -219,8 +220,6 @@ chosen AS MATERIALIZED (
                row_number() OVER (PARTITION BY queue ORDER BY priority DESC, run_at, id) AS turn
         FROM picked) AS ranked
     WHERE turn <= share
-    ORDER BY turn, run_at, id
-    LIMIT %(limit)s
 ),
 slotted AS (
     SELECT c.id, s.task, s.slot

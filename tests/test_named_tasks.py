@@ -9,6 +9,7 @@ when each run happened and where.
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -231,4 +232,21 @@ def test_a_delayed_named_task_runs_on_time_without_polling(
                             (task_id,))[0]
     assert float(run_at) - float(created) == pytest.approx(2, abs=0.05)
     assert float(run_at) <= start < float(run_at) + 1.0
+    stop_all([p], signal.SIGINT)
+
+
+def test_a_drained_queue_leaves_its_share_to_the_others(
+        db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    """Once a queue has nothing due, the next claims are not split with it: the
+    busy queue gets whole claims again at once (not only at the next look for
+    queues, PAIRS_TTL later)."""
+    busy = [add(db, "work", "0", queue="busy") for _ in range(300)]
+    brief = [add(db, "work", "0", queue="brief") for _ in range(5)]
+    p = serve(db_url, env={**FAST, "WORKER_COUNT": "10", "FETCH_LIMIT": "10"},
+              args=app(tmp_path))
+    wait_until(lambda: finished(db, busy + brief), 30, "every task to finish", [p])
+    sizes = [int(n) for n in re.findall(r"Fetched (\d+) tasks", p.output())]
+    assert sum(sizes) == 305
+    # 31 claims would do; split claims of 5 for the whole run would take 60.
+    assert len(sizes) <= 40, sizes
     stop_all([p], signal.SIGINT)

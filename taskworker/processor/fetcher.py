@@ -120,6 +120,8 @@ class Fetcher:
         rows = result.rows
         if result.pairs is not None:
             self._pairs, self._pairs_at = result.pairs, claimed_at
+        elif not alone:
+            self._drop_drained(rows, limit, served.rooms)
         per_queue: dict[str, int] = {}
         for row in rows:
             per_queue[row.task.queue] = per_queue.get(row.task.queue, 0) + 1
@@ -147,6 +149,21 @@ class Fetcher:
             self.db.recycle()  # give back the buffer that received them
         self._claimed += len(tasks)
         return tasks, more
+
+    def _drop_drained(self, rows: list[store.Claimed], limit: int,
+                      rooms: dict[str, int]) -> None:
+        """Forget the kept queues that had nothing due for this claim (each was
+        offered at least one task), so that the next claims share the workers
+        between the queues that have work; the next look (within PAIRS_TTL)
+        finds them again if they have tasks by then. A capped queue with no room
+        left was offered nothing: it is kept."""
+        queues = {q for q, _ in self._pairs}
+        if limit < len(queues):  # (some queues were offered nothing this time)
+            return
+        got = {row.task.queue for row in rows}
+        drained = {q for q in queues - got if rooms.get(q, 1) > 0}
+        if drained:
+            self._pairs = [(q, n) for q, n in self._pairs if q not in drained]
 
     def _refuse(self, task: ClaimedTask, size: int) -> None:
         """End a task whose payload is over MAX_PAYLOAD_BYTES, without loading it."""

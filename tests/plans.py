@@ -47,11 +47,15 @@ class Explaining:
         return []
 
 
-def walk(node: dict[str, Any], path: tuple[str, ...] = ()) -> Iterator[tuple[dict, tuple]]:
-    """Every node of a plan tree, with the node types above it."""
+def walk(node: dict[str, Any], path: tuple[str, ...] = (),
+         ctes: bool = True) -> Iterator[tuple[dict, tuple]]:
+    """Every node of a plan tree, with the node types above it; with `ctes`
+    false, not the plans of the CTEs (InitPlans) hung under a node, which run
+    apart from it: a Sort of a CTE's rows does not sort what the CTE scans."""
     yield node, path
     for child in node.get("Plans", []):
-        yield from walk(child, (*path, node["Node Type"]))
+        if ctes or child.get("Parent Relationship") != "InitPlan":
+            yield from walk(child, (*path, node["Node Type"]), ctes)
 
 
 def reads_tasks(node: dict[str, Any]) -> bool:
@@ -59,7 +63,7 @@ def reads_tasks(node: dict[str, Any]) -> bool:
     name) pairs (a recursive skip through the index, one row per pair): the
     shares sort the few queues it finds."""
     return any(n["Node Type"] in SCANS and n.get("Relation Name") == "tasks"
-               and "Recursive Union" not in path for n, path in walk(node))
+               and "Recursive Union" not in path for n, path in walk(node, ctes=False))
 
 
 @dataclass

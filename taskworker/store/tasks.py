@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from . import sql
 from .database import Database
 from .prepared import Prepared
+from .sharing import shares
 
 if TYPE_CHECKING:  # (this module imports no gevent: tests claim through it unpatched)
     from .connection import ReconnectingConnection
@@ -100,6 +101,8 @@ _CLAIM_TYPES = {
     "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]"}
 # Prepared once per direct connection (see prepared.py), behind the planner settings.
 CLAIM = Prepared("taskworker_claim_v7", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM_SHARES = Prepared("taskworker_claim_shares_v7", sql.claim_shares,
+                        {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 CLAIM_LIMITED = Prepared("taskworker_claim_limited_v7", sql.claim_limited, _CLAIM_TYPES,
                          sql.ordered_plans + "\n")
 
@@ -117,6 +120,12 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
     `alone`: only a task that must run alone); payloads over `inline_bytes` are
     left unloaded (see `payloads`). `pairs`: the (queue, name) pairs found by an
     earlier claim; None: find them now (returned in the Claim)."""
+    shared = None if alone or pairs is None or served.limited else shares(served, pairs, limit)
+    if shared is not None:  # (the common case of a busy process: see claim_shares)
+        found = db.query(CLAIM_SHARES, {
+            "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
+            "names": served.names, "queues": list(shared), "shares": list(shared.values())})
+        return Claim(_claimed(found, inline_bytes), None)
     statement = (sql.claim_alone if alone else
                  CLAIM_LIMITED if served.limited else CLAIM)
     found = db.query(statement, {
@@ -125,11 +134,14 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
         "capped": list(served.rooms), "rooms": list(served.rooms.values()),
         "discover": pairs is None, "pair_queues": [q for q, _ in pairs or ()],
         "pair_names": [n for _, n in pairs or ()]})
-    rows = [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8]),
+    return Claim(_claimed(found, inline_bytes), None if pairs is not None or alone else
+                 [(row[6], row[5]) for row in found if row[0] is None])
+
+
+def _claimed(found: list[tuple], inline_bytes: int) -> list[Claimed]:
+    return [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8]),
                     row[4], row[4] <= inline_bytes, row[7])
             for row in found if row[0] is not None]  # (in the order to run them)
-    return Claim(rows, None if pairs is not None or alone else
-                 [(row[6], row[5]) for row in found if row[0] is None])
 
 
 def ensure_slots(db: Database, limits: dict[str, int]) -> None:

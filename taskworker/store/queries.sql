@@ -20,11 +20,14 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- the fetcher to keep; without, the fetcher sends the pairs it keeps
 -- (%(pair_queues)s, %(pair_names)s): the descents walk the index entries of
 -- claimed rows until VACUUM removes them, too dear for every claim of a busy
--- process (the fetcher rediscovers after an idle spell and every half second).
+-- process (the fetcher rediscovers after an idle spell and every half second;
+-- in between, when every queue holds only names it knows, it sends claim_shares).
+--
 -- Each served queue with work gets an equal share of the claim (what does not
 -- divide evenly goes one each to queues drawn at random), so a queue is never
 -- starved by a busier one or one with higher priorities: priorities order tasks
--- within a queue (higher first, then due time, then id), not across queues. A queue whose pending names this process all knows is read in
+-- within a queue (higher first, then due time, then id), not across queues. A
+-- queue whose pending names this process all knows is read in
 -- one ordered scan of tasks_queue_claim_idx; a queue that also holds names it
 -- does not know (a rolling deploy added them) is read name by name, so those rows
 -- are never walked over. SKIP LOCKED: two claimers never wait on, nor take, the
@@ -34,6 +37,7 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- Planner settings: the plan must take the ordered indexes however stale the
 -- statistics (a table just bulk-loaded and never analyzed would otherwise be
 -- read whole and sorted): sent with SET LOCAL in the same round trip.
+--
 -- Returns id, payload (NULL when over %(inline_bytes)s bytes: octet_length reads
 -- a stored value's size without loading it), attempts, rescues, payload size,
 -- task name, queue, the queue's share, and cancel_requested_at IS NOT NULL, in

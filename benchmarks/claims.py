@@ -21,7 +21,7 @@ from typing import Any
 
 from taskworker.store import tasks
 from taskworker.store.database import Direct
-from taskworker.store.sql import QUERIES, parse
+from taskworker.store.sql import parse
 from taskworker.store.tasks import Served
 
 from .databases import connect
@@ -153,7 +153,7 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: tuple[str, Any] = ("", None)
 
-    def query(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def query(self, statement: Any, params: Any = None) -> list[tuple[Any, ...]]:
         self.sent = (statement, params)
         return []
 
@@ -167,13 +167,12 @@ def split(conn: Any, shape: Shape, limit: int) -> tuple[float, float]:
     recorder = Recorder()
     tasks.claim(recorder, holder="bench", limit=limit, lease=30, served=shape.served,
                 pairs=pairs)
-    statement, params = recorder.sent
-    settings, claim = statement[:len(QUERIES["ordered_plans"])], \
-        statement[len(QUERIES["ordered_plans"]):]
+    statement, params = recorder.sent  # a Prepared statement, as serve sends it
     conn.autocommit = False
     try:
         with conn.cursor() as cur:
-            cur.execute(settings + "\nEXPLAIN (ANALYZE, SUMMARY, FORMAT JSON) " + claim, params)
+            cur.execute("DEALLOCATE ALL")  # (prepared below, as on a new connection)
+            cur.execute(statement.explained("ANALYZE, SUMMARY, FORMAT JSON", True), params)
             plan = cur.fetchone()[0][0]
     finally:
         conn.rollback()

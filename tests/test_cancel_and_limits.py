@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from invariants import FAST, query, stop_all, wait_until
-from proc import cli
+from proc import child_env, cli
 from test_named_tasks import add, finished, most_at_once, row, spans
 
 APP = '''
@@ -140,3 +142,40 @@ def test_max_running_holds_across_processes_and_survives_kill_9(
     assert most_at_once(spans(db, slow)) <= 2
     assert {row(db, i)["status"] for i in slow} == {"done"}
     stop_all(rest, signal.SIGINT)
+
+
+STRAY_STOP = '''
+from gevent import monkey
+monkey.patch_all()
+import time
+import gevent
+from taskworker.processor.catalog import Catalog
+from taskworker.processor.dispatch import Dispatch
+from taskworker.processor.heartbeat import LeaseExpiring
+from taskworker.processor.worker import Worker
+from taskworker.settings import load
+from taskworker.store.tasks import ClaimedTask
+
+settings = load({"LOG_LEVEL": "WARNING"})
+dispatch, outcomes = Dispatch(1, 30), []
+worker = Worker(settings, Catalog(settings, (str.upper, False), {}), dispatch, outcomes.append,
+                lambda: False)
+greenlet = gevent.spawn(worker.loop, 1)
+gevent.sleep(0.01)  # the worker waits for a task
+for stop in (gevent.GreenletExit(), LeaseExpiring()):
+    greenlet.kill(stop, block=False)  # as a cancel or the lease guard, late
+    gevent.sleep(0.01)
+dispatch.hand_out([ClaimedTask(7, "still here", 1, 0)], time.monotonic())
+gevent.sleep(0.05)
+print(greenlet.dead, [(o.kind, o.result) for o in outcomes])
+'''
+
+
+def test_a_stop_that_arrives_after_its_task_ended_leaves_the_worker_working() -> None:
+    """`taskworker cancel` and the lease guard stop a task by throwing into its
+    worker from a hub callback; one that lands after the task ended, while the
+    worker waits for the next, must not end the worker."""
+    done = subprocess.run([sys.executable, "-c", STRAY_STOP], capture_output=True, text=True,
+                          timeout=60, check=False, env=child_env())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False [('done', 'STILL HERE')]", done.stderr

@@ -53,7 +53,15 @@ class Worker:
     def loop(self, n: int) -> None:
         """Worker number `n`: run tasks until the dispatch says stop."""
         while True:
-            task = self.dispatch.take()
+            try:
+                task = self.dispatch.take()
+            except (gevent.GreenletExit, LeaseExpiring):
+                if self.cancelling():
+                    raise
+                # A stop (taskworker cancel, the lease guard) thrown at this worker
+                # by a hub callback that ran after its task had already ended: it
+                # was meant for that task, not for the worker.
+                continue
             if task is None:
                 log.info("[Worker %d] Received shutdown signal", n)
                 return

@@ -31,8 +31,13 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- one ordered scan of tasks_queue_claim_idx; a queue that also holds names it
 -- does not know (a rolling deploy added them) is read name by name, so those rows
 -- are never walked over. SKIP LOCKED: two claimers never wait on, nor take, the
--- same row. Tasks that must run alone are claimed by claim_alone; names with a
--- concurrency limit by claim_limited.
+-- same row. Tasks that must run alone are claimed by claim_alone.
+--
+-- Concurrency limits: a name in %(limited)s (max_running) is claimed only with a
+-- free slot row of taskworker_slots, taken in the same statement and leased like
+-- the task (a slot whose lease ran out is free: its holder died); a queue holding
+-- a limited name is read name by name. Each queue's picks are then cut to its
+-- share in priority order (picks by name can exceed it).
 --
 -- Planner settings: the plan must take the ordered indexes however stale the
 -- statistics (a table just bulk-loaded and never analyzed would otherwise be
@@ -42,146 +47,6 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- a stored value's size without loading it), attempts, rescues, payload size,
 -- task name, queue, the queue's share, and cancel_requested_at IS NOT NULL, in
 -- the order to run them (priority, due time, id); then the pairs discovered.
-WITH RECURSIVE found(queue, name) AS (
-    (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
-     ORDER BY queue, coalesce(task, '') LIMIT 1)
-  UNION ALL
-    SELECT n.queue, n.name
-    FROM found AS p
-    CROSS JOIN LATERAL (
-        SELECT queue, coalesce(task, '') AS name FROM tasks
-        WHERE status = 'pending' AND (queue, coalesce(task, '')) > (p.queue, p.name)
-        ORDER BY queue, coalesce(task, '') LIMIT 1) AS n
-),
-pairs AS (
-    SELECT queue, name FROM found
-  UNION ALL
-    SELECT queue, name FROM unnest(%(pair_queues)s::text[], %(pair_names)s::text[]) AS k(queue, name)
-    WHERE NOT %(discover)s
-),
-served AS MATERIALIZED (
-    SELECT p.queue, p.name, r.room
-    FROM pairs AS p
-    LEFT JOIN unnest(%(capped)s::text[], %(rooms)s::int[]) AS r(queue, room)
-           ON r.queue = p.queue
-    WHERE (%(queues)s::text[] IS NULL OR p.queue = ANY(%(queues)s::text[]))
-      AND NOT EXISTS (SELECT 1 FROM taskworker_paused_queues AS z WHERE z.queue = p.queue)
-      AND coalesce(r.room, 1) > 0
-),
-queues AS (
-    SELECT queue,
-           bool_and(name = ANY(%(names)s::text[])) AS whole,
-           min(room) AS room
-    FROM served
-    GROUP BY queue
-    HAVING bool_or(name = ANY(%(names)s::text[]))
-),
-shares AS MATERIALIZED (
-    SELECT queue, whole,
-           least(%(limit)s / n + (turn <= mod(%(limit)s, n))::int,
-                 coalesce(room, %(limit)s)) AS share
-    FROM (SELECT queue, whole, room, count(*) OVER () AS n,
-                 row_number() OVER (ORDER BY random()) AS turn
-          FROM queues) AS q
-),
-by_name AS MATERIALIZED (
-    SELECT c.id, s.queue, s.share, c.priority, c.run_at
-    FROM shares AS s
-    JOIN served AS p ON p.queue = s.queue AND p.name = ANY(%(names)s::text[])
-    CROSS JOIN LATERAL (
-        SELECT t.id, t.priority, t.run_at FROM tasks AS t
-        WHERE t.status = 'pending' AND t.queue = s.queue AND coalesce(t.task, '') = p.name
-          AND t.run_at <= now() AND NOT t.run_alone
-        ORDER BY t.priority DESC, t.run_at, t.id
-        LIMIT s.share
-        FOR UPDATE OF t SKIP LOCKED) AS c
-    WHERE NOT s.whole AND s.share > 0
-),
-picked AS MATERIALIZED (
-    SELECT c.id, s.share
-    FROM shares AS s
-    CROSS JOIN LATERAL (
-        SELECT t.id FROM tasks AS t
-        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
-          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
-        ORDER BY t.priority DESC, t.run_at, t.id
-        LIMIT s.share
-        FOR UPDATE OF t SKIP LOCKED) AS c
-    WHERE s.whole AND s.share > 0
-  UNION ALL
-    SELECT id, share FROM (
-        SELECT id, share, row_number() OVER (PARTITION BY queue
-                                             ORDER BY priority DESC, run_at, id) AS rank
-        FROM by_name) AS ranked
-    WHERE rank <= share
-),
-claimed AS (
-    UPDATE tasks AS t
-    SET status = 'in_progress',
-        run_alone = false,
-        locked_by = %(holder)s,
-        locked_until = now() + %(lease)s * interval '1 second',
-        attempts = t.attempts + 1,
-        updated_at = now()
-    FROM picked AS chosen
-    WHERE t.id = chosen.id
-    RETURNING t.id,
-              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
-                  AS payload,
-              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
-              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.priority, t.run_at
-)
-(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
- ORDER BY priority DESC, run_at, id)
-UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
-
--- name: claim_shares
--- The claim of a busy process whose kept pairs show every queue it serves holding
--- only names it knows, with no concurrency limit among them: `claim` without
--- its discovery and sharing, which the fetcher has done (%(queues)s with their
--- %(shares)s). The same ordered scan per queue, the same columns; a queue paused
--- since is skipped. (Half a millisecond less per claim than the whole `claim`,
--- which a busy process sends hundreds of times a second.)
-WITH picked AS MATERIALIZED (
-    SELECT c.id, s.share
-    FROM unnest(%(queues)s::text[], %(shares)s::int[]) AS s(queue, share)
-    CROSS JOIN LATERAL (
-        SELECT t.id FROM tasks AS t
-        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
-          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
-        ORDER BY t.priority DESC, t.run_at, t.id
-        LIMIT s.share
-        FOR UPDATE OF t SKIP LOCKED) AS c
-    WHERE NOT EXISTS (SELECT 1 FROM taskworker_paused_queues AS z WHERE z.queue = s.queue)
-),
-claimed AS (
-    UPDATE tasks AS t
-    SET status = 'in_progress',
-        run_alone = false,
-        locked_by = %(holder)s,
-        locked_until = now() + %(lease)s * interval '1 second',
-        attempts = t.attempts + 1,
-        updated_at = now()
-    FROM picked
-    WHERE t.id = picked.id
-    RETURNING t.id,
-              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
-                  AS payload,
-              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
-              t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.priority, t.run_at
-)
-SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
-ORDER BY priority DESC, run_at, id;
-
--- name: claim_limited
--- The claim of a process that serves names with a concurrency limit
--- (%(limited)s, max_running): as `claim`, and a limited name's task is claimed
--- only with a free slot row of taskworker_slots, taken in the same statement and
--- leased like the task (a slot whose lease ran out is free: its holder died).
--- Queues holding a limited name are read name by name.
 WITH RECURSIVE found(queue, name) AS (
     (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
      ORDER BY queue, coalesce(task, '') LIMIT 1)
@@ -225,13 +90,12 @@ shares AS MATERIALIZED (
                  row_number() OVER (ORDER BY random()) AS turn
           FROM queues) AS q
 ),
-
 slots AS MATERIALIZED (
     SELECT task, slot FROM taskworker_slots
     WHERE task = ANY(%(limited)s::text[]) AND (locked_by IS NULL OR locked_until < now())
     FOR UPDATE SKIP LOCKED
 ),
-picked AS (
+picked AS MATERIALIZED (
     SELECT c.id, s.queue, c.name, c.priority, c.run_at, s.share
     FROM shares AS s
     CROSS JOIN LATERAL (
@@ -301,6 +165,45 @@ claimed AS (
  ORDER BY priority DESC, run_at, id)
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
+
+-- name: claim_shares
+-- The claim of a busy process whose kept pairs show every queue it serves holding
+-- only names it knows, with no concurrency limit among them: `claim` without
+-- its discovery and sharing, which the fetcher has done (%(queues)s with their
+-- %(shares)s). The same ordered scan per queue, the same columns; a queue paused
+-- since is skipped. (Half a millisecond less per claim than the whole `claim`,
+-- which a busy process sends hundreds of times a second.)
+WITH picked AS MATERIALIZED (
+    SELECT c.id, s.share
+    FROM unnest(%(queues)s::text[], %(shares)s::int[]) AS s(queue, share)
+    CROSS JOIN LATERAL (
+        SELECT t.id FROM tasks AS t
+        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
+          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT s.share
+        FOR UPDATE OF t SKIP LOCKED) AS c
+    WHERE NOT EXISTS (SELECT 1 FROM taskworker_paused_queues AS z WHERE z.queue = s.queue)
+),
+claimed AS (
+    UPDATE tasks AS t
+    SET status = 'in_progress',
+        run_alone = false,
+        locked_by = %(holder)s,
+        locked_until = now() + %(lease)s * interval '1 second',
+        attempts = t.attempts + 1,
+        updated_at = now()
+    FROM picked
+    WHERE t.id = picked.id
+    RETURNING t.id,
+              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
+                  AS payload,
+              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
+              t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
+              t.priority, t.run_at
+)
+SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+ORDER BY priority DESC, run_at, id;
 
 -- name: ordered_plans
 -- Sent in front of a claim, in its transaction: only ordered index scans, so the

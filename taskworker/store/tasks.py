@@ -103,8 +103,6 @@ _CLAIM_TYPES = {
 CLAIM = Prepared("taskworker_claim_v7", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v7", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
-CLAIM_LIMITED = Prepared("taskworker_claim_limited_v7", sql.claim_limited, _CLAIM_TYPES,
-                         sql.ordered_plans + "\n")
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
@@ -126,8 +124,7 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
             "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
             "names": served.names, "queues": list(shared), "shares": list(shared.values())})
         return Claim(_claimed(found, inline_bytes), None)
-    statement = (sql.claim_alone if alone else
-                 CLAIM_LIMITED if served.limited else CLAIM)
+    statement = sql.claim_alone if alone else CLAIM
     found = db.query(statement, {
         "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
         "queues": served.queues, "names": served.names, "limited": served.limited,

@@ -51,16 +51,14 @@ class Catalog:
         self.caps = {q: cap for q, cap in settings.queues or () if cap is not None}
         self.limits = {name: d.max_running for name, d in self.definitions.items()
                        if d.max_running is not None}
-
-    @property
-    def names(self) -> list[str]:
-        """The task names claimed ('' for tasks without a name)."""
-        return sorted("" if name is None else name for name in self.jobs)
+        # The task names claimed ('' for tasks without a name), and the limited ones.
+        self.names = sorted("" if name is None else name for name in self.jobs)
+        self._limited = sorted(self.limits)
 
     def served(self, held: Mapping[str, int]) -> Served:
         """What to claim now, `held` being this process's tasks per queue."""
         rooms = {q: max(cap - held.get(q, 0), 0) for q, cap in self.caps.items()}
-        return Served(self.queues, self.names, rooms, sorted(self.limits))
+        return Served(self.queues, self.names, rooms, self._limited)
 
     def job(self, name: str | None) -> Job | None:
         return self.jobs.get(name)

@@ -11,21 +11,11 @@ from typing import Any
 
 from invariants import FAST, query, stop_all, wait_until
 from proc import child_env, cli
-from test_named_tasks import add, finished, most_at_once, row, spans
+from test_named_tasks import SPAN, add, finished, most_at_once, row, spans
+from test_named_tasks import app as write_app
 
-APP = '''
-import os
-import time
-
+APP = SPAN + '''
 import psycopg2
-
-import taskworker
-
-
-def span(payload):
-    start = time.time()
-    time.sleep(float(payload or 0))
-    return f"{start} {time.time()} {os.getpid()}"
 
 
 @taskworker.task("sleepy")
@@ -50,8 +40,7 @@ def limited(payload):
 
 
 def app(tmp_path: Path) -> list[str]:
-    (tmp_path / "cwd" / "app.py").write_text(APP)
-    return ["--tasks", "app"]
+    return write_app(tmp_path, APP)
 
 
 def running(db: Any, task_id: int) -> bool:

@@ -47,6 +47,11 @@ RECONNECTED_LINE = r"Reconnected to database \((\w+)\)"
 # A silently cut-off process must log a lost connection this soon (STATEMENT_TIMEOUT=2
 # + the 5 s client deadline per statement, or tcp_user_timeout, with room to spare).
 NOTICE_WITHIN = 15.0
+# Tasks that take a while, on a few workers per host.
+WORK = {**FAST, "TASK_MIN_SECONDS": "0.2", "TASK_MAX_SECONDS": "0.4", "WORKER_COUNT": "4"}
+# ... with short leases and timeouts, so that an outage is noticed within seconds
+# (STATEMENT_TIMEOUT=2: the client deadline is STATEMENT_TIMEOUT + 5 s).
+OUTAGE_ENV = {**WORK, "LEASE_SECONDS": "3", "STATEMENT_TIMEOUT": "2", "CONNECT_TIMEOUT": "2"}
 
 
 @pytest.fixture(scope="module")
@@ -215,9 +220,7 @@ def test_partition_mid_run_rescued_then_healed(net: Network, hdb: tuple[str, Any
     """
     url, db = hdb
     install_completion_audit(db)
-    env = {**FAST, "TASK_MIN_SECONDS": "0.2", "TASK_MAX_SECONDS": "0.4", "WORKER_COUNT": "4",
-           "LEASE_SECONDS": "3", "STATEMENT_TIMEOUT": "2", "CONNECT_TIMEOUT": "2"}
-    fleet = start_fleet(net, serve, url, env)
+    fleet = start_fleet(net, serve, url, OUTAGE_ENV)
     procs = every(fleet)
     victim: Host = net.hosts[0]
     cut_off = fleet[victim.name]
@@ -305,8 +308,7 @@ def test_partition_that_heals_before_the_lease_ends(net: Network, hdb: tuple[str
     """
     url, db = hdb
     install_completion_audit(db)
-    env = {**FAST, "TASK_MIN_SECONDS": "0.2", "TASK_MAX_SECONDS": "0.4", "WORKER_COUNT": "4",
-           "LEASE_SECONDS": "15"}
+    env = {**WORK, "LEASE_SECONDS": "15"}
     fleet = start_fleet(net, serve, url, env)
     procs = every(fleet)
     victim = net.hosts[1]
@@ -354,9 +356,7 @@ def test_database_unreachable_from_every_host(net: Network, hdb: tuple[str, Any]
     """
     url, db = hdb
     install_completion_audit(db)
-    env = {**FAST, "TASK_MIN_SECONDS": "0.2", "TASK_MAX_SECONDS": "0.4", "WORKER_COUNT": "4",
-           "LEASE_SECONDS": "3", "STATEMENT_TIMEOUT": "2", "CONNECT_TIMEOUT": "2"}
-    fleet = start_fleet(net, serve, url, env)
+    fleet = start_fleet(net, serve, url, OUTAGE_ENV)
     procs = every(fleet)
     first = insert_tasks(db, [f"task {n} before the outage" for n in range(300)])
 

@@ -18,7 +18,9 @@ import pytest
 from invariants import FAST, query, stop_all, wait_until
 from proc import cli
 
-APP = '''
+# The head of every application module the part-7 tests write: `span` sleeps
+# as the payload says and returns when it ran and where (see `spans`).
+SPAN = '''
 import os
 import time
 
@@ -29,7 +31,9 @@ def span(payload):
     start = time.time()
     time.sleep(float(payload or 0))
     return f"{start} {time.time()} {os.getpid()}"
+'''
 
+APP = SPAN + '''
 
 @taskworker.task("greet")
 def greet(payload):
@@ -80,8 +84,10 @@ def plain(payload):  # a TASK_HANDLER
 '''
 
 
-def app(tmp_path: Path) -> list[str]:
-    (tmp_path / "cwd" / "app.py").write_text(APP)
+def app(tmp_path: Path, text: str = APP) -> list[str]:
+    """Write the module `text` as app.py into serve's folder; the serve arguments
+    that load it."""
+    (tmp_path / "cwd" / "app.py").write_text(text)
     return ["--tasks", "app"]
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from invariants import query
+from invariants import query, wait_until
 from proc import child_env
 
 HERE = Path(__file__).resolve().parent
@@ -36,6 +35,13 @@ def example(db_url: str, *args: str) -> str:
     return done.stdout
 
 
+def stop_cleanly(p: Any) -> None:
+    """Ctrl+C: serve exits 0, with no traceback in its log."""
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+    assert "Traceback" not in p.output(), p.output()
+
+
 def test_wordcount_example(db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
     assert "word_counts is ready" in example(db_url, "wordcount.migrate")
     example(db_url, "wordcount.migrate")  # safe to run again
@@ -49,15 +55,10 @@ def test_wordcount_example(db_url: str, db: Any, serve: Any, tmp_path: Path) -> 
     null_id = query(db, "INSERT INTO tasks (payload) VALUES (NULL) RETURNING id")[0][0]
 
     p = serve(db_url, env={"TASK_HANDLER": HANDLER, "PYTHONPATH": str(HERE)})
-    deadline = time.monotonic() + 30
-    while query(db, "SELECT count(*) FROM tasks WHERE status IN ('pending', 'in_progress')"
-                )[0][0]:
-        assert p.proc.poll() is None, p.output()
-        assert time.monotonic() < deadline, p.output()
-        time.sleep(0.1)
-    p.signal(signal.SIGINT)
-    assert p.wait() == 0, p.output()
-    assert "Traceback" not in p.output(), p.output()
+    wait_until(lambda: not query(db, "SELECT count(*) FROM tasks WHERE status IN "
+                                     "('pending', 'in_progress')")[0][0],
+               30, "every task to finish", [p], fail_on_exit=True)
+    stop_cleanly(p)
 
     expected = {ids[name]: len(text.split()) for name, text in TEXTS.items()}
     assert expected[ids["poem.txt"]] == 12 and expected[ids["unicode.txt"]] == 7
@@ -85,15 +86,10 @@ def test_wordcount_named_tasks(db_url: str, db: Any, serve: Any, tmp_path: Path)
                            "FETCH_INTERVAL": "0.3"},
               args=["--tasks", "wordcount.tasks"])
     total = sum(len(text.split()) for text in TEXTS.values())
-    deadline = time.monotonic() + 30
-    while query(db, "SELECT words FROM word_totals")[0][0] != total \
-            or not query(db, "SELECT count(*) FROM word_reports WHERE words = %s", (total,))[0][0]:
-        assert p.proc.poll() is None, p.output()
-        assert time.monotonic() < deadline, p.output()
-        time.sleep(0.1)
-    p.signal(signal.SIGINT)
-    assert p.wait() == 0, p.output()
-    assert "Traceback" not in p.output(), p.output()
+    wait_until(lambda: query(db, "SELECT words FROM word_totals")[0][0] == total and query(
+                   db, "SELECT count(*) FROM word_reports WHERE words = %s", (total,))[0][0],
+               30, "the total counted and reported", [p], fail_on_exit=True)
+    stop_cleanly(p)
     by_task = dict(query(db, "SELECT task, count(*) FROM tasks WHERE status = 'done' "
                              "GROUP BY task"))
     assert by_task["wordcount.count"] == by_task["wordcount.add"] == len(TEXTS)

@@ -7,6 +7,7 @@ trust what it is given.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ class Settings:
     health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
     prune_after: float | None = None  # serve deletes finished tasks older than this; None = off
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # largest payload or result, bytes
+    dashboard_host: str = "127.0.0.1"  # address the dashboard listens on
+    dashboard_port: int | None = None  # `dashboard`: 8080 when None; serve: off when None
+    dashboard_user: str = "admin"  # the user name of HTTP basic auth
+    # HTTP basic auth's password, and a bearer token (None: off); never in a repr
+    dashboard_password: str | None = dataclasses.field(default=None, repr=False)
+    dashboard_token: str | None = dataclasses.field(default=None, repr=False)
+    dashboard_readonly: bool = False  # hide every action, refuse every POST
 
     @property
     def default_handler(self) -> str | None:
@@ -199,6 +207,19 @@ def _host(raw: str) -> str:
     return value
 
 
+def _secret(raw: str) -> str:
+    if any(c in raw for c in "\r\n"):
+        raise ValueError("must be one line")
+    return raw
+
+
+def _user(raw: str) -> str:
+    value = raw.strip()
+    if ":" in value or not value.isprintable():
+        raise ValueError("expected a user name without ':'")
+    return value
+
+
 def _bytes(raw: str) -> int:
     """Bytes from `1048576`, `512kB`, `1MB`, `2GB` (powers of 1024, as PostgreSQL
     counts them; `KiB`, `MiB`, `GiB` say the same)."""
@@ -248,7 +269,14 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "PRUNE_AFTER": ("prune_after", _above_zero(_duration)),
     # At most 1 GB: PostgreSQL's own limit for one text value.
     "MAX_PAYLOAD_BYTES": ("max_payload_bytes", _between(1, 1024**3, _bytes)),
+    "DASHBOARD_HOST": ("dashboard_host", _host),
+    "DASHBOARD_PORT": ("dashboard_port", _port),
+    "DASHBOARD_USER": ("dashboard_user", _user),
+    "DASHBOARD_PASSWORD": ("dashboard_password", _secret),
+    "DASHBOARD_TOKEN": ("dashboard_token", _secret),
+    "DASHBOARD_READONLY": ("dashboard_readonly", _bool),
 }
+SECRETS = ("DASHBOARD_PASSWORD", "DASHBOARD_TOKEN")  # never shown, even when invalid
 
 
 def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Settings:
@@ -267,6 +295,8 @@ def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Se
             values[field] = parse(raw)
         except ValueError as exc:
             shown = mask_password(raw) if var.endswith("DATABASE_URL") else raw
+            if var in SECRETS:
+                raise SettingsError(f"invalid {var}: {exc}") from None
             raise SettingsError(f"invalid {var}={shown!r}: {exc}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.task_min_seconds > settings.task_max_seconds:

@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from .parsers import byte_size as _bytes
+from .parsers import host as _host
 from .parsers import modules as _modules
 from .parsers import queues as _queues
+from .parsers import secret as _secret
 from .parsers import time_zone as _time_zone
+from .parsers import user_name as _user
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # 1 MB: a claim's or a completion's batch stays small
 DEMO_HANDLER = "taskworker.handlers:demo"
+DEFAULT_DASHBOARD_PORT = 8080  # `dashboard` and `serve --dashboard` without DASHBOARD_PORT
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
@@ -198,37 +203,8 @@ def _port(raw: str) -> int:
     return value
 
 
-def _host(raw: str) -> str:
-    value = raw.strip()
-    if value.startswith("[") and value.endswith("]"):  # [::1] as in a URL
-        value = value[1:-1]
-    if not re.fullmatch(r"[0-9A-Za-z.:_-]+", value):
-        raise ValueError("expected a host name or an IP address, such as 127.0.0.1 or 0.0.0.0")
-    return value
 
 
-def _secret(raw: str) -> str:
-    if any(c in raw for c in "\r\n"):
-        raise ValueError("must be one line")
-    return raw
-
-
-def _user(raw: str) -> str:
-    value = raw.strip()
-    if ":" in value or not value.isprintable():
-        raise ValueError("expected a user name without ':'")
-    return value
-
-
-def _bytes(raw: str) -> int:
-    """Bytes from `1048576`, `512kB`, `1MB`, `2GB` (powers of 1024, as PostgreSQL
-    counts them; `KiB`, `MiB`, `GiB` say the same)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB)?\s*", raw)
-    if not m:
-        raise ValueError("expected a size in bytes such as 1048576, 512kB or 1MB")
-    scale = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "KiB": 1024, "MB": 1024**2,
-             "MiB": 1024**2, "GB": 1024**3, "GiB": 1024**3}[m.group(2)]
-    return int(m.group(1)) * scale
 
 
 def _fraction(raw: str) -> float:

@@ -19,7 +19,7 @@ from gevent.pywsgi import WSGIServer
 
 from .. import __version__
 from ..logs import log
-from ..settings import Settings
+from ..settings import DEFAULT_DASHBOARD_PORT, Settings
 from ..store.database import first_line
 from . import actions, pages
 from .http import Request, Response, StartResponse, redirect, url
@@ -28,7 +28,6 @@ from .render import Templates
 from .sampler import Sampler
 from .security import CSRF_COOKIE, SESSION_COOKIE, Guard, Visitor, new_csrf_cookie
 
-DEFAULT_PORT = 8080
 FLASH_COOKIE = "tw_flash"
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml"}
@@ -53,7 +52,7 @@ class Dashboard:
     def __init__(self, settings: Settings, port: int | None = None) -> None:
         self.settings = settings
         self.host = settings.dashboard_host
-        self.port = port or settings.dashboard_port or DEFAULT_PORT
+        self.port = port or settings.dashboard_port or DEFAULT_DASHBOARD_PORT
         self.readonly = settings.dashboard_readonly
         self.guard = Guard(settings)
         self.pool = Pool(settings)

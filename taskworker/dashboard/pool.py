@@ -13,12 +13,14 @@ from contextlib import contextmanager
 import gevent
 import psycopg2
 from gevent.lock import BoundedSemaphore
+from gevent.monkey import get_original
 
 from ..logs import log
 from ..settings import Settings
 from ..store.connection import DatabaseUnavailable, client_deadline, connect
 from ..store.database import Direct, PgConnection, first_line
 
+_select = get_original("select", "select")
 SIZE = 8  # connections at most; more requests at once wait for one
 
 
@@ -39,6 +41,8 @@ class Pool:
         """A connection for the block; Unavailable when the database fails it."""
         with self._slots:
             conn = self._idle.pop() if self._idle else None
+            if conn is not None and _dropped(conn):
+                conn.close()
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.settings, name="taskworker dashboard")
@@ -72,6 +76,17 @@ class Pool:
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+def _dropped(conn: PgConnection) -> bool:
+    """Has the server ended this idle connection (a restart, an idle timeout, a
+    terminated backend)? An idle connection has nothing to read unless the server
+    said goodbye or closed it; a stale one is replaced, not reported as an outage."""
+    try:  # the unpatched select: gevent's, with no timeout, may answer before it polls
+        readable, _, _ = _select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg2.Error):
+        return True
+    return bool(readable)
 
 
 def _statement_error(exc: psycopg2.Error) -> bool:

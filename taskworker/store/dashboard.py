@@ -71,22 +71,22 @@ class Page(NamedTuple):
 
 def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
     """Up to `limit` tasks matching `f` with ids below `before` (None: the newest)."""
-    top = HIGHEST if before is None else before
-    if f.text:
-        return _text_page(db, f, top, limit)
-    if not (f.status or f.queue or f.task) or (f.status in LIVE and not (f.queue or f.task)):
+    if not (f.status or f.queue or f.task or f.text) or (
+            f.status in LIVE and not (f.queue or f.task or f.text)):
+        top = HIGHEST if before is None else before
         rows = _rows(db, sql.dash_tasks, f, top, LOWEST, limit + 1)
         return Page(rows[:limit], rows[limit - 1].id if len(rows) > limit else None, None)
-    return _window_page(db, f, top, WINDOW, limit)
-
-
-def _window_page(db: Database, f: Filter, top: int, window: int, limit: int) -> Page:
-    floor = max(top - window, LOWEST)
+    lowest, highest = db.query(sql.dash_id_range)[0]
+    if highest is None:
+        return Page([], None, None)
+    top = highest + 1 if before is None else min(before, highest + 1)
+    if f.text:
+        return _text_page(db, f, top, limit)
+    floor = max(top - WINDOW, LOWEST)
     rows = _rows(db, sql.dash_tasks, f, top, floor, limit + 1)
     if len(rows) > limit:
         return Page(rows[:limit], rows[limit - 1].id, None)
-    lowest = db.query(sql.dash_lowest_id)[0][0]
-    if lowest is None or floor <= lowest:
+    if floor <= lowest:
         return Page(rows, None, None)
     return Page(rows, floor, floor)
 

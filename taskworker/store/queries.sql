@@ -907,9 +907,10 @@ WHERE status = %(status)s::text
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- name: dash_lowest_id
--- The lowest task id (the end of the list's windows).
-SELECT min(id) FROM tasks;
+-- name: dash_id_range
+-- The lowest and the highest task id (where the list's windows start and end):
+-- both read at an end of the primary key.
+SELECT min(id), max(id) FROM tasks;
 
 -- name: dash_counts
 -- Tasks by status, queue and task name ('' for none): a scan of the whole table,

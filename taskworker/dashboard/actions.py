@@ -32,6 +32,7 @@ class Target(NamedTuple):
 
     id: int | None
     filter: store.Filter
+    listed: store.Filter = store.Filter()  # the list the action was started from
 
     def describe(self) -> str:
         if self.id is not None:
@@ -47,7 +48,7 @@ class Target(NamedTuple):
         """Where the browser goes after the action."""
         if self.id is not None:
             return f"/tasks/{self.id}"
-        return url("/tasks", filter_query(self.filter))
+        return url("/tasks", filter_query(self.listed))
 
 
 def target(fields: dict[str, str], action: str) -> Target | None:
@@ -61,10 +62,10 @@ def target(fields: dict[str, str], action: str) -> Target | None:
     if problems:
         return None
     if action == "retry":
-        f = f._replace(status="error")
-    elif f.status not in (None, *FINISHED):
+        return Target(None, f._replace(status="error"), f)
+    if f.status not in (None, *FINISHED):
         return None
-    return Target(None, f)
+    return Target(None, f, f)
 
 
 VERBS = {"retry": "Retry", "cancel": "Cancel", "delete": "Delete"}
@@ -79,7 +80,7 @@ def confirm(app: Dashboard, request: Request, action: str) -> Response:
         what = what.replace("every task matching", "every task in error matching", 1)
     if action == "delete" and t.id is None and t.filter.status is None:
         what += " that is done, in error or cancelled"
-    fields = {"id": t.id, **filter_query(t.filter)} if t.id is None else {"id": t.id}
+    fields = filter_query(t.listed) if t.id is None else {"id": t.id}
     return app.page(request, "confirm.html", action=action, verb=VERBS[action], what=what,
                     fields={k: v for k, v in fields.items() if v not in (None, "")},
                     back=t.back())

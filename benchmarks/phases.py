@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import baseline, claims, pgqueuer_runs, profiling, rawsql, scaling
+from . import baseline, claims, dashboard, pgqueuer_runs, profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
-          "hosts", "claims", "baseline")
+          "hosts", "claims", "baseline", "dashboard")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -78,6 +78,7 @@ class Bench:
     scaling: scaling.Scaling | None = None
     claims: claims.Claims | None = None
     baseline: baseline.Baseline | None = None
+    dashboard: dashboard.Result | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -290,3 +291,9 @@ def phase_baseline(b: Bench) -> None:
     """No-op throughput of this code vs an older commit's (baseline.py)."""
     b.baseline = baseline.measure(b.db("baseline"), b.args.baseline, b.plan.baseline_n,
                                   max(5, b.plan.repeats), b.say, b.notes)
+
+
+def phase_dashboard(b: Bench) -> None:
+    """Every page at 100 requests/s on 1,000,000 tasks; 008's cost (dashboard.py)."""
+    b.dashboard = dashboard.run(b.db("dashboard"), b.db("dashboard_hot"), b.say)
+    b.notes.extend(f"dashboard: {n}" for n in b.dashboard.notes)

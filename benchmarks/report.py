@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import baseline, claims, profiling, rawsql, scaling
+from . import baseline, claims, dashboard, profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .phases import MAIN_SETTING, Bench, mb, median_rate
@@ -385,6 +385,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*scaling_table(b.scaling), ""]
     if b.claims is not None:
         out += [*claims.report(b.claims), ""]
+    if b.dashboard is not None:
+        out += [*dashboard.report(b.dashboard), ""]
     if b.baseline is not None:
         out += [*baseline.report(b.baseline), ""]
     tl = targets(b)

@@ -27,6 +27,9 @@ at the end, also on Ctrl+C or failure):
                  pending over 10 queues x 5 priorities (analyzed, and never analyzed),
                  with 1,000,000 done rows, and a skewed backlog of an unserved queue or
                  an unknown task name (benchmarks/claims.py)
+  dashboard      every dashboard page at 100 requests/s on 1,000,000 tasks (p50/p95/p99
+                 per page), and no-op throughput with and without migration 008's
+                 indexes (benchmarks/dashboard.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -57,6 +60,7 @@ from .phases import (
     phase_baseline,
     phase_claims,
     phase_compare,
+    phase_dashboard,
     phase_finished_rows,
     phase_hosts,
     phase_latency,
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     phases: dict[str, Callable[[Bench], None]] = {
         "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
         "latency": phase_latency, "hosts": phase_hosts,
-        "claims": phase_claims, "baseline": phase_baseline}
+        "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

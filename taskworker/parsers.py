@@ -1,5 +1,6 @@
-"""Parsers of the part-7 settings (TASK_MODULES, QUEUES, CRON_TZ): each takes the
-raw string and returns the value or raises ValueError with the reason."""
+"""Parsers of settings (TASK_MODULES, QUEUES, CRON_TZ, hosts, sizes, secrets):
+each takes the raw string and returns the value or raises ValueError with the
+reason."""
 from __future__ import annotations
 
 import re
@@ -43,3 +44,36 @@ def time_zone(raw: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("not a time zone name such as UTC or Europe/Berlin") from None
     return raw.strip()
+
+
+def host(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith("[") and value.endswith("]"):  # [::1] as in a URL
+        value = value[1:-1]
+    if not re.fullmatch(r"[0-9A-Za-z.:_-]+", value):
+        raise ValueError("expected a host name or an IP address, such as 127.0.0.1 or 0.0.0.0")
+    return value
+
+
+def secret(raw: str) -> str:
+    if any(c in raw for c in "\r\n"):
+        raise ValueError("must be one line")
+    return raw
+
+
+def user_name(raw: str) -> str:
+    value = raw.strip()
+    if ":" in value or not value.isprintable():
+        raise ValueError("expected a user name without ':'")
+    return value
+
+
+def byte_size(raw: str) -> int:
+    """Bytes from `1048576`, `512kB`, `1MB`, `2GB` (powers of 1024, as PostgreSQL
+    counts them; `KiB`, `MiB`, `GiB` say the same)."""
+    m = re.fullmatch(r"\s*(\d+)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB)?\s*", raw)
+    if not m:
+        raise ValueError("expected a size in bytes such as 1048576, 512kB or 1MB")
+    scale = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "KiB": 1024, "MB": 1024**2,
+             "MiB": 1024**2, "GB": 1024**3, "GiB": 1024**3}[m.group(2)]
+    return int(m.group(1)) * scale

@@ -7,18 +7,24 @@ trust what it is given.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from .parsers import byte_size as _bytes
+from .parsers import host as _host
 from .parsers import modules as _modules
 from .parsers import queues as _queues
+from .parsers import secret as _secret
 from .parsers import time_zone as _time_zone
+from .parsers import user_name as _user
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024  # 1 MB: a claim's or a completion's batch stays small
 DEMO_HANDLER = "taskworker.handlers:demo"
+DEFAULT_DASHBOARD_PORT = 8080  # `dashboard` and `serve --dashboard` without DASHBOARD_PORT
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
@@ -61,6 +67,13 @@ class Settings:
     health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
     prune_after: float | None = None  # serve deletes finished tasks older than this; None = off
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # largest payload or result, bytes
+    dashboard_host: str = "127.0.0.1"  # address the dashboard listens on
+    dashboard_port: int | None = None  # `dashboard`: 8080 when None; serve: off when None
+    dashboard_user: str = "admin"  # the user name of HTTP basic auth
+    # HTTP basic auth's password, and a bearer token (None: off); never in a repr
+    dashboard_password: str | None = dataclasses.field(default=None, repr=False)
+    dashboard_token: str | None = dataclasses.field(default=None, repr=False)
+    dashboard_readonly: bool = False  # hide every action, refuse every POST
 
     @property
     def default_handler(self) -> str | None:
@@ -190,24 +203,8 @@ def _port(raw: str) -> int:
     return value
 
 
-def _host(raw: str) -> str:
-    value = raw.strip()
-    if value.startswith("[") and value.endswith("]"):  # [::1] as in a URL
-        value = value[1:-1]
-    if not re.fullmatch(r"[0-9A-Za-z.:_-]+", value):
-        raise ValueError("expected a host name or an IP address, such as 127.0.0.1 or 0.0.0.0")
-    return value
 
 
-def _bytes(raw: str) -> int:
-    """Bytes from `1048576`, `512kB`, `1MB`, `2GB` (powers of 1024, as PostgreSQL
-    counts them; `KiB`, `MiB`, `GiB` say the same)."""
-    m = re.fullmatch(r"\s*(\d+)\s*(B|kB|KB|KiB|MB|MiB|GB|GiB)?\s*", raw)
-    if not m:
-        raise ValueError("expected a size in bytes such as 1048576, 512kB or 1MB")
-    scale = {None: 1, "B": 1, "kB": 1024, "KB": 1024, "KiB": 1024, "MB": 1024**2,
-             "MiB": 1024**2, "GB": 1024**3, "GiB": 1024**3}[m.group(2)]
-    return int(m.group(1)) * scale
 
 
 def _fraction(raw: str) -> float:
@@ -248,7 +245,14 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "PRUNE_AFTER": ("prune_after", _above_zero(_duration)),
     # At most 1 GB: PostgreSQL's own limit for one text value.
     "MAX_PAYLOAD_BYTES": ("max_payload_bytes", _between(1, 1024**3, _bytes)),
+    "DASHBOARD_HOST": ("dashboard_host", _host),
+    "DASHBOARD_PORT": ("dashboard_port", _port),
+    "DASHBOARD_USER": ("dashboard_user", _user),
+    "DASHBOARD_PASSWORD": ("dashboard_password", _secret),
+    "DASHBOARD_TOKEN": ("dashboard_token", _secret),
+    "DASHBOARD_READONLY": ("dashboard_readonly", _bool),
 }
+SECRETS = ("DASHBOARD_PASSWORD", "DASHBOARD_TOKEN")  # never shown, even when invalid
 
 
 def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Settings:
@@ -267,6 +271,8 @@ def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Se
             values[field] = parse(raw)
         except ValueError as exc:
             shown = mask_password(raw) if var.endswith("DATABASE_URL") else raw
+            if var in SECRETS:
+                raise SettingsError(f"invalid {var}: {exc}") from None
             raise SettingsError(f"invalid {var}={shown!r}: {exc}") from None
     settings = Settings(**values)  # type: ignore[arg-type]
     if settings.task_min_seconds > settings.task_max_seconds:

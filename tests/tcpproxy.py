@@ -1,4 +1,5 @@
-"""A TCP proxy in front of PostgreSQL that can lose one reply, for test_completions.py.
+"""A TCP proxy in front of PostgreSQL that can lose one reply, for test_completions.py
+(and stop listening, for test_dashboard.py).
 
 Every connection is forwarded as it is, in threads of the pytest process. Once
 `drop_reply_to(marker)` is called, the next statement whose text contains
@@ -16,13 +17,14 @@ from contextlib import suppress
 
 
 class Proxy:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, listen_port: int = 0) -> None:
         self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", listen_port))
         self.port = self.listener.getsockname()[1]
         self._marker: bytes | None = None
         self._lock = threading.Lock()
         self.dropped = 0  # replies dropped so far
+        self.forwarding = 0  # connections whose server side is still open
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -31,7 +33,10 @@ class Proxy:
             self._marker = marker
 
     def close(self) -> None:
+        """Stop listening (connections already forwarded go on)."""
         self._closed = True
+        with suppress(OSError):  # wakes the accept() blocked in the thread: close() does not
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
 
     def _accept(self) -> None:
@@ -42,6 +47,8 @@ class Proxy:
                 return
             server = socket.create_connection(self.target)
             state = {"drop": False}
+            with self._lock:
+                self.forwarding += 1
             threading.Thread(target=self._upstream, args=(client, server, state),
                              daemon=True).start()
             threading.Thread(target=self._downstream, args=(server, client, state),
@@ -69,6 +76,8 @@ class Proxy:
                     break
                 client.sendall(data)
         _close(client, server)
+        with self._lock:
+            self.forwarding -= 1
 
 
 def _close(*sockets: socket.socket) -> None:

@@ -179,7 +179,7 @@ def test_two_migrates_take_turns_while_one_builds_indexes(empty_db_url: str,
         held.close()
     outputs = first.output() + second.output()
     assert "Traceback" not in outputs and "deadlock" not in outputs
-    assert re.findall(r"Applied migration (\S+)", first.output()) == ["007_claim_indexes.sql"]
+    assert re.findall(r"Applied migration (\S+)", first.output()) == MIGRATIONS[6:]
     assert "Applied migration" not in second.output()
     assert second.output().count("Waiting for another migrate") == 1
     assert recorded(empty_db_url) == MIGRATIONS

@@ -1,7 +1,8 @@
 """Installing taskworker from the repository, as the README says to: into a new
 virtualenv, with the pip of today (scripts/demo.sh upgrades it first). A plain
 install must carry the migrations (the README's systemd section); an editable
-install (the demo's) must be quiet: it used to print a setuptools warning.
+install (the demo's) must be quiet: it used to print a setuptools warning. A plain
+install carries the dashboard's templates and static files too.
 """
 from __future__ import annotations
 
@@ -46,6 +47,20 @@ def test_install_from_the_repository(tmp_path: Path, empty_db_url: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     applied = re.findall(r"Applied migration (\S+)", done.stdout)
     assert applied == sorted(p.name for p in (REPO / "migrations").glob("*.sql")), done.stdout
+
+    # The dashboard's templates and static files are in the wheel: every one of the
+    # checkout's, and the overview renders from the installed copy.
+    shipped = sorted(str(p.relative_to(REPO / "taskworker" / "dashboard"))
+                     for folder in ("templates", "static")
+                     for p in (REPO / "taskworker" / "dashboard" / folder).iterdir())
+    check = ("import sys; from importlib import resources; "
+             "root = resources.files('taskworker.dashboard'); "
+             "missing = [n for n in sys.argv[1:] if not root.joinpath(n).is_file()]; "
+             "from taskworker.dashboard.render import Templates; "
+             "Templates().env.get_template('overview.html'); print(missing)")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", check, *shipped], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert (done.returncode, done.stdout) == (0, "[]\n"), done.stdout + done.stderr
 
     # `pip install -e .` in the clone, as scripts/demo.sh runs it: not a word of warning.
     done = pip(venv, "install", "-q", "-e", str(clone))

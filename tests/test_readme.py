@@ -158,18 +158,22 @@ def test_defaults_match_settings(rows: list[Row]) -> None:
 
 
 def test_options_belong_to_serve(rows: list[Row]) -> None:
-    """Each option is in `taskworker serve --help`, and its help names the row's variable."""
-    out = subprocess.run([sys.executable, "-m", "taskworker", "serve", "--help"],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT, check=True).stdout
-    flat = " ".join(out.split())  # click wraps lines anywhere between words
+    """Each option is in `taskworker serve --help` (`dashboard --help` for the
+    dashboard's settings), and its help names the row's variable."""
+    helps = {command: " ".join(subprocess.run(  # click wraps lines anywhere between words
+        [sys.executable, "-m", "taskworker", command, "--help"], capture_output=True,
+        text=True, timeout=60, cwd=ROOT, check=True).stdout.split())
+        for command in ("serve", "dashboard")}
     options = [(row, option) for row in rows for option in row.options]
     assert options, "no --option in the configuration table"
     for row, option in options:
+        command = "dashboard" if row.variables[0].startswith("DASHBOARD_") else "serve"
+        flat = helps[command]
         m = re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])(.*?)(?= -\w, --| --|$)", flat)
-        assert m, f"README.md:{row.line}: {option} is not an option of taskworker serve"
+        assert m, f"README.md:{row.line}: {option} is not an option of taskworker {command}"
         env = re.findall(r"\[env ([A-Z0-9_]+)", m.group(1))
         assert env and env[0] in row.variables, (
-            f"README.md:{row.line}: serve --help says {option} sets {env}, "
+            f"README.md:{row.line}: {command} --help says {option} sets {env}, "
             f"the README says {row.variables}")
 
 

@@ -207,7 +207,10 @@ def test_help_mentions_every_option_and_variable() -> None:
     assert code == 0, err
     code, serve_help, err = run_cli(["serve", "--help"])
     assert code == 0, err
+    code, dashboard_help, err = run_cli(["dashboard", "--help"])
+    assert code == 0, err
     top, serve_help = " ".join(top.split()), " ".join(serve_help.split())  # undo wrapping
+    dashboard_help = " ".join(dashboard_help.split())
 
     for command in ("migrate", "seed", "serve"):
         assert command in top
@@ -216,8 +219,11 @@ def test_help_mentions_every_option_and_variable() -> None:
                         ("--fetch-limit", "FETCH_LIMIT"), ("--handler", "TASK_HANDLER")]:
         assert option in serve_help
         assert f"env {var}" in serve_help
+    for option, var in [("--host", "DASHBOARD_HOST"), ("--port", "DASHBOARD_PORT")]:
+        assert option in dashboard_help
+        assert f"env {var}" in dashboard_help
     for var in tw_settings.FIELDS:  # every variable is explained somewhere
-        assert var in top or var in serve_help, var
+        assert var in top or var in serve_help or var in dashboard_help, var
 
 
 def test_env_example_is_valid_configuration() -> None:

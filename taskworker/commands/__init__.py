@@ -1,6 +1,7 @@
 """The `taskworker` command: migrate, seed, serve; enqueue, status, show, retry,
-cancel, prune; pause, resume. One module per family of commands; context.py is what they all
-run in (settings, a checked connection, one-line errors and exit statuses).
+cancel, prune; pause, resume; dashboard. One module per family of commands;
+context.py is what they all run in (settings, a checked connection, one-line
+errors and exit statuses).
 
 Configuration comes from the environment and `.env` in the current folder (the
 environment wins), and options override both. Every error a user can cause ends
@@ -12,7 +13,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from . import enqueue, prune, queues, schedule, schema, serve, status, tasks
+from . import dashboard, enqueue, prune, queues, schedule, schema, serve, status, tasks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +33,7 @@ def cli() -> None:
 
 for command in (schema.migrate, schema.seed, serve.serve, enqueue.enqueue, status.status,
                 tasks.show, tasks.retry, tasks.cancel, prune.prune, schedule.schedule,
-                queues.pause, queues.resume):
+                queues.pause, queues.resume, dashboard.dashboard):
     cli.add_command(command)
 
 

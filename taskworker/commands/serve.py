@@ -5,11 +5,13 @@ command, so that the other commands neither load it nor depend on it.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
 from ..logs import log
+from ..settings import DEFAULT_DASHBOARD_PORT
 from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_settings
 
 
@@ -30,8 +32,12 @@ from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_s
 @click.option("--queues", "-q", metavar="QUEUE[:N][,QUEUE[:N]]",
               help="Serve only these queues; QUEUE:N runs at most N of that queue's "
                    "tasks at once here. [env QUEUES; default every queue]")
+@click.option("--dashboard", "with_dashboard", is_flag=True,
+              help="Also serve the web dashboard in this process (on DASHBOARD_PORT, "
+                   "default 8080; DASHBOARD_PORT set alone does the same).")
 def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | None,
-          handler: str | None, modules: str | None, queues: str | None) -> None:
+          handler: str | None, modules: str | None, queues: str | None,
+          with_dashboard: bool) -> None:
     """Process tasks until Ctrl+C (SIGINT) or SIGTERM.
 
     \b
@@ -52,6 +58,8 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       HEALTH_MAX_DOWNTIME  /healthz fails once a connection is down this long (30s)
       PRUNE_AFTER        delete done/error/cancelled tasks older than this (off)
       MAX_PAYLOAD_BYTES  largest payload or result, larger ones fail the task (1MB)
+      DASHBOARD_PORT     serve the dashboard on this port too (off; see
+                         `taskworker dashboard --help` for its settings)
       TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE
                          the demo handler's sleep (1s to 4s) and failures (0.1)
     """
@@ -62,6 +70,14 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     settings = load_settings({"WORKER_COUNT": workers, "FETCH_INTERVAL": fetch_interval,
                               "FETCH_LIMIT": fetch_limit, "TASK_HANDLER": handler,
                               "TASK_MODULES": modules, "QUEUES": queues})
+    if with_dashboard and settings.dashboard_port is None:
+        settings = dataclasses.replace(settings, dashboard_port=DEFAULT_DASHBOARD_PORT)
+    if settings.dashboard_port is not None:
+        from ..dashboard.security import refusal
+
+        why = refusal(settings, settings.dashboard_host)
+        if why:
+            fail(why, EXIT_CONFIG)
     try:
         import_modules(settings.task_modules)
         default = load_handler(settings.default_handler) if settings.default_handler else None
@@ -82,11 +98,12 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     with checked_connection(settings, "check", wait_for_slot=True):
         pass
 
+    from ..dashboard.app import DashboardError
     from ..processor.processor import Processor
     from ..web.server import MetricsError
 
     try:
         code = Processor(settings, default, definitions).run()
-    except MetricsError as exc:
+    except (MetricsError, DashboardError) as exc:
         fail(str(exc), EXIT_RUNTIME)
     sys.exit(code)

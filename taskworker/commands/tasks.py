@@ -77,11 +77,11 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
                    + (f"; skipped {len(skipped)} whose unique key a live task holds"
                       if skipped else ""))
         for b in skipped.values() if wanted is None else ():
-            click.echo(f"Skipped task {b.id}: {held(b)}")
+            click.echo(f"Skipped task {b.id}: {b.reason}")
         left = [i for i in wanted or () if i not in retried]
         for task_id, state in states(db, left).items():
             if task_id in skipped:
-                click.echo(f"Error: task {task_id} skipped: {held(skipped[task_id])}",
+                click.echo(f"Error: task {task_id} skipped: {skipped[task_id].reason}",
                            err=True)
             elif state.status is None:
                 click.echo(f"Error: no task with id {task_id}", err=True)
@@ -92,13 +92,6 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
                 click.echo(f"Error: task {task_id} is {state.status}: only tasks in error "
                            "are retried", err=True)
     sys.exit(1 if left else 0)
-
-
-def held(blocked: admin.Blocked) -> str:
-    """Why retry left a task in error: the live task that holds its unique key."""
-    state = "running" if blocked.holder_status == "in_progress" else blocked.holder_status
-    return (f"its unique key {blocked.unique_key!r} is held by task "
-            f"{blocked.holder_id} ({state})")
 
 
 @click.command()

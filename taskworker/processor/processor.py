@@ -5,6 +5,7 @@
     listener (NOTIFY)          heartbeat (extends every lease this process holds)
     lease guard (gives back what the heartbeat cannot renew)
     pruner (PRUNE_AFTER)       metrics sampler + web server (METRICS_PORT)
+    dashboard (DASHBOARD_PORT or --dashboard; its own connections)
     scheduler (periodic tasks: enqueues each tick once across processes)
 
 Each service has its own connection; workers have none (they only run the
@@ -30,6 +31,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
+from ..dashboard.app import Dashboard
 from ..handlers import Handler
 from ..logs import log, seconds
 from ..registry import TaskDef
@@ -90,6 +92,7 @@ class Processor:
         self.scheduler = Scheduler(settings, self.holder, periodic, stopping) if periodic \
             else None
         self.web = WebServer(settings, self, self.metrics) if self.metrics else None
+        self.dashboard = Dashboard(settings) if settings.dashboard_port else None
         self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
                              self.metrics.task_duration.observe if self.metrics else _ignore)
@@ -155,6 +158,8 @@ class Processor:
                  s.worker_count, seconds(s.fetch_interval))
         if self.web:
             self.web.start()  # first: a port in use stops serve before any claim
+        if self.dashboard:
+            self.dashboard.start()
         gevent.signal_handler(signal.SIGINT, self._on_signal)
         gevent.signal_handler(signal.SIGTERM, self._on_signal)
         self.monitor.start()
@@ -244,6 +249,8 @@ class Processor:
             db.close()
         if self.web:
             self.web.stop()
+        if self.dashboard:
+            self.dashboard.stop()
 
     def _give_back_leftovers(self) -> None:
         """Give back whatever the table still says this process holds: a claim

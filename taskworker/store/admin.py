@@ -119,6 +119,12 @@ class Blocked(NamedTuple):
     holder_id: int
     holder_status: str
 
+    @property
+    def reason(self) -> str:
+        """Why retry left it in error, in words."""
+        state = "running" if self.holder_status == "in_progress" else self.holder_status
+        return f"its unique key {self.unique_key!r} is held by task {self.holder_id} ({state})"
+
 
 def retry(db: Database, *, ids: Sequence[int] | None, since: datetime | None,
           before: datetime, limit: int) -> list[int]:

@@ -860,3 +860,90 @@ SELECT queue, nullif(name, ''),
 FROM live
 GROUP BY queue, name
 ORDER BY queue, name;
+
+-- name: dash_tasks
+-- The dashboard's task list: tasks with ids in [%(floor)s, %(before)s), newest
+-- first, matching the filters given (NULL: any); a page of %(limit)s. The window
+-- bounds the rows a filter without an index may read (the caller widens it page
+-- by page); text is searched in the first 1,000 characters of payload and error,
+-- the expression of tasks_finished_text_idx (migration 008).
+SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
+       length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
+       cancel_requested_at IS NOT NULL
+FROM tasks
+WHERE id < %(before)s AND id >= %(floor)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+  AND (%(pattern)s::text IS NULL
+       OR (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
+          ILIKE %(pattern)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: dash_tasks_text_finished
+-- Text search among finished tasks below id %(before)s, through the trigram index
+-- tasks_finished_text_idx (its predicate and expression, written as it has them).
+SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
+       length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
+       cancel_requested_at IS NOT NULL
+FROM tasks
+WHERE status IN ('done', 'error', 'cancelled')
+  AND (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
+      ILIKE %(pattern)s::text
+  AND id < %(before)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: dash_tasks_text_live
+-- Text search among the tasks in status %(status)s (pending or in_progress) below
+-- id %(before)s: read through that status's partial index, as small as the set.
+SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
+       length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
+       cancel_requested_at IS NOT NULL
+FROM tasks
+WHERE status = %(status)s::text
+  AND (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
+      ILIKE %(pattern)s::text
+  AND id < %(before)s
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: dash_id_range
+-- The lowest and the highest task id (where the list's windows start and end):
+-- both read at an end of the primary key.
+SELECT min(id), max(id) FROM tasks;
+
+-- name: dash_counts
+-- Tasks by status, queue and task name ('' for none): a scan of the whole table,
+-- which the dashboard's sampler runs in the background, seldom on a large table.
+SELECT status, queue, coalesce(task, ''), count(*)
+FROM tasks
+GROUP BY 1, 2, 3;
+
+-- name: dash_finished_per_minute
+-- Tasks done and in error per minute since %(since)s, through tasks_finished_at_idx:
+-- the minute (epoch seconds), done, error.
+SELECT extract(epoch FROM date_trunc('minute', updated_at))::bigint,
+       count(*) FILTER (WHERE status = 'done'),
+       count(*) FILTER (WHERE status = 'error')
+FROM tasks
+WHERE status IN ('done', 'error', 'cancelled') AND updated_at >= to_timestamp(%(since)s)
+GROUP BY 1
+ORDER BY 1;
+
+-- name: dash_now
+-- The database's clock (epoch seconds): the chart's minutes are the database's.
+SELECT extract(epoch FROM now());
+
+-- name: dash_delete_finished
+-- Delete the finished tasks among %(ids)s (a task retried or re-enqueued since it
+-- was listed is left alone); the ids deleted.
+DELETE FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('done', 'error', 'cancelled')
+RETURNING id;

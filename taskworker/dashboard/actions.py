@@ -1,0 +1,155 @@
+"""The actions: retry, cancel, delete. Each is a confirmation page (GET) whose
+form POSTs; the POST acts, logs who did what, and redirects (303) back with a
+message saying what was done.
+
+They have the admin commands' semantics, through the same store functions:
+retry puts tasks in error back to pending as if new and skips a task whose
+unique key a live task holds; cancel cancels a pending task and asks a running
+task's process to stop it (cancel_requested_at and a NOTIFY); delete removes
+finished tasks only.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..logs import log
+from ..store import admin, tasks
+from ..store import dashboard as store
+from ..store.database import Direct
+from .http import Request, Response, redirect, url
+from .pages import filter_query, parse_filter
+from .security import Visitor
+
+if TYPE_CHECKING:
+    from .app import Dashboard
+
+BATCH = 1000  # tasks per statement of an action on a filter
+FINISHED = ("done", "error", "cancelled")
+
+
+class Target(NamedTuple):
+    """What an action acts on: one task, or every task matching a filter."""
+
+    id: int | None
+    filter: store.Filter
+    listed: store.Filter = store.Filter()  # the list the action was started from
+
+    def describe(self) -> str:
+        if self.id is not None:
+            return f"task {self.id}"
+        f = self.filter
+        parts = [f"{name} {value!r}" for name, value in
+                 (("status", f.status), ("queue", f.queue), ("text", f.text)) if value]
+        if f.task is not None:
+            parts.append("without a name" if f.task == "" else f"named {f.task!r}")
+        return "every task matching " + ", ".join(parts) if parts else "every task"
+
+    def back(self) -> str:
+        """Where the browser goes after the action."""
+        if self.id is not None:
+            return f"/tasks/{self.id}"
+        return url("/tasks", filter_query(self.listed))
+
+
+def target(fields: dict[str, str], action: str) -> Target | None:
+    """The action's target from the query string or the form (None: unusable)."""
+    raw = fields.get("id", "").strip()
+    if raw:
+        return Target(int(raw), store.Filter()) if raw.isdigit() else None
+    if action == "cancel":
+        return None  # one task at a time
+    f, problems = parse_filter(fields)
+    if problems:
+        return None
+    if action == "retry":
+        return Target(None, f._replace(status="error"), f)
+    if f.status not in (None, *FINISHED):
+        return None
+    return Target(None, f, f)
+
+
+VERBS = {"retry": "Retry", "cancel": "Cancel", "delete": "Delete"}
+
+
+def confirm(app: Dashboard, request: Request, action: str) -> Response:
+    t = target(request.query, action)
+    if t is None:
+        return app.page(request, "missing.html", status=400, what="what to act on")
+    what = t.describe()
+    if action == "retry" and t.id is None:
+        what = what.replace("every task matching", "every task in error matching", 1)
+    if action == "delete" and t.id is None and t.filter.status is None:
+        what += " that is done, in error or cancelled"
+    fields = filter_query(t.listed) if t.id is None else {"id": t.id}
+    return app.page(request, "confirm.html", action=action, verb=VERBS[action], what=what,
+                    fields={k: v for k, v in fields.items() if v not in (None, "")},
+                    back=t.back())
+
+
+def perform(app: Dashboard, request: Request, action: str, who: Visitor) -> Response:
+    t = target(request.form, action)
+    if t is None:
+        return app.page(request, "missing.html", status=400, what="what to act on")
+    with app.pool.connection() as db:
+        said = {"retry": retry, "cancel": cancel, "delete": delete}[action](db, t)
+    log.info("Dashboard: %s at %s: %s", who.name, who.address, said)
+    return app.flash(redirect(t.back()), said)
+
+
+def retry(db: Direct, t: Target) -> str:
+    now = tasks.cutoff(db, None).now
+    if t.id is not None:
+        if admin.retry(db, ids=[t.id], since=None, before=now, limit=1):
+            tasks.wake_others(db)
+            return f"retried task {t.id}"
+        blocked = admin.blocked(db, ids=[t.id], since=None, before=now)
+        if blocked:
+            return f"did not retry task {t.id}: {blocked[0].reason}"
+        return f"did not retry task {t.id}: {_state(db, t.id, 'only tasks in error are retried')}"
+    retried = skipped = 0
+    before = None
+    while ids := store.matching_ids(db, t.filter, before, BATCH):
+        got = admin.retry(db, ids=ids, since=None, before=now, limit=len(ids))
+        retried += len(got)
+        left = sorted(set(ids) - set(got))
+        skipped += len(admin.blocked(db, ids=left, since=None, before=now)) if left else 0
+        before = min(ids)
+    if retried:
+        tasks.wake_others(db)
+    return (f"retried {_tasks(retried)} ({t.describe()})"
+            + (f"; skipped {skipped}: a live task holds its unique key" if skipped else ""))
+
+
+def cancel(db: Direct, t: Target) -> str:
+    assert t.id is not None
+    done = admin.cancel(db, [t.id])
+    if done.cancelled:
+        return f"cancelled task {t.id}"
+    if done.requested:
+        return f"asked the process running task {t.id} to stop it"
+    return (f"did not cancel task {t.id}: "
+            + _state(db, t.id, "only pending and running tasks can be cancelled"))
+
+
+def delete(db: Direct, t: Target) -> str:
+    if t.id is not None:
+        if store.delete_finished(db, [t.id]):
+            return f"deleted task {t.id}"
+        return f"did not delete task {t.id}: " + _state(db, t.id, "only finished tasks are")
+    deleted = 0
+    before = None
+    while ids := store.matching_ids(db, t.filter, before, BATCH):
+        deleted += len(store.delete_finished(db, ids))
+        before = min(ids)
+    return f"deleted {_tasks(deleted)} ({t.describe()}, finished)"
+
+
+def _state(db: Direct, task_id: int, rule: str) -> str:
+    state = admin.states(db, [task_id])[task_id]
+    if state.status is None:
+        return "there is no such task"
+    return f"it is {state.status}: {rule}"
+
+
+def _tasks(n: int) -> str:
+    return f"{n:,} task" + ("" if n == 1 else "s")

@@ -1,0 +1,169 @@
+"""The pages: overview (and its live region), tasks, task, schedules.
+
+Each handler reads what it shows (small, indexed statements; counts and the
+chart from the sampler) and renders a template; none writes.
+"""
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from .. import backlog
+from ..schedule_listing import listing
+from ..store import admin, processes
+from ..store import dashboard as store
+from ..store import schedules as schedule_store
+from .chart import chart
+from .http import Request, Response, url
+
+if TYPE_CHECKING:
+    from .app import Dashboard
+
+PAGE_SIZE = 50
+MIN_TEXT = 3  # characters a text search needs (trigrams)
+LONG_COLUMNS = ("payload", "result", "error")
+
+
+def overview(app: Dashboard, request: Request) -> Response:
+    return app.page(request, "overview.html", **live_context(app))
+
+
+def overview_live(app: Dashboard, request: Request) -> Response:
+    """The overview's live region alone: the script swaps it in every few seconds."""
+    return app.page(request, "live.html", **live_context(app))
+
+
+def live_context(app: Dashboard) -> dict[str, Any]:
+    sampler = app.sampler
+    with app.pool.connection() as db:
+        alive = processes.live(db)
+        held = {h.locked_by: h for h in admin.holders(db)}
+        paused = processes.paused(db)
+    now = time.monotonic()
+    rows: list[admin.Backlog] = sampler.backlog.value  # type: ignore[assignment]
+    counted: list[store.Count] = sampler.counts.value  # type: ignore[assignment]
+    by_status = dict.fromkeys(admin.STATUSES, 0)
+    finished: dict[tuple[str, str | None], dict[str, int]] = {}
+    for c in counted:
+        by_status[c.status] += c.tasks
+        for key in (("queue", c.queue), ("task", c.task)):
+            finished.setdefault(key, dict.fromkeys(admin.STATUSES, 0))[c.status] += c.tasks
+    if sampler.backlog.at:
+        by_status["pending"] = sum(r.pending + r.scheduled for r in rows)
+        by_status["in_progress"] = sum(r.running for r in rows)
+    queues = _table("queue", backlog.by_queue(rows), finished)
+    names = _table("task", backlog.by_task(rows), finished)
+    ages = [r.oldest_pending_seconds for r in rows if r.oldest_pending_seconds is not None]
+    return {
+        "by_status": by_status, "statuses": admin.STATUSES,
+        "counted_ago": now - sampler.counts.at if sampler.counts.at else None,
+        "backlog_ago": now - sampler.backlog.at if sampler.backlog.at else None,
+        "count_took": sampler.count_took, "problem": sampler.problem,
+        "queues": queues, "names": names,
+        "oldest_pending": max(ages) if ages else None,
+        "chart": chart(sampler.minutes, sampler.now) if sampler.minutes_at else None,
+        "processes": [(p, held.get(p.holder)) for p in alive],
+        "paused": paused,
+        "unserved": backlog.unserved(rows, alive) if alive or rows else [],
+        "no_name": backlog.NO_NAME,
+    }
+
+
+def _table(kind: str, live: list[backlog.Total],
+           finished: dict[tuple[str, str | None], dict[str, int]]) -> list[dict[str, Any]]:
+    """One row per queue (or task name): live counts and the finished ones."""
+    found = {t.key: {"key": t.key, "pending": t.pending, "scheduled": t.scheduled,
+                     "running": t.running, "oldest": t.oldest_pending_seconds}
+             for t in live}
+    for (k, key), statuses in finished.items():
+        if k == kind:
+            row = found.setdefault(key, {"key": key, "pending": 0, "scheduled": 0,
+                                         "running": 0, "oldest": None})
+            row.update(done=statuses["done"], error=statuses["error"],
+                       cancelled=statuses["cancelled"])
+    return sorted(found.values(), key=lambda r: (r["key"] is not None, r["key"] or ""))
+
+
+def parse_filter(query: dict[str, str]) -> tuple[store.Filter, list[str]]:
+    """The list's filter from the query string, and what was wrong with it."""
+    problems = []
+    status = query.get("status") or None
+    if status is not None and status not in admin.STATUSES:
+        problems.append(f"unknown status {status!r}")
+        status = None
+    task = query.get("task") or None
+    if task == backlog.NO_NAME:
+        task = ""
+    text = query.get("q", "").strip() or None
+    if text is not None and len(text) < MIN_TEXT:
+        problems.append(f"a text search needs at least {MIN_TEXT} characters")
+        text = None
+    return store.Filter(status, query.get("queue") or None, task, text), problems
+
+
+def filter_query(f: store.Filter) -> dict[str, str | None]:
+    """The query string of `f` (for links and forms)."""
+    return {"status": f.status, "queue": f.queue,
+            "task": backlog.NO_NAME if f.task == "" else f.task, "q": f.text}
+
+
+def tasks(app: Dashboard, request: Request) -> Response:
+    f, problems = parse_filter(request.query)
+    before = _int(request.query.get("before"))
+    wanted_id = _int(request.query.get("id"))
+    if request.query.get("id") and wanted_id is None:
+        problems.append("an id is a whole number")
+    with app.pool.connection() as db:
+        if wanted_id is not None:
+            found = store.page(db, f, wanted_id + 1, 1)
+            page = store.Page([r for r in found.rows if r.id == wanted_id], None, None)
+        else:
+            page = store.page(db, f, before, PAGE_SIZE)
+    known = app.sampler.counts.value
+    return app.page(request, "tasks.html", page=page, filter=f, query=filter_query(f),
+                    qs=url("", filter_query(f)).lstrip("?"),
+                    problems=problems, before=before, wanted_id=wanted_id,
+                    statuses=admin.STATUSES, no_name=backlog.NO_NAME,
+                    known_queues=sorted({c.queue for c in known}),  # type: ignore[attr-defined]
+                    known_names=sorted({c.task for c in known if c.task}),  # type: ignore
+                    retry_filter=f.status in (None, "error"),
+                    delete_filter=f.status in (None, "done", "error", "cancelled"))
+
+
+def task(app: Dashboard, request: Request, task_id: str) -> Response:
+    with app.pool.connection() as db:
+        row = admin.task(db, int(task_id))
+    if row is None:
+        return app.page(request, "missing.html", status=404, what=f"task {task_id}")
+    long = {name: row[name] for name in LONG_COLUMNS if row.get(name) is not None}
+    short = {k: v for k, v in row.items() if k not in LONG_COLUMNS}
+    return app.page(request, "task.html", task=row, short=short, long=long, id=int(task_id))
+
+
+def raw(app: Dashboard, request: Request, task_id: str, column: str) -> Response:
+    """A long value whole, as plain text (never rendered as markup: nosniff)."""
+    if column not in LONG_COLUMNS:
+        return app.page(request, "missing.html", status=404, what=column)
+    with app.pool.connection() as db:
+        row = admin.task(db, int(task_id))
+    if row is None or row.get(column) is None:
+        return app.page(request, "missing.html", status=404, what=f"task {task_id}'s {column}")
+    return Response(str(row[column]), content_type="text/plain; charset=utf-8")
+
+
+def schedules(app: Dashboard, request: Request) -> Response:
+    with app.pool.connection() as db:
+        live = schedule_store.live_schedules(db)
+        ticks = schedule_store.last_ticks(db)
+    rows = listing(live, {}, ticks, app.settings.cron_tz, datetime.now(UTC))
+    return app.page(request, "schedules.html", rows=rows)
+
+
+def _int(raw: str | None) -> int | None:
+    if raw is None or not re.fullmatch(r"-?\d{1,19}", raw.strip()):
+        return None
+    value = int(raw)
+    return value if -(2**63) < value < 2**63 - 1 else None
+

@@ -1,0 +1,94 @@
+"""The dashboard's own connections: a few, each used by one greenlet at a time.
+
+A request takes an idle connection (or opens one), runs its statements and puts
+it back. A database that goes away makes the request fail with `Unavailable`
+(the app answers 503); the outage is logged once, and its end once, and the
+next request simply opens a new connection.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import gevent
+import psycopg2
+from gevent.lock import BoundedSemaphore
+from gevent.monkey import get_original
+
+from ..logs import log
+from ..settings import Settings
+from ..store.connection import DatabaseUnavailable, client_deadline, connect
+from ..store.database import Direct, PgConnection, first_line
+
+_select = get_original("select", "select")
+SIZE = 8  # connections at most; more requests at once wait for one
+
+
+class Unavailable(Exception):
+    """The database cannot answer now; str() is one line for the page and the log."""
+
+
+class Pool:
+    def __init__(self, settings: Settings, size: int = SIZE) -> None:
+        self.settings = settings
+        self.deadline = client_deadline(settings)
+        self._slots = BoundedSemaphore(size)
+        self._idle: list[PgConnection] = []
+        self._down: str | None = None  # the outage being reported, if any
+
+    @contextmanager
+    def connection(self) -> Iterator[Direct]:
+        """A connection for the block; Unavailable when the database fails it."""
+        with self._slots:
+            conn = self._idle.pop() if self._idle else None
+            if conn is not None and _dropped(conn):
+                conn.close()
+            try:
+                if conn is None or conn.closed:
+                    conn = connect(self.settings, name="taskworker dashboard")
+                with gevent.Timeout(self.deadline, Unavailable(
+                        f"no answer from the database within {self.deadline:g}s")):
+                    yield Direct(conn)
+            except (DatabaseUnavailable, Unavailable, psycopg2.Error) as exc:
+                if conn is not None and not (isinstance(exc, psycopg2.Error)
+                                             and not conn.closed and _statement_error(exc)):
+                    conn.close()
+                    conn = None
+                raise self._failed(exc) from None
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            if conn is not None and not conn.closed:
+                self._idle.append(conn)
+            if self._down is not None:
+                log.info("Dashboard: the database answers again")
+                self._down = None
+
+    def _failed(self, exc: BaseException) -> Unavailable:
+        what = str(exc) if isinstance(exc, (DatabaseUnavailable, Unavailable)) \
+            else f"database error: {first_line(exc)}"
+        if self._down is None:
+            log.warning("Dashboard: %s", what)
+        self._down = what
+        return Unavailable(what)
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
+
+
+def _dropped(conn: PgConnection) -> bool:
+    """Has the server ended this idle connection (a restart, an idle timeout, a
+    terminated backend)? An idle connection has nothing to read unless the server
+    said goodbye or closed it; a stale one is replaced, not reported as an outage."""
+    try:  # the unpatched select: gevent's, with no timeout, may answer before it polls
+        readable, _, _ = _select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg2.Error):
+        return True
+    return bool(readable)
+
+
+def _statement_error(exc: psycopg2.Error) -> bool:
+    """An error of the statement, not of the connection (which stays usable)."""
+    return not isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))

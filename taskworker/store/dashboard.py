@@ -1,0 +1,165 @@
+"""The dashboard's statements: the task list, the sampled counts and chart, and
+deleting finished tasks.
+
+The list is paged by keyset (`id < before`, newest first), never OFFSET, so a
+deep page costs what the first does. A filter the indexes serve (none, a live
+status, text among finished tasks through the trigram index of migration 008)
+reads only what it returns; any other filter reads a bounded window of ids per
+page (WINDOW, TEXT_WINDOW), and a page that window did not fill says where the
+search stopped, for the next page to go on below it.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import NamedTuple
+
+from . import sql
+from .database import Database
+from .tasks import FINISHED
+
+LIVE = ("pending", "in_progress")
+WINDOW = 50_000  # ids read per page by a filter no index serves
+TEXT_WINDOW = 10_000  # ids read per page by a text search before the index is asked
+LOWEST = -(2**63)
+HIGHEST = 2**63 - 1
+
+
+class Filter(NamedTuple):
+    """What the list shows: None (or '') for any. `task` '' is tasks without a name."""
+
+    status: str | None = None
+    queue: str | None = None
+    task: str | None = None
+    text: str | None = None  # searched in payload and error, case-insensitively
+
+    @property
+    def pattern(self) -> str | None:
+        """The ILIKE pattern of `text`, its own % _ and \\ taken literally."""
+        if not self.text:
+            return None
+        escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return f"%{escaped}%"
+
+    def params(self) -> dict[str, str | None]:
+        return {"status": self.status or None, "queue": self.queue or None,
+                "task": self.task, "pattern": self.pattern}
+
+
+class Row(NamedTuple):
+    id: int
+    status: str
+    queue: str
+    task: str | None
+    priority: int
+    attempts: int
+    rescues: int
+    payload: str | None  # the first 200 characters
+    payload_length: int | None
+    error: str | None  # the first 200 characters
+    created_at: datetime
+    updated_at: datetime
+    run_at: datetime
+    locked_by: str | None
+    cancel_requested: bool
+
+
+class Page(NamedTuple):
+    rows: list[Row]
+    next_before: int | None  # the next page lists ids below this; None: the end
+    searched_to: int | None  # a page the window did not fill: searched down to this id
+
+
+def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
+    """Up to `limit` tasks matching `f` with ids below `before` (None: the newest)."""
+    if not (f.status or f.queue or f.task or f.text) or (
+            f.status in LIVE and not (f.queue or f.task or f.text)):
+        top = HIGHEST if before is None else before
+        rows = _rows(db, sql.dash_tasks, f, top, LOWEST, limit + 1)
+        return Page(rows[:limit], rows[limit - 1].id if len(rows) > limit else None, None)
+    lowest, highest = db.query(sql.dash_id_range)[0]
+    if highest is None:
+        return Page([], None, None)
+    top = highest + 1 if before is None else min(before, highest + 1)
+    if f.text:
+        return _text_page(db, f, top, limit)
+    floor = max(top - WINDOW, LOWEST)
+    rows = _rows(db, sql.dash_tasks, f, top, floor, limit + 1)
+    if len(rows) > limit:
+        return Page(rows[:limit], rows[limit - 1].id, None)
+    if floor <= lowest:
+        return Page(rows, None, None)
+    return Page(rows, floor, floor)
+
+
+def _text_page(db: Database, f: Filter, top: int, limit: int) -> Page:
+    """A window of the newest ids first (a common word fills the page there, and
+    the trigram index would list most of the table for it), then the index for
+    finished tasks and the partial indexes for live ones below that window."""
+    floor = max(top - TEXT_WINDOW, LOWEST)
+    rows = _rows(db, sql.dash_tasks, f, top, floor, limit + 1)
+    if len(rows) <= limit:
+        want = limit + 1 - len(rows)
+        params = {**f.params(), "before": floor, "limit": want}
+        found: list[Row] = []
+        if f.status is None or f.status in FINISHED:
+            found += [Row(*r) for r in db.query(sql.dash_tasks_text_finished, params)]
+        for status in LIVE if f.status is None else (f.status,) if f.status in LIVE else ():
+            found += [Row(*r) for r in db.query(sql.dash_tasks_text_live,
+                                                {**params, "status": status})]
+        rows += sorted(found, key=lambda r: -r.id)[:want]
+    return Page(rows[:limit], rows[limit - 1].id if len(rows) > limit else None, None)
+
+
+def _rows(db: Database, statement: str, f: Filter, before: int, floor: int,
+          limit: int) -> list[Row]:
+    return [Row(*r) for r in db.query(statement, {**f.params(), "before": before,
+                                                  "floor": floor, "limit": limit})]
+
+
+def matching_ids(db: Database, f: Filter, before: int | None, limit: int) -> list[int]:
+    """Ids of up to `limit` tasks matching `f` below `before`, newest first, read
+    to the end of the table (an action's batch, not a page: no window). With a
+    text and no status, finished tasks only (what the actions act on)."""
+    top = HIGHEST if before is None else before
+    if f.text and (f.status is None or f.status in FINISHED):
+        rows = db.query(sql.dash_tasks_text_finished,
+                        {**f.params(), "before": top, "limit": limit})
+    else:
+        rows = db.query(sql.dash_tasks, {**f.params(), "before": top, "floor": LOWEST,
+                                         "limit": limit})
+    return [r[0] for r in rows]
+
+
+class Count(NamedTuple):
+    status: str
+    queue: str
+    task: str | None
+    tasks: int
+
+
+def counts(db: Database) -> list[Count]:
+    """Every task counted by status, queue and name: a scan (the sampler's, seldom)."""
+    return [Count(status, queue, task or None, n)
+            for status, queue, task, n in db.query(sql.dash_counts)]
+
+
+class Minute(NamedTuple):
+    at: int  # the minute's start, epoch seconds (the database's clock)
+    done: int
+    error: int
+
+
+def finished_per_minute(db: Database, since: float) -> list[Minute]:
+    """Tasks done and in error per minute, from `since` (epoch seconds) on."""
+    return [Minute(int(at), done, error) for at, done, error in db.query(
+        sql.dash_finished_per_minute, {"since": since})]
+
+
+def clock(db: Database) -> float:
+    """The database's now(), epoch seconds."""
+    return float(db.query(sql.dash_now)[0][0])
+
+
+def delete_finished(db: Database, ids: list[int]) -> list[int]:
+    """Delete the finished tasks among `ids`; the ids deleted."""
+    return [r[0] for r in db.query(sql.dash_delete_finished, {"ids": ids})]

@@ -34,8 +34,9 @@ BACKLOG_MAX = 1000  # outcomes waiting to be written beyond which claiming pause
 
 class Completer:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
-                 should_stop: Callable[[], bool]) -> None:
+                 should_stop: Callable[[], bool], frees_slots: bool = True) -> None:
         self.holder = holder
+        self.frees_slots = frees_slots  # runs a task with a concurrency limit (max_running)
         self.dispatch = dispatch
         self.db = ReconnectingConnection(settings, "completer", should_stop=should_stop)
         self._outcomes: Queue = Queue()
@@ -139,7 +140,8 @@ class Completer:
     def _send(self, batch: list[Outcome]) -> set[tuple[int, int]]:
         """Write the batch; the (id, attempt) pairs now in the table."""
         reconnects = self.db.reconnects
-        written = store.complete(self.db, holder=self.holder, writes=[o.write() for o in batch])
+        written = store.complete(self.db, holder=self.holder, writes=[o.write() for o in batch],
+                                 frees_slots=self.frees_slots)
         if self.db.reconnects != reconnects:
             # The connection was lost and the statement sent again: the first send
             # may have committed with its reply lost, and the second found nothing

@@ -79,7 +79,8 @@ class Processor:
         self.monitor = HubMonitor(settings.shutdown_timeout, lambda: self._signals)
         stopping, giving_up = (lambda: self._stopping), (lambda: self._giving_up)
 
-        self.completer = Completer(settings, self.holder, self.dispatch, giving_up)
+        self.completer = Completer(settings, self.holder, self.dispatch, giving_up,
+                                   frees_slots=bool(self.catalog.limits))
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
         self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.catalog,
                                self.completer.backlogged,

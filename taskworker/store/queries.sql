@@ -347,10 +347,8 @@ WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_pr
 -- batch may hold a stale attempt's outcome beside the new attempt's of the same
 -- task, and only the one that matched may be reported. status 'pending' with
 -- given_back gives a task back untouched (the attempt is not counted); with a
--- delay it schedules a retry (or a snooze). The concurrency slots the written
--- tasks held are freed, fenced the same way (only a slot still leased to this
--- holder for that task).
-WITH written AS (
+-- delay it schedules a retry (or a snooze). A process that runs a task with a
+-- concurrency limit sends it as complete_freeing_slots.
 UPDATE tasks AS t
 SET status = v.status,
     result = v.result,
@@ -369,7 +367,16 @@ WHERE t.id = v.id
   AND t.attempts = v.attempt
   AND t.locked_by = %(holder)s
   AND t.status = 'in_progress'
-RETURNING v.id, v.attempt
+RETURNING v.id, v.attempt;
+
+-- name: complete_freeing_slots
+-- `complete` (its text stands for {complete} below), also freeing the concurrency
+-- slots the written tasks held, fenced the same way (only a slot still leased to
+-- this holder for that task). Sent only by a process that runs a limited task:
+-- no other holds a slot, and the second UPDATE costs the busy path a fifth of a
+-- millisecond per batch.
+WITH written AS (
+{complete}
 ),
 freed AS (
     UPDATE taskworker_slots

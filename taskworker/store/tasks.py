@@ -104,6 +104,9 @@ CLAIM = Prepared("taskworker_claim_v7", sql.claim, _CLAIM_TYPES, sql.ordered_pla
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v7", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 
+COMPLETE_FREEING_SLOTS = sql.complete_freeing_slots.replace(
+    "{complete}", sql.complete.rstrip().rstrip(";"))
+
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
 
@@ -186,12 +189,14 @@ def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) ->
 
 
 def complete(db: ReconnectingConnection, *, holder: str, writes: Sequence[OutcomeWrite],
-             ) -> set[tuple[int, int]]:
+             frees_slots: bool = True) -> set[tuple[int, int]]:
     """Write many outcomes in one statement; return the (id, attempt) pairs written
-    (the others were fenced off: `holder` no longer held that attempt). A
-    statement_timeout is raised (QueryCanceled), not sent again: the caller
-    splits the batch."""
-    rows = db.query(sql.complete, resend_on_timeout=False, params={
+    (the others were fenced off: `holder` no longer held that attempt). With
+    `frees_slots`, also free the concurrency slots of the tasks written (a holder
+    that runs no limited task has none). A statement_timeout is raised
+    (QueryCanceled), not sent again: the caller splits the batch."""
+    statement = COMPLETE_FREEING_SLOTS if frees_slots else sql.complete
+    rows = db.query(statement, resend_on_timeout=False, params={
         "holder": holder,
         "ids": [w.id for w in writes],
         "attempts": [w.attempt for w in writes],

@@ -1,0 +1,201 @@
+"""The dashboard in a real browser: Chromium driven by Playwright (tests/browser.py).
+
+What only a browser shows: the pages render and run no inline script (the
+Content-Security-Policy would refuse it, and the console would say so), a user
+can click through a confirmation to retry and cancel, the overview follows a
+task finishing without a reload, and a payload or error written to attack the
+page runs nothing. Screenshots of every page go to tests/artifacts/.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import chromium, screenshot  # noqa: F401 (chromium: a fixture)
+from dashboard_client import running_dashboard
+from invariants import query, wait_until
+
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+ATTACK = "window.__attacked"  # set by any of the payloads below, if one ever ran
+
+
+@pytest.fixture
+def browse(chromium: Any) -> Iterator[Any]:  # noqa: F811
+    """A factory of pages in fresh browser contexts; each page records the console
+    errors and failed requests it saw in `page.problems`."""
+    contexts = []
+
+    def open_page(viewport: dict[str, int] = LAPTOP) -> Any:
+        context = chromium.new_context(viewport=viewport)
+        contexts.append(context)
+        page = context.new_page()
+        page.problems = []
+        page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+        page.on("pageerror", lambda e: page.problems.append(str(e)))
+        page.set_default_timeout(15_000)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def status_of(db: Any, task_id: int) -> str:
+    return query(db, "SELECT status FROM tasks WHERE id = %s", (task_id,))[0][0]
+
+
+def count_shown(page: Any, status: str) -> str:
+    return page.inner_text(f"#count-{status} .n")
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's expect (waiting assertions that run beside the page's own
+    scripts: wait_for_function would evaluate a string in the page, which the
+    dashboard's Content-Security-Policy rightly refuses)."""
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def test_every_page_renders_without_a_script_error(browse: Any, db_url: str, db: Any,
+                                                   serve: Any, tmp_path: Path) -> None:
+    """Overview (laptop and phone), tasks, one task and schedules, with a serve
+    process at work so that the chart and the processes table have something."""
+    query(db, "INSERT INTO tasks (payload, queue, task, priority) SELECT 'report ' || i, "
+              "(ARRAY['default', 'emails', 'images'])[1 + i % 3], NULL, i % 3 "
+              "FROM generate_series(1, 60) AS i")
+    p = serve(db_url, env={"TASK_MIN_SECONDS": "0.05", "TASK_MAX_SECONDS": "0.3",
+                           "TASK_FAILURE_RATE": "0.2", "WORKER_COUNT": "3",
+                           "MAX_RETRIES": "0"})
+    wait_until(lambda: query(db, "SELECT count(*) FROM tasks WHERE status IN "
+                                 "('done', 'error')")[0][0] >= 20, 60, "tasks to finish", [p])
+    [failed] = query(db, "SELECT min(id) FROM tasks WHERE status = 'error'")[0]
+    query(db, "INSERT INTO taskworker_ticks (task, tick, task_id) VALUES "
+              "('nightly_report', date_trunc('hour', now()), %s)", (failed,))
+    with running_dashboard(db_url, tmp_path) as d:
+        base = f"http://127.0.0.1:{d.port}"
+        page = browse()
+        page.goto(base + "/")
+        page.wait_for_selector("#counted:has-text('ago')")
+        expect(page.locator("#count-done .n")).not_to_have_text("0")
+        assert page.locator("#processes tbody tr").count() == 1
+        assert page.locator("#chart rect.done").count() >= 1
+        screenshot(page, "overview")
+
+        page.click("#nav-tasks")
+        page.wait_for_selector("#task-list")
+        assert page.locator("#task-list tbody tr").count() == 50
+        screenshot(page, "tasks")
+        page.select_option("#filter-status", "error")
+        page.click("#filter-submit")
+        page.wait_for_url("**/tasks?status=error*")
+        statuses = page.locator("#task-list .status").all_inner_texts()
+        assert statuses and set(statuses) == {"error"}, statuses
+
+        page.click(f"#task-list a[href='/tasks/{failed}']")
+        page.wait_for_selector("#task-fields")
+        assert page.inner_text("#task-status") == "error"
+        assert "SimulatedFailure" in page.inner_text("#field-error")
+        screenshot(page, "task")
+
+        page.click("#nav-schedules")
+        page.wait_for_selector("text=nightly_report")
+        screenshot(page, "schedules")
+
+        phone = browse(PHONE)
+        phone.goto(base + "/")
+        phone.wait_for_selector("#counted:has-text('ago')")
+        # Usable on a phone: nothing wider than the screen but the tables' own scrollers.
+        assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        screenshot(phone, "overview-phone")
+        for shown in (page, phone):
+            assert shown.problems == [], shown.problems
+
+
+def test_retry_and_cancel_through_their_confirmation(browse: Any, db_url: str, db: Any,
+                                                     tmp_path: Path) -> None:
+    [failed] = query(db, "INSERT INTO tasks (payload, status, error, attempts) VALUES "
+                         "('resize photo 7', 'error', 'TimeoutError: gave up', 4) RETURNING id")[0]
+    [waiting] = query(db, "INSERT INTO tasks (payload, run_at) VALUES "
+                          "('send digest', now() + interval '1 hour') RETURNING id")[0]
+    with running_dashboard(db_url, tmp_path) as d:
+        base = f"http://127.0.0.1:{d.port}"
+        page = browse()
+        page.goto(f"{base}/tasks/{failed}")
+        page.click("#retry-task")
+        page.wait_for_selector("#confirm-form")
+        assert status_of(db, failed) == "error"  # nothing happens before the confirmation
+        screenshot(page, "confirm-retry")
+        page.click("#confirm")
+        page.wait_for_selector("#flash")
+        assert "retr" in page.inner_text("#flash").lower()
+        assert status_of(db, failed) == "pending"
+
+        page.goto(f"{base}/tasks/{waiting}")
+        page.click("#cancel-task")
+        page.click("#cancel-confirm")  # "Go back": changes nothing
+        page.wait_for_selector("#task-fields")
+        assert status_of(db, waiting) == "pending"
+        page.click("#cancel-task")
+        page.click("#confirm")
+        page.wait_for_selector("#flash")
+        assert status_of(db, waiting) == "cancelled"
+        page.goto(f"{base}/tasks/{waiting}")
+        assert page.inner_text("#task-status") == "cancelled"
+        assert page.locator("#cancel-task").count() == 0
+        assert page.problems == [], page.problems
+    log = d.output()
+    assert f"retried task {failed}" in log and f"task {waiting}" in log, log
+
+
+def test_the_overview_follows_a_task_finishing_without_a_reload(
+        browse: Any, db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    [task_id] = query(db, "INSERT INTO tasks (payload) VALUES ('count words') RETURNING id")[0]
+    with running_dashboard(db_url, tmp_path) as d:
+        page = browse()
+        page.goto(f"http://127.0.0.1:{d.port}/")
+        expect(page.locator("#count-pending .n")).to_have_text("1")
+        assert count_shown(page, "done") == "0"
+        page.evaluate("window.__samePage = 'not reloaded'")
+        p = serve(db_url, env={"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0",
+                               "TASK_FAILURE_RATE": "0"})
+        wait_until(lambda: status_of(db, task_id) == "done", 30, "the task to finish", [p])
+        expect(page.locator("#count-done .n")).to_have_text("1", timeout=30_000)
+        expect(page.locator("#count-pending .n")).to_have_text("0")
+        assert page.evaluate("window.__samePage") == "not reloaded"
+        assert page.problems == [], page.problems
+
+
+def test_a_hostile_payload_and_error_run_nothing(browse: Any, db_url: str, db: Any,
+                                                 tmp_path: Path) -> None:
+    payload = (f"<script>{ATTACK} = 'script'</script>"
+               f"<img src=x onerror=\"{ATTACK} = 'img'\">")
+    error = f"<svg onload=\"{ATTACK} = 'svg'\"></svg><a href=\"javascript:{ATTACK}='a'\">x</a>"
+    result = f"javascript:{ATTACK} = 'link'"
+    [task_id] = query(db, "INSERT INTO tasks (payload, status, error, result, queue, task) "
+                          "VALUES (%s, 'error', %s, %s, %s, %s) RETURNING id",
+                      (payload, error, result, f"<b onmouseover=\"{ATTACK}='q'\">q</b>",
+                       f"<script>{ATTACK}='name'</script>"))[0]
+    with running_dashboard(db_url, tmp_path) as d:
+        base = f"http://127.0.0.1:{d.port}"
+        page = browse()
+        for path in ("/", "/tasks", "/tasks?q=script", f"/tasks/{task_id}",
+                     f"/actions/retry?id={task_id}", "/schedules"):
+            page.goto(base + path)
+            page.wait_for_load_state("load")
+            if path == "/":
+                page.wait_for_selector("#counted:has-text('ago')")
+            for link in page.locator("a").all():
+                link.hover()  # (an onmouseover, had one been written into the page)
+            assert page.evaluate(ATTACK) is None, path
+            assert page.locator("a[href^='javascript']").count() == 0, path
+            assert page.locator("img[src='x'], svg[onload]").count() == 0, path
+        page.goto(f"{base}/tasks/{task_id}")
+        assert page.inner_text("#field-payload") == payload  # shown as text
+        assert page.inner_text("#field-error") == error
+        assert page.inner_text("#field-result") == result
+        screenshot(page, "hostile-task")
+        assert page.problems == [], page.problems

@@ -13,3 +13,9 @@ SECONDS = 0.05
 def sleep(payload):
     gevent.sleep(SECONDS)
     return payload
+
+
+def sleep_1s(payload):
+    """The defaults phase's long I/O task: 1 s, for WORKER_COUNT=10000."""
+    gevent.sleep(1.0)
+    return payload

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import baseline, claims, dashboard, pgqueuer_runs, profiling, rawsql, scaling
+from . import baseline, claims, dashboard, defaults, pgqueuer_runs, profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
-          "hosts", "claims", "baseline", "dashboard")
+          "hosts", "claims", "baseline", "dashboard", "defaults")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -79,6 +79,7 @@ class Bench:
     claims: claims.Claims | None = None
     baseline: baseline.Baseline | None = None
     dashboard: dashboard.Result | None = None
+    defaults: defaults.Defaults | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -297,3 +298,9 @@ def phase_dashboard(b: Bench) -> None:
     """Every page at 100 requests/s on 1,000,000 tasks; 008's cost (dashboard.py)."""
     b.dashboard = dashboard.run(b.db("dashboard"), b.db("dashboard_hot"), b.say)
     b.notes.extend(f"dashboard: {n}" for n in b.dashboard.notes)
+
+
+def phase_defaults(b: Bench) -> None:
+    """FETCH_LIMIT unset against set values, no-op and I/O-bound (defaults.py)."""
+    b.defaults = defaults.measure(b.db("defaults"), b.args.quick, 1 if b.args.quick else 3,
+                                  b.say, b.notes)

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import baseline, claims, dashboard, profiling, rawsql, scaling
+from . import baseline, claims, dashboard, defaults, profiling, rawsql, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .phases import MAIN_SETTING, Bench, mb, median_rate
@@ -389,6 +389,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*dashboard.report(b.dashboard), ""]
     if b.baseline is not None:
         out += [*baseline.report(b.baseline), ""]
+    if b.defaults is not None:
+        out += [*defaults.report(b.defaults), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

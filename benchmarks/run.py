@@ -30,6 +30,9 @@ at the end, also on Ctrl+C or failure):
   dashboard      every dashboard page at 100 requests/s on 1,000,000 tasks (p50/p95/p99
                  per page), and no-op throughput with and without migration 008's
                  indexes (benchmarks/dashboard.py)
+  defaults       FETCH_LIMIT unset (claims sized by the idle workers and the task rate)
+                 against set values: no-op at WORKER_COUNT=100, a 50 ms sleep at 500, a
+                 1 s sleep at 10,000 (share of the ideal, peak RSS) (benchmarks/defaults.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -61,6 +64,7 @@ from .phases import (
     phase_claims,
     phase_compare,
     phase_dashboard,
+    phase_defaults,
     phase_finished_rows,
     phase_hosts,
     phase_latency,
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     phases: dict[str, Callable[[Bench], None]] = {
         "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
         "latency": phase_latency, "hosts": phase_hosts,
-        "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard}
+        "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
+        "defaults": phase_defaults}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

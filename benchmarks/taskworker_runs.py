@@ -35,7 +35,7 @@ def env_for(db_url: str, **settings: object) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env["DATABASE_URL"] = db_url
-    env.update({k.upper(): str(v) for k, v in settings.items()})
+    env.update({k.upper(): str(v) for k, v in settings.items() if v is not None})
     return env
 
 

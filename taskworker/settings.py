@@ -42,7 +42,7 @@ class Settings:
     database_url: str  # libpq URL or key=value string; never logged unmasked
     worker_count: int = 5  # worker greenlets in the pool
     fetch_interval: float = 5.0  # seconds between fetches when there is nothing to do
-    fetch_limit: int = 10  # most tasks one claim takes
+    fetch_limit: int | None = None  # most tasks one claim takes; None: sized per claim
     task_min_seconds: float = 1.0  # demo handler: shortest simulated work
     task_max_seconds: float = 4.0  # demo handler: longest simulated work
     task_failure_rate: float = 0.1  # demo handler: share of tasks that fail

@@ -121,6 +121,49 @@ def test_claims_only_what_the_workers_can_start(db_url: str, db: Any,
     assert sum(fetched) == tasks and max(fetched) <= workers + prefetch, fetched
 
 
+def test_without_fetch_limit_fast_tasks_get_large_claims(db_url: str, db: Any,
+                                                         noop_env: dict[str, str],
+                                                         serve: ServeFactory) -> None:
+    """FETCH_LIMIT unset: claims are sized by the idle workers and the task rate,
+    not capped at the original's 10, and never over 1,000."""
+    bulk_insert(db, 3000)
+    p = serve(db_url, env={**noop_env, "WORKER_COUNT": "300", "LOG_LEVEL": "INFO"})
+    wait_for_count(db, "done", 3000, 60, p)
+    stop_all([p], signal.SIGINT)
+    fetched = [int(n) for n in re.findall(r"Fetched (\d+) tasks", p.output())]
+    assert sum(fetched) == 3000, fetched
+    assert max(fetched) > 300 and max(fetched) <= 1000, fetched  # workers + prefetch
+
+
+def test_without_fetch_limit_slow_tasks_are_not_hoarded(db_url: str, db: Any,
+                                                        serve: ServeFactory) -> None:
+    """FETCH_LIMIT unset and tasks that take 0.3 s: once the rate is known, the
+    process queues what its workers finish in 50 ms (one task), not a whole round
+    more (which FETCH_LIMIT set gives: test_claims_only_what_the_workers_can_start),
+    so other processes' workers get the rest."""
+    workers, tasks = 4, 40
+    create_runs_table(db)
+    bulk_insert(db, tasks)
+    p = serve(db_url, env=handler_env("recording", TEST_SLEEP="0.3", WORKER_COUNT=str(workers),
+                                      FETCH_INTERVAL="0.5"))
+    wait_for_count(db, "in_progress", 1, 30, p)
+    settled = time.monotonic() + 1.5  # the first rate is measured after 0.5 s of work
+    held: list[int] = []
+    while count(db, "done") < tasks:
+        assert p.proc.poll() is None, tail(p.output())
+        assert time.monotonic() < settled + 30, f"not done in time\n{tail(p.output())}"
+        [(unfinished,)] = query(
+            db, "SELECT count(*) FROM tasks WHERE status = 'in_progress' AND NOT EXISTS ("
+                "SELECT 1 FROM runs WHERE runs.task_id = tasks.id)")
+        if time.monotonic() > settled and count(db, "pending") > 0:
+            held.append(unfinished)
+        time.sleep(0.005)
+    stop_all([p], signal.SIGINT)
+    assert held, "no sample while tasks were still pending"
+    assert max(held) <= workers + 1, sorted(set(held))
+    assert max(held) >= workers, sorted(set(held))  # the workers were kept busy
+
+
 # --- 6. flat with size: the hot statements stay on their indexes
 
 

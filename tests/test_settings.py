@@ -26,7 +26,7 @@ def test_defaults() -> None:
     assert s.database_url == "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
     assert s.worker_count == 5
     assert s.fetch_interval == 5.0
-    assert s.fetch_limit == 10
+    assert s.fetch_limit is None  # sized per claim (Dispatch.free_slots)
     assert (s.task_min_seconds, s.task_max_seconds, s.task_failure_rate) == (1.0, 4.0, 0.1)
     assert s.log_level == "INFO"
 

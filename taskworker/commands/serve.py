@@ -22,7 +22,8 @@ from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_s
               help="How often to look for tasks when idle: 5, 5s, 1.5, 500ms. "
                    "[env FETCH_INTERVAL; default 5s]")
 @click.option("--fetch-limit", "-l", metavar="N",
-              help="Most tasks claimed in one statement. [env FETCH_LIMIT; default 10]")
+              help="Most tasks claimed in one statement. [env FETCH_LIMIT; default: "
+                   "sized per claim from the idle workers and the task rate, at most 1000]")
 @click.option("--handler", metavar="MODULE:FUNCTION",
               help="The function run for each task without a name. "
                    "[env TASK_HANDLER; default taskworker.handlers:demo, "

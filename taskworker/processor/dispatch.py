@@ -10,6 +10,7 @@ settles them once their outcome is written, and shutdown closes it.
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
@@ -18,6 +19,12 @@ from gevent.event import Event
 from gevent.queue import Queue
 
 from ..store.tasks import ClaimedTask
+
+# FETCH_LIMIT unset: each claim is sized here (free_slots).
+AUTO_LIMIT = 1000  # most tasks an automatic claim takes
+PREFETCH_SECONDS = 0.05  # an automatic claim queues what the workers finish in this long,
+PREFETCH_CLAIMS = 2  # or while this many claims take their measured time, if longer
+RATE_EVERY = 0.5  # seconds over which the task rate is measured
 
 
 class Dispatch:
@@ -32,22 +39,63 @@ class Dispatch:
         self._cancel: set[int] = set()  # held, and `taskworker cancel` asked to stop it
         # worker number -> its task and its greenlet
         self._running: dict[int, tuple[ClaimedTask, gevent.Greenlet]] = {}
+        self._rate: float | None = None  # tasks finished per second; None: none yet
+        self._finished = 0  # tasks finished since _rate_since
+        self._rate_since: float | None = None  # the first finish, then the last measure
+        self._claim_seconds = 0.0  # how long a claim takes (moving average)
 
     # --- the fetcher
 
-    def free_slots(self, fetch_limit: int) -> int:
+    def free_slots(self, fetch_limit: int | None) -> int:
         """How many tasks to claim now: 0 while the workers have enough.
 
-        Idle workers plus one round of prefetch, at most `fetch_limit`; and no
+        Idle workers plus a prefetch, at most `fetch_limit` (FETCH_LIMIT); and no
         claim for only a slot or two while the queue still feeds every worker, so
-        a busy process claims in batches instead of one by one."""
+        a busy process claims in batches instead of one by one.
+
+        With FETCH_LIMIT set, the prefetch is one round (WORKER_COUNT more tasks
+        queued than the workers run), as in the original. Unset (None), the
+        prefetch is what the workers finish, at the task rate measured, while
+        PREFETCH_CLAIMS claims take their measured time (at least PREFETCH_SECONDS;
+        one round until a rate is known; at least one task, at most a round), and a
+        claim takes at most AUTO_LIMIT: fast tasks get large claims and few round
+        trips, and the next tasks are there before the workers run dry; slow ones
+        are not hoarded by one process, their leases running, while other
+        processes' workers sit idle."""
         queued = self._queue.qsize()
         idle = self.worker_count - len(self._running)
-        free = idle + self.worker_count - queued
-        batch = min(fetch_limit, self.worker_count)
+        if fetch_limit is None:
+            rate = self._task_rate()
+            ahead = max(PREFETCH_SECONDS, PREFETCH_CLAIMS * self._claim_seconds)
+            prefetch = self.worker_count if rate is None else min(
+                self.worker_count, max(1, math.ceil(rate * ahead)))
+            limit = AUTO_LIMIT
+        else:
+            prefetch, limit = self.worker_count, fetch_limit
+        free = idle + prefetch - queued
+        batch = min(limit, self.worker_count)
         if idle > queued or free >= max(1, batch // 2):
-            return min(free, fetch_limit)
+            return min(free, limit)
         return 0
+
+    def claimed_in(self, seconds: float) -> None:
+        """A claim took `seconds`, sent to answered (for the automatic prefetch)."""
+        self._claim_seconds = (self._claim_seconds + seconds) / 2 if self._claim_seconds \
+            else seconds
+
+    def _task_rate(self) -> float | None:
+        """Tasks finished per second, measured over RATE_EVERY at least from the
+        first finish (each new measure weighs three times the last, so the rate
+        follows a change within a second, and one idle spell does not zero it)."""
+        if self._rate_since is None:
+            return None
+        now = time.monotonic()
+        elapsed = now - self._rate_since
+        if elapsed >= RATE_EVERY:
+            measured = self._finished / elapsed
+            self._rate = measured if self._rate is None else (self._rate + 3 * measured) / 4
+            self._finished, self._rate_since = 0, now
+        return self._rate
 
     def hand_out(self, tasks: list[ClaimedTask], claimed_at: float) -> None:
         """Queue claimed tasks for the workers, in this order. `claimed_at`: the
@@ -91,6 +139,9 @@ class Dispatch:
     def finished(self, worker: int) -> None:
         """A worker is idle again: the fetcher may claim for it."""
         self._running.pop(worker, None)
+        self._finished += 1
+        if self._rate_since is None:
+            self._rate_since = time.monotonic()
         self._wake.set()
 
     # --- the heartbeat and the completer

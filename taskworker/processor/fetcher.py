@@ -1,7 +1,10 @@
 """Claims tasks for the workers, and rescues tasks whose worker vanished.
 
 The fetcher asks only for what can start soon: as many tasks as there are idle
-workers plus a prefetch of one round, at most FETCH_LIMIT per claim. It claims
+workers plus a prefetch (Dispatch.free_slots: one round with FETCH_LIMIT set, at
+most FETCH_LIMIT per claim; unset, what the workers finish at the measured task
+rate while two claims are on their way, at least 50 ms, at most 1,000 per
+claim). It claims
 again at once while claims come back full, and otherwise sleeps until a NOTIFY,
 a worker going idle, the next retry or lease expiry falling due, or
 FETCH_INTERVAL, whichever comes first.
@@ -117,6 +120,7 @@ class Fetcher:
         result = store.claim(self.db, holder=self.holder, limit=limit, lease=s.lease_seconds,
                              served=served, pairs=self._pairs if fresh else None,
                              inline_bytes=max(CLAIM_BYTES // limit, 1), alone=alone)
+        self.dispatch.claimed_in(time.monotonic() - claimed_at)
         rows = result.rows
         if result.pairs is not None:
             self._pairs, self._pairs_at = result.pairs, claimed_at

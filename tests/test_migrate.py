@@ -102,6 +102,28 @@ def test_migrate_on_a_migrated_database(db_url: str) -> None:
     assert [name for _, name in _recorded(db_url)] == MIGRATIONS
 
 
+def test_008_gives_the_dashboard_a_search_side_table_and_runs_again(db_url: str) -> None:
+    """The dashboard's search lives beside tasks (no GIN index on tasks: see
+    test_dashboard_search.py); every statement of 008 may run again, as after
+    a migrate interrupted half way."""
+    indexes = dict(_query(db_url, "SELECT indexname, indexdef FROM pg_indexes WHERE "
+                                  "tablename IN ('tasks', 'taskworker_search')"))
+    assert "gin (words gin_trgm_ops)" in indexes["taskworker_search_words_idx"]
+    assert "(updated_at, id) WHERE" in indexes["tasks_finished_at_idx"]
+    assert "tasks_finished_text_idx" not in indexes
+    start = [("-infinity", 0, "-infinity")]
+    progress = ("SELECT indexed_at::text, indexed_id, watermark::text "
+                "FROM taskworker_search_progress")
+    assert _query(db_url, progress) == start
+    with closing(psycopg2.connect(db_url)) as conn, conn.cursor() as cur:
+        conn.autocommit = True
+        cur.execute("DELETE FROM schema_migrations WHERE version = 8")
+    code, out, err = run_cli(["migrate"], env={"DATABASE_URL": db_url})
+    assert code == 0, (out, err)
+    assert re.findall(r"Applied migration (\S+)", out) == ["008_dashboard_indexes.sql"]
+    assert _query(db_url, progress) == start
+
+
 def test_two_migrates_at_the_same_moment(empty_db_url: str, tmp_path: Path) -> None:
     env = child_env({"DATABASE_URL": empty_db_url})
     procs = [subprocess.Popen([*CLI, "migrate"], env=env, cwd=str(tmp_path),

@@ -23,6 +23,7 @@ from ..settings import DEFAULT_DASHBOARD_PORT, Settings
 from ..store.database import first_line
 from . import actions, pages
 from .http import Request, Response, StartResponse, redirect, url
+from .indexer import Indexer
 from .pool import Pool, Unavailable
 from .render import Templates
 from .sampler import Sampler
@@ -57,9 +58,11 @@ class Dashboard:
         self.guard = Guard(settings)
         self.pool = Pool(settings)
         self.sampler = Sampler(self.pool)
+        self.indexer = Indexer(self.pool)
         self.templates = Templates()
         self._server: WSGIServer | None = None
         self._sampling: gevent.Greenlet | None = None
+        self._indexing: gevent.Greenlet | None = None
 
     # --- running
 
@@ -75,6 +78,7 @@ class Dashboard:
             raise DashboardError(f"cannot serve the dashboard on {shown}: {reason}") from None
         self._server = server
         self._sampling = gevent.spawn(self.sampler.run)
+        self._indexing = gevent.spawn(self.indexer.run)
         log.info("Dashboard on http://%s/%s%s", shown,
                  " (read-only)" if self.readonly else "",
                  "" if self.guard.required else " (no authentication: loopback only)")
@@ -82,8 +86,9 @@ class Dashboard:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop(timeout=1)
-        if self._sampling is not None:
-            self._sampling.kill()
+        for greenlet in (self._sampling, self._indexing):
+            if greenlet is not None:
+                greenlet.kill()
         self.pool.close()
 
     # --- answering

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import backlog
 from ..schedule_listing import listing
-from ..store import admin, processes
+from ..store import admin, processes, search
 from ..store import dashboard as store
 from ..store import schedules as schedule_store
 from .chart import chart
@@ -121,10 +121,12 @@ def tasks(app: Dashboard, request: Request) -> Response:
             page = store.Page([r for r in found.rows if r.id == wanted_id], None, None)
         else:
             page = store.page(db, f, before, PAGE_SIZE)
+        lag = search.lag(db) if f.text else None
     known = app.sampler.counts.value
     return app.page(request, "tasks.html", page=page, filter=f, query=filter_query(f),
                     qs=url("", filter_query(f)).lstrip("?"),
                     problems=problems, before=before, wanted_id=wanted_id,
+                    lag=lag if lag is not None and lag.behind else None,
                     statuses=admin.STATUSES, no_name=backlog.NO_NAME,
                     known_queues=sorted({c.queue for c in known}),  # type: ignore[attr-defined]
                     known_names=sorted({c.task for c in known if c.task}),  # type: ignore

@@ -8,7 +8,8 @@ only, through their partial indexes), and the tasks done and in error per minute
 since its last look (through the index of finished tasks' times). The full count
 by status, queue and name scans the table: it runs every FULL_EVERY seconds on a
 small table, and less often on a large one, so that it takes at most BUDGET of
-the time. An unwatched dashboard sends nothing.
+the time. An unwatched dashboard samples nothing (its search indexer,
+indexer.py, goes on: it must keep up with the completions).
 """
 from __future__ import annotations
 

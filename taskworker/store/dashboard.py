@@ -3,7 +3,7 @@ deleting finished tasks.
 
 The list is paged by keyset (`id < before`, newest first), never OFFSET, so a
 deep page costs what the first does. A filter the indexes serve (none, a live
-status, text among finished tasks through the trigram index of migration 008)
+status, text among finished tasks through the search side table of migration 008)
 reads only what it returns; any other filter reads a bounded window of ids per
 page (WINDOW, TEXT_WINDOW), and a page that window did not fill says where the
 search stopped, for the next page to go on below it.
@@ -93,8 +93,9 @@ def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
 
 def _text_page(db: Database, f: Filter, top: int, limit: int) -> Page:
     """A window of the newest ids first (a common word fills the page there, and
-    the trigram index would list most of the table for it), then the index for
-    finished tasks and the partial indexes for live ones below that window."""
+    the trigram index would list most of the table for it); below that window,
+    finished tasks through the search side table (and those finished since the
+    indexer last passed, directly), live ones through their partial indexes."""
     floor = max(top - TEXT_WINDOW, LOWEST)
     rows = _rows(db, sql.dash_tasks, f, top, floor, limit + 1)
     if len(rows) <= limit:

@@ -866,7 +866,7 @@ ORDER BY queue, name;
 -- first, matching the filters given (NULL: any); a page of %(limit)s. The window
 -- bounds the rows a filter without an index may read (the caller widens it page
 -- by page); text is searched in the first 1,000 characters of payload and error,
--- the expression of tasks_finished_text_idx (migration 008).
+-- the words the search indexer copies into taskworker_search (migration 008).
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
        cancel_requested_at IS NOT NULL
@@ -882,21 +882,131 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: dash_tasks_text_finished
--- Text search among finished tasks below id %(before)s, through the trigram index
--- tasks_finished_text_idx (its predicate and expression, written as it has them).
+-- Text search among finished tasks below id %(before)s, newest first, in one
+-- statement (one snapshot: the indexer's position read here matches the side
+-- table read here):
+-- (a) the tasks the indexer has reached, through taskworker_search's trigram
+--     index, each rechecked against the task as it is now (status and text: a
+--     stale side row, left by a retry or a delete, never shows a wrong result).
+--     The recheck is a subquery per candidate, not a join: the planner has no
+--     statistics on the text of tasks and would scan the table to join it;
+--     this way the plan is the side table's (its trigram index for a rare word,
+--     its primary key backwards for a common one);
+-- (b) the tasks finished after the indexer's position (updated_at, id), through
+--     tasks_finished_at_idx, searched directly: few while the indexer keeps up.
+-- A task in both (re-finished since it was indexed) is listed once.
+WITH position AS (
+    SELECT indexed_at, indexed_id FROM taskworker_search_progress
+), found (id) AS MATERIALIZED (
+    (SELECT s.task_id
+     FROM taskworker_search s
+     WHERE s.words ILIKE %(pattern)s::text
+       AND s.task_id < %(before)s
+       AND coalesce((
+           SELECT t.status IN ('done', 'error', 'cancelled')
+                  AND (left(coalesce(t.payload, ''), 1000) || ' '
+                       || left(coalesce(t.error, ''), 1000)) ILIKE %(pattern)s::text
+                  AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
+                  AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
+                  AND (%(task)s::text IS NULL OR coalesce(t.task, '') = %(task)s::text)
+           FROM tasks t WHERE t.id = s.task_id), false)
+     ORDER BY s.task_id DESC
+     LIMIT %(limit)s)
+    UNION
+    (SELECT t.id
+     FROM tasks t
+     WHERE t.status IN ('done', 'error', 'cancelled')
+       AND t.updated_at >= (SELECT indexed_at FROM position)
+       AND (t.updated_at, t.id) > ((SELECT indexed_at FROM position),
+                                   (SELECT indexed_id FROM position))
+       AND t.id < %(before)s
+       AND (left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000))
+           ILIKE %(pattern)s::text
+       AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
+       AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
+       AND (%(task)s::text IS NULL OR coalesce(t.task, '') = %(task)s::text)
+     ORDER BY t.id DESC
+     LIMIT %(limit)s)
+)
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
        cancel_requested_at IS NOT NULL
-FROM tasks
-WHERE status IN ('done', 'error', 'cancelled')
-  AND (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
-      ILIKE %(pattern)s::text
-  AND id < %(before)s
-  AND (%(status)s::text IS NULL OR status = %(status)s::text)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+FROM found JOIN tasks USING (id)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: dash_search_lag
+-- How far the search indexer is behind: where it has got (updated_at, id), the
+-- finished tasks past that position (counted up to %(enough)s, through
+-- tasks_finished_at_idx), the oldest of them's updated_at, and the database's now();
+-- NULL for where it has got before its first task.
+SELECT CASE WHEN isfinite(p.indexed_at) THEN p.indexed_at END, p.indexed_id,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM tasks t
+            WHERE t.status IN ('done', 'error', 'cancelled') AND t.updated_at >= p.indexed_at
+              AND (t.updated_at, t.id) > (p.indexed_at, p.indexed_id)
+            LIMIT %(enough)s) AS past),
+       (SELECT min(t.updated_at) FROM tasks t
+        WHERE t.status IN ('done', 'error', 'cancelled') AND t.updated_at >= p.indexed_at
+          AND (t.updated_at, t.id) > (p.indexed_at, p.indexed_id)),
+       now()
+FROM taskworker_search_progress p;
+
+-- name: search_index_pass
+-- One pass of the dashboard's search indexer (store/search.py says why it is
+-- correct): copy the words of up to %(batch)s finished tasks past the position,
+-- in (updated_at, id) order through tasks_finished_at_idx and below the
+-- watermark the previous pass stored; forget up to %(batch)s side rows of tasks
+-- below the table's lowest id (the pruner removed them); store the new position
+-- and a new watermark: least(now(), the start of the oldest other transaction
+-- running in this database) minus %(margin)s seconds. The progress row is taken
+-- FOR UPDATE SKIP LOCKED: a second dashboard indexing at the same moment does
+-- nothing (no rows). Returns the rows copied and the new position.
+WITH progress AS (
+    SELECT indexed_at, indexed_id, watermark FROM taskworker_search_progress
+    FOR UPDATE SKIP LOCKED
+), batch AS (
+    SELECT t.id, t.updated_at,
+           left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000) AS words
+    FROM tasks t
+    WHERE t.status IN ('done', 'error', 'cancelled')
+      AND t.updated_at >= (SELECT indexed_at FROM progress)
+      AND (t.updated_at, t.id) > ((SELECT indexed_at FROM progress),
+                                  (SELECT indexed_id FROM progress))
+      AND t.updated_at < (SELECT watermark FROM progress)
+    ORDER BY t.updated_at, t.id
+    LIMIT %(batch)s
+), copied AS (
+    INSERT INTO taskworker_search (task_id, words, finished_at)
+    SELECT id, words, updated_at FROM batch
+    ON CONFLICT (task_id) DO UPDATE SET words = EXCLUDED.words,
+                                        finished_at = EXCLUDED.finished_at
+    RETURNING 1
+), forgotten AS (
+    DELETE FROM taskworker_search
+    WHERE task_id = ANY(ARRAY(
+        SELECT task_id FROM taskworker_search
+        WHERE task_id < coalesce((SELECT min(id) FROM tasks), %(highest)s)
+        ORDER BY task_id
+        LIMIT %(batch)s))
+    RETURNING 1
+), last AS (
+    SELECT updated_at, id FROM batch ORDER BY updated_at DESC, id DESC LIMIT 1
+), oldest AS (
+    SELECT min(xact_start) AS xact_start FROM pg_stat_activity
+    WHERE datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND backend_type = 'client backend' AND pid <> pg_backend_pid()
+      AND xact_start IS NOT NULL
+)
+UPDATE taskworker_search_progress p
+SET indexed_at = coalesce((SELECT updated_at FROM last), p.indexed_at),
+    indexed_id = coalesce((SELECT id FROM last), p.indexed_id),
+    watermark = least(now(), (SELECT xact_start FROM oldest))
+                - make_interval(secs => %(margin)s),
+    passed_at = now()
+FROM progress
+RETURNING (SELECT count(*) FROM copied), (SELECT count(*) FROM forgotten),
+          CASE WHEN isfinite(p.indexed_at) THEN p.indexed_at END, p.indexed_id;
 
 -- name: dash_tasks_text_live
 -- Text search among the tasks in status %(status)s (pending or in_progress) below
@@ -943,7 +1053,13 @@ SELECT extract(epoch FROM now());
 
 -- name: dash_delete_finished
 -- Delete the finished tasks among %(ids)s (a task retried or re-enqueued since it
--- was listed is left alone); the ids deleted.
-DELETE FROM tasks
-WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('done', 'error', 'cancelled')
-RETURNING id;
+-- was listed is left alone), and their words in the search side table; the ids
+-- deleted.
+WITH deleted AS (
+    DELETE FROM tasks
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('done', 'error', 'cancelled')
+    RETURNING id
+), unsearched AS (
+    DELETE FROM taskworker_search WHERE task_id IN (SELECT id FROM deleted)
+)
+SELECT id FROM deleted;

@@ -73,6 +73,7 @@ class TimedConnection(psycopg2.extensions.connection):
     options`) and would hand the second to other clients' transactions."""
 
     statement_timeout_ms: int | None = 0  # 0: none; None: no prefix (the session's own)
+    local_settings = ""  # more `SET LOCAL ...;` sent in front of each statement (the dashboard's)
     prepared: set[str] | None = None  # statements prepared here; None: never prepare
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
@@ -85,7 +86,8 @@ class TimedCursor(psycopg2.extensions.cursor):
         ms = self.connection.statement_timeout_ms
         if ms is None:  # (a statement that cannot run in a transaction block)
             return super().execute(query, vars)
-        return super().execute(f"SET LOCAL statement_timeout = {ms}; " + query, vars)
+        return super().execute(f"SET LOCAL statement_timeout = {ms}; "
+                               f"{self.connection.local_settings}" + query, vars)
 
 
 def connect(settings: Settings, *, autocommit: bool = True, name: str = "taskworker",

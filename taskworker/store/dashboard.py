@@ -19,7 +19,9 @@ from .tasks import FINISHED
 
 LIVE = ("pending", "in_progress")
 WINDOW = 50_000  # ids read per page by a filter no index serves
-TEXT_WINDOW = 10_000  # ids read per page by a text search before the index is asked
+TEXT_WINDOW = 2_000  # ids read per page by a text search before the index is asked
+# (a word common enough to fill a page there is cheapest found there; 10,000 cost a rare
+# word 12 ms more and its p95 at 100 requests/s went from about 95 to 135 ms)
 LOWEST = -(2**63)
 HIGHEST = 2**63 - 1
 

@@ -80,18 +80,21 @@ def test_no_index_on_tasks_uses_gin(db: Any) -> None:
                      "'taskworker_search_words_idx'")[0][0].find("USING gin") > 0
 
 
-def test_the_dashboards_statements_run_without_jit(db_url: str) -> None:
+def test_the_dashboards_statements_run_without_jit_or_parallel_workers(db_url: str) -> None:
     """The side tables are seldom analyzed (autovacuum may be off or behind), and
     their estimates priced a 1 ms statement past jit_above_cost: compiling it took
-    135 ms, on every request. A dashboard connection runs each statement with JIT
-    off, whatever the server's setting (here forced on for every statement)."""
+    135 ms, on every request; and past the parallel thresholds (two workers started
+    per search). A dashboard connection runs each statement with JIT and parallel
+    workers off, whatever the server's setting (JIT here forced on for every
+    statement)."""
     script = (
         "import sys\n"
         "from taskworker.settings import load\n"
         "from taskworker.dashboard.pool import Pool\n"
         "pool = Pool(load({'DATABASE_URL': sys.argv[1]}))\n"
         "with pool.connection() as db:\n"
-        "    print(db.query('SHOW jit')[0][0], db.query('SHOW jit_above_cost')[0][0])\n")
+        "    print(db.query('SHOW jit')[0][0], db.query('SHOW jit_above_cost')[0][0],\n"
+        "          db.query('SHOW max_parallel_workers_per_gather')[0][0])\n")
     with closing(psycopg2.connect(db_url)) as admin:
         admin.autocommit = True
         name = admin.get_dsn_parameters()["dbname"]
@@ -99,7 +102,7 @@ def test_the_dashboards_statements_run_without_jit(db_url: str) -> None:
     out = subprocess.run([sys.executable, "-c", script, db_url], capture_output=True,
                          text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["off", "0"], out.stdout
+    assert out.stdout.split() == ["off", "0", "0"], out.stdout
 
 
 def test_a_task_is_found_as_it_finishes_and_once_indexed(db_url: str, db: Any,

@@ -24,8 +24,11 @@ _select = get_original("select", "select")
 SIZE = 8  # connections at most; more requests at once wait for one
 # The side tables of search are rarely analyzed (autovacuum may be off or behind):
 # their estimates then price a 1 ms statement past jit_above_cost, and compiling
-# it took 135 ms (measured on 1,000,000 tasks). No dashboard statement gains from JIT.
-NO_JIT = "SET LOCAL jit = off; "
+# it took 135 ms (measured on 1,000,000 tasks); and past the parallel thresholds,
+# so that each search started two parallel workers to read a handful of rows. No
+# dashboard statement gains from either: the dashboard is a background guest of
+# the database the workers need.
+LOCAL_SETTINGS = "SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather = 0; "
 
 
 class Unavailable(Exception):
@@ -50,7 +53,7 @@ class Pool:
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.settings, name="taskworker dashboard")
-                    conn.local_settings = NO_JIT
+                    conn.local_settings = LOCAL_SETTINGS
                 with gevent.Timeout(self.deadline, Unavailable(
                         f"no answer from the database within {self.deadline:g}s")):
                     yield Direct(conn)

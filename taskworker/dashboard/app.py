@@ -18,6 +18,7 @@ import gevent
 from gevent.pywsgi import WSGIServer
 
 from .. import __version__
+from ..listening import shown, start_server
 from ..logs import log
 from ..settings import DEFAULT_DASHBOARD_PORT, Settings
 from ..store.database import first_line
@@ -68,18 +69,11 @@ class Dashboard:
 
     def start(self) -> None:
         """Bind and start answering; DashboardError when the address cannot be used."""
-        shown = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        server = WSGIServer((self.host, self.port), self.app, spawn=100, log=None,
-                            error_log=log)
-        try:
-            server.start()
-        except OSError as exc:
-            reason = exc.args[1] if len(exc.args) == 2 else str(exc) or type(exc).__name__
-            raise DashboardError(f"cannot serve the dashboard on {shown}: {reason}") from None
-        self._server = server
+        self._server = start_server(self.host, self.port, self.app, spawn=100,
+                                    what="the dashboard", error=DashboardError)
         self._sampling = gevent.spawn(self.sampler.run)
         self._indexing = gevent.spawn(self.indexer.run)
-        log.info("Dashboard on http://%s/%s%s", shown,
+        log.info("Dashboard on http://%s/%s%s", shown(self.host, self.port),
                  " (read-only)" if self.readonly else "",
                  "" if self.guard.required else " (no authentication: loopback only)")
 

@@ -14,6 +14,7 @@ from typing import Any
 from gevent.pywsgi import WSGIServer
 from prometheus_client import make_wsgi_app
 
+from ..listening import shown, start_server
 from ..logs import log
 from ..settings import Settings
 from .health import Observed, problems
@@ -36,17 +37,9 @@ class WebServer:
 
     def start(self) -> None:
         """Bind and start answering; MetricsError when the address cannot be used."""
-        shown = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        server = WSGIServer((self.host, self.port), self.app, spawn=10, log=None,
-                            error_log=log)
-        try:
-            server.start()
-        except OSError as exc:
-            # args[1] is the bare message: gevent appends the address to strerror.
-            reason = exc.args[1] if len(exc.args) == 2 else str(exc) or type(exc).__name__
-            raise MetricsError(f"cannot serve metrics on {shown}: {reason}") from None
-        self._server = server
-        log.info("Serving metrics on http://%s/metrics", shown)
+        self._server = start_server(self.host, self.port, self.app, spawn=10,
+                                    what="metrics", error=MetricsError)
+        log.info("Serving metrics on http://%s/metrics", shown(self.host, self.port))
 
     def stop(self) -> None:
         if self._server is not None:

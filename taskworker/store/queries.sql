@@ -6,6 +6,18 @@
 -- Does the tasks table exist? (serve refuses to start without it)
 SELECT to_regclass('tasks') IS NOT NULL;
 
+-- name: claimed_row
+-- What every claim writes to the rows it takes (claim, claim_shares and
+-- claim_alone include it as {claimed_row}): in progress, held by %(holder)s for
+-- %(lease)s seconds, one more attempt (the fencing token the outcome is written
+-- against). A part of those statements, never sent alone.
+status = 'in_progress',
+    run_alone = false,
+    locked_by = %(holder)s,
+    locked_until = now() + %(lease)s * interval '1 second',
+    attempts = t.attempts + 1,
+    updated_at = now()
+
 -- name: claim
 -- Take up to %(limit)s due pending tasks for this process, in one round trip.
 --
@@ -145,12 +157,7 @@ took AS (
 ),
 claimed AS (
     UPDATE tasks AS t
-    SET status = 'in_progress',
-        run_alone = false,
-        locked_by = %(holder)s,
-        locked_until = now() + %(lease)s * interval '1 second',
-        attempts = t.attempts + 1,
-        updated_at = now()
+    SET {claimed_row}
     FROM chosen
     WHERE t.id = chosen.id
       AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
@@ -187,12 +194,7 @@ WITH picked AS MATERIALIZED (
 ),
 claimed AS (
     UPDATE tasks AS t
-    SET status = 'in_progress',
-        run_alone = false,
-        locked_by = %(holder)s,
-        locked_until = now() + %(lease)s * interval '1 second',
-        attempts = t.attempts + 1,
-        updated_at = now()
+    SET {claimed_row}
     FROM picked
     WHERE t.id = picked.id
     RETURNING t.id,
@@ -231,12 +233,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
-SET status = 'in_progress',
-    run_alone = false,
-    locked_by = %(holder)s,
-    locked_until = now() + %(lease)s * interval '1 second',
-    attempts = t.attempts + 1,
-    updated_at = now()
+SET {claimed_row}
 FROM picked
 WHERE t.id = picked.id
 RETURNING t.id,
@@ -370,7 +367,7 @@ WHERE t.id = v.id
 RETURNING v.id, v.attempt;
 
 -- name: complete_freeing_slots
--- `complete` (its text stands for {complete} below), also freeing the concurrency
+-- `complete` (included as {complete}), also freeing the concurrency
 -- slots the written tasks held, fenced the same way (only a slot still leased to
 -- this holder for that task). Sent only by a process that runs a limited task:
 -- no other holds a slot, and the second UPDATE costs the busy path a fifth of a

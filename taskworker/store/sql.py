@@ -9,6 +9,7 @@ import re
 from importlib import resources
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+_PART = re.compile(r"\{(\w+)\}")  # another block's text, included (see parse)
 
 
 def _load() -> dict[str, str]:
@@ -17,7 +18,12 @@ def _load() -> dict[str, str]:
 
 def parse(text: str) -> dict[str, str]:
     """The blocks of a queries.sql text by name, without their comment lines (the
-    benchmark also reads an older commit's file with it)."""
+    benchmark also reads an older commit's file with it).
+
+    `{name}` in a block stands for the text of block `name` (without its final
+    `;`), so that statements sharing a part (the row every claim writes; the
+    completion inside the one that also frees slots) write it once. A `{word}`
+    that names no block is left as it is (a placeholder filled by the caller)."""
     parts = _HEADER.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
     queries = {}
@@ -25,7 +31,9 @@ def parse(text: str) -> dict[str, str]:
         # The description lines are for readers, not for the server.
         lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
         queries[name] = "\n".join(lines).strip()
-    return queries
+    return {name: _PART.sub(lambda m: queries[m.group(1)].rstrip(";").rstrip()
+                            if m.group(1) in queries else m.group(0), body)
+            for name, body in queries.items()}
 
 
 QUERIES: dict[str, str] = _load()

@@ -104,9 +104,6 @@ CLAIM = Prepared("taskworker_claim_v7", sql.claim, _CLAIM_TYPES, sql.ordered_pla
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v7", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 
-COMPLETE_FREEING_SLOTS = sql.complete_freeing_slots.replace(
-    "{complete}", sql.complete.rstrip().rstrip(";"))
-
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
 
@@ -195,7 +192,7 @@ def complete(db: ReconnectingConnection, *, holder: str, writes: Sequence[Outcom
     `frees_slots`, also free the concurrency slots of the tasks written (a holder
     that runs no limited task has none). A statement_timeout is raised
     (QueryCanceled), not sent again: the caller splits the batch."""
-    statement = COMPLETE_FREEING_SLOTS if frees_slots else sql.complete
+    statement = sql.complete_freeing_slots if frees_slots else sql.complete
     rows = db.query(statement, resend_on_timeout=False, params={
         "holder": holder,
         "ids": [w.id for w in writes],

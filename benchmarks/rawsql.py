@@ -38,7 +38,11 @@ class PerTask:
 # run with a message naming it.
 VALUES: dict[str, str | PerTask] = {
     "limit": ":batch",  # claim size
-    "alone": "false",  # the ordinary claim
+    # claim_shares, as a busy process sends it: the one queue, its share the batch,
+    # tasks without a name (the default handler).
+    "queues": "ARRAY['default']",
+    "shares": "ARRAY[:batch]",
+    "names": "ARRAY['']",
     "holder": "'pgbench'",  # locked_by, and the completion's fence on it
     "lease": "30",  # seconds
     "inline_bytes": "41943",  # payloads loaded with the claim, as serve's at FETCH_LIMIT 100
@@ -92,15 +96,27 @@ def to_pgbench(name: str) -> tuple[str, dict[str, PerTask]]:
     return text, per_task
 
 
+CLAIM = "claim_shares"  # the claim a busy process sends (see queries.sql)
+_FINAL = re.compile(r"^\(?SELECT\b", re.MULTILINE)  # a statement's last part, unindented
+
+
 def pgbench_script() -> str:
     """One worker round in batches of :batch tasks: the claim, then, in a second
-    transaction, the completion of every task it returned."""
-    claim, in_claim = to_pgbench("claim")
+    transaction, the completion of every task it returned.
+
+    The claim is a WITH of data-modifying parts, which may not be nested in
+    another WITH: its final SELECT becomes one more part, `result`, and the
+    script's own SELECT aggregates that."""
+    claim, in_claim = to_pgbench(CLAIM)
     if in_claim:
         raise BenchError(
-            f"taskworker's 'claim' statement has parameter(s) {', '.join(in_claim)}, "
+            f"taskworker's {CLAIM!r} statement has parameter(s) {', '.join(in_claim)}, "
             "which VALUES in benchmarks/rawsql.py gives per claimed task: the claim "
             "needs plain values")
+    final = _FINAL.search(claim)
+    if not claim.startswith("WITH") or final is None:
+        raise BenchError(f"taskworker's {CLAIM!r} statement is not a WITH ... SELECT: "
+                         "benchmarks/rawsql.py cannot wrap it")
     complete, arrays = to_pgbench("complete")
     # One row of aggregates over the claimed rows: the aggregates of one SELECT see
     # the rows in the same order, so the arrays line up element by element.
@@ -110,8 +126,8 @@ def pgbench_script() -> str:
     return (
         "-- pgbench script built by benchmarks/rawsql.py from taskworker's claim and\n"
         "-- complete statements (taskworker/store/queries.sql); run with -D batch=N.\n"
-        f"WITH claimed AS (\n{claim}\n)\n"
-        f"SELECT {columns or 'count(*) AS claimed'}\nFROM claimed\n\\gset\n"
+        f"{claim[:final.start()].rstrip()},\nresult AS (\n{claim[final.start():]}\n)\n"
+        f"SELECT {columns or 'count(*) AS claimed'}\nFROM result\n\\gset\n"
         f"{complete};\n")
 
 

@@ -3,19 +3,27 @@
 Workers hand their outcomes to one completer greenlet (with its own connection)
 instead of writing them themselves: while one batch is on the wire the next one
 gathers, so a busy process sends one UPDATE for many tasks and an idle one still
-writes each outcome at once. A batch holds at most BATCH_MAX outcomes and
-BATCH_BYTES of results (one large result goes alone), and a batch the server
-cancels (statement_timeout) is split in halves, so one outcome never holds back
-the others. Every row is written only if this process still holds that attempt;
-the rest are reported as lease lost, after a check of the rows when the
-connection was lost mid-write (the write may have committed, its reply lost).
+writes each outcome at once. A busy fetcher takes the outcomes along with its
+next claim instead (`take`, claim_shares_completing: one round trip per batch):
+while such a claim is on the wire, the completer leaves what gathers to the
+claim that follows it, and writes only what no claim took.
+
+A batch holds at most BATCH_MAX outcomes and BATCH_BYTES of results (one large
+result goes alone), and a batch the server cancels (statement_timeout) is split
+in halves, so one outcome never holds back the others. Every row is written only
+if this process still holds that attempt; the rest are reported as lease lost,
+after a check of the rows when the connection was lost mid-write (the write may
+have committed, its reply lost).
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+import gevent
 import psycopg2.errors
+from gevent.event import Event
 from gevent.queue import Queue
 
 from ..logs import log
@@ -30,6 +38,7 @@ from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, SNOO
 BATCH_MAX = 1000  # outcomes in one statement
 BATCH_BYTES = 4 * 1024 * 1024  # bytes of results in one statement (at least one outcome)
 BACKLOG_MAX = 1000  # outcomes waiting to be written beyond which claiming pauses
+CLAIM_WAIT = 0.5  # seconds the completer leaves outcomes to a claim on the wire, at most
 
 
 class Completer:
@@ -44,10 +53,60 @@ class Completer:
         self._unwritten = 0  # outcomes handed over and not yet written (or fenced off)
         self._written = dict.fromkeys(KINDS, 0)  # outcomes written, by kind
         self._lease_lost = 0  # outcomes fenced off: another process took the task over
+        self._no_claim = Event()  # clear while a claim that takes outcomes is on the wire
+        self._no_claim.set()
+        # (id, attempt) of outcomes a claim took and gave back after losing its
+        # connection: they may have been written (see _send).
+        self._uncertain: set[tuple[int, int]] = set()
 
     def put(self, outcome: Outcome) -> None:
         self._unwritten += 1
         self._outcomes.put(outcome)
+
+    # --- the fetcher's side: outcomes written along with a claim
+
+    def take(self) -> list[Outcome]:
+        """The outcomes waiting now (at most a batch), for the fetcher to write
+        with its claim; none while the process holds concurrency slots (the
+        claim does not free them). They stay unwritten until `landed` or
+        `give_back` is called with them."""
+        if self.frees_slots:
+            return []
+        batch: list[Outcome] = []
+        size = 0
+        while len(batch) < BATCH_MAX and not self._outcomes.empty():
+            item = self._outcomes.peek()
+            if item is None or (batch and size + item.size > BATCH_BYTES):
+                break  # (stop() is for run(); a large result goes in a batch of its own)
+            batch.append(self._outcomes.get_nowait())
+            size += item.size
+        return batch
+
+    @contextmanager
+    def claiming(self) -> Iterator[None]:
+        """A claim that will take outcomes is on the wire: the completer leaves
+        what gathers meanwhile to the next claim (for CLAIM_WAIT at most)."""
+        self._no_claim.clear()
+        try:
+            yield
+        finally:
+            self._no_claim.set()
+
+    def landed(self, batch: list[Outcome], written: set[tuple[int, int]]) -> None:
+        """`take`n outcomes were sent with a claim: `written` are in the table,
+        the others were fenced off."""
+        self._report(batch, written)
+
+    def give_back(self, batch: list[Outcome], maybe_written: bool) -> None:
+        """`take`n outcomes were not written with the claim: the completer writes
+        them. `maybe_written`: the claim's connection was lost, it may have
+        committed them (the completer then checks the rows)."""
+        if maybe_written:
+            self._uncertain.update((o.task.id, o.task.attempt) for o in batch)
+        for outcome in batch:
+            self._outcomes.put(outcome)
+
+    # --- the processor's side
 
     def stop(self) -> None:
         """Ask run() to write what is queued, then return."""
@@ -99,7 +158,13 @@ class Completer:
                     break
                 item = self._outcomes.get_nowait()
             else:
-                item = self._outcomes.get()
+                self._outcomes.peek()  # (waits for one)
+                if not self._no_claim.is_set():
+                    self._no_claim.wait(CLAIM_WAIT)
+                    gevent.sleep(0)  # the fetcher sends its next claim first
+                    if self._outcomes.empty():  # it took them
+                        continue
+                item = self._outcomes.get_nowait()
             if item is None:
                 stopping = True
                 continue
@@ -142,14 +207,13 @@ class Completer:
         reconnects = self.db.reconnects
         written = store.complete(self.db, holder=self.holder, writes=[o.write() for o in batch],
                                  frees_slots=self.frees_slots)
-        if self.db.reconnects != reconnects:
-            # The connection was lost and the statement sent again: the first send
-            # may have committed with its reply lost, and the second found nothing
-            # left to write. Ask the rows before calling those outcomes discarded.
-            written |= _committed_before_the_loss(self.db, batch, written)
+        uncertain = self._uncertain and any(
+            (o.task.id, o.task.attempt) in self._uncertain for o in batch)
+        written = confirm(self.db, batch, written,
+                          lost=self.db.reconnects != reconnects or bool(uncertain))
+        if uncertain:
+            self._uncertain.difference_update((o.task.id, o.task.attempt) for o in batch)
         landed = [o for o in batch if (o.task.id, o.task.attempt) in written]
-        if any(o.wakes_others for o in landed):
-            store.wake_others(self.db)
         if any(o.kind in (RETRY, SNOOZE) and o.delay for o in landed):
             # The fetcher may have worked out its sleep while the row was still
             # in progress: let it look at the new run_at.
@@ -209,6 +273,21 @@ class Completer:
             elif o.kind == SNOOZE:
                 log.info("[Worker %d] Task ID: %d snoozed for %.1fs", o.worker, task.id,
                          o.delay or 0, extra=_fields(o))
+
+
+def confirm(db: ReconnectingConnection, batch: list[Outcome], written: set[tuple[int, int]],
+            lost: bool) -> set[tuple[int, int]]:
+    """The outcomes of `batch` written, after a statement that wrote `written`
+    (and then, when one of them landed that makes tasks claimable, a wake-up of
+    every process's fetcher). `lost`: the connection was lost and the statement
+    sent again: the first send may have committed with its reply lost, and the
+    second found nothing left to write; the rows are asked before those
+    outcomes are called discarded."""
+    if lost:
+        written = written | _committed_before_the_loss(db, batch, written)
+    if any(o.wakes_others for o in batch if (o.task.id, o.task.attempt) in written):
+        store.wake_others(db)
+    return written
 
 
 def _committed_before_the_loss(db: ReconnectingConnection, batch: list[Outcome],

@@ -57,18 +57,19 @@ class Dispatch:
         queued than the workers run), as in the original. Unset (None), the
         prefetch is what the workers finish, at the task rate measured, while
         PREFETCH_CLAIMS claims take their measured time (at least PREFETCH_SECONDS;
-        one round until a rate is known; at least one task, at most a round), and a
-        claim takes at most AUTO_LIMIT: fast tasks get large claims and few round
-        trips, and the next tasks are there before the workers run dry; slow ones
-        are not hoarded by one process, their leases running, while other
-        processes' workers sit idle."""
+        one round until a rate is known; at least one task), and a claim takes at
+        most AUTO_LIMIT: fast tasks get large claims and few round trips (a
+        hundred workers of tasks that take microseconds claim hundreds ahead),
+        and the next tasks are there before the workers run dry; slow ones are
+        not hoarded by one process, their leases running, while other processes'
+        workers sit idle."""
         queued = self._queue.qsize()
         idle = self.worker_count - len(self._running)
         if fetch_limit is None:
             rate = self._task_rate()
             ahead = max(PREFETCH_SECONDS, PREFETCH_CLAIMS * self._claim_seconds)
             prefetch = self.worker_count if rate is None else min(
-                self.worker_count, max(1, math.ceil(rate * ahead)))
+                AUTO_LIMIT, max(1, math.ceil(rate * ahead)))
             limit = AUTO_LIMIT
         else:
             prefetch, limit = self.worker_count, fetch_limit

@@ -9,6 +9,10 @@ again at once while claims come back full, and otherwise sleeps until a NOTIFY,
 a worker going idle, the next retry or lease expiry falling due, or
 FETCH_INTERVAL, whichever comes first.
 
+A busy fetcher's claim also writes the outcomes the completer has waiting
+(claim_shares_completing): one round trip per batch instead of a claim and a
+completion, with the completion fenced as the completer's own.
+
 It claims only while the heartbeat renews leases (a process holds no claim it
 cannot keep), and loads payloads within CLAIM_BYTES per claim; a payload over
 MAX_PAYLOAD_BYTES (a row inserted without enqueue's check) ends its task in
@@ -28,10 +32,12 @@ from collections.abc import Callable
 from ..logs import log
 from ..settings import Settings
 from ..store import tasks as store
-from ..store.connection import ReconnectingConnection
+from ..store.connection import ReconnectingConnection, Stopped
+from ..store.database import first_line
 from ..store.tasks import ClaimedTask
 from . import memory
 from .catalog import Catalog
+from .completer import Completer, confirm
 from .dispatch import Dispatch
 from .outcomes import GIVE_BACK, REFUSE, Outcome
 
@@ -45,14 +51,15 @@ CLAIM_BYTES = 4 * 1024 * 1024  # payload bytes one claim loads (at least one tas
 
 class Fetcher:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch, catalog: Catalog,
-                 backlogged: Callable[[], bool], renewing: Callable[[], bool],
-                 outcome: Callable[[Outcome], None], should_stop: Callable[[], bool]) -> None:
+                 completer: Completer, renewing: Callable[[], bool],
+                 should_stop: Callable[[], bool]) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.outcome = outcome  # hands an outcome to the completer
+        self.completer = completer
+        self.outcome = completer.put  # hands an outcome to the completer
         self.holder = holder
         self.dispatch = dispatch
-        self.backlogged = backlogged  # the completer has too many outcomes to write
+        self.backlogged = completer.backlogged  # too many outcomes wait to be written
         self.renewing = renewing  # the heartbeat renews leases
         self.should_stop = should_stop
         self.db = ReconnectingConnection(settings, "fetcher", should_stop=should_stop,
@@ -117,9 +124,16 @@ class Fetcher:
         claimed_at = time.monotonic()
         served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
         fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
-        result = store.claim(self.db, holder=self.holder, limit=limit, lease=s.lease_seconds,
-                             served=served, pairs=self._pairs if fresh else None,
-                             inline_bytes=max(CLAIM_BYTES // limit, 1), alone=alone)
+        inline_bytes = max(CLAIM_BYTES // limit, 1)
+        shared = None if alone else store.busy_shares(served, self._pairs if fresh else None,
+                                                      limit)
+        if shared is not None:  # (a busy process: see claim_shares)
+            result = self._claim_shares(shared, served.names, inline_bytes)
+        else:
+            result = store.claim(self.db, holder=self.holder, limit=limit,
+                                 lease=s.lease_seconds, served=served,
+                                 pairs=self._pairs if fresh else None,
+                                 inline_bytes=inline_bytes, alone=alone)
         self.dispatch.claimed_in(time.monotonic() - claimed_at)
         rows = result.rows
         if result.pairs is not None:
@@ -153,6 +167,44 @@ class Fetcher:
             self.db.recycle()  # give back the buffer that received them
         self._claimed += len(tasks)
         return tasks, more
+
+    def _claim_shares(self, shared: dict[str, int], names: list[str],
+                      inline_bytes: int) -> store.Claim:
+        """claim_shares, writing the outcomes the completer has waiting in the
+        same statement (and meanwhile, the completer leaves the outcomes that
+        gather to the next claim). Outcomes this claim could not write go back
+        to the completer, which writes them apart (splitting a batch the server
+        cancels, storing what a row refuses as the task's error)."""
+        lease = self.settings.lease_seconds
+        outcomes = self.completer.take()
+        if not outcomes:
+            with self.completer.claiming():
+                return store.claim_shares(self.db, holder=self.holder, lease=lease,
+                                          names=names, shared=shared,
+                                          inline_bytes=inline_bytes)
+        reconnects = self.db.reconnects
+        try:
+            with self.completer.claiming():
+                result = store.claim_shares_completing(
+                    self.db, holder=self.holder, lease=lease, names=names, shared=shared,
+                    inline_bytes=inline_bytes, writes=[o.write() for o in outcomes])
+            written = confirm(self.db, outcomes, result.written,
+                              lost=self.db.reconnects != reconnects)
+        except Stopped:
+            self.completer.give_back(outcomes, maybe_written=True)
+            raise
+        except Exception as exc:  # the statement was refused whole: nothing written
+            lost = self.db.reconnects != reconnects
+            self.completer.give_back(outcomes, maybe_written=lost)
+            log.info("Claim with %d outcomes refused (%s): the completer writes them",
+                     len(outcomes), first_line(exc))
+            return store.claim_shares(self.db, holder=self.holder, lease=lease, names=names,
+                                      shared=shared, inline_bytes=inline_bytes)
+        except BaseException:  # (killed at shutdown: the statement may have committed)
+            self.completer.give_back(outcomes, maybe_written=True)
+            raise
+        self.completer.landed(outcomes, written)
+        return result
 
     def _drop_drained(self, rows: list[store.Claimed], limit: int,
                       rooms: dict[str, int]) -> None:

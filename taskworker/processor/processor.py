@@ -83,8 +83,7 @@ class Processor:
                                    frees_slots=bool(self.catalog.limits))
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
         self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.catalog,
-                               self.completer.backlogged,
-                               self.heartbeat.renewing, self.completer.put, stopping)
+                               self.completer, self.heartbeat.renewing, stopping)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, stopping) if settings.metrics_port else None

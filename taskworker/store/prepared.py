@@ -33,7 +33,7 @@ class Prepared:
     not be given one type by inference)."""
 
     def __init__(self, name: str, text: str, types: Mapping[str, str],
-                 prefix: str = "") -> None:
+                 prefix: str = "", generic: bool = True) -> None:
         self.name = name
         self.text = text  # the statement as sent whole
         self.prefix = prefix  # settings sent in front, in the same transaction
@@ -43,7 +43,10 @@ class Prepared:
         declared = ", ".join(types[p] for p in self.params)
         self._execute = f"EXECUTE {name}({args})"
         self._prepare = f"PREPARE {name}({declared}) AS {body};\n"
-        self._generic = "SET LOCAL plan_cache_mode = force_generic_plan;\n"
+        # Planned once (generic), or for the values of each execution (custom:
+        # PREPARE then saves the parsing only).
+        self._generic = (f"SET LOCAL plan_cache_mode = "
+                         f"{'force_generic_plan' if generic else 'force_custom_plan'};\n")
 
     def sql_for(self, conn: Any) -> str:
         """What to send on `conn` (whose `prepared` says what it has prepared)."""

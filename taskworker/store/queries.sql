@@ -180,7 +180,14 @@ SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
 -- %(shares)s). The same ordered scan per queue, the same columns; a queue paused
 -- since is skipped. (Half a millisecond less per claim than the whole `claim`,
 -- which a busy process sends hundreds of times a second.)
-WITH picked AS MATERIALIZED (
+WITH {shares_claimed}
+SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+ORDER BY priority DESC, run_at, id;
+
+-- name: shares_claimed
+-- The parts of claim_shares that pick and take the rows (claim_shares and
+-- claim_shares_completing include them as {shares_claimed}). Never sent alone.
+picked AS MATERIALIZED (
     SELECT c.id, s.share
     FROM unnest(%(queues)s::text[], %(shares)s::int[]) AS s(queue, share)
     CROSS JOIN LATERAL (
@@ -204,8 +211,25 @@ claimed AS (
               t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
               t.priority, t.run_at
 )
-SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
-ORDER BY priority DESC, run_at, id;
+
+-- name: claim_shares_completing
+-- One round trip per batch for a busy process: `complete` (the outcomes of the
+-- tasks it last ran, fenced the same way) and claim_shares, in one statement and
+-- one transaction. Both parts see the same snapshot: the rows being completed are
+-- in progress there, so the claim never takes one of them (a task given back
+-- here is claimable from the next claim on). Returns claim_shares' rows, then one
+-- row per outcome written: id and, in the last column, the attempt written
+-- (NULL in the claimed rows).
+WITH written AS (
+{complete}
+),
+{shares_claimed}
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel,
+        NULL::int AS written
+ FROM claimed
+ ORDER BY priority DESC, run_at, id)
+UNION ALL
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, attempt FROM written;
 
 -- name: ordered_plans
 -- Sent in front of a claim, in its transaction: only ordered index scans, so the

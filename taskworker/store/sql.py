@@ -21,8 +21,9 @@ def parse(text: str) -> dict[str, str]:
     benchmark also reads an older commit's file with it).
 
     `{name}` in a block stands for the text of block `name` (without its final
-    `;`), so that statements sharing a part (the row every claim writes; the
-    completion inside the one that also frees slots) write it once. A `{word}`
+    `;`; its own parts expanded in turn), so that statements sharing a part
+    (the row every claim writes; the completion inside the one that also frees
+    slots) write it once. A `{word}`
     that names no block is left as it is (a placeholder filled by the caller)."""
     parts = _HEADER.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
@@ -31,9 +32,20 @@ def parse(text: str) -> dict[str, str]:
         # The description lines are for readers, not for the server.
         lines = [line for line in body.strip().splitlines() if not line.startswith("--")]
         queries[name] = "\n".join(lines).strip()
-    return {name: _PART.sub(lambda m: queries[m.group(1)].rstrip(";").rstrip()
-                            if m.group(1) in queries else m.group(0), body)
-            for name, body in queries.items()}
+    return {name: _expand(queries, name, ()) for name in queries}
+
+
+def _expand(queries: dict[str, str], name: str, within: tuple[str, ...]) -> str:
+    """Block `name` with its `{part}`s replaced by their own expanded text."""
+    if name in within:
+        raise ValueError(f"queries.sql: block {name!r} includes itself")
+
+    def part(m: re.Match[str]) -> str:
+        if m.group(1) not in queries:
+            return m.group(0)
+        return _expand(queries, m.group(1), (*within, name)).rstrip(";").rstrip()
+
+    return _PART.sub(part, queries[name])
 
 
 QUERIES: dict[str, str] = _load()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
-from . import sql
+from . import arrays, sql
 from .database import Database
 from .prepared import Prepared
 from .sharing import shares
@@ -103,6 +103,16 @@ _CLAIM_TYPES = {
 CLAIM = Prepared("taskworker_claim_v7", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v7", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
+_COMPLETE_TYPES = {
+    "ids": "bigint[]", "attempts": "int[]", "statuses": "text[]", "results": "text[]",
+    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]"}
+# Planned for its values each time (custom plans): a generic plan guesses the
+# outcomes' unnest() at a few rows and joins them by a nested loop, four times
+# slower for a batch of hundreds than the hash join planned for the real count.
+CLAIM_SHARES_COMPLETING = Prepared(
+    "taskworker_claim_shares_completing_v1", sql.claim_shares_completing,
+    {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}, sql.ordered_plans + "\n",
+    generic=False)
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
@@ -110,6 +120,14 @@ Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 class Claim(NamedTuple):
     rows: list[Claimed]  # in the order to run them: priority, due time, id
     pairs: Pairs | None  # the (queue, name) pairs with pending tasks, when discovered
+    written: set[tuple[int, int]] = set()  # claim_shares_completing: (id, attempt) written
+
+
+def busy_shares(served: Served, pairs: Pairs | None, limit: int) -> dict[str, int] | None:
+    """The claim of `limit` tasks as each queue's share, when it can be sent as
+    claim_shares (the pairs are known, and no name has a concurrency limit);
+    else None: the whole `claim` statement must be sent."""
+    return None if pairs is None or served.limited else shares(served, pairs, limit)
 
 
 def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served = EVERYTHING,
@@ -118,12 +136,10 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
     `alone`: only a task that must run alone); payloads over `inline_bytes` are
     left unloaded (see `payloads`). `pairs`: the (queue, name) pairs found by an
     earlier claim; None: find them now (returned in the Claim)."""
-    shared = None if alone or pairs is None or served.limited else shares(served, pairs, limit)
+    shared = None if alone else busy_shares(served, pairs, limit)
     if shared is not None:  # (the common case of a busy process: see claim_shares)
-        found = db.query(CLAIM_SHARES, {
-            "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
-            "names": served.names, "queues": list(shared), "shares": list(shared.values())})
-        return Claim(_claimed(found, inline_bytes), None)
+        return claim_shares(db, holder=holder, lease=lease, names=served.names,
+                            shared=shared, inline_bytes=inline_bytes)
     statement = sql.claim_alone if alone else CLAIM
     found = db.query(statement, {
         "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
@@ -133,6 +149,35 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
         "pair_names": [n for _, n in pairs or ()]})
     return Claim(_claimed(found, inline_bytes), None if pairs is not None or alone else
                  [(row[6], row[5]) for row in found if row[0] is None])
+
+
+def claim_shares(db: Database, *, holder: str, lease: float, names: list[str],
+                 shared: dict[str, int], inline_bytes: int = 2**62) -> Claim:
+    """Claim `shared[queue]` due tasks of each queue (tasks named in `names`),
+    as `claim` does for a busy process (see busy_shares)."""
+    found = db.query(CLAIM_SHARES, _shares_params(holder, lease, names, shared, inline_bytes))
+    return Claim(_claimed(found, inline_bytes), None)
+
+
+def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: float,
+                            names: list[str], shared: dict[str, int], inline_bytes: int,
+                            writes: Sequence[OutcomeWrite]) -> Claim:
+    """claim_shares, and in the same statement write `writes` as `complete`
+    does (fenced); the Claim's `written` holds the (id, attempt) pairs written.
+    A statement_timeout is raised (QueryCanceled), not sent again: the caller
+    writes the outcomes apart."""
+    found = db.query(CLAIM_SHARES_COMPLETING, {
+        **_shares_params(holder, lease, names, shared, inline_bytes),
+        **_outcome_arrays(writes)}, resend_on_timeout=False)
+    return Claim(_claimed([row for row in found if row[9] is None], inline_bytes), None,
+                 {(row[0], row[9]) for row in found if row[9] is not None})
+
+
+def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str, int],
+                   inline_bytes: int) -> dict[str, object]:
+    return {"limit": sum(shared.values()), "holder": holder, "lease": lease,
+            "inline_bytes": inline_bytes, "names": names, "queues": list(shared),
+            "shares": list(shared.values())}
 
 
 def _claimed(found: list[tuple], inline_bytes: int) -> list[Claimed]:
@@ -193,17 +238,21 @@ def complete(db: ReconnectingConnection, *, holder: str, writes: Sequence[Outcom
     that runs no limited task has none). A statement_timeout is raised
     (QueryCanceled), not sent again: the caller splits the batch."""
     statement = sql.complete_freeing_slots if frees_slots else sql.complete
-    rows = db.query(statement, resend_on_timeout=False, params={
-        "holder": holder,
-        "ids": [w.id for w in writes],
-        "attempts": [w.attempt for w in writes],
-        "statuses": [w.status for w in writes],
-        "results": [w.result for w in writes],
-        "errors": [w.error for w in writes],
-        "delays": [w.delay for w in writes],
-        "given_back": [w.given_back for w in writes],
-    })
+    rows = db.query(statement, {"holder": holder, **_outcome_arrays(writes)},
+                    resend_on_timeout=False)
     return {(task_id, attempt) for task_id, attempt in rows}
+
+
+def _outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:
+    """The parameters of `complete`: one array per column, one element per
+    outcome, as array literals (see arrays.py)."""
+    return {"ids": arrays.numbers(w.id for w in writes),
+            "attempts": arrays.numbers(w.attempt for w in writes),
+            "statuses": arrays.texts(w.status for w in writes),
+            "results": arrays.texts(w.result for w in writes),
+            "errors": arrays.texts(w.error for w in writes),
+            "delays": arrays.numbers(w.delay for w in writes),
+            "given_back": arrays.booleans(w.given_back for w in writes)}
 
 
 def outcome_rows(db: Database, ids: Sequence[int]) -> dict[int, RowState]:

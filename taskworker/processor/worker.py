@@ -158,9 +158,9 @@ class Worker:
         else:
             outcome = Outcome(task, n, ERROR, error=message, size=len(message))
         outcome.frees_slot = limited
-        if outcome.kind == ERROR:
-            log.info("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
-                     extra=_fields(task, n))
+        if outcome.kind == ERROR:  # a warning: LOG_LEVEL=WARNING still shows every failure
+            log.warning("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
+                        extra=_fields(task, n))
         return outcome
 
     def _crashed(self, task: ClaimedTask, n: int, exc: BaseException) -> Outcome:

@@ -114,7 +114,10 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     logging.captureWarnings does, but without the source line that
     warnings.formatwarning adds on a second line)."""
     if file is not None:  # written somewhere on purpose (warnings.showwarning(..., file=f))
-        file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        try:
+            file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        except OSError:  # (as warnings' own: a closed file loses the warning)
+            pass
         return
     logging.getLogger("py.warnings").warning("%s:%s: %s: %s", filename, lineno,
                                              category.__name__, message)
@@ -148,11 +151,11 @@ def _hub_errors_to_log() -> None:
     gevent.get_hub().print_exception = report
 
 
-def error_line(message: str) -> str:
+def error_line(message: str, fmt: str | None = None) -> str:
     """The line a command that cannot go on ends with: `Error: message`, or in
-    JSON mode a record of level error."""
-    if _format == "json":
-        return format_line("error", message, {})
+    JSON (`fmt`, else the format setup() was given) a record of level error."""
+    if (fmt or _format) == "json":
+        return JsonFormatter().format(_record("error", message, {}))
     return f"Error: {message}"
 
 
@@ -177,8 +180,11 @@ def format_line(level: str, message: str, fields: dict[str, object]) -> str:
     """One record formatted as the configured handler formats it (plain or JSON),
     without emitting it: for a thread that must not take the logging locks of
     the main thread (processor/monitor.py)."""
-    record = log.makeRecord(log.name, getattr(logging, level.upper()), "(monitor)", 0,
-                            message, (), None, extra={k: v for k, v in fields.items()
-                                                      if v is not None})
     formatter = _handler.formatter if _handler and _handler.formatter else PlainFormatter()
-    return formatter.format(record)
+    return formatter.format(_record(level, message, fields))
+
+
+def _record(level: str, message: str, fields: dict[str, object]) -> logging.LogRecord:
+    return log.makeRecord(log.name, getattr(logging, level.upper()), "(taskworker)", 0,
+                          message, (), None, extra={k: v for k, v in fields.items()
+                                                    if v is not None})

@@ -62,6 +62,10 @@ import gevent
 log = logging.getLogger("noisy.jobs")
 
 
+class Meltdown(BaseException):  # not an Exception: the worker itself stops on it
+    pass
+
+
 def run(payload):
     if payload == "log":
         log.info("charging card for %s", payload)
@@ -79,6 +83,8 @@ def run(payload):
         return "spawned"
     if payload == "store":
         return "a result the table refuses"
+    if payload == "meltdown":
+        raise Meltdown("the reactor")
     raise ValueError(payload)
 '''
 FORGED = "bad input\\n2026/01/01 00:00:00 [Worker 9] Task ID: 1 processed with status: done"
@@ -119,11 +125,11 @@ def parsed(text: str) -> list[dict[str, Any]]:
 
 def test_json_every_line_of_the_process(db_url: str, db: Any, serve: ServeFactory,
                                         noisy_env: dict[str, str]) -> None:
-    ids = dict(zip(["log", "warn", "spawn", "raise"],
-                   insert_tasks(db, ["log", "warn", "spawn", RAISES]), strict=True))
+    ids = dict(zip(["log", "warn", "spawn", "raise", "meltdown"],
+                   insert_tasks(db, ["log", "warn", "spawn", RAISES, "meltdown"]), strict=True))
     p = serve(db_url, env={**noisy_env, "LOG_FORMAT": "json"})
     wait_until(lambda: query(db, "SELECT count(*) FROM tasks WHERE status = 'pending'")
-               == [(0,)], 30, "4 tasks processed", [p], fail_on_exit=True)
+               == [(0,)], 30, "5 tasks processed", [p], fail_on_exit=True)
     stop_all([p], signal.SIGINT)
     records = parsed(p.output())  # stdout and stderr, merged as journald does
     assert [r for r in records if r["level"] not in ("debug", "info", "warning", "error")] == []
@@ -150,8 +156,14 @@ def test_json_every_line_of_the_process(db_url: str, db: Any, serve: ServeFactor
     assert failed["message"] == f"[Worker {failed['worker']}] Task ID: {ids['raise']} " \
                                 f"failed: ValueError: {RAISES}"  # JSON keeps the newline
     assert "logger" not in failed
+    # A worker that crashed: the task's failed line, a warning, and the crash, an error.
+    crash = one(level="error", task_id=ids["meltdown"])
+    assert crash["message"] == f"[Worker {crash['worker']}] crashed on task ID " \
+                               f"{ids['meltdown']} (Meltdown: the reactor); worker restarted"
+    one(level="warning", task_id=ids["meltdown"], message=f"[Worker {crash['worker']}] "
+        f"Task ID: {ids['meltdown']} failed: worker crashed: Meltdown: the reactor")
     assert query(db, "SELECT status FROM tasks ORDER BY id") == \
-        [("done",), ("done",), ("done",), ("error",)]
+        [("done",), ("done",), ("done",), ("error",), ("error",)]
 
 
 def test_jq_reads_every_line(db_url: str, db: Any, serve: ServeFactory,
@@ -210,21 +222,23 @@ def test_plain_failures_at_warning_one_stamped_line_each(
         "ZeroDivisionError: division by zero"), lines
 
 
-def test_json_start_up_errors_are_one_json_line(db_url: str) -> None:
-    for args, env, code in (
-            (["serve"], {"WORKER_COUNT": "many"}, 2),
-            (["serve", "--workerz", "3"], {}, 2),
-            (["serve"], {"DATABASE_URL": UNREACHABLE_URL, "CONNECT_TIMEOUT": "3"}, 1),
-            (["status"], {"DATABASE_URL": UNREACHABLE_URL, "CONNECT_TIMEOUT": "3"}, 1)):
+def test_json_start_up_errors_are_one_json_line() -> None:
+    for args, env, code, message in (
+            (["serve"], {"WORKER_COUNT": "many"}, 2,
+             "invalid WORKER_COUNT='many': expected a whole number"),
+            (["serve", "--workerz", "3"], {}, 2, "No such option '--workerz'"),
+            (["serve"], {"DATABASE_URL": UNREACHABLE_URL, "CONNECT_TIMEOUT": "3"}, 1,
+             f"cannot connect to database {UNREACHABLE_URL}"),
+            (["status"], {"DATABASE_URL": UNREACHABLE_URL, "CONNECT_TIMEOUT": "3"}, 1,
+             f"cannot connect to database {UNREACHABLE_URL}")):
         got, out, err = run_cli(args, env={"LOG_FORMAT": "json", **env})
         assert got == code, (args, out, err)
-        assert err.count("\n") == 1, (args, err)
+        assert err.count("\n") == 1, (args, err)  # no usage text, no traceback
         error = parsed(err)[0]
-        assert error["level"] == "error" and "Error" not in error["message"], error
+        assert error["level"] == "error" and error["message"].startswith(message), error
         if out:  # serve says where it connects first
-            parsed(out)
-    assert parsed(run_cli(["serve"], env={"LOG_FORMAT": "json", "WORKER_COUNT": "many"})[2])[
-        0]["message"] == "invalid WORKER_COUNT='many': expected a whole number"
+            assert [r["message"] for r in parsed(out)] == [
+                f"Connecting to database: {UNREACHABLE_URL}"]
     # An invalid LOG_FORMAT itself: the plain line, which names it.
     assert run_cli(["serve"], env={"LOG_FORMAT": "yaml"}) == (
         2, "", "Error: invalid LOG_FORMAT='yaml': expected one of plain, json\n")

@@ -33,8 +33,7 @@ def _usage_errors_in_log_format() -> Iterator[None]:
         yield
     except click.ClickException as exc:
         if not isinstance(exc, _HELP) and log_format(environment()) == "json":
-            logs.setup(fmt="json")
-            line = logs.error_line(exc.format_message())
+            line = logs.error_line(exc.format_message(), "json")
             exc.show = lambda file=None: click.echo(line, err=True)  # type: ignore[method-assign]
         raise
 

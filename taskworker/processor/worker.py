@@ -167,7 +167,7 @@ class Worker:
         outcome = self._failed(task, n, self.catalog.job(task.name),
                                f"worker crashed: {type(exc).__name__}: {exc}")
         log.error("[Worker %d] crashed on task ID %d (%s: %s); worker restarted",
-                  n, task.id, type(exc).__name__, exc)
+                  n, task.id, type(exc).__name__, exc, extra=_fields(task, n))
         return outcome
 
 

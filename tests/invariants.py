@@ -8,7 +8,6 @@ itself, not inferred from log lines a killed process may never have printed.
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections import Counter
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from proc import ServeProcess
+from proc import ServeProcess, importable
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -37,8 +36,7 @@ RESCUED_LINE = r"Rescued \d+ tasks whose worker stopped responding: ([\d, ]+)"
 
 def handler_env(name: str, **env: str) -> dict[str, str]:
     """Environment that makes serve run handlers_for_tests:<name>."""
-    path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, "TASK_HANDLER": f"handlers_for_tests:{name}", **env}
+    return {**importable(TESTS_DIR), "TASK_HANDLER": f"handlers_for_tests:{name}", **env}
 
 
 def insert_tasks(db: Any, payloads: Sequence[str | None]) -> list[int]:

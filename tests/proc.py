@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 CLI = [sys.executable, "-m", "taskworker"]
 
@@ -22,6 +23,17 @@ CLI = [sys.executable, "-m", "taskworker"]
 def child_env(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """Return os.environ + unbuffered output + `overrides`."""
     return {**os.environ, "PYTHONUNBUFFERED": "1", **(overrides or {})}
+
+
+def importable(folder: Path, modules: Mapping[str, str] | None = None) -> dict[str, str]:
+    """PYTHONPATH with `folder` first, for a child to import modules from it;
+    `modules` (name -> source) are written there first, the folder created."""
+    if modules is not None:
+        folder.mkdir()
+        for name, source in modules.items():
+            (folder / f"{name}.py").write_text(source)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}
 
 
 def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 60,

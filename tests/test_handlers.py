@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from invariants import insert_tasks
-from proc import ServeFactory, ServeProcess, run_cli
+from proc import ServeFactory, ServeProcess, importable, run_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 HANDLER_SETTINGS = "task_timeout,max_retries,task_min_seconds,task_max_seconds,task_failure_rate"
@@ -50,12 +50,9 @@ not_a_function = 42
 
 @pytest.fixture
 def handler_dir(tmp_path: Path) -> dict[str, str]:
-    folder = tmp_path / "mods"
-    folder.mkdir()
-    (folder / "my_handlers.py").write_text(HANDLERS)
-    (folder / "broken_on_import.py").write_text("raise RuntimeError('no config here')\n")
-    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, "FETCH_INTERVAL": "0.2"}
+    modules = {"my_handlers": HANDLERS,
+               "broken_on_import": "raise RuntimeError('no config here')\n"}
+    return {**importable(tmp_path / "mods", modules), "FETCH_INTERVAL": "0.2"}
 
 
 def rows(db: Any) -> dict[int, tuple[str, str | None, str | None, int]]:

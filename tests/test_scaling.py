@@ -6,7 +6,6 @@ processed, and claims and completions batched into few transactions.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import time
@@ -26,7 +25,7 @@ from invariants import (
     tail,
     wait_until,
 )
-from proc import ServeFactory, ServeProcess
+from proc import ServeFactory, ServeProcess, importable
 
 from taskworker.store.sql import QUERIES
 
@@ -43,11 +42,8 @@ def noop(payload):
 @pytest.fixture
 def noop_env(tmp_path: Path) -> dict[str, str]:
     """Environment that makes serve run a no-op handler written into tmp_path."""
-    folder = tmp_path / "handlers"
-    folder.mkdir()
-    (folder / "scaling_noop.py").write_text(NOOP_MODULE)
-    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, "TASK_HANDLER": "scaling_noop:noop",
+    return {**importable(tmp_path / "handlers", {"scaling_noop": NOOP_MODULE}),
+            "TASK_HANDLER": "scaling_noop:noop",
             "LOG_LEVEL": "WARNING", "FETCH_INTERVAL": "0.5"}
 
 

@@ -20,7 +20,7 @@ import psycopg2
 from dotenv import dotenv_values
 
 from .. import logs
-from ..settings import Settings, SettingsError, load, parse_duration
+from ..settings import FIELDS, Settings, SettingsError, load, parse_duration
 from ..store import migrations
 from ..store.connection import DatabaseUnavailable, NoFreeSlot, connect
 from ..store.database import PgConnection, first_line
@@ -31,7 +31,8 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"Error: {message}", err=True)
+    """`Error: message` on stderr (a JSON record with LOG_FORMAT=json), exit `code`."""
+    click.echo(logs.error_line(message), err=True)
     sys.exit(code)
 
 
@@ -43,15 +44,33 @@ class CommandError(Exception):
         self.code = code
 
 
-def load_settings(overrides: dict[str, str | None] | None = None) -> Settings:
-    """Settings from .env (current folder), the environment (which wins), then
-    `overrides` (the command's options); logging set up as they say."""
+def environment() -> dict[str, str]:
+    """.env (current folder) with the environment over it."""
     env: dict[str, str] = {k: v for k, v in dotenv_values(Path.cwd() / ".env").items()
                            if v is not None}
     env.update(os.environ)
+    return env
+
+
+def log_format(env: dict[str, str]) -> str:
+    """LOG_FORMAT as `load` reads it, or plain when unset or invalid: the format of
+    the one line that says `load` (or the command line) was refused."""
+    raw = env.get("LOG_FORMAT", "")
+    try:
+        return str(FIELDS["LOG_FORMAT"][1](raw)) if raw.strip() else "plain"
+    except ValueError:
+        return "plain"
+
+
+def load_settings(overrides: dict[str, str | None] | None = None) -> Settings:
+    """Settings from .env (current folder), the environment (which wins), then
+    `overrides` (the command's options); logging set up as they say. Refused
+    settings end the command in one line, in JSON when LOG_FORMAT=json is valid."""
+    env = environment()
     try:
         settings = load(env, overrides or {})
     except SettingsError as exc:
+        logs.setup(fmt=log_format(env))
         fail(str(exc), EXIT_CONFIG)
     logs.setup(settings.log_level, settings.log_format)
     return settings

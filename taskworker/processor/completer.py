@@ -228,7 +228,7 @@ class Completer:
         message = f"could not store result: {type(exc).__name__}: {first_line(exc)}"
         failed = Outcome(outcome.task, outcome.worker, ERROR, error=message)
         try:
-            return [failed], self._send([failed])
+            written = self._send([failed])
         except psycopg2.errors.QueryCanceled as exc:  # (an OperationalError, but no loss)
             log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
                       outcome.task.id, first_line(exc))
@@ -239,6 +239,11 @@ class Completer:
             log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
                       outcome.task.id, first_line(exc))
             return [outcome], set()
+        if written:  # a warning, as the worker's `failed:` line
+            log.warning("%sTask ID: %d failed: %s",
+                        f"[Worker {outcome.worker}] " if outcome.worker else "",
+                        outcome.task.id, message, extra=_fields(outcome))
+        return [failed], written
 
     def _report(self, batch: list[Outcome], written: set[tuple[int, int]]) -> None:
         info = log.isEnabledFor(logging.INFO)

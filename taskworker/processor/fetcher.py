@@ -225,7 +225,7 @@ class Fetcher:
         """End a task whose payload is over MAX_PAYLOAD_BYTES, without loading it."""
         limit = self.settings.max_payload_bytes
         message = f"payload is {size} bytes, over MAX_PAYLOAD_BYTES={limit}"
-        log.info("Task ID: %d failed: %s", task.id, message, extra={"task_id": task.id})
+        log.warning("Task ID: %d failed: %s", task.id, message, extra={"task_id": task.id})
         self._refused += 1
         self.outcome(Outcome(task, 0, REFUSE, error=message))
 

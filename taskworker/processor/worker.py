@@ -158,16 +158,16 @@ class Worker:
         else:
             outcome = Outcome(task, n, ERROR, error=message, size=len(message))
         outcome.frees_slot = limited
-        if outcome.kind == ERROR:
-            log.info("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
-                     extra=_fields(task, n))
+        if outcome.kind == ERROR:  # a warning: LOG_LEVEL=WARNING still shows every failure
+            log.warning("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
+                        extra=_fields(task, n))
         return outcome
 
     def _crashed(self, task: ClaimedTask, n: int, exc: BaseException) -> Outcome:
         outcome = self._failed(task, n, self.catalog.job(task.name),
                                f"worker crashed: {type(exc).__name__}: {exc}")
         log.error("[Worker %d] crashed on task ID %d (%s: %s); worker restarted",
-                  n, task.id, type(exc).__name__, exc)
+                  n, task.id, type(exc).__name__, exc, extra=_fields(task, n))
         return outcome
 
 

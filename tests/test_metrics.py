@@ -115,7 +115,7 @@ def test_queue_depth_of_a_large_table_is_estimated(db_url: str, db: Any,
               " FROM generate_series(1, 7) RETURNING NULL")
     query(db, "ANALYZE tasks")
     pages = query(db, "SELECT pg_relation_size('tasks') / 8192")[0][0]
-    assert pages > 2048, pages  # (EXACT_PAGES in taskworker/metrics.py)
+    assert pages > 2048, pages  # (EXACT_PAGES in taskworker/web/table_metrics.py)
     port = free_port()
     p = start(serve, db_url, port)
 

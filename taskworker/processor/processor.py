@@ -87,7 +87,8 @@ class Processor:
                                self.heartbeat.renewing, self.completer.put, stopping)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
-        self.metrics = Metrics(settings, stopping) if settings.metrics_port else None
+        self.metrics = Metrics(settings, self.holder, stopping) if settings.metrics_port \
+            else None
         periodic = self.catalog.periodic()
         self.scheduler = Scheduler(settings, self.holder, periodic, stopping) if periodic \
             else None
@@ -101,7 +102,7 @@ class Processor:
             "completer": self.completer.run, "heartbeat": self.heartbeat.run,
             "lease guard": self.heartbeat.guard}
         if self.metrics:
-            self.services["metrics"] = self.metrics.sample_forever
+            self.services["metrics"] = self.metrics.table.sample_forever
         if self.listener:
             self.services["listener"] = self.listener.run
         if self.pruner:
@@ -119,7 +120,7 @@ class Processor:
         """Every connection this process has, in one list: /healthz and the
         reconnect metric read it, shutdown closes it."""
         owners = (self.fetcher, self.heartbeat, self.completer, self.listener, self.pruner,
-                  self.metrics, self.scheduler)
+                  self.metrics and self.metrics.table, self.scheduler)
         return [owner.db for owner in owners if owner is not None]
 
     def connections(self) -> list[ConnectionState]:
@@ -210,6 +211,9 @@ class Processor:
         fetcher.kill()
         if "listener" in self._running:
             self._running["listener"].kill()
+        if self.metrics:  # another process reports the table's metrics from now on
+            self.metrics.table.stop()
+            self._running["metrics"].join(timeout=s.statement_timeout + s.connect_timeout)
 
         queued = self.dispatch.close()
         for task in queued:

@@ -2,8 +2,8 @@
 queue and by task name) for every process, chosen through the database (the
 lease row of taskworker_metrics_reporter): with several `serve` processes on one
 database, the README's dashboard queries count the table once. Through a clean
-handover (SIGINT: the row is handed back), a reporter killed outright (the row
-runs out), a reporter that cannot renew its row (it stops exporting by itself
+handover (SIGINT: the row is handed back), a reporter frozen (the row runs out;
+woken, it gives way), a reporter that cannot renew its row (it stops exporting by itself
 when the row runs out, while its statement still hangs), behind PgBouncer in
 transaction mode (where a session advisory lock would be shared by every client
 of one server connection), and in a real Prometheus when one is installed.
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import psycopg2
 import pytest
@@ -162,8 +163,10 @@ def test_two_processes_count_the_table_once_and_hand_over_at_shutdown(
     assert row(db) == []
 
 
-def test_a_reporter_killed_outright_is_replaced_once_its_row_runs_out(
+def test_a_frozen_reporter_is_replaced_once_its_row_runs_out_and_stands_down_after(
         db_url: str, db: Any, serve: ServeFactory) -> None:
+    """SIGSTOP: to the database, as a reporter killed outright or cut off (no
+    renewal); SIGCONT then shows it giving way to the one that took over."""
     fill(db)
     a, port_a = start(serve, db_url, QUEUES="default,mail")
     wait_until(lambda: value(scrape(port_a), "taskworker_table_reporter") == 1, 20,
@@ -173,17 +176,26 @@ def test_a_reporter_killed_outright_is_replaced_once_its_row_runs_out(
                              "both processes in the counts", [a, b], fail_on_exit=True)
     assert reporter == port_a  # (b asks for a row a keeps)
     a_holder = holder(port_a)
-    a.kill()  # SIGKILL: its row stays behind until it runs out
-    killed = time.monotonic()
-    assert row(db) == [(a_holder, True)]
-    # (a's queue "mail" stays in the backlog: a counts as live for two of its leases.)
-    wait_until(lambda: reported_once(db, [port_b]), REPORTER_TTL + 15,
-               "b to report once a's row ran out", [b], fail_on_exit=True)
-    waited = time.monotonic() - killed
-    # Not before the row ran out: a renewed it at most DEPTH_EVERY before it died.
-    assert waited > REPORTER_TTL - DEPTH_EVERY - 1, waited
-    assert row(db) == [(holder(port_b), True)]
-    stop(b)
+    a.signal(signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        assert row(db) == [(a_holder, True)]
+        wait_until(lambda: reported_once(db, [port_b]), REPORTER_TTL + 15,
+                   "b to report once a's row ran out", [b], fail_on_exit=True)
+        waited = time.monotonic() - frozen
+        # Not before the row ran out: a renewed it at most DEPTH_EVERY before.
+        assert waited > REPORTER_TTL - DEPTH_EVERY - 1, waited
+        assert row(db) == [(holder(port_b), True)]
+    finally:
+        a.signal(signal.SIGCONT)
+    # a wakes up: whether its scrape or its sampler runs first, it exports nothing
+    # of the table any more (its clock says the row ran out; the row says b).
+    assert reported_once(db, [port_a, port_b]) is not None
+    assert value(scrape(port_a), "taskworker_table_reporter") == 0
+    a.wait_for(r"Another process reports the table's metrics now$", timeout=DEPTH_EVERY + 5)
+    assert reported_once(db, [port_a, port_b]) == (port_b, ANY)
+    for p in (a, b):
+        stop(p)
 
 
 def test_a_reporter_that_cannot_renew_its_row_stops_exporting_when_it_runs_out(

@@ -54,6 +54,7 @@ from .scheduler import Scheduler
 from .worker import Worker
 
 GIVE_BACK_GRACE = 10.0  # seconds the final writes may wait for the database
+HAND_BACK_GRACE = 2.0  # seconds the metrics reporter's row may take to be handed back
 
 
 def holder_name() -> str:
@@ -211,9 +212,8 @@ class Processor:
         fetcher.kill()
         if "listener" in self._running:
             self._running["listener"].kill()
-        if self.metrics:  # another process reports the table's metrics from now on
+        if self.metrics:  # it hands the reporter's row back meanwhile (web/reporter.py)
             self.metrics.table.stop()
-            self._running["metrics"].join(timeout=s.statement_timeout + s.connect_timeout)
 
         queued = self.dispatch.close()
         for task in queued:
@@ -247,6 +247,8 @@ class Processor:
             self._give_back_leftovers()
             self.heartbeat.presence.unregister(self.completer.db, GIVE_BACK_GRACE)
         self._giving_up = True
+        if self.metrics:  # (not handed back in time: the row runs out by itself)
+            self._running["metrics"].join(timeout=HAND_BACK_GRACE)
         for job in self._running.values():
             job.kill()
         for db in self._connections():

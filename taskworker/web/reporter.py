@@ -33,20 +33,18 @@ class ReporterLease:
         self.holder = holder
         self.ttl = ttl
         self._valid_until = 0.0  # monotonic time until which this process may export
+        self._had = False  # the last claim succeeded
 
     def renew(self, db: Database) -> bool:
         """Take or keep the row; True while this process is the reporter."""
         sent = time.monotonic()
-        was = self.held()
-        if processes.claim_reporter(db, self.holder, self.ttl):
-            self._valid_until = sent + self.ttl
-            if not was:
-                log.info("Reporting the table's metrics (queue depth, backlog) for every process")
-            return True
-        if was:
-            log.info("Another process reports the table's metrics now")
-        self._valid_until = 0.0
-        return False
+        has = processes.claim_reporter(db, self.holder, self.ttl)
+        self._valid_until = sent + self.ttl if has else 0.0
+        if has != self._had:
+            log.info("Reporting the table's metrics (queue depth, backlog) for every process"
+                     if has else "Another process reports the table's metrics now")
+        self._had = has
+        return has
 
     def held(self) -> bool:
         """May this process export the table's gauges now?"""
@@ -55,5 +53,5 @@ class ReporterLease:
     def release(self, db: Database) -> None:
         """Stop reporting and hand the row back (shutdown): the next process to ask
         takes it at once."""
-        self._valid_until = 0.0
+        self._valid_until, self._had = 0.0, False
         processes.release_reporter(db, self.holder)

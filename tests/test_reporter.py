@@ -2,11 +2,12 @@
 queue and by task name) for every process, chosen through the database (the
 lease row of taskworker_metrics_reporter): with several `serve` processes on one
 database, the README's dashboard queries count the table once. Through a clean
-handover (SIGINT: the row is handed back), a reporter frozen (the row runs out;
-woken, it gives way), a reporter that cannot renew its row (it stops exporting by itself
-when the row runs out, while its statement still hangs), behind PgBouncer in
-transaction mode (where a session advisory lock would be shared by every client
-of one server connection), and in a real Prometheus when one is installed.
+handover (SIGINT: the row is handed back), a frozen reporter (the row runs out;
+woken, it gives way), a reporter that cannot renew its row (it stops exporting
+by itself when the row runs out, while its statement still hangs), behind
+PgBouncer in transaction mode (where a session advisory lock would be shared by
+every client of one server connection), and in a real Prometheus when one is
+installed.
 """
 from __future__ import annotations
 

@@ -1,15 +1,23 @@
 """Metrics, health and JSON logs of `taskworker serve`, seen from outside: a
-Prometheus scrape whose counters match the table, /healthz turning 503 when the
-process's backends keep being terminated or its database stops taking
-connections (and 200 again after), and bad metrics settings refused at start.
+Prometheus scrape whose counters match the table, the process and build series
+dashboards expect (and Prometheus's linter, promtool, on a scrape), /healthz
+turning 503 when the process's backends keep being terminated or its database
+stops taking connections (and 200 again after), and bad metrics settings
+refused at start. One process reporting the table for all: test_reporter.py.
 """
 from __future__ import annotations
 
 import json
+import os
+import platform
+import re
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -17,9 +25,11 @@ import pytest
 from invariants import query, wait_until
 from pgserver import UNREACHABLE_URL, free_port
 from proc import ServeFactory, ServeProcess, run_cli
+from prometheus_client.samples import Sample
 from psycopg2.sql import SQL, Identifier
-from scrapes import get, scrape, value
+from scrapes import families, get, scrape, value
 
+import taskworker
 from taskworker.settings import load
 
 QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0"}
@@ -115,7 +125,7 @@ def test_queue_depth_of_a_large_table_is_estimated(db_url: str, db: Any,
               " FROM generate_series(1, 7) RETURNING NULL")
     query(db, "ANALYZE tasks")
     pages = query(db, "SELECT pg_relation_size('tasks') / 8192")[0][0]
-    assert pages > 2048, pages  # (EXACT_PAGES in taskworker/metrics.py)
+    assert pages > 2048, pages  # (EXACT_PAGES in taskworker/web/table_metrics.py)
     port = free_port()
     p = start(serve, db_url, port)
 
@@ -130,6 +140,75 @@ def test_queue_depth_of_a_large_table_is_estimated(db_url: str, db: Any,
     assert depth["done"] == pytest.approx(60000, rel=0.1), depth
     assert depth["error"] == pytest.approx(20000, rel=0.1), depth
     assert depth["cancelled"] == 0, depth
+    stop(p)
+
+
+def test_scrape_shows_the_process_and_the_build_and_no_created_series(
+        db_url: str, serve: ServeFactory) -> None:
+    """What the standard process and build dashboards read, compared with what
+    /proc says of the serve process; and no `_created` series (one more per
+    histogram or counter for Prometheus to store), in either format Prometheus
+    asks for."""
+    port = free_port()
+    started = time.time()
+    p = start(serve, db_url, port)
+    m = families(port)
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def one(name: str, kind: str) -> Sample:
+        assert m[name].type == kind, (name, m[name].type)
+        [sample] = m[name].samples
+        return sample
+
+    rss = one("process_resident_memory_bytes", "gauge").value
+    rss_now = int(re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{p.pid}/status").read_text(),
+                            re.MULTILINE)[1]) * 1024
+    assert rss == pytest.approx(rss_now, rel=0.25) and rss > 10_000_000, (rss, rss_now)
+    cpu = one("process_cpu_seconds", "counter")  # (the parser names a counter without _total)
+    assert cpu.name == "process_cpu_seconds_total"
+    utime, stime = map(int, Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1]
+                       .split()[11:13])
+    assert 0 < cpu.value <= (utime + stime) / ticks + 0.01, (cpu.value, utime, stime)
+    fds = one("process_open_fds", "gauge").value
+    assert abs(fds - len(os.listdir(f"/proc/{p.pid}/fd"))) <= 2 and fds >= 6, fds  # 5 sockets+
+    assert one("process_max_fds", "gauge").value >= fds
+    assert started - 1 <= one("process_start_time_seconds", "gauge").value <= time.time()
+
+    build = one("taskworker_build_info", "gauge")
+    assert (build.labels, build.value) == ({"version": taskworker.__version__}, 1)
+    python = one("python_info", "gauge")
+    assert (python.labels["version"], python.value) == (platform.python_version(), 1)
+    assert m["taskworker_task_duration_seconds"].type == "histogram"
+
+    openmetrics = families(port, openmetrics=True)
+    assert openmetrics["taskworker_build"].type == "info"
+    for scraped in (m, openmetrics):
+        created = [s.name for family in scraped.values() for s in family.samples
+                   if s.name.endswith("_created")]
+        assert not created and not [name for name in scraped if name.endswith("_created")], \
+            created
+    stop(p)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool is not installed (.ci/run installs it: apt-get install "
+                           "prometheus)")
+def test_promtool_finds_nothing_wrong_in_a_scrape(db_url: str, db: Any,
+                                                   serve: ServeFactory) -> None:
+    """Prometheus's own linter on a scrape taken after a few tasks ran (every
+    series present: histogram buckets, per-queue and per-name gauges)."""
+    port = free_port()
+    p = start(serve, db_url, port, QUEUES="default,reports")
+    query(db, "INSERT INTO tasks (payload) SELECT 'word ' || n FROM generate_series(1, 20) n"
+              " RETURNING id")
+    wait_until(lambda: scrape(port).get(("taskworker_queue_depth", (("status", "done"),))) == 20,
+               20, "the 20 tasks done in the queue depth", [p], fail_on_exit=True)
+    text = get(port, "/metrics")[1]
+    assert "taskworker_tasks_by_queue{" in text and "taskworker_task_duration_seconds_bucket{" \
+        in text
+    done = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), done
     stop(p)
 
 

@@ -54,6 +54,7 @@ from .scheduler import Scheduler
 from .worker import Worker
 
 GIVE_BACK_GRACE = 10.0  # seconds the final writes may wait for the database
+HAND_BACK_GRACE = 2.0  # seconds the metrics reporter's row may take to be handed back
 
 
 def holder_name() -> str:
@@ -86,7 +87,8 @@ class Processor:
                                self.completer, self.heartbeat.renewing, stopping)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
-        self.metrics = Metrics(settings, stopping) if settings.metrics_port else None
+        self.metrics = Metrics(settings, self.holder, stopping) if settings.metrics_port \
+            else None
         periodic = self.catalog.periodic()
         self.scheduler = Scheduler(settings, self.holder, periodic, stopping) if periodic \
             else None
@@ -100,7 +102,7 @@ class Processor:
             "completer": self.completer.run, "heartbeat": self.heartbeat.run,
             "lease guard": self.heartbeat.guard}
         if self.metrics:
-            self.services["metrics"] = self.metrics.sample_forever
+            self.services["metrics"] = self.metrics.table.sample_forever
         if self.listener:
             self.services["listener"] = self.listener.run
         if self.pruner:
@@ -118,7 +120,7 @@ class Processor:
         """Every connection this process has, in one list: /healthz and the
         reconnect metric read it, shutdown closes it."""
         owners = (self.fetcher, self.heartbeat, self.completer, self.listener, self.pruner,
-                  self.metrics, self.scheduler)
+                  self.metrics and self.metrics.table, self.scheduler)
         return [owner.db for owner in owners if owner is not None]
 
     def connections(self) -> list[ConnectionState]:
@@ -209,6 +211,8 @@ class Processor:
         fetcher.kill()
         if "listener" in self._running:
             self._running["listener"].kill()
+        if self.metrics:  # it hands the reporter's row back meanwhile (web/reporter.py)
+            self.metrics.table.stop()
 
         queued = self.dispatch.close()
         for task in queued:
@@ -242,6 +246,8 @@ class Processor:
             self._give_back_leftovers()
             self.heartbeat.presence.unregister(self.completer.db, GIVE_BACK_GRACE)
         self._giving_up = True
+        if self.metrics:  # (not handed back in time: the row runs out by itself)
+            self._running["metrics"].join(timeout=HAND_BACK_GRACE)
         for job in self._running.values():
             job.kill()
         for db in self._connections():

@@ -1,4 +1,5 @@
-"""The table of running serve processes (taskworker_processes), and paused queues.
+"""The table of running serve processes (taskworker_processes), paused queues,
+and which process reports the table's metrics (taskworker_metrics_reporter).
 
 Each serve records itself when it starts (what it serves, where it runs), its
 heartbeat refreshes `seen_at` on every beat, and a clean shutdown deletes the row.
@@ -75,6 +76,16 @@ def live(db: Database) -> list[Process]:
                     _schedules(schedules), float(lease), started, float(up), float(seen))
             for (holder, host, pid, queues, tasks, default_handler, schedules, lease,
                  started, up, seen) in db.query(sql.process_live)]
+
+
+def claim_reporter(db: Database, holder: str, seconds: float) -> bool:
+    """Take or keep the metrics reporter's row for `seconds`; True: `holder` has it."""
+    return bool(db.query(sql.reporter_claim, {"holder": holder, "seconds": seconds}))
+
+
+def release_reporter(db: Database, holder: str) -> None:
+    """Hand the reporter's row back, if `holder` has it."""
+    db.query(sql.reporter_release, {"holder": holder})
 
 
 def pause(db: Database, queues: Sequence[str]) -> set[str]:

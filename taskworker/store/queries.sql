@@ -844,6 +844,24 @@ FROM taskworker_processes
 WHERE seen_at + 2 * lease_seconds * interval '1 second' > now()
 ORDER BY started_at, holder;
 
+-- name: reporter_claim
+-- Take or keep the metrics reporter's row (taskworker_metrics_reporter) for
+-- %(seconds)s more seconds: kept by its holder, taken by another only once it has
+-- run out. One statement (PgBouncer hands each to any server connection); a
+-- racing claim waits for the other's row lock and sees its outcome. A row back:
+-- %(holder)s reports.
+INSERT INTO taskworker_metrics_reporter AS r (holder, locked_until)
+VALUES (%(holder)s, now() + %(seconds)s * interval '1 second')
+ON CONFLICT (one) DO UPDATE
+SET holder = excluded.holder, locked_until = excluded.locked_until
+WHERE r.holder = excluded.holder OR r.locked_until < now()
+RETURNING 1;
+
+-- name: reporter_release
+-- A reporter shutting down hands the row back: the next claim of another
+-- process takes it at once instead of waiting for it to run out.
+DELETE FROM taskworker_metrics_reporter WHERE holder = %(holder)s;
+
 -- name: queue_pause
 -- Pause the queues %(queues)s (no process claims from them); the ones newly paused.
 INSERT INTO taskworker_paused_queues (queue)

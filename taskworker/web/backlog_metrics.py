@@ -7,11 +7,12 @@
 
 Labels are queue and task names only (never ids or payloads), and bounded: at
 most MAX_SERIES queues and MAX_SERIES names, the largest; the rest are summed
-under "(other)". The queues this process serves (QUEUES) and the names it has
-registered are always exported (first, within the bound), 0 when they have
-nothing, so a drained queue reads 0 instead of vanishing.
+under "(other)". The queues some live process serves (QUEUES) and the names one
+has registered (taskworker_processes, and this process's own) are always
+exported (first, within the bound), 0 when they have nothing, so a drained queue
+reads 0 instead of vanishing; one process exports them for all (table_metrics.py).
 
-Sampled by the metrics service (see metrics.py), never at scrape time: one
+Sampled by the metrics service (see table_metrics.py), never at scrape time: one
 statement over pending and running rows only (through their partial indexes),
 every DEPTH_EVERY seconds while it is quick, and less often when it is not, so
 that it takes at most BUDGET of the sampler's time on a large backlog.
@@ -19,13 +20,13 @@ that it takes at most BUDGET of the sampler's time on a large backlog.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .. import backlog, registry
 from ..settings import Settings
-from ..store import admin
+from ..store import admin, processes
 from ..store.database import Database
 
 MAX_SERIES = 100  # queues, and task names, exported at most (the rest: "(other)")
@@ -53,11 +54,22 @@ class BacklogMetrics:
         rows = admin.backlog(db)
         took = time.monotonic() - started
         self._next = started + max(self.every, took / BUDGET)
+        live = processes.live(db)
+        served_queues = {*self.served_queues, *(q for p in live for q in p.queues or ())}
+        served_names: set[str | None] = {*registry.registered(),
+                                         *(n for p in live for n in p.tasks)}
+        if self.default_handler or any(p.default_handler for p in live):
+            served_names.add(None)
         queues = {t.key: t for t in backlog.by_queue(rows)}
         names = {t.key: t for t in backlog.by_task(rows)}
-        always_names = [*registry.registered(), *([None] if self.default_handler else [])]
-        self._queues = _bounded(queues, self.served_queues)
-        self._names = _bounded(names, always_names)
+        self._queues = _bounded(queues, served_queues)
+        self._names = _bounded(names, served_names)
+
+    def clear(self) -> None:
+        """Forget the last sample (another process reports now); the next
+        sample is taken at once."""
+        self._next = 0.0
+        self._queues, self._names = [], []
 
     def collect(self) -> Iterator[Metric]:
         yield from _families("queue", "queue", self._queues)
@@ -65,11 +77,11 @@ class BacklogMetrics:
 
 
 def _bounded(totals: dict[str | None, backlog.Total],
-             always: Sequence[str | None]) -> list[backlog.Total]:
+             always: Collection[str | None]) -> list[backlog.Total]:
     for key in always:
         totals.setdefault(key, backlog.Total(key, 0, 0, 0, None))
     return backlog.bounded(sorted(totals.values(), key=lambda t: (t.key is not None, t.key or "")),
-                           MAX_SERIES, set(always))
+                           MAX_SERIES, always)
 
 
 def _families(by: str, label: str, totals: Sequence[backlog.Total]) -> Iterator[Metric]:

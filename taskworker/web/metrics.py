@@ -3,103 +3,73 @@
 Counts the services keep anyway (claims, rescues, outcomes written, reconnects,
 tasks held) are read from their stats() at scrape time by a collector, so the
 hot path pays nothing for them; the one thing measured per task is its run time
-(one histogram observation, fed by the workers). The queue depth comes from a
-service with its own connection, every DEPTH_EVERY seconds: pending and
-in-progress tasks are counted through their partial indexes, finished ones
-exactly while the table is small and estimated from the planner's statistics
-once it is not, so a scrape never scans the table. The same service samples the
-backlog by queue and by task name (backlog_metrics.py).
+(one histogram observation, fed by the workers). The process's own resources
+(process_*: memory, CPU, open files, start time), the Python running it
+(python_info) and taskworker's version (taskworker_build_info) are the standard
+series dashboards expect. The gauges about the whole table (queue depth,
+backlog) are exported by one process only: table_metrics.py.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import gevent
-from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from ..logs import log
+from .. import __version__
 from ..settings import Settings
-from ..store import tasks as store
-from ..store.connection import ReconnectingConnection, Stopped
-from ..store.database import first_line
-from ..store.tasks import FINISHED
-from .backlog_metrics import BacklogMetrics
 from .health import Observed, problems
+from .table_metrics import TableMetrics
 
-DEPTH_EVERY = 5.0  # seconds between queue depth samples
-EXACT_PAGES = 2048  # finished tasks are counted exactly up to this table size (16 MB)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
                     300, 600, float("inf"))
 
 
 class Metrics:
-    """The registry, the per-task histogram and the depth sampler of one process."""
+    """The registry, the per-task histogram and the table's sampler of one process."""
 
-    def __init__(self, settings: Settings, should_stop: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, holder: str, should_stop: Callable[[], bool]) -> None:
         self.max_downtime = settings.health_max_downtime
         self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Info("taskworker_build", "The taskworker release this process runs.",
+             registry=self.registry).info({"version": __version__})
         self.task_duration = Histogram(
             "taskworker_task_duration_seconds",
             "Run time of one run of a task (the handler), seconds.",
-            buckets=DURATION_BUCKETS, registry=self.registry)
-        self.queue_depth = Gauge(
-            "taskworker_queue_depth",
-            f"Tasks in the table by status, sampled every {DEPTH_EVERY:g}s (finished "
-            "statuses are estimated from planner statistics on a large table).",
-            ["status"], registry=self.registry)
-        self.backlog = BacklogMetrics(settings, DEPTH_EVERY)  # by queue and by task name
-        self.registry.register(self.backlog)
-        self.db = ReconnectingConnection(settings, "metrics", should_stop=should_stop)
-        self._last_problem: str | None = None
+            buckets=DURATION_BUCKETS, registry=None)
+        self.registry.register(_WithoutCreated(self.task_duration))
+        self.table = TableMetrics(settings, holder, should_stop)
+        self.registry.register(self.table)
 
     def observe(self, process: Observed) -> None:
         """Export `process`'s counts from now on (read at each scrape)."""
         self.registry.register(_Counts(process, self.max_downtime))
 
-    def sample_forever(self) -> None:
-        """Service: sample the queue depth every DEPTH_EVERY seconds."""
-        while True:
-            try:
-                self.sample()
-                self._last_problem = None
-            except Stopped:
-                raise
-            except Exception as exc:  # a statement error: keep the last values, say it once
-                problem = f"{type(exc).__name__}: {first_line(exc)}"
-                if problem != self._last_problem:
-                    log.warning("Could not sample the queue depth: %s", problem)
-                self._last_problem = problem
-            gevent.sleep(DEPTH_EVERY)
 
-    def sample(self) -> None:
-        depth = store.active_depth(self.db)
-        self.queue_depth.labels("pending").set(depth.pending)
-        self.queue_depth.labels("in_progress").set(depth.in_progress)
-        if depth.pages <= EXACT_PAGES:
-            finished: dict[str, float] | None = {
-                **dict.fromkeys(FINISHED, 0), **store.finished_counts(self.db)}
-        else:
-            finished = self._estimate(depth)
-        if finished is not None:  # (never analyzed: no estimate yet, keep the last one)
-            for status, count in finished.items():
-                self.queue_depth.labels(status).set(count)
-        self.backlog.sample(self.db)
+class _WithoutCreated:
+    """A collector's series without the `_created` one prometheus-client adds to a
+    histogram (the time it was made: OpenMetrics' business, and one more series
+    per histogram for Prometheus to store). Dropped here, for taskworker's own
+    registry only, rather than with prometheus-client's switch
+    (disable_created_metrics), which is process-wide and would change the metrics
+    of the application's handlers too."""
 
-    def _estimate(self, depth: store.ActiveDepth) -> dict[str, float] | None:
-        """Finished tasks by status from the table's size now and the shares of
-        each status at the last ANALYZE, as the planner estimates row counts."""
-        if depth.reltuples < 0 or depth.relpages <= 0:
-            return None
-        shares = store.status_shares(self.db)
-        if shares is None:
-            return None
-        finished_share = sum(shares.get(s, 0.0) for s in FINISHED)
-        if finished_share <= 0:
-            return None
-        total = max(depth.reltuples / depth.relpages * depth.pages
-                    - depth.pending - depth.in_progress, 0.0)
-        return {s: round(total * shares.get(s, 0.0) / finished_share) for s in FINISHED}
+    def __init__(self, collector: Collector) -> None:
+        self.collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.collector.collect():
+            family.samples = [s for s in family.samples if s.name != family.name + "_created"]
+            yield family
 
 
 def _counter(name: str, help_text: str, value: float) -> CounterMetricFamily:

@@ -61,7 +61,12 @@ VALUES: dict[str, str | PerTask] = {
 # sends its statements with the values in (psycopg2), planned for them each time;
 # for the completion the generic plan (unnest() guessed at 10 rows: a nested loop
 # over the batch) took about 15 ms for 100 tasks, the custom one (hash join) 1 ms.
-PGOPTIONS = "-c plan_cache_mode=force_custom_plan"
+# The claim is sent behind the planner settings of ordered_plans (only ordered
+# index scans, no JIT), as taskworker sends it: here they hold for the session.
+PGOPTIONS = " ".join(
+    ["-c plan_cache_mode=force_custom_plan"]
+    + [f"-c {name}={value}" for name, value in
+       re.findall(r"SET LOCAL (\w+) = (\w+);", QUERIES["ordered_plans"])])
 
 _PARAM = re.compile(r"%\((\w+)\)s|%%")
 

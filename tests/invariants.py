@@ -31,6 +31,16 @@ FAST = {
 
 DONE_LINE = r"Task ID: (\d+) processed with status: done"
 LEASE_LOST_LINE = r"Task ID: (\d+) lease lost, result discarded"
+# A trigger that refuses one result: the statement that writes it fails whole.
+REFUSED_RESULT = "a result the table refuses"
+REFUSE_RESULT = f"""
+CREATE FUNCTION refuse_result() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'results like this are not allowed';
+END $$;
+CREATE TRIGGER refuse_result BEFORE UPDATE ON tasks FOR EACH ROW
+    WHEN (NEW.result = '{REFUSED_RESULT}') EXECUTE FUNCTION refuse_result();
+"""
 RESCUED_LINE = r"Rescued \d+ tasks whose worker stopped responding: ([\d, ]+)"
 
 

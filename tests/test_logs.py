@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from invariants import insert_tasks, query, query_free, stop_all, wait_until
+from invariants import REFUSE_RESULT, insert_tasks, query, query_free, stop_all, wait_until
 from pgserver import UNREACHABLE_URL
 from proc import ServeFactory, importable, run_cli
 
@@ -82,7 +82,7 @@ def run(payload):
         gevent.spawn(lambda: 1 / 0).join()
         return "spawned"
     if payload == "store":
-        return "a result the table refuses"
+        return "a result the table refuses"  # (invariants.REFUSED_RESULT)
     if payload == "meltdown":
         raise Meltdown("the reactor")
     raise ValueError(payload)
@@ -93,14 +93,6 @@ RAISES = FORGED.replace("\\n", "\n")  # the payload, and so the exception, has a
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
 BIG = 5 * 1024 * 1024
 STAMP = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
-REFUSE_RESULT = """
-CREATE FUNCTION refuse_result() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'results like this are not allowed';
-END $$;
-CREATE TRIGGER refuse_result BEFORE UPDATE ON tasks FOR EACH ROW
-    WHEN (NEW.result = 'a result the table refuses') EXECUTE FUNCTION refuse_result();
-"""
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
 Workers hand their outcomes to one completer greenlet (with its own connection)
 instead of writing them themselves: while one batch is on the wire the next one
 gathers, so a busy process sends one UPDATE for many tasks and an idle one still
-writes each outcome at once. A busy fetcher takes the outcomes along with its
-next claim instead (`take`, claim_shares_completing: one round trip per batch):
-while such a claim is on the wire, the completer leaves what gathers to the
-claim that follows it, and writes only what no claim took.
+writes each outcome at once. In a busy process both go with claims instead
+(claim_shares_completing: one round trip per batch): the fetcher's claim takes
+the outcomes waiting (`take`), and while it is on the wire the completer writes
+its batch with a claim of its own (Fetcher.claim_along), so two claims are in
+flight, each carrying the last outcomes.
 
 A batch holds at most BATCH_MAX outcomes and BATCH_BYTES of results (one large
 result goes alone), and a batch the server cancels (statement_timeout) is split
@@ -18,12 +19,9 @@ have committed, its reply lost).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
-import gevent
 import psycopg2.errors
-from gevent.event import Event
 from gevent.queue import Queue
 
 from ..logs import log
@@ -37,8 +35,10 @@ from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, SNOO
 
 BATCH_MAX = 1000  # outcomes in one statement
 BATCH_BYTES = 4 * 1024 * 1024  # bytes of results in one statement (at least one outcome)
-BACKLOG_MAX = 1000  # outcomes waiting to be written beyond which claiming pauses
-CLAIM_WAIT = 0.5  # seconds the completer leaves outcomes to a claim on the wire, at most
+# Outcomes waiting to be written beyond which claiming pauses: a few batches, as
+# a busy process has two on the wire (each with up to a claim of AUTO_LIMIT)
+# while the next gathers.
+BACKLOG_MAX = 4 * BATCH_MAX
 
 
 class Completer:
@@ -47,14 +47,15 @@ class Completer:
         self.holder = holder
         self.frees_slots = frees_slots  # runs a task with a concurrency limit (max_running)
         self.dispatch = dispatch
-        self.db = ReconnectingConnection(settings, "completer", should_stop=should_stop)
+        self.db = ReconnectingConnection(settings, "completer", should_stop=should_stop,
+                                         prepare=True)
         self._outcomes: Queue = Queue()
         self._carried: Outcome | None = None  # taken from the queue, left for the next batch
         self._unwritten = 0  # outcomes handed over and not yet written (or fenced off)
         self._written = dict.fromkeys(KINDS, 0)  # outcomes written, by kind
         self._lease_lost = 0  # outcomes fenced off: another process took the task over
-        self._no_claim = Event()  # clear while a claim that takes outcomes is on the wire
-        self._no_claim.set()
+        # Fetcher.claim_along: write a batch with a claim, if one is due (True).
+        self.claim_along: Callable[[ReconnectingConnection, list[Outcome]], bool] | None = None
         # (id, attempt) of outcomes a claim took and gave back after losing its
         # connection: they may have been written (see _send).
         self._uncertain: set[tuple[int, int]] = set()
@@ -82,16 +83,6 @@ class Completer:
             size += item.size
         return batch
 
-    @contextmanager
-    def claiming(self) -> Iterator[None]:
-        """A claim that will take outcomes is on the wire: the completer leaves
-        what gathers meanwhile to the next claim (for CLAIM_WAIT at most)."""
-        self._no_claim.clear()
-        try:
-            yield
-        finally:
-            self._no_claim.set()
-
     def landed(self, batch: list[Outcome], written: set[tuple[int, int]]) -> None:
         """`take`n outcomes were sent with a claim: `written` are in the table,
         the others were fenced off."""
@@ -102,9 +93,14 @@ class Completer:
         them. `maybe_written`: the claim's connection was lost, it may have
         committed them (the completer then checks the rows)."""
         if maybe_written:
-            self._uncertain.update((o.task.id, o.task.attempt) for o in batch)
+            self.maybe_written(batch)
         for outcome in batch:
             self._outcomes.put(outcome)
+
+    def maybe_written(self, batch: list[Outcome]) -> None:
+        """A statement carrying these outcomes lost its connection and then
+        failed: it may have committed them, and their write will check the rows."""
+        self._uncertain.update((o.task.id, o.task.attempt) for o in batch)
 
     # --- the processor's side
 
@@ -137,7 +133,8 @@ class Completer:
         while not stopping or self._carried is not None:
             batch, stopping = self._gather(stopping)
             if batch:
-                self.write(batch)
+                if not self._claimed_along(batch):
+                    self.write(batch)
                 large = sum(o.size + len(o.task.payload or "") for o in batch) >= memory.LARGE
                 del batch
                 if large:
@@ -158,13 +155,7 @@ class Completer:
                     break
                 item = self._outcomes.get_nowait()
             else:
-                self._outcomes.peek()  # (waits for one)
-                if not self._no_claim.is_set():
-                    self._no_claim.wait(CLAIM_WAIT)
-                    gevent.sleep(0)  # the fetcher sends its next claim first
-                    if self._outcomes.empty():  # it took them
-                        continue
-                item = self._outcomes.get_nowait()
+                item = self._outcomes.get()
             if item is None:
                 stopping = True
                 continue
@@ -174,6 +165,13 @@ class Completer:
             batch.append(item)
             size += item.size
         return batch, stopping
+
+    def _claimed_along(self, batch: list[Outcome]) -> bool:
+        """Write the batch with a claim (Fetcher.claim_along), if one is due.
+        False: nothing was written (none was due, or the statement was refused,
+        which write() then meets outcome by outcome)."""
+        return self.claim_along is not None and not self.frees_slots \
+            and self.claim_along(self.db, batch)
 
     def write(self, batch: list[Outcome]) -> None:
         """Write a batch. Cancelled by statement_timeout: write each half on its

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import gevent
 from gevent.event import Event
@@ -25,6 +27,7 @@ AUTO_LIMIT = 1000  # most tasks an automatic claim takes
 PREFETCH_SECONDS = 0.05  # an automatic claim queues what the workers finish in this long,
 PREFETCH_CLAIMS = 2  # or while this many claims take their measured time, if longer
 RATE_EVERY = 0.5  # seconds over which the task rate is measured
+RATE_FIRST = 0.02  # seconds of work at least before the first measure
 
 
 class Dispatch:
@@ -43,6 +46,8 @@ class Dispatch:
         self._finished = 0  # tasks finished since _rate_since
         self._rate_since: float | None = None  # the first finish, then the last measure
         self._claim_seconds = 0.0  # how long a claim takes (moving average)
+        self._on_the_wire = 0  # tasks asked for by the claims sent and not yet answered
+        self._claims_out = 0  # claims sent and not yet answered
 
     # --- the fetcher
 
@@ -63,7 +68,7 @@ class Dispatch:
         and the next tasks are there before the workers run dry; slow ones are
         not hoarded by one process, their leases running, while other processes'
         workers sit idle."""
-        queued = self._queue.qsize()
+        queued = self._queue.qsize() + self._on_the_wire  # (two claims: see on_the_wire)
         idle = self.worker_count - len(self._running)
         if fetch_limit is None:
             rate = self._task_rate()
@@ -75,9 +80,27 @@ class Dispatch:
             prefetch, limit = self.worker_count, fetch_limit
         free = idle + prefetch - queued
         batch = min(limit, self.worker_count)
+        if fetch_limit is None:  # half the window per claim: two claims can be in flight
+            limit = min(limit, max(batch, (idle + prefetch + 1) // 2))
         if idle > queued or free >= max(1, batch // 2):
             return min(free, limit)
         return 0
+
+    @contextmanager
+    def on_the_wire(self, limit: int) -> Iterator[None]:
+        """A claim of up to `limit` tasks is on its way: counted as queued, so
+        that a claim sent meanwhile (a busy process has two, see
+        Fetcher.claim_along) asks only for what this one will not bring."""
+        self._on_the_wire += limit
+        self._claims_out += 1
+        try:
+            yield
+        finally:
+            self._on_the_wire -= limit
+            self._claims_out -= 1
+
+    def claims_on_the_wire(self) -> int:
+        return self._claims_out
 
     def claimed_in(self, seconds: float) -> None:
         """A claim took `seconds`, sent to answered (for the automatic prefetch)."""
@@ -92,7 +115,11 @@ class Dispatch:
             return None
         now = time.monotonic()
         elapsed = now - self._rate_since
-        if elapsed >= RATE_EVERY:
+        # The first measure as soon as a few rounds finished (fast tasks need
+        # large claims from the start), then every RATE_EVERY.
+        first = self._rate is None and self._finished >= 2 * self.worker_count \
+            and elapsed >= RATE_FIRST
+        if elapsed >= RATE_EVERY or first:
             measured = self._finished / elapsed
             self._rate = measured if self._rate is None else (self._rate + 3 * measured) / 4
             self._finished, self._rate_since = 0, now

@@ -38,7 +38,7 @@ from ..store.tasks import ClaimedTask
 from . import memory
 from .catalog import Catalog
 from .completer import Completer, confirm
-from .dispatch import Dispatch
+from .dispatch import AUTO_LIMIT, Dispatch
 from .outcomes import GIVE_BACK, REFUSE, Outcome
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
@@ -63,12 +63,14 @@ class Fetcher:
         self.renewing = renewing  # the heartbeat renews leases
         self.should_stop = should_stop
         self.db = ReconnectingConnection(settings, "fetcher", should_stop=should_stop,
-                                         on_reconnect=self._reconnected, prepare=True)
+                                         on_reconnect=self.reconnected, prepare=True)
         self._orphans_possible = False
         self._next_rescue = 0.0
         self._alone_waiting = False  # a task that must run alone may be due
         self._pairs: store.Pairs = []  # (queue, name) with pending tasks, as last found
         self._pairs_at = 0.0  # when (monotonic); 0: find them with the next claim
+        self._busy = False  # claims come back full: the completer claims along too
+        self._giving_back = False  # orphans are being given back: no claim may start
         self._claimed = 0
         self._rescued = 0
         self._refused = 0
@@ -80,8 +82,8 @@ class Fetcher:
         if self.catalog.limits:  # the slot rows of max_running, before any claim
             store.ensure_slots(self.db, self.catalog.limits)
         while not self.should_stop():
-            if self._orphans_possible:
-                self._give_back_orphans()
+            if self._orphans_possible and not self.dispatch.claims_on_the_wire():
+                self._give_back_orphans()  # (none now: a reply on its way is no orphan)
             if time.monotonic() >= self._next_rescue:
                 self.rescue()
             if self._alone_waiting:
@@ -102,6 +104,7 @@ class Fetcher:
                 log.info("Fetched %d tasks", len(tasks))
             if not more and not self.should_stop():
                 self._pairs_at = 0.0  # after an idle spell, look for new queues and names
+                self._busy = False
                 self.dispatch.sleep(self._idle_wait())
 
     def claim(self, limit: int, alone: bool = False) -> tuple[list[ClaimedTask], bool]:
@@ -120,74 +123,124 @@ class Fetcher:
         loaded afterwards if it fits what is left of CLAIM_BYTES (the first task
         always does), else given back untouched for a later claim; one over
         MAX_PAYLOAD_BYTES is never loaded: its task ends in error, unrun."""
-        s = self.settings
         claimed_at = time.monotonic()
         served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
         fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
         inline_bytes = max(CLAIM_BYTES // limit, 1)
         shared = None if alone else store.busy_shares(served, self._pairs if fresh else None,
                                                       limit)
-        if shared is not None:  # (a busy process: see claim_shares)
-            result = self._claim_shares(shared, served.names, inline_bytes)
-        else:
-            result = store.claim(self.db, holder=self.holder, limit=limit,
-                                 lease=s.lease_seconds, served=served,
-                                 pairs=self._pairs if fresh else None,
-                                 inline_bytes=inline_bytes, alone=alone)
-        self.dispatch.claimed_in(time.monotonic() - claimed_at)
-        rows = result.rows
+        with self.dispatch.on_the_wire(limit):
+            if shared is not None:  # (a busy process: see claim_shares)
+                result = self._claim_shares(shared, served.names, inline_bytes)
+            else:
+                result = store.claim(self.db, holder=self.holder, limit=limit,
+                                     lease=self.settings.lease_seconds, served=served,
+                                     pairs=self._pairs if fresh else None,
+                                     inline_bytes=inline_bytes, alone=alone)
         if result.pairs is not None:
             self._pairs, self._pairs_at = result.pairs, claimed_at
         elif not alone:
-            self._drop_drained(rows, limit, served.rooms)
+            self._drop_drained(result.rows, limit, served.rooms)
+        return self._take_in(self.db, result.rows, claimed_at)
+
+    def claim_along(self, db: ReconnectingConnection, outcomes: list[Outcome]) -> bool:
+        """The completer's lane: while this fetcher's claim is on the wire, write
+        `outcomes` with a claim of what the workers will want next, on the
+        completer's connection (`db`), so that a busy process keeps two claims
+        in flight, each with the last outcomes, one round trip per batch each.
+        False, having sent nothing, when no such claim is due (the process is
+        not busy, or the claim needs the whole `claim` statement); the caller
+        then writes the outcomes itself (also when the statement was refused)."""
+        if not self._busy or self.should_stop() or self._alone_waiting \
+                or self._orphans_possible or self._giving_back or not self.renewing():
+            return False
+        limit = self.dispatch.free_slots(self.settings.fetch_limit)
+        if limit < min(self.settings.fetch_limit or AUTO_LIMIT, self.dispatch.worker_count):
+            return False  # (less than a full claim: the fetcher's next one will do)
+        served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
+        fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
+        shared = store.busy_shares(served, self._pairs if fresh else None, limit)
+        if shared is None:
+            return False
+        claimed_at = time.monotonic()
+        reconnects = db.reconnects
+        try:
+            with self.dispatch.on_the_wire(limit):
+                result = store.claim_shares_completing(
+                    db, holder=self.holder, lease=self.settings.lease_seconds,
+                    names=served.names, shared=shared, inline_bytes=max(CLAIM_BYTES // limit, 1),
+                    writes=[o.write() for o in outcomes])
+        except Stopped:
+            raise
+        except Exception as exc:  # refused whole (statement_timeout, a row refused)
+            if db.reconnects != reconnects:  # (lost, sent again, then refused)
+                self.completer.maybe_written(outcomes)
+            log.info("Claim with %d outcomes refused (%s): the completer writes them",
+                     len(outcomes), first_line(exc))
+            return False
+        written = confirm(db, outcomes, result.written, lost=db.reconnects != reconnects)
+        self.completer.landed(outcomes, written)
+        self._drop_drained(result.rows, limit, served.rooms)
+        if self.should_stop():  # (shutdown began while it was on the wire)
+            for row in result.rows:
+                self.outcome(Outcome(row.task, 0, GIVE_BACK))
+            return True
+        tasks, _ = self._take_in(db, result.rows, claimed_at)
+        if tasks:
+            log.info("Fetched %d tasks", len(tasks))
+        return True
+
+    def _take_in(self, db: ReconnectingConnection, rows: list[store.Claimed],
+                 claimed_at: float) -> tuple[list[ClaimedTask], bool]:
+        """Hand a claim's tasks to the workers (see claim); return them, and
+        whether more may be waiting."""
+        self.dispatch.claimed_in(time.monotonic() - claimed_at)
+        limit = self.settings.max_payload_bytes
         per_queue: dict[str, int] = {}
         for row in rows:
             per_queue[row.task.queue] = per_queue.get(row.task.queue, 0) + 1
         more = any(per_queue[row.task.queue] >= row.share for row in rows)
-        tasks = [row.task for row in rows if row.loaded]
+        tasks = [row.task for row in rows if row.loaded and row.size <= limit]
         loaded = sum(row.size for row in rows if row.loaded)
         wanted = []
         for row in rows:
-            if row.loaded:
-                continue
-            if row.size > s.max_payload_bytes:
+            if row.size > limit:
                 self._refuse(row.task, row.size)
+            elif row.loaded:
+                continue
             elif not tasks and not wanted or loaded + row.size <= CLAIM_BYTES:
                 wanted.append(row.task)
                 loaded += row.size
             else:
                 self.outcome(Outcome(row.task, 0, GIVE_BACK))  # for a later claim
         if wanted:
-            found = store.payloads(self.db, holder=self.holder, ids=[t.id for t in wanted])
+            found = store.payloads(db, holder=self.holder, ids=[t.id for t in wanted])
             order = {row.task.id: n for n, row in enumerate(rows)}  # the claim's order
             tasks = sorted(tasks + [t._replace(payload=found[t.id]) for t in wanted
                                     if t.id in found], key=lambda t: order[t.id])
         self.dispatch.hand_out(tasks, claimed_at)
         if loaded >= memory.LARGE:
-            self.db.recycle()  # give back the buffer that received them
+            db.recycle()  # give back the buffer that received them
         self._claimed += len(tasks)
         return tasks, more
 
     def _claim_shares(self, shared: dict[str, int], names: list[str],
                       inline_bytes: int) -> store.Claim:
         """claim_shares, writing the outcomes the completer has waiting in the
-        same statement (and meanwhile, the completer leaves the outcomes that
-        gather to the next claim). Outcomes this claim could not write go back
-        to the completer, which writes them apart (splitting a batch the server
+        same statement. Outcomes this claim could not write go back to the
+        completer, which writes them apart (splitting a batch the server
         cancels, storing what a row refuses as the task's error)."""
         lease = self.settings.lease_seconds
         outcomes = self.completer.take()
+        self._busy = True  # (till the next idle spell: see claim_along)
         if not outcomes:
-            with self.completer.claiming():
-                return store.claim_shares(self.db, holder=self.holder, lease=lease,
-                                          names=names, shared=shared,
-                                          inline_bytes=inline_bytes)
+            return store.claim_shares(self.db, holder=self.holder, lease=lease, names=names,
+                                      shared=shared, inline_bytes=inline_bytes)
         reconnects = self.db.reconnects
         try:
-            with self.completer.claiming():
-                result = store.claim_shares_completing(
-                    self.db, holder=self.holder, lease=lease, names=names, shared=shared,
-                    inline_bytes=inline_bytes, writes=[o.write() for o in outcomes])
+            result = store.claim_shares_completing(
+                self.db, holder=self.holder, lease=lease, names=names, shared=shared,
+                inline_bytes=inline_bytes, writes=[o.write() for o in outcomes])
             written = confirm(self.db, outcomes, result.written,
                               lost=self.db.reconnects != reconnects)
         except Stopped:
@@ -274,16 +327,23 @@ class Fetcher:
                 wait = min(wait, max(seconds, 0.0) + 0.01)
         return wait
 
-    def _reconnected(self) -> None:
-        # A claim may have committed while its reply was lost with the old
-        # connection: those rows are ours in the table but unknown here.
+    def reconnected(self) -> None:
+        """A claiming connection (this one, or the completer's) was opened again:
+        a claim may have committed while its reply was lost with the old one,
+        and those rows are ours in the table but unknown here."""
         self._orphans_possible = True
         self.dispatch.wake()
 
     def _give_back_orphans(self) -> None:
+        """Called with no claim on the wire; and none starts meanwhile (see
+        claim_along): a claim committing now would be given back as an orphan."""
         self._orphans_possible = False
-        ids = store.give_back_orphans(self.db, holder=self.holder,
-                                      known=self.dispatch.held_ids())
+        self._giving_back = True
+        try:
+            ids = store.give_back_orphans(self.db, holder=self.holder,
+                                          known=self.dispatch.held_ids())
+        finally:
+            self._giving_back = False
         if ids:
             log.warning("Gave back %d tasks claimed before the connection was lost: %s",
                         len(ids), ", ".join(map(str, ids)))

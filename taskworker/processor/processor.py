@@ -85,6 +85,9 @@ class Processor:
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
         self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.catalog,
                                self.completer, self.heartbeat.renewing, stopping)
+        # The completer's connection claims too (Fetcher.claim_along).
+        self.completer.claim_along = self.fetcher.claim_along
+        self.completer.db.on_reconnect = self.fetcher.reconnected
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, self.holder, stopping) if settings.metrics_port \

@@ -80,6 +80,22 @@ def test_huge_payloads_inserted_by_hand_do_not_hold_back_the_small_ones(
     assert "Traceback" not in out and "Statement interrupted" not in out
 
 
+def test_a_small_payload_over_a_low_limit_is_refused_too(
+        db_url: str, db: Any, serve: ServeFactory) -> None:
+    """MAX_PAYLOAD_BYTES=100 and a 200-byte payload inserted by hand: small enough
+    to come with the claim, it is still refused, never run (it was run once)."""
+    over, under = insert_tasks(db, ["x" * 200, "y" * 50])
+    p = serve(db_url, env={**FAST, "MAX_PAYLOAD_BYTES": "100"})
+    wait_finished(db, 30, [p])
+    stop_all([p], signal.SIGINT)
+    rows = tasks(db)
+    assert (rows[over]["status"], rows[over]["attempts"], rows[over]["result"]) == \
+        ("error", 0, None), rows[over]
+    assert rows[over]["error"] == "payload is 200 bytes, over MAX_PAYLOAD_BYTES=100"
+    assert rows[under]["status"] == "done"
+    assert f"Processing task ID: {over}" not in p.output()
+
+
 def test_large_results_are_written_and_the_memory_given_back(
         db_url: str, db: Any, serve: ServeFactory) -> None:
     """With MAX_PAYLOAD_BYTES raised to 64 MB, 60 MB payloads run: their 60 MB

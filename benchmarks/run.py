@@ -33,6 +33,12 @@ at the end, also on Ctrl+C or failure):
   defaults       FETCH_LIMIT unset (claims sized by the idle workers and the task rate)
                  against set values: no-op at WORKER_COUNT=100, a 50 ms sleep at 500, a
                  1 s sleep at 10,000 (share of the ideal, peak RSS) (benchmarks/defaults.py)
+  rivals         the same I/O-bound work (N tasks of a 50 ms cooperative sleep, enqueued
+                 first, concurrency 500) through taskworker, Celery (gevent pool; RabbitMQ
+                 and Redis brokers, without and with a Redis result backend), pgqueuer and
+                 procrastinate: tasks/s against the ideal, ratio to taskworker, worker CPU
+                 and peak RSS, 3 interleaved rounds (--quick: 2, and shorter runs: about 2.5
+                 minutes), slow systems cut after 12 s (--quick: 4 s) (benchmarks/rivals.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -70,6 +76,7 @@ from .phases import (
     phase_latency,
     phase_processes,
     phase_profile,
+    phase_rivals,
     phase_rss,
     plan_for,
 )
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
         "latency": phase_latency, "hosts": phase_hosts,
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
-        "defaults": phase_defaults}
+        "defaults": phase_defaults, "rivals": phase_rivals}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

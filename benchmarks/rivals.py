@@ -93,8 +93,8 @@ def measure(systems: Sequence[System], work: Workload, say: Callable[[str], None
         if why is None:
             try:
                 s.prepare()
-            except BenchError as exc:
-                why = str(exc)
+            except Exception as exc:  # noqa: BLE001 - skipped with the reason
+                why = _what(exc)
         if why is None:
             ready.append(s)
             result.systems.append(s.name)
@@ -109,17 +109,21 @@ def measure(systems: Sequence[System], work: Workload, say: Callable[[str], None
                     f"concurrency {work.concurrency} (round {r + 1}/{work.rounds})")
                 try:
                     one = run_once(s, work, f"{r}-{len(result.runs.get(s.name, []))}")
-                except BenchError as exc:
-                    one = Run(work.n, notes=[str(exc)])
+                except Exception as exc:  # noqa: BLE001 - the other systems go on
+                    one = Run(work.n, notes=[_what(exc)])
                 result.runs.setdefault(s.name, []).append(one)
                 notes.extend(f"rivals {s.name} round {r + 1}: {n}" for n in one.notes)
     finally:
         for s in ready:
             try:
                 s.clean()
-            except BenchError as exc:
-                notes.append(f"rivals: cleaning up {s.name}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - the rest are still cleaned
+                notes.append(f"rivals: cleaning up {s.name}: {_what(exc)}")
     return result
+
+
+def _what(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
 
 
 def run_once(system: System, work: Workload, tag: str) -> Run:

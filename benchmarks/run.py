@@ -37,8 +37,9 @@ at the end, also on Ctrl+C or failure):
                  first, concurrency 500) through taskworker, Celery (gevent pool; RabbitMQ
                  and Redis brokers, without and with a Redis result backend), pgqueuer and
                  procrastinate: tasks/s against the ideal, ratio to taskworker, worker CPU
-                 and peak RSS, 3 interleaved rounds (--quick: 2, and shorter runs: about 2.5
-                 minutes), slow systems cut after 12 s (--quick: 4 s) (benchmarks/rivals.py)
+                 and peak RSS, 3 interleaved rounds (--quick: 2 of 10,000 tasks: about 2
+                 minutes; full: 30,000 tasks, about 7), slow systems cut 12 s (--quick: 4 s)
+                 after their first task started (benchmarks/rivals.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -46,8 +47,9 @@ at the end, also on Ctrl+C or failure):
 With --py-spy N, one extra run (N x 40,000 tasks, at least 200,000) is sampled by
 py-spy for N seconds and the top functions are listed.
 --quick: 20,000 tasks only, fewer settings, 3 rounds (about 3 minutes, 1.3 of them
-the hosts phase; the full run, 5 rounds at 20,000 and 2 at 200,000 tasks, about 5-6
-minutes on 2 cores plus 2.5 for the hosts phase).
+the hosts phase, plus 2 for the rivals phase; the full run, 5 rounds at 20,000 and 2 at
+200,000 tasks, about 5-6 minutes on 2 cores plus 2.5 for the hosts phase and 7 for the
+rivals phase).
 Competitors are interleaved round by round, and medians reported, because other
 load on a small machine moves single runs by tens of percent.
 """

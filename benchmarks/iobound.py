@@ -5,7 +5,11 @@ gevent's monkey patching): a worker greenlet spends it waiting, not on the CPU, 
 one process of WORKER_COUNT workers can finish at most WORKER_COUNT / 0.05 s tasks
 a second, and every added host adds that much capacity.
 """
+import time
+
 import gevent
+
+from . import task_clock
 
 SECONDS = 0.05
 
@@ -18,4 +22,13 @@ def sleep(payload):
 def sleep_1s(payload):
     """The defaults phase's long I/O task: 1 s, for WORKER_COUNT=10000."""
     gevent.sleep(1.0)
+    return payload
+
+
+def timed_sleep(payload):
+    """The rivals phase's task (benchmarks/task_clock.py): BENCH_SLEEP seconds,
+    cooperative, its start and end recorded as every other system's task does."""
+    start = time.time()
+    gevent.sleep(task_clock.SLEEP)
+    task_clock.record(start)
     return payload

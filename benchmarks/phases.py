@@ -11,13 +11,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import baseline, claims, dashboard, defaults, pgqueuer_runs, profiling, rawsql, scaling
+from . import (
+    baseline,
+    claims,
+    dashboard,
+    defaults,
+    pgqueuer_runs,
+    profiling,
+    rawsql,
+    rivals,
+    scaling,
+)
+from . import rival_systems as rs
 from . import taskworker_runs as tw
 from .databases import Server
 from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
-          "hosts", "claims", "baseline", "dashboard", "defaults")
+          "hosts", "claims", "baseline", "dashboard", "defaults", "rivals")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -80,18 +91,20 @@ class Bench:
     baseline: baseline.Baseline | None = None
     dashboard: dashboard.Result | None = None
     defaults: defaults.Defaults | None = None
+    rivals: rivals.Rivals | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
         print(f"[{datetime.datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
-    def db(self, purpose: str, schema: str = "taskworker") -> str:
-        """A database for `purpose`, made once per run (migrated or pgqueuer-installed)."""
+    def db(self, purpose: str, schema: str | None = "taskworker") -> str:
+        """A database for `purpose`, made once per run (migrated, pgqueuer-installed, or
+        with schema None empty)."""
         if purpose not in self.dbs:
             url = self.server.create(purpose)
             if schema == "taskworker":
                 tw.migrate(url)
-            else:
+            elif schema == "pgqueuer":
                 pgqueuer_runs.install(url)
             self.dbs[purpose] = url
         return self.dbs[purpose]
@@ -304,3 +317,24 @@ def phase_defaults(b: Bench) -> None:
     """FETCH_LIMIT unset against set values, no-op and I/O-bound (defaults.py)."""
     b.defaults = defaults.measure(b.db("defaults"), b.args.quick, 1 if b.args.quick else 3,
                                   b.say, b.notes)
+
+
+def phase_rivals(b: Bench) -> None:
+    """The same I/O-bound work through taskworker, Celery, pgqueuer and procrastinate,
+    interleaved round by round (rivals.py, rival_systems.py)."""
+    work = rivals.workload(b.args.quick)
+    c = work.concurrency
+    prefix = f"twbench_{b.server.run_id}_"
+    systems: list[rs.System] = [
+        rs.Taskworker("taskworker", c, database=lambda: b.db("rivals")),
+        rs.Celery("Celery, RabbitMQ", c, broker=rs.AMQP_URL, prefix=prefix + "1_"),
+        rs.Celery("Celery, RabbitMQ, Redis results", c, broker=rs.AMQP_URL,
+                  backend=rs.REDIS_URL, prefix=prefix + "2_"),
+        rs.Celery("Celery, Redis", c, broker=rs.REDIS_URL, prefix=prefix + "3_"),
+        rs.Celery("Celery, Redis, Redis results", c, broker=rs.REDIS_URL,
+                  backend=rs.REDIS_URL, prefix=prefix + "4_"),
+        rs.Pgqueuer("pgqueuer", c, database=lambda: b.db("rivals_pgq", schema="pgqueuer")),
+        rs.Procrastinate("procrastinate", c, database=lambda: b.db("rivals_proc", schema=None)),
+    ]
+    b.rivals = rivals.measure(systems, work, b.say, b.notes)
+    b.rivals.servers = rivals.server_versions()

@@ -139,3 +139,22 @@ def stop_all() -> None:
 
 class BenchError(Exception):
     """A step of the benchmark could not be done; str() says which and why."""
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant (from /proc/<pid>/task/*/children)."""
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                pass
+    return tree

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import baseline, claims, dashboard, defaults, profiling, rawsql, scaling
+from . import baseline, claims, dashboard, defaults, profiling, rawsql, rivals, scaling
 from . import taskworker_runs as tw
 from .databases import Server
 from .phases import MAIN_SETTING, Bench, mb, median_rate
@@ -361,6 +361,9 @@ def versions(server: Server) -> dict[str, str]:
         "pgqueuer": v("pgqueuer"),
         "asyncpg": v("asyncpg"),
         "uvloop": v("uvloop"),
+        "celery / kombu / amqp / redis-py": f"{v('celery')} / {v('kombu')} / {v('amqp')} / "
+                                            f"{v('redis')}",
+        "procrastinate / psycopg": f"{v('procrastinate')} / {v('psycopg')}",
         "PostgreSQL": info.pop("version"),
         "pgbench": rawsql.pgbench_version(pgbench) if pgbench else "not found",
         "py-spy": profiling.available() or "not installed",
@@ -391,6 +394,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*baseline.report(b.baseline), ""]
     if b.defaults is not None:
         out += [*defaults.report(b.defaults), ""]
+    if b.rivals is not None:
+        out += [*rivals.report(b.rivals), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

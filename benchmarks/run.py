@@ -33,6 +33,13 @@ at the end, also on Ctrl+C or failure):
   defaults       FETCH_LIMIT unset (claims sized by the idle workers and the task rate)
                  against set values: no-op at WORKER_COUNT=100, a 50 ms sleep at 500, a
                  1 s sleep at 10,000 (share of the ideal, peak RSS) (benchmarks/defaults.py)
+  rivals         the same I/O-bound work (N tasks of a 50 ms cooperative sleep, enqueued
+                 first, concurrency 500) through taskworker, Celery (gevent pool; RabbitMQ
+                 and Redis brokers, without and with a Redis result backend), pgqueuer and
+                 procrastinate: tasks/s against the ideal, ratio to taskworker, worker CPU
+                 and peak RSS, 3 interleaved rounds (--quick: 2 of 10,000 tasks: about 2
+                 minutes; full: 30,000 tasks, about 7), slow systems cut 12 s (--quick: 4 s)
+                 after their first task started (benchmarks/rivals.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -40,8 +47,9 @@ at the end, also on Ctrl+C or failure):
 With --py-spy N, one extra run (N x 40,000 tasks, at least 200,000) is sampled by
 py-spy for N seconds and the top functions are listed.
 --quick: 20,000 tasks only, fewer settings, 3 rounds (about 3 minutes, 1.3 of them
-the hosts phase; the full run, 5 rounds at 20,000 and 2 at 200,000 tasks, about 5-6
-minutes on 2 cores plus 2.5 for the hosts phase).
+the hosts phase, plus 2 for the rivals phase; the full run, 5 rounds at 20,000 and 2 at
+200,000 tasks, about 5-6 minutes on 2 cores plus 2.5 for the hosts phase and 7 for the
+rivals phase).
 Competitors are interleaved round by round, and medians reported, because other
 load on a small machine moves single runs by tens of percent.
 """
@@ -70,6 +78,7 @@ from .phases import (
     phase_latency,
     phase_processes,
     phase_profile,
+    phase_rivals,
     phase_rss,
     plan_for,
 )
@@ -137,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
         "latency": phase_latency, "hosts": phase_hosts,
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
-        "defaults": phase_defaults}
+        "defaults": phase_defaults, "rivals": phase_rivals}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

@@ -20,7 +20,9 @@ from . import (
     profiling,
     rawsql,
     rivals,
+    roundtrip,
     scaling,
+    underload,
 )
 from . import rival_systems as rs
 from . import taskworker_runs as tw
@@ -28,7 +30,8 @@ from .databases import Server
 from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
-          "hosts", "claims", "baseline", "dashboard", "defaults", "rivals")
+          "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
+          "underload")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -92,6 +95,8 @@ class Bench:
     dashboard: dashboard.Result | None = None
     defaults: defaults.Defaults | None = None
     rivals: rivals.Rivals | None = None
+    roundtrip: roundtrip.RoundTrip | None = None
+    underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -338,3 +343,20 @@ def phase_rivals(b: Bench) -> None:
     ]
     b.rivals = rivals.measure(systems, work, b.say, b.notes)
     b.rivals.servers = rivals.server_versions()
+
+
+def phase_roundtrip(b: Bench) -> None:
+    """One default-sized serve against raw SQL at batch 100 and 20 (roundtrip.py)."""
+    pgbench = rawsql.find_pgbench(b.args.pgbench)
+    if not pgbench:
+        b.notes.append("roundtrip skipped: pgbench not found")
+        return
+    n, rounds = (20_000, 3) if b.args.quick else (100_000, 5)
+    b.roundtrip = roundtrip.measure(b.db("roundtrip"), b.db("roundtrip_raw"), pgbench, n,
+                                    rounds, b.say)
+
+
+def phase_underload(b: Bench) -> None:
+    """Pickup latency while a process is busy; the NOTIFY trigger's cost (underload.py)."""
+    b.underload = underload.phase(b.db, rawsql.find_pgbench(b.args.pgbench), b.args.quick,
+                                  b.say)

@@ -13,7 +13,18 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-from . import baseline, claims, dashboard, defaults, profiling, rawsql, rivals, scaling
+from . import (
+    baseline,
+    claims,
+    dashboard,
+    defaults,
+    profiling,
+    rawsql,
+    rivals,
+    roundtrip,
+    scaling,
+    underload,
+)
 from . import taskworker_runs as tw
 from .databases import Server
 from .phases import MAIN_SETTING, Bench, mb, median_rate
@@ -396,6 +407,10 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*defaults.report(b.defaults), ""]
     if b.rivals is not None:
         out += [*rivals.report(b.rivals), ""]
+    if b.roundtrip is not None:
+        out += [*roundtrip.report(b.roundtrip), ""]
+    if b.underload is not None:
+        out += [*underload.report(*b.underload), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

@@ -40,6 +40,14 @@ at the end, also on Ctrl+C or failure):
                  and peak RSS, 3 interleaved rounds (--quick: 2 of 10,000 tasks: about 2
                  minutes; full: 30,000 tasks, about 7), slow systems cut 12 s (--quick: 4 s)
                  after their first task started (benchmarks/rivals.py)
+  roundtrip      one serve at the default settings against raw SQL: WORKER_COUNT=100
+                 vs pgbench in batches of 100, WORKER_COUNT=20 (FETCH_LIMIT unset, and
+                 20) vs batches of 20; 100,000 tasks, 5 rounds (--quick: 20,000, 3)
+                 (benchmarks/roundtrip.py)
+  underload      pickup p50/p99 of single tasks inserted while one serve runs a load fed
+                 in commits of 100: 10,000 no-op tasks/s (WORKER_COUNT=100), and 9,000
+                 tasks/s that sleep 1 s (WORKER_COUNT=10,000); one-row commits/s with and
+                 without the insert trigger's NOTIFY (benchmarks/underload.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -79,7 +87,9 @@ from .phases import (
     phase_processes,
     phase_profile,
     phase_rivals,
+    phase_roundtrip,
     phase_rss,
+    phase_underload,
     plan_for,
 )
 from .processes import BenchError
@@ -146,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         "processes": phase_processes, "finished-rows": phase_finished_rows, "rss": phase_rss,
         "latency": phase_latency, "hosts": phase_hosts,
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
-        "defaults": phase_defaults, "rivals": phase_rivals}
+        "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
+        "underload": phase_underload}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

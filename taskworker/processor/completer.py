@@ -35,16 +35,20 @@ from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, SNOO
 
 BATCH_MAX = 1000  # outcomes in one statement
 BATCH_BYTES = 4 * 1024 * 1024  # bytes of results in one statement (at least one outcome)
-# Outcomes waiting to be written beyond which claiming pauses: a few batches, as
-# a busy process has two on the wire (each with up to a claim of AUTO_LIMIT)
-# while the next gathers.
-BACKLOG_MAX = 4 * BATCH_MAX
+# Outcomes waiting to be written beyond which claiming pauses (Completer.backlogged):
+# a few batches, as a busy process has two on the wire (each with up to a claim of
+# AUTO_LIMIT) while the next gathers; and at least two rounds of the workers, as
+# ten thousand tasks started together also end together.
+BACKLOG_BATCHES = 4
+BACKLOG_ROUNDS = 2
 
 
 class Completer:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch,
                  should_stop: Callable[[], bool], frees_slots: bool = True) -> None:
         self.holder = holder
+        self._backlog_max = max(BACKLOG_BATCHES * BATCH_MAX,
+                                BACKLOG_ROUNDS * settings.worker_count)
         self.frees_slots = frees_slots  # runs a task with a concurrency limit (max_running)
         self.dispatch = dispatch
         self.db = ReconnectingConnection(settings, "completer", should_stop=should_stop,
@@ -115,7 +119,7 @@ class Completer:
         """Outcomes pile up unwritten (the database is slow or away): the fetcher
         claims nothing more until they are written, so memory and held leases
         stay bounded."""
-        return self._unwritten >= BACKLOG_MAX
+        return self._unwritten >= self._backlog_max
 
     def stats(self) -> dict[str, int]:
         w = self._written

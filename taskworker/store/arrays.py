@@ -1,5 +1,7 @@
 """Array parameters written as PostgreSQL array literals, for the batches of
-outcomes the completion sends (seven arrays of up to a thousand elements).
+outcomes the completion sends (seven arrays of up to a thousand elements) and
+the lists of ids a busy process sends (the heartbeat's and the rescue's: every
+task it holds, ten thousand with WORKER_COUNT=10000).
 
 psycopg2 adapts a Python list element by element into `ARRAY[...]` syntax: 2.8 ms
 for a batch of 1,000 outcomes, a quarter of serve's own CPU per no-op task. The

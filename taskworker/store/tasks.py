@@ -194,14 +194,14 @@ def ensure_slots(db: Database, limits: dict[str, int]) -> None:
 
 def payloads(db: Database, *, holder: str, ids: Sequence[int]) -> dict[int, str | None]:
     """The payloads of tasks `holder` holds, by id."""
-    return dict(db.query(sql.payloads, {"ids": list(ids), "holder": holder}))
+    return dict(db.query(sql.payloads, {"ids": arrays.numbers(ids), "holder": holder}))
 
 
 def rescue(db: Database, *, max_rescues: int, holder: str, held: Sequence[int]) -> Rescued:
     """Take back tasks whose lease expired: their process stopped responding (never
     one that `holder` still holds: `held`)."""
     rows = db.query(sql.rescue, {"max_rescues": max_rescues, "holder": holder,
-                                 "held": list(held)})
+                                 "held": arrays.numbers(held)})
     return Rescued(back=sorted(i for i, status in rows if status == "pending"),
                    parked=sorted(i for i, status in rows if status == "error"),
                    cancelled=sorted(i for i, status in rows if status == "cancelled"))
@@ -226,7 +226,7 @@ class Held(NamedTuple):
 
 def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) -> Held:
     """Extend the leases of `ids` (and their slots); say which `holder` still holds."""
-    rows = db.query(sql.heartbeat, {"ids": list(ids), "holder": holder, "lease": lease})
+    rows = db.query(sql.heartbeat, {"ids": arrays.numbers(ids), "holder": holder, "lease": lease})
     return Held({row[0] for row in rows}, sorted(row[0] for row in rows if row[1]))
 
 
@@ -257,13 +257,13 @@ def _outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:
 
 def outcome_rows(db: Database, ids: Sequence[int]) -> dict[int, RowState]:
     """What the rows `ids` say now (a missing id: the row was deleted)."""
-    rows = db.query(sql.outcome_rows, {"ids": list(ids)})
+    rows = db.query(sql.outcome_rows, {"ids": arrays.numbers(ids)})
     return {row[0]: RowState(*row[1:]) for row in rows}
 
 
 def give_back_orphans(db: Database, *, holder: str, known: Sequence[int]) -> list[int]:
     """Give back the tasks `holder` holds in the table other than `known`; their ids."""
-    rows = db.query(sql.give_back_orphans, {"holder": holder, "known": list(known)})
+    rows = db.query(sql.give_back_orphans, {"holder": holder, "known": arrays.numbers(known)})
     return sorted(row[0] for row in rows)
 
 

@@ -4,12 +4,15 @@ Nothing here starts systemd. The README's steps run as they stand, with /opt, /e
 and /var moved under a scratch root, on a host where no taskworker user or folder
 exists: all but the `systemctl`/`journalctl` ones, which need a running systemd.
 `systemd-analyze` (Debian's systemd package; .ci/run installs it) verifies the unit
-and rates its exposure, offline; without it those two tests skip. The exit statuses
+and rates its exposure, offline; without it (250 or later) those tests skip. The exit statuses
 the unit treats as clean or as not worth a restart are the ones `taskworker serve`
-gives.
+gives. And `serve` works confined as the unit confines it, as far as that can be
+done here (tests/confine.py): its system calls, address families,
+MemoryDenyWriteExecute, UMask, no capabilities and no new privileges.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,10 +25,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from proc import CLI, child_env
+from invariants import status_counts, wait_until
+from pgserver import free_port
+from proc import CLI, ServeFactory, child_env, cli
+from scrapes import get, scrape, value
 from venvs import REPO, checkout_copy, clean_env, run
 
 UNIT = REPO / "contrib" / "taskworker.service"
+CONFINE = Path(__file__).resolve().parent / "confine.py"
 MAX_EXPOSURE = 2.5  # systemd-analyze security: up to 2.9 is "OK"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")  # sysinit.target & co., for `verify`
 MOVED = re.compile(r"(?<![\w./-])/(opt|etc|var)/")  # absolute paths the steps write to
@@ -36,8 +43,8 @@ def directives() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for line in UNIT.read_text().splitlines():
         if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
-            key, value = line.split("=", 1)
-            found.setdefault(key.strip(), []).append(value.strip())
+            key, setting = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(setting.strip())
     return found
 
 
@@ -48,13 +55,19 @@ def one(name: str) -> str:
 
 
 def statuses(name: str) -> set[int]:
-    return {int(s) for value in directives().get(name, []) for s in value.split()}
+    return {int(s) for setting in directives().get(name, []) for s in setting.split()}
 
 
 def systemd_analyze() -> str:
+    """Its path; skip when there is none, or one without --offline and verify --root."""
     found = shutil.which("systemd-analyze")
     if not found:
         pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd)")
+    version = subprocess.run([found, "--version"], capture_output=True, text=True,
+                             timeout=60, check=False).stdout
+    number = re.match(r"systemd (\d+)", version)
+    if not number or int(number.group(1)) < 250:
+        pytest.skip(f"systemd-analyze is older than 250: {version.strip()[:60]!r}")
     return found
 
 
@@ -172,3 +185,57 @@ def test_the_units_exit_statuses_are_the_ones_serve_gives(tmp_path: Path) -> Non
     assert "Connection refused" in down.stderr
     assert down.returncode not in clean | final | {0}
     assert one("Restart") == "on-failure"
+
+
+def allowed_syscalls(analyze: str) -> list[str]:
+    """The unit's SystemCallFilter= lines, groups expanded the way this systemd
+    defines them: the first line allows, a line starting with ~ takes away."""
+    listing = subprocess.run([analyze, "syscall-filter", "--no-pager"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    groups: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        if line.startswith("@"):
+            members = groups.setdefault(line.strip(), [])
+        elif line.strip() and not line.strip().startswith("#"):
+            members.append(line.strip())
+
+    def expand(names: list[str]) -> set[str]:
+        return set().union(*(expand(groups[n]) if n.startswith("@") else {n} for n in names))
+
+    allowed: set[str] = set()
+    for line in directives()["SystemCallFilter"]:
+        names = expand(line.removeprefix("~").split())
+        allowed = allowed - names if line.startswith("~") else allowed | names
+    return sorted(allowed)
+
+
+def test_serve_works_confined_as_the_unit_confines_it(serve: ServeFactory, db_url: str,
+                                                      db: object) -> None:
+    analyze = systemd_analyze()
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("dropping every capability needs root and setpriv (util-linux)")
+    settings = {"syscalls": allowed_syscalls(analyze),
+                "families": one("RestrictAddressFamilies").split(),
+                "umask": int(one("UMask"), 8)}
+    assert one("MemoryDenyWriteExecute") == "yes" and one("NoNewPrivileges") == "yes"
+    assert one("CapabilityBoundingSet") == ""
+    prefix = ["setpriv", "--no-new-privs", "--bounding-set=-all", "--inh-caps=-all",
+              sys.executable, str(CONFINE), json.dumps(settings)]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=60,
+                           check=False)
+    if "PR_SET_MDWE" in probe.stderr or "seccomp" in probe.stderr.lower():
+        pytest.skip(f"cannot confine here: {probe.stderr.strip()}")
+    assert probe.returncode == 0, probe.stderr
+
+    assert cli(db_url, "seed")[0] == 0
+    metrics, dashboard = free_port(), free_port()
+    p = serve(db_url, prefix=prefix, env={
+        "TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0.05", "TASK_FAILURE_RATE": "0",
+        "METRICS_PORT": str(metrics), "DASHBOARD_PORT": str(dashboard)})
+    wait_until(lambda: status_counts(db) == {"done": 20}, 60,
+               lambda: f"20 tasks done, not {status_counts(db)}", [p], fail_on_exit=True)
+    assert value(scrape(metrics), "taskworker_tasks_finished_total", status="done") == 20
+    assert get(dashboard, "/tasks?q=task")[0] == 200
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+    assert "Traceback" not in p.output() and "Error" not in p.output(), p.output()

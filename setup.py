@@ -1,10 +1,10 @@
-"""Shim for tools that still call setup.py; the metadata lives in setup.cfg.
+"""One build step pyproject.toml cannot say (the metadata lives there).
 
-One thing setup.cfg cannot say: migrations/ (top level, the schema's only source)
-is installed as taskworker/migrations/. Mapping it there with package_dir would
-make `pip install -e .` use an import hook and warn; instead build_py copies the
-files for wheels, and an editable install reads migrations/ from the checkout
-(taskworker/store/migrations.py looks there first). MANIFEST.in puts them in the sdist.
+migrations/ (top level, the schema's only source) is installed as
+taskworker/migrations/. Mapping it there with package-dir would make `pip install -e .`
+use an import hook and warn; instead build_py copies the files for wheels, and an
+editable install reads migrations/ from the checkout (taskworker/store/migrations.py
+looks for the installed copy first). MANIFEST.in puts them in the sdist.
 """
 from pathlib import Path
 

@@ -4,7 +4,9 @@ Its rows (variable(s), option, default, meaning) are compared with
 `taskworker.settings.FIELDS` and the `Settings` dataclass defaults: every variable
 is documented, every documented variable exists, every default shown is the real
 one, and every `--option` is an option of `taskworker serve` for that variable.
-The contents' links must name real sections too.
+The contents' links must name real sections too, every other link must work where
+the README is shown away from the repository (PyPI), and "Installing" must list the
+dependencies pyproject.toml declares.
 
 Pure: no database, no gevent in this process (`serve --help` runs as a subprocess).
 """
@@ -15,6 +17,7 @@ import dataclasses
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -190,3 +193,44 @@ def test_section_links_resolve() -> None:
     links = set(re.findall(r"\]\(#([^)]+)\)", outside_code))
     assert links, "no section links"
     assert not links - anchors, f"links to no heading: {sorted(links - anchors)}"
+
+
+def test_links_work_away_from_the_repository() -> None:
+    """The README is also the package's long description, shown where a relative link
+    leads nowhere (PyPI): every link and image is absolute, and those into the
+    repository start with the project's URL (pyproject.toml, its one place) and name a
+    file or folder the checkout has."""
+    text = README.read_text("utf-8")
+    homepage = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Homepage"]
+    outside_code = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    targets = re.findall(r"\]\(([^)\s]+)\)", outside_code)
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
+    assert not relative, f"relative links: {relative}"
+
+    owner = homepage.rsplit("/", 1)[0]  # the same host and owner under another name: a typo
+    named = re.findall(re.escape(owner) + r"/[^\s)>`]*", text)
+    assert named, f"the README never names {homepage}"
+    for url in named:
+        rest = url.removeprefix(homepage)
+        assert rest != url, f"{url} is not under {homepage}"
+        if rest in ("", ".git"):
+            continue
+        m = re.fullmatch(r"/(blob|raw|tree)/main/(.+)", rest)
+        assert m, f"{url}: not a file or folder of the main branch"
+        path = ROOT / m.group(2)
+        assert path.is_dir() if m.group(1) == "tree" else path.is_file(), f"{url}: no {path}"
+
+
+def test_installing_lists_what_installing_pulls_in() -> None:
+    """The table names every dependency, and the command that installs them by hand
+    names the same ones, psycopg2 in place of psycopg2-binary."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in declared}
+    section = README.read_text("utf-8").split("\n## Installing\n", 1)[1].split("\n## ", 1)[0]
+    table = {m.lower() for m in re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)}
+    assert table == names
+    by_hand = re.search(r"^pip install (?!--)(.+)$", section, flags=re.M)
+    assert by_hand, "no `pip install <dependencies>` line"
+    assert {w.lower() for w in by_hand.group(1).split()} == (
+        names - {"psycopg2-binary"} | {"psycopg2"})
+    assert re.search(r"^pip install --no-deps \./taskworker$", section, flags=re.M)

@@ -60,11 +60,14 @@ class Migration:
 
 
 def _folder() -> Path:
-    """migrations/ of a source checkout, else the copy installed as package data."""
-    checkout = Path(__file__).resolve().parents[2] / "migrations"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(resources.files("taskworker") / "migrations"))
+    """The copy a wheel installs as taskworker/migrations/, else (a checkout, or an
+    editable install of one) the checkout's migrations/. In that order: installed,
+    the folder beside the package is site-packages/migrations/, another
+    distribution's if anything."""
+    installed = Path(str(resources.files("taskworker") / "migrations"))
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parents[2] / "migrations"
 
 
 def available() -> list[Migration]:

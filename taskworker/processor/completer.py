@@ -26,11 +26,13 @@ from gevent.queue import Queue
 
 from ..logs import log
 from ..settings import Settings
+from ..store import completion
 from ..store import tasks as store
 from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection
 from ..store.database import first_line
 from . import memory
 from .dispatch import Dispatch
+from .landed import confirm, fields
 from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, SNOOZE, Outcome
 
 BATCH_MAX = 1000  # outcomes in one statement
@@ -207,8 +209,9 @@ class Completer:
     def _send(self, batch: list[Outcome]) -> set[tuple[int, int]]:
         """Write the batch; the (id, attempt) pairs now in the table."""
         reconnects = self.db.reconnects
-        written = store.complete(self.db, holder=self.holder, writes=[o.write() for o in batch],
-                                 frees_slots=self.frees_slots)
+        written = completion.complete(self.db, holder=self.holder,
+                                      writes=[o.write() for o in batch],
+                                      frees_slots=self.frees_slots)
         uncertain = self._uncertain and any(
             (o.task.id, o.task.attempt) in self._uncertain for o in batch)
         written = confirm(self.db, batch, written,
@@ -244,7 +247,7 @@ class Completer:
         if written:  # a warning, as the worker's `failed:` line
             log.warning("%sTask ID: %d failed: %s",
                         f"[Worker {outcome.worker}] " if outcome.worker else "",
-                        outcome.task.id, message, extra=_fields(outcome))
+                        outcome.task.id, message, extra=fields(outcome))
         return [failed], written
 
     def _report(self, batch: list[Outcome], written: set[tuple[int, int]]) -> None:
@@ -256,68 +259,27 @@ class Completer:
             if (task.id, task.attempt) not in written:
                 self._lease_lost += 1
                 log.warning("[Worker %d] Task ID: %d lease lost, result discarded",
-                            o.worker, task.id, extra=_fields(o))
+                            o.worker, task.id, extra=fields(o))
                 continue
             self._written[o.kind] += 1
             if not info:
                 continue
             if o.kind in (DONE, ERROR):
                 log.info("[Worker %d] Task ID: %d processed with status: %s",
-                         o.worker, task.id, o.kind, extra=_fields(o))
+                         o.worker, task.id, o.kind, extra=fields(o))
             elif o.kind == RETRY:
                 log.info("[Worker %d] Task ID: %d failed on attempt %d, retrying in %.1fs: %s",
                          o.worker, task.id, task.attempt, o.delay or 0, o.error,
-                         extra=_fields(o))
+                         extra=fields(o))
             elif o.kind == GIVE_BACK and o.worker:
                 log.info("[Worker %d] Task ID: %d given back to pending",
-                         o.worker, task.id, extra=_fields(o))
+                         o.worker, task.id, extra=fields(o))
             elif o.kind == REFUSE:
                 log.info("Task ID: %d processed with status: error", task.id,
-                         extra=_fields(o))
+                         extra=fields(o))
             elif o.kind == CANCEL:
                 log.info("[Worker %d] Task ID: %d processed with status: cancelled",
-                         o.worker, task.id, extra=_fields(o))
+                         o.worker, task.id, extra=fields(o))
             elif o.kind == SNOOZE:
                 log.info("[Worker %d] Task ID: %d snoozed for %.1fs", o.worker, task.id,
-                         o.delay or 0, extra=_fields(o))
-
-
-def confirm(db: ReconnectingConnection, batch: list[Outcome], written: set[tuple[int, int]],
-            lost: bool) -> set[tuple[int, int]]:
-    """The outcomes of `batch` written, after a statement that wrote `written`
-    (and then, when one of them landed that makes tasks claimable, a wake-up of
-    every process's fetcher). `lost`: the connection was lost and the statement
-    sent again: the first send may have committed with its reply lost, and the
-    second found nothing left to write; the rows are asked before those
-    outcomes are called discarded."""
-    if lost:
-        written = written | _committed_before_the_loss(db, batch, written)
-    if any(o.wakes_others for o in batch if (o.task.id, o.task.attempt) in written):
-        store.wake_others(db)
-    return written
-
-
-def _committed_before_the_loss(db: ReconnectingConnection, batch: list[Outcome],
-                               written: set[tuple[int, int]]) -> set[tuple[int, int]]:
-    """The outcomes of `batch` not in `written` that the rows show as written by
-    this very attempt: the status it writes, the attempt count it leaves, no
-    holder, and no rescue since the claim (a rescue or a new claim by anyone
-    changes the counts)."""
-    missing = [o for o in batch if (o.task.id, o.task.attempt) not in written]
-    if not missing:
-        return set()
-    rows = store.outcome_rows(db, [o.task.id for o in missing])
-    found = set()
-    for o in missing:
-        row, expected = rows.get(o.task.id), o.write()
-        if row is not None and row.locked_by is None and row.status == expected.status \
-                and row.attempts == o.task.attempt - expected.given_back \
-                and row.rescues == o.task.rescues:
-            log.info("Task ID: %d outcome was written before the connection was lost",
-                     o.task.id, extra=_fields(o))
-            found.add((o.task.id, o.task.attempt))
-    return found
-
-
-def _fields(o: Outcome) -> dict[str, object]:
-    return {"task_id": o.task.id, "worker": o.worker or None, "attempt": o.task.attempt}
+                         o.delay or 0, extra=fields(o))

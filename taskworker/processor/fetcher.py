@@ -1,22 +1,13 @@
 """Claims tasks for the workers, and rescues tasks whose worker vanished.
 
-The fetcher asks only for what can start soon: as many tasks as there are idle
-workers plus a prefetch (Dispatch.free_slots: one round with FETCH_LIMIT set, at
-most FETCH_LIMIT per claim; unset, what the workers finish at the measured task
-rate while two claims are on their way, at least 50 ms, at most 1,000 per
-claim). It claims
-again at once while claims come back full, and otherwise sleeps until a NOTIFY,
-a worker going idle, the next retry or lease expiry falling due, or
-FETCH_INTERVAL, whichever comes first.
+The fetcher asks only for what can start soon: idle workers plus a prefetch
+(Dispatch.free_slots). It claims again at once while claims come back full, and
+otherwise sleeps until a NOTIFY, a worker going idle, the next retry or lease
+expiry falling due, or FETCH_INTERVAL, whichever comes first. It claims only
+while the heartbeat renews leases (a process holds no claim it cannot keep).
 
-A busy fetcher's claim also writes the outcomes the completer has waiting
-(claim_shares_completing): one round trip per batch instead of a claim and a
-completion, with the completion fenced as the completer's own.
-
-It claims only while the heartbeat renews leases (a process holds no claim it
-cannot keep), and loads payloads within CLAIM_BYTES per claim; a payload over
-MAX_PAYLOAD_BYTES (a row inserted without enqueue's check) ends its task in
-error, without being loaded.
+A busy process's claims also write the outcomes waiting (claim_shares_completing:
+one round trip per batch), two in flight: the fetcher's and the completer's.
 
 A task whose worker was lost MAX_RESCUES times (the rescue flags it run_alone)
 gets its last run alone: the fetcher stops claiming, waits until every task it
@@ -35,18 +26,21 @@ from ..store import tasks as store
 from ..store.connection import ReconnectingConnection, Stopped
 from ..store.database import first_line
 from ..store.tasks import ClaimedTask
-from . import memory
 from .catalog import Catalog
-from .completer import Completer, confirm
+from .completer import Completer
 from .dispatch import AUTO_LIMIT, Dispatch
-from .outcomes import GIVE_BACK, REFUSE, Outcome
+from .intake import CLAIM_BYTES, Intake
+from .landed import confirm
+from .outcomes import GIVE_BACK, Outcome
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
 BACKLOG_POLL = 0.01  # seconds between checks while the completer's backlog is full
 RENEWAL_POLL = 0.1  # seconds between checks while leases are not being renewed
+# Smallest claim the completer sends along (claim_along): a second claim in flight
+# pays for large ones only; and two may hand out in either order.
+ALONG_MIN = 50
 PAIRS_TTL = 0.5  # seconds a busy fetcher claims from the (queue, name) pairs it found
-CLAIM_BYTES = 4 * 1024 * 1024  # payload bytes one claim loads (at least one task)
 
 
 class Fetcher:
@@ -60,6 +54,7 @@ class Fetcher:
         self.holder = holder
         self.dispatch = dispatch
         self.backlogged = completer.backlogged  # too many outcomes wait to be written
+        self.intake = Intake(settings, holder, dispatch, completer.put)
         self.renewing = renewing  # the heartbeat renews leases
         self.should_stop = should_stop
         self.db = ReconnectingConnection(settings, "fetcher", should_stop=should_stop,
@@ -71,12 +66,11 @@ class Fetcher:
         self._pairs_at = 0.0  # when (monotonic); 0: find them with the next claim
         self._busy = False  # claims come back full: the completer claims along too
         self._giving_back = False  # orphans are being given back: no claim may start
-        self._claimed = 0
         self._rescued = 0
-        self._refused = 0
 
     def stats(self) -> dict[str, int]:
-        return {"claimed": self._claimed, "rescued": self._rescued, "refused": self._refused}
+        return {"claimed": self.intake.claimed, "rescued": self._rescued,
+                "refused": self.intake.refused}
 
     def run(self) -> None:
         if self.catalog.limits:  # the slot rows of max_running, before any claim
@@ -119,10 +113,8 @@ class Fetcher:
         back full (a queue or name new since is claimed from at the next look).
 
         Payloads come with the claim while each is at most CLAIM_BYTES / limit
-        bytes, so the claim's reply stays within CLAIM_BYTES. A larger one is
-        loaded afterwards if it fits what is left of CLAIM_BYTES (the first task
-        always does), else given back untouched for a later claim; one over
-        MAX_PAYLOAD_BYTES is never loaded: its task ends in error, unrun."""
+        bytes, so the claim's reply stays within CLAIM_BYTES; see intake.py
+        for the others."""
         claimed_at = time.monotonic()
         served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
         fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
@@ -141,7 +133,7 @@ class Fetcher:
             self._pairs, self._pairs_at = result.pairs, claimed_at
         elif not alone:
             self._drop_drained(result.rows, limit, served.rooms)
-        return self._take_in(self.db, result.rows, claimed_at)
+        return self.intake.take_in(self.db, result.rows, claimed_at)
 
     def claim_along(self, db: ReconnectingConnection, outcomes: list[Outcome]) -> bool:
         """The completer's lane: while this fetcher's claim is on the wire, write
@@ -155,8 +147,9 @@ class Fetcher:
                 or self._orphans_possible or self._giving_back or not self.renewing():
             return False
         limit = self.dispatch.free_slots(self.settings.fetch_limit)
-        if limit < min(self.settings.fetch_limit or AUTO_LIMIT, self.dispatch.worker_count):
-            return False  # (less than a full claim: the fetcher's next one will do)
+        if limit < max(ALONG_MIN, min(self.settings.fetch_limit or AUTO_LIMIT,
+                                      self.dispatch.worker_count)):
+            return False  # (less than a large, full claim: the fetcher's next one will do)
         served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
         fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
         shared = store.busy_shares(served, self._pairs if fresh else None, limit)
@@ -185,44 +178,10 @@ class Fetcher:
             for row in result.rows:
                 self.outcome(Outcome(row.task, 0, GIVE_BACK))
             return True
-        tasks, _ = self._take_in(db, result.rows, claimed_at)
+        tasks, _ = self.intake.take_in(db, result.rows, claimed_at)
         if tasks:
             log.info("Fetched %d tasks", len(tasks))
         return True
-
-    def _take_in(self, db: ReconnectingConnection, rows: list[store.Claimed],
-                 claimed_at: float) -> tuple[list[ClaimedTask], bool]:
-        """Hand a claim's tasks to the workers (see claim); return them, and
-        whether more may be waiting."""
-        self.dispatch.claimed_in(time.monotonic() - claimed_at)
-        limit = self.settings.max_payload_bytes
-        per_queue: dict[str, int] = {}
-        for row in rows:
-            per_queue[row.task.queue] = per_queue.get(row.task.queue, 0) + 1
-        more = any(per_queue[row.task.queue] >= row.share for row in rows)
-        tasks = [row.task for row in rows if row.loaded and row.size <= limit]
-        loaded = sum(row.size for row in rows if row.loaded)
-        wanted = []
-        for row in rows:
-            if row.size > limit:
-                self._refuse(row.task, row.size)
-            elif row.loaded:
-                continue
-            elif not tasks and not wanted or loaded + row.size <= CLAIM_BYTES:
-                wanted.append(row.task)
-                loaded += row.size
-            else:
-                self.outcome(Outcome(row.task, 0, GIVE_BACK))  # for a later claim
-        if wanted:
-            found = store.payloads(db, holder=self.holder, ids=[t.id for t in wanted])
-            order = {row.task.id: n for n, row in enumerate(rows)}  # the claim's order
-            tasks = sorted(tasks + [t._replace(payload=found[t.id]) for t in wanted
-                                    if t.id in found], key=lambda t: order[t.id])
-        self.dispatch.hand_out(tasks, claimed_at)
-        if loaded >= memory.LARGE:
-            db.recycle()  # give back the buffer that received them
-        self._claimed += len(tasks)
-        return tasks, more
 
     def _claim_shares(self, shared: dict[str, int], names: list[str],
                       inline_bytes: int) -> store.Claim:
@@ -273,14 +232,6 @@ class Fetcher:
         drained = {q for q in queues - got if rooms.get(q, 1) > 0}
         if drained:
             self._pairs = [(q, n) for q, n in self._pairs if q not in drained]
-
-    def _refuse(self, task: ClaimedTask, size: int) -> None:
-        """End a task whose payload is over MAX_PAYLOAD_BYTES, without loading it."""
-        limit = self.settings.max_payload_bytes
-        message = f"payload is {size} bytes, over MAX_PAYLOAD_BYTES={limit}"
-        log.warning("Task ID: %d failed: %s", task.id, message, extra={"task_id": task.id})
-        self._refused += 1
-        self.outcome(Outcome(task, 0, REFUSE, error=message))
 
     def rescue(self) -> None:
         """Take back tasks whose lease expired: their process stopped responding."""

@@ -10,7 +10,8 @@ import random
 from dataclasses import dataclass
 
 from ..settings import Settings
-from ..store.tasks import ClaimedTask, OutcomeWrite
+from ..store.completion import OutcomeWrite
+from ..store.tasks import ClaimedTask
 
 DONE = "done"  # the handler returned: status done, with its result
 ERROR = "error"  # failed for good: status error

@@ -3,7 +3,8 @@
 Each function takes a `Database` (a ReconnectingConnection or a `Direct` caller's
 connection), sends one statement from queries.sql and returns Python values, so
 no caller sees SQL text or unpacks a row by position. The admin commands' and
-the enqueue API's statements are in `store.admin`.
+the enqueue API's statements are in `store.admin`, and the outcomes' in
+`store.completion`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import arrays, sql
+from .completion import OutcomeWrite, outcome_arrays
 from .database import Database
 from .prepared import Prepared
 from .sharing import shares
@@ -67,25 +69,6 @@ class NextDue(NamedTuple):
 
     retry: float | None  # the next pending task scheduled for later
     lease: float | None  # the next lease to expire
-
-
-class OutcomeWrite(NamedTuple):
-    """One row of `complete`: what to write for one claimed attempt."""
-
-    id: int
-    attempt: int
-    status: str  # done, error or pending
-    result: str | None
-    error: str | None
-    delay: float | None  # pending: seconds until due again (None: now)
-    given_back: bool  # pending, untouched: the attempt is not counted
-
-
-class RowState(NamedTuple):
-    status: str
-    attempts: int
-    rescues: int
-    locked_by: str | None
 
 
 class Cutoff(NamedTuple):
@@ -168,7 +151,7 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
     writes the outcomes apart."""
     found = db.query(CLAIM_SHARES_COMPLETING, {
         **_shares_params(holder, lease, names, shared, inline_bytes),
-        **_outcome_arrays(writes)}, resend_on_timeout=False)
+        **outcome_arrays(writes)}, resend_on_timeout=False)
     return Claim(_claimed([row for row in found if row[9] is None], inline_bytes), None,
                  {(row[0], row[9]) for row in found if row[9] is not None})
 
@@ -228,37 +211,6 @@ def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) ->
     """Extend the leases of `ids` (and their slots); say which `holder` still holds."""
     rows = db.query(sql.heartbeat, {"ids": arrays.numbers(ids), "holder": holder, "lease": lease})
     return Held({row[0] for row in rows}, sorted(row[0] for row in rows if row[1]))
-
-
-def complete(db: ReconnectingConnection, *, holder: str, writes: Sequence[OutcomeWrite],
-             frees_slots: bool = True) -> set[tuple[int, int]]:
-    """Write many outcomes in one statement; return the (id, attempt) pairs written
-    (the others were fenced off: `holder` no longer held that attempt). With
-    `frees_slots`, also free the concurrency slots of the tasks written (a holder
-    that runs no limited task has none). A statement_timeout is raised
-    (QueryCanceled), not sent again: the caller splits the batch."""
-    statement = sql.complete_freeing_slots if frees_slots else sql.complete
-    rows = db.query(statement, {"holder": holder, **_outcome_arrays(writes)},
-                    resend_on_timeout=False)
-    return {(task_id, attempt) for task_id, attempt in rows}
-
-
-def _outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:
-    """The parameters of `complete`: one array per column, one element per
-    outcome, as array literals (see arrays.py)."""
-    return {"ids": arrays.numbers(w.id for w in writes),
-            "attempts": arrays.numbers(w.attempt for w in writes),
-            "statuses": arrays.texts(w.status for w in writes),
-            "results": arrays.texts(w.result for w in writes),
-            "errors": arrays.texts(w.error for w in writes),
-            "delays": arrays.numbers(w.delay for w in writes),
-            "given_back": arrays.booleans(w.given_back for w in writes)}
-
-
-def outcome_rows(db: Database, ids: Sequence[int]) -> dict[int, RowState]:
-    """What the rows `ids` say now (a missing id: the row was deleted)."""
-    rows = db.query(sql.outcome_rows, {"ids": arrays.numbers(ids)})
-    return {row[0]: RowState(*row[1:]) for row in rows}
 
 
 def give_back_orphans(db: Database, *, holder: str, known: Sequence[int]) -> list[int]:

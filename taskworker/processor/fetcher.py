@@ -37,9 +37,7 @@ RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
 BACKLOG_POLL = 0.01  # seconds between checks while the completer's backlog is full
 RENEWAL_POLL = 0.1  # seconds between checks while leases are not being renewed
-# Smallest claim the completer sends along (claim_along): a second claim in flight
-# pays for large ones only; and two may hand out in either order.
-ALONG_MIN = 50
+ALONG_WORKERS = 20  # fewest for a second claim in flight (see claim_along)
 PAIRS_TTL = 0.5  # seconds a busy fetcher claims from the (queue, name) pairs it found
 
 
@@ -137,19 +135,21 @@ class Fetcher:
 
     def claim_along(self, db: ReconnectingConnection, outcomes: list[Outcome]) -> bool:
         """The completer's lane: while this fetcher's claim is on the wire, write
-        `outcomes` with a claim of what the workers will want next, on the
-        completer's connection (`db`), so that a busy process keeps two claims
-        in flight, each with the last outcomes, one round trip per batch each.
-        False, having sent nothing, when no such claim is due (the process is
-        not busy, or the claim needs the whole `claim` statement); the caller
-        then writes the outcomes itself (also when the statement was refused)."""
+        `outcomes` with a claim of what the workers want next, on the
+        completer's connection (`db`): a busy process keeps two claims in
+        flight, each with the last outcomes. False, having sent nothing, when no
+        such claim is due (the process is not busy, the claim needs the whole
+        `claim` statement, or a few workers are fed by one claim: two in flight
+        may hand out their tasks in either order); the caller then writes the
+        outcomes itself (also when the statement was refused)."""
         if not self._busy or self.should_stop() or self._alone_waiting \
                 or self._orphans_possible or self._giving_back or not self.renewing():
             return False
         limit = self.dispatch.free_slots(self.settings.fetch_limit)
-        if limit < max(ALONG_MIN, min(self.settings.fetch_limit or AUTO_LIMIT,
-                                      self.dispatch.worker_count)):
-            return False  # (less than a large, full claim: the fetcher's next one will do)
+        workers = self.dispatch.worker_count
+        if workers < ALONG_WORKERS or limit < min(self.settings.fetch_limit or AUTO_LIMIT,
+                                                  workers):
+            return False  # (less than a full claim: the fetcher's next one will do)
         served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
         fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
         shared = store.busy_shares(served, self._pairs if fresh else None, limit)

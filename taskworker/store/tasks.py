@@ -96,6 +96,12 @@ CLAIM_SHARES_COMPLETING = Prepared(
     "taskworker_claim_shares_completing_v1", sql.claim_shares_completing,
     {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}, sql.ordered_plans + "\n",
     generic=False)
+# For a few outcomes the nested loop is the plan anyway: planned once, it saves
+# the planning (a seventh of the statement's time with 20 outcomes).
+FEW_OUTCOMES = 32
+CLAIM_SHARES_COMPLETING_FEW = Prepared(
+    "taskworker_claim_shares_completing_few_v1", sql.claim_shares_completing,
+    {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}, sql.ordered_plans + "\n")
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
@@ -149,7 +155,9 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
     does (fenced); the Claim's `written` holds the (id, attempt) pairs written.
     A statement_timeout is raised (QueryCanceled), not sent again: the caller
     writes the outcomes apart."""
-    found = db.query(CLAIM_SHARES_COMPLETING, {
+    statement = CLAIM_SHARES_COMPLETING_FEW if len(writes) <= FEW_OUTCOMES \
+        else CLAIM_SHARES_COMPLETING
+    found = db.query(statement, {
         **_shares_params(holder, lease, names, shared, inline_bytes),
         **outcome_arrays(writes)}, resend_on_timeout=False)
     return Claim(_claimed([row for row in found if row[9] is None], inline_bytes), None,

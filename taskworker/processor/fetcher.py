@@ -185,10 +185,9 @@ class Fetcher:
 
     def _claim_shares(self, shared: dict[str, int], names: list[str],
                       inline_bytes: int) -> store.Claim:
-        """claim_shares, writing the outcomes the completer has waiting in the
-        same statement. Outcomes this claim could not write go back to the
-        completer, which writes them apart (splitting a batch the server
-        cancels, storing what a row refuses as the task's error)."""
+        """claim_shares, writing the outcomes waiting in the same statement; those
+        it could not write go back to the completer, which writes them apart
+        (splitting what the server cancels, storing a refused row's error)."""
         lease = self.settings.lease_seconds
         outcomes = self.completer.take()
         self._busy = True  # (till the next idle spell: see claim_along)
@@ -196,6 +195,7 @@ class Fetcher:
             return store.claim_shares(self.db, holder=self.holder, lease=lease, names=names,
                                       shared=shared, inline_bytes=inline_bytes)
         reconnects = self.db.reconnects
+        result = None
         try:
             result = store.claim_shares_completing(
                 self.db, holder=self.holder, lease=lease, names=names, shared=shared,
@@ -205,8 +205,8 @@ class Fetcher:
         except Stopped:
             self.completer.give_back(outcomes, maybe_written=True)
             raise
-        except Exception as exc:  # the statement was refused whole: nothing written
-            lost = self.db.reconnects != reconnects
+        except Exception as exc:  # refused whole (nothing written), unless it had replied
+            lost = self.db.reconnects != reconnects or result is not None
             self.completer.give_back(outcomes, maybe_written=lost)
             log.info("Claim with %d outcomes refused (%s): the completer writes them",
                      len(outcomes), first_line(exc))

@@ -94,12 +94,9 @@ class Completer:
         the others were fenced off."""
         self._report(batch, written)
 
-    def give_back(self, batch: list[Outcome], maybe_written: bool) -> None:
+    def give_back(self, batch: list[Outcome]) -> None:
         """`take`n outcomes were not written with the claim: the completer writes
-        them. `maybe_written`: the claim's connection was lost, it may have
-        committed them (the completer then checks the rows)."""
-        if maybe_written:
-            self.maybe_written(batch)
+        them (checking the rows first for those marked `maybe_written`)."""
         for outcome in batch:
             self._outcomes.put(outcome)
 

@@ -47,7 +47,6 @@ class Dispatch:
         self._rate_since: float | None = None  # the first finish, then the last measure
         self._claim_seconds = 0.0  # how long a claim takes (moving average)
         self._on_the_wire = 0  # tasks asked for by the claims sent and not yet answered
-        self._claims_out = 0  # claims sent and not yet answered
 
     # --- the fetcher
 
@@ -92,15 +91,13 @@ class Dispatch:
         that a claim sent meanwhile (a busy process has two, see
         Fetcher.claim_along) asks only for what this one will not bring."""
         self._on_the_wire += limit
-        self._claims_out += 1
         try:
             yield
         finally:
             self._on_the_wire -= limit
-            self._claims_out -= 1
 
-    def claims_on_the_wire(self) -> int:
-        return self._claims_out
+    def claim_on_the_wire(self) -> bool:
+        return self._on_the_wire > 0  # (every claim asks for one task at least)
 
     def claimed_in(self, seconds: float) -> None:
         """A claim took `seconds`, sent to answered (for the automatic prefetch)."""

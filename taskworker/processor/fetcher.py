@@ -74,7 +74,7 @@ class Fetcher:
         if self.catalog.limits:  # the slot rows of max_running, before any claim
             store.ensure_slots(self.db, self.catalog.limits)
         while not self.should_stop():
-            if self._orphans_possible and not self.dispatch.claims_on_the_wire():
+            if self._orphans_possible and not self.dispatch.claim_on_the_wire():
                 self._give_back_orphans()  # (none now: a reply on its way is no orphan)
             if time.monotonic() >= self._next_rescue:
                 self.rescue()
@@ -114,19 +114,16 @@ class Fetcher:
         bytes, so the claim's reply stays within CLAIM_BYTES; see intake.py
         for the others."""
         claimed_at = time.monotonic()
-        served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
-        fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
+        served, pairs = self._served(), self._known_pairs()
         inline_bytes = max(CLAIM_BYTES // limit, 1)
-        shared = None if alone else store.busy_shares(served, self._pairs if fresh else None,
-                                                      limit)
+        shared = None if alone else store.busy_shares(served, pairs, limit)
         with self.dispatch.on_the_wire(limit):
             if shared is not None:  # (a busy process: see claim_shares)
                 result = self._claim_shares(shared, served.names, inline_bytes)
             else:
                 result = store.claim(self.db, holder=self.holder, limit=limit,
                                      lease=self.settings.lease_seconds, served=served,
-                                     pairs=self._pairs if fresh else None,
-                                     inline_bytes=inline_bytes, alone=alone)
+                                     pairs=pairs, inline_bytes=inline_bytes, alone=alone)
         if result.pairs is not None:
             self._pairs, self._pairs_at = result.pairs, claimed_at
         elif not alone:
@@ -150,29 +147,16 @@ class Fetcher:
         if workers < ALONG_WORKERS or limit < min(self.settings.fetch_limit or AUTO_LIMIT,
                                                   workers):
             return False  # (less than a full claim: the fetcher's next one will do)
-        served = self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
-        fresh = time.monotonic() - self._pairs_at < PAIRS_TTL
-        shared = store.busy_shares(served, self._pairs if fresh else None, limit)
+        served = self._served()
+        shared = store.busy_shares(served, self._known_pairs(), limit)
         if shared is None:
             return False
         claimed_at = time.monotonic()
-        reconnects = db.reconnects
-        try:
-            with self.dispatch.on_the_wire(limit):
-                result = store.claim_shares_completing(
-                    db, holder=self.holder, lease=self.settings.lease_seconds,
-                    names=served.names, shared=shared, inline_bytes=max(CLAIM_BYTES // limit, 1),
-                    writes=[o.write() for o in outcomes])
-        except Stopped:
-            raise
-        except Exception as exc:  # refused whole (statement_timeout, a row refused)
-            if db.reconnects != reconnects:  # (lost, sent again, then refused)
-                self.completer.maybe_written(outcomes)
-            log.info("Claim with %d outcomes refused (%s): the completer writes them",
-                     len(outcomes), first_line(exc))
+        with self.dispatch.on_the_wire(limit):
+            result = self._completing(db, shared, served.names, max(CLAIM_BYTES // limit, 1),
+                                      outcomes)
+        if result is None:
             return False
-        written = confirm(db, outcomes, result.written, lost=db.reconnects != reconnects)
-        self.completer.landed(outcomes, written)
         self._drop_drained(result.rows, limit, served.rooms)
         if self.should_stop():  # (shutdown began while it was on the wire)
             for row in result.rows:
@@ -185,38 +169,54 @@ class Fetcher:
 
     def _claim_shares(self, shared: dict[str, int], names: list[str],
                       inline_bytes: int) -> store.Claim:
-        """claim_shares, writing the outcomes waiting in the same statement; those
-        it could not write go back to the completer, which writes them apart
-        (splitting what the server cancels, storing a refused row's error)."""
-        lease = self.settings.lease_seconds
+        """claim_shares, writing the outcomes waiting in the same statement; those it
+        could not write go back to the completer, which writes them apart."""
         outcomes = self.completer.take()
         self._busy = True  # (till the next idle spell: see claim_along)
-        if not outcomes:
-            return store.claim_shares(self.db, holder=self.holder, lease=lease, names=names,
-                                      shared=shared, inline_bytes=inline_bytes)
-        reconnects = self.db.reconnects
+        if outcomes:
+            try:
+                result = self._completing(self.db, shared, names, inline_bytes, outcomes)
+            except BaseException:  # Stopped, or killed at shutdown: it may have committed
+                self.completer.maybe_written(outcomes)
+                self.completer.give_back(outcomes)
+                raise
+            if result is not None:
+                return result
+            self.completer.give_back(outcomes)
+        return store.claim_shares(self.db, holder=self.holder, lease=self.settings.lease_seconds,
+                                  names=names, shared=shared, inline_bytes=inline_bytes)
+
+    def _completing(self, db: ReconnectingConnection, shared: dict[str, int], names: list[str],
+                    inline_bytes: int, outcomes: list[Outcome]) -> store.Claim | None:
+        """claim_shares_completing on `db` (either lane's connection), its outcomes
+        then reported. None when refused whole (statement_timeout, a row refused):
+        nothing claimed, the outcomes left to the completer (marked maybe written
+        if the connection was lost first, or the reply had come)."""
+        reconnects = db.reconnects
         result = None
         try:
             result = store.claim_shares_completing(
-                self.db, holder=self.holder, lease=lease, names=names, shared=shared,
-                inline_bytes=inline_bytes, writes=[o.write() for o in outcomes])
-            written = confirm(self.db, outcomes, result.written,
-                              lost=self.db.reconnects != reconnects)
+                db, holder=self.holder, lease=self.settings.lease_seconds, names=names,
+                shared=shared, inline_bytes=inline_bytes, writes=[o.write() for o in outcomes])
+            written = confirm(db, outcomes, result.written, lost=db.reconnects != reconnects)
         except Stopped:
-            self.completer.give_back(outcomes, maybe_written=True)
             raise
-        except Exception as exc:  # refused whole (nothing written), unless it had replied
-            lost = self.db.reconnects != reconnects or result is not None
-            self.completer.give_back(outcomes, maybe_written=lost)
+        except Exception as exc:
+            if db.reconnects != reconnects or result is not None:
+                self.completer.maybe_written(outcomes)
             log.info("Claim with %d outcomes refused (%s): the completer writes them",
                      len(outcomes), first_line(exc))
-            return store.claim_shares(self.db, holder=self.holder, lease=lease, names=names,
-                                      shared=shared, inline_bytes=inline_bytes)
-        except BaseException:  # (killed at shutdown: the statement may have committed)
-            self.completer.give_back(outcomes, maybe_written=True)
-            raise
+            return None
         self.completer.landed(outcomes, written)
         return result
+
+    def _served(self) -> store.Served:
+        """What this process claims now (capped queues: the room left in each)."""
+        return self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
+
+    def _known_pairs(self) -> store.Pairs | None:
+        """The (queue, name) pairs kept; None after PAIRS_TTL (look again)."""
+        return self._pairs if time.monotonic() - self._pairs_at < PAIRS_TTL else None
 
     def _drop_drained(self, rows: list[store.Claimed], limit: int,
                       rooms: dict[str, int]) -> None:

@@ -23,8 +23,8 @@ def parse(text: str) -> dict[str, str]:
     `{name}` in a block stands for the text of block `name` (without its final
     `;`; its own parts expanded in turn), so that statements sharing a part
     (the row every claim writes; the completion inside the one that also frees
-    slots) write it once. A `{word}`
-    that names no block is left as it is (a placeholder filled by the caller)."""
+    slots) write it once. A `{word}` that names no block is left as it is (a
+    placeholder filled by the caller)."""
     parts = _HEADER.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
     queries = {}

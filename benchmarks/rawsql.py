@@ -25,7 +25,7 @@ from .processes import BenchError, run, workdir
 @dataclass(frozen=True)
 class PerTask:
     """An array parameter of the completion, one element per claimed task: `expr`
-    over the claim's RETURNING columns (id, payload, attempts, rescues). The script
+    over the claim's RETURNING columns (id, payload, attempts, rescues, fence). The script
     aggregates it into an array literal right after the claim, \\gset stores that
     in a pgbench variable of the parameter's name, and the completion uses it."""
 
@@ -48,7 +48,7 @@ VALUES: dict[str, str | PerTask] = {
     "inline_bytes": "41943",  # payloads loaded with the claim, as serve's at FETCH_LIMIT 100
     # The completion: every claimed task done, with its payload as the result.
     "ids": PerTask("id"),
-    "attempts": PerTask("attempts"),
+    "fences": PerTask("fence"),
     "statuses": PerTask("'done'::text"),
     "results": PerTask("payload"),
     "errors": PerTask("NULL::text"),

@@ -1,6 +1,6 @@
 """Runs taskworker's completer on given outcomes, for test_completions.py.
 
-    python completer_driver.py URL HOLDER '[[task_id, attempt, rescues, worker, result], ...]'
+    python completer_driver.py URL HOLDER '[[task_id, fence, rescues, worker, result], ...]'
 
 Patched as `taskworker serve` is, it makes a Completer for HOLDER, writes all the
 outcomes (kind done) in one batch, and prints the completer's counters as JSON
@@ -30,9 +30,9 @@ def main(url: str, holder: str, spec: str) -> None:
     logs.setup("INFO")
     dispatch = Dispatch(worker_count=2, lease=30)
     completer = Completer(settings, holder, dispatch, lambda: False)
-    batch = [Outcome(ClaimedTask(task_id, "payload", attempt, rescues), worker, DONE,
+    batch = [Outcome(ClaimedTask(task_id, "payload", fence, rescues, fence=fence), worker, DONE,
                      result=result)
-             for task_id, attempt, rescues, worker, result in json.loads(spec)]
+             for task_id, fence, rescues, worker, result in json.loads(spec)]
     for outcome in batch:
         completer.put(outcome)
     completer.write(batch)

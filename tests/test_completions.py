@@ -44,7 +44,7 @@ def test_a_stale_outcome_in_the_same_batch_as_the_new_one_is_not_counted(
     in one batch: only attempt 2's is written, logged and counted."""
     install_completion_audit(db)
     [task_id] = insert_tasks(db, ["twice"])
-    query(db, "UPDATE tasks SET status = 'in_progress', attempts = 2, rescues = 1, "
+    query(db, "UPDATE tasks SET status = 'in_progress', attempts = 2, fence = 2, rescues = 1, "
               "locked_by = %s, locked_until = now() + interval '1 minute' WHERE id = %s",
           (HOLDER, task_id))
     spec = [[task_id, 1, 0, 1, "stale result"], [task_id, 2, 1, 2, "new result"]]
@@ -77,7 +77,7 @@ def test_a_completion_whose_reply_was_lost_is_reported_as_written(
     try:
         url = psycopg2.extensions.make_dsn(db_url, host="127.0.0.1", port=proxy.port,
                                            sslmode="disable")
-        proxy.drop_reply_to(b"AS v(id, attempt, status")
+        proxy.drop_reply_to(b"AS v(id, fence, status")
         port = free_port()
         p = serve(url, env={**FAST, "LISTEN": "false", "FETCH_INTERVAL": "0.2",
                             "METRICS_PORT": str(port)})

@@ -12,7 +12,7 @@ flight, each carrying the last outcomes.
 A batch holds at most BATCH_MAX outcomes and BATCH_BYTES of results (one large
 result goes alone), and a batch the server cancels (statement_timeout) is split
 in halves, so one outcome never holds back the others. Every row is written only
-if this process still holds that attempt; the rest are reported as lease lost,
+if this process still has that hold (its fence); the rest are reported as lease lost,
 after a check of the rows when the connection was lost mid-write (the write may
 have committed, its reply lost).
 """
@@ -28,7 +28,7 @@ from ..logs import log
 from ..settings import Settings
 from ..store import completion
 from ..store import tasks as store
-from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection
+from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection, Stopped
 from ..store.database import first_line
 from . import memory
 from .dispatch import Dispatch
@@ -62,7 +62,7 @@ class Completer:
         self._lease_lost = 0  # outcomes fenced off: another process took the task over
         # Fetcher.claim_along: write a batch with a claim, if one is due (True).
         self.claim_along: Callable[[ReconnectingConnection, list[Outcome]], bool] | None = None
-        # (id, attempt) of outcomes a claim took and gave back after losing its
+        # The holds of outcomes a claim took and gave back after losing its
         # connection: they may have been written (see _send).
         self._uncertain: set[tuple[int, int]] = set()
 
@@ -103,7 +103,7 @@ class Completer:
     def maybe_written(self, batch: list[Outcome]) -> None:
         """A statement carrying these outcomes lost its connection and then
         failed: it may have committed them, and their write will check the rows."""
-        self._uncertain.update((o.task.id, o.task.attempt) for o in batch)
+        self._uncertain.update(o.task.hold for o in batch)
 
     # --- the processor's side
 
@@ -192,9 +192,9 @@ class Completer:
                 self.write(batch[:half])
                 self.write(batch[half:])
                 return
-        except CONNECTION_ERRORS:
-            raise
-        except Exception as exc:
+        except (*CONNECTION_ERRORS, Stopped):  # not sent, or not known to be written:
+            raise  # the outcomes stay unwritten (their leases return the tasks)
+        except Exception as exc:  # PostgreSQL refused the statement
             if len(batch) == 1:
                 batch, written = self._store_failure(batch[0], exc)
             else:
@@ -204,18 +204,18 @@ class Completer:
         self._report(batch, written)
 
     def _send(self, batch: list[Outcome]) -> set[tuple[int, int]]:
-        """Write the batch; the (id, attempt) pairs now in the table."""
+        """Write the batch; the holds (id, fence) whose outcome is now in the table."""
         reconnects = self.db.reconnects
         written = completion.complete(self.db, holder=self.holder,
                                       writes=[o.write() for o in batch],
                                       frees_slots=self.frees_slots)
         uncertain = self._uncertain and any(
-            (o.task.id, o.task.attempt) in self._uncertain for o in batch)
+            o.task.hold in self._uncertain for o in batch)
         written = confirm(self.db, batch, written,
                           lost=self.db.reconnects != reconnects or bool(uncertain))
         if uncertain:
-            self._uncertain.difference_update((o.task.id, o.task.attempt) for o in batch)
-        landed = [o for o in batch if (o.task.id, o.task.attempt) in written]
+            self._uncertain.difference_update(o.task.hold for o in batch)
+        landed = [o for o in batch if o.task.hold in written]
         if any(o.kind in (RETRY, SNOOZE) and o.delay for o in landed):
             # The fetcher may have worked out its sleep while the row was still
             # in progress: let it look at the new run_at.
@@ -235,7 +235,7 @@ class Completer:
             log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
                       outcome.task.id, first_line(exc))
             return [outcome], set()
-        except CONNECTION_ERRORS:
+        except (*CONNECTION_ERRORS, Stopped):
             raise
         except Exception as exc:
             log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
@@ -253,7 +253,7 @@ class Completer:
             task = o.task
             self.dispatch.settle(task)
             self._unwritten -= 1
-            if (task.id, task.attempt) not in written:
+            if task.hold not in written:
                 self._lease_lost += 1
                 log.warning("[Worker %d] Task ID: %d lease lost, result discarded",
                             o.worker, task.id, extra=fields(o))

@@ -174,6 +174,11 @@ class Dispatch:
     def held_ids(self) -> list[int]:
         return list(self._held)
 
+    def holds(self) -> list[tuple[int, int]]:
+        """(id, fence) of every task held: what the heartbeat renews, and what
+        the orphan check knows of."""
+        return [task.hold for task in self._held.values()]
+
     def renewed(self, task_ids: set[int], until: float) -> None:
         """The heartbeat extended these leases to `until` (monotonic)."""
         for task_id in task_ids:

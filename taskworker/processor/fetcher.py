@@ -112,8 +112,11 @@ class Fetcher:
 
         Payloads come with the claim while each is at most CLAIM_BYTES / limit
         bytes, so the claim's reply stays within CLAIM_BYTES; see intake.py
-        for the others."""
-        claimed_at = time.monotonic()
+        for the others.
+
+        The claim counts as on the wire until its rows are handed out (the
+        payloads loaded meanwhile may take a reconnect): rows the table says
+        this process holds and the dispatch does not know yet are no orphans."""
         served, pairs = self._served(), self._known_pairs()
         inline_bytes = max(CLAIM_BYTES // limit, 1)
         shared = None if alone else store.busy_shares(served, pairs, limit)
@@ -124,11 +127,12 @@ class Fetcher:
                 result = store.claim(self.db, holder=self.holder, limit=limit,
                                      lease=self.settings.lease_seconds, served=served,
                                      pairs=pairs, inline_bytes=inline_bytes, alone=alone)
-        if result.pairs is not None:
-            self._pairs, self._pairs_at = result.pairs, claimed_at
-        elif not alone:
-            self._drop_drained(result.rows, limit, served.rooms)
-        return self.intake.take_in(self.db, result.rows, claimed_at)
+            claimed_at = self.db.sent_at  # (the send that succeeded, after an outage)
+            if result.pairs is not None:
+                self._pairs, self._pairs_at = result.pairs, claimed_at
+            elif not alone:
+                self._drop_drained(result.rows, limit, served.rooms)
+            return self.intake.take_in(self.db, result.rows, claimed_at)
 
     def claim_along(self, db: ReconnectingConnection, outcomes: list[Outcome]) -> bool:
         """The completer's lane: while this fetcher's claim is on the wire, write
@@ -151,18 +155,17 @@ class Fetcher:
         shared = store.busy_shares(served, self._known_pairs(), limit)
         if shared is None:
             return False
-        claimed_at = time.monotonic()
-        with self.dispatch.on_the_wire(limit):
+        with self.dispatch.on_the_wire(limit):  # (till handed out: see claim)
             result = self._completing(db, shared, served.names, max(CLAIM_BYTES // limit, 1),
                                       outcomes)
-        if result is None:
-            return False
-        self._drop_drained(result.rows, limit, served.rooms)
-        if self.should_stop():  # (shutdown began while it was on the wire)
-            for row in result.rows:
-                self.outcome(Outcome(row.task, 0, GIVE_BACK))
-            return True
-        tasks, _ = self.intake.take_in(db, result.rows, claimed_at)
+            if result is None:
+                return False
+            self._drop_drained(result.rows, limit, served.rooms)
+            if self.should_stop():  # (shutdown began while it was on the wire)
+                for row in result.rows:
+                    self.outcome(Outcome(row.task, 0, GIVE_BACK))
+                return True
+            tasks, _ = self.intake.take_in(db, result.rows, db.sent_at)
         if tasks:
             log.info("Fetched %d tasks", len(tasks))
         return True
@@ -292,7 +295,7 @@ class Fetcher:
         self._giving_back = True
         try:
             ids = store.give_back_orphans(self.db, holder=self.holder,
-                                          known=self.dispatch.held_ids())
+                                          known=self.dispatch.holds())
         finally:
             self._giving_back = False
         if ids:

@@ -73,9 +73,10 @@ class Heartbeat:
     def beat(self) -> None:
         was_renewing = self.renewing()
         started = time.monotonic()
-        ids = self.dispatch.held_ids()
-        if ids:
-            kept = store.heartbeat(self.db, holder=self.holder, ids=ids, lease=self.lease)
+        holds = self.dispatch.holds()
+        ids = [task_id for task_id, _ in holds]
+        if holds:
+            kept = store.heartbeat(self.db, holder=self.holder, holds=holds, lease=self.lease)
             self.dispatch.renewed(kept.ids, started + self.lease)
             self.dispatch.mark_lost([i for i in ids if i not in kept.ids])
             if kept.cancel:  # (with LISTEN on, the listener has usually done it already)

@@ -46,7 +46,7 @@ class Intake:
         more = any(per_queue[row.task.queue] >= row.share for row in rows)
         tasks = [row.task for row in rows if row.loaded and row.size <= limit]
         loaded = sum(row.size for row in rows if row.loaded)
-        wanted = []
+        wanted: list[ClaimedTask] = []
         for row in rows:
             if row.size > limit:
                 self._refuse(row.task, row.size)
@@ -58,7 +58,7 @@ class Intake:
             else:
                 self.outcome(Outcome(row.task, 0, GIVE_BACK))  # for a later claim
         if wanted:
-            found = store.payloads(db, holder=self.holder, ids=[t.id for t in wanted])
+            found = store.payloads(db, holder=self.holder, holds=[t.hold for t in wanted])
             order = {row.task.id: n for n, row in enumerate(rows)}  # the claim's order
             tasks = sorted(tasks + [t._replace(payload=found[t.id]) for t in wanted
                                     if t.id in found], key=lambda t: order[t.id])

@@ -22,7 +22,7 @@ def confirm(db: ReconnectingConnection, batch: list[Outcome], written: set[tuple
     outcomes are called discarded."""
     if lost:
         written = written | _committed_before_the_loss(db, batch, written)
-    if any(o.wakes_others for o in batch if (o.task.id, o.task.attempt) in written):
+    if any(o.wakes_others for o in batch if o.task.hold in written):
         store.wake_others(db)
     return written
 
@@ -30,10 +30,9 @@ def confirm(db: ReconnectingConnection, batch: list[Outcome], written: set[tuple
 def _committed_before_the_loss(db: ReconnectingConnection, batch: list[Outcome],
                                written: set[tuple[int, int]]) -> set[tuple[int, int]]:
     """The outcomes of `batch` not in `written` that the rows show as written by
-    this very attempt: the status it writes, the attempt count it leaves, no
-    holder, and no rescue since the claim (a rescue or a new claim by anyone
-    changes the counts)."""
-    missing = [o for o in batch if (o.task.id, o.task.attempt) not in written]
+    this very hold: the status it writes, no holder, the hold's fence (any later
+    claim raises it) and no rescue since the claim (a rescue counts one)."""
+    missing = [o for o in batch if o.task.hold not in written]
     if not missing:
         return set()
     rows = completion.outcome_rows(db, [o.task.id for o in missing])
@@ -41,11 +40,10 @@ def _committed_before_the_loss(db: ReconnectingConnection, batch: list[Outcome],
     for o in missing:
         row, expected = rows.get(o.task.id), o.write()
         if row is not None and row.locked_by is None and row.status == expected.status \
-                and row.attempts == o.task.attempt - expected.given_back \
-                and row.rescues == o.task.rescues:
+                and row.fence == o.task.fence and row.rescues == o.task.rescues:
             log.info("Task ID: %d outcome was written before the connection was lost",
                      o.task.id, extra=fields(o))
-            found.add((o.task.id, o.task.attempt))
+            found.add(o.task.hold)
     return found
 
 

@@ -44,7 +44,7 @@ class Outcome:
         A retry keeps the count, which is how the retry budget is spent."""
         status = {DONE: "done", ERROR: "error", RETRY: "pending", GIVE_BACK: "pending",
                   REFUSE: "error", SNOOZE: "pending", CANCEL: "cancelled"}
-        return OutcomeWrite(self.task.id, self.task.attempt, status[self.kind], self.result,
+        return OutcomeWrite(self.task.id, self.task.fence, status[self.kind], self.result,
                             self.error, self.delay, self.kind in (GIVE_BACK, REFUSE, SNOOZE))
 
     @property

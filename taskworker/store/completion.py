@@ -5,20 +5,17 @@ too), and the rows' state after a write whose reply was lost.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from . import arrays, sql
 from .database import Database
 
-if TYPE_CHECKING:  # (no gevent imported here: see tasks.py)
-    from .connection import ReconnectingConnection
-
 
 class OutcomeWrite(NamedTuple):
-    """One row of `complete`: what to write for one claimed attempt."""
+    """One row of `complete`: what to write for one hold of a task."""
 
     id: int
-    attempt: int
+    fence: int  # the hold's fencing token: written only while the row still has it
     status: str  # done, error or pending
     result: str | None
     error: str | None
@@ -28,29 +25,29 @@ class OutcomeWrite(NamedTuple):
 
 class RowState(NamedTuple):
     status: str
-    attempts: int
+    fence: int
     rescues: int
     locked_by: str | None
 
 
-def complete(db: ReconnectingConnection, *, holder: str, writes: Sequence[OutcomeWrite],
+def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite],
              frees_slots: bool = True) -> set[tuple[int, int]]:
-    """Write many outcomes in one statement; return the (id, attempt) pairs written
-    (the others were fenced off: `holder` no longer held that attempt). With
+    """Write many outcomes in one statement; return the (id, fence) pairs written
+    (the others were fenced off: `holder` no longer has that hold). With
     `frees_slots`, also free the concurrency slots of the tasks written (a holder
     that runs no limited task has none). A statement_timeout is raised
     (QueryCanceled), not sent again: the caller splits the batch."""
     statement = sql.complete_freeing_slots if frees_slots else sql.complete
     rows = db.query(statement, {"holder": holder, **outcome_arrays(writes)},
                     resend_on_timeout=False)
-    return {(task_id, attempt) for task_id, attempt in rows}
+    return {(task_id, fence) for task_id, fence in rows}
 
 
 def outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:
     """The parameters of `complete`: one array per column, one element per
     outcome, as array literals (see arrays.py)."""
     return {"ids": arrays.numbers(w.id for w in writes),
-            "attempts": arrays.numbers(w.attempt for w in writes),
+            "fences": arrays.numbers(w.fence for w in writes),
             "statuses": arrays.texts(w.status for w in writes),
             "results": arrays.texts(w.result for w in writes),
             "errors": arrays.texts(w.error for w in writes),

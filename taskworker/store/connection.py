@@ -182,6 +182,10 @@ class ReconnectingConnection:
         self._reconnects = 0
         self._delay = BACKOFF_START
         self._said_at = 0.0  # when the outage was last logged
+        # Monotonic time the last statement was sent: after `query` returns, the
+        # send that succeeded (an outage may have taken many), which is when
+        # the leases a claim takes start at the latest.
+        self.sent_at = 0.0
 
     def state(self) -> ConnectionState:
         return ConnectionState(self.name, self._failing_since, tuple(self._losses),
@@ -229,6 +233,7 @@ class ReconnectingConnection:
         smaller one."""
         while True:
             conn = self.connection()
+            self.sent_at = time.monotonic()
             try:
                 with gevent.Timeout(self.deadline, NoAnswer), conn.cursor() as cur:
                     rows = execute(cur, statement, params)

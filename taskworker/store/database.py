@@ -23,9 +23,12 @@ Row = tuple[Any, ...]
 
 
 class Database(Protocol):
-    """Anything that runs one statement and returns its rows."""
+    """Anything that runs one statement and returns its rows. `resend_on_timeout`
+    false: a statement cancelled by statement_timeout is raised, not sent again
+    (its caller sends a smaller one)."""
 
-    def query(self, statement: str | prepared.Prepared, params: Params = None) -> list[Row]: ...
+    def query(self, statement: str | prepared.Prepared, params: Params = None, *,
+              resend_on_timeout: bool = True) -> list[Row]: ...
 
 
 def first_line(exc: BaseException) -> str:
@@ -61,7 +64,9 @@ class Direct:
             raise TypeError("expected a psycopg2 connection or cursor, "
                             f"not {type(conn_or_cursor).__name__}")
 
-    def query(self, statement: str | prepared.Prepared, params: Params = None) -> list[Row]:
+    def query(self, statement: str | prepared.Prepared, params: Params = None, *,
+              resend_on_timeout: bool = True) -> list[Row]:
+        """(Nothing is ever sent again here: `resend_on_timeout` is the protocol's.)"""
         if self._cursor is not None:
             return execute(self._cursor, statement, params)
         with self._conn.cursor() as cur:

@@ -9,13 +9,15 @@ SELECT to_regclass('tasks') IS NOT NULL;
 -- name: claimed_row
 -- What every claim writes to the rows it takes (claim, claim_shares and
 -- claim_alone include it as {claimed_row}): in progress, held by %(holder)s for
--- %(lease)s seconds, one more attempt (the fencing token the outcome is written
--- against). A part of those statements, never sent alone.
+-- %(lease)s seconds, one more attempt, and a new fencing token (fence: raised by
+-- every claim and by nothing else, so no two holds of a task share it; every
+-- later write of this hold names it). A part of those statements, never sent alone.
 status = 'in_progress',
     run_alone = false,
     locked_by = %(holder)s,
     locked_until = now() + %(lease)s * interval '1 second',
     attempts = t.attempts + 1,
+    fence = t.fence + 1,
     updated_at = now()
 
 -- name: claim
@@ -166,12 +168,12 @@ claimed AS (
                   AS payload,
               t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
               t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.priority, t.run_at
+              t.fence, t.priority, t.run_at
 )
-(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
+SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL FROM found;
 
 -- name: claim_shares
 -- The claim of a busy process whose kept pairs show every queue it serves holding
@@ -181,7 +183,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL FROM found;
 -- since is skipped. (Half a millisecond less per claim than the whole `claim`,
 -- which a busy process sends hundreds of times a second.)
 WITH {shares_claimed}
-SELECT id, payload, attempts, rescues, size, task, queue, share, cancel FROM claimed
+SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence FROM claimed
 ORDER BY priority DESC, run_at, id;
 
 -- name: shares_claimed
@@ -209,7 +211,7 @@ claimed AS (
                   AS payload,
               t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
               t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.priority, t.run_at
+              t.fence, t.priority, t.run_at
 )
 
 -- name: claim_shares_completing
@@ -218,18 +220,18 @@ claimed AS (
 -- one transaction. Both parts see the same snapshot: the rows being completed are
 -- in progress there, so the claim never takes one of them (a task given back
 -- here is claimable from the next claim on). Returns claim_shares' rows, then one
--- row per outcome written: id and, in the last column, the attempt written
--- (NULL in the claimed rows).
+-- row per outcome written: id and, in the last column, the fence of the hold
+-- written (NULL in the claimed rows).
 WITH written AS (
 {complete}
 ),
 {shares_claimed}
-(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel,
-        NULL::int AS written
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
+        NULL::bigint AS written
  FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, attempt FROM written;
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence FROM written;
 
 -- name: ordered_plans
 -- Sent in front of a claim, in its transaction: only ordered index scans, so the
@@ -263,7 +265,7 @@ WHERE t.id = picked.id
 RETURNING t.id,
           CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
           t.attempts, t.rescues, coalesce(octet_length(t.payload), 0),
-          t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL;
+          t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL, t.fence;
 
 -- name: ensure_slots
 -- One slot row per allowed run of each limited task name (%(tasks)s, with
@@ -284,10 +286,14 @@ USING unnest(%(tasks)s::text[], %(counts)s::int[]) AS t(task, n)
 WHERE z.task = t.task AND z.slot > t.n AND (z.locked_by IS NULL OR z.locked_until < now());
 
 -- name: payloads
--- The payloads of tasks %(ids)s that %(holder)s holds: the ones the claim left
--- unloaded for their size, loaded within the fetcher's byte budget.
-SELECT id, payload FROM tasks
-WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_progress';
+-- The payloads of the holds (%(ids)s, %(fences)s) that %(holder)s still has: the
+-- ones the claim left unloaded for their size, loaded within the fetcher's byte
+-- budget.
+SELECT t.id, t.payload
+FROM tasks AS t
+JOIN unnest(%(ids)s::bigint[], %(fences)s::bigint[]) AS h(id, fence)
+  ON t.id = h.id AND t.fence = h.fence
+WHERE t.locked_by = %(holder)s AND t.status = 'in_progress';
 
 -- name: rescue
 -- Tasks whose lease ran out belong to a process that stopped responding: put them
@@ -338,37 +344,44 @@ SELECT extract(epoch FROM
            (SELECT min(locked_until) FROM tasks WHERE status = 'in_progress') - now());
 
 -- name: heartbeat
--- Extend the lease of every task this process holds (and of the concurrency
--- slots those tasks hold), and return the ones it still holds, each with whether
--- `taskworker cancel` asked to stop it; the ids not returned were taken away
--- (rescued). SKIP LOCKED: a row locked right now is being written by our
--- completer (or rescued), so waiting for it could deadlock; the final SELECT
--- reads the statement's snapshot, so a skipped row that is still ours is not
--- mistaken for a lost one.
-WITH extended AS (
+-- Extend the lease of every hold (%(ids)s, %(fences)s) this process still has
+-- (and of the concurrency slots those tasks hold), and return the ones it still
+-- has, each with whether `taskworker cancel` asked to stop it; the ids not
+-- returned were taken away (rescued). SKIP LOCKED: a row locked right now is
+-- being written by our completer (or rescued), so waiting for it could deadlock;
+-- `mine` reads the statement's snapshot, so a skipped row that is still ours is
+-- not mistaken for a lost one.
+WITH mine AS MATERIALIZED (
+    SELECT t.id, t.fence, t.cancel_requested_at IS NOT NULL AS cancel
+    FROM tasks AS t
+    JOIN unnest(%(ids)s::bigint[], %(fences)s::bigint[]) AS h(id, fence)
+      ON t.id = h.id AND t.fence = h.fence
+    WHERE t.locked_by = %(holder)s AND t.status = 'in_progress'
+),
+extended AS (
     UPDATE tasks
     SET locked_until = now() + %(lease)s * interval '1 second'
-    WHERE id IN (SELECT id FROM tasks
-                 WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s
-                   AND status = 'in_progress'
-                 FOR UPDATE SKIP LOCKED)
+    WHERE id IN (SELECT t.id FROM tasks AS t JOIN mine ON t.id = mine.id
+                 WHERE t.fence = mine.fence AND t.locked_by = %(holder)s
+                   AND t.status = 'in_progress'
+                 FOR UPDATE OF t SKIP LOCKED)
     RETURNING id
 ),
 slots AS (
     UPDATE taskworker_slots
     SET locked_until = now() + %(lease)s * interval '1 second'
-    WHERE locked_by = %(holder)s AND task_id = ANY(%(ids)s::bigint[])
+    WHERE locked_by = %(holder)s AND task_id IN (SELECT id FROM mine)
 )
-SELECT id, cancel_requested_at IS NOT NULL FROM tasks
-WHERE id = ANY(%(ids)s::bigint[]) AND locked_by = %(holder)s AND status = 'in_progress';
+SELECT id, cancel FROM mine;
 
 -- name: complete
 -- Write many outcomes at once. Fenced: a row is written only while this process
--- still holds that attempt, and the (id, attempt) pairs written are returned: a
--- batch may hold a stale attempt's outcome beside the new attempt's of the same
--- task, and only the one that matched may be reported. status 'pending' with
--- given_back gives a task back untouched (the attempt is not counted); with a
--- delay it schedules a retry (or a snooze). A process that runs a task with a
+-- still has that hold (the fence its claim set), and the (id, fence) pairs
+-- written are returned: a batch may hold an earlier hold's outcome beside a
+-- later one's of the same task, and only the one that matched may be reported.
+-- status 'pending' with given_back gives a task back untouched (the attempt is
+-- not counted; the fence stays: the next claim raises it); with a delay it
+-- schedules a retry (or a snooze). A process that runs a task with a
 -- concurrency limit sends it as complete_freeing_slots.
 UPDATE tasks AS t
 SET status = v.status,
@@ -380,15 +393,15 @@ SET status = v.status,
     locked_by = NULL,
     locked_until = NULL,
     updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::text[],
+FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(statuses)s::text[],
             %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
             %(given_back)s::bool[])
-     AS v(id, attempt, status, result, error, delay, given_back)
+     AS v(id, fence, status, result, error, delay, given_back)
 WHERE t.id = v.id
-  AND t.attempts = v.attempt
+  AND t.fence = v.fence
   AND t.locked_by = %(holder)s
   AND t.status = 'in_progress'
-RETURNING v.id, v.attempt;
+RETURNING v.id, v.fence;
 
 -- name: complete_freeing_slots
 -- `complete` (included as {complete}), also freeing the concurrency
@@ -404,23 +417,27 @@ freed AS (
     SET task_id = NULL, locked_by = NULL, locked_until = NULL
     WHERE locked_by = %(holder)s AND task_id IN (SELECT id FROM written)
 )
-SELECT id, attempt FROM written;
+SELECT id, fence FROM written;
 
 -- name: outcome_rows
 -- What the rows %(ids)s say now: after a completion whose reply was lost with the
 -- connection, to tell an outcome that was written from one that was fenced off.
-SELECT id, status, attempts, rescues, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+SELECT id, status, fence, rescues, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: give_back_orphans
 -- Give back tasks this process holds in the database but does not know of (a
--- claim whose reply was lost with the connection): after a reconnect, and at the
--- end of shutdown (with %(known)s empty).
-UPDATE tasks
-SET status = 'pending', attempts = attempts - 1,
+-- claim whose reply was lost with the connection): every hold of %(holder)s
+-- other than the (%(ids)s, %(fences)s) it knows; after a reconnect, and at the
+-- end of shutdown (with none known). The attempt is not counted; the fence stays
+-- (the next claim raises it), so an outcome of the orphaned hold can never be
+-- taken for a later hold's.
+UPDATE tasks AS t
+SET status = 'pending', attempts = t.attempts - 1,
     locked_by = NULL, locked_until = NULL, updated_at = now()
-WHERE status = 'in_progress' AND locked_by = %(holder)s
-  AND NOT (id = ANY(%(known)s::bigint[]))
-RETURNING id;
+WHERE t.status = 'in_progress' AND t.locked_by = %(holder)s
+  AND NOT EXISTS (SELECT 1 FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[]) AS k(id, fence)
+                  WHERE k.id = t.id AND k.fence = t.fence)
+RETURNING t.id;
 
 -- name: wake_others
 -- Tell idle fetchers (of every process) that tasks became claimable.

@@ -24,9 +24,13 @@ if TYPE_CHECKING:  # (this module imports no gevent: tests claim through it unpa
 FINISHED = ("done", "error", "cancelled")  # the statuses a task never leaves by itself
 
 
+Hold = tuple[int, int]  # (task id, fence): one hold of one task
+
+
 class ClaimedTask(NamedTuple):
-    """One claim: the row's id and payload, and the attempt number the claim gave
-    it (fencing: every later write names that attempt)."""
+    """One hold of a task: the row's id and payload, the attempt number users
+    see, and the fencing token the claim gave it (every later write of this hold
+    names (id, fence); no other hold of the task, ours included, has that fence)."""
 
     id: int
     payload: str | None
@@ -35,6 +39,13 @@ class ClaimedTask(NamedTuple):
     name: str | None = None  # the registered task it runs (None: the default handler)
     queue: str = "default"
     cancel_requested: bool = False  # `taskworker cancel` asked before the claim
+    fence: int = 0  # the fencing token of this hold (tasks.fence, raised by each claim)
+
+    @property
+    def hold(self) -> Hold:
+        """(id, fence): this hold, as the statements that write it name it."""
+        return self.id, self.fence
+
 
 
 class Served(NamedTuple):
@@ -83,24 +94,24 @@ _CLAIM_TYPES = {
     "queues": "text[]", "names": "text[]", "limited": "text[]", "capped": "text[]",
     "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]"}
 # Prepared once per direct connection (see prepared.py), behind the planner settings.
-CLAIM = Prepared("taskworker_claim_v7", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
-CLAIM_SHARES = Prepared("taskworker_claim_shares_v7", sql.claim_shares,
+CLAIM = Prepared("taskworker_claim_v8", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM_SHARES = Prepared("taskworker_claim_shares_v8", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
-    "ids": "bigint[]", "attempts": "int[]", "statuses": "text[]", "results": "text[]",
+    "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
     "errors": "text[]", "delays": "float8[]", "given_back": "bool[]"}
 # Planned for its values each time (custom plans): a generic plan guesses the
 # outcomes' unnest() at a few rows and joins them by a nested loop, four times
 # slower for a batch of hundreds than the hash join planned for the real count.
 _COMPLETING_TYPES = {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}
 CLAIM_SHARES_COMPLETING = Prepared(
-    "taskworker_claim_shares_completing_v1", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_v2", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n", generic=False)
 # For a few outcomes the nested loop is the plan anyway: planned once, it saves
 # the planning (a seventh of the statement's time with 20 outcomes).
 FEW_OUTCOMES = 32
 CLAIM_SHARES_COMPLETING_FEW = Prepared(
-    "taskworker_claim_shares_completing_few_v1", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_few_v2", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
@@ -109,7 +120,7 @@ Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 class Claim(NamedTuple):
     rows: list[Claimed]  # in the order to run them: priority, due time, id
     pairs: Pairs | None  # the (queue, name) pairs with pending tasks, when discovered
-    written: set[tuple[int, int]] = set()  # claim_shares_completing: (id, attempt) written
+    written: set[Hold] = set()  # claim_shares_completing: the holds whose outcome it wrote
 
 
 def busy_shares(served: Served, pairs: Pairs | None, limit: int) -> dict[str, int] | None:
@@ -152,7 +163,7 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
                             names: list[str], shared: dict[str, int], inline_bytes: int,
                             writes: Sequence[OutcomeWrite]) -> Claim:
     """claim_shares, and in the same statement write `writes` as `complete`
-    does (fenced); the Claim's `written` holds the (id, attempt) pairs written.
+    does (fenced); the Claim's `written` holds the (id, fence) pairs written.
     A statement_timeout is raised (QueryCanceled), not sent again: the caller
     writes the outcomes apart."""
     statement = CLAIM_SHARES_COMPLETING_FEW if len(writes) <= FEW_OUTCOMES \
@@ -160,8 +171,8 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
     found = db.query(statement, {
         **_shares_params(holder, lease, names, shared, inline_bytes),
         **outcome_arrays(writes)}, resend_on_timeout=False)
-    return Claim(_claimed([row for row in found if row[9] is None], inline_bytes), None,
-                 {(row[0], row[9]) for row in found if row[9] is not None})
+    return Claim(_claimed([row for row in found if row[10] is None], inline_bytes), None,
+                 {(row[0], row[10]) for row in found if row[10] is not None})
 
 
 def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str, int],
@@ -172,7 +183,7 @@ def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str
 
 
 def _claimed(found: list[tuple], inline_bytes: int) -> list[Claimed]:
-    return [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8]),
+    return [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8], row[9]),
                     row[4], row[4] <= inline_bytes, row[7])
             for row in found if row[0] is not None]  # (in the order to run them)
 
@@ -183,9 +194,15 @@ def ensure_slots(db: Database, limits: dict[str, int]) -> None:
     db.query(sql.ensure_slots, {"tasks": list(limits), "counts": list(limits.values())})
 
 
-def payloads(db: Database, *, holder: str, ids: Sequence[int]) -> dict[int, str | None]:
-    """The payloads of tasks `holder` holds, by id."""
-    return dict(db.query(sql.payloads, {"ids": arrays.numbers(ids), "holder": holder}))
+def payloads(db: Database, *, holder: str, holds: Sequence[Hold]) -> dict[int, str | None]:
+    """The payloads of the `holds` that `holder` still has, by id."""
+    return dict(db.query(sql.payloads, {"holder": holder, **hold_arrays(holds)}))
+
+
+def hold_arrays(holds: Sequence[Hold]) -> dict[str, str]:
+    """`ids` and `fences`: the parameters naming some holds (array literals)."""
+    return {"ids": arrays.numbers(i for i, _ in holds),
+            "fences": arrays.numbers(f for _, f in holds)}
 
 
 def rescue(db: Database, *, max_rescues: int, holder: str, held: Sequence[int]) -> Rescued:
@@ -215,15 +232,15 @@ class Held(NamedTuple):
     cancel: list[int]  # of those, the ones `taskworker cancel` asked to stop
 
 
-def heartbeat(db: Database, *, holder: str, ids: Sequence[int], lease: float) -> Held:
-    """Extend the leases of `ids` (and their slots); say which `holder` still holds."""
-    rows = db.query(sql.heartbeat, {"ids": arrays.numbers(ids), "holder": holder, "lease": lease})
+def heartbeat(db: Database, *, holder: str, holds: Sequence[Hold], lease: float) -> Held:
+    """Extend the leases of `holds` (and their slots); say which `holder` still has."""
+    rows = db.query(sql.heartbeat, {"holder": holder, "lease": lease, **hold_arrays(holds)})
     return Held({row[0] for row in rows}, sorted(row[0] for row in rows if row[1]))
 
 
-def give_back_orphans(db: Database, *, holder: str, known: Sequence[int]) -> list[int]:
-    """Give back the tasks `holder` holds in the table other than `known`; their ids."""
-    rows = db.query(sql.give_back_orphans, {"holder": holder, "known": arrays.numbers(known)})
+def give_back_orphans(db: Database, *, holder: str, known: Sequence[Hold]) -> list[int]:
+    """Give back the holds `holder` has in the table other than `known`; their ids."""
+    rows = db.query(sql.give_back_orphans, {"holder": holder, **hold_arrays(known)})
     return sorted(row[0] for row in rows)
 
 

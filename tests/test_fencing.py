@@ -1,0 +1,152 @@
+"""The fencing token: every claim of a task gives its hold a new `fence`, and
+nothing else changes it, so no write of an earlier hold is ever taken for a
+later one's, even when the same process claims the task again.
+
+Driven step by step through the store's own functions on a real database, one
+statement at a time, in the orders that happen when a reply is lost or a
+process gives a task back and claims it again (no sleeps, no processes: each
+step is the statement serve would send at that point). The processor-level
+interleaving (a claim's rows given back as orphans while they are handed out)
+is in test_fencing_interleavings.py.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from invariants import insert_tasks, tasks
+
+from taskworker.store import admin, completion
+from taskworker.store import tasks as store
+from taskworker.store.completion import OutcomeWrite
+from taskworker.store.database import Direct
+from taskworker.store.tasks import ClaimedTask
+
+HOLDER = "fencing-test:1:00000001"
+OTHER = "fencing-test:2:00000002"
+
+
+def claim_one(db: Any, holder: str = HOLDER) -> ClaimedTask:
+    rows = store.claim(Direct(db), holder=holder, limit=1, lease=300).rows
+    assert len(rows) == 1, rows
+    return rows[0].task
+
+
+def done(task: ClaimedTask, result: str) -> OutcomeWrite:
+    return OutcomeWrite(task.id, task.fence, "done", result, None, None, False)
+
+
+def given_back(task: ClaimedTask) -> OutcomeWrite:
+    return OutcomeWrite(task.id, task.fence, "pending", None, None, None, True)
+
+
+def write(db: Any, *writes: OutcomeWrite, holder: str = HOLDER) -> set[tuple[int, int]]:
+    return completion.complete(Direct(db), holder=holder, writes=writes, frees_slots=False)
+
+
+def test_a_give_back_resent_after_a_lost_reply_does_not_give_back_the_next_hold(
+        db_url: str, db: Any) -> None:
+    """The completer gives task X back (shutdown of a worker, say); the statement
+    commits but its reply is lost with the connection. The same process claims X
+    again (its second hold) and a worker starts it. Then the completer, having
+    reconnected, sends the give back again. With the attempt count as the token
+    (lowered by the give back, raised again by the claim) the resend matched the
+    second hold and gave it back under the running worker; with the fence it
+    writes nothing."""
+    [task_id] = insert_tasks(db, ["x"])
+    first = claim_one(db)
+    assert write(db, given_back(first)) == {first.hold}  # committed; its reply lost
+    second = claim_one(db)
+    assert (second.id, second.attempt) == (first.id, first.attempt)  # what users see
+    assert second.fence == first.fence + 1
+
+    assert write(db, given_back(first)) == set()  # the resend: fenced off
+    row = tasks(db)[task_id]
+    assert (row["status"], row["locked_by"]) == ("in_progress", HOLDER), row
+
+    assert write(db, done(second, "second's result")) == {second.hold}
+    row = tasks(db)[task_id]
+    assert (row["status"], row["result"], row["attempts"]) == ("done", "second's result", 1)
+
+
+def test_an_orphans_outcome_is_refused_after_the_same_process_claims_the_task_again(
+        db_url: str, db: Any) -> None:
+    """A claim commits and the process loses its reply; after the reconnect it
+    gives back the rows it holds but does not know (orphans), and claims them
+    again. An outcome naming the first hold is refused; the second hold's is
+    written. Also when the first hold is known to the process after all (the
+    orphan check runs while a worker has it: the race part 12 names)."""
+    [task_id] = insert_tasks(db, ["y"])
+    first = claim_one(db)
+    assert store.give_back_orphans(Direct(db), holder=HOLDER, known=[]) == [task_id]
+    second = claim_one(db)
+    assert write(db, done(first, "first's result")) == set()
+    assert write(db, done(second, "second's result")) == {second.hold}
+    assert tasks(db)[task_id]["result"] == "second's result"
+
+
+def test_the_orphan_check_gives_back_a_hold_it_does_not_know_even_of_a_known_task(
+        db_url: str, db: Any) -> None:
+    """The process knows task Z by its first hold; the table says it holds Z by
+    a later hold (a claim of Z whose reply was lost). That later hold is an
+    orphan: the check gives it back instead of leaving it to run out its lease
+    and be charged a rescue."""
+    [task_id] = insert_tasks(db, ["z"])
+    first = claim_one(db)
+    assert write(db, given_back(first)) == {first.hold}
+    claim_one(db)  # its reply lost: the process still knows only `first`
+    assert store.give_back_orphans(Direct(db), holder=HOLDER, known=[first.hold]) == [task_id]
+    row = tasks(db)[task_id]
+    assert (row["status"], row["locked_by"], row["attempts"]) == ("pending", None, 0), row
+
+
+def test_lease_renewals_and_payload_loads_name_the_hold(db_url: str, db: Any) -> None:
+    """The heartbeat renews, and the payload load reads, only the holds the
+    process still has: not an earlier hold of a task it holds again."""
+    [task_id] = insert_tasks(db, ["w"])
+    first = claim_one(db)
+    write(db, given_back(first))
+    second = claim_one(db)
+    d = Direct(db)
+    assert store.heartbeat(d, holder=HOLDER, holds=[first.hold], lease=300).ids == set()
+    assert store.heartbeat(d, holder=HOLDER, holds=[second.hold], lease=300).ids == {task_id}
+    assert store.payloads(d, holder=HOLDER, holds=[first.hold]) == {}
+    assert store.payloads(d, holder=HOLDER, holds=[second.hold]) == {task_id: "w"}
+
+
+def test_nothing_but_a_claim_changes_the_fence(db_url: str, db: Any) -> None:
+    """Give backs, retries, rescues, `taskworker retry` and a stale write lower
+    `attempts` or leave it: the fence only ever goes up, by one per claim."""
+    [task_id] = insert_tasks(db, ["v"])
+    d = Direct(db)
+
+    def fence() -> int:
+        with db.cursor() as cur:
+            cur.execute("SELECT fence FROM tasks WHERE id = %s", (task_id,))
+            return int(cur.fetchone()[0])
+
+    seen = [fence()]
+    first = claim_one(db)
+    seen.append(fence())
+    write(db, given_back(first))  # the attempt is not counted
+    seen.append(fence())
+    second = claim_one(db)
+    seen.append(fence())
+    with db.cursor() as cur:  # its lease ran out: another process rescues it
+        cur.execute("UPDATE tasks SET locked_until = now() - interval '1 second' "
+                    "WHERE id = %s", (task_id,))
+    assert store.rescue(d, max_rescues=5, holder=OTHER, held=[]).back == [task_id]
+    seen.append(fence())
+    assert write(db, done(second, "late")) == set()  # the rescued hold's outcome
+    third = claim_one(db, OTHER)
+    seen.append(fence())
+    assert write(db, OutcomeWrite(task_id, third.fence, "error", None, "boom", None, False),
+                 holder=OTHER) == {third.hold}
+    seen.append(fence())
+    later = datetime.now(UTC) + timedelta(hours=1)  # `taskworker retry`: attempts 0
+    assert admin.retry(d, ids=[task_id], since=None, before=later, limit=10) == [task_id]
+    seen.append(fence())
+    fourth = claim_one(db)
+    seen.append(fence())
+    assert seen == [0, 1, 1, 2, 2, 3, 3, 3, 4], seen
+    assert fourth.fence == 4 and len({first.fence, second.fence, third.fence, fourth.fence}) == 4

@@ -74,8 +74,7 @@ class Fetcher:
         if self.catalog.limits:  # the slot rows of max_running, before any claim
             store.ensure_slots(self.db, self.catalog.limits)
         while not self.should_stop():
-            if self._orphans_possible and not self.dispatch.claim_on_the_wire():
-                self._give_back_orphans()  # (none now: a reply on its way is no orphan)
+            self.give_back_orphans()
             if time.monotonic() >= self._next_rescue:
                 self.rescue()
             if self._alone_waiting:
@@ -288,9 +287,13 @@ class Fetcher:
         self._orphans_possible = True
         self.dispatch.wake()
 
-    def _give_back_orphans(self) -> None:
-        """Called with no claim on the wire; and none starts meanwhile (see
-        claim_along): a claim committing now would be given back as an orphan."""
+    def give_back_orphans(self) -> None:
+        """After a reconnect, give back what the table says this process holds
+        and the dispatch does not know: the rows of a claim whose reply was
+        lost. Not while a claim is on the wire (its rows are not handed out
+        yet: no orphans), and no claim starts meanwhile (see claim_along)."""
+        if not self._orphans_possible or self.dispatch.claim_on_the_wire():
+            return
         self._orphans_possible = False
         self._giving_back = True
         try:

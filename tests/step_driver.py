@@ -1,0 +1,153 @@
+"""Drives serve's own components step by step on a real database, for
+test_interleavings.py: each scenario puts the steps of two greenlets in one
+chosen order, deterministically, by running the other greenlet's step from a
+hook at the exact point where it could run (no sleeps, no timing).
+
+    python step_driver.py hand-out URL
+        The completer's lane claims (Fetcher.claim_along) rows some of whose
+        payloads are loaded after the claim; while they load, the completer's
+        connection is opened again and the fetcher's loop takes its turn
+        (Fetcher.give_back_orphans). Prints, as JSON: the tasks handed to the
+        workers and each one's row at hand-out time.
+
+    python step_driver.py give-up URL ADMIN_URL DBNAME HOLDER GIVE_UP_AT BACK_AT
+        The completer writes one outcome per task HOLDER holds while DBNAME
+        refuses connections; its connection asks `should_stop` between retries,
+        which answers True from its GIVE_UP_AT-th call on (shutdown gave up on
+        the database), and connections are allowed again at its BACK_AT-th call
+        (0: never). Prints the completer's counters as JSON.
+
+Patched as serve is; log lines come first on stdout, the JSON last.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def patch() -> None:
+    from gevent import monkey
+
+    monkey.patch_all()
+    from psycogreen.gevent import patch_psycopg
+
+    patch_psycopg()
+
+
+def hand_out(url: str) -> None:
+    import time
+
+    import psycopg2
+
+    from taskworker import logs
+    from taskworker.processor.catalog import Catalog
+    from taskworker.processor.completer import Completer
+    from taskworker.processor.dispatch import Dispatch
+    from taskworker.processor.fetcher import Fetcher
+    from taskworker.settings import load
+    from taskworker.store import tasks as store
+
+    logs.setup("INFO")
+    settings = load({"DATABASE_URL": url, "WORKER_COUNT": "20"})
+    dispatch = Dispatch(settings.worker_count, settings.lease_seconds)
+    completer = Completer(settings, "driver:1:handout", dispatch, lambda: False,
+                          frees_slots=False)
+    catalog = Catalog(settings, (lambda payload: payload, False), {})
+    fetcher = Fetcher(settings, "driver:1:handout", dispatch, catalog, completer,
+                      renewing=lambda: True, should_stop=lambda: False)
+    fetcher._busy = True  # a busy process: claims come back full (see claim_along)
+    fetcher._pairs, fetcher._pairs_at = [("default", "")], time.monotonic()
+
+    watcher = psycopg2.connect(url)
+    watcher.autocommit = True
+    seen: dict[int, Any] = {}
+    load_payloads = store.payloads
+
+    def payloads(db: Any, **kwargs: Any) -> Any:
+        # The other greenlets' turn, at the one point where they can run: the
+        # completer's connection was opened again (as after an outage), and
+        # the fetcher's loop comes round to its orphan check.
+        fetcher.reconnected()
+        fetcher.give_back_orphans()
+        return load_payloads(db, **kwargs)
+
+    hand_out_to_queue = dispatch.hand_out
+
+    def hand_out(tasks: list[Any], claimed_at: float) -> None:
+        with watcher.cursor() as cur:  # what the table says at hand-out time
+            cur.execute("SELECT id, status, locked_by, fence FROM tasks WHERE id = ANY(%s)",
+                        ([t.id for t in tasks],))
+            for task_id, status, locked_by, fence in cur.fetchall():
+                seen[task_id] = {"status": status, "mine": locked_by == fetcher.holder,
+                                 "fence": fence}
+        hand_out_to_queue(tasks, claimed_at)
+
+    store.payloads = payloads  # (intake.py calls it as store.payloads)
+    dispatch.hand_out = hand_out  # type: ignore[method-assign]
+    assert fetcher.claim_along(completer.db, []), "no claim along was due"
+    fetcher.give_back_orphans()  # the loop's next turn
+    handed = [{"id": t.id, "fence": t.fence, "row": seen.get(t.id)}
+              for t in dispatch.close()]
+    print(json.dumps({"handed": handed}), flush=True)
+
+
+def give_up(url: str, admin_url: str, dbname: str, holder: str, give_up_at: str,
+            back_at: str) -> None:
+    import psycopg2
+    from psycopg2.sql import SQL, Identifier
+
+    from taskworker import logs
+    from taskworker.processor.completer import Completer
+    from taskworker.processor.dispatch import Dispatch
+    from taskworker.processor.outcomes import DONE, Outcome
+    from taskworker.settings import load
+    from taskworker.store import tasks as store
+    from taskworker.store.connection import Stopped
+    from taskworker.store.database import Direct
+
+    logs.setup("INFO")
+    settings = load({"DATABASE_URL": url})
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    claimed = [row.task for row in
+               store.claim(Direct(conn), holder=holder, limit=100, lease=300).rows]
+    conn.close()
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+
+    def allow(yes: bool) -> None:  # (the completer has no connection open yet)
+        with admin.cursor() as cur:
+            cur.execute(SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                Identifier(dbname), SQL("true" if yes else "false")))
+
+    calls = 0
+
+    def should_stop() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == int(back_at):
+            allow(True)
+        return calls >= int(give_up_at)
+
+    dispatch = Dispatch(2, 300)
+    dispatch.hand_out(claimed, 0.0)
+    completer = Completer(settings, holder, dispatch, should_stop, frees_slots=False)
+    batch = [Outcome(task, 1, DONE, result=f"result of {task.id}") for task in claimed]
+    for outcome in batch:
+        completer.put(outcome)
+    allow(False)
+    ended = "written"
+    try:
+        completer.write(batch)
+    except Stopped:  # as the processor's guard takes it: the completer stops
+        ended = "stopped"
+    finally:
+        allow(True)
+    print(json.dumps({"ended": ended, **completer.stats()}), flush=True)
+
+
+if __name__ == "__main__":
+    patch()
+    scenario, *args = sys.argv[1:]
+    {"hand-out": hand_out, "give-up": give_up}[scenario](*args)

@@ -17,6 +17,13 @@ hook at the exact point where it could run (no sleeps, no timing).
         the database), and connections are allowed again at its BACK_AT-th call
         (0: never). Prints the completer's counters as JSON.
 
+    python step_driver.py outage-claim URL ADMIN_URL DBNAME
+        The fetcher claims while DBNAME refuses connections (its connection
+        was cut); they are allowed again at its connection's 5th pause, well
+        past LEASE_SECONDS=1. Prints the tasks handed out and, for each, the
+        seconds its lease has left as the dispatch counts it, and whether a
+        worker would start it (its lease not about to run out).
+
 Patched as serve is; log lines come first on stdout, the JSON last.
 """
 from __future__ import annotations
@@ -147,7 +154,54 @@ def give_up(url: str, admin_url: str, dbname: str, holder: str, give_up_at: str,
     print(json.dumps({"ended": ended, **completer.stats()}), flush=True)
 
 
+def outage_claim(url: str, admin_url: str, dbname: str) -> None:
+    import time
+
+    import psycopg2
+    from psycopg2.sql import SQL, Identifier
+
+    from taskworker import logs
+    from taskworker.processor.catalog import Catalog
+    from taskworker.processor.completer import Completer
+    from taskworker.processor.dispatch import Dispatch
+    from taskworker.processor.fetcher import Fetcher
+    from taskworker.settings import load
+
+    logs.setup("INFO")
+    settings = load({"DATABASE_URL": url, "LEASE_SECONDS": "1", "WORKER_COUNT": "2"})
+    admin = psycopg2.connect(admin_url)
+    admin.autocommit = True
+    retries = 0
+
+    def should_stop() -> bool:  # asked by the fetcher's connection between retries
+        nonlocal retries
+        retries += 1
+        if retries == 10:  # (twice a pause: after at least 0.05+0.1+0.2+0.4+0.8 s)
+            with admin.cursor() as cur:
+                cur.execute(SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(
+                    Identifier(dbname)))
+        return False
+
+    dispatch = Dispatch(settings.worker_count, settings.lease_seconds)
+    completer = Completer(settings, "driver:1:outage", dispatch, lambda: False)
+    catalog = Catalog(settings, (lambda payload: payload, False), {})
+    fetcher = Fetcher(settings, "driver:1:outage", dispatch, catalog, completer,
+                      renewing=lambda: True, should_stop=should_stop)
+    fetcher.db.query("SELECT 1")  # connected, then cut off
+    with admin.cursor() as cur:
+        cur.execute(SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(Identifier(dbname)))
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND application_name = 'taskworker fetcher'", (dbname,))
+    cut = time.monotonic()
+    tasks, _ = fetcher.claim(2)
+    now = time.monotonic()
+    margin = settings.lease_seconds / 3  # the worker's (worker.py)
+    print(json.dumps({"outage": now - cut, "retries": retries, "handed": [
+        {"id": t.id, "lease_left": dispatch._lease_ends[t.id] - now,
+         "would_start": not dispatch.lease_ending(t, margin)} for t in tasks]}), flush=True)
+
+
 if __name__ == "__main__":
     patch()
     scenario, *args = sys.argv[1:]
-    {"hand-out": hand_out, "give-up": give_up}[scenario](*args)
+    {"hand-out": hand_out, "give-up": give_up, "outage-claim": outage_claim}[scenario](*args)

@@ -70,3 +70,18 @@ def test_an_outcome_never_written_stays_unwritten_wherever_the_database_comes_ba
     assert "could not store result" not in log and "lease lost" not in log, log
     if back_at in (1, 2):  # back before the give-up: everything is written
         assert (stats["ended"], done) == ("written", ids), (stats, log)
+
+
+def test_a_claim_sent_again_after_an_outage_gives_its_tasks_a_full_lease(
+        pg_base_url: str, db_url: str, db: Any) -> None:
+    """The fetcher's claim meets a cut connection and is sent again, and again,
+    until the database takes connections, longer than LEASE_SECONDS=1 later. Its
+    tasks' leases count from the send that succeeded: a worker starts them,
+    instead of giving them back as "not started: its lease would run out
+    unrenewed" (the time of the first send was kept)."""
+    ids = insert_tasks(db, ["a", "b"])
+    dbname = psycopg2.extensions.parse_dsn(db_url)["dbname"]
+    log, out = drive("outage-claim", db_url, pg_base_url, dbname)
+    assert out["outage"] > 1.5 and out["retries"] >= 10, (out, log)
+    assert sorted(t["id"] for t in out["handed"]) == ids, (out, log)
+    assert all(t["would_start"] and t["lease_left"] > 0.5 for t in out["handed"]), (out, log)

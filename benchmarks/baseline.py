@@ -36,15 +36,58 @@ SELECT min(id), max(id), count(*) FROM ins
 WORKLOADS = {"named": INSERT_NAMED, "plain": tw.INSERT_PENDING}
 
 
+_exported: dict[str, str] = {}  # ref -> its tree in this run's scratch space
+
+
 def export(ref: str) -> str:
-    """The tree of commit `ref`, unpacked in the scratch space; its path."""
+    """The tree of commit `ref`, unpacked in the scratch space (once per run); its path."""
     path = workdir(f"baseline-{ref}")
+    if _exported.get(ref) == path:
+        return path
     archive = subprocess.run(["git", "-C", str(tw.REPO), "archive", ref], capture_output=True,
                              check=False)
     if archive.returncode != 0:
         raise BenchError(f"git archive {ref}: {archive.stderr.decode().strip()[-300:]}")
     subprocess.run(["tar", "-x", "-C", path], input=archive.stdout, check=True)
+    _exported[ref] = path
     return path
+
+
+def pythonpath(tree: str) -> str:
+    """PYTHONPATH that imports taskworker (and benchmarks.noop) from `tree` first."""
+    return os.pathsep.join((tree, os.environ.get("PYTHONPATH", ""))).rstrip(os.pathsep)
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", "-C", str(tw.REPO), *args], capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        raise BenchError(f"git {' '.join(args)}: {out.stderr.strip()[-300:]}")
+    return out.stdout.rstrip("\n")
+
+
+def commit_of(ref: str) -> str:
+    """`ref` as a short commit hash (a BenchError if it names no commit)."""
+    return _git("rev-parse", "--short=7", "--verify", f"{ref}^{{commit}}")
+
+
+def describe(ref: str) -> str:
+    """The commit `ref` names: its date and subject (cut short)."""
+    line = _git("log", "-1", "--format=%cs %s", f"{ref}^{{commit}}")
+    return line if len(line) <= 100 else line[:97] + "..."
+
+
+def work_tree() -> str:
+    """The code measured as "this code": HEAD's commit, and whether the work tree
+    differs from it (git status --porcelain: changed, staged or untracked files)."""
+    head = f"{commit_of('HEAD')} ({describe('HEAD')})"
+    changed = _git("status", "--porcelain").splitlines()
+    if not changed:
+        return f"git {head}; work tree clean"
+    paths = ", ".join(line[3:] for line in changed[:5])
+    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+    return (f"git {head}; work tree DIRTY ({len(changed)} paths differ from HEAD: "
+            f"{paths}{more}): the figures are not those of a commit")
 
 
 @dataclass
@@ -60,7 +103,7 @@ def starter(url: str, workload: str, code: str, old_tree: str) -> Callable[[], l
             return lambda: [tw.start_serve(url, WORKERS, FETCH_LIMIT, handler=None,
                                            task_modules="benchmarks.named_tasks")]
         return lambda: [tw.start_serve(url, WORKERS, FETCH_LIMIT)]
-    path = os.pathsep.join((old_tree, os.environ.get("PYTHONPATH", ""))).rstrip(os.pathsep)
+    path = pythonpath(old_tree)
     return lambda: [tw.start_serve(url, WORKERS, FETCH_LIMIT, pythonpath=path)]
 
 

@@ -9,6 +9,7 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import (
@@ -352,8 +353,36 @@ def phase_roundtrip(b: Bench) -> None:
         b.notes.append("roundtrip skipped: pgbench not found")
         return
     n, rounds = (20_000, 3) if b.args.quick else (100_000, 5)
-    b.roundtrip = roundtrip.measure(b.db("roundtrip"), b.db("roundtrip_raw"), pgbench, n,
-                                    rounds, b.say)
+    this_code = baseline.work_tree()
+    against = _older(b, b.args.against) if b.args.against else None
+    limit_against = _older(b, b.args.limit_against) if b.args.limit_against else None
+    b.roundtrip = roundtrip.measure(b.db("roundtrip"), b.db("roundtrip_raw"), pgbench,
+                                    b.args.tasks or n, b.args.rounds or rounds, b.say,
+                                    against, limit_against, this_code)
+
+
+def _older(b: Bench, ref: str) -> roundtrip.Code:
+    """Commit `ref`'s serve: its tree exported (baseline.py), on a database of its own
+    that its own `taskworker migrate` made (an older serve refuses a schema missing its
+    migrations; a newer schema's triggers and indexes would not be what it ran on)."""
+    commit = baseline.commit_of(ref)
+    tree = baseline.export(commit)
+    path = baseline.pythonpath(tree)
+    purpose = f"roundtrip_{commit}"
+    if purpose not in b.dbs:
+        b.say(f"round trip: git {commit}, taskworker migrate of its own")
+        url = b.db(purpose, schema=None)
+        tw.migrate(url, pythonpath=path)
+    ours, theirs = (sorted(p.name for p in Path(root, "migrations").glob("*.sql"))
+                    for root in (tw.REPO, tree))
+    if ours == theirs:
+        schema = "the same migrations as this code"
+    else:
+        schema = (f"its own migrations ({len(theirs)}, last {theirs[-1] if theirs else 'none'}"
+                  f"; this code has {len(ours)}, last {ours[-1] if ours else 'none'})")
+    return roundtrip.Code(commit, b.dbs[purpose], path,
+                          f"({baseline.describe(commit)}): `git archive`, its serve on a "
+                          f"database made by its own `taskworker migrate`: {schema}")
 
 
 def phase_underload(b: Bench) -> None:

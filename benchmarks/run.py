@@ -2,6 +2,8 @@
 
     python -m benchmarks.run [--quick] [--database-url URL] [--markdown FILE]
                              [--only PHASES] [--py-spy SECONDS]
+                             [--against REF] [--limit-against REF]
+                             [--tasks N] [--rounds N]
 
 One run measures, each in databases of its own (twbench_<run>_<purpose>, dropped
 at the end, also on Ctrl+C or failure):
@@ -42,8 +44,15 @@ at the end, also on Ctrl+C or failure):
                  after their first task started (benchmarks/rivals.py)
   roundtrip      one serve at the default settings against raw SQL: WORKER_COUNT=100
                  vs pgbench in batches of 100, WORKER_COUNT=20 (FETCH_LIMIT unset, and
-                 20) vs batches of 20; 100,000 tasks, 5 rounds (--quick: 20,000, 3)
-                 (benchmarks/roundtrip.py)
+                 20) vs batches of 20; 100,000 tasks, 5 rounds (--quick: 20,000, 3;
+                 --tasks N, --rounds N). With --against REF, git REF's serve (exported,
+                 on a database its own migrate made) runs the same settings in the same
+                 rounds: each code's ratio to raw SQL and the ratio of the two (>= 0.9),
+                 and an A/B of FETCH_LIMIT=100 at W=20 and W=100, this code vs git
+                 --limit-against REF (default 6ba015e; none: skipped), ratio of medians
+                 (>= 1.0): 12 runs a round, about 6 minutes for 5 rounds of 100,000 on a
+                 quiet 2-core machine, several times that on a loaded one; 2 rounds of
+                 10,000 (--tasks 10000 --rounds 2): under a minute (benchmarks/roundtrip.py)
   underload      pickup p50/p99 of single tasks inserted while one serve runs a load fed
                  in commits of 100: 10,000 no-op tasks/s (WORKER_COUNT=100), and 9,000
                  tasks/s that sleep 1 s (WORKER_COUNT=10,000); one-row commits/s with and
@@ -115,6 +124,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     "/usr/lib/postgresql/<newest>/bin/pgbench)")
     ap.add_argument("--baseline", default="610de36", metavar="REF",
                     help="the older commit the baseline phase compares with (default 610de36)")
+    ap.add_argument("--against", metavar="REF",
+                    help="roundtrip phase: also run git REF's serve at the same settings, "
+                         "interleaved, and give the ratio of the two codes' ratios to raw SQL")
+    ap.add_argument("--limit-against", metavar="REF",
+                    help="roundtrip phase: A/B of FETCH_LIMIT=100 at W=20 and W=100 against "
+                         "git REF's serve (default with --against: 6ba015e; none: skip)")
+    ap.add_argument("--tasks", type=int, metavar="N",
+                    help="roundtrip phase: tasks per run (default 100,000; --quick 20,000)")
+    ap.add_argument("--rounds", type=int, metavar="N",
+                    help="roundtrip phase: interleaved rounds (default 5; --quick 3)")
     ap.add_argument("--keep-files", action="store_true",
                     help="keep the children's logs (printed path) instead of removing them")
     ap.add_argument("--drop-stale", action="store_true",
@@ -124,6 +143,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.phases) - set(PHASES)
     if unknown:
         ap.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    if args.limit_against is None:
+        args.limit_against = "6ba015e" if args.against else None
+    elif args.limit_against.lower() == "none":
+        args.limit_against = None
+    given = [o for o, v in (("--against", args.against), ("--limit-against", args.limit_against),
+                            ("--tasks", args.tasks), ("--rounds", args.rounds)) if v]
+    if given and "roundtrip" not in args.phases:
+        ap.error(f"{', '.join(given)}: options of the roundtrip phase, which --only leaves out")
+    if any(v is not None and v < 1 for v in (args.tasks, args.rounds)):
+        ap.error("--tasks and --rounds must be at least 1")
     return args
 
 

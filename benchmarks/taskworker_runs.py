@@ -39,9 +39,14 @@ def env_for(db_url: str, **settings: object) -> dict[str, str]:
     return env
 
 
-def migrate(db_url: str) -> None:
+def migrate(db_url: str, pythonpath: str | None = None) -> None:
+    """`taskworker migrate` on `db_url`; `pythonpath`: where taskworker is imported
+    from (another version, which applies its own migrations)."""
+    env = env_for(db_url)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
     code, out = run("migrate", [sys.executable, "-m", "taskworker", "migrate"],
-                    env_for(db_url), cwd=workdir("cwd"), timeout=60)
+                    env, cwd=workdir("cwd"), timeout=60)
     if code != 0:
         raise BenchError(f"taskworker migrate exited {code}: {out.strip()[-500:]}")
 

@@ -46,7 +46,7 @@ class Intake:
         more = any(per_queue[row.task.queue] >= row.share for row in rows)
         tasks = [row.task for row in rows if row.loaded and row.size <= limit]
         loaded = sum(row.size for row in rows if row.loaded)
-        wanted = []
+        wanted: list[ClaimedTask] = []
         for row in rows:
             if row.size > limit:
                 self._refuse(row.task, row.size)

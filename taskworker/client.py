@@ -62,11 +62,12 @@ def enqueue(conn_or_cursor: Any, payload: str, *, task: TaskRef = None, queue: s
     workers' MAX_PAYLOAD_BYTES (a larger payload raises ValueError; a worker
     would end the task in error without running it).
     """
-    options = {"task": task, "queue": queue, "priority": priority, "run_at": run_at,
-               "delay": delay, "max_bytes": max_bytes}
     if unique_key is not None:
-        return enqueue_unique(conn_or_cursor, payload, unique_key, **options).id
-    return enqueue_many(conn_or_cursor, [payload], **options)[0]
+        return enqueue_unique(conn_or_cursor, payload, unique_key, task=task, queue=queue,
+                              priority=priority, run_at=run_at, delay=delay,
+                              max_bytes=max_bytes).id
+    return enqueue_many(conn_or_cursor, [payload], task=task, queue=queue, priority=priority,
+                        run_at=run_at, delay=delay, max_bytes=max_bytes)[0]
 
 
 def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef = None,

@@ -18,6 +18,7 @@ import logging
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TextIO
 
@@ -146,7 +147,7 @@ def _hub_errors_to_log() -> None:
         else:  # e.g. a WSGI request's environ, whose headers may hold a password
             where = type(context).__name__
         log.error("%s failed with %s: %s", where, getattr(kind, "__name__", "an error"), value,
-                  exc_info=(kind, value, tb) if isinstance(value, BaseException) else None)
+                  exc_info=(type(value), value, tb) if isinstance(value, BaseException) else None)
 
     gevent.get_hub().print_exception = report
 
@@ -176,7 +177,7 @@ def seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def format_line(level: str, message: str, fields: dict[str, object]) -> str:
+def format_line(level: str, message: str, fields: Mapping[str, object]) -> str:
     """One record formatted as the configured handler formats it (plain or JSON),
     without emitting it: for a thread that must not take the logging locks of
     the main thread (processor/monitor.py)."""
@@ -184,7 +185,7 @@ def format_line(level: str, message: str, fields: dict[str, object]) -> str:
     return formatter.format(_record(level, message, fields))
 
 
-def _record(level: str, message: str, fields: dict[str, object]) -> logging.LogRecord:
+def _record(level: str, message: str, fields: Mapping[str, object]) -> logging.LogRecord:
     return log.makeRecord(log.name, getattr(logging, level.upper()), "(taskworker)", 0,
                           message, (), None, extra={k: v for k, v in fields.items()
                                                     if v is not None})

@@ -6,7 +6,7 @@ import stat
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import IO, Any
+from typing import IO, TypedDict
 
 import click
 import psycopg2
@@ -27,6 +27,15 @@ from .context import (
 )
 
 ENQUEUE_BATCH = 5000  # stdin lines per INSERT and per commit
+
+
+class Options(TypedDict):
+    """The enqueue API's keyword arguments that the command's options give."""
+
+    task: str | None
+    queue: str | None
+    priority: int | None
+    run_at: RunAt
 
 
 @click.command()
@@ -88,7 +97,7 @@ def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
 
 def placement(settings: Settings, task_name: str | None, queue: str | None,
               priority: int | None, run_at: RunAt, unique_key: str | None,
-              ) -> dict[str, Any]:
+              ) -> Options:
     """The enqueue API's options, checked now (one line and exit 2 when bad).
 
     With --task, the TASK_MODULES of the settings are imported first, so that a
@@ -103,7 +112,7 @@ def placement(settings: Settings, task_name: str | None, queue: str | None,
         if registry.get(task_name) is None:  # a typo would sit pending, claimed by nobody
             click.echo(f"Warning: TASK_MODULES registers no task {task_name!r}; enqueued "
                        "anyway", err=True)
-    options = {"task": task_name, "queue": queue, "priority": priority, "run_at": run_at}
+    options = Options(task=task_name, queue=queue, priority=priority, run_at=run_at)
     try:
         place(**options, delay=None)
         if unique_key is not None:
@@ -113,7 +122,7 @@ def placement(settings: Settings, task_name: str | None, queue: str | None,
     return options
 
 
-def enqueue_once(conn: PgConnection, payload: str, unique_key: str, options: dict[str, Any],
+def enqueue_once(conn: PgConnection, payload: str, unique_key: str, options: Options,
                  max_bytes: int) -> None:
     """--unique-key: insert, or print the id of the live task holding the key."""
     try:
@@ -144,20 +153,23 @@ def schedule(run_at: str | None, delay: str | None) -> RunAt:
     return when if when.tzinfo is not None else when.astimezone()  # naive: local time
 
 
-def enqueue_stdin(conn: PgConnection, options: dict[str, Any], batch_size: int,
+def enqueue_stdin(conn: PgConnection, options: Options, batch_size: int,
                   max_bytes: int) -> None:
     """One INSERT and one commit per batch of lines, ids printed as each commits.
 
     COPY would be faster still, but psycopg2 refuses it while psycogreen's wait
     callback is installed; unnest() batches of a few thousand rows come close.
     """
-    stdin = click.get_binary_stream("stdin")
-    stderr = click.get_text_stream("stderr")
+    # The streams click.get_binary_stream/get_text_stream returned (deprecated in
+    # click 8.5, gone in 9; they rewrapped stderr only for a broken encoding).
+    stdin = sys.stdin.buffer
+    stderr = sys.stderr
     size = file_size(stdin)
     # The bar goes to stderr; ids printed on the same terminal would tear it apart.
     wanted = stderr.isatty() and not sys.stdout.isatty()
+    counted: Iterator[int] = iter(())  # (without a length, the bar needs an iterable)
     bar = click.progressbar(
-        length=size, iterable=None if size else (n for n in ()), label="Enqueuing", file=stderr,
+        length=size, iterable=None if size else counted, label="Enqueuing", file=stderr,
         show_eta=bool(size), hidden=not wanted,
         item_show_func=lambda n: f"{n} tasks" if n is not None else None)
     done = 0

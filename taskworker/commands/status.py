@@ -120,9 +120,9 @@ def render(snap: dict[str, Any]) -> str:
         lines.append("No task is running.")
     lines.append("")
     if snap["top_errors"]:
-        rows = [(f"ERRORS (top {TOP_ERRORS})", "TASKS")]
-        rows += [(text.one_line(e["error"], 72), str(e["tasks"])) for e in snap["top_errors"]]
-        lines += text.table(rows, right=frozenset({1}))
+        errors = [(f"ERRORS (top {TOP_ERRORS})", "TASKS")]
+        errors += [(text.one_line(e["error"], 72), str(e["tasks"])) for e in snap["top_errors"]]
+        lines += text.table(errors, right=frozenset({1}))
     else:
         lines.append("No task has ended in error.")
     return "\n".join(lines)

@@ -66,10 +66,10 @@ def render(snap: dict[str, Any]) -> list[str]:
         lines.append("No serve process is running.")
     lines.append("")
     if snap["paused_queues"]:
-        rows = [("PAUSED QUEUE", "SINCE")]
-        rows += [(p["queue"], f"{text.age(p['paused_seconds'])} ago")
-                 for p in snap["paused_queues"]]
-        lines += text.table(rows) + [""]
+        paused = [("PAUSED QUEUE", "SINCE")]
+        paused += [(p["queue"], f"{text.age(p['paused_seconds'])} ago")
+                   for p in snap["paused_queues"]]
+        lines += text.table(paused) + [""]
     if snap["unserved"]:
         lines += [f"Warning: {u['message']}" for u in snap["unserved"]] + [""]
     return lines

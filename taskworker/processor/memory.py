@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 
 LARGE = 1024 * 1024  # bytes of payloads and results after which memory is given back
 
+_malloc_trim: Callable[[int], int] | None
 try:
     _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
 except (OSError, AttributeError):  # not glibc: nothing to do

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 from gevent import monkey
@@ -67,7 +68,7 @@ class HubMonitor:
         self._last: Block | None = None  # the last block that ended
         self._seen: Block | None = None  # the block the thread sees now (set by the thread)
         self._signal_seen: float | None = None  # since when an unserved signal waits
-        self._timer = None
+        self._timer: Any = None  # a gevent timer watcher (gevent ships no type hints)
 
     # --- in the hub
 

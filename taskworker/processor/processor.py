@@ -26,7 +26,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import gevent
 from gevent.event import Event
@@ -40,7 +40,7 @@ from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import ConnectionState, ReconnectingConnection, Stopped
 from ..store.database import first_line
-from ..web.metrics import Metrics
+from ..web.metrics import Counted, Metrics
 from ..web.server import WebServer
 from .catalog import Catalog
 from .completer import Completer
@@ -124,16 +124,16 @@ class Processor:
         """Every connection this process has, in one list: /healthz and the
         reconnect metric read it, shutdown closes it."""
         owners = (self.fetcher, self.heartbeat, self.completer, self.listener, self.pruner,
-                  self.metrics and self.metrics.table, self.scheduler)
+                  self.metrics.table if self.metrics else None, self.scheduler)
         return [owner.db for owner in owners if owner is not None]
 
     def connections(self) -> list[ConnectionState]:
         return [db.state() for db in self._connections()]
 
-    def stats(self) -> dict[str, dict[str, int]]:
-        parts = {"dispatch": self.dispatch, "fetcher": self.fetcher,
-                 "completer": self.completer, "listener": self.listener, "pruner": self.pruner,
-                 "monitor": self.monitor, "scheduler": self.scheduler}
+    def stats(self) -> dict[str, Mapping[str, float]]:
+        parts: dict[str, Counted | None] = {"dispatch": self.dispatch, "fetcher": self.fetcher,
+            "completer": self.completer, "listener": self.listener, "pruner": self.pruner,
+            "monitor": self.monitor, "scheduler": self.scheduler}
         return {name: part.stats() for name, part in parts.items() if part is not None}
 
     def failure(self) -> str | None:

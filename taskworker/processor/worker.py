@@ -52,6 +52,7 @@ class Worker:
 
     def loop(self, n: int) -> None:
         """Worker number `n`: run tasks until the dispatch says stop."""
+        outcome: Outcome | None  # None between two tasks
         while True:
             try:
                 task = self.dispatch.take()

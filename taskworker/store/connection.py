@@ -82,6 +82,7 @@ class TimedConnection(psycopg2.extensions.connection):
 
 
 class TimedCursor(psycopg2.extensions.cursor):
+    connection: TimedConnection  # (only a TimedConnection makes TimedCursors)
     def execute(self, query: Any, vars: Params = None) -> Any:  # noqa: A002 (psycopg2's name)
         ms = self.connection.statement_timeout_ms
         if ms is None:  # (a statement that cannot run in a transaction block)

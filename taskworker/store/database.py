@@ -14,12 +14,14 @@ from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.sql
 
 from . import prepared
 
 PgConnection = psycopg2.extensions.connection
 Params = Mapping[str, Any] | Sequence[Any] | None
 Row = tuple[Any, ...]
+Text = str | psycopg2.sql.Composable  # a statement as psycopg2 takes it
 
 
 class Database(Protocol):
@@ -39,7 +41,7 @@ def first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def execute(cur: psycopg2.extensions.cursor, statement: str | prepared.Prepared,
+def execute(cur: psycopg2.extensions.cursor, statement: Text | prepared.Prepared,
             params: Params) -> list[Row]:
     """Run one statement on a cursor; its rows, or [] when it returns none."""
     if isinstance(statement, prepared.Prepared):
@@ -53,6 +55,9 @@ class Direct:
     """A caller's psycopg2 connection or cursor, used as it is: its transaction,
     no retries, errors raised to the caller."""
 
+    _cursor: Any  # the caller's cursor (or another wrapper's) statements run on; else None
+    _conn: Any  # else the caller's connection, on which each statement opens a cursor
+
     def __init__(self, conn_or_cursor: Any) -> None:
         if isinstance(conn_or_cursor, psycopg2.extensions.cursor):
             self._cursor, self._conn = conn_or_cursor, None
@@ -64,7 +69,7 @@ class Direct:
             raise TypeError("expected a psycopg2 connection or cursor, "
                             f"not {type(conn_or_cursor).__name__}")
 
-    def query(self, statement: str | prepared.Prepared, params: Params = None, *,
+    def query(self, statement: Text | prepared.Prepared, params: Params = None, *,
               resend_on_timeout: bool = True) -> list[Row]:
         """(Nothing is ever sent again here: `resend_on_timeout` is the protocol's.)"""
         if self._cursor is not None:

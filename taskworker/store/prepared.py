@@ -80,7 +80,9 @@ def direct_session(conn: psycopg2.extensions.connection) -> bool:
     between? (The pid the server announced at connect answers the query.)"""
     with conn.cursor() as cur:
         cur.execute("SELECT pg_backend_pid()")
-        (pid,) = cur.fetchone()
+        row = cur.fetchone()
+        assert row is not None  # (a SELECT without FROM returns one row)
+        (pid,) = row
     return pid == conn.info.backend_pid
 
 

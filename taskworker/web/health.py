@@ -10,6 +10,7 @@ connection the process has is watched, whichever service owns it.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 from ..store.connection import RECENT_LOSSES, ConnectionState
@@ -33,7 +34,7 @@ class Observed(Protocol):
     def connections(self) -> list[ConnectionState]:
         """Every connection of the process, in one list."""
 
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, Mapping[str, float]]:
         """Each part's counters, by part (dispatch, fetcher, completer, ...)."""
 
 

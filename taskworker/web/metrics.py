@@ -11,7 +11,8 @@ backlog) are exported by one process only: table_metrics.py.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,6 +31,12 @@ from .table_metrics import TableMetrics
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120,
                     300, 600, float("inf"))
+
+
+class Counted(Protocol):
+    """A part of the processor that keeps counters (Observed.stats gathers them)."""
+
+    def stats(self) -> Mapping[str, float]: ...
 
 
 class Metrics:

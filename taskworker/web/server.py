@@ -29,6 +29,7 @@ class MetricsError(Exception):
 
 class WebServer:
     def __init__(self, settings: Settings, process: Observed, metrics: Metrics) -> None:
+        assert settings.metrics_port is not None  # (made only when METRICS_PORT is set)
         self.host, self.port = settings.metrics_host, settings.metrics_port
         self.max_downtime = settings.health_max_downtime
         self.process = process

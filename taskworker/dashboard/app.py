@@ -2,8 +2,10 @@
 
 Every request passes, in order: authentication (security.Guard), the routing
 table, for a POST the read-only switch and the CSRF check, then its handler.
-A database that cannot answer gives a 503 page (the pool logs the outage once);
-any other failure a 500 page and one log line, never a traceback.
+A database that cannot answer gives a 503 page saying so in general terms (the
+pool logs what happened, once); any other failure a 500 page and one log line,
+never a traceback. No page names the connection: its URL, host, port, user or
+database.
 """
 from __future__ import annotations
 

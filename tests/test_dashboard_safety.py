@@ -1,16 +1,35 @@
 """The dashboard against what an attacker sends, over real HTTP to a real
-`taskworker dashboard`: a database that refuses, whose 503 page names nothing
-of the connection."""
+`taskworker dashboard`: a Host it does not serve (DNS rebinding); and a database
+that refuses, whose 503 page names nothing of the connection.
+
+Requests go through http.client with the Host header given verbatim, or a socket
+where http.client would add a header."""
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import psycopg2
-from dashboard_client import running_dashboard
+from dashboard_client import CSRF_FIELD, running_dashboard
 from invariants import query, wait_until
+from proc import run_cli
 from test_dashboard import add
+from test_dashboard_actions import statuses
+
+from taskworker.settings import load
+
+
+def raw_get(port: int, request: bytes) -> tuple[int, str]:
+    """Send `request` as it is; the status and the body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode("utf-8", "replace")
 
 
 def test_no_page_names_the_connection_when_the_database_refuses(
@@ -56,3 +75,86 @@ def test_no_page_names_the_connection_when_the_database_refuses(
     assert len(refused) == 1, out
     assert name in refused[0][0] and "not currently accepting connections" in refused[0][1]
     assert "Sup3rSecretPw" not in out and "Traceback" not in out
+
+
+def test_a_host_it_does_not_serve_is_refused_dns_rebinding(db_url: str, db: Any,
+                                                           tmp_path: Path) -> None:
+    """With the defaults (loopback, no authentication), a browser whose page of
+    rebind.attacker.example was pointed at 127.0.0.1 sends that name as Host, and
+    as Origin when it POSTs: refused (421, a plain line, logged), and the task it
+    tried to retry is not retried. The loopback names, on any port, are served."""
+    [task_id] = add(db, 1, status="error", error="boom")
+    with running_dashboard(db_url, tmp_path) as d:
+        c = d.client()
+        attacker = f"rebind.attacker.example:{d.port}"
+        page = c.get(f"/actions/retry?id={task_id}")  # a valid token, as a page would have
+        token = CSRF_FIELD.search(page.body)
+        assert page.status == 200 and token
+        form = {"id": task_id, "csrf": token.group(1)}
+        rebound = c.post("/actions/retry", form,
+                         headers={"Host": attacker, "Origin": f"http://{attacker}"})
+        assert statuses(db, [task_id]) == ["error"], rebound
+        assert rebound.status == 421, rebound
+        cross = c.post("/actions/retry", form,
+                       headers={"Origin": f"http://{attacker}"})  # Host: 127.0.0.1:port
+        assert cross.status == 403, cross
+        assert statuses(db, [task_id]) == ["error"]
+        d.wait_for(r"Dashboard: refused a POST from 127\.0\.0\.1 for host "
+                   rf"'rebind\.attacker\.example:{d.port}': not a name this dashboard serves")
+        for path in ("/", "/tasks", f"/tasks/{task_id}", f"/actions/retry?id={task_id}",
+                     "/static/dashboard.js"):
+            refused = c.get(path, headers={"Host": attacker})
+            assert refused.status == 421, (path, refused)
+            assert refused.headers["content-type"].startswith("text/plain")
+            assert "<" not in refused.body and "boom" not in refused.body
+            assert "does not answer for host 'rebind.attacker.example" in refused.body
+
+        for served in (f"localhost:{d.port}", f"LOCALHOST:{d.port}", f"[::1]:{d.port}",
+                       "127.0.0.1", "localhost:1234"):
+            assert c.get("/tasks", headers={"Host": served}).status == 200, served
+        for other in ("127.0.0.1.attacker.example", f"localhost.attacker.example:{d.port}",
+                      "localhost:80:80", f"[localhost]:{d.port}", "0.0.0.0", "10.0.0.5"):
+            assert c.get("/tasks", headers={"Host": other}).status == 421, other
+        assert raw_get(d.port, b"GET /tasks HTTP/1.0\r\n\r\n")[0] == 421  # no Host
+        done = c.post("/actions/retry", form, headers={"Host": f"localhost:{d.port}",
+                                                       "Origin": f"http://localhost:{d.port}"})
+        assert done.status == 303 and statuses(db, [task_id]) == ["pending"]
+        assert d.output().count("retried task") == 1
+
+
+def test_dashboard_hosts_adds_names_and_all_addresses_serve_any_address(
+        db_url: str, db: Any, tmp_path: Path) -> None:
+    """DASHBOARD_HOSTS names the dashboard behind a proxy or a DNS name; listening
+    on 0.0.0.0, any IP address is served too (rebinding needs a name)."""
+    [task_id] = add(db, 1, status="error", error="boom")
+    env = {"DASHBOARD_HOSTS": "tasks.example.com, 10.0.0.5", "DASHBOARD_HOST": "0.0.0.0",
+           "DASHBOARD_PASSWORD": "pa55word"}
+    with running_dashboard(db_url, tmp_path, env) as d:
+        c = d.client(auth=("admin", "pa55word"))
+        for served in ("tasks.example.com", f"Tasks.Example.Com:{d.port}", "10.0.0.5:443",
+                       f"192.0.2.7:{d.port}", f"[2001:db8::1]:{d.port}", "localhost"):
+            assert c.get("/tasks", headers={"Host": served}).status == 200, served
+        for other in ("example.com", f"www.tasks.example.com:{d.port}", "tasks.example.co"):
+            assert c.get("/tasks", headers={"Host": other}).status == 421, other
+        site = f"tasks.example.com:{d.port}"
+        token = CSRF_FIELD.search(c.get(f"/actions/retry?id={task_id}",
+                                        headers={"Host": site}).body)
+        assert token
+        form = {"id": task_id, "csrf": token.group(1)}
+        elsewhere = c.post("/actions/retry", form, headers={
+            "Host": site, "Origin": f"http://evil.example:{d.port}"})
+        assert elsewhere.status == 403 and statuses(db, [task_id]) == ["error"]
+        done = c.post("/actions/retry", form, headers={"Host": site,
+                                                       "Origin": f"http://{site}"})
+        assert done.status == 303 and statuses(db, [task_id]) == ["pending"]
+
+
+def test_dashboard_hosts_takes_names_and_addresses_without_ports(db_url: str) -> None:
+    code, out, err = run_cli(["dashboard"], env={
+        "DATABASE_URL": db_url, "DASHBOARD_HOSTS": "tasks.example.com:8080"})
+    assert code == 2, (out, err)
+    assert err == ("Error: invalid DASHBOARD_HOSTS='tasks.example.com:8080': "
+                   "'tasks.example.com:8080' is not a host name or an IP address "
+                   "(without a port)\n")
+    hosts = load({"DASHBOARD_HOSTS": " Tasks.Example.com., [::1],10.0.0.5,,"}).dashboard_hosts
+    assert hosts == ("tasks.example.com", "::1", "10.0.0.5")

@@ -1,11 +1,11 @@
 """The dashboard as a WSGI application, and the gevent server that runs it.
 
-Every request passes, in order: authentication (security.Guard), the routing
-table, for a POST the read-only switch and the CSRF check, then its handler.
-A database that cannot answer gives a 503 page saying so in general terms (the
-pool logs what happened, once); any other failure a 500 page and one log line,
-never a traceback. No page names the connection: its URL, host, port, user or
-database.
+Every request passes, in order: the Host check and authentication
+(security.Guard), the routing table, for a POST the read-only switch and the
+CSRF check, then its handler. A database that cannot answer gives a 503 page
+saying so in general terms (the pool logs what happened, once); any other
+failure a 500 page and one log line, never a traceback. No page names the
+connection: its URL, host, port, user or database.
 """
 from __future__ import annotations
 
@@ -103,6 +103,9 @@ class Dashboard:
         return response.send(start_response)
 
     def respond(self, request: Request) -> Response:
+        host = request.headers.get("host")
+        if not self.guard.serves(host):
+            return self.misdirected(request, host)
         visitor = self.guard.visitor(request.headers, request.cookies, request.address)
         token = request.query.get("token")
         if token is not None and request.method == "GET" and self.guard.token_matches(token):
@@ -144,6 +147,16 @@ class Dashboard:
                              problem="this form has expired or was not sent by this "
                                      "dashboard: reload the page and try again")
         return actions.perform(self, request, action, visitor)
+
+    def misdirected(self, request: Request, host: str | None) -> Response:
+        """421 for a Host this dashboard does not serve (DNS rebinding, or a name
+        missing from DASHBOARD_HOSTS): a short plain answer, no page."""
+        shown = "no Host header" if host is None else f"host {host[:100]!r}"
+        log.warning("Dashboard: refused a %s from %s for %s: not a name this dashboard "
+                    "serves (DASHBOARD_HOSTS)", request.method, request.address, shown)
+        return Response(f"This dashboard does not answer for {shown}: DASHBOARD_HOSTS "
+                        "lists the names it serves besides the loopback ones.\n", 421,
+                        content_type="text/plain; charset=utf-8")
 
     def unauthorized(self, request: Request) -> Response:
         response = self.page(request, "error.html", status=401,

@@ -73,4 +73,5 @@ def url(path: str, params: dict[str, Any]) -> str:
 
 REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           421: "Misdirected Request",
            503: "Service Unavailable", 500: "Internal Server Error"}

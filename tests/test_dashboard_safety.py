@@ -1,9 +1,10 @@
 """The dashboard against what an attacker sends, over real HTTP to a real
-`taskworker dashboard`: a Host it does not serve (DNS rebinding); and a database
-that refuses, whose 503 page names nothing of the connection.
+`taskworker dashboard`: a Host it does not serve (DNS rebinding), ids that are
+no task ids, redirect targets of another site; and a database that refuses,
+whose 503 page names nothing of the connection.
 
-Requests go through http.client with the Host header given verbatim, or a socket
-where http.client would add a header."""
+Requests go through http.client with the Host header or the path given
+verbatim, or a socket where http.client would add a header."""
 from __future__ import annotations
 
 import re
@@ -19,6 +20,8 @@ from test_dashboard import add
 from test_dashboard_actions import statuses
 
 from taskworker.settings import load
+
+MAX_ID = 2**63 - 1
 
 
 def raw_get(port: int, request: bytes) -> tuple[int, str]:
@@ -158,3 +161,60 @@ def test_dashboard_hosts_takes_names_and_addresses_without_ports(db_url: str) ->
                    "(without a port)\n")
     hosts = load({"DASHBOARD_HOSTS": " Tasks.Example.com., [::1],10.0.0.5,,"}).dashboard_hosts
     assert hosts == ("tasks.example.com", "::1", "10.0.0.5")
+
+
+def test_ids_are_ascii_digits_within_bigint(db_url: str, db: Any, tmp_path: Path) -> None:
+    """'²' (a digit to str.isdigit, not to int), '٣' (3 to int), 23 digits (past
+    bigint), 0 and -1 are no task ids: 404 for a page or an action, GET or POST,
+    400 with the problem shown on the list's id filter; the task whose id '٣'
+    would spell is not touched. The largest bigint is an id like any other."""
+    query(db, "INSERT INTO tasks (id, payload, status, error) VALUES "
+              "(3, 'three', 'error', 'boom'), (%s, 'last', 'error', 'boom')", (MAX_ID,))
+    bad = ("%C2%B2", "%D9%A3", "1" * 23, str(MAX_ID + 1), "0", "-1", "%2B3", "3.0")
+    with running_dashboard(db_url, tmp_path) as d:
+        c = d.client()
+        token = CSRF_FIELD.search(c.get("/actions/retry?id=3").body)
+        assert token
+        for raw in bad:
+            for path in (f"/tasks/{raw}", f"/tasks/{raw}/raw/error",
+                         f"/actions/retry?id={raw}", f"/actions/delete?id={raw}",
+                         f"/actions/cancel?id={raw}"):
+                reply = c.get(path)
+                assert reply.status == 404, (path, reply)
+            posted = c.request("POST", "/actions/retry", f"id={raw}&csrf={token.group(1)}")
+            assert posted.status == 404, (raw, posted)
+            listing = c.get(f"/tasks?id={raw}")
+            assert listing.status == 400 and "a whole number from 1 to" in listing.text, raw
+            assert 'data-id="3"' not in listing.body
+            assert c.get(f"/tasks?before={raw}").status == 400, raw
+        assert statuses(db, [3, MAX_ID]) == ["error", "error"]
+        assert "retried" not in d.output() and "failed" not in d.output()
+        assert c.get(f"/tasks/{MAX_ID}").status == 200
+        assert c.get(f"/tasks/{MAX_ID}/raw/error").body == "boom"
+        assert f'data-id="{MAX_ID}"' in c.get(f"/tasks?id={MAX_ID}").body
+        assert f'data-id="{MAX_ID}"' not in c.get(f"/tasks?before={MAX_ID}").body
+        assert c.confirm(f"/actions/retry?id={MAX_ID}").status == 303
+        assert statuses(db, [3, MAX_ID]) == ["error", "pending"]
+
+
+def test_redirects_stay_on_this_site(db_url: str, tmp_path: Path) -> None:
+    """`?token=` redirects to the page it was opened on, without the token: only
+    when that is a path of this site; `//evil.example/x`, `/\\evil.example`, a
+    path with CR/LF go home ("/"). The error pages' "Try again" link likewise."""
+    with running_dashboard(db_url, tmp_path, {"DASHBOARD_TOKEN": "t0ken-xyz"}) as d:
+        c = d.client()
+        for path, home in (("//evil.example/x", "/"), ("/%2F%2Fevil.example/x", "/"),
+                           ("/%5Cevil.example/x", "/"), ("/%5C%5Cevil.example", "/"),
+                           ("///evil.example", "/"), ("/tasks%0D%0ASet-Cookie:%20a=b", "/"),
+                           ("/%09/evil.example", "/"), ("/tasks", "/tasks"),
+                           ("/t%C3%A4sks/a%25b", "/t%C3%A4sks/a%25b")):
+            login = c.get(f"{path}?token=t0ken-xyz&status=done")
+            assert login.status == 303, (path, login)
+            assert login.headers["location"] == f"{home}?status=done", (path, login.headers)
+            assert "a=b" not in login.headers.get("set-cookie", "")
+            assert "tw_session=" in login.headers["set-cookie"]
+            anonymous = d.client().get(path)
+            assert anonymous.status == 401
+            link = re.search(r'href="([^"]*)" id="retry-page"', anonymous.body)
+            assert link and link.group(1) == home, (path, anonymous.body)
+        assert "failed" not in d.output()

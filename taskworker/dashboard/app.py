@@ -25,7 +25,7 @@ from ..logs import log
 from ..settings import DEFAULT_DASHBOARD_PORT, Settings
 from ..store.database import first_line
 from . import actions, pages
-from .http import Request, Response, StartResponse, redirect, url
+from .http import Request, Response, StartResponse, local_path, redirect, url
 from .indexer import Indexer
 from .pool import Pool, Unavailable
 from .render import Templates
@@ -40,8 +40,8 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("GET", re.compile(r"/"), pages.overview),
     ("GET", re.compile(r"/overview/live"), pages.overview_live),
     ("GET", re.compile(r"/tasks"), pages.tasks),
-    ("GET", re.compile(r"/tasks/(\d{1,18})"), pages.task),
-    ("GET", re.compile(r"/tasks/(\d{1,18})/raw/(\w+)"), pages.raw),
+    ("GET", re.compile(r"/tasks/([0-9]+)"), pages.task),
+    ("GET", re.compile(r"/tasks/([0-9]+)/raw/([a-z]+)"), pages.raw),
     ("GET", re.compile(r"/schedules"), pages.schedules),
 ]
 ACTION = re.compile(r"/actions/(retry|cancel|delete)")
@@ -110,8 +110,8 @@ class Dashboard:
         token = request.query.get("token")
         if token is not None and request.method == "GET" and self.guard.token_matches(token):
             rest = {k: v for k, v in request.query.items() if k != "token"}
-            return redirect(url(request.path, rest)).cookie(SESSION_COOKIE,
-                                                           self.guard.session_value())
+            return redirect(url(local_path(request.path), rest)).cookie(
+                SESSION_COOKIE, self.guard.session_value())
         if visitor is None:
             return self.unauthorized(request)
         static = STATIC.fullmatch(request.path)
@@ -186,7 +186,8 @@ class Dashboard:
         flash = None if plain else self._flash(request)
         body = self.templates.render(
             template, csrf=self.guard.form_token(cookie or new_cookie or ""),
-            readonly=self.readonly, flash=flash, version=__version__, path=request.path,
+            readonly=self.readonly, flash=flash, version=__version__,
+            path=local_path(request.path),
             **context)
         response = Response(body, status)
         if new_cookie:

@@ -3,6 +3,7 @@ each takes the raw string and returns the value or raises ValueError with the
 reason."""
 from __future__ import annotations
 
+import ipaddress
 import re
 
 
@@ -53,6 +54,33 @@ def host(raw: str) -> str:
     if not re.fullmatch(r"[0-9A-Za-z.:_-]+", value):
         raise ValueError("expected a host name or an IP address, such as 127.0.0.1 or 0.0.0.0")
     return value
+
+
+def host_name(raw: str) -> str:
+    """A host name or IP address as the dashboard compares them (DASHBOARD_HOSTS,
+    Host headers): lower case, without one trailing dot, an IPv6 address without
+    its brackets, every address in its canonical form. ValueError when it is
+    neither a name nor an address."""
+    value = raw.strip().lower()
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    value = value[:-1] if value.endswith(".") else value
+    if not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*", value) \
+            or len(value) > 253:
+        raise ValueError(f"{raw.strip()!r} is not a host name or an IP address (without a port)")
+    return value
+
+
+def hosts(raw: str) -> tuple[str, ...]:
+    """`tasks.example.com,10.0.0.5`: names and addresses, without ports."""
+    found = tuple(dict.fromkeys(host_name(part) for part in raw.split(",") if part.strip()))
+    if not found:
+        raise ValueError("expected host names or addresses such as tasks.example.com,10.0.0.5")
+    return found
 
 
 def secret(raw: str) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .parsers import byte_size as _bytes
 from .parsers import host as _host
+from .parsers import hosts as _hosts
 from .parsers import modules as _modules
 from .parsers import queues as _queues
 from .parsers import secret as _secret
@@ -74,6 +75,8 @@ class Settings:
     dashboard_password: str | None = dataclasses.field(default=None, repr=False)
     dashboard_token: str | None = dataclasses.field(default=None, repr=False)
     dashboard_readonly: bool = False  # hide every action, refuse every POST
+    # host names the dashboard answers besides the loopback ones and its own address
+    dashboard_hosts: tuple[str, ...] = ()
 
     @property
     def default_handler(self) -> str | None:
@@ -251,6 +254,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DASHBOARD_PASSWORD": ("dashboard_password", _secret),
     "DASHBOARD_TOKEN": ("dashboard_token", _secret),
     "DASHBOARD_READONLY": ("dashboard_readonly", _bool),
+    "DASHBOARD_HOSTS": ("dashboard_hosts", _hosts),
 }
 SECRETS = ("DASHBOARD_PASSWORD", "DASHBOARD_TOKEN")  # never shown, even when invalid
 

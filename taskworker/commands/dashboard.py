@@ -18,6 +18,8 @@ Also read from the environment or .env:
   DASHBOARD_TOKEN     token: `Authorization: Bearer TOKEN`, or open
                       /?token=TOKEN once in a browser (off)
   DASHBOARD_READONLY  true: no action, every POST refused (false)
+  DASHBOARD_HOSTS     host names it answers besides localhost, the
+                      loopback addresses and its own (tasks.example.com)
   STATEMENT_TIMEOUT, CONNECT_TIMEOUT  as for serve"""
 
 

@@ -16,7 +16,7 @@ from ..logs import log
 from ..store import admin, tasks
 from ..store import dashboard as store
 from ..store.database import Direct
-from .http import Request, Response, redirect, url
+from .http import Request, Response, redirect, task_id, url
 from .pages import filter_query, parse_filter
 from .security import Visitor
 
@@ -51,11 +51,19 @@ class Target(NamedTuple):
         return url("/tasks", filter_query(self.listed))
 
 
+class NoSuchTask(Exception):
+    """The id of an action's target is no task id (404)."""
+
+
 def target(fields: dict[str, str], action: str) -> Target | None:
-    """The action's target from the query string or the form (None: unusable)."""
-    raw = fields.get("id", "").strip()
+    """The action's target from the query string or the form (None: unusable;
+    NoSuchTask: an id that no task can have)."""
+    raw = fields.get("id", "")
     if raw:
-        return Target(int(raw), store.Filter()) if raw.isdigit() else None
+        wanted = task_id(raw)
+        if wanted is None:
+            raise NoSuchTask(raw)
+        return Target(wanted, store.Filter())
     if action == "cancel":
         return None  # one task at a time
     f, problems = parse_filter(fields)
@@ -72,7 +80,10 @@ VERBS = {"retry": "Retry", "cancel": "Cancel", "delete": "Delete"}
 
 
 def confirm(app: Dashboard, request: Request, action: str) -> Response:
-    t = target(request.query, action)
+    try:
+        t = target(request.query, action)
+    except NoSuchTask as exc:
+        return app.page(request, "missing.html", status=404, what=f"task {exc}")
     if t is None:
         return app.page(request, "missing.html", status=400, what="what to act on")
     what = t.describe()
@@ -87,7 +98,10 @@ def confirm(app: Dashboard, request: Request, action: str) -> Response:
 
 
 def perform(app: Dashboard, request: Request, action: str, who: Visitor) -> Response:
-    t = target(request.form, action)
+    try:
+        t = target(request.form, action)
+    except NoSuchTask as exc:
+        return app.page(request, "missing.html", status=404, what=f"task {exc}")
     if t is None:
         return app.page(request, "missing.html", status=400, what="what to act on")
     with app.pool.connection() as db:

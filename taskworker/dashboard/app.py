@@ -1,9 +1,11 @@
 """The dashboard as a WSGI application, and the gevent server that runs it.
 
-Every request passes, in order: authentication (security.Guard), the routing
-table, for a POST the read-only switch and the CSRF check, then its handler.
-A database that cannot answer gives a 503 page (the pool logs the outage once);
-any other failure a 500 page and one log line, never a traceback.
+Every request passes, in order: the Host check and authentication
+(security.Guard), the routing table, for a POST the read-only switch and the
+CSRF check, then its handler. A database that cannot answer gives a 503 page
+saying so in general terms (the pool logs what happened, once); any other
+failure a 500 page and one log line, never a traceback. No page names the
+connection: its URL, host, port, user or database.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from ..logs import log
 from ..settings import DEFAULT_DASHBOARD_PORT, Settings
 from ..store.database import first_line
 from . import actions, pages
-from .http import Request, Response, StartResponse, redirect, url
+from .http import Request, Response, StartResponse, local_path, redirect, url
 from .indexer import Indexer
 from .pool import Pool, Unavailable
 from .render import Templates
@@ -38,8 +40,8 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("GET", re.compile(r"/"), pages.overview),
     ("GET", re.compile(r"/overview/live"), pages.overview_live),
     ("GET", re.compile(r"/tasks"), pages.tasks),
-    ("GET", re.compile(r"/tasks/(\d{1,18})"), pages.task),
-    ("GET", re.compile(r"/tasks/(\d{1,18})/raw/(\w+)"), pages.raw),
+    ("GET", re.compile(r"/tasks/([0-9]+)"), pages.task),
+    ("GET", re.compile(r"/tasks/([0-9]+)/raw/([a-z]+)"), pages.raw),
     ("GET", re.compile(r"/schedules"), pages.schedules),
 ]
 ACTION = re.compile(r"/actions/(retry|cancel|delete)")
@@ -101,12 +103,15 @@ class Dashboard:
         return response.send(start_response)
 
     def respond(self, request: Request) -> Response:
+        host = request.headers.get("host")
+        if not self.guard.serves(host):
+            return self.misdirected(request, host)
         visitor = self.guard.visitor(request.headers, request.cookies, request.address)
         token = request.query.get("token")
         if token is not None and request.method == "GET" and self.guard.token_matches(token):
             rest = {k: v for k, v in request.query.items() if k != "token"}
-            return redirect(url(request.path, rest)).cookie(SESSION_COOKIE,
-                                                           self.guard.session_value())
+            return redirect(url(local_path(request.path), rest)).cookie(
+                SESSION_COOKIE, self.guard.session_value())
         if visitor is None:
             return self.unauthorized(request)
         static = STATIC.fullmatch(request.path)
@@ -143,6 +148,16 @@ class Dashboard:
                                      "dashboard: reload the page and try again")
         return actions.perform(self, request, action, visitor)
 
+    def misdirected(self, request: Request, host: str | None) -> Response:
+        """421 for a Host this dashboard does not serve (DNS rebinding, or a name
+        missing from DASHBOARD_HOSTS): a short plain answer, no page."""
+        shown = "no Host header" if host is None else f"host {host[:100]!r}"
+        log.warning("Dashboard: refused a %s from %s for %s: not a name this dashboard "
+                    "serves (DASHBOARD_HOSTS)", request.method, request.address, shown)
+        return Response(f"This dashboard does not answer for {shown}: DASHBOARD_HOSTS "
+                        "lists the names it serves besides the loopback ones.\n", 421,
+                        content_type="text/plain; charset=utf-8")
+
     def unauthorized(self, request: Request) -> Response:
         response = self.page(request, "error.html", status=401,
                              problem="authentication required (DASHBOARD_PASSWORD or "
@@ -171,7 +186,8 @@ class Dashboard:
         flash = None if plain else self._flash(request)
         body = self.templates.render(
             template, csrf=self.guard.form_token(cookie or new_cookie or ""),
-            readonly=self.readonly, flash=flash, version=__version__, path=request.path,
+            readonly=self.readonly, flash=flash, version=__version__,
+            path=local_path(request.path),
             **context)
         response = Response(body, status)
         if new_cookie:

@@ -1,15 +1,20 @@
 """Requests and responses over WSGI, with the standard library: urllib.parse
-for query strings and urlencoded forms, http.cookies for cookies."""
+for query strings and urlencoded forms, http.cookies for cookies; and the two
+values of a request that must be checked before use: a task id, a path to send
+the browser to."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from .security import HEADERS
 
 MAX_FORM_BYTES = 64 * 1024  # a form of the dashboard is a few hundred bytes
+MAX_ID = 2**63 - 1  # ids are bigint
+HOME = "/"
 StartResponse = Callable[..., Any]
 
 
@@ -65,6 +70,29 @@ def redirect(location: str) -> Response:
     return response
 
 
+def task_id(raw: str | None) -> int | None:
+    """The task id `raw` spells in ASCII digits, from 1 to MAX_ID; None for
+    anything else (str.isdigit and int() take other digits too: '²', '٣')."""
+    if raw is None or not re.fullmatch(r"[0-9]{1,19}", raw):
+        return None
+    value = int(raw)
+    return value if 1 <= value <= MAX_ID else None
+
+
+def local_path(path: str) -> str:
+    """`path` (a decoded PATH_INFO) as a link or a Location of this site:
+    percent-encoded, or HOME unless it is a path of this site: one leading "/"
+    (not "//" or "/\\", which a browser reads as another host), no control
+    character."""
+    if (not path.startswith("/") or path[1:2] in ("/", "\\")
+            or any(ord(c) < 32 or ord(c) == 127 for c in path)):
+        return HOME
+    try:  # PATH_INFO holds the request's bytes as latin-1 (PEP 3333)
+        return quote(path.encode("latin-1"), safe="/")
+    except UnicodeEncodeError:
+        return HOME
+
+
 def url(path: str, params: dict[str, Any]) -> str:
     """`path` with the non-empty `params` as its query string."""
     kept = {k: v for k, v in params.items() if v not in (None, "")}
@@ -73,4 +101,5 @@ def url(path: str, params: dict[str, Any]) -> str:
 
 REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           421: "Misdirected Request",
            503: "Service Unavailable", 500: "Internal Server Error"}

@@ -5,7 +5,6 @@ chart from the sampler) and renders a template; none writes.
 """
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from ..store import admin, processes, search
 from ..store import dashboard as store
 from ..store import schedules as schedule_store
 from .chart import chart
-from .http import Request, Response, url
+from .http import MAX_ID, Request, Response, task_id, url
 
 if TYPE_CHECKING:
     from .app import Dashboard
@@ -111,12 +110,15 @@ def filter_query(f: store.Filter) -> dict[str, str | None]:
 
 def tasks(app: Dashboard, request: Request) -> Response:
     f, problems = parse_filter(request.query)
-    before = _int(request.query.get("before"))
-    wanted_id = _int(request.query.get("id"))
-    if request.query.get("id") and wanted_id is None:
-        problems.append("an id is a whole number")
+    wrong_ids = [f"{name}= is a task id: a whole number from 1 to {MAX_ID}"
+                 for name in ("id", "before") if request.query.get(name, "").strip()
+                 and task_id(request.query[name].strip()) is None]
+    before = task_id(request.query.get("before", "").strip())
+    wanted_id = task_id(request.query.get("id", "").strip())
     with app.pool.connection() as db:
-        if wanted_id is not None:
+        if wrong_ids:
+            page = store.Page([], None, None)
+        elif wanted_id is not None:
             found = store.page(db, f, wanted_id + 1, 1)
             page = store.Page([r for r in found.rows if r.id == wanted_id], None, None)
         else:
@@ -125,33 +127,38 @@ def tasks(app: Dashboard, request: Request) -> Response:
     known = app.sampler.counts.value
     return app.page(request, "tasks.html", page=page, filter=f, query=filter_query(f),
                     qs=url("", filter_query(f)).lstrip("?"),
-                    problems=problems, before=before, wanted_id=wanted_id,
+                    problems=problems + wrong_ids, before=before, wanted_id=wanted_id,
                     lag=lag if lag is not None and lag.behind else None,
                     statuses=admin.STATUSES, no_name=backlog.NO_NAME,
                     known_queues=sorted({c.queue for c in known}),  # type: ignore[attr-defined]
                     known_names=sorted({c.task for c in known if c.task}),  # type: ignore
                     retry_filter=f.status in (None, "error"),
-                    delete_filter=f.status in (None, "done", "error", "cancelled"))
+                    delete_filter=f.status in (None, "done", "error", "cancelled"),
+                    status=400 if wrong_ids else 200)
 
 
-def task(app: Dashboard, request: Request, task_id: str) -> Response:
-    with app.pool.connection() as db:
-        row = admin.task(db, int(task_id))
+def task(app: Dashboard, request: Request, raw_id: str) -> Response:
+    wanted = task_id(raw_id)
+    row = None
+    if wanted is not None:
+        with app.pool.connection() as db:
+            row = admin.task(db, wanted)
     if row is None:
-        return app.page(request, "missing.html", status=404, what=f"task {task_id}")
+        return app.page(request, "missing.html", status=404, what=f"task {raw_id}")
     long = {name: row[name] for name in LONG_COLUMNS if row.get(name) is not None}
     short = {k: v for k, v in row.items() if k not in LONG_COLUMNS}
-    return app.page(request, "task.html", task=row, short=short, long=long, id=int(task_id))
+    return app.page(request, "task.html", task=row, short=short, long=long, id=wanted)
 
 
-def raw(app: Dashboard, request: Request, task_id: str, column: str) -> Response:
+def raw(app: Dashboard, request: Request, raw_id: str, column: str) -> Response:
     """A long value whole, as plain text (never rendered as markup: nosniff)."""
-    if column not in LONG_COLUMNS:
-        return app.page(request, "missing.html", status=404, what=column)
+    wanted = task_id(raw_id)
+    if column not in LONG_COLUMNS or wanted is None:
+        return app.page(request, "missing.html", status=404, what=request.path)
     with app.pool.connection() as db:
-        row = admin.task(db, int(task_id))
+        row = admin.task(db, wanted)
     if row is None or row.get(column) is None:
-        return app.page(request, "missing.html", status=404, what=f"task {task_id}'s {column}")
+        return app.page(request, "missing.html", status=404, what=f"task {raw_id}'s {column}")
     return Response(str(row[column]), content_type="text/plain; charset=utf-8")
 
 
@@ -162,10 +169,4 @@ def schedules(app: Dashboard, request: Request) -> Response:
     rows = listing(live, {}, ticks, app.settings.cron_tz, datetime.now(UTC))
     return app.page(request, "schedules.html", rows=rows)
 
-
-def _int(raw: str | None) -> int | None:
-    if raw is None or not re.fullmatch(r"-?\d{1,19}", raw.strip()):
-        return None
-    value = int(raw)
-    return value if -(2**63) < value < 2**63 - 1 else None
 

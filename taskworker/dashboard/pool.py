@@ -2,8 +2,9 @@
 
 A request takes an idle connection (or opens one), runs its statements and puts
 it back. A database that goes away makes the request fail with `Unavailable`
-(the app answers 503); the outage is logged once, and its end once, and the
-next request simply opens a new connection.
+(the app answers 503 with a line that names nothing of the connection); the
+outage is logged once, with what the driver said, and its end once, and the next
+request simply opens a new connection.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ LOCAL_SETTINGS = "SET LOCAL jit = off; SET LOCAL max_parallel_workers_per_gather
 
 
 class Unavailable(Exception):
-    """The database cannot answer now; str() is one line for the page and the log."""
+    """The database cannot answer now; str() is one line for the page, which names
+    nothing of the connection (a driver's message may quote its URL, host, port,
+    user or database: the pool logs it, no page shows it)."""
 
 
 class Pool:
@@ -74,12 +77,19 @@ class Pool:
                 self._down = None
 
     def _failed(self, exc: BaseException) -> Unavailable:
-        what = str(exc) if isinstance(exc, (DatabaseUnavailable, Unavailable)) \
-            else f"database error: {first_line(exc)}"
+        if isinstance(exc, Unavailable):  # the deadline
+            what, shown = str(exc), str(exc)
+        elif isinstance(exc, DatabaseUnavailable):
+            what, shown = str(exc), "cannot connect to the database"
+        else:
+            what = f"database error: {first_line(exc)}"
+            shown = ("the database refused a statement"
+                     if isinstance(exc, psycopg2.Error) and _statement_error(exc)
+                     else "the connection to the database failed")
         if self._down is None:
             log.warning("Dashboard: %s", what)
         self._down = what
-        return Unavailable(what)
+        return Unavailable(f"{shown} (the dashboard's log says more)")
 
     def close(self) -> None:
         while self._idle:

@@ -12,8 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
+from .masking import mask_password, mask_secrets
 from .parsers import byte_size as _bytes
 from .parsers import host as _host
 from .parsers import modules as _modules
@@ -157,9 +157,7 @@ def _database_url(raw: str) -> str:
         parse_dsn(raw)
     except Exception as exc:  # psycopg2 raises ProgrammingError with libpq's text
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparseable"
-        if mask_password(raw) != raw:
-            # libpq quotes pieces of the string in its message: maybe the password.
-            reason = re.sub(r'"[^"]*"', '"****"', reason)
+        reason = mask_secrets(reason, raw)  # libpq quotes pieces of the string
         raise ValueError(f"not a PostgreSQL connection string ({reason})") from None
     if "=" not in raw and "://" not in raw:
         raise ValueError("not a PostgreSQL connection string")
@@ -281,18 +279,4 @@ def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Se
             f"must not exceed TASK_MAX_SECONDS={settings.task_max_seconds:g}"
         )
     return settings
-
-
-def mask_password(url: str) -> str:
-    """Replace the password of a URL or key=value connection string with ****."""
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-            if parts.password is not None:
-                host = parts.netloc.rsplit("@", 1)[1]
-                url = urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
-        except ValueError:  # e.g. a bad port: still mask what looks like user:pass@
-            url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
-        return re.sub(r"([?&]password=)[^&]*", r"\1****", url)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1****", url)
 

@@ -384,3 +384,56 @@ def test_misspelled_settings_follow_log_format_and_level() -> None:
     code, out, err = run_cli(["serve"], env={**env, "LOG_LEVEL": "ERROR"}, timeout=30)
     assert code == 1 and "WORKER_CONT" not in out + err, (out, err)
 
+
+# --- resource bounds: an absurd value is refused in one line, before it crashes
+
+
+@pytest.mark.parametrize(("var", "raw", "limit"), [
+    ("WORKER_COUNT", "99999999999", "must be between 1 and 100,000"),  # was OverflowError
+    ("WORKER_COUNT", "10000000", "must be between 1 and 100,000"),  # was MemoryError
+    ("WORKER_COUNT", "100001", "must be between 1 and 100,000"),
+    ("QUEUES", "default:99999999999",  # was integer out of range
+     "the cap of queue 'default' must be a whole number between 1 and 100,000"),
+    ("LEASE_SECONDS", "99999999999d", "must be at most 3650d"),  # was interval out of range
+    ("PRUNE_AFTER", "99999999999d", "must be at most 3650d"),
+    ("STATEMENT_TIMEOUT", "25d", "must be at most 24d"),  # was libpq's invalid integer
+    ("FETCH_INTERVAL", "9" * 400, "must be at most 3650d"),  # was "fetching every infs"
+    ("TASK_MAX_SECONDS", "9" * 400, "must be at most 3650d"),  # was a hub stuck for ever
+    ("TASK_TIMEOUT", "3651d", "must be at most 3650d"),
+])
+def test_absurd_values_are_refused_in_one_line(var: str, raw: str, limit: str) -> None:
+    code, out, err = run_cli(["serve"], env={"DATABASE_URL": UNREACHABLE_URL, var: raw},
+                             timeout=30)
+    assert code == 2, (out, err)
+    assert err.splitlines() == [f"Error: invalid {var}={raw!r}: {limit}"
+                                + (" (10 years)" if "3650d" in limit else "")], err
+    assert "Traceback" not in out + err
+
+
+def test_worker_count_past_the_maximum_leaves_nothing_behind(
+        db_url: str, db: psycopg2.extensions.connection) -> None:
+    """Against a real database, as the user ran it: no traceback, no process row."""
+    code, out, err = run_cli(["serve"], env={"DATABASE_URL": db_url,
+                                             "WORKER_COUNT": "99999999999"}, timeout=60)
+    assert (code, err) == (2, "Error: invalid WORKER_COUNT='99999999999': must be between 1 "
+                              "and 100,000\n"), (out, err)
+    assert "Traceback" not in out + err
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM taskworker_processes")
+        assert cur.fetchone() == (0,)
+
+
+def test_a_delay_past_the_maximum_is_refused_in_one_line() -> None:
+    code, out, err = run_cli(["enqueue", "--delay", "99999999999d", "x"],
+                             env={"DATABASE_URL": UNREACHABLE_URL}, timeout=30)
+    assert (code, out) == (2, ""), err
+    assert err == "Error: invalid --delay='99999999999d': must be at most 3650d (10 years)\n"
+
+
+def test_the_maxima_themselves_are_accepted() -> None:
+    s = tw_settings.load({"WORKER_COUNT": "100000", "QUEUES": "a:100000",
+                          "STATEMENT_TIMEOUT": "24d", "PRUNE_AFTER": "3650d",
+                          "LEASE_SECONDS": "3650d"})
+    assert (s.worker_count, s.queues, s.statement_timeout) == (100000, (("a", 100000),),
+                                                               24 * 86400.0)
+    assert s.prune_after == s.lease_seconds == 3650 * 86400.0

@@ -17,7 +17,8 @@ from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_s
 
 @click.command()
 @click.option("--workers", "-w", metavar="N",
-              help="Worker greenlets processing tasks in parallel. [env WORKER_COUNT; default 5]")
+              help="Worker greenlets processing tasks in parallel, at most 100,000. "
+                   "[env WORKER_COUNT; default 5]")
 @click.option("--fetch-interval", "-i", metavar="DURATION",
               help="How often to look for tasks when idle: 5, 5s, 1.5, 500ms. "
                    "[env FETCH_INTERVAL; default 5s]")

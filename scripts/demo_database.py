@@ -27,18 +27,17 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 
 from taskworker.commands.context import load_settings
+from taskworker.masking import mask_secrets
 
 
-def stop(exc: BaseException, dsn: dict[str, str]) -> NoReturn:
+def stop(exc: BaseException, url: str) -> NoReturn:
     """Exit 1 with libpq's message on one line, without the password.
 
     libpq writes a line per address it tried (plus indented hints); the last one
     is the answer that ended the attempt.
     """
     lines = [line for line in str(exc).splitlines() if line.strip() and not line[0].isspace()]
-    message = " ".join((lines[-1] if lines else type(exc).__name__).split())
-    if dsn.get("password"):
-        message = message.replace(dsn["password"], "****")
+    message = mask_secrets(" ".join((lines[-1] if lines else type(exc).__name__).split()), url)
     sys.exit(f"demo: cannot use DATABASE_URL: {message}")
 
 
@@ -103,12 +102,12 @@ def main() -> None:
             finally:
                 conn.close()
         except psycopg2.Error as exc:
-            stop(exc, dsn)
+            stop(exc, url)
         print("created", url, sep="\n")
     elif nothing_listens(dsn, str(error)):
         print("absent", ports(dsn)[0], dbname or "postgres", sep="\n")
     else:
-        stop(error, dsn)
+        stop(error, url)
 
 
 if __name__ == "__main__":

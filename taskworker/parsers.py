@@ -6,6 +6,10 @@ from __future__ import annotations
 import ipaddress
 import re
 
+# Most workers one process runs (WORKER_COUNT), and so the largest cap of a queue:
+# each worker costs about 9 KB (100,000 take 900 MB); 10 million exhaust the memory.
+MAX_WORKERS = 100_000
+
 
 def modules(raw: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -27,8 +31,9 @@ def queues(raw: str) -> tuple[tuple[str, int | None], ...]:
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}", name):
             raise ValueError(f"{name!r} is not a queue name (expected images:5,default)")
         if sep:
-            if not cap.strip().isdigit() or int(cap) < 1:
-                raise ValueError(f"the cap of queue {name!r} must be a whole number of 1 or more")
+            if not cap.strip().isdigit() or not 1 <= int(cap) <= MAX_WORKERS:
+                raise ValueError(f"the cap of queue {name!r} must be a whole number "
+                                 f"between 1 and {MAX_WORKERS:,}")
             found[name] = int(cap)
         else:
             found[name] = None

@@ -12,8 +12,9 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
+from .masking import mask_password, mask_secrets
+from .parsers import MAX_WORKERS
 from .parsers import byte_size as _bytes
 from .parsers import host as _host
 from .parsers import hosts as _hosts
@@ -29,6 +30,7 @@ DEFAULT_DASHBOARD_PORT = 8080  # `dashboard` and `serve --dashboard` without DAS
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/taskprocessor?sslmode=disable"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("plain", "json")
+MAX_DURATION = 3650 * 86400.0  # 10 years: the longest duration of any setting or option
 
 
 T = TypeVar("T")
@@ -106,7 +108,10 @@ def _duration(raw: str) -> float:
     if not m:
         raise ValueError("expected a duration such as 5, 5s, 1.5 or 500ms")
     scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    return float(m.group(1)) * scale
+    value = float(m.group(1)) * scale
+    if value > MAX_DURATION:  # (a timer that long overflows, or never fires: "9" * 400)
+        raise ValueError(f"must be at most {MAX_DURATION / 86400:g}d (10 years)")
+    return value
 
 
 def parse_duration(raw: str) -> float:
@@ -160,9 +165,7 @@ def _database_url(raw: str) -> str:
         parse_dsn(raw)
     except Exception as exc:  # psycopg2 raises ProgrammingError with libpq's text
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unparseable"
-        if mask_password(raw) != raw:
-            # libpq quotes pieces of the string in its message: maybe the password.
-            reason = re.sub(r'"[^"]*"', '"****"', reason)
+        reason = mask_secrets(reason, raw)  # libpq quotes pieces of the string
         raise ValueError(f"not a PostgreSQL connection string ({reason})") from None
     if "=" not in raw and "://" not in raw:
         raise ValueError("not a PostgreSQL connection string")
@@ -199,6 +202,15 @@ def _between(low: int, high: int, parse: Callable[[str], int]) -> Callable[[str]
     return check
 
 
+def _statement_timeout(raw: str) -> float:
+    """PostgreSQL takes at most 2,147,483,647 ms (24.8 days), and so does the TCP
+    user timeout libpq is given (STATEMENT_TIMEOUT plus 5 s)."""
+    value = _above_zero(_duration)(raw)
+    if value > 24 * 86400:
+        raise ValueError("must be at most 24d")
+    return value
+
+
 def _port(raw: str) -> int:
     value = _int(raw)
     if not 1 <= value <= 65535:
@@ -220,7 +232,7 @@ def _fraction(raw: str) -> float:
 # Environment variable -> (Settings field, parser).
 FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DATABASE_URL": ("database_url", _database_url),
-    "WORKER_COUNT": ("worker_count", _at_least(1, _int)),
+    "WORKER_COUNT": ("worker_count", _between(1, MAX_WORKERS, _int)),
     "FETCH_INTERVAL": ("fetch_interval", _above_zero(_duration)),
     "FETCH_LIMIT": ("fetch_limit", _at_least(1, _int)),
     "TASK_MIN_SECONDS": ("task_min_seconds", _at_least(0, _duration)),
@@ -238,7 +250,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "MAX_RESCUES": ("max_rescues", _at_least(0, _int)),
     "TASK_TIMEOUT": ("task_timeout", _at_least(0, _duration)),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _at_least(0, _duration)),
-    "STATEMENT_TIMEOUT": ("statement_timeout", _above_zero(_duration)),
+    "STATEMENT_TIMEOUT": ("statement_timeout", _statement_timeout),
     "CONNECT_TIMEOUT": ("connect_timeout", _above_zero(_duration)),
     "LISTEN": ("listen", _bool),
     "LISTEN_DATABASE_URL": ("listen_database_url", _database_url),
@@ -285,18 +297,3 @@ def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Se
             f"must not exceed TASK_MAX_SECONDS={settings.task_max_seconds:g}"
         )
     return settings
-
-
-def mask_password(url: str) -> str:
-    """Replace the password of a URL or key=value connection string with ****."""
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-            if parts.password is not None:
-                host = parts.netloc.rsplit("@", 1)[1]
-                url = urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
-        except ValueError:  # e.g. a bad port: still mask what looks like user:pass@
-            url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
-        return re.sub(r"([?&]password=)[^&]*", r"\1****", url)
-    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1****", url)
-

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +28,7 @@ from invariants import (
     wait_finished,
 )
 from pgserver import free_port
-from proc import ServeFactory, cli, run_cli
+from proc import CLI, ServeFactory, child_env, cli, run_cli
 from scrapes import scrape, value
 
 import taskworker
@@ -136,15 +139,47 @@ def test_enqueue_refuses_a_payload_over_the_limit(db_url: str, db: Any) -> None:
     assert (code, out) == (1, "")
     assert err.strip() == ("Error: payload is 11 bytes, over MAX_PAYLOAD_BYTES=10; "
                            "nothing was enqueued")
-    code, out, err = run_cli(["enqueue", "-"], env=env, input="fine\nlonger than ten\n")
+    code, out, err = run_cli(["enqueue", "-"], env=env, input="fine\n" + "x" * 11 + "\n")
     assert code == 1
-    assert err.strip() == ("Error: line 2 is 15 bytes, over MAX_PAYLOAD_BYTES=10; "
+    assert err.strip() == ("Error: line 2 is 11 bytes, over MAX_PAYLOAD_BYTES=10; "
+                           "nothing was enqueued")
+    code, out, err = run_cli(["enqueue", "-"], env=env, input="fine\nlonger than ten\n")
+    assert code == 1  # read no further than the limit: its size is not known
+    assert err.strip() == ("Error: line 2 is more than 10 bytes, over MAX_PAYLOAD_BYTES=10; "
                            "nothing was enqueued")
     assert tasks(db) == {}
     assert cli(db_url, "enqueue", "x" * 11)[0] == 0  # the default limit is 1 MB
     with pytest.raises(ValueError, match=r"^payload is 1048577 bytes, over "
                                          r"MAX_PAYLOAD_BYTES=1048576$"):
         taskworker.enqueue(db, "é" + "x" * (MB - 1))
+
+
+# Runs a command and prints its peak RSS in kB (measured from a small parent: a
+# child forked from pytest would count pytest's memory as its own until its exec).
+PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
+
+
+def test_enqueue_reads_a_long_line_no_further_than_the_limit(db_url: str, db: Any,
+                                                             tmp_path: Path) -> None:
+    """`enqueue -` given a 100 MB line (MAX_PAYLOAD_BYTES is 1 MB) refuses it
+    after reading 1 MB of it, instead of after holding all of it, three times
+    over (a 1.2 GB line took 9 s and 3.6 GB before its refusal)."""
+    lines = tmp_path / "lines.txt"
+    with open(lines, "wb") as f:
+        f.write(b"first\n")
+        for _ in range(100):
+            f.write(b"x" * MB)
+        f.write(b"\nlast\n")
+    with open(lines, "rb") as stdin:
+        done = subprocess.run([sys.executable, "-c", PEAK_RSS, *CLI, "enqueue", "-"],
+                              stdin=stdin, capture_output=True, text=True, cwd=tmp_path,
+                              env=child_env({"DATABASE_URL": db_url}), timeout=60)
+    assert done.returncode == 1, done
+    assert done.stderr == (f"Error: line 2 is more than {MB} bytes, over MAX_PAYLOAD_BYTES="
+                           f"{MB}; nothing was enqueued\n")
+    assert int(done.stdout) < 100 * 1024, f"peak RSS {done.stdout.strip()} kB"
+    assert tasks(db) == {}
 
 
 def test_a_completion_cancelled_by_statement_timeout_is_split(db_url: str, db: Any,

@@ -7,6 +7,7 @@ is unreachable, not migrated or refuses a statement, EXIT_INTERRUPTED on Ctrl+C.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from ..settings import FIELDS, Settings, SettingsError, load, parse_duration
 from ..store import migrations
 from ..store.connection import DatabaseUnavailable, NoFreeSlot, connect
 from ..store.database import PgConnection, first_line
+from ..typos import misspelled
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -44,12 +46,14 @@ class CommandError(Exception):
         self.code = code
 
 
+def dotenv() -> dict[str, str]:
+    """The variables .env (current folder) sets."""
+    return {k: v for k, v in dotenv_values(Path.cwd() / ".env").items() if v is not None}
+
+
 def environment() -> dict[str, str]:
     """.env (current folder) with the environment over it."""
-    env: dict[str, str] = {k: v for k, v in dotenv_values(Path.cwd() / ".env").items()
-                           if v is not None}
-    env.update(os.environ)
-    return env
+    return {**dotenv(), **os.environ}
 
 
 def log_format(env: dict[str, str]) -> str:
@@ -66,14 +70,27 @@ def load_settings(overrides: dict[str, str | None] | None = None) -> Settings:
     """Settings from .env (current folder), the environment (which wins), then
     `overrides` (the command's options); logging set up as they say. Refused
     settings end the command in one line, in JSON when LOG_FORMAT=json is valid."""
-    env = environment()
+    env_file = dotenv()
+    env = {**env_file, **os.environ}
     try:
         settings = load(env, overrides or {})
     except SettingsError as exc:
         logs.setup(fmt=log_format(env))
+        warn_misspelled(env_file)
         fail(str(exc), EXIT_CONFIG)
     logs.setup(settings.log_level, settings.log_format)
+    warn_misspelled(env_file)
     return settings
+
+
+def warn_misspelled(env_file: dict[str, str]) -> None:
+    """A warning line for each variable that looks like a setting but is not one
+    (`WORKER_CONT`: did you mean WORKER_COUNT?), stamped as a log line (a JSON
+    record with LOG_FORMAT=json) and on stderr, as the `Error:` line: the stdout
+    of enqueue, status... is data."""
+    if logs.log.isEnabledFor(logging.WARNING):
+        for line in misspelled(env_file, os.environ):
+            click.echo(logs.format_line("warning", line, {}), err=True)
 
 
 def duration(option: str, raw: str) -> float:

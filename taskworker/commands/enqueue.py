@@ -27,6 +27,7 @@ from .context import (
 )
 
 ENQUEUE_BATCH = 5000  # stdin lines per INSERT and per commit
+BATCH_BYTES = 64 * 1024 * 1024  # ... or fewer: a batch of stdin holds at most this much
 
 
 class Options(TypedDict):
@@ -209,16 +210,23 @@ def file_size(stream: IO[bytes]) -> int | None:
 
 def stdin_batches(stream: IO[bytes], batch_size: int, max_bytes: int,
                   ) -> Iterator[tuple[list[str], int]]:
-    """(payloads, bytes read) per `batch_size` non-blank lines of UTF-8 text.
+    """(payloads, bytes read) per `batch_size` non-blank lines of UTF-8 text, or
+    fewer lines when they come to BATCH_BYTES.
 
     A line ends at \\n (a \\r before it is dropped too). Lines that are empty or
     only whitespace are skipped; any other line is the payload exactly as it is,
-    leading and trailing spaces included.
+    leading and trailing spaces included. A line is read no further than
+    `max_bytes` (and its line end): a longer one is refused there, unread.
     """
     batch: list[str] = []
-    nbytes = 0
-    for number, raw in enumerate(stream, 1):
+    nbytes = held = 0
+    number = 0
+    while raw := stream.readline(max_bytes + 2):  # the payload, then \r\n
+        number += 1
         nbytes += len(raw)
+        if len(raw) == max_bytes + 2 and not raw.endswith(b"\n"):
+            raise CommandError(f"line {number} is more than {max_bytes} bytes, over "
+                               f"MAX_PAYLOAD_BYTES={max_bytes}")
         line = raw[:-1] if raw.endswith(b"\n") else raw
         if line.endswith(b"\r"):
             line = line[:-1]
@@ -234,9 +242,10 @@ def stdin_batches(stream: IO[bytes], batch_size: int, max_bytes: int,
         except ValueError as exc:  # "payload contains a NUL character, which ..."
             raise CommandError(f"line {number} {str(exc).removeprefix('payload ')}") from None
         batch.append(payload)
-        if len(batch) == batch_size:
+        held += len(line)
+        if len(batch) == batch_size or held >= BATCH_BYTES:
             yield batch, nbytes
-            batch, nbytes = [], 0
+            batch, nbytes, held = [], 0, 0
     if batch or nbytes:
         yield batch, nbytes
 

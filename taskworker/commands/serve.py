@@ -10,14 +10,15 @@ import sys
 
 import click
 
-from ..logs import log
-from ..settings import DEFAULT_DASHBOARD_PORT
+from ..logs import log, seconds
+from ..settings import DEFAULT_DASHBOARD_PORT, DEMO_HANDLER, Settings
 from .context import EXIT_CONFIG, EXIT_RUNTIME, checked_connection, fail, load_settings
 
 
 @click.command()
 @click.option("--workers", "-w", metavar="N",
-              help="Worker greenlets processing tasks in parallel. [env WORKER_COUNT; default 5]")
+              help="Worker greenlets processing tasks in parallel, at most 100,000. "
+                   "[env WORKER_COUNT; default 5]")
 @click.option("--fetch-interval", "-i", metavar="DURATION",
               help="How often to look for tasks when idle: 5, 5s, 1.5, 500ms. "
                    "[env FETCH_INTERVAL; default 5s]")
@@ -98,6 +99,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     # is waited for.)
     with checked_connection(settings, "check", wait_for_slot=True):
         pass
+    log.info("%s", without_a_name(settings))
 
     from ..dashboard.app import DashboardError
     from ..processor.processor import Processor
@@ -108,3 +110,21 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
     except (MetricsError, DashboardError) as exc:
         fail(str(exc), EXIT_RUNTIME)
     sys.exit(code)
+
+
+def without_a_name(settings: Settings) -> str:
+    """What runs the tasks without a task name, said at start: a real task run by
+    the demo by mistake (a TASK_HANDLER misspelled) is stored `done`, its payload
+    reversed."""
+    handler = settings.default_handler
+    if handler == DEMO_HANDLER:
+        s = settings
+        sleeps = (f"sleeps {seconds(s.task_min_seconds)} to {seconds(s.task_max_seconds)}, "
+                  if s.task_max_seconds else "")
+        return (f"Tasks without a name run with the demo handler {handler}: it {sleeps}"
+                f"returns the payload reversed and fails {s.task_failure_rate * 100:g}% of "
+                "tasks (TASK_HANDLER names your own)")
+    if handler:
+        return f"Tasks without a name run with the default handler {handler}"
+    return ("Tasks without a name are left pending for another process: TASK_MODULES is set "
+            "and TASK_HANDLER is not")

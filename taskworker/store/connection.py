@@ -21,7 +21,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from ..logs import log
-from ..settings import Settings, mask_password
+from ..settings import Settings, mask_password, mask_secrets
 from . import prepared
 from .database import Params, PgConnection, Row, execute, first_line
 
@@ -124,7 +124,8 @@ def connect(settings: Settings, *, autocommit: bool = True, name: str = "taskwor
             f"{settings.connect_timeout:g}s") from None
     except psycopg2.Error as exc:
         kind = NoFreeSlot if NO_FREE_SLOT.search(str(exc)) else DatabaseUnavailable
-        raise kind(f"cannot connect to database {shown}: {first_line(exc)}") from None
+        why = mask_secrets(first_line(exc), url)  # libpq may quote the password (as a host)
+        raise kind(f"cannot connect to database {shown}: {why}") from None
     conn.statement_timeout_ms = int(timeout * 1000)
     conn.autocommit = autocommit
     return conn

@@ -22,7 +22,7 @@ except (OSError, AttributeError):  # not glibc: nothing to do
     _malloc_trim = None
 
 
-def give_back() -> None:
+def release() -> None:
     """Return freed heap memory to the system (glibc); elsewhere, nothing."""
     if _malloc_trim is not None:
         _malloc_trim(0)

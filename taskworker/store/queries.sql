@@ -8,7 +8,7 @@ SELECT to_regclass('tasks') IS NOT NULL;
 
 -- name: claimed_row
 -- What every claim writes to the rows it takes (claim, claim_shares and
--- claim_alone include it as {claimed_row}): in progress, held by %(holder)s for
+-- claim_alone include it as /* include claimed_row */): in progress, held by %(holder)s for
 -- %(lease)s seconds, one more attempt, and a new fencing token (fence: raised by
 -- every claim and by nothing else, so no two holds of a task share it; every
 -- later write of this hold names it). A part of those statements, never sent alone.
@@ -159,7 +159,7 @@ took AS (
 ),
 claimed AS (
     UPDATE tasks AS t
-    SET {claimed_row}
+    SET /* include claimed_row */
     FROM chosen
     WHERE t.id = chosen.id
       AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
@@ -182,13 +182,13 @@ SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL FROM found;
 -- %(shares)s). The same ordered scan per queue, the same columns; a queue paused
 -- since is skipped. (Half a millisecond less per claim than the whole `claim`,
 -- which a busy process sends hundreds of times a second.)
-WITH {shares_claimed}
+WITH /* include shares_claimed */
 SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence FROM claimed
 ORDER BY priority DESC, run_at, id;
 
 -- name: shares_claimed
 -- The parts of claim_shares that pick and take the rows (claim_shares and
--- claim_shares_completing include them as {shares_claimed}). Never sent alone.
+-- claim_shares_completing include them). Never sent alone.
 picked AS MATERIALIZED (
     SELECT c.id, s.share
     FROM unnest(%(queues)s::text[], %(shares)s::int[]) AS s(queue, share)
@@ -203,7 +203,7 @@ picked AS MATERIALIZED (
 ),
 claimed AS (
     UPDATE tasks AS t
-    SET {claimed_row}
+    SET /* include claimed_row */
     FROM picked
     WHERE t.id = picked.id
     RETURNING t.id,
@@ -219,19 +219,19 @@ claimed AS (
 -- tasks it last ran, fenced the same way) and claim_shares, in one statement and
 -- one transaction. Both parts see the same snapshot: the rows being completed are
 -- in progress there, so the claim never takes one of them (a task given back
--- here is claimable from the next claim on). Returns claim_shares' rows, then one
--- row per outcome written: id and, in the last column, the fence of the hold
--- written (NULL in the claimed rows).
-WITH written AS (
-{complete}
-),
-{shares_claimed}
+-- here is claimable from the next claim on). Returns claim_shares' rows (NULL in
+-- the last column), then outcome_states' row for each outcome given (id, fence,
+-- and in the last column whether the outcome is in the table).
+WITH /* include outcomes_given */,
+/* include outcomes_written */,
+/* include shares_claimed */
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        NULL::bigint AS written
+        NULL::text AS written
  FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence FROM written;
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, written
+FROM (/* include outcome_states */) AS states;
 
 -- name: ordered_plans
 -- Sent in front of a claim, in its transaction: only ordered index scans, so the
@@ -259,7 +259,7 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
-SET {claimed_row}
+SET /* include claimed_row */
 FROM picked
 WHERE t.id = picked.id
 RETURNING t.id,
@@ -375,54 +375,80 @@ slots AS (
 SELECT id, cancel FROM mine;
 
 -- name: complete
--- Write many outcomes at once. Fenced: a row is written only while this process
--- still has that hold (the fence its claim set), and the (id, fence) pairs
--- written are returned: a batch may hold an earlier hold's outcome beside a
--- later one's of the same task, and only the one that matched may be reported.
+-- Write many outcomes at once, and say of each one whether it is in the table.
+-- Fenced: a row is written only while this process still has that hold (the
+-- fence its claim set): a batch may hold an earlier hold's outcome beside a
+-- later one's of the same task, and only the one that matched is written.
 -- status 'pending' with given_back gives a task back untouched (the attempt is
 -- not counted; the fence stays: the next claim raises it); with a delay it
 -- schedules a retry (or a snooze). A process that runs a task with a
 -- concurrency limit sends it as complete_freeing_slots.
-UPDATE tasks AS t
-SET status = v.status,
-    result = v.result,
-    error = coalesce(v.error, t.error),
-    attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
-    run_at = CASE WHEN v.delay IS NULL THEN t.run_at
-                  ELSE now() + v.delay * interval '1 second' END,
-    locked_by = NULL,
-    locked_until = NULL,
-    updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(statuses)s::text[],
-            %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
-            %(given_back)s::bool[])
-     AS v(id, fence, status, result, error, delay, given_back)
-WHERE t.id = v.id
-  AND t.fence = v.fence
-  AND t.locked_by = %(holder)s
-  AND t.status = 'in_progress'
-RETURNING v.id, v.fence;
+WITH /* include outcomes_given */,
+/* include outcomes_written */
+/* include outcome_states */;
+
+-- name: outcomes_given
+-- The outcomes of complete and the statements that include it: one row per
+-- outcome, with the rescues its hold saw (see outcome_states). Never sent alone.
+given AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(statuses)s::text[],
+                %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
+                %(given_back)s::bool[], %(rescues)s::int[])
+         AS v(id, fence, status, result, error, delay, given_back, rescues)
+)
+
+-- name: outcomes_written
+-- The fenced write of the outcomes given. Never sent alone.
+written AS (
+    UPDATE tasks AS t
+    SET status = v.status,
+        result = v.result,
+        error = coalesce(v.error, t.error),
+        attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
+        run_at = CASE WHEN v.delay IS NULL THEN t.run_at
+                      ELSE now() + v.delay * interval '1 second' END,
+        locked_by = NULL,
+        locked_until = NULL,
+        updated_at = now()
+    FROM given AS v
+    WHERE t.id = v.id
+      AND t.fence = v.fence
+      AND t.locked_by = %(holder)s
+      AND t.status = 'in_progress'
+    RETURNING v.id, v.fence
+)
+
+-- name: outcome_states
+-- For every outcome given, the truth about it: id, fence, and whether it is in
+-- the table: 'now' (written by this statement), 'before' (the row shows it
+-- written by this very hold: no holder, the status it writes, its fence, and no
+-- rescue since; a later claim raises the fence, a rescue counts one), or NULL
+-- (fenced off: the task was taken over). So a statement sent again after its
+-- reply was lost with the connection tells from its own answer which outcomes
+-- the first send wrote. (The row is read only for an outcome not written now.)
+SELECT v.id, v.fence,
+       CASE WHEN w.id IS NOT NULL THEN 'now'
+            WHEN EXISTS (SELECT 1 FROM tasks AS t
+                         WHERE t.id = v.id AND t.fence = v.fence AND t.locked_by IS NULL
+                           AND t.status = v.status AND t.rescues = v.rescues)
+            THEN 'before' END AS written
+FROM given AS v
+LEFT JOIN written AS w ON w.id = v.id AND w.fence = v.fence
 
 -- name: complete_freeing_slots
--- `complete` (included as {complete}), also freeing the concurrency
--- slots the written tasks held, fenced the same way (only a slot still leased to
--- this holder for that task). Sent only by a process that runs a limited task:
--- no other holds a slot, and the second UPDATE costs the busy path a fifth of a
--- millisecond per batch.
-WITH written AS (
-{complete}
-),
+-- `complete`, also freeing the concurrency slots the written tasks held (only a
+-- slot still leased to this holder for a task written now). Sent only by a
+-- process that runs a limited task: no other holds a slot, and the second
+-- UPDATE costs the busy path a fifth of a millisecond per batch.
+WITH /* include outcomes_given */,
+/* include outcomes_written */,
 freed AS (
     UPDATE taskworker_slots
     SET task_id = NULL, locked_by = NULL, locked_until = NULL
     WHERE locked_by = %(holder)s AND task_id IN (SELECT id FROM written)
 )
-SELECT id, fence FROM written;
-
--- name: outcome_rows
--- What the rows %(ids)s say now: after a completion whose reply was lost with the
--- connection, to tell an outcome that was written from one that was fenced off.
-SELECT id, status, fence, rescues, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+/* include outcome_states */;
 
 -- name: give_back_orphans
 -- Give back tasks this process holds in the database but does not know of (a

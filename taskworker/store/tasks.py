@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import arrays, sql
-from .completion import OutcomeWrite, outcome_arrays
+from .completion import Hold, OutcomeWrite, Written, outcome_arrays
 from .database import Database
 from .prepared import Prepared
 from .sharing import shares
@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # (this module imports no gevent: tests claim through it unpa
 FINISHED = ("done", "error", "cancelled")  # the statuses a task never leaves by itself
 
 
-Hold = tuple[int, int]  # (task id, fence): one hold of one task
 
 
 class ClaimedTask(NamedTuple):
@@ -99,19 +98,19 @@ CLAIM_SHARES = Prepared("taskworker_claim_shares_v8", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
     "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
-    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]"}
+    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "rescues": "int[]"}
 # Planned for its values each time (custom plans): a generic plan guesses the
 # outcomes' unnest() at a few rows and joins them by a nested loop, four times
 # slower for a batch of hundreds than the hash join planned for the real count.
 _COMPLETING_TYPES = {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}
 CLAIM_SHARES_COMPLETING = Prepared(
-    "taskworker_claim_shares_completing_v2", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_v3", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n", generic=False)
 # For a few outcomes the nested loop is the plan anyway: planned once, it saves
 # the planning (a seventh of the statement's time with 20 outcomes).
 FEW_OUTCOMES = 32
 CLAIM_SHARES_COMPLETING_FEW = Prepared(
-    "taskworker_claim_shares_completing_few_v2", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_few_v3", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
@@ -120,7 +119,7 @@ Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 class Claim(NamedTuple):
     rows: list[Claimed]  # in the order to run them: priority, due time, id
     pairs: Pairs | None  # the (queue, name) pairs with pending tasks, when discovered
-    written: set[Hold] = set()  # claim_shares_completing: the holds whose outcome it wrote
+    written: Written = {}  # claim_shares_completing: the holds whose outcome is in the table
 
 
 def busy_shares(served: Served, pairs: Pairs | None, limit: int) -> dict[str, int] | None:
@@ -163,7 +162,8 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
                             names: list[str], shared: dict[str, int], inline_bytes: int,
                             writes: Sequence[OutcomeWrite]) -> Claim:
     """claim_shares, and in the same statement write `writes` as `complete`
-    does (fenced); the Claim's `written` holds the (id, fence) pairs written.
+    does (fenced); the Claim's `written` holds the holds whose outcome is in
+    the table (written now, or by an earlier send of this statement).
     A statement_timeout is raised (QueryCanceled), not sent again: the caller
     writes the outcomes apart."""
     statement = CLAIM_SHARES_COMPLETING_FEW if len(writes) <= FEW_OUTCOMES \
@@ -172,7 +172,7 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
         **_shares_params(holder, lease, names, shared, inline_bytes),
         **outcome_arrays(writes)}, resend_on_timeout=False)
     return Claim(_claimed([row for row in found if row[10] is None], inline_bytes), None,
-                 {(row[0], row[10]) for row in found if row[10] is not None})
+                 {(row[0], row[9]): row[10] for row in found if row[10]})
 
 
 def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str, int],

@@ -58,7 +58,9 @@ RENEWAL_POLL = 0.1  # seconds between checks while leases are not being renewed
 class Exchange:
     def __init__(self, settings: Settings, holder: str, dispatch: Dispatch, catalog: Catalog,
                  completer: Completer, renewing: Callable[[], bool],
-                 stopping: Callable[[], bool], giving_up: Callable[[], bool]) -> None:
+                 stopping: Callable[[], bool], giving_up: Callable[[], bool],
+                 lanes: tuple[ReconnectingConnection, ReconnectingConnection] | None = None,
+                 ) -> None:
         self.settings = settings
         self.holder = holder
         self.dispatch = dispatch
@@ -70,11 +72,13 @@ class Exchange:
         self.stopping = stopping  # shutdown: claim nothing more
         # Each lane's connection re-opens itself after an outage and sends the
         # statement again; the claiming lane gives up at shutdown, the writing
-        # lane once shutdown gives up on the database (GIVE_BACK_GRACE).
-        self.claiming = ReconnectingConnection(settings, "fetcher", should_stop=stopping,
-                                               on_reconnect=self._reconnected, prepare=True)
-        self.writing = ReconnectingConnection(settings, "completer", should_stop=giving_up,
-                                              on_reconnect=self._reconnected, prepare=True)
+        # lane once shutdown gives up on the database (GIVE_BACK_GRACE). (`lanes`:
+        # connections given instead, as tests give a scripted database.)
+        self.claiming, self.writing = lanes or (
+            ReconnectingConnection(settings, "fetcher", should_stop=stopping,
+                                   on_reconnect=self._reconnected, prepare=True),
+            ReconnectingConnection(settings, "completer", should_stop=giving_up,
+                                   on_reconnect=self._reconnected, prepare=True))
         self._orphans_possible = False  # a claim's reply may have been lost
         self._giving_back = False  # orphans are being given back: no claim may start
         self._alone_waiting = False  # a task that must run alone may be due

@@ -43,7 +43,8 @@ def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite],
     statement = sql.complete_freeing_slots if frees_slots else sql.complete
     rows = db.query(statement, {"holder": holder, **outcome_arrays(writes)},
                     resend_on_timeout=False)
-    return {(task_id, fence): written for task_id, fence, written in rows if written}
+    return {(task_id, fence): written for task_id, fence, written in rows
+            if written != "fenced"}
 
 
 def outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:

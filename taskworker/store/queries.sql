@@ -423,8 +423,8 @@ written AS (
 -- For every outcome given, the truth about it: id, fence, and whether it is in
 -- the table: 'now' (written by this statement), 'before' (the row shows it
 -- written by this very hold: no holder, the status it writes, its fence, and no
--- rescue since; a later claim raises the fence, a rescue counts one), or NULL
--- (fenced off: the task was taken over). So a statement sent again after its
+-- rescue since; a later claim raises the fence, a rescue counts one), or
+-- 'fenced' (fenced off: the task was taken over). So a statement sent again after its
 -- reply was lost with the connection tells from its own answer which outcomes
 -- the first send wrote. (The row is read only for an outcome not written now.)
 SELECT v.id, v.fence,
@@ -432,7 +432,7 @@ SELECT v.id, v.fence,
             WHEN EXISTS (SELECT 1 FROM tasks AS t
                          WHERE t.id = v.id AND t.fence = v.fence AND t.locked_by IS NULL
                            AND t.status = v.status AND t.rescues = v.rescues)
-            THEN 'before' END AS written
+            THEN 'before' ELSE 'fenced' END AS written
 FROM given AS v
 LEFT JOIN written AS w ON w.id = v.id AND w.fence = v.fence
 

@@ -172,7 +172,8 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
         **_shares_params(holder, lease, names, shared, inline_bytes),
         **outcome_arrays(writes)}, resend_on_timeout=False)
     return Claim(_claimed([row for row in found if row[10] is None], inline_bytes), None,
-                 {(row[0], row[9]): row[10] for row in found if row[10]})
+                 {(row[0], row[9]): row[10] for row in found
+                  if row[10] is not None and row[10] != "fenced"})
 
 
 def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str, int],

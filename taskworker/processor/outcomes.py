@@ -46,7 +46,7 @@ class Outcome:
                   REFUSE: "error", SNOOZE: "pending", CANCEL: "cancelled"}
         return OutcomeWrite(self.task.id, self.task.fence, status[self.kind], self.result,
                             self.error, self.delay, self.kind in (GIVE_BACK, REFUSE, SNOOZE),
-                            self.task.rescues)
+                            self.task.losses)
 
     @property
     def wakes_others(self) -> bool:

@@ -98,7 +98,8 @@ class Processor:
         self.dashboard = Dashboard(settings) if settings.dashboard_port else None
         self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
-                             self.metrics.task_duration.observe if self.metrics else _ignore)
+                             self.metrics.task_duration.observe if self.metrics else _ignore,
+                             self.completer.started)
         # The services, in the order they start; the fetcher last, once all is ready.
         self.services: dict[str, Callable[[], None]] = {
             "completer": self.exchange.write_loop, "heartbeat": self.heartbeat.run,

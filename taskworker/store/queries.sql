@@ -18,6 +18,7 @@ status = 'in_progress',
     locked_until = now() + %(lease)s * interval '1 second',
     attempts = t.attempts + 1,
     fence = t.fence + 1,
+    started_at = NULL,
     updated_at = now()
 
 -- name: claim
@@ -168,12 +169,13 @@ claimed AS (
                   AS payload,
               t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
               t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.priority, t.run_at
 )
-(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence FROM claimed
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
+        unstarted_rescues FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL FROM found;
+SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL FROM found;
 
 -- name: claim_shares
 -- The claim of a busy process whose kept pairs show every queue it serves holding
@@ -183,7 +185,8 @@ SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL FROM found;
 -- since is skipped. (Half a millisecond less per claim than the whole `claim`,
 -- which a busy process sends hundreds of times a second.)
 WITH /* include shares_claimed */
-SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence FROM claimed
+SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
+       unstarted_rescues FROM claimed
 ORDER BY priority DESC, run_at, id;
 
 -- name: shares_claimed
@@ -211,7 +214,7 @@ claimed AS (
                   AS payload,
               t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
               t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.priority, t.run_at
 )
 
 -- name: claim_shares_completing
@@ -224,13 +227,14 @@ claimed AS (
 -- and in the last column whether the outcome is in the table).
 WITH /* include outcomes_given */,
 /* include outcomes_written */,
+/* include starts_written */,
 /* include shares_claimed */
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        NULL::text AS written
+        unstarted_rescues, NULL::text AS written
  FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, written
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, written
 FROM (/* include outcome_states */) AS states;
 
 -- name: ordered_plans
@@ -265,7 +269,8 @@ WHERE t.id = picked.id
 RETURNING t.id,
           CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
           t.attempts, t.rescues, coalesce(octet_length(t.payload), 0),
-          t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL, t.fence;
+          t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL, t.fence,
+          t.unstarted_rescues;
 
 -- name: ensure_slots
 -- One slot row per allowed run of each limited task name (%(tasks)s, with
@@ -300,10 +305,14 @@ WHERE t.locked_by = %(holder)s AND t.status = 'in_progress';
 -- back to pending, or park them in error once their worker was lost too often.
 -- Never a task the rescuer itself still holds (%(holder)s, %(held)s): a live
 -- process gives back what it can no longer keep, without charging a rescue.
--- A task back to pending for its last chance (lost MAX_RESCUES times) will run alone.
--- A task `taskworker cancel` asked to stop ends cancelled instead of going back.
+-- Only a task whose run started (started_at) is charged the rescue; one lost
+-- before it started goes back uncharged, its attempt not counted (see migration
+-- 011). A task back to pending for its last chance (lost MAX_RESCUES times)
+-- will run alone. A task `taskworker cancel` asked to stop ends cancelled
+-- instead of going back. Returns each task's id, its new status, and whether it
+-- was charged.
 WITH lost AS (
-    SELECT id FROM tasks
+    SELECT id, (started_at IS NOT NULL)::int AS charge FROM tasks
     WHERE status = 'in_progress' AND locked_until < now()
       AND NOT (locked_by = %(holder)s AND id = ANY(%(held)s::bigint[]))
     ORDER BY locked_until
@@ -311,21 +320,23 @@ WITH lost AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
-SET rescues = t.rescues + 1,
+SET rescues = t.rescues + c.charge,
+    unstarted_rescues = t.unstarted_rescues + 1 - c.charge,
+    attempts = t.attempts - 1 + c.charge,
     status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                  WHEN t.rescues + 1 > %(max_rescues)s THEN 'error' ELSE 'pending' END,
+                  WHEN t.rescues + c.charge > %(max_rescues)s THEN 'error' ELSE 'pending' END,
     error = CASE WHEN t.cancel_requested_at IS NOT NULL
                  THEN 'cancelled: taskworker cancel; its worker was lost'
-                 WHEN t.rescues + 1 > %(max_rescues)s
-                 THEN 'abandoned: worker lost ' || (t.rescues + 1) || ' times'
+                 WHEN t.rescues + c.charge > %(max_rescues)s
+                 THEN 'abandoned: worker lost ' || (t.rescues + c.charge) || ' times'
                  ELSE t.error END,
-    run_alone = t.rescues + 1 = %(max_rescues)s AND t.cancel_requested_at IS NULL,
+    run_alone = t.rescues + c.charge = %(max_rescues)s AND t.cancel_requested_at IS NULL,
     locked_by = NULL,
     locked_until = NULL,
     updated_at = now()
-FROM lost
-WHERE t.id = lost.id
-RETURNING t.id, t.status;
+FROM lost AS c
+WHERE t.id = c.id
+RETURNING t.id, t.status, c.charge = 1;
 
 -- name: alone_waiting
 -- Is a task that must run alone due, that this process would claim (see
@@ -384,18 +395,20 @@ SELECT id, cancel FROM mine;
 -- schedules a retry (or a snooze). A process that runs a task with a
 -- concurrency limit sends it as complete_freeing_slots.
 WITH /* include outcomes_given */,
-/* include outcomes_written */
+/* include outcomes_written */,
+/* include starts_written */
 /* include outcome_states */;
 
 -- name: outcomes_given
 -- The outcomes of complete and the statements that include it: one row per
--- outcome, with the rescues its hold saw (see outcome_states). Never sent alone.
+-- outcome, with the workers lost with the task (rescues and unstarted_rescues)
+-- its hold saw (see outcome_states). Never sent alone.
 given AS MATERIALIZED (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(statuses)s::text[],
                 %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
-                %(given_back)s::bool[], %(rescues)s::int[])
-         AS v(id, fence, status, result, error, delay, given_back, rescues)
+                %(given_back)s::bool[], %(losses)s::int[])
+         AS v(id, fence, status, result, error, delay, given_back, losses)
 )
 
 -- name: outcomes_written
@@ -410,6 +423,8 @@ written AS (
                       ELSE now() + v.delay * interval '1 second' END,
         locked_by = NULL,
         locked_until = NULL,
+        started_at = CASE WHEN v.given_back THEN t.started_at
+                          ELSE coalesce(t.started_at, now()) END,
         updated_at = now()
     FROM given AS v
     WHERE t.id = v.id
@@ -417,6 +432,19 @@ written AS (
       AND t.locked_by = %(holder)s
       AND t.status = 'in_progress'
     RETURNING v.id, v.fence
+)
+
+-- name: starts_written
+-- The starts of tasks still running (%(start_ids)s, %(start_fences)s: holds of
+-- %(holder)s), written with the outcomes: started_at, once. A task whose outcome
+-- goes in the same statement is not among them (its write sets started_at).
+-- Never sent alone.
+starts AS (
+    UPDATE tasks AS t
+    SET started_at = now()
+    FROM unnest(%(start_ids)s::bigint[], %(start_fences)s::bigint[]) AS s(id, fence)
+    WHERE t.id = s.id AND t.fence = s.fence AND t.locked_by = %(holder)s
+      AND t.status = 'in_progress' AND t.started_at IS NULL
 )
 
 -- name: outcome_states
@@ -431,7 +459,8 @@ SELECT v.id, v.fence,
        CASE WHEN w.id IS NOT NULL THEN 'now'
             WHEN EXISTS (SELECT 1 FROM tasks AS t
                          WHERE t.id = v.id AND t.fence = v.fence AND t.locked_by IS NULL
-                           AND t.status = v.status AND t.rescues = v.rescues)
+                           AND t.status = v.status
+                           AND t.rescues + t.unstarted_rescues = v.losses)
             THEN 'before' ELSE 'fenced' END AS written
 FROM given AS v
 LEFT JOIN written AS w ON w.id = v.id AND w.fence = v.fence
@@ -443,6 +472,7 @@ LEFT JOIN written AS w ON w.id = v.id AND w.fence = v.fence
 -- UPDATE costs the busy path a fifth of a millisecond per batch.
 WITH /* include outcomes_given */,
 /* include outcomes_written */,
+/* include starts_written */,
 freed AS (
     UPDATE taskworker_slots
     SET task_id = NULL, locked_by = NULL, locked_until = NULL

@@ -95,7 +95,7 @@ def tasks(db: Any) -> dict[int, dict[str, Any]]:
     """Every task row by id, as dicts."""
     with db.cursor() as cur:
         cur.execute("SELECT id, payload, status, result, error, attempts, rescues, "
-                    "locked_by, locked_until FROM tasks ORDER BY id")
+                    "unstarted_rescues, locked_by, locked_until FROM tasks ORDER BY id")
         names = [d[0] for d in cur.description]
         return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
 

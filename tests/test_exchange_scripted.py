@@ -65,8 +65,8 @@ class ScriptedDatabase:
 
 def claimed_row(task_id: int, completing: bool = False) -> tuple[Any, ...]:
     """A claim's row: id, payload, attempts, rescues, size, task, queue, share, cancel,
-    fence (and, from claim_shares_completing, NULL for `written`)."""
-    row = (task_id, f"payload {task_id}", 1, 0, 10, None, "default", 100, False, 1)
+    fence, unstarted_rescues (and, from claim_shares_completing, NULL for `written`)."""
+    row = (task_id, f"payload {task_id}", 1, 0, 10, None, "default", 100, False, 1, 0)
     return (*row, None) if completing else row
 
 
@@ -98,7 +98,7 @@ def held(ex: Exchange, *ids: int) -> list[Outcome]:
 
 def states(*rows: tuple[int, str]) -> list[tuple[Any, ...]]:
     """claim_shares_completing's rows for outcomes: (id, fence 1, written)."""
-    return [(i, *[None] * 8, 1, written) for i, written in rows]
+    return [(i, *[None] * 8, 1, None, written) for i, written in rows]
 
 
 def test_a_busy_claim_writes_the_outcomes_waiting_in_its_own_statement(
@@ -190,11 +190,11 @@ def test_the_writing_lane_claims_along_only_for_a_busy_process() -> None:
         "claim_shares_completing": [[claimed_row(7, True), *states((2, "now"))]]})
     ex = exchange(ScriptedDatabase({}), writing)
     outcomes = held(ex, 1)
-    assert not ex._along(ex.completer.take())  # not busy: a plain write
+    assert not ex._along(ex.completer.take(), [])  # not busy: a plain write
     ex.write(ex.writing, outcomes)
     ex.fetcher.busy = True
     held(ex, 2)
-    assert ex._along(ex.completer.take())
+    assert ex._along(ex.completer.take(), [])
     assert writing.sent == ["complete", "claim_shares_completing"]
     assert ex.dispatch.held_ids() == [7]
 

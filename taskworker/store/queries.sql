@@ -708,6 +708,7 @@ UPDATE tasks AS t
 SET status = 'pending',
     attempts = 0,
     rescues = 0,
+    unstarted_rescues = 0,
     run_alone = false,
     run_at = now(),
     locked_by = NULL,

@@ -635,15 +635,18 @@ SELECT now(), now() - %(seconds)s * interval '1 second';
 
 -- name: status_summary
 -- One scan for the status overview: counts by status, pending tasks scheduled for
--- later, seconds the oldest due pending task has waited (since its run_at), tasks
--- with a rescue changed in the last hour, and pending tasks after a failed or
--- lost attempt (attempts > 0: waiting for a retry).
+-- later, tasks in progress whose handler has not started (claimed: started_at
+-- NULL, waiting in their process's local queue), seconds the oldest due pending
+-- task has waited (since its run_at), tasks with a rescue changed in the last
+-- hour, and pending tasks after a failed or lost attempt (attempts > 0: waiting
+-- for a retry).
 SELECT count(*) FILTER (WHERE status = 'pending'),
        count(*) FILTER (WHERE status = 'in_progress'),
        count(*) FILTER (WHERE status = 'done'),
        count(*) FILTER (WHERE status = 'error'),
        count(*) FILTER (WHERE status = 'cancelled'),
        count(*) FILTER (WHERE status = 'pending' AND run_at > now()),
+       count(*) FILTER (WHERE status = 'in_progress' AND started_at IS NULL),
        extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'pending'
                                                       AND run_at <= now())),
        count(*) FILTER (WHERE rescues > 0 AND updated_at > now() - interval '1 hour'),
@@ -651,9 +654,12 @@ SELECT count(*) FILTER (WHERE status = 'pending'),
 FROM tasks;
 
 -- name: status_holders
--- Running tasks per process holding them, with the seconds left on the soonest
--- lease to expire (negative: expired, the holder has stopped renewing).
-SELECT locked_by, count(*), extract(epoch FROM min(locked_until) - now())
+-- Tasks in progress per process holding them: claimed (not started: started_at
+-- NULL) and running, with the seconds left on the soonest lease to expire
+-- (negative: expired, the holder has stopped renewing).
+SELECT locked_by, count(*) FILTER (WHERE started_at IS NULL),
+       count(*) FILTER (WHERE started_at IS NOT NULL),
+       extract(epoch FROM min(locked_until) - now())
 FROM tasks
 WHERE status = 'in_progress'
 GROUP BY locked_by
@@ -673,8 +679,10 @@ LIMIT %(limit)s;
 SELECT * FROM tasks WHERE id = %(id)s;
 
 -- name: task_states
--- Status and holder of the tasks %(ids)s, to explain why a command left them alone.
-SELECT id, status, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+-- Status, holder and whether it started (started_at set) of the tasks %(ids)s, to
+-- explain why a command left them alone.
+SELECT id, status, locked_by, started_at IS NOT NULL FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: retry
 -- Put up to %(limit)s tasks in error back to pending, due now, as if new: attempts
@@ -720,9 +728,9 @@ RETURNING t.id;
 
 -- name: retry_blocked
 -- Tasks in error that retry leaves alone because a live task holds their
--- unique_key (same selection as retry): their id and key, and the live task's id
--- and status.
-SELECT e.id, e.unique_key, live.id, live.status
+-- unique_key (same selection as retry): their id and key, and the live task's id,
+-- status and whether it started (started_at set).
+SELECT e.id, e.unique_key, live.id, live.status, live.started_at IS NOT NULL
 FROM tasks AS e
 JOIN tasks AS live
   ON live.unique_key = e.unique_key AND live.status IN ('pending', 'in_progress')
@@ -821,15 +829,16 @@ WHERE c.oid = 'tasks'::regclass AND s.attname = 'status';
 -- tick's row names it; the existence check keeps the other processes from drawing
 -- ids for a tick already taken. The task's rows of ticks beyond the newest 10 are
 -- deleted. Returns whether the tick was taken, the new task's id, and the live run
--- that made it skip.
+-- that made it skip: its id, status, and whether it started (in progress with
+-- started_at set: running; without, claimed and waiting in its process).
 WITH last AS (
     SELECT max(tick) AS tick FROM taskworker_ticks WHERE task = %(task)s
 ), live AS (
-    (SELECT id, status FROM tasks
+    (SELECT id, status, started_at IS NOT NULL AS started FROM tasks
      WHERE %(skip_if_running)s AND status = 'in_progress' AND task = %(task)s
      LIMIT 1)
     UNION ALL
-    (SELECT id, status FROM tasks
+    (SELECT id, status, false FROM tasks
      WHERE %(skip_if_running)s AND status = 'pending' AND queue = %(queue)s
        AND coalesce(task, '') = %(task)s
      LIMIT 1)
@@ -858,12 +867,13 @@ WITH last AS (
                   ORDER BY tick DESC OFFSET 8 LIMIT 1)
 )
 SELECT EXISTS (SELECT 1 FROM taken), (SELECT id FROM created),
-       (SELECT id FROM live), (SELECT status FROM live);
+       (SELECT id FROM live), (SELECT status FROM live), (SELECT started FROM live);
 
 -- name: schedule_ticks
 -- The latest recorded tick of each periodic task, with its task's status (NULL:
--- skipped, or the task was pruned), for `taskworker schedule`.
-SELECT t.task, t.tick, t.task_id, k.status
+-- skipped, or the task was pruned) and whether it started (started_at is set),
+-- for `taskworker schedule` and the dashboard.
+SELECT t.task, t.tick, t.task_id, k.status, coalesce(k.started_at IS NOT NULL, false)
 FROM (SELECT DISTINCT ON (task) task, tick, task_id
       FROM taskworker_ticks
       ORDER BY task, tick DESC) AS t
@@ -954,21 +964,23 @@ FROM taskworker_paused_queues
 ORDER BY queue;
 
 -- name: status_backlog
--- Pending and running tasks per (queue, task name): due, scheduled for later,
--- running, and the seconds the oldest due one has waited. Reads only pending and
--- in-progress rows, each set through its partial index (a name of '' is a task
--- without a name: names are never empty), never the finished ones.
+-- Pending and in-progress tasks per (queue, task name): due, scheduled for later,
+-- claimed (in progress, not started: started_at NULL), running (started), and the
+-- seconds the oldest due one has waited. Reads only pending and in-progress rows,
+-- each set through its partial index (a name of '' is a task without a name:
+-- names are never empty), never the finished ones.
 WITH live AS (
-    SELECT queue, coalesce(task, '') AS name, run_at, true AS pending
+    SELECT queue, coalesce(task, '') AS name, run_at, true AS pending, false AS started
     FROM tasks WHERE status = 'pending'
     UNION ALL
-    SELECT queue, coalesce(task, ''), run_at, false
+    SELECT queue, coalesce(task, ''), run_at, false, started_at IS NOT NULL
     FROM tasks WHERE status = 'in_progress'
 )
 SELECT queue, nullif(name, ''),
        count(*) FILTER (WHERE pending AND run_at <= now()),
        count(*) FILTER (WHERE pending AND run_at > now()),
-       count(*) FILTER (WHERE NOT pending),
+       count(*) FILTER (WHERE NOT pending AND NOT started),
+       count(*) FILTER (WHERE started),
        extract(epoch FROM now() - min(run_at) FILTER (WHERE pending AND run_at <= now()))
 FROM live
 GROUP BY queue, name
@@ -976,16 +988,18 @@ ORDER BY queue, name;
 
 -- name: dash_tasks
 -- The dashboard's task list: tasks with ids in [%(floor)s, %(before)s), newest
--- first, matching the filters given (NULL: any); a page of %(limit)s. The window
+-- first, matching the filters given (NULL: any; %(started)s: whether started_at
+-- is set, claimed or running among tasks in progress); a page of %(limit)s. The window
 -- bounds the rows a filter without an index may read (the caller widens it page
 -- by page); text is searched in the first 1,000 characters of payload and error,
 -- the words the search indexer copies into taskworker_search (migration 008).
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL
+       cancel_requested_at IS NOT NULL, started_at
 FROM tasks
 WHERE id < %(before)s AND id >= %(floor)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
   AND (%(pattern)s::text IS NULL
@@ -1043,7 +1057,7 @@ WITH position AS (
 )
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL
+       cancel_requested_at IS NOT NULL, started_at
 FROM found JOIN tasks USING (id)
 ORDER BY id DESC
 LIMIT %(limit)s;
@@ -1122,13 +1136,15 @@ RETURNING (SELECT count(*) FROM copied), (SELECT count(*) FROM forgotten),
           CASE WHEN isfinite(p.indexed_at) THEN p.indexed_at END, p.indexed_id;
 
 -- name: dash_tasks_text_live
--- Text search among the tasks in status %(status)s (pending or in_progress) below
--- id %(before)s: read through that status's partial index, as small as the set.
+-- Text search among the tasks in status %(status)s (pending or in_progress; with
+-- %(started)s, those whose started_at is set or not) below id %(before)s: read
+-- through that status's partial index, as small as the set.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL
+       cancel_requested_at IS NOT NULL, started_at
 FROM tasks
 WHERE status = %(status)s::text
+  AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
   AND (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
       ILIKE %(pattern)s::text
   AND id < %(before)s
@@ -1143,11 +1159,13 @@ LIMIT %(limit)s;
 SELECT min(id), max(id) FROM tasks;
 
 -- name: dash_counts
--- Tasks by status, queue and task name ('' for none): a scan of the whole table,
--- which the dashboard's sampler runs in the background, seldom on a large table.
-SELECT status, queue, coalesce(task, ''), count(*)
+-- Tasks by status (and for those in progress, whether started_at is set), queue
+-- and task name ('' for none): a scan of the whole table, which the dashboard's
+-- sampler runs in the background, seldom on a large table.
+SELECT status, status = 'in_progress' AND started_at IS NOT NULL, queue,
+       coalesce(task, ''), count(*)
 FROM tasks
-GROUP BY 1, 2, 3;
+GROUP BY 1, 2, 3, 4;
 
 -- name: dash_finished_per_minute
 -- Tasks done and in error per minute since %(since)s, through tasks_finished_at_idx:

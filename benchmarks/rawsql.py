@@ -25,7 +25,7 @@ from .processes import BenchError, run, workdir
 @dataclass(frozen=True)
 class PerTask:
     """An array parameter of the completion, one element per claimed task: `expr`
-    over the claim's RETURNING columns (id, payload, attempts, rescues, fence). The script
+    over the claim's RETURNING columns (id, payload, attempts, rescues, fence, ...). The script
     aggregates it into an array literal right after the claim, \\gset stores that
     in a pgbench variable of the parameter's name, and the completion uses it."""
 
@@ -54,6 +54,9 @@ VALUES: dict[str, str | PerTask] = {
     "errors": PerTask("NULL::text"),
     "delays": PerTask("NULL::float8"),
     "given_back": PerTask("false"),
+    "losses": PerTask("rescues + unstarted_rescues"),
+    "start_ids": "'{}'",  # (no task still running: its start goes with its outcome)
+    "start_fences": "'{}'",
 }
 
 # -M prepared saves parsing, but after five runs the server may switch a prepared

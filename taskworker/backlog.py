@@ -1,7 +1,7 @@
 """The backlog seen by queue and by task name, and what no running process serves.
 
 `status` and the metrics read the same rows (store.admin.backlog: pending and
-running tasks per queue and task name) and the same live processes
+in-progress tasks per queue and task name) and the same live processes
 (store.processes.live); this module rolls them up, bounds how many series the
 metrics export, and turns "nobody will claim these" into one line each.
 """
@@ -19,17 +19,18 @@ DEFAULT_HANDLER_HINT = "start a serve without TASK_MODULES or with TASK_HANDLER"
 
 
 class Total(NamedTuple):
-    """Pending and running tasks of one queue, or of one task name."""
+    """Pending and in-progress tasks of one queue, or of one task name."""
 
     key: str | None  # the queue, or the task name (None: tasks without a name)
     pending: int  # due now
     scheduled: int  # pending, due later
-    running: int
+    claimed: int  # in progress, not started: waiting in its process's local queue
+    running: int  # in progress, started
     oldest_pending_seconds: float | None
 
     @property
     def size(self) -> int:
-        return self.pending + self.scheduled + self.running
+        return self.pending + self.scheduled + self.claimed + self.running
 
 
 class Unserved(NamedTuple):
@@ -53,8 +54,8 @@ def _roll_up(rows: Iterable[Backlog], key: Callable[[Backlog], str | None]) -> l
     totals: dict[str | None, Total] = {}
     for row in rows:
         k = key(row)
-        totals[k] = _add(totals.get(k, Total(k, 0, 0, 0, None)),
-                         Total(k, row.pending, row.scheduled, row.running,
+        totals[k] = _add(totals.get(k, Total(k, 0, 0, 0, 0, None)),
+                         Total(k, row.pending, row.scheduled, row.claimed, row.running,
                                row.oldest_pending_seconds))
     return sorted(totals.values(), key=lambda t: (t.key is not None, t.key or ""))
 
@@ -62,7 +63,7 @@ def _roll_up(rows: Iterable[Backlog], key: Callable[[Backlog], str | None]) -> l
 def _add(a: Total, b: Total) -> Total:
     ages = [s for s in (a.oldest_pending_seconds, b.oldest_pending_seconds) if s is not None]
     return Total(a.key, a.pending + b.pending, a.scheduled + b.scheduled,
-                 a.running + b.running, max(ages) if ages else None)
+                 a.claimed + b.claimed, a.running + b.running, max(ages) if ages else None)
 
 
 def bounded(totals: Sequence[Total], limit: int,
@@ -73,7 +74,7 @@ def bounded(totals: Sequence[Total], limit: int,
         return list(totals)
     ranked = sorted(totals, key=lambda t: (t.key not in keep, -t.size, t.key is None,
                                            t.key or ""))
-    rest = Total(OTHER, 0, 0, 0, None)
+    rest = Total(OTHER, 0, 0, 0, 0, None)
     for t in ranked[limit - 1:]:
         rest = _add(rest, t)
     return [*ranked[:limit - 1], rest]

@@ -76,10 +76,15 @@ def add_task(db: Any, payload: str = "p", status: str = "pending", age: str = "0
     return task_id
 
 
-def running_task(db: Any, holder: str = "host-a:101:abcd1234", lease: str = "20 seconds") -> int:
-    """Insert one task in progress, claimed by `holder`, its lease ending in `lease`."""
+def running_task(db: Any, holder: str = "host-a:101:abcd1234", lease: str = "20 seconds",
+                 started: bool = True) -> int:
+    """Insert one task in progress, claimed by `holder`, its lease ending in `lease`;
+    its handler started a second ago, or (`started` False) not yet: started_at
+    NULL, as a claim leaves it while it waits in its process's local queue."""
     return add_task(db, "running", "in_progress", attempts=1, locked_by=holder,
-                    locked_until=query(db, f"SELECT now() + interval '{lease}'")[0][0])
+                    locked_until=query(db, f"SELECT now() + interval '{lease}'")[0][0],
+                    started_at=query(db, "SELECT now() - interval '1 second'")[0][0]
+                    if started else None)
 
 
 def task_row(db: Any, task_id: int) -> dict[str, Any] | None:
@@ -95,7 +100,7 @@ def tasks(db: Any) -> dict[int, dict[str, Any]]:
     """Every task row by id, as dicts."""
     with db.cursor() as cur:
         cur.execute("SELECT id, payload, status, result, error, attempts, rescues, "
-                    "locked_by, locked_until FROM tasks ORDER BY id")
+                    "unstarted_rescues, locked_by, locked_until FROM tasks ORDER BY id")
         names = [d[0] for d in cur.description]
         return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
 

@@ -48,9 +48,9 @@ def test_a_stale_outcome_in_the_same_batch_as_the_new_one_is_not_counted(
               "locked_by = %s, locked_until = now() + interval '1 minute' WHERE id = %s",
           (HOLDER, task_id))
     spec = [[task_id, 1, 0, 1, "stale result"], [task_id, 2, 1, 2, "new result"]]
-    done = subprocess.run([sys.executable, str(HERE / "completer_driver.py"), db_url, HOLDER,
-                           json.dumps(spec)], env=child_env(), capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run([sys.executable, str(HERE / "step_driver.py"), "write", db_url,
+                           HOLDER, json.dumps(spec)], env=child_env(), capture_output=True,
+                          text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     *lines, counters = done.stdout.strip().splitlines()
     log = "\n".join(lines)

@@ -266,3 +266,69 @@ def _end_dashboard_sessions(db_url: str) -> None:
                    "the dashboard's sessions to end")
     finally:
         conn.close()
+
+
+def test_a_claimed_task_is_not_called_running(db_url: str, db: Any, tmp_path: Path) -> None:
+    """A task in progress whose handler has not started (started_at NULL, as a claim
+    leaves it while it waits in its process's local queue) shows as claimed on every
+    page; one whose handler started, as running, with its start."""
+    (now,) = query(db, "SELECT now()")[0]
+    add(db, 2)
+    [claimed] = add(db, 1, payload="claimed one", status="in_progress", attempts=1,
+                    locked_by="host-a:1:aaaa")
+    [running] = add(db, 1, payload="running one", status="in_progress", attempts=1,
+                    locked_by="host-a:1:aaaa", started_at=now, queue="emails")
+    query(db, "INSERT INTO taskworker_ticks (task, tick, task_id) VALUES "
+              "('nightly', %s, %s), ('hourly', %s, %s)", (now, claimed, now, running))
+    with running_dashboard(db_url, tmp_path) as d:
+        c = d.client()
+        c.get("/")
+        live = wait_until(lambda: (r := c.get("/overview/live")).status == 200
+                          and "counted" in r.text and "running read" in r.text and r, 20,
+                          "the first sample")
+        for state, n in (("pending", 2), ("claimed", 1), ("running", 1)):
+            assert re.search(rf'id="count-{state}"[^>]*><span class="n">{n}</span> '
+                             rf'<span class="label">{state}<', live.body), live.body
+        assert 'id="count-in_progress"' not in live.body and "in progress" not in live.text
+        assert "pending, claimed and running read" in live.text
+        assert ">Claimed</th><th" in live.body
+        cells = r'<td class="num">(\d+)</td>'
+        for queue, numbers in (("default", "2 0 1 0"), ("emails", "0 0 0 1")):
+            row = re.search(rf'<a href="/tasks\?queue={queue}">{queue}</a></td>\s*'
+                            + cells * 4, live.body)
+            assert row and " ".join(row.groups()) == numbers, (queue, live.body)
+
+        listed = c.get("/tasks")
+        assert re.search(rf'<tr data-id="{claimed}">.*?<span class="status status-claimed"'
+                         rf'[^>]*>claimed</span>', listed.body, re.S), listed.body
+        assert re.search(rf'<tr data-id="{running}">.*?<span class="status status-running"'
+                         rf'[^>]*>running</span>', listed.body, re.S), listed.body
+        assert "in progress" not in listed.text and "in_progress" not in listed.body
+        assert '<option value="claimed">claimed</option>' in listed.body
+        assert ids_on(c.get("/tasks?status=claimed").body) == [claimed]
+        assert ids_on(c.get("/tasks?status=running").body) == [running]
+        assert ids_on(c.get("/tasks?status=claimed&q=one").body) == [claimed]
+        assert ids_on(c.get("/tasks?status=running&q=one").body) == [running]
+        assert ids_on(c.get("/tasks?status=running&queue=default").body) == []
+
+        page = c.get(f"/tasks/{claimed}")
+        assert re.search(r'id="task-status"[^>]*>claimed<', page.body), page.body
+        assert "its handler has not started" in page.text
+        assert re.search(r'id="field-status">in_progress <span class="muted">\(claimed, '
+                         r'not started\)', page.body), page.body
+        assert re.search(r'id="field-started_at"><span class="muted">\(null\)', page.body)
+        page = c.get(f"/tasks/{running}")
+        assert re.search(r'id="task-status"[^>]*>running<', page.body), page.body
+        assert re.search(r'id="field-status">in_progress <span class="muted">\(running\)',
+                         page.body), page.body
+        started = now.strftime("%Y-%m-%d %H:%M:%S %z")
+        assert f'id="field-started_at">{started}<' in page.body, page.body
+        assert (f'Running in <span class="mono">host-a:1:aaaa</span> since {started}.'
+                in page.body), page.body
+
+        schedules = c.get("/schedules").body
+        assert re.search(rf'href="/tasks/{claimed}">task {claimed}</a> <span class="status '
+                         r'status-claimed">claimed<', schedules), schedules
+        assert re.search(rf'href="/tasks/{running}">task {running}</a> <span class="status '
+                         r'status-running">running<', schedules), schedules
+        assert "in_progress" not in schedules

@@ -68,7 +68,8 @@ def test_cancel_pending_and_delete_finished(db_url: str, db: Any, tmp_path: Path
         assert "cancelled task" in c.get(f"/tasks/{pending}").text
         again = c.confirm(f"/actions/cancel?id={pending}")
         assert again.status == 303
-        assert "it is cancelled: only pending and running" in c.get(again.headers["location"]).text
+        assert "it is cancelled: only pending, claimed and running" in c.get(
+            again.headers["location"]).text
 
         assert c.confirm("/actions/delete?queue=reports&status=done").status == 303
         assert statuses(db, [*old, kept, live, failed]) == ["deleted"] * 3 + [
@@ -96,10 +97,10 @@ def test_cancel_a_running_task(db_url: str, db: Any, tmp_path: Path, serve: Any)
         assert f'href="/actions/cancel?id={task_id}"' in c.get(f"/tasks/{task_id}").body
         done = c.confirm(f"/actions/cancel?id={task_id}")
         assert done.status == 303
-        assert "asked the process running task" in c.get(done.headers["location"]).text
+        assert "asked the process holding task" in c.get(done.headers["location"]).text
         wait_until(lambda: statuses(db, [task_id]) == ["cancelled"], 15,
                    "the running task to be cancelled", [p])
-        d.wait_for(rf"Dashboard: admin at 127\.0\.0\.1: asked the process running task "
+        d.wait_for(rf"Dashboard: admin at 127\.0\.0\.1: asked the process holding task "
                    rf"{task_id} to stop it$")
 
 

@@ -33,14 +33,14 @@ def claim_one(db: Any, holder: str = HOLDER) -> ClaimedTask:
 
 
 def done(task: ClaimedTask, result: str) -> OutcomeWrite:
-    return OutcomeWrite(task.id, task.fence, "done", result, None, None, False)
+    return OutcomeWrite(task.id, task.fence, "done", result, None, None, False, task.rescues)
 
 
 def given_back(task: ClaimedTask) -> OutcomeWrite:
-    return OutcomeWrite(task.id, task.fence, "pending", None, None, None, True)
+    return OutcomeWrite(task.id, task.fence, "pending", None, None, None, True, task.rescues)
 
 
-def write(db: Any, *writes: OutcomeWrite, holder: str = HOLDER) -> set[tuple[int, int]]:
+def write(db: Any, *writes: OutcomeWrite, holder: str = HOLDER) -> dict[tuple[int, int], str]:
     return completion.complete(Direct(db), holder=holder, writes=writes, frees_slots=False)
 
 
@@ -55,18 +55,40 @@ def test_a_give_back_resent_after_a_lost_reply_does_not_give_back_the_next_hold(
     writes nothing."""
     [task_id] = insert_tasks(db, ["x"])
     first = claim_one(db)
-    assert write(db, given_back(first)) == {first.hold}  # committed; its reply lost
+    assert write(db, given_back(first)) == {first.hold: "now"}  # committed; its reply lost
     second = claim_one(db)
     assert (second.id, second.attempt) == (first.id, first.attempt)  # what users see
     assert second.fence == first.fence + 1
 
-    assert write(db, given_back(first)) == set()  # the resend: fenced off
+    assert write(db, given_back(first)) == {}  # the resend: fenced off
     row = tasks(db)[task_id]
     assert (row["status"], row["locked_by"]) == ("in_progress", HOLDER), row
 
-    assert write(db, done(second, "second's result")) == {second.hold}
+    assert write(db, done(second, "second's result")) == {second.hold: "now"}
     row = tasks(db)[task_id]
     assert (row["status"], row["result"], row["attempts"]) == ("done", "second's result", 1)
+
+
+def test_a_statement_sent_again_says_from_its_own_answer_what_the_first_send_wrote(
+        db_url: str, db: Any) -> None:
+    """The completion of A and B commits and its reply is lost; meanwhile B's
+    lease ran out and another process rescued and claimed it. Sent again, the
+    statement writes nothing, and its answer says A's outcome is in the table
+    (written before: its row shows this hold's write) and B's is not (B's row
+    has another holder and a new fence): no second look at the rows."""
+    a, b = insert_tasks(db, ["a", "b"])
+    held = store.claim(Direct(db), holder=HOLDER, limit=2, lease=300).rows
+    first_a, first_b = sorted((row.task for row in held), key=lambda t: t.id)
+    assert write(db, done(first_a, "A")) == {first_a.hold: "now"}  # its reply lost
+    with db.cursor() as cur:
+        cur.execute("UPDATE tasks SET locked_until = now() - interval '1 second' "
+                    "WHERE id = %s", (b,))
+    assert store.rescue(Direct(db), max_rescues=5, holder=OTHER, held=[]).back == [b]
+    claim_one(db, OTHER)
+    assert write(db, done(first_a, "A"), done(first_b, "B")) == {first_a.hold: "before"}
+    rows = tasks(db)
+    assert (rows[a]["status"], rows[a]["result"]) == ("done", "A")
+    assert (rows[b]["status"], rows[b]["locked_by"]) == ("in_progress", OTHER)
 
 
 def test_an_orphans_outcome_is_refused_after_the_same_process_claims_the_task_again(
@@ -80,8 +102,8 @@ def test_an_orphans_outcome_is_refused_after_the_same_process_claims_the_task_ag
     first = claim_one(db)
     assert store.give_back_orphans(Direct(db), holder=HOLDER, known=[]) == [task_id]
     second = claim_one(db)
-    assert write(db, done(first, "first's result")) == set()
-    assert write(db, done(second, "second's result")) == {second.hold}
+    assert write(db, done(first, "first's result")) == {}
+    assert write(db, done(second, "second's result")) == {second.hold: "now"}
     assert tasks(db)[task_id]["result"] == "second's result"
 
 
@@ -93,7 +115,7 @@ def test_the_orphan_check_gives_back_a_hold_it_does_not_know_even_of_a_known_tas
     and be charged a rescue."""
     [task_id] = insert_tasks(db, ["z"])
     first = claim_one(db)
-    assert write(db, given_back(first)) == {first.hold}
+    assert write(db, given_back(first)) == {first.hold: "now"}
     claim_one(db)  # its reply lost: the process still knows only `first`
     assert store.give_back_orphans(Direct(db), holder=HOLDER, known=[first.hold]) == [task_id]
     row = tasks(db)[task_id]
@@ -137,11 +159,11 @@ def test_nothing_but_a_claim_changes_the_fence(db_url: str, db: Any) -> None:
                     "WHERE id = %s", (task_id,))
     assert store.rescue(d, max_rescues=5, holder=OTHER, held=[]).back == [task_id]
     seen.append(fence())
-    assert write(db, done(second, "late")) == set()  # the rescued hold's outcome
+    assert write(db, done(second, "late")) == {}  # the rescued hold's outcome
     third = claim_one(db, OTHER)
     seen.append(fence())
     assert write(db, OutcomeWrite(task_id, third.fence, "error", None, "boom", None, False),
-                 holder=OTHER) == {third.hold}
+                 holder=OTHER) == {third.hold: "now"}
     seen.append(fence())
     later = datetime.now(UTC) + timedelta(hours=1)  # `taskworker retry`: attempts 0
     assert admin.retry(d, ids=[task_id], since=None, before=later, limit=10) == [task_id]

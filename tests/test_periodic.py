@@ -23,7 +23,7 @@ from proc import ServeProcess
 ENV = {**FAST, "TASK_HANDLER": "mymod:by_payload", "WORKER_COUNT": "10"}
 ENQUEUED = r"Enqueued periodic task {} \(tick (\S+)\) as task ID (\d+)"
 SKIPPED = r"Skipped tick (\S+) of periodic task {}: its previous run \(ID (\d+)\) is still " \
-          r"(running|pending)"
+          r"(running|pending|waiting to start in a process)"
 
 APP = '''
 import time
@@ -190,6 +190,35 @@ def test_a_tick_is_skipped_while_the_previous_run_is_live_unless_told_otherwise(
     assert spans[1][0] < spans[0][1], spans
 
 
+def test_the_skip_line_says_whether_the_previous_run_started(
+        db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    """The previous run claimed by a process but not started (started_at NULL: it
+    waits in that process's local queue) is not called running; once started, it is;
+    pending, it is pending."""
+    args = write_app(tmp_path, 'task("tick1", every="0.5s")(run)')
+    [(previous,)] = query(db, "INSERT INTO tasks (task, status, attempts, locked_by, "
+                              "locked_until) VALUES ('tick1', 'in_progress', 1, "
+                              "'elsewhere:1:abcd', now() + interval '1 hour') RETURNING id")
+    p = serve(db_url, env=ENV, args=args)
+    line = SKIPPED.format("tick1").replace(r"\(ID (\d+)\)", rf"\(ID ({previous})\)")
+
+    def says(state: str) -> None:
+        wait_until(lambda: [s for _, _, s in logged([p], line)][-1:] == [state], 15,
+                   f"a skip line saying {state!r}", [p])
+
+    says("waiting to start in a process")
+    query(db, "UPDATE tasks SET started_at = now() WHERE id = %s", (previous,))
+    says("running")
+    query(db, "UPDATE tasks SET status = 'pending', locked_by = NULL, locked_until = NULL, "
+              "run_at = now() + interval '1 hour' WHERE id = %s", (previous,))
+    says("pending")
+    stop(p)
+    assert not logged([p], ENQUEUED.format("tick1"))
+    states = [s for _, _, s in logged([p], line)]
+    first_running = states.index("running")
+    assert set(states[:first_running]) == {"waiting to start in a process"}, states
+
+
 def test_a_schedule_no_running_process_registers_enqueues_nothing(
         db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
     old = write_app(tmp_path, 'task("tick1", every="1s")(run)', 'task("gone", every="1s")(run)')
@@ -238,7 +267,7 @@ def test_enqueue_tick_takes_a_tick_once_never_an_older_one_and_keeps_ten(db: Any
     assert len(found) == 10 and found[-1] == (hour, done.task_id)
     assert found[0][0] == hour - timedelta(hours=14)
     # Sent again (a reply lost with the connection): nothing more.
-    assert offer(hour) == (False, None, None, None)
+    assert offer(hour) == (False, None, None, None, None)
     # A host whose clock lags offers an older tick, not recorded yet: refused.
-    assert offer(hour - timedelta(minutes=30)) == (False, None, None, None)
+    assert offer(hour - timedelta(minutes=30)) == (False, None, None, None, None)
     assert len(task_ids(db, "hourly")) == 1

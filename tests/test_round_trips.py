@@ -8,7 +8,6 @@ progress) and how many it finished (in progress -> done or error).
 """
 from __future__ import annotations
 
-import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -91,9 +90,10 @@ def test_a_busy_process_writes_its_outcomes_with_its_next_claims(
 
 def test_an_outcome_the_claim_cannot_write_is_written_apart(
         db_url: str, db: Any, serve: ServeFactory, echo_env: dict[str, str]) -> None:
-    """A row the table refuses fails the whole statement it rides in: the claim
-    is not made, and the completer writes that statement's outcomes itself (the
-    refused one stored as the task's error, the others done), each once."""
+    """A row the table refuses fails the whole statement it rides in (a claim's,
+    or the writing lane's: which one carries it depends on timing): its
+    outcomes are written apart, the refused one stored as the task's error, the
+    others done, each once."""
     total = 6000
     query_free(db, REFUSE_RESULT)
     query_free(db, "INSERT INTO tasks (payload) SELECT 'task ' || n "
@@ -112,8 +112,6 @@ def test_an_outcome_the_claim_cannot_write_is_written_apart(
                                             "WHERE id = %s", (refused,))
     assert (status, attempts) == ("error", 1)
     assert error.startswith("could not store result: RaiseException: results like this")
-    assert re.search(r"Claim with \d+ outcomes refused \(results like this are not allowed\)",
-                     out), tail(out)
     assert not ids_in(out, LEASE_LOST_LINE), tail(out)
     done = ids_in(out, r"Task ID: (\d+) processed with status: done")
     assert len(done) == len(set(done)) == 2 * total  # each reported once

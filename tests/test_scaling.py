@@ -192,12 +192,12 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
         ("alone_waiting", "alone_waiting", served),
         ("heartbeat", "heartbeat", {"ids": ids, "fences": [1] * 100, "holder": "host:1:abcd",
                                     "lease": 30}),
-        ("outcome_rows", "outcome_rows", {"ids": ids}),
         ("payloads", "payloads", {"ids": ids, "fences": [1] * 100, "holder": "host:1:abcd"}),
         ("complete", "complete", {
             "holder": "host:1:abcd", "ids": ids, "fences": [1] * 100,
             "statuses": ["done"] * 100, "results": ["x"] * 100,
-            "errors": [None] * 100, "delays": [None] * 100, "given_back": [False] * 100}),
+            "errors": [None] * 100, "delays": [None] * 100, "given_back": [False] * 100,
+            "losses": [0] * 100, "start_ids": [], "start_fences": []}),
     ]
     with db.cursor() as cur:
         for name, query_name, params in statements:

@@ -185,8 +185,10 @@ def test_failure_rate_all_or_nothing(db_url: str, db: Conn, serve: ServeFactory,
 def test_signal_lets_running_tasks_finish(db_url: str, db: Conn, serve: ServeFactory,
                                           sig: int) -> None:
     ids = insert_tasks(db, [f"slow {n}" for n in range(20)])
+    # FETCH_LIMIT set: a round of prefetch, so that claimed tasks wait in the local
+    # queue (unset, a process prefetches nothing before it has measured a task rate).
     p = serve(db_url, env={"TASK_MIN_SECONDS": "2", "TASK_MAX_SECONDS": "3",
-                           "TASK_FAILURE_RATE": "0"})
+                           "TASK_FAILURE_RATE": "0", "FETCH_LIMIT": "10"})
     wait_until(lambda: len(processing(p.output())) >= 5, 30, "5 tasks running", [p],
                fail_on_exit=True)
     assert statuses(db)["in_progress"] > 5  # some claimed tasks wait in the local queue

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from invariants import add_task, query, running_task
-from proc import CLI, child_env, cli
+from invariants import FAST, add_task, query, running_task, wait_until
+from proc import CLI, ServeFactory, child_env, cli
 
 
 @pytest.fixture
@@ -50,8 +50,9 @@ def test_status_table(db_url: str, busy_queue: dict[str, Any]) -> None:
     assert re.search(r"^oldest due task waiting\s+2h 0m$", out, re.M)
     assert re.search(r"^rescued in the last hour\s+1$", out, re.M)
     assert re.search(r"^pending retries\s+1$", out, re.M)
-    assert re.search(r"^host-a:101:abcd1234\s+2\s+1\ds$", out, re.M)
-    assert re.search(r"^host-b:202:ffff0000\s+1\s+expired [56]\.\ds ago$", out, re.M)
+    assert re.search(r"^HOLDER \(locked_by\)\s+CLAIMED\s+RUNNING\s+LEASE LEFT$", out, re.M)
+    assert re.search(r"^host-a:101:abcd1234\s+0\s+2\s+1\ds$", out, re.M)
+    assert re.search(r"^host-b:202:ffff0000\s+0\s+1\s+expired [56]\.\ds ago$", out, re.M)
     assert re.search(r"^ValueError: bad input\s+3$", out, re.M)
     assert re.search(r"^TimeoutError: slow\s+1$", out, re.M)
     # Aligned: the counts of the status table end in the same column.
@@ -122,3 +123,52 @@ def test_status_watch_refreshes_until_ctrl_c(db_url: str, db: Any, tmp_path: Pat
         assert snaps[0]["counts"]["pending"] == 0 and snaps[-1]["counts"]["pending"] == 1
     else:
         assert re.search(r"^pending\s+1$", text, re.M)
+
+
+def test_a_claimed_task_is_not_called_running(db_url: str, db: Any) -> None:
+    """A task in progress whose handler has not started (started_at NULL: claimed,
+    waiting in its process's local queue) counts as claimed, apart from the running
+    ones, in every section; once started_at is set it is running."""
+    claimed = [running_task(db, started=False), running_task(db, started=False)]
+    running_task(db)
+    code, out, err = cli(db_url, "status")
+    assert code == 0, err
+    assert re.search(r"^in_progress\s+3\s+2 claimed, not started$", out, re.M), out
+    assert re.search(r"^QUEUE\s+PENDING\s+SCHEDULED\s+CLAIMED\s+RUNNING\s+OLDEST PENDING$",
+                     out, re.M), out
+    assert re.search(r"^default\s+0\s+0\s+2\s+1\s+-$", out, re.M), out
+    assert re.search(r"^\(no name\)\s+0\s+0\s+2\s+1\s+-$", out, re.M), out
+    assert re.search(r"^host-a:101:abcd1234\s+2\s+1\s+1\ds$", out, re.M), out
+    snap = json.loads(cli(db_url, "status", "--json")[1])
+    assert (snap["counts"]["in_progress"], snap["claimed"]) == (3, 2)
+    assert [(q["queue"], q["claimed"], q["running"]) for q in snap["queues"]] == [
+        ("default", 2, 1)]
+    assert [(t["task"], t["claimed"], t["running"]) for t in snap["tasks"]] == [(None, 2, 1)]
+    assert [(h["tasks"], h["claimed"], h["running"]) for h in snap["holders"]] == [(3, 2, 1)]
+
+    # Their handlers start (the process writes started_at): running.
+    query(db, "UPDATE tasks SET started_at = now() WHERE id = ANY(%s)", (claimed,))
+    out = cli(db_url, "status")[1]
+    assert re.search(r"^in_progress\s+3$", out, re.M), out
+    assert re.search(r"^default\s+0\s+0\s+0\s+3\s+-$", out, re.M), out
+    assert re.search(r"^host-a:101:abcd1234\s+0\s+3\s+1\ds$", out, re.M), out
+
+
+def test_tasks_prefetched_by_serve_show_as_claimed(db_url: str, db: Any,
+                                                   serve: ServeFactory) -> None:
+    """serve with FETCH_LIMIT set claims a round more than its workers (WORKER_COUNT 2:
+    4 tasks); while the two slow handlers run, the other two wait in its local queue:
+    status says 2 claimed and 2 running."""
+    for n in range(10):
+        add_task(db, f"slow {n}")
+    p = serve(db_url, env={**FAST, "TASK_MIN_SECONDS": "60", "TASK_MAX_SECONDS": "60",
+                           "WORKER_COUNT": "2", "FETCH_LIMIT": "10"})
+    wait_until(lambda: query(db, "SELECT count(*) FILTER (WHERE started_at IS NULL), "
+                                 "count(*) FILTER (WHERE started_at IS NOT NULL) FROM tasks "
+                                 "WHERE status = 'in_progress'") == [(2, 2)],
+               30, "2 tasks claimed and 2 running", [p], fail_on_exit=True)
+    code, out, err = cli(db_url, "status")
+    assert code == 0, err
+    assert re.search(r"^in_progress\s+4\s+2 claimed, not started$", out, re.M), out
+    assert re.search(r"^default\s+6\s+0\s+2\s+2\s+\S+$", out, re.M), out
+    assert re.search(rf"^\S+:{p.pid}:\S+\s+2\s+2\s+\S+$", out, re.M), out

@@ -42,8 +42,10 @@ def ago(db: Any, interval: str) -> Any:
 
 
 def running(db: Any, holder: str, **columns: Any) -> int:
+    """A task in progress held by `holder` whose handler started (started_at set)."""
     return add_task(db, "running", "in_progress", attempts=1, locked_by=holder,
-                    locked_until=ago(db, "-1 hour"), **columns)
+                    locked_until=ago(db, "-1 hour"), started_at=ago(db, "1 second"),
+                    **columns)
 
 
 @pytest.fixture
@@ -70,14 +72,15 @@ def mixed(db: Any) -> None:
 def test_status_table_by_queue_and_name(db_url: str, mixed: None) -> None:
     code, out, err = cli(db_url, "status")
     assert code == 0, err
-    assert re.search(r"^QUEUE\s+PENDING\s+SCHEDULED\s+RUNNING\s+OLDEST PENDING$", out, re.M), out
-    assert re.search(r"^default\s+1\s+0\s+0\s+[\d.]+s$", out, re.M), out
-    assert re.search(r"^images\s+2\s+1\s+1\s+2m \d+s$", out, re.M), out
-    assert re.search(r"^mail\s+3\s+0\s+0\s+[\d.]+s\s+paused$", out, re.M), out
-    assert re.search(r"^reports\s+1\s+0\s+0\s+\S+$", out, re.M), out
-    assert re.search(r"^\(no name\)\s+1\s+0\s+0\s+\S+$", out, re.M), out
-    assert re.search(r"^resize\s+3\s+1\s+1\s+2m \d+s$", out, re.M), out
-    assert re.search(r"^send\s+3\s+0\s+0\s+\S+$", out, re.M), out
+    assert re.search(r"^QUEUE\s+PENDING\s+SCHEDULED\s+CLAIMED\s+RUNNING\s+OLDEST PENDING$",
+                     out, re.M), out
+    assert re.search(r"^default\s+1\s+0\s+0\s+0\s+[\d.]+s$", out, re.M), out
+    assert re.search(r"^images\s+2\s+1\s+0\s+1\s+2m \d+s$", out, re.M), out
+    assert re.search(r"^mail\s+3\s+0\s+0\s+0\s+[\d.]+s\s+paused$", out, re.M), out
+    assert re.search(r"^reports\s+1\s+0\s+0\s+0\s+\S+$", out, re.M), out
+    assert re.search(r"^\(no name\)\s+1\s+0\s+0\s+0\s+\S+$", out, re.M), out
+    assert re.search(r"^resize\s+3\s+1\s+0\s+1\s+2m \d+s$", out, re.M), out
+    assert re.search(r"^send\s+3\s+0\s+0\s+0\s+\S+$", out, re.M), out
     assert re.search(r"^web-1:100:aaaa1111\s+web-1\s+100\s+default,images\s+resize,\(no name\)"
                      r"\s+1h 0m\s+[\d.]+s ago\s+1$", out, re.M), out
     assert "old-2" not in out  # gone quiet: not shown as running
@@ -94,8 +97,9 @@ def test_status_json_by_queue_and_name(db_url: str, mixed: None) -> None:
     assert snap["counts"]["done"] == 4
     queues = {q["queue"]: q for q in snap["queues"]}
     assert list(queues) == ["default", "images", "mail", "reports"]
-    assert {k: queues["images"][k] for k in ("pending", "scheduled", "running", "paused")} == {
-        "pending": 2, "scheduled": 1, "running": 1, "paused": False}
+    assert {k: queues["images"][k] for k in ("pending", "scheduled", "claimed", "running",
+                                              "paused")} == {
+        "pending": 2, "scheduled": 1, "claimed": 0, "running": 1, "paused": False}
     assert 119 < queues["images"]["oldest_pending_seconds"] < 180
     assert queues["mail"]["paused"] is True
     tasks = {t["task"]: t for t in snap["tasks"]}

@@ -43,6 +43,23 @@ def test_show_json_and_missing_id(db_url: str, db: Any) -> None:
     assert (code, out, err) == (1, "", "Error: no task with id 999999\n")
 
 
+def test_show_says_whether_a_task_in_progress_started(db_url: str, db: Any) -> None:
+    """A task in progress is claimed, not started, until started_at is set (it waits
+    in its process's local queue); then running, and started_at says since when."""
+    claimed = running_task(db, started=False)
+    code, out, err = cli(db_url, "show", str(claimed))
+    assert code == 0, err
+    assert re.search(r"^status\s+in_progress \(claimed, not started\)$", out, re.M), out
+    assert re.search(r"^started_at\s+\(null\)$", out, re.M), out
+    running = running_task(db)
+    started = (task_row(db, running) or {})["started_at"]
+    out = cli(db_url, "show", str(running))[1]
+    assert re.search(r"^status\s+in_progress \(running\)$", out, re.M), out
+    assert re.search(rf"^started_at\s+{re.escape(str(started))}$", out, re.M), out
+    shown = json.loads(cli(db_url, "show", str(running), "--json")[1])  # the row as it is
+    assert (shown["status"], shown["started_at"]) == ("in_progress", started.isoformat())
+
+
 # --- retry
 
 

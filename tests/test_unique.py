@@ -197,6 +197,15 @@ def test_retry_skips_a_task_whose_key_is_held(db_url: str, db: Any) -> None:
     assert dict(query(db, "SELECT id, status FROM tasks")) == {
         live: "pending", held: "error", twins[0]: "pending", twins[1]: "error",
         free: "pending", plain: "pending"}
+    # A holder in progress is claimed until its handler starts (started_at), then running.
+    query(db, "UPDATE tasks SET status = 'in_progress', locked_by = 'h:1:x' WHERE id = %s",
+          (live,))
+    for started, state in (("NULL", "claimed"), ("now()", "running")):
+        query(db, f"UPDATE tasks SET started_at = {started} WHERE id = %s", (live,))
+        err = cli(db_url, "retry", str(held))[2]
+        assert err == (f"Error: task {held} skipped: its unique key 'k1' is held by task "
+                       f"{live} ({state})\n")
+    query(db, "UPDATE tasks SET status = 'pending', locked_by = NULL WHERE id = %s", (live,))
     # Once the holder finishes, the key is free to retry.
     query(db, "UPDATE tasks SET status = 'done' WHERE id = %s", (live,))
     assert cli(db_url, "retry", str(held)) == (0, "Retried 1 task\n", "")

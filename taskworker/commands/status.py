@@ -26,9 +26,14 @@ TOP_ERRORS = 5
 def status(as_json: bool, watch: str | None) -> None:
     """Show the queue at a glance.
 
+    A task in progress is "claimed" until its handler starts (claimed by a
+    process, waiting in its local queue: started_at not set yet), "running"
+    once it has started.
+
     \b
     STATUS   tasks in each status; "scheduled for later": pending tasks not
-             due yet (waiting out a retry backoff, or enqueued with --delay)
+             due yet (waiting out a retry backoff, or enqueued with --delay);
+             "claimed, not started": tasks in progress not running yet
     oldest due task waiting
              time since the run_at of the oldest pending task that is due
     rescued in the last hour
@@ -39,15 +44,17 @@ def status(as_json: bool, watch: str | None) -> None:
              pending tasks with attempts > 0: they failed or lost their worker
              and wait to run again (a count now, not over the last hour)
     QUEUE, TASK
-             pending (due now), scheduled (due later) and running tasks, and
-             the oldest due task's wait, per queue and per task name
+             pending (due now), scheduled (due later), claimed and running
+             tasks, and the oldest due task's wait, per queue and per task name
     PROCESS  serve processes alive (seen within two leases): what they serve,
              how long they have run, when their heartbeat last wrote, tasks held
+             (claimed and running)
     PAUSED   queues paused with `taskworker pause`
     Warning  pending tasks no running process would claim (a task name none
              knows, no default handler, a queue none serves)
-    HOLDER   running tasks per process (locked_by = host:pid:random) and the
-             time left on its soonest lease ("expired": it stopped renewing)
+    HOLDER   claimed and running tasks per process (locked_by =
+             host:pid:random) and the time left on its soonest lease
+             ("expired": it stopped renewing)
     ERRORS   the 5 most frequent error texts among tasks in error
     """
     interval = None if watch is None else duration("--watch", watch)
@@ -79,10 +86,12 @@ def snapshot(conn: PgConnection) -> dict[str, Any]:
     return {
         "counts": summary.counts,
         "scheduled": summary.scheduled,
+        "claimed": summary.claimed,
         "oldest_pending_seconds": None if oldest is None else round(oldest, 3),
         "rescued_last_hour": summary.rescued_last_hour,
         "retrying": summary.retrying,
-        "holders": [{"locked_by": h.locked_by, "tasks": h.tasks,
+        "holders": [{"locked_by": h.locked_by, "tasks": h.tasks, "claimed": h.claimed,
+                     "running": h.running,
                      "lease_left_seconds": None if h.lease_left_seconds is None
                      else round(h.lease_left_seconds, 3)}
                     for h in holders],
@@ -95,10 +104,10 @@ def render(snap: dict[str, Any]) -> str:
     """The snapshot as aligned tables."""
     counts = snap["counts"]
     rows = [("STATUS", "TASKS", "")]
+    notes = {"pending": f"{snap['scheduled']} scheduled for later" if snap["scheduled"] else "",
+             "in_progress": f"{snap['claimed']} claimed, not started" if snap["claimed"] else ""}
     for name in admin.STATUSES:
-        note = f"{snap['scheduled']} scheduled for later" if name == "pending" \
-            and snap["scheduled"] else ""
-        rows.append((name, str(counts[name]), note))
+        rows.append((name, str(counts[name]), notes.get(name, "")))
     oldest = snap["oldest_pending_seconds"]
     lines = text.table(rows, right=frozenset({1}))
     lines += [""] + text.table([
@@ -109,13 +118,14 @@ def render(snap: dict[str, Any]) -> str:
     lines.append("")
     lines += status_serving.render(snap)
     if snap["holders"]:
-        rows = [("HOLDER (locked_by)", "TASKS", "LEASE LEFT")]
+        held = [("HOLDER (locked_by)", "CLAIMED", "RUNNING", "LEASE LEFT")]
         for h in snap["holders"]:
             left = h["lease_left_seconds"]
             shown = "-" if left is None else (
                 text.age(left) if left >= 0 else f"expired {text.age(-left)} ago")
-            rows.append((h["locked_by"] or "(none)", str(h["tasks"]), shown))
-        lines += text.table(rows, right=frozenset({1}))
+            held.append((h["locked_by"] or "(none)", str(h["claimed"]), str(h["running"]),
+                         shown))
+        lines += text.table(held, right=frozenset({1, 2}))
     else:
         lines.append("No task is running.")
     lines.append("")

@@ -41,7 +41,8 @@ def read(db: Database, held: dict[str | None, int]) -> dict[str, Any]:
 
 def _counts(t: backlog.Total) -> dict[str, Any]:
     oldest = t.oldest_pending_seconds
-    return {"pending": t.pending, "scheduled": t.scheduled, "running": t.running,
+    return {"pending": t.pending, "scheduled": t.scheduled, "claimed": t.claimed,
+            "running": t.running,
             "oldest_pending_seconds": None if oldest is None else round(oldest, 3)}
 
 
@@ -78,14 +79,14 @@ def render(snap: dict[str, Any]) -> list[str]:
 def _backlog_table(title: str, entries: Sequence[dict[str, Any]], key: str,
                    paused: set[str]) -> list[str]:
     """By name; past MAX_ROWS the largest, and the rest summed under "(other)"."""
-    totals = backlog.bounded([backlog.Total(e[key], e["pending"], e["scheduled"], e["running"],
-                                            e["oldest_pending_seconds"]) for e in entries],
-                             MAX_ROWS)
-    rows = [(title, "PENDING", "SCHEDULED", "RUNNING", "OLDEST PENDING", "")]
+    totals = backlog.bounded([backlog.Total(e[key], e["pending"], e["scheduled"], e["claimed"],
+                                            e["running"], e["oldest_pending_seconds"])
+                              for e in entries], MAX_ROWS)
+    rows = [(title, "PENDING", "SCHEDULED", "CLAIMED", "RUNNING", "OLDEST PENDING", "")]
     for t in totals:
         name = backlog.NO_NAME if t.key is None else t.key
         oldest = t.oldest_pending_seconds
-        rows.append((name, str(t.pending), str(t.scheduled), str(t.running),
+        rows.append((name, str(t.pending), str(t.scheduled), str(t.claimed), str(t.running),
                      "-" if oldest is None else text.age(oldest),
                      "paused" if name in paused else ""))
-    return text.table(rows, right=frozenset({1, 2, 3, 4})) + [""]
+    return text.table(rows, right=frozenset({1, 2, 3, 4, 5})) + [""]

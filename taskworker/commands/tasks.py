@@ -22,7 +22,12 @@ RETRY_BATCH = 10000  # rows per UPDATE of retry --all-errors
 @click.argument("task_id", metavar="ID", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
 def show(task_id: int, as_json: bool) -> None:
-    """Print one task, every column."""
+    """Print one task, every column.
+
+    A task in progress is "claimed, not started" while it waits in its
+    process's local queue (started_at not set), "running" once its handler has
+    started (started_at: when).
+    """
     with database(load_settings(), "show") as conn:
         row = admin.task(Direct(conn), task_id)
         if row is None:
@@ -33,6 +38,9 @@ def show(task_id: int, as_json: bool) -> None:
     width = max(map(len, row)) + 2
     for name, value in row.items():
         shown = "(null)" if value is None else text.printable(str(value))
+        if name == "status" and value == "in_progress":  # claimed, or running
+            state = admin.state(value, row.get("started_at") is not None)
+            shown += f" ({state}, not started)" if state == admin.CLAIMED else f" ({state})"
         first, *rest = shown.split("\n") or [""]
         click.echo(f"{name:<{width}}{first}".rstrip())
         for more in rest:

@@ -4,9 +4,10 @@ message saying what was done.
 
 They have the admin commands' semantics, through the same store functions:
 retry puts tasks in error back to pending as if new and skips a task whose
-unique key a live task holds; cancel cancels a pending task and asks a running
-task's process to stop it (cancel_requested_at and a NOTIFY); delete removes
-finished tasks only.
+unique key a live task holds; cancel cancels a pending task and asks the
+process holding a claimed or running task to stop it (cancel_requested_at and
+a NOTIFY); delete removes finished tasks only. Their messages name a task in
+progress as the pages do: claimed, or running.
 """
 from __future__ import annotations
 
@@ -140,9 +141,9 @@ def cancel(db: Direct, t: Target) -> str:
     if done.cancelled:
         return f"cancelled task {t.id}"
     if done.requested:
-        return f"asked the process running task {t.id} to stop it"
+        return f"asked the process holding task {t.id} to stop it"
     return (f"did not cancel task {t.id}: "
-            + _state(db, t.id, "only pending and running tasks can be cancelled"))
+            + _state(db, t.id, "only pending, claimed and running tasks can be cancelled"))
 
 
 def delete(db: Direct, t: Target) -> str:
@@ -162,7 +163,7 @@ def _state(db: Direct, task_id: int, rule: str) -> str:
     state = admin.states(db, [task_id])[task_id]
     if state.status is None:
         return "there is no such task"
-    return f"it is {state.status}: {rule}"
+    return f"it is {admin.state(state.status, state.started)}: {rule}"
 
 
 def _tasks(n: int) -> str:

@@ -43,20 +43,21 @@ def live_context(app: Dashboard) -> dict[str, Any]:
     now = time.monotonic()
     rows: list[admin.Backlog] = sampler.backlog.value  # type: ignore[assignment]
     counted: list[store.Count] = sampler.counts.value  # type: ignore[assignment]
-    by_status = dict.fromkeys(admin.STATUSES, 0)
+    by_status = dict.fromkeys(store.STATES, 0)
     finished: dict[tuple[str, str | None], dict[str, int]] = {}
     for c in counted:
         by_status[c.status] += c.tasks
         for key in (("queue", c.queue), ("task", c.task)):
-            finished.setdefault(key, dict.fromkeys(admin.STATUSES, 0))[c.status] += c.tasks
+            finished.setdefault(key, dict.fromkeys(store.STATES, 0))[c.status] += c.tasks
     if sampler.backlog.at:
         by_status["pending"] = sum(r.pending + r.scheduled for r in rows)
-        by_status["in_progress"] = sum(r.running for r in rows)
+        by_status["claimed"] = sum(r.claimed for r in rows)
+        by_status["running"] = sum(r.running for r in rows)
     queues = _table("queue", backlog.by_queue(rows), finished)
     names = _table("task", backlog.by_task(rows), finished)
     ages = [r.oldest_pending_seconds for r in rows if r.oldest_pending_seconds is not None]
     return {
-        "by_status": by_status, "statuses": admin.STATUSES,
+        "by_status": by_status, "statuses": store.STATES,
         "counted_ago": now - sampler.counts.at if sampler.counts.at else None,
         "backlog_ago": now - sampler.backlog.at if sampler.backlog.at else None,
         "count_took": sampler.count_took, "problem": sampler.problem,
@@ -74,12 +75,13 @@ def _table(kind: str, live: list[backlog.Total],
            finished: dict[tuple[str, str | None], dict[str, int]]) -> list[dict[str, Any]]:
     """One row per queue (or task name): live counts and the finished ones."""
     found = {t.key: {"key": t.key, "pending": t.pending, "scheduled": t.scheduled,
-                     "running": t.running, "oldest": t.oldest_pending_seconds}
+                     "claimed": t.claimed, "running": t.running,
+                     "oldest": t.oldest_pending_seconds}
              for t in live}
     for (k, key), statuses in finished.items():
         if k == kind:
             row = found.setdefault(key, {"key": key, "pending": 0, "scheduled": 0,
-                                         "running": 0, "oldest": None})
+                                         "claimed": 0, "running": 0, "oldest": None})
             row.update(done=statuses["done"], error=statuses["error"],
                        cancelled=statuses["cancelled"])
     return sorted(found.values(), key=lambda r: (r["key"] is not None, r["key"] or ""))
@@ -89,7 +91,7 @@ def parse_filter(query: dict[str, str]) -> tuple[store.Filter, list[str]]:
     """The list's filter from the query string, and what was wrong with it."""
     problems = []
     status = query.get("status") or None
-    if status is not None and status not in admin.STATUSES:
+    if status is not None and status not in store.STATES:
         problems.append(f"unknown status {status!r}")
         status = None
     task = query.get("task") or None
@@ -129,7 +131,7 @@ def tasks(app: Dashboard, request: Request) -> Response:
                     qs=url("", filter_query(f)).lstrip("?"),
                     problems=problems + wrong_ids, before=before, wanted_id=wanted_id,
                     lag=lag if lag is not None and lag.behind else None,
-                    statuses=admin.STATUSES, no_name=backlog.NO_NAME,
+                    statuses=store.STATES, no_name=backlog.NO_NAME,
                     known_queues=sorted({c.queue for c in known}),  # type: ignore[attr-defined]
                     known_names=sorted({c.task for c in known if c.task}),  # type: ignore
                     retry_filter=f.status in (None, "error"),
@@ -147,7 +149,8 @@ def task(app: Dashboard, request: Request, raw_id: str) -> Response:
         return app.page(request, "missing.html", status=404, what=f"task {raw_id}")
     long = {name: row[name] for name in LONG_COLUMNS if row.get(name) is not None}
     short = {k: v for k, v in row.items() if k not in LONG_COLUMNS}
-    return app.page(request, "task.html", task=row, short=short, long=long, id=wanted)
+    return app.page(request, "task.html", task=row, short=short, long=long, id=wanted,
+                    state=admin.state(row["status"], row.get("started_at") is not None))
 
 
 def raw(app: Dashboard, request: Request, raw_id: str, column: str) -> Response:
@@ -167,6 +170,9 @@ def schedules(app: Dashboard, request: Request) -> Response:
         live = schedule_store.live_schedules(db)
         ticks = schedule_store.last_ticks(db)
     rows = listing(live, {}, ticks, app.settings.cron_tz, datetime.now(UTC))
+    for r in rows:  # a last run in progress: claimed or running, as on every page here
+        if r["last_status"] == "in_progress":
+            r["last_status"] = admin.state("in_progress", ticks[r["task"]].started)
     return app.page(request, "schedules.html", rows=rows)
 
 

@@ -2,10 +2,11 @@
 
 Pages read the latest sample and say how old it is; they never count. While a
 page was requested within the last IDLE_AFTER seconds the sampler reads, every
-EVERY seconds: the live backlog (pending, scheduled and running tasks by queue
-and task name, and the oldest pending task's wait: pending and running rows
-only, through their partial indexes), and the tasks done and in error per minute
-since its last look (through the index of finished tasks' times). The full count
+EVERY seconds: the live backlog (pending, scheduled, claimed and running tasks
+by queue and task name, and the oldest pending task's wait: pending and
+in-progress rows only, through their partial indexes), and the tasks done and in
+error per minute since its last look (through the index of finished tasks'
+times). The full count
 by status, queue and name scans the table: it runs every FULL_EVERY seconds on a
 small table, and less often on a large one, so that it takes at most BUDGET of
 the time. An unwatched dashboard samples nothing (its search indexer,

@@ -59,21 +59,20 @@ class Dispatch:
 
         With FETCH_LIMIT set, the prefetch is one round (WORKER_COUNT more tasks
         queued than the workers run), as in the original. Unset (None), the
-        prefetch is what the workers finish, at the task rate measured, while
-        PREFETCH_CLAIMS claims take their measured time (at least PREFETCH_SECONDS;
-        one round until a rate is known; at least one task), and a claim takes at
-        most AUTO_LIMIT: fast tasks get large claims and few round trips (a
-        hundred workers of tasks that take microseconds claim hundreds ahead),
-        and the next tasks are there before the workers run dry; slow ones are
-        not hoarded by one process, their leases running, while other processes'
-        workers sit idle."""
+        prefetch is what the workers will start, at the task rate measured,
+        while PREFETCH_CLAIMS claims take their measured time (at least
+        PREFETCH_SECONDS; none until a rate is measured, and none for tasks
+        slower than that), and a claim takes at most AUTO_LIMIT: fast tasks get
+        large claims and few round trips (a hundred workers of tasks that take
+        microseconds claim hundreds ahead), and the next tasks are there before
+        the workers run dry; slow ones are not hoarded by one process, their
+        leases running, while other processes' workers sit idle."""
         queued = self._queue.qsize() + self._on_the_wire  # (two claims: see on_the_wire)
         idle = self.worker_count - len(self._running)
         if fetch_limit is None:
             rate = self._task_rate()
             ahead = max(PREFETCH_SECONDS, PREFETCH_CLAIMS * self._claim_seconds)
-            prefetch = self.worker_count if rate is None else min(
-                AUTO_LIMIT, max(1, math.ceil(rate * ahead)))
+            prefetch = 0 if rate is None else min(AUTO_LIMIT, math.floor(rate * ahead))
             limit = AUTO_LIMIT
         else:
             prefetch, limit = self.worker_count, fetch_limit

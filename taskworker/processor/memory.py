@@ -1,4 +1,4 @@
-"""Giving memory back to the system after a large task.
+"""Releasing memory to the system after a large task.
 
 Two things keep memory after a task whose payload or result was large. libpq
 keeps each connection's buffers as large as the largest message they carried
@@ -13,7 +13,7 @@ import ctypes
 import ctypes.util
 from collections.abc import Callable
 
-LARGE = 1024 * 1024  # bytes of payloads and results after which memory is given back
+LARGE = 1024 * 1024  # bytes of payloads and results after which memory is released
 
 _malloc_trim: Callable[[int], int] | None
 try:
@@ -22,7 +22,7 @@ except (OSError, AttributeError):  # not glibc: nothing to do
     _malloc_trim = None
 
 
-def give_back() -> None:
+def release() -> None:
     """Return freed heap memory to the system (glibc); elsewhere, nothing."""
     if _malloc_trim is not None:
         _malloc_trim(0)

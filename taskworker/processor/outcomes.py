@@ -45,7 +45,8 @@ class Outcome:
         status = {DONE: "done", ERROR: "error", RETRY: "pending", GIVE_BACK: "pending",
                   REFUSE: "error", SNOOZE: "pending", CANCEL: "cancelled"}
         return OutcomeWrite(self.task.id, self.task.fence, status[self.kind], self.result,
-                            self.error, self.delay, self.kind in (GIVE_BACK, REFUSE, SNOOZE))
+                            self.error, self.delay, self.kind in (GIVE_BACK, REFUSE, SNOOZE),
+                            self.task.losses)
 
     @property
     def wakes_others(self) -> bool:
@@ -53,6 +54,11 @@ class Outcome:
         slot is free for another task of its name."""
         return (self.kind == GIVE_BACK or (self.kind in (RETRY, SNOOZE) and not self.delay)
                 or self.frees_slot)
+
+
+def fields(o: Outcome) -> dict[str, object]:
+    """An outcome's fields for the log (LOG_FORMAT=json)."""
+    return {"task_id": o.task.id, "worker": o.worker or None, "attempt": o.task.attempt}
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
 """The task processor: a pool of worker greenlets and the services that feed it.
 
-    fetcher ──claims──▶ dispatch ──▶ workers (pool) ──outcomes──▶ completer
-       ▲ wake                                                    (batched, fenced)
+    exchange ──claims──▶ dispatch ──▶ workers (pool) ──outcomes──▶ completer
+    (fetcher: what to claim)  ◀──── outcomes, written with the next claims ────┘
+       ▲ wake
     listener (NOTIFY)          heartbeat (extends every lease this process holds)
     lease guard (gives back what the heartbeat cannot renew)
     pruner (PRUNE_AFTER)       metrics sampler + web server (METRICS_PORT)
     dashboard (DASHBOARD_PORT or --dashboard; its own connections)
     scheduler (periodic tasks: enqueues each tick once across processes)
 
-Each service has its own connection; workers have none (they only run the
-handler), so a process uses four connections whatever WORKER_COUNT is, plus one
+Each service has its own connection (the exchange has two: its claiming and
+its writing lane, "fetcher" and "completer"); workers have none (they only run
+the handler), so a process uses four connections whatever WORKER_COUNT is, plus one
 for the pruner, the metrics sampler and the scheduler each when they run. If a
 service dies, the process says why in one line and stops, and exits 1.
 
@@ -45,7 +47,7 @@ from ..web.server import WebServer
 from .catalog import Catalog
 from .completer import Completer
 from .dispatch import Dispatch
-from .fetcher import Fetcher
+from .exchange import Exchange
 from .heartbeat import Heartbeat
 from .listener import Listener
 from .monitor import HubMonitor
@@ -81,14 +83,10 @@ class Processor:
         self.monitor = HubMonitor(settings.shutdown_timeout, lambda: self._signals)
         stopping, giving_up = (lambda: self._stopping), (lambda: self._giving_up)
 
-        self.completer = Completer(settings, self.holder, self.dispatch, giving_up,
-                                   frees_slots=bool(self.catalog.limits))
+        self.completer = Completer(settings, self.dispatch, frees_slots=bool(self.catalog.limits))
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
-        self.fetcher = Fetcher(settings, self.holder, self.dispatch, self.catalog,
-                               self.completer, self.heartbeat.renewing, stopping)
-        # The completer's connection claims too (Fetcher.claim_along).
-        self.completer.claim_along = self.fetcher.claim_along
-        self.completer.db.on_reconnect = self.fetcher.reconnected
+        self.exchange = Exchange(settings, self.holder, self.dispatch, self.catalog,
+                                 self.completer, self.heartbeat.renewing, stopping, giving_up)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, self.holder, stopping) if settings.metrics_port \
@@ -100,10 +98,11 @@ class Processor:
         self.dashboard = Dashboard(settings) if settings.dashboard_port else None
         self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
-                             self.metrics.task_duration.observe if self.metrics else _ignore)
+                             self.metrics.task_duration.observe if self.metrics else _ignore,
+                             self.completer.started)
         # The services, in the order they start; the fetcher last, once all is ready.
         self.services: dict[str, Callable[[], None]] = {
-            "completer": self.completer.run, "heartbeat": self.heartbeat.run,
+            "completer": self.exchange.write_loop, "heartbeat": self.heartbeat.run,
             "lease guard": self.heartbeat.guard}
         if self.metrics:
             self.services["metrics"] = self.metrics.table.sample_forever
@@ -113,7 +112,7 @@ class Processor:
             self.services["pruner"] = self.pruner.run
         if self.scheduler:
             self.services["scheduler"] = self.scheduler.run
-        self.services["fetcher"] = self.fetcher.run
+        self.services["fetcher"] = self.exchange.claim_loop
         self._running: dict[str, gevent.Greenlet] = {}
         if self.metrics:
             self.metrics.observe(self)
@@ -123,15 +122,16 @@ class Processor:
     def _connections(self) -> list[ReconnectingConnection]:
         """Every connection this process has, in one list: /healthz and the
         reconnect metric read it, shutdown closes it."""
-        owners = (self.fetcher, self.heartbeat, self.completer, self.listener, self.pruner,
+        owners = (self.heartbeat, self.listener, self.pruner,
                   self.metrics.table if self.metrics else None, self.scheduler)
-        return [owner.db for owner in owners if owner is not None]
+        return [self.exchange.claiming, self.exchange.writing,
+                *(owner.db for owner in owners if owner is not None)]
 
     def connections(self) -> list[ConnectionState]:
         return [db.state() for db in self._connections()]
 
     def stats(self) -> dict[str, Mapping[str, float]]:
-        parts: dict[str, Counted | None] = {"dispatch": self.dispatch, "fetcher": self.fetcher,
+        parts: dict[str, Counted | None] = {"dispatch": self.dispatch, "fetcher": self.exchange,
             "completer": self.completer, "listener": self.listener, "pruner": self.pruner,
             "monitor": self.monitor, "scheduler": self.scheduler}
         return {name: part.stats() for name, part in parts.items() if part is not None}
@@ -242,14 +242,14 @@ class Processor:
         if not completer.ready():
             self._giving_up = True
             completer.join(timeout=2)
-            why = ("database unreachable" if self.completer.db.failing
+            why = ("database unreachable" if self.exchange.writing.failing
                    else f"the database did not take them within {GIVE_BACK_GRACE:g}s")
             log.error("Could not write %d outcomes: %s; those tasks return to pending when "
                       "their lease expires", self.completer.unwritten(), why)
             completer.kill()
         else:
-            self._give_back_leftovers()
-            self.heartbeat.presence.unregister(self.completer.db, GIVE_BACK_GRACE)
+            self._give_back_orphans()
+            self.heartbeat.presence.unregister(self.exchange.writing, GIVE_BACK_GRACE)
         self._giving_up = True
         if self.metrics:  # (not handed back in time: the row runs out by itself)
             self._running["metrics"].join(timeout=HAND_BACK_GRACE)
@@ -262,13 +262,13 @@ class Processor:
         if self.dashboard:
             self.dashboard.stop()
 
-    def _give_back_leftovers(self) -> None:
+    def _give_back_orphans(self) -> None:
         """Give back whatever the table still says this process holds: a claim
         whose reply never arrived (the fetcher cut off mid-statement, a connection
         lost with the reply). Every known task has had its outcome written."""
         try:
             with gevent.Timeout(GIVE_BACK_GRACE, TimeoutError("no answer from the database")):
-                ids = store.give_back_orphans(self.completer.db, holder=self.holder, known=[])
+                ids = store.give_back_orphans(self.exchange.writing, holder=self.holder, known=[])
         except Exception as exc:  # the database went away just now: leases expire
             log.error("Could not check for tasks left claimed: %s", first_line(exc))
             return

@@ -10,9 +10,11 @@ The loop sleeps until the next tick of any task, computed from the wall clock
 each time, so it does not drift; then it offers the latest due tick of each
 task. Only the latest: after every process was down, the ticks missed meanwhile
 are not enqueued one by one, only the last of them. A tick that finds the
-previous run of its task still pending or running is skipped (taken without a
-run), unless the task says skip_if_running=False. A schedule no running process
-registers any more enqueues nothing.
+previous run of its task still pending or in progress (claimed by a process,
+started or not) is skipped (taken without a run), unless the task says
+skip_if_running=False; the line says which: still pending, still waiting to
+start in a process (claimed: started_at not set), or still running. A schedule
+no running process registers any more enqueues nothing.
 """
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ from ..logs import log
 from ..registry import DEFAULT_QUEUE, TaskDef
 from ..schedules import Schedule, latest_tick, next_tick, show
 from ..settings import Settings
+from ..store import admin
 from ..store import schedules as store
 from ..store.connection import ReconnectingConnection
 
 LONGEST_SLEEP = 60.0  # seconds: look at the wall clock again at least this often
+STILL = {admin.CLAIMED: "waiting to start in a process"}  # else "still <state>"
 
 
 class Scheduler:
@@ -75,9 +79,9 @@ class Scheduler:
                      name, show(tick), done.task_id, extra={"task_id": done.task_id})
         elif done.taken:
             self._skipped += 1
-            state = "running" if done.live_status == "in_progress" else done.live_status
+            state = admin.state(done.live_status or "", bool(done.live_started))
             log.info("Skipped tick %s of periodic task %s: its previous run (ID %d) is "
-                     "still %s", show(tick), name, done.live_id, state)
+                     "still %s", show(tick), name, done.live_id, STILL.get(state, state))
 
 
 def _now() -> datetime:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import gevent
+from gevent.event import Event
 
 from ..endings import Cancel, Fail, Snooze
 from ..handlers import HandlerSettings, TaskContext
@@ -37,7 +38,8 @@ class Worker:
     def __init__(self, settings: Settings, catalog: Catalog,
                  dispatch: Dispatch, outcome: Callable[[Outcome], None],
                  cancelling: Callable[[], bool],
-                 observe: Callable[[float], None] = lambda seconds: None) -> None:
+                 observe: Callable[[float], None] = lambda seconds: None,
+                 started: Callable[[ClaimedTask], Event | None] = lambda task: None) -> None:
         self.catalog = catalog
         base = HandlerSettings.from_settings(settings)
         self.handler_settings = {  # what a handler sees: its task's own options
@@ -47,6 +49,7 @@ class Worker:
         self.lease_margin = settings.lease_seconds / 3  # as the lease guard's
         self.dispatch = dispatch
         self.outcome = outcome  # hands an outcome to the completer
+        self.started = started  # tells the completer a handler starts (tasks.started_at)
         self.cancelling = cancelling  # shutdown is killing the workers now
         self.observe = observe  # told each run's duration (metrics)
 
@@ -113,6 +116,9 @@ class Worker:
             return Outcome(task, n, GIVE_BACK)
         if self.dispatch.is_cancelled(task.id):
             return self._cancelled(task, n, "taskworker cancel, before it started")
+        durable = self.started(task)
+        if durable is not None:  # (lost unstarted before: its start is written first)
+            durable.wait()
         if log.isEnabledFor(logging.INFO):
             log.info("[Worker %d] Processing task ID: %d with payload: %s",
                      n, task.id, printable(task.payload), extra=_fields(task, n))

@@ -15,6 +15,7 @@ from . import sql
 from .database import Database, Direct
 
 STATUSES = ("pending", "in_progress", "done", "error", "cancelled")
+CLAIMED, RUNNING = "claimed", "running"  # a task in progress, before and after its start
 UNIQUE_KEY_INDEX = "tasks_unique_key_idx"  # migration 007: one live task per unique_key
 RETRY_CONFLICTS = 10  # times retry runs again after losing a unique key to a concurrent writer
 
@@ -61,6 +62,7 @@ def seed(db: Database, count: int) -> None:
 class Summary(NamedTuple):
     counts: dict[str, int]  # tasks by status, every status present
     scheduled: int  # pending, not due yet
+    claimed: int  # in progress, not started (started_at NULL: waiting in its process)
     oldest_due_seconds: float | None  # how long the oldest due pending task has waited
     rescued_last_hour: int
     retrying: int  # pending after a failed or lost attempt
@@ -68,8 +70,14 @@ class Summary(NamedTuple):
 
 class Holder(NamedTuple):
     locked_by: str | None
-    tasks: int
+    claimed: int  # held, not started (waiting in the process's local queue)
+    running: int  # held, started (started_at set)
     lease_left_seconds: float | None  # negative: expired
+
+    @property
+    def tasks(self) -> int:
+        """Every task it holds, started or not."""
+        return self.claimed + self.running
 
 
 class ErrorCount(NamedTuple):
@@ -80,18 +88,30 @@ class ErrorCount(NamedTuple):
 class TaskState(NamedTuple):
     status: str | None  # None: there is no such task
     locked_by: str | None
+    started: bool = False  # started_at is set (in progress: running, else claimed)
+
+
+def state(status: str, started: bool) -> str:
+    """A status as status, the dashboard and the periodic skip line name it: a
+    task in progress is CLAIMED (by a process, waiting in its local queue) until
+    its handler starts, RUNNING once it has (`started`: started_at is set, see
+    migration 011); any other status is itself."""
+    if status != "in_progress":
+        return status
+    return RUNNING if started else CLAIMED
 
 
 def summary(db: Database) -> Summary:
-    (*counts, scheduled, oldest, rescued, retrying) = db.query(sql.status_summary)[0]
-    return Summary(dict(zip(STATUSES, counts, strict=True)), scheduled,
+    (*counts, scheduled, claimed, oldest, rescued, retrying) = db.query(sql.status_summary)[0]
+    return Summary(dict(zip(STATUSES, counts, strict=True)), scheduled, claimed,
                    None if oldest is None else float(oldest), rescued, retrying)
 
 
 def holders(db: Database) -> list[Holder]:
-    """Running tasks per process, with the time left on its soonest lease."""
-    return [Holder(who, n, None if left is None else float(left))
-            for who, n, left in db.query(sql.status_holders)]
+    """Tasks in progress per process (claimed and running), with the time left
+    on its soonest lease."""
+    return [Holder(who, claimed, running, None if left is None else float(left))
+            for who, claimed, running, left in db.query(sql.status_holders)]
 
 
 def top_errors(db: Database, limit: int) -> list[ErrorCount]:
@@ -106,8 +126,8 @@ def task(db: Direct, task_id: int) -> dict[str, Any] | None:
 
 def states(db: Database, ids: Sequence[int]) -> dict[int, TaskState]:
     """Status and holder of each of `ids` (TaskState(None, None): no such task)."""
-    found = {i: TaskState(status, holder)
-             for i, status, holder in db.query(sql.task_states, {"ids": list(ids)})}
+    found = {i: TaskState(status, holder, started) for i, status, holder, started
+             in db.query(sql.task_states, {"ids": list(ids)})}
     return {i: found.get(i, TaskState(None, None)) for i in ids}
 
 
@@ -118,12 +138,13 @@ class Blocked(NamedTuple):
     unique_key: str
     holder_id: int
     holder_status: str
+    holder_started: bool  # the holder's handler started (started_at set)
 
     @property
     def reason(self) -> str:
         """Why retry left it in error, in words."""
-        state = "running" if self.holder_status == "in_progress" else self.holder_status
-        return f"its unique key {self.unique_key!r} is held by task {self.holder_id} ({state})"
+        return (f"its unique key {self.unique_key!r} is held by task {self.holder_id} "
+                f"({state(self.holder_status, self.holder_started)})")
 
 
 def retry(db: Database, *, ids: Sequence[int] | None, since: datetime | None,
@@ -167,17 +188,20 @@ def cancel(db: Database, ids: Sequence[int]) -> Cancelled:
 
 
 class Backlog(NamedTuple):
-    """Pending and running tasks of one task name in one queue."""
+    """Pending and in-progress tasks of one task name in one queue."""
 
     queue: str
     task: str | None  # None: tasks without a name (the default handler's)
     pending: int  # due now
     scheduled: int  # pending, due later
-    running: int
+    claimed: int  # in progress, not started: waiting in its process's local queue
+    running: int  # in progress, started (started_at set)
     oldest_pending_seconds: float | None  # how long the oldest due one has waited
 
 
 def backlog(db: Database) -> list[Backlog]:
-    """Pending and running tasks by (queue, task name); reads no finished row."""
-    return [Backlog(queue, task, due, later, running, None if oldest is None else float(oldest))
-            for queue, task, due, later, running, oldest in db.query(sql.status_backlog)]
+    """Pending and in-progress tasks by (queue, task name); reads no finished row."""
+    return [Backlog(queue, task, due, later, claimed, running,
+                    None if oldest is None else float(oldest))
+            for queue, task, due, later, claimed, running, oldest
+            in db.query(sql.status_backlog)]

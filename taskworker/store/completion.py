@@ -1,6 +1,10 @@
-"""The statements that write outcomes: `complete` (the completer's), the
-arrays every outcome-writing statement takes (claim_shares_completing takes them
-too), and the rows' state after a write whose reply was lost.
+"""The statements that write outcomes: `complete`, and the arrays every
+outcome-writing statement takes (claim_shares_completing takes them too).
+
+Each of them answers for every outcome it was given whether that outcome is in
+the table (written now, or found written by its own hold: see outcome_states in
+queries.sql), so a statement sent again after its reply was lost with the
+connection learns from its own answer what the first send wrote.
 """
 from __future__ import annotations
 
@@ -9,6 +13,11 @@ from typing import NamedTuple
 
 from . import arrays, sql
 from .database import Database
+
+Hold = tuple[int, int]  # (task id, fence): one hold of one task
+# The holds whose outcome is in the table: "now" (written by the statement that
+# says so), or "before" (by an earlier send of it, whose reply was lost).
+Written = dict[Hold, str]
 
 
 class OutcomeWrite(NamedTuple):
@@ -21,41 +30,35 @@ class OutcomeWrite(NamedTuple):
     error: str | None
     delay: float | None  # pending: seconds until due again (None: now)
     given_back: bool  # pending, untouched: the attempt is not counted
-
-
-class RowState(NamedTuple):
-    status: str
-    fence: int
-    rescues: int
-    locked_by: str | None
+    losses: int = 0  # workers lost with the task before this hold (any loss since fences it off)
 
 
 def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite],
-             frees_slots: bool = True) -> set[tuple[int, int]]:
-    """Write many outcomes in one statement; return the (id, fence) pairs written
-    (the others were fenced off: `holder` no longer has that hold). With
-    `frees_slots`, also free the concurrency slots of the tasks written (a holder
-    that runs no limited task has none). A statement_timeout is raised
-    (QueryCanceled), not sent again: the caller splits the batch."""
+             frees_slots: bool = True, starts: Sequence[Hold] = ()) -> Written:
+    """Write many outcomes in one statement; return the holds whose outcome is in
+    the table (the others were fenced off: `holder` no longer has that hold).
+    With `frees_slots`, also free the concurrency slots of the tasks written (a
+    holder that runs no limited task has none). `starts`: holds of tasks still
+    running whose start is written with them (started_at). A statement_timeout
+    is raised (QueryCanceled), not sent again: the caller splits the batch."""
     statement = sql.complete_freeing_slots if frees_slots else sql.complete
-    rows = db.query(statement, {"holder": holder, **outcome_arrays(writes)},
+    rows = db.query(statement, {"holder": holder, **outcome_arrays(writes, starts)},
                     resend_on_timeout=False)
-    return {(task_id, fence) for task_id, fence in rows}
+    return {(task_id, fence): written for task_id, fence, written in rows
+            if written != "fenced"}
 
 
-def outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:
+def outcome_arrays(writes: Sequence[OutcomeWrite], starts: Sequence[Hold] = ()
+                   ) -> dict[str, str]:
     """The parameters of `complete`: one array per column, one element per
-    outcome, as array literals (see arrays.py)."""
+    outcome (and per start), as array literals (see arrays.py)."""
     return {"ids": arrays.numbers(w.id for w in writes),
             "fences": arrays.numbers(w.fence for w in writes),
             "statuses": arrays.texts(w.status for w in writes),
             "results": arrays.texts(w.result for w in writes),
             "errors": arrays.texts(w.error for w in writes),
             "delays": arrays.numbers(w.delay for w in writes),
-            "given_back": arrays.booleans(w.given_back for w in writes)}
-
-
-def outcome_rows(db: Database, ids: Sequence[int]) -> dict[int, RowState]:
-    """What the rows `ids` say now (a missing id: the row was deleted)."""
-    rows = db.query(sql.outcome_rows, {"ids": arrays.numbers(ids)})
-    return {row[0]: RowState(*row[1:]) for row in rows}
+            "given_back": arrays.booleans(w.given_back for w in writes),
+            "losses": arrays.numbers(w.losses for w in writes),
+            "start_ids": arrays.numbers(i for i, _ in starts),
+            "start_fences": arrays.numbers(f for _, f in starts)}

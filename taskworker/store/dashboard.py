@@ -7,6 +7,10 @@ status, text among finished tasks through the search side table of migration 008
 reads only what it returns; any other filter reads a bounded window of ids per
 page (WINDOW, TEXT_WINDOW), and a page that window did not fill says where the
 search stopped, for the next page to go on below it.
+
+The dashboard names a task in progress by whether its handler started
+(admin.state): claimed (waiting in its process's local queue) or running; its
+filter, list and counts use those names (STATES), never in_progress.
 """
 from __future__ import annotations
 
@@ -14,10 +18,13 @@ from datetime import datetime
 from typing import NamedTuple
 
 from . import sql
+from .admin import CLAIMED, RUNNING, state
 from .database import Database
 from .tasks import FINISHED
 
-LIVE = ("pending", "in_progress")
+STATES = ("pending", CLAIMED, RUNNING, *FINISHED)  # the statuses as the dashboard names them
+LIVE = ("pending", CLAIMED, RUNNING)
+STARTED = {CLAIMED: False, RUNNING: True}  # the states of status in_progress: started?
 WINDOW = 50_000  # ids read per page by a filter no index serves
 TEXT_WINDOW = 2_000  # ids read per page by a text search before the index is asked
 # (a word common enough to fill a page there is cheapest found there; 10,000 cost a rare
@@ -29,7 +36,7 @@ HIGHEST = 2**63 - 1
 class Filter(NamedTuple):
     """What the list shows: None (or '') for any. `task` '' is tasks without a name."""
 
-    status: str | None = None
+    status: str | None = None  # one of STATES
     queue: str | None = None
     task: str | None = None
     text: str | None = None  # searched in payload and error, case-insensitively
@@ -42,9 +49,13 @@ class Filter(NamedTuple):
         escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return f"%{escaped}%"
 
-    def params(self) -> dict[str, str | None]:
-        return {"status": self.status or None, "queue": self.queue or None,
-                "task": self.task, "pattern": self.pattern}
+    def params(self) -> dict[str, str | bool | None]:
+        """The statements' parameters: the state as a status (and started_at set or
+        not, for claimed and running)."""
+        started = STARTED.get(self.status or "")
+        return {"status": "in_progress" if started is not None else self.status or None,
+                "started": started, "queue": self.queue or None, "task": self.task,
+                "pattern": self.pattern}
 
 
 class Row(NamedTuple):
@@ -63,6 +74,12 @@ class Row(NamedTuple):
     run_at: datetime
     locked_by: str | None
     cancel_requested: bool
+    started_at: datetime | None  # its handler started (status in_progress: running)
+
+    @property
+    def state(self) -> str:
+        """Its status as the dashboard names it (claimed or running for in_progress)."""
+        return state(self.status, self.started_at is not None)
 
 
 class Page(NamedTuple):
@@ -106,7 +123,9 @@ def _text_page(db: Database, f: Filter, top: int, limit: int) -> Page:
         found: list[Row] = []
         if f.status is None or f.status in FINISHED:
             found += [Row(*r) for r in db.query(sql.dash_tasks_text_finished, params)]
-        for status in LIVE if f.status is None else (f.status,) if f.status in LIVE else ():
+        live = ("pending", "in_progress") if f.status is None \
+            else (params["status"],) if f.status in LIVE else ()
+        for status in live:
             found += [Row(*r) for r in db.query(sql.dash_tasks_text_live,
                                                 {**params, "status": status})]
         rows += sorted(found, key=lambda r: -r.id)[:want]
@@ -134,16 +153,16 @@ def matching_ids(db: Database, f: Filter, before: int | None, limit: int) -> lis
 
 
 class Count(NamedTuple):
-    status: str
+    status: str  # one of STATES
     queue: str
     task: str | None
     tasks: int
 
 
 def counts(db: Database) -> list[Count]:
-    """Every task counted by status, queue and name: a scan (the sampler's, seldom)."""
-    return [Count(status, queue, task or None, n)
-            for status, queue, task, n in db.query(sql.dash_counts)]
+    """Every task counted by state, queue and name: a scan (the sampler's, seldom)."""
+    return [Count(state(status, started), queue, task or None, n)
+            for status, started, queue, task, n in db.query(sql.dash_counts)]
 
 
 class Minute(NamedTuple):

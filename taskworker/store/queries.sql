@@ -8,7 +8,7 @@ SELECT to_regclass('tasks') IS NOT NULL;
 
 -- name: claimed_row
 -- What every claim writes to the rows it takes (claim, claim_shares and
--- claim_alone include it as {claimed_row}): in progress, held by %(holder)s for
+-- claim_alone include it as /* include claimed_row */): in progress, held by %(holder)s for
 -- %(lease)s seconds, one more attempt, and a new fencing token (fence: raised by
 -- every claim and by nothing else, so no two holds of a task share it; every
 -- later write of this hold names it). A part of those statements, never sent alone.
@@ -18,6 +18,7 @@ status = 'in_progress',
     locked_until = now() + %(lease)s * interval '1 second',
     attempts = t.attempts + 1,
     fence = t.fence + 1,
+    started_at = NULL,
     updated_at = now()
 
 -- name: claim
@@ -159,7 +160,7 @@ took AS (
 ),
 claimed AS (
     UPDATE tasks AS t
-    SET {claimed_row}
+    SET /* include claimed_row */
     FROM chosen
     WHERE t.id = chosen.id
       AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
@@ -168,12 +169,13 @@ claimed AS (
                   AS payload,
               t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
               t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.priority, t.run_at
 )
-(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence FROM claimed
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
+        unstarted_rescues FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL FROM found;
+SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL FROM found;
 
 -- name: claim_shares
 -- The claim of a busy process whose kept pairs show every queue it serves holding
@@ -182,13 +184,14 @@ SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL FROM found;
 -- %(shares)s). The same ordered scan per queue, the same columns; a queue paused
 -- since is skipped. (Half a millisecond less per claim than the whole `claim`,
 -- which a busy process sends hundreds of times a second.)
-WITH {shares_claimed}
-SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence FROM claimed
+WITH /* include shares_claimed */
+SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
+       unstarted_rescues FROM claimed
 ORDER BY priority DESC, run_at, id;
 
 -- name: shares_claimed
 -- The parts of claim_shares that pick and take the rows (claim_shares and
--- claim_shares_completing include them as {shares_claimed}). Never sent alone.
+-- claim_shares_completing include them). Never sent alone.
 picked AS MATERIALIZED (
     SELECT c.id, s.share
     FROM unnest(%(queues)s::text[], %(shares)s::int[]) AS s(queue, share)
@@ -203,7 +206,7 @@ picked AS MATERIALIZED (
 ),
 claimed AS (
     UPDATE tasks AS t
-    SET {claimed_row}
+    SET /* include claimed_row */
     FROM picked
     WHERE t.id = picked.id
     RETURNING t.id,
@@ -211,7 +214,7 @@ claimed AS (
                   AS payload,
               t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
               t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.priority, t.run_at
 )
 
 -- name: claim_shares_completing
@@ -219,19 +222,20 @@ claimed AS (
 -- tasks it last ran, fenced the same way) and claim_shares, in one statement and
 -- one transaction. Both parts see the same snapshot: the rows being completed are
 -- in progress there, so the claim never takes one of them (a task given back
--- here is claimable from the next claim on). Returns claim_shares' rows, then one
--- row per outcome written: id and, in the last column, the fence of the hold
--- written (NULL in the claimed rows).
-WITH written AS (
-{complete}
-),
-{shares_claimed}
+-- here is claimable from the next claim on). Returns claim_shares' rows (NULL in
+-- the last column), then outcome_states' row for each outcome given (id, fence,
+-- and in the last column whether the outcome is in the table).
+WITH /* include outcomes_given */,
+/* include outcomes_written */,
+/* include starts_written */,
+/* include shares_claimed */
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        NULL::bigint AS written
+        unstarted_rescues, NULL::text AS written
  FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence FROM written;
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, written
+FROM (/* include outcome_states */) AS states;
 
 -- name: ordered_plans
 -- Sent in front of a claim, in its transaction: only ordered index scans, so the
@@ -259,13 +263,14 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
-SET {claimed_row}
+SET /* include claimed_row */
 FROM picked
 WHERE t.id = picked.id
 RETURNING t.id,
           CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
           t.attempts, t.rescues, coalesce(octet_length(t.payload), 0),
-          t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL, t.fence;
+          t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL, t.fence,
+          t.unstarted_rescues;
 
 -- name: ensure_slots
 -- One slot row per allowed run of each limited task name (%(tasks)s, with
@@ -300,10 +305,14 @@ WHERE t.locked_by = %(holder)s AND t.status = 'in_progress';
 -- back to pending, or park them in error once their worker was lost too often.
 -- Never a task the rescuer itself still holds (%(holder)s, %(held)s): a live
 -- process gives back what it can no longer keep, without charging a rescue.
--- A task back to pending for its last chance (lost MAX_RESCUES times) will run alone.
--- A task `taskworker cancel` asked to stop ends cancelled instead of going back.
+-- Only a task whose run started (started_at) is charged the rescue; one lost
+-- before it started goes back uncharged, its attempt not counted (see migration
+-- 011). A task back to pending for its last chance (lost MAX_RESCUES times)
+-- will run alone. A task `taskworker cancel` asked to stop ends cancelled
+-- instead of going back. Returns each task's id, its new status, and whether it
+-- was charged.
 WITH lost AS (
-    SELECT id FROM tasks
+    SELECT id, (started_at IS NOT NULL)::int AS charge FROM tasks
     WHERE status = 'in_progress' AND locked_until < now()
       AND NOT (locked_by = %(holder)s AND id = ANY(%(held)s::bigint[]))
     ORDER BY locked_until
@@ -311,21 +320,23 @@ WITH lost AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE tasks AS t
-SET rescues = t.rescues + 1,
+SET rescues = t.rescues + c.charge,
+    unstarted_rescues = t.unstarted_rescues + 1 - c.charge,
+    attempts = t.attempts - 1 + c.charge,
     status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
-                  WHEN t.rescues + 1 > %(max_rescues)s THEN 'error' ELSE 'pending' END,
+                  WHEN t.rescues + c.charge > %(max_rescues)s THEN 'error' ELSE 'pending' END,
     error = CASE WHEN t.cancel_requested_at IS NOT NULL
                  THEN 'cancelled: taskworker cancel; its worker was lost'
-                 WHEN t.rescues + 1 > %(max_rescues)s
-                 THEN 'abandoned: worker lost ' || (t.rescues + 1) || ' times'
+                 WHEN t.rescues + c.charge > %(max_rescues)s
+                 THEN 'abandoned: worker lost ' || (t.rescues + c.charge) || ' times'
                  ELSE t.error END,
-    run_alone = t.rescues + 1 = %(max_rescues)s AND t.cancel_requested_at IS NULL,
+    run_alone = t.rescues + c.charge = %(max_rescues)s AND t.cancel_requested_at IS NULL,
     locked_by = NULL,
     locked_until = NULL,
     updated_at = now()
-FROM lost
-WHERE t.id = lost.id
-RETURNING t.id, t.status;
+FROM lost AS c
+WHERE t.id = c.id
+RETURNING t.id, t.status, c.charge = 1;
 
 -- name: alone_waiting
 -- Is a task that must run alone due, that this process would claim (see
@@ -375,54 +386,99 @@ slots AS (
 SELECT id, cancel FROM mine;
 
 -- name: complete
--- Write many outcomes at once. Fenced: a row is written only while this process
--- still has that hold (the fence its claim set), and the (id, fence) pairs
--- written are returned: a batch may hold an earlier hold's outcome beside a
--- later one's of the same task, and only the one that matched may be reported.
+-- Write many outcomes at once, and say of each one whether it is in the table.
+-- Fenced: a row is written only while this process still has that hold (the
+-- fence its claim set): a batch may hold an earlier hold's outcome beside a
+-- later one's of the same task, and only the one that matched is written.
 -- status 'pending' with given_back gives a task back untouched (the attempt is
 -- not counted; the fence stays: the next claim raises it); with a delay it
 -- schedules a retry (or a snooze). A process that runs a task with a
 -- concurrency limit sends it as complete_freeing_slots.
-UPDATE tasks AS t
-SET status = v.status,
-    result = v.result,
-    error = coalesce(v.error, t.error),
-    attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
-    run_at = CASE WHEN v.delay IS NULL THEN t.run_at
-                  ELSE now() + v.delay * interval '1 second' END,
-    locked_by = NULL,
-    locked_until = NULL,
-    updated_at = now()
-FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(statuses)s::text[],
-            %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
-            %(given_back)s::bool[])
-     AS v(id, fence, status, result, error, delay, given_back)
-WHERE t.id = v.id
-  AND t.fence = v.fence
-  AND t.locked_by = %(holder)s
-  AND t.status = 'in_progress'
-RETURNING v.id, v.fence;
+WITH /* include outcomes_given */,
+/* include outcomes_written */,
+/* include starts_written */
+/* include outcome_states */;
+
+-- name: outcomes_given
+-- The outcomes of complete and the statements that include it: one row per
+-- outcome, with the workers lost with the task (rescues and unstarted_rescues)
+-- its hold saw (see outcome_states). Never sent alone.
+given AS MATERIALIZED (
+    SELECT *
+    FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(statuses)s::text[],
+                %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
+                %(given_back)s::bool[], %(losses)s::int[])
+         AS v(id, fence, status, result, error, delay, given_back, losses)
+)
+
+-- name: outcomes_written
+-- The fenced write of the outcomes given. Never sent alone.
+written AS (
+    UPDATE tasks AS t
+    SET status = v.status,
+        result = v.result,
+        error = coalesce(v.error, t.error),
+        attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
+        run_at = CASE WHEN v.delay IS NULL THEN t.run_at
+                      ELSE now() + v.delay * interval '1 second' END,
+        locked_by = NULL,
+        locked_until = NULL,
+        started_at = CASE WHEN v.given_back THEN t.started_at
+                          ELSE coalesce(t.started_at, now()) END,
+        updated_at = now()
+    FROM given AS v
+    WHERE t.id = v.id
+      AND t.fence = v.fence
+      AND t.locked_by = %(holder)s
+      AND t.status = 'in_progress'
+    RETURNING v.id, v.fence
+)
+
+-- name: starts_written
+-- The starts of tasks still running (%(start_ids)s, %(start_fences)s: holds of
+-- %(holder)s), written with the outcomes: started_at, once. A task whose outcome
+-- goes in the same statement is not among them (its write sets started_at).
+-- Never sent alone.
+starts AS (
+    UPDATE tasks AS t
+    SET started_at = now()
+    FROM unnest(%(start_ids)s::bigint[], %(start_fences)s::bigint[]) AS s(id, fence)
+    WHERE t.id = s.id AND t.fence = s.fence AND t.locked_by = %(holder)s
+      AND t.status = 'in_progress' AND t.started_at IS NULL
+)
+
+-- name: outcome_states
+-- For every outcome given, the truth about it: id, fence, and whether it is in
+-- the table: 'now' (written by this statement), 'before' (the row shows it
+-- written by this very hold: no holder, the status it writes, its fence, and no
+-- rescue since; a later claim raises the fence, a rescue counts one), or
+-- 'fenced' (fenced off: the task was taken over). So a statement sent again after its
+-- reply was lost with the connection tells from its own answer which outcomes
+-- the first send wrote. (The row is read only for an outcome not written now.)
+SELECT v.id, v.fence,
+       CASE WHEN w.id IS NOT NULL THEN 'now'
+            WHEN EXISTS (SELECT 1 FROM tasks AS t
+                         WHERE t.id = v.id AND t.fence = v.fence AND t.locked_by IS NULL
+                           AND t.status = v.status
+                           AND t.rescues + t.unstarted_rescues = v.losses)
+            THEN 'before' ELSE 'fenced' END AS written
+FROM given AS v
+LEFT JOIN written AS w ON w.id = v.id AND w.fence = v.fence
 
 -- name: complete_freeing_slots
--- `complete` (included as {complete}), also freeing the concurrency
--- slots the written tasks held, fenced the same way (only a slot still leased to
--- this holder for that task). Sent only by a process that runs a limited task:
--- no other holds a slot, and the second UPDATE costs the busy path a fifth of a
--- millisecond per batch.
-WITH written AS (
-{complete}
-),
+-- `complete`, also freeing the concurrency slots the written tasks held (only a
+-- slot still leased to this holder for a task written now). Sent only by a
+-- process that runs a limited task: no other holds a slot, and the second
+-- UPDATE costs the busy path a fifth of a millisecond per batch.
+WITH /* include outcomes_given */,
+/* include outcomes_written */,
+/* include starts_written */,
 freed AS (
     UPDATE taskworker_slots
     SET task_id = NULL, locked_by = NULL, locked_until = NULL
     WHERE locked_by = %(holder)s AND task_id IN (SELECT id FROM written)
 )
-SELECT id, fence FROM written;
-
--- name: outcome_rows
--- What the rows %(ids)s say now: after a completion whose reply was lost with the
--- connection, to tell an outcome that was written from one that was fenced off.
-SELECT id, status, fence, rescues, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+/* include outcome_states */;
 
 -- name: give_back_orphans
 -- Give back tasks this process holds in the database but does not know of (a
@@ -579,15 +635,18 @@ SELECT now(), now() - %(seconds)s * interval '1 second';
 
 -- name: status_summary
 -- One scan for the status overview: counts by status, pending tasks scheduled for
--- later, seconds the oldest due pending task has waited (since its run_at), tasks
--- with a rescue changed in the last hour, and pending tasks after a failed or
--- lost attempt (attempts > 0: waiting for a retry).
+-- later, tasks in progress whose handler has not started (claimed: started_at
+-- NULL, waiting in their process's local queue), seconds the oldest due pending
+-- task has waited (since its run_at), tasks with a rescue changed in the last
+-- hour, and pending tasks after a failed or lost attempt (attempts > 0: waiting
+-- for a retry).
 SELECT count(*) FILTER (WHERE status = 'pending'),
        count(*) FILTER (WHERE status = 'in_progress'),
        count(*) FILTER (WHERE status = 'done'),
        count(*) FILTER (WHERE status = 'error'),
        count(*) FILTER (WHERE status = 'cancelled'),
        count(*) FILTER (WHERE status = 'pending' AND run_at > now()),
+       count(*) FILTER (WHERE status = 'in_progress' AND started_at IS NULL),
        extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'pending'
                                                       AND run_at <= now())),
        count(*) FILTER (WHERE rescues > 0 AND updated_at > now() - interval '1 hour'),
@@ -595,9 +654,12 @@ SELECT count(*) FILTER (WHERE status = 'pending'),
 FROM tasks;
 
 -- name: status_holders
--- Running tasks per process holding them, with the seconds left on the soonest
--- lease to expire (negative: expired, the holder has stopped renewing).
-SELECT locked_by, count(*), extract(epoch FROM min(locked_until) - now())
+-- Tasks in progress per process holding them: claimed (not started: started_at
+-- NULL) and running, with the seconds left on the soonest lease to expire
+-- (negative: expired, the holder has stopped renewing).
+SELECT locked_by, count(*) FILTER (WHERE started_at IS NULL),
+       count(*) FILTER (WHERE started_at IS NOT NULL),
+       extract(epoch FROM min(locked_until) - now())
 FROM tasks
 WHERE status = 'in_progress'
 GROUP BY locked_by
@@ -617,8 +679,10 @@ LIMIT %(limit)s;
 SELECT * FROM tasks WHERE id = %(id)s;
 
 -- name: task_states
--- Status and holder of the tasks %(ids)s, to explain why a command left them alone.
-SELECT id, status, locked_by FROM tasks WHERE id = ANY(%(ids)s::bigint[]);
+-- Status, holder and whether it started (started_at set) of the tasks %(ids)s, to
+-- explain why a command left them alone.
+SELECT id, status, locked_by, started_at IS NOT NULL FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: retry
 -- Put up to %(limit)s tasks in error back to pending, due now, as if new: attempts
@@ -652,6 +716,7 @@ UPDATE tasks AS t
 SET status = 'pending',
     attempts = 0,
     rescues = 0,
+    unstarted_rescues = 0,
     run_alone = false,
     run_at = now(),
     locked_by = NULL,
@@ -663,9 +728,9 @@ RETURNING t.id;
 
 -- name: retry_blocked
 -- Tasks in error that retry leaves alone because a live task holds their
--- unique_key (same selection as retry): their id and key, and the live task's id
--- and status.
-SELECT e.id, e.unique_key, live.id, live.status
+-- unique_key (same selection as retry): their id and key, and the live task's id,
+-- status and whether it started (started_at set).
+SELECT e.id, e.unique_key, live.id, live.status, live.started_at IS NOT NULL
 FROM tasks AS e
 JOIN tasks AS live
   ON live.unique_key = e.unique_key AND live.status IN ('pending', 'in_progress')
@@ -764,15 +829,16 @@ WHERE c.oid = 'tasks'::regclass AND s.attname = 'status';
 -- tick's row names it; the existence check keeps the other processes from drawing
 -- ids for a tick already taken. The task's rows of ticks beyond the newest 10 are
 -- deleted. Returns whether the tick was taken, the new task's id, and the live run
--- that made it skip.
+-- that made it skip: its id, status, and whether it started (in progress with
+-- started_at set: running; without, claimed and waiting in its process).
 WITH last AS (
     SELECT max(tick) AS tick FROM taskworker_ticks WHERE task = %(task)s
 ), live AS (
-    (SELECT id, status FROM tasks
+    (SELECT id, status, started_at IS NOT NULL AS started FROM tasks
      WHERE %(skip_if_running)s AND status = 'in_progress' AND task = %(task)s
      LIMIT 1)
     UNION ALL
-    (SELECT id, status FROM tasks
+    (SELECT id, status, false FROM tasks
      WHERE %(skip_if_running)s AND status = 'pending' AND queue = %(queue)s
        AND coalesce(task, '') = %(task)s
      LIMIT 1)
@@ -801,12 +867,13 @@ WITH last AS (
                   ORDER BY tick DESC OFFSET 8 LIMIT 1)
 )
 SELECT EXISTS (SELECT 1 FROM taken), (SELECT id FROM created),
-       (SELECT id FROM live), (SELECT status FROM live);
+       (SELECT id FROM live), (SELECT status FROM live), (SELECT started FROM live);
 
 -- name: schedule_ticks
 -- The latest recorded tick of each periodic task, with its task's status (NULL:
--- skipped, or the task was pruned), for `taskworker schedule`.
-SELECT t.task, t.tick, t.task_id, k.status
+-- skipped, or the task was pruned) and whether it started (started_at is set),
+-- for `taskworker schedule` and the dashboard.
+SELECT t.task, t.tick, t.task_id, k.status, coalesce(k.started_at IS NOT NULL, false)
 FROM (SELECT DISTINCT ON (task) task, tick, task_id
       FROM taskworker_ticks
       ORDER BY task, tick DESC) AS t
@@ -897,21 +964,23 @@ FROM taskworker_paused_queues
 ORDER BY queue;
 
 -- name: status_backlog
--- Pending and running tasks per (queue, task name): due, scheduled for later,
--- running, and the seconds the oldest due one has waited. Reads only pending and
--- in-progress rows, each set through its partial index (a name of '' is a task
--- without a name: names are never empty), never the finished ones.
+-- Pending and in-progress tasks per (queue, task name): due, scheduled for later,
+-- claimed (in progress, not started: started_at NULL), running (started), and the
+-- seconds the oldest due one has waited. Reads only pending and in-progress rows,
+-- each set through its partial index (a name of '' is a task without a name:
+-- names are never empty), never the finished ones.
 WITH live AS (
-    SELECT queue, coalesce(task, '') AS name, run_at, true AS pending
+    SELECT queue, coalesce(task, '') AS name, run_at, true AS pending, false AS started
     FROM tasks WHERE status = 'pending'
     UNION ALL
-    SELECT queue, coalesce(task, ''), run_at, false
+    SELECT queue, coalesce(task, ''), run_at, false, started_at IS NOT NULL
     FROM tasks WHERE status = 'in_progress'
 )
 SELECT queue, nullif(name, ''),
        count(*) FILTER (WHERE pending AND run_at <= now()),
        count(*) FILTER (WHERE pending AND run_at > now()),
-       count(*) FILTER (WHERE NOT pending),
+       count(*) FILTER (WHERE NOT pending AND NOT started),
+       count(*) FILTER (WHERE started),
        extract(epoch FROM now() - min(run_at) FILTER (WHERE pending AND run_at <= now()))
 FROM live
 GROUP BY queue, name
@@ -919,16 +988,18 @@ ORDER BY queue, name;
 
 -- name: dash_tasks
 -- The dashboard's task list: tasks with ids in [%(floor)s, %(before)s), newest
--- first, matching the filters given (NULL: any); a page of %(limit)s. The window
+-- first, matching the filters given (NULL: any; %(started)s: whether started_at
+-- is set, claimed or running among tasks in progress); a page of %(limit)s. The window
 -- bounds the rows a filter without an index may read (the caller widens it page
 -- by page); text is searched in the first 1,000 characters of payload and error,
 -- the words the search indexer copies into taskworker_search (migration 008).
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL
+       cancel_requested_at IS NOT NULL, started_at
 FROM tasks
 WHERE id < %(before)s AND id >= %(floor)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
   AND (%(pattern)s::text IS NULL
@@ -986,7 +1057,7 @@ WITH position AS (
 )
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL
+       cancel_requested_at IS NOT NULL, started_at
 FROM found JOIN tasks USING (id)
 ORDER BY id DESC
 LIMIT %(limit)s;
@@ -1065,13 +1136,15 @@ RETURNING (SELECT count(*) FROM copied), (SELECT count(*) FROM forgotten),
           CASE WHEN isfinite(p.indexed_at) THEN p.indexed_at END, p.indexed_id;
 
 -- name: dash_tasks_text_live
--- Text search among the tasks in status %(status)s (pending or in_progress) below
--- id %(before)s: read through that status's partial index, as small as the set.
+-- Text search among the tasks in status %(status)s (pending or in_progress; with
+-- %(started)s, those whose started_at is set or not) below id %(before)s: read
+-- through that status's partial index, as small as the set.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL
+       cancel_requested_at IS NOT NULL, started_at
 FROM tasks
 WHERE status = %(status)s::text
+  AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
   AND (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
       ILIKE %(pattern)s::text
   AND id < %(before)s
@@ -1086,11 +1159,13 @@ LIMIT %(limit)s;
 SELECT min(id), max(id) FROM tasks;
 
 -- name: dash_counts
--- Tasks by status, queue and task name ('' for none): a scan of the whole table,
--- which the dashboard's sampler runs in the background, seldom on a large table.
-SELECT status, queue, coalesce(task, ''), count(*)
+-- Tasks by status (and for those in progress, whether started_at is set), queue
+-- and task name ('' for none): a scan of the whole table, which the dashboard's
+-- sampler runs in the background, seldom on a large table.
+SELECT status, status = 'in_progress' AND started_at IS NOT NULL, queue,
+       coalesce(task, ''), count(*)
 FROM tasks
-GROUP BY 1, 2, 3;
+GROUP BY 1, 2, 3, 4;
 
 -- name: dash_finished_per_minute
 -- Tasks done and in error per minute since %(since)s, through tasks_finished_at_idx:

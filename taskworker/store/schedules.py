@@ -20,6 +20,7 @@ class TickTaken(NamedTuple):
     task_id: int | None  # the task enqueued for it (None: not taken, or skipped)
     live_id: int | None  # skipped: the earlier run still pending or in progress
     live_status: str | None
+    live_started: bool | None  # in progress: its handler started (started_at is set)
 
 
 class LastTick(NamedTuple):
@@ -27,6 +28,7 @@ class LastTick(NamedTuple):
     tick: datetime
     task_id: int | None  # None: the tick was skipped
     status: str | None  # the task's status (None: skipped, or pruned since)
+    started: bool  # its handler started (started_at is set)
 
 
 def enqueue_tick(db: Database, *, task: str, tick: datetime, since: datetime,

@@ -9,7 +9,7 @@ import re
 from importlib import resources
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-_PART = re.compile(r"\{(\w+)\}")  # another block's text, included (see parse)
+_INCLUDE = re.compile(r"/\* include (\w+) \*/")  # another block's text (see parse)
 
 
 def _load() -> dict[str, str]:
@@ -20,11 +20,12 @@ def parse(text: str) -> dict[str, str]:
     """The blocks of a queries.sql text by name, without their comment lines (the
     benchmark also reads an older commit's file with it).
 
-    `{name}` in a block stands for the text of block `name` (without its final
-    `;`; its own parts expanded in turn), so that statements sharing a part
-    (the row every claim writes; the completion inside the one that also frees
-    slots) write it once. A `{word}` that names no block is left as it is (a
-    placeholder filled by the caller)."""
+    `/* include name */` in a block stands for the text of block `name`
+    (without its final `;`; its own includes expanded in turn), so that
+    statements sharing a part (the row every claim writes; the outcomes'
+    write) write it once. A comment, so it cannot clash with the placeholders
+    callers fill: `%(name)s` for psycopg2, `{name}` for psycopg2.sql's format
+    (drop_index_concurrently has one)."""
     parts = _HEADER.split(text)
     # parts: [preamble, name1, body1, name2, body2, ...]
     queries = {}
@@ -36,16 +37,17 @@ def parse(text: str) -> dict[str, str]:
 
 
 def _expand(queries: dict[str, str], name: str, within: tuple[str, ...]) -> str:
-    """Block `name` with its `{part}`s replaced by their own expanded text."""
+    """Block `name` with its includes replaced by their own expanded text."""
     if name in within:
         raise ValueError(f"queries.sql: block {name!r} includes itself")
 
     def part(m: re.Match[str]) -> str:
         if m.group(1) not in queries:
-            return m.group(0)
+            raise ValueError(f"queries.sql: block {name!r} includes {m.group(1)!r}, "
+                             "which is not a block")
         return _expand(queries, m.group(1), (*within, name)).rstrip(";").rstrip()
 
-    return _PART.sub(part, queries[name])
+    return _INCLUDE.sub(part, queries[name])
 
 
 QUERIES: dict[str, str] = _load()

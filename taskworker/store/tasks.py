@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import arrays, sql
-from .completion import OutcomeWrite, outcome_arrays
+from .completion import Hold, OutcomeWrite, Written, outcome_arrays
 from .database import Database
 from .prepared import Prepared
 from .sharing import shares
@@ -24,7 +24,6 @@ if TYPE_CHECKING:  # (this module imports no gevent: tests claim through it unpa
 FINISHED = ("done", "error", "cancelled")  # the statuses a task never leaves by itself
 
 
-Hold = tuple[int, int]  # (task id, fence): one hold of one task
 
 
 class ClaimedTask(NamedTuple):
@@ -40,6 +39,18 @@ class ClaimedTask(NamedTuple):
     queue: str = "default"
     cancel_requested: bool = False  # `taskworker cancel` asked before the claim
     fence: int = 0  # the fencing token of this hold (tasks.fence, raised by each claim)
+    unstarted_rescues: int = 0  # times it was lost before it started (see migration 011)
+
+    @property
+    def losses(self) -> int:
+        """Workers lost with this task, started or not, before this hold."""
+        return self.rescues + self.unstarted_rescues
+
+    @property
+    def start_durably(self) -> bool:
+        """Once lost unstarted, its start is written before its handler runs: a
+        handler that kills its process at once is then charged (migration 011)."""
+        return self.unstarted_rescues > 0
 
     @property
     def hold(self) -> Hold:
@@ -73,6 +84,7 @@ class Rescued(NamedTuple):
     back: list[int]  # put back to pending
     parked: list[int]  # parked in error: their worker was lost more than MAX_RESCUES times
     cancelled: list[int] = []  # a cancel was requested: ended cancelled
+    unstarted: list[int] = []  # of all these, the ones lost before they started: not charged
 
 
 class NextDue(NamedTuple):
@@ -94,24 +106,25 @@ _CLAIM_TYPES = {
     "queues": "text[]", "names": "text[]", "limited": "text[]", "capped": "text[]",
     "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]"}
 # Prepared once per direct connection (see prepared.py), behind the planner settings.
-CLAIM = Prepared("taskworker_claim_v8", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
-CLAIM_SHARES = Prepared("taskworker_claim_shares_v8", sql.claim_shares,
+CLAIM = Prepared("taskworker_claim_v9", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM_SHARES = Prepared("taskworker_claim_shares_v9", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
     "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
-    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]"}
+    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]",
+    "start_ids": "bigint[]", "start_fences": "bigint[]"}
 # Planned for its values each time (custom plans): a generic plan guesses the
 # outcomes' unnest() at a few rows and joins them by a nested loop, four times
 # slower for a batch of hundreds than the hash join planned for the real count.
 _COMPLETING_TYPES = {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}
 CLAIM_SHARES_COMPLETING = Prepared(
-    "taskworker_claim_shares_completing_v2", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_v4", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n", generic=False)
 # For a few outcomes the nested loop is the plan anyway: planned once, it saves
 # the planning (a seventh of the statement's time with 20 outcomes).
 FEW_OUTCOMES = 32
 CLAIM_SHARES_COMPLETING_FEW = Prepared(
-    "taskworker_claim_shares_completing_few_v2", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_few_v4", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
@@ -120,7 +133,7 @@ Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 class Claim(NamedTuple):
     rows: list[Claimed]  # in the order to run them: priority, due time, id
     pairs: Pairs | None  # the (queue, name) pairs with pending tasks, when discovered
-    written: set[Hold] = set()  # claim_shares_completing: the holds whose outcome it wrote
+    written: Written = {}  # claim_shares_completing: the holds whose outcome is in the table
 
 
 def busy_shares(served: Served, pairs: Pairs | None, limit: int) -> dict[str, int] | None:
@@ -161,18 +174,20 @@ def claim_shares(db: Database, *, holder: str, lease: float, names: list[str],
 
 def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: float,
                             names: list[str], shared: dict[str, int], inline_bytes: int,
-                            writes: Sequence[OutcomeWrite]) -> Claim:
+                            writes: Sequence[OutcomeWrite], starts: Sequence[Hold] = ()) -> Claim:
     """claim_shares, and in the same statement write `writes` as `complete`
-    does (fenced); the Claim's `written` holds the (id, fence) pairs written.
+    does (fenced); the Claim's `written` holds the holds whose outcome is in
+    the table (written now, or by an earlier send of this statement).
     A statement_timeout is raised (QueryCanceled), not sent again: the caller
     writes the outcomes apart."""
     statement = CLAIM_SHARES_COMPLETING_FEW if len(writes) <= FEW_OUTCOMES \
         else CLAIM_SHARES_COMPLETING
     found = db.query(statement, {
         **_shares_params(holder, lease, names, shared, inline_bytes),
-        **outcome_arrays(writes)}, resend_on_timeout=False)
-    return Claim(_claimed([row for row in found if row[10] is None], inline_bytes), None,
-                 {(row[0], row[10]) for row in found if row[10] is not None})
+        **outcome_arrays(writes, starts)}, resend_on_timeout=False)
+    return Claim(_claimed([row for row in found if row[11] is None], inline_bytes), None,
+                 {(row[0], row[9]): row[11] for row in found
+                  if row[11] is not None and row[11] != "fenced"})
 
 
 def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str, int],
@@ -183,7 +198,8 @@ def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str
 
 
 def _claimed(found: list[tuple], inline_bytes: int) -> list[Claimed]:
-    return [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8], row[9]),
+    return [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8], row[9],
+                                row[10]),
                     row[4], row[4] <= inline_bytes, row[7])
             for row in found if row[0] is not None]  # (in the order to run them)
 
@@ -210,9 +226,10 @@ def rescue(db: Database, *, max_rescues: int, holder: str, held: Sequence[int]) 
     one that `holder` still holds: `held`)."""
     rows = db.query(sql.rescue, {"max_rescues": max_rescues, "holder": holder,
                                  "held": arrays.numbers(held)})
-    return Rescued(back=sorted(i for i, status in rows if status == "pending"),
-                   parked=sorted(i for i, status in rows if status == "error"),
-                   cancelled=sorted(i for i, status in rows if status == "cancelled"))
+    return Rescued(back=sorted(i for i, status, _ in rows if status == "pending"),
+                   parked=sorted(i for i, status, _ in rows if status == "error"),
+                   cancelled=sorted(i for i, status, _ in rows if status == "cancelled"),
+                   unstarted=sorted(i for i, _, charged in rows if not charged))
 
 
 def alone_waiting(db: Database, served: Served = EVERYTHING) -> bool:

@@ -79,7 +79,7 @@ class BacklogMetrics:
 def _bounded(totals: dict[str | None, backlog.Total],
              always: Collection[str | None]) -> list[backlog.Total]:
     for key in always:
-        totals.setdefault(key, backlog.Total(key, 0, 0, 0, None))
+        totals.setdefault(key, backlog.Total(key, 0, 0, 0, 0, None))
     return backlog.bounded(sorted(totals.values(), key=lambda t: (t.key is not None, t.key or "")),
                            MAX_SERIES, always)
 
@@ -97,7 +97,10 @@ def _families(by: str, label: str, totals: Sequence[backlog.Total]) -> Iterator[
         labels=[label])
     for t in totals:
         key = backlog.NO_NAME if t.key is None else t.key
-        for state, n in zip(STATES, (t.pending, t.scheduled, t.running), strict=True):
+        # state="running": every task in progress, started or not (claimed), as
+        # before started_at (migration 011): the series keep their meaning.
+        for state, n in zip(STATES, (t.pending, t.scheduled, t.claimed + t.running),
+                            strict=True):
             counts.add_metric([key, state], n)
         oldest.add_metric([key], t.oldest_pending_seconds or 0.0)
     yield counts

@@ -65,8 +65,9 @@ class Completer:
         (none: the task's outcome goes first and writes it). For a task once
         lost unstarted, an Event the worker waits on before the handler runs,
         set once the start is in the table (see ClaimedTask.start_durably)."""
+        if not self._starts:  # (one wake-up for the starts the writing lane takes at once)
+            self._outcomes.put(STARTED)
         self._starts[task.id] = task
-        self._outcomes.put(STARTED)
         if not task.start_durably:
             return None
         event = self._durable[task.id] = Event()

@@ -55,8 +55,6 @@ VALUES: dict[str, str | PerTask] = {
     "delays": PerTask("NULL::float8"),
     "given_back": PerTask("false"),
     "losses": PerTask("rescues + unstarted_rescues"),
-    "start_ids": "'{}'",  # (no task still running: its start goes with its outcome)
-    "start_fences": "'{}'",
 }
 
 # -M prepared saves parsing, but after five runs the server may switch a prepared

@@ -1,7 +1,8 @@
 -- When the handler of a task's current hold started (NULL: claimed, not started
 -- yet: it waits in its process's local queue). A claim clears it; the worker's
--- start is written with the next statement its process sends (or before the
--- handler runs, for a task once lost unstarted: see below). Status, the
+-- start is written by its process's next heartbeat, which renews the row's
+-- lease anyway (at once, before the handler runs, for a task once lost
+-- unstarted: see below), or by the task's outcome. Status, the
 -- dashboard and the periodic tasks' skip line call a task running only once
 -- started_at is set.
 --

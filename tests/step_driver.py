@@ -119,7 +119,7 @@ def hand_out(url: str) -> None:
 
     store.payloads = payloads  # (intake.py calls it as store.payloads)
     ex.dispatch.hand_out = hand_out
-    assert ex._along([], []), "no claim along was due"
+    assert ex._along([]), "no claim along was due"
     ex.give_back_orphans()  # the claiming lane's next turn
     handed = [{"id": t.id, "fence": t.fence, "row": seen.get(t.id)}
               for t in ex.dispatch.close()]

@@ -190,11 +190,11 @@ def test_the_writing_lane_claims_along_only_for_a_busy_process() -> None:
         "claim_shares_completing": [[claimed_row(7, True), *states((2, "now"))]]})
     ex = exchange(ScriptedDatabase({}), writing)
     outcomes = held(ex, 1)
-    assert not ex._along(ex.completer.take(), [])  # not busy: a plain write
+    assert not ex._along(ex.completer.take())  # not busy: a plain write
     ex.write(ex.writing, outcomes)
     ex.fetcher.busy = True
     held(ex, 2)
-    assert ex._along(ex.completer.take(), [])
+    assert ex._along(ex.completer.take())
     assert writing.sent == ["complete", "claim_shares_completing"]
     assert ex.dispatch.held_ids() == [7]
 

@@ -191,13 +191,13 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
         ("next_due", "next_due", None),
         ("alone_waiting", "alone_waiting", served),
         ("heartbeat", "heartbeat", {"ids": ids, "fences": [1] * 100, "holder": "host:1:abcd",
-                                    "lease": 30}),
+                                    "lease": 30, "agos": [1.5] * 100}),
         ("payloads", "payloads", {"ids": ids, "fences": [1] * 100, "holder": "host:1:abcd"}),
         ("complete", "complete", {
             "holder": "host:1:abcd", "ids": ids, "fences": [1] * 100,
             "statuses": ["done"] * 100, "results": ["x"] * 100,
             "errors": [None] * 100, "delays": [None] * 100, "given_back": [False] * 100,
-            "losses": [0] * 100, "start_ids": [], "start_fences": []}),
+            "losses": [0] * 100}),
     ]
     with db.cursor() as cur:
         for name, query_name, params in statements:

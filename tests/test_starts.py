@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from invariants import FAST, query, wait_until
+from invariants import FAST, query, wait_lines, wait_until
 from proc import ServeFactory
 
 APPS = {
@@ -105,18 +105,16 @@ def test_a_task_queued_behind_a_blocked_handler_is_rescued_uncharged(
 
 def test_slow_tasks_are_not_hoarded_by_the_first_process(
         db_url: str, db: Any, serve: ServeFactory, tmp_path: Path) -> None:
-    """Two processes of two workers, FETCH_LIMIT unset, four tasks of 3 s: the
+    """Two processes of two workers, FETCH_LIMIT unset, four tasks of 8 s: the
     first process to see them claims two (its idle workers: no task rate is
-    measured yet), and the second runs the other two, instead of one holding
-    all four while the other sits idle."""
+    measured yet), and the second, started while those run (8 s), runs the
+    other two, instead of one holding all four while the other sits idle."""
     write_apps(tmp_path)
     env = {**FAST, "WORKER_COUNT": "2", "LEASE_SECONDS": "10"}
     a = serve(db_url, env=env, args=["--tasks", "app_b"])
     a.wait_for(r"Starting worker 2")
-    ids = [insert(db, "slow", "3") for _ in range(4)]
-    wait_until(lambda: query(db, "SELECT count(*) FROM tasks WHERE status = 'in_progress' "
-                                 "AND started_at IS NOT NULL")[0][0] == 2,
-               30, "two tasks to start", [a], fail_on_exit=True)
+    ids = [insert(db, "slow", "8") for _ in range(4)]
+    wait_lines(a, r"Processing task ID", 2)
     b = serve(db_url, env=env, args=["--tasks", "app_b"])
     wait_until(lambda: query(db, "SELECT count(*) FROM tasks WHERE status = 'done'")[0][0]
                == 4, 60, "the four tasks to be done", [a, b])

@@ -1,7 +1,6 @@
 """The outcomes waiting to be written: a buffer between the workers and the
 exchange, with back-pressure, and the lines that report each outcome once the
-table holds it. Also the starts of tasks still running, written with them
-(tasks.started_at: see migration 011).
+table holds it.
 
 Workers hand their outcomes here (`put`) instead of writing them themselves: the
 exchange (exchange.py) takes them in batches (`take`, `gather`), at most
@@ -20,13 +19,11 @@ from __future__ import annotations
 
 import logging
 
-from gevent.event import Event
 from gevent.queue import Queue
 
 from ..logs import log
 from ..settings import Settings
 from ..store.completion import Written
-from ..store.tasks import ClaimedTask
 from .dispatch import Dispatch
 from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, KINDS, REFUSE, RETRY, SNOOZE, Outcome, fields
 
@@ -38,7 +35,6 @@ BATCH_BYTES = 4 * 1024 * 1024  # bytes of results in one statement (at least one
 # workers, as ten thousand tasks started together also end together.
 BACKLOG_BATCHES = 4
 BACKLOG_ROUNDS = 2
-STARTED = object()  # in the queue: a start waits to be written (wakes the writing lane)
 
 
 class Completer:
@@ -53,50 +49,10 @@ class Completer:
         self._unwritten = 0  # outcomes handed over and not yet written (or fenced off)
         self._written = dict.fromkeys(KINDS, 0)  # outcomes written, by kind
         self._lease_lost = 0  # outcomes fenced off: another process took the task over
-        self._starts: dict[int, ClaimedTask] = {}  # started, start not yet written
-        self._durable: dict[int, Event] = {}  # of those, the ones a worker waits for
 
     def put(self, outcome: Outcome) -> None:
         self._unwritten += 1
         self._outcomes.put(outcome)
-
-    def started(self, task: ClaimedTask) -> Event | None:
-        """A worker starts `task`: its start is written with the next statement
-        (none: the task's outcome goes first and writes it). For a task once
-        lost unstarted, an Event the worker waits on before the handler runs,
-        set once the start is in the table (see ClaimedTask.start_durably)."""
-        if not self._starts:  # (one wake-up for the starts the writing lane takes at once)
-            self._outcomes.put(STARTED)
-        self._starts[task.id] = task
-        if not task.start_durably:
-            return None
-        event = self._durable[task.id] = Event()
-        return event
-
-    def take_starts(self, outcomes: list[Outcome]) -> list[ClaimedTask]:
-        """The starts waiting to be written, but those of tasks whose outcome is
-        in `outcomes` (its write sets started_at), which are done with."""
-        if not self._starts:
-            return []
-        for o in outcomes:
-            if self._starts.pop(o.task.id, None) is not None:
-                self.started_written([o.task])
-        starts, self._starts = list(self._starts.values()), {}
-        return starts
-
-    def started_written(self, starts: list[ClaimedTask]) -> None:
-        """These starts are in the table: the workers waiting for them go on."""
-        for task in starts:
-            event = self._durable.pop(task.id, None)
-            if event is not None:
-                event.set()
-
-    def restart(self, starts: list[ClaimedTask]) -> None:
-        """Starts whose statement failed: written with a later one."""
-        for task in starts:
-            self._starts.setdefault(task.id, task)
-        if starts:
-            self._outcomes.put(STARTED)
 
     def stop(self) -> None:
         """No more outcomes will come: the writing lane writes what is queued, then ends."""
@@ -105,22 +61,16 @@ class Completer:
     def take(self) -> list[Outcome]:
         """The outcomes waiting now (at most a batch), for a claim to carry; none
         while the process holds concurrency slots (claims do not free them)."""
-        if self.frees_slots:
-            return []
-        batch = self._batch(wait=False, taking=True)
-        if self._starts:  # (the writing lane writes them: wake it, if this took its wake-up)
-            self._outcomes.put(STARTED)
-        return batch
+        return [] if self.frees_slots else self._batch(wait=False, taking=True)
 
     def gather(self) -> list[Outcome] | None:
-        """The next batch, waiting for one outcome (or start) if none is queued;
-        None once stop() was asked and every outcome before it was taken. (Empty:
-        only starts wait, see take_starts.)"""
+        """The next batch, waiting for one outcome if none is queued; None once
+        stop() was asked and every outcome before it was taken."""
         while True:
             if self._stopping and self._carried is None and self._outcomes.empty():
-                return [] if self._starts else None
+                return None
             batch = self._batch(wait=not self._stopping)
-            if batch or self._starts:
+            if batch:
                 return batch
 
     def _batch(self, wait: bool, taking: bool = False) -> list[Outcome]:
@@ -137,9 +87,6 @@ class Completer:
                 item = self._outcomes.get_nowait()
             else:
                 item = self._outcomes.get()
-            if item is STARTED:
-                wait = False  # (a start wakes the writing lane: see take_starts)
-                continue
             if item is None and taking:
                 self._outcomes.put(None)
                 break

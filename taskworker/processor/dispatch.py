@@ -40,6 +40,7 @@ class Dispatch:
         self._lease_ends: dict[int, float] = {}  # held: when its lease runs out (monotonic)
         self._lost: set[int] = set()  # held, but the heartbeat found the lease gone
         self._cancel: set[int] = set()  # held, and `taskworker cancel` asked to stop it
+        self._starts: dict[int, float] = {}  # running, start not yet written: when (monotonic)
         # worker number -> its task and its greenlet
         self._running: dict[int, tuple[ClaimedTask, gevent.Greenlet]] = {}
         self._rate: float | None = None  # tasks finished per second; None: none yet
@@ -159,6 +160,7 @@ class Dispatch:
 
     def started(self, worker: int, task: ClaimedTask) -> None:
         self._running[worker] = (task, gevent.getcurrent())
+        self._starts[task.id] = time.monotonic()
 
     def finished(self, worker: int) -> None:
         """A worker is idle again: the fetcher may claim for it."""
@@ -177,6 +179,17 @@ class Dispatch:
         """(id, fence) of every task held: what the heartbeat renews, and what
         the orphan check knows of."""
         return [task.hold for task in self._held.values()]
+
+    def started_ago(self, task_ids: list[int]) -> list[float | None]:
+        """Seconds since each task's handler started, for the ones whose start
+        is not written yet (None for the others: not started, or written)."""
+        now = time.monotonic()
+        return [None if (at := self._starts.get(i)) is None else now - at for i in task_ids]
+
+    def starts_written(self, task_ids: list[int]) -> None:
+        """The heartbeat wrote these starts (or their tasks are no longer ours)."""
+        for task_id in task_ids:
+            self._starts.pop(task_id, None)
 
     def renewed(self, task_ids: set[int], until: float) -> None:
         """The heartbeat extended these leases to `until` (monotonic)."""
@@ -212,6 +225,7 @@ class Dispatch:
         later claim of the same task, made since, stays held.)"""
         if self._held.get(task.id) is task:
             del self._held[task.id]
+            self._starts.pop(task.id, None)
             self._lease_ends.pop(task.id, None)
             self._lost.discard(task.id)
             self._cancel.discard(task.id)

@@ -225,9 +225,8 @@ class Exchange:
         # connect went through (else /healthz reports an idle completer down).
         store.ping(self.writing)
         while (batch := self.completer.gather()) is not None:
-            starts = self.completer.take_starts(batch)
-            if not self._along(batch, starts):
-                self.write(self.writing, batch, starts)
+            if not self._along(batch):
+                self.write(self.writing, batch)
             large = sum(o.size + len(o.task.payload or "") for o in batch) >= memory.LARGE
             del batch
             if large:
@@ -235,7 +234,7 @@ class Exchange:
                 memory.release()
         self.writing.close()
 
-    def _along(self, batch: list[Outcome], starts: list[ClaimedTask]) -> bool:
+    def _along(self, batch: list[Outcome]) -> bool:
         """Write the batch with a second claim in flight, if one is due (a busy
         process: see Fetcher.along). False: nothing was sent."""
         if self.completer.frees_slots or self.stopping() or self._alone_waiting \
@@ -245,7 +244,7 @@ class Exchange:
         if plan is None:
             return False
         with self.dispatch.on_the_wire(plan.limit):  # (till handed out: see claim)
-            claim = self._round_trip(self.writing, plan, batch, starts)
+            claim = self._round_trip(self.writing, plan, batch)
             self.fetcher.claimed(plan, claim, self.writing.sent_at)
             if self.stopping():  # (shutdown began while it was on the wire)
                 for row in claim.rows:
@@ -258,88 +257,75 @@ class Exchange:
 
     # --- the round trip, for both lanes
 
-    def _round_trip(self, db: ReconnectingConnection, plan: Plan, outcomes: list[Outcome],
-                    starts: list[ClaimedTask] | None = None) -> store.Claim:
+    def _round_trip(self, db: ReconnectingConnection, plan: Plan,
+                    outcomes: list[Outcome]) -> store.Claim:
         """Write `outcomes` and claim `plan` on `db`: in one statement when the
         claim is a busy process's (claim_shares), else the outcomes first. A
         statement refused whole (statement_timeout, a row the table refuses)
         leaves its outcomes to `write` (the writing lane's), which finds the one
         at fault; whatever an earlier send of it wrote, the answer of the next
-        statement carrying the same outcomes says. `starts` (the writing lane's):
-        starts of tasks still running, written with them."""
+        statement carrying the same outcomes says."""
         lease, holder = self.settings.lease_seconds, self.holder
-        starts = starts or []
-        if (outcomes or starts) and plan.shares is not None:
+        if outcomes and plan.shares is not None:
             try:
                 claim = store.claim_shares_completing(
                     db, holder=holder, lease=lease, names=plan.served.names, shared=plan.shares,
-                    inline_bytes=plan.inline_bytes, writes=[o.write() for o in outcomes],
-                    starts=[t.hold for t in starts])
+                    inline_bytes=plan.inline_bytes, writes=[o.write() for o in outcomes])
             except Stopped:  # (shutdown: the writing lane writes them, and learns the truth)
                 self.completer.requeue(outcomes)
-                self.completer.restart(starts)
                 raise
             except Exception as exc:
                 log.info("Claim with %d outcomes refused (%s): writing them apart",
                          len(outcomes), first_line(exc))
                 if db is self.writing:
-                    self.write(db, outcomes, starts)
+                    self.write(db, outcomes)
                 else:  # (the claiming lane goes on claiming)
                     self.completer.requeue(outcomes)
             except BaseException:  # killed at shutdown with the statement on the wire
                 self.completer.requeue(outcomes)
-                self.completer.restart(starts)
                 raise
             else:
-                self.completer.started_written(starts)
                 self._landed(db, outcomes, claim.written)
                 return claim
-        elif outcomes or starts:
-            self.write(db, outcomes, starts)
+        elif outcomes:
+            self.write(db, outcomes)
         if plan.shares is not None:
             return store.claim_shares(db, holder=holder, lease=lease, names=plan.served.names,
                                       shared=plan.shares, inline_bytes=plan.inline_bytes)
         return store.claim(db, holder=holder, limit=plan.limit, lease=lease, served=plan.served,
                            pairs=plan.pairs, inline_bytes=plan.inline_bytes, alone=plan.alone)
 
-    def write(self, db: ReconnectingConnection, batch: list[Outcome],
-              starts: list[ClaimedTask] | None = None) -> None:
-        """Write a batch of outcomes (and `starts`) on `db`. Cancelled by
-        statement_timeout: write each half on its own. Refused for another
-        reason: write one by one, so one bad row cannot hold back the others.
-        (The starts go with the first statement.)"""
-        starts = starts or []
+    def write(self, db: ReconnectingConnection, batch: list[Outcome]) -> None:
+        """Write a batch of outcomes on `db`. Cancelled by statement_timeout:
+        write each half on its own. Refused for another reason: write one by
+        one, so one bad row cannot hold back the others."""
         try:
-            written = self._send(db, batch, starts)
+            written = self._send(db, batch)
         except psycopg2.errors.QueryCanceled as exc:
-            if len(batch) <= 1:
-                batch, written = self._store_failure(db, batch, starts, exc)
+            if len(batch) == 1:
+                batch, written = self._store_failure(db, batch[0], exc)
             else:
                 log.warning("Writing %d outcomes took longer than STATEMENT_TIMEOUT; "
                             "writing them in two halves", len(batch))
                 half = len(batch) // 2
-                self.write(db, batch[:half], starts)
+                self.write(db, batch[:half])
                 self.write(db, batch[half:])
                 return
         except (*CONNECTION_ERRORS, Stopped):  # not sent, or its answer never came:
-            self.completer.restart(starts)  # the outcomes stay unwritten (their leases
-            raise  # return the tasks)
+            raise  # the outcomes stay unwritten (their leases return the tasks)
         except Exception as exc:  # PostgreSQL refused the statement
-            if len(batch) <= 1:
-                batch, written = self._store_failure(db, batch, starts, exc)
+            if len(batch) == 1:
+                batch, written = self._store_failure(db, batch[0], exc)
             else:
-                for n, outcome in enumerate(batch):
-                    self.write(db, [outcome], [] if n else starts)
+                for outcome in batch:
+                    self.write(db, [outcome])
                 return
         self.completer.report(batch, written)
 
-    def _send(self, db: ReconnectingConnection, batch: list[Outcome],
-              starts: list[ClaimedTask]) -> Written:
+    def _send(self, db: ReconnectingConnection, batch: list[Outcome]) -> Written:
         """One `complete` statement; the holds whose outcome is in the table."""
         written = completion.complete(db, holder=self.holder, writes=[o.write() for o in batch],
-                                      frees_slots=self.completer.frees_slots,
-                                      starts=[t.hold for t in starts])
-        self.completer.started_written(starts)
+                                      frees_slots=self.completer.frees_slots)
         self._landed(db, batch, written, report=False)
         return written
 
@@ -357,32 +343,24 @@ class Exchange:
         if any(o.kind in (RETRY, SNOOZE) and o.delay for o in landed):
             self.dispatch.wake()
 
-    def _store_failure(self, db: ReconnectingConnection, batch: list[Outcome],
-                       starts: list[ClaimedTask], exc: Exception,
+    def _store_failure(self, db: ReconnectingConnection, outcome: Outcome, exc: Exception,
                        ) -> tuple[list[Outcome], Written]:
         """The outcome itself could not be stored (say, a result PostgreSQL
         refuses): store that as the task's error instead. Returns the outcome to
-        report (the error, if it was stored) and the holds written. (No
-        outcome, only starts: they are written again with a later statement.)"""
-        if not batch:
-            self.completer.restart(starts)
-            return [], {}
-        outcome = batch[0]
+        report (the error, if it was stored) and the holds written."""
         message = f"could not store result: {type(exc).__name__}: {first_line(exc)}"
         failed = Outcome(outcome.task, outcome.worker, ERROR, error=message)
         try:
-            written = self._send(db, [failed], starts)
+            written = self._send(db, [failed])
         except psycopg2.errors.QueryCanceled as exc:  # (an OperationalError, but no loss)
             log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
                       outcome.task.id, first_line(exc))
-            self.completer.restart(starts)
             return [outcome], {}
         except (*CONNECTION_ERRORS, Stopped):
             raise
         except Exception as exc:
             log.error("Task ID: %d outcome could not be written: %s; it will be rescued",
                       outcome.task.id, first_line(exc))
-            self.completer.restart(starts)
             return [outcome], {}
         if written:  # a warning, as the worker's `failed:` line
             log.warning("%sTask ID: %d failed: %s",

@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable
 
 import gevent
+from gevent.event import Event
 
 from ..logs import log
 from ..settings import Settings
 from ..store import tasks as store
 from ..store.connection import ReconnectingConnection
+from ..store.tasks import ClaimedTask
 from .dispatch import Dispatch
 from .presence import Presence
 
@@ -58,6 +60,8 @@ class Heartbeat:
         self.presence = Presence(settings, holder)  # this process's row, touched every beat
         self._renewed_at: float | None = None  # monotonic start of the last good renewal
         self._stopped: set[int] = set()  # tasks the guard has stopped
+        self._soon = Event()  # beat now, not at the next third of the lease
+        self._durable: dict[int, Event] = {}  # starts a worker waits to see written
 
     def renewing(self) -> bool:
         """Are leases being renewed? The fetcher claims only while they are."""
@@ -68,7 +72,19 @@ class Heartbeat:
     def run(self) -> None:
         while True:
             self.beat()
-            gevent.sleep(self.lease / 3)
+            self._soon.wait(self.lease / 3)
+            self._soon.clear()
+
+    def started(self, task: ClaimedTask) -> Event | None:
+        """A worker starts `task` (the dispatch knows since when): its start is
+        written by the next beat. For a task once lost unstarted, an Event the
+        worker waits on before its handler runs, set once the start is written
+        (see ClaimedTask.start_durably); the beat comes at once."""
+        if not task.start_durably:
+            return None
+        event = self._durable[task.id] = Event()
+        self._soon.set()
+        return event
 
     def beat(self) -> None:
         was_renewing = self.renewing()
@@ -76,7 +92,12 @@ class Heartbeat:
         holds = self.dispatch.holds()
         ids = [task_id for task_id, _ in holds]
         if holds:
-            kept = store.heartbeat(self.db, holder=self.holder, holds=holds, lease=self.lease)
+            kept = store.heartbeat(self.db, holder=self.holder, holds=holds, lease=self.lease,
+                                   started=self.dispatch.started_ago(ids))
+            self.dispatch.starts_written(ids)
+            for task_id in ids:
+                if (event := self._durable.pop(task_id, None)) is not None:
+                    event.set()
             self.dispatch.renewed(kept.ids, started + self.lease)
             self.dispatch.mark_lost([i for i in ids if i not in kept.ids])
             if kept.cancel:  # (with LISTEN on, the listener has usually done it already)

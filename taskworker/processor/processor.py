@@ -99,7 +99,7 @@ class Processor:
         self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
                              self.metrics.task_duration.observe if self.metrics else _ignore,
-                             self.completer.started)
+                             self.heartbeat.started)
         # The services, in the order they start; the fetcher last, once all is ready.
         self.services: dict[str, Callable[[], None]] = {
             "completer": self.exchange.write_loop, "heartbeat": self.heartbeat.run,

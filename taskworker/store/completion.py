@@ -34,24 +34,22 @@ class OutcomeWrite(NamedTuple):
 
 
 def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite],
-             frees_slots: bool = True, starts: Sequence[Hold] = ()) -> Written:
+             frees_slots: bool = True) -> Written:
     """Write many outcomes in one statement; return the holds whose outcome is in
     the table (the others were fenced off: `holder` no longer has that hold).
     With `frees_slots`, also free the concurrency slots of the tasks written (a
-    holder that runs no limited task has none). `starts`: holds of tasks still
-    running whose start is written with them (started_at). A statement_timeout
-    is raised (QueryCanceled), not sent again: the caller splits the batch."""
+    holder that runs no limited task has none). A statement_timeout is raised
+    (QueryCanceled), not sent again: the caller splits the batch."""
     statement = sql.complete_freeing_slots if frees_slots else sql.complete
-    rows = db.query(statement, {"holder": holder, **outcome_arrays(writes, starts)},
+    rows = db.query(statement, {"holder": holder, **outcome_arrays(writes)},
                     resend_on_timeout=False)
     return {(task_id, fence): written for task_id, fence, written in rows
             if written != "fenced"}
 
 
-def outcome_arrays(writes: Sequence[OutcomeWrite], starts: Sequence[Hold] = ()
-                   ) -> dict[str, str]:
+def outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:
     """The parameters of `complete`: one array per column, one element per
-    outcome (and per start), as array literals (see arrays.py)."""
+    outcome, as array literals (see arrays.py)."""
     return {"ids": arrays.numbers(w.id for w in writes),
             "fences": arrays.numbers(w.fence for w in writes),
             "statuses": arrays.texts(w.status for w in writes),
@@ -59,6 +57,4 @@ def outcome_arrays(writes: Sequence[OutcomeWrite], starts: Sequence[Hold] = ()
             "errors": arrays.texts(w.error for w in writes),
             "delays": arrays.numbers(w.delay for w in writes),
             "given_back": arrays.booleans(w.given_back for w in writes),
-            "losses": arrays.numbers(w.losses for w in writes),
-            "start_ids": arrays.numbers(i for i, _ in starts),
-            "start_fences": arrays.numbers(f for _, f in starts)}
+            "losses": arrays.numbers(w.losses for w in writes)}

@@ -227,7 +227,6 @@ claimed AS (
 -- and in the last column whether the outcome is in the table).
 WITH /* include outcomes_given */,
 /* include outcomes_written */,
-/* include starts_written */,
 /* include shares_claimed */
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
         unstarted_rescues, NULL::text AS written
@@ -358,25 +357,33 @@ SELECT extract(epoch FROM
 -- Extend the lease of every hold (%(ids)s, %(fences)s) this process still has
 -- (and of the concurrency slots those tasks hold), and return the ones it still
 -- has, each with whether `taskworker cancel` asked to stop it; the ids not
--- returned were taken away (rescued). SKIP LOCKED: a row locked right now is
+-- returned were taken away (rescued). %(agos)s: seconds since each one's handler
+-- started (NULL: not started), written as started_at where it is not yet (the
+-- start of a task still running: see migration 011; a task that ended has its
+-- start written by its outcome). SKIP LOCKED: a row locked right now is
 -- being written by our completer (or rescued), so waiting for it could deadlock;
 -- `mine` reads the statement's snapshot, so a skipped row that is still ours is
 -- not mistaken for a lost one.
 WITH mine AS MATERIALIZED (
-    SELECT t.id, t.fence, t.cancel_requested_at IS NOT NULL AS cancel
+    SELECT t.id, t.fence, h.ago, t.cancel_requested_at IS NOT NULL AS cancel
     FROM tasks AS t
-    JOIN unnest(%(ids)s::bigint[], %(fences)s::bigint[]) AS h(id, fence)
+    JOIN unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(agos)s::float8[])
+         AS h(id, fence, ago)
       ON t.id = h.id AND t.fence = h.fence
     WHERE t.locked_by = %(holder)s AND t.status = 'in_progress'
 ),
 extended AS (
-    UPDATE tasks
-    SET locked_until = now() + %(lease)s * interval '1 second'
-    WHERE id IN (SELECT t.id FROM tasks AS t JOIN mine ON t.id = mine.id
-                 WHERE t.fence = mine.fence AND t.locked_by = %(holder)s
-                   AND t.status = 'in_progress'
-                 FOR UPDATE OF t SKIP LOCKED)
-    RETURNING id
+    UPDATE tasks AS u
+    SET locked_until = now() + %(lease)s * interval '1 second',
+        started_at = CASE WHEN u.started_at IS NULL AND m.ago IS NOT NULL
+                          THEN now() - m.ago * interval '1 second' ELSE u.started_at END
+    FROM mine AS m
+    WHERE u.id = m.id
+      AND u.id IN (SELECT t.id FROM tasks AS t JOIN mine ON t.id = mine.id
+                   WHERE t.fence = mine.fence AND t.locked_by = %(holder)s
+                     AND t.status = 'in_progress'
+                   FOR UPDATE OF t SKIP LOCKED)
+    RETURNING u.id
 ),
 slots AS (
     UPDATE taskworker_slots
@@ -395,8 +402,7 @@ SELECT id, cancel FROM mine;
 -- schedules a retry (or a snooze). A process that runs a task with a
 -- concurrency limit sends it as complete_freeing_slots.
 WITH /* include outcomes_given */,
-/* include outcomes_written */,
-/* include starts_written */
+/* include outcomes_written */
 /* include outcome_states */;
 
 -- name: outcomes_given
@@ -434,19 +440,6 @@ written AS (
     RETURNING v.id, v.fence
 )
 
--- name: starts_written
--- The starts of tasks still running (%(start_ids)s, %(start_fences)s: holds of
--- %(holder)s), written with the outcomes: started_at, once. A task whose outcome
--- goes in the same statement is not among them (its write sets started_at).
--- Never sent alone.
-starts AS (
-    UPDATE tasks AS t
-    SET started_at = now()
-    FROM unnest(%(start_ids)s::bigint[], %(start_fences)s::bigint[]) AS s(id, fence)
-    WHERE t.id = s.id AND t.fence = s.fence AND t.locked_by = %(holder)s
-      AND t.status = 'in_progress' AND t.started_at IS NULL
-)
-
 -- name: outcome_states
 -- For every outcome given, the truth about it: id, fence, and whether it is in
 -- the table: 'now' (written by this statement), 'before' (the row shows it
@@ -472,7 +465,6 @@ LEFT JOIN written AS w ON w.id = v.id AND w.fence = v.fence
 -- UPDATE costs the busy path a fifth of a millisecond per batch.
 WITH /* include outcomes_given */,
 /* include outcomes_written */,
-/* include starts_written */,
 freed AS (
     UPDATE taskworker_slots
     SET task_id = NULL, locked_by = NULL, locked_until = NULL

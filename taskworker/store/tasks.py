@@ -111,8 +111,7 @@ CLAIM_SHARES = Prepared("taskworker_claim_shares_v9", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
     "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
-    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]",
-    "start_ids": "bigint[]", "start_fences": "bigint[]"}
+    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]"}
 # Planned for its values each time (custom plans): a generic plan guesses the
 # outcomes' unnest() at a few rows and joins them by a nested loop, four times
 # slower for a batch of hundreds than the hash join planned for the real count.
@@ -174,7 +173,7 @@ def claim_shares(db: Database, *, holder: str, lease: float, names: list[str],
 
 def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: float,
                             names: list[str], shared: dict[str, int], inline_bytes: int,
-                            writes: Sequence[OutcomeWrite], starts: Sequence[Hold] = ()) -> Claim:
+                            writes: Sequence[OutcomeWrite]) -> Claim:
     """claim_shares, and in the same statement write `writes` as `complete`
     does (fenced); the Claim's `written` holds the holds whose outcome is in
     the table (written now, or by an earlier send of this statement).
@@ -184,7 +183,7 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
         else CLAIM_SHARES_COMPLETING
     found = db.query(statement, {
         **_shares_params(holder, lease, names, shared, inline_bytes),
-        **outcome_arrays(writes, starts)}, resend_on_timeout=False)
+        **outcome_arrays(writes)}, resend_on_timeout=False)
     return Claim(_claimed([row for row in found if row[11] is None], inline_bytes), None,
                  {(row[0], row[9]): row[11] for row in found
                   if row[11] is not None and row[11] != "fenced"})
@@ -249,9 +248,14 @@ class Held(NamedTuple):
     cancel: list[int]  # of those, the ones `taskworker cancel` asked to stop
 
 
-def heartbeat(db: Database, *, holder: str, holds: Sequence[Hold], lease: float) -> Held:
-    """Extend the leases of `holds` (and their slots); say which `holder` still has."""
-    rows = db.query(sql.heartbeat, {"holder": holder, "lease": lease, **hold_arrays(holds)})
+def heartbeat(db: Database, *, holder: str, holds: Sequence[Hold], lease: float,
+              started: Sequence[float | None] = ()) -> Held:
+    """Extend the leases of `holds` (and their slots); say which `holder` still has.
+    `started`, one per hold: seconds since its handler started (None: not
+    started), written as started_at where it is not yet."""
+    started = list(started) or [None] * len(holds)
+    rows = db.query(sql.heartbeat, {"holder": holder, "lease": lease, **hold_arrays(holds),
+                                    "agos": arrays.numbers(started)})
     return Held({row[0] for row in rows}, sorted(row[0] for row in rows if row[1]))
 
 

@@ -24,6 +24,7 @@ from invariants import (
     install_completion_audit,
     limit,
     query,
+    status_counts,
     stop_all,
     tasks,
     wait_finished,
@@ -39,8 +40,9 @@ QUICK = {**FAST, "LEASE_SECONDS": "3", "FETCH_INTERVAL": "0.2"}
 def test_a_process_short_of_connections_waits_and_never_rescues_its_own(
         db_url: str, db: Any, role: str, serve: ServeFactory) -> None:
     """No slot at all at start: serve waits, saying why, instead of exiting. Two
-    slots for the four it needs: it claims only while its heartbeat renews
-    leases. Enough slots: everything finishes, each task once, none rescued."""
+    slots, fewer than the three it needs to claim: it steps back instead of
+    sitting on two, and claims nothing. Enough slots: everything finishes, each
+    task once, none rescued."""
     install_completion_audit(db)
     query(db, f"GRANT ALL ON completions TO {role}")
     ids = insert_tasks(db, [f"short of slots {n}" for n in range(12)])
@@ -52,10 +54,10 @@ def test_a_process_short_of_connections_waits_and_never_rescues_its_own(
     assert p.proc.poll() is None, p.output()  # still there, waiting
 
     limit(db, role, 2)  # the check passes; then two of the four services get a slot
-    wait_until(lambda: len(connections_of(db, role)) == 2, 20,
-               "two connections for the services", [p], fail_on_exit=True)
+    p.wait_for(r"No connection slot for \w+: stepping back", timeout=20)
     time.sleep(4)  # more than a lease: a lease not renewed would have run out by now
     assert p.proc.poll() is None, p.output()
+    assert status_counts(db) == {"pending": len(ids)}, p.output()
 
     limit(db, role, 10)
     wait_finished(db, 60, [p])

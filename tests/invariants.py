@@ -105,6 +105,17 @@ def tasks(db: Any) -> dict[int, dict[str, Any]]:
         return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
 
 
+def limit(db: Any, role: str, connections: int) -> None:
+    """Set `role`'s CONNECTION LIMIT (the `role` fixture's role, say)."""
+    query(db, f"ALTER ROLE {role} CONNECTION LIMIT {connections}")
+
+
+def connections_of(db: Any, role: str) -> list[str]:
+    """The application_name of each connection `role` has open now."""
+    return [r[0] for r in query(db, "SELECT application_name FROM pg_stat_activity "
+                                    "WHERE usename = %s", (role,))]
+
+
 def status_counts(db: Any) -> dict[str, int]:
     return dict(query(db, "SELECT status, count(*) FROM tasks GROUP BY status"))
 

@@ -9,11 +9,13 @@ blocking psycopg2; everything that patches runs in a child process.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import psycopg2
 import pytest
+from invariants import query, wait_until
 from pgserver import server_url, temp_database
 from proc import ServeFactory, ServeProcess, run_cli
 
@@ -65,6 +67,25 @@ def db(db_url: str) -> Iterator[psycopg2.extensions.connection]:
     yield conn
     conn.close()
 
+
+
+@pytest.fixture
+def role(db: psycopg2.extensions.connection) -> Iterator[str]:
+    """A login role allowed to use the tables of `db_url`, with CONNECTION LIMIT 0
+    (tests move it: `invariants.limit`); its connections are ended and it is
+    dropped afterwards. `db` (the superuser's) does not count against it."""
+    name = f"tw_limited_{os.getpid()}"
+    query(db, f"CREATE ROLE {name} LOGIN CONNECTION LIMIT 0")
+    query(db, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}")
+    query(db, f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}")
+    yield name
+    query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+          (name,))
+    wait_until(lambda: not query(db, "SELECT 1 FROM pg_stat_activity WHERE usename = %s",
+                                 (name,)), 10, f"{name}'s connections to end")
+    query(db, f"REASSIGN OWNED BY {name} TO CURRENT_USER")
+    query(db, f"DROP OWNED BY {name}")
+    query(db, f"DROP ROLE {name}")
 
 
 @pytest.fixture

@@ -3,27 +3,28 @@
 heartbeat renews leases, and gives back a running task whose lease it cannot
 renew, so that no task is charged a rescue while its process is alive.
 
-The process runs as a role of its own whose CONNECTION LIMIT the tests move.
+The process runs as a role of its own (the `role` fixture) whose CONNECTION
+LIMIT the tests move.
 """
 from __future__ import annotations
 
-import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2.extensions
-import pytest
 from invariants import (
     FAST,
     assert_all_done_once,
+    connections_of,
     create_runs_table,
     handler_env,
     insert_tasks,
     install_completion_audit,
+    limit,
     query,
+    status_counts,
     stop_all,
     tasks,
     wait_finished,
@@ -36,37 +37,12 @@ from scrapes import scrape, value
 QUICK = {**FAST, "LEASE_SECONDS": "3", "FETCH_INTERVAL": "0.2"}
 
 
-@pytest.fixture
-def role(db: Any) -> Iterator[str]:
-    """A login role allowed to use the tasks table, dropped afterwards."""
-    name = f"tw_limited_{os.getpid()}"
-    query(db, f"CREATE ROLE {name} LOGIN CONNECTION LIMIT 0")
-    query(db, f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {name}")
-    query(db, f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {name}")
-    yield name
-    query(db, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-          (name,))
-    wait_until(lambda: not query(db, "SELECT 1 FROM pg_stat_activity WHERE usename = %s",
-                                 (name,)), 10, f"{name}'s connections to end")
-    query(db, f"REASSIGN OWNED BY {name} TO CURRENT_USER")
-    query(db, f"DROP OWNED BY {name}")
-    query(db, f"DROP ROLE {name}")
-
-
-def limit(db: Any, role: str, connections: int) -> None:
-    query(db, f"ALTER ROLE {role} CONNECTION LIMIT {connections}")
-
-
-def connections_of(db: Any, role: str) -> list[str]:
-    return [r[0] for r in query(db, "SELECT application_name FROM pg_stat_activity "
-                                    "WHERE usename = %s", (role,))]
-
-
 def test_a_process_short_of_connections_waits_and_never_rescues_its_own(
         db_url: str, db: Any, role: str, serve: ServeFactory) -> None:
     """No slot at all at start: serve waits, saying why, instead of exiting. Two
-    slots for the four it needs: it claims only while its heartbeat renews
-    leases. Enough slots: everything finishes, each task once, none rescued."""
+    slots, fewer than the three it needs to claim: it steps back instead of
+    sitting on two, and claims nothing. Enough slots: everything finishes, each
+    task once, none rescued."""
     install_completion_audit(db)
     query(db, f"GRANT ALL ON completions TO {role}")
     ids = insert_tasks(db, [f"short of slots {n}" for n in range(12)])
@@ -78,10 +54,10 @@ def test_a_process_short_of_connections_waits_and_never_rescues_its_own(
     assert p.proc.poll() is None, p.output()  # still there, waiting
 
     limit(db, role, 2)  # the check passes; then two of the four services get a slot
-    wait_until(lambda: len(connections_of(db, role)) == 2, 20,
-               "two connections for the services", [p], fail_on_exit=True)
+    p.wait_for(r"No connection slot for \w+: stepping back", timeout=20)
     time.sleep(4)  # more than a lease: a lease not renewed would have run out by now
     assert p.proc.poll() is None, p.output()
+    assert status_counts(db) == {"pending": len(ids)}, p.output()
 
     limit(db, role, 10)
     wait_finished(db, 60, [p])

@@ -38,7 +38,7 @@ from ..settings import Settings
 from ..store import completion
 from ..store import tasks as store
 from ..store.completion import Written
-from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection, Stopped
+from ..store.connection import CONNECTION_ERRORS, ReconnectingConnection, SteppedBack, Stopped
 from ..store.database import first_line
 from ..store.tasks import ClaimedTask
 from . import memory
@@ -68,7 +68,7 @@ class Exchange:
         self.completer = completer
         self.fetcher = Fetcher(settings, dispatch, catalog)
         self.intake = Intake(settings, holder, dispatch, completer.put)
-        self.renewing = renewing  # the heartbeat renews leases: claim only then
+        self.renewing = renewing  # leases renewed, connections there: claim only then
         self.stopping = stopping  # shutdown: claim nothing more
         # Each lane's connection re-opens itself after an outage and sends the
         # statement again; the claiming lane gives up at shutdown, the writing
@@ -96,6 +96,14 @@ class Exchange:
         NOTIFY, a worker going idle, the next retry or lease expiry falling due,
         or FETCH_INTERVAL, whichever comes first. Claims only while the heartbeat
         renews leases (a process holds no claim it cannot keep)."""
+        while not self.stopping():
+            try:
+                self._claim_loop()
+            except SteppedBack:  # (short of connection slots: see processor/shortage.py)
+                self._orphans_possible = True  # a claim given up may have committed
+                self.dispatch.sleep(RENEWAL_POLL)
+
+    def _claim_loop(self) -> None:
         if self.catalog.limits:  # the slot rows of max_running, before any claim
             store.ensure_slots(self.claiming, self.catalog.limits)
         while not self.stopping():
@@ -232,7 +240,6 @@ class Exchange:
             if large:
                 self.writing.recycle()
                 memory.release()
-        self.writing.close()
 
     def _along(self, batch: list[Outcome]) -> bool:
         """Write the batch with a second claim in flight, if one is due (a busy
@@ -271,7 +278,7 @@ class Exchange:
                 claim = store.claim_shares_completing(
                     db, holder=holder, lease=lease, names=plan.served.names, shared=plan.shares,
                     inline_bytes=plan.inline_bytes, writes=[o.write() for o in outcomes])
-            except Stopped:  # (shutdown: the writing lane writes them, and learns the truth)
+            except Stopped:  # (shutdown, a step back: the writing lane writes them instead)
                 self.completer.requeue(outcomes)
                 raise
             except Exception as exc:

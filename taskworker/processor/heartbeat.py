@@ -13,7 +13,9 @@ claims nothing, and the lease guard stops each running task whose lease would
 run out unrenewed within a third of LEASE_SECONDS, and gives it back: its
 attempt is not counted and no rescue is charged, instead of a run whose result
 would be discarded. The same guard ends the work of a process frozen past its
-leases (SIGSTOP, a suspended VM) as soon as it runs again.
+leases (SIGSTOP, a suspended VM) as soon as it runs again. Giving back is a write,
+through the exchange's writing lane: a process short of connection slots for that
+too cannot give anything back, and its leases run out (shortage.py).
 """
 from __future__ import annotations
 

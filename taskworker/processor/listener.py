@@ -11,7 +11,9 @@ backoff, the same log lines, the same entry in /healthz), but the listener
 sends its statements on the raw connection: a silent reconnect inside a query
 would leave a new connection that is not listening. With LISTEN_DATABASE_URL it
 connects there (a direct connection past a transaction pooler) and everything
-else uses DATABASE_URL.
+else uses DATABASE_URL. When its process steps back for want of connection slots
+(shortage.py), the listener lets go of its connection (`let_go`), and connects
+again once the process has the connections it needs to claim.
 
 LISTEN through a pooler in transaction mode (PgBouncer's usual setting) fails
 silently: the LISTEN lands on a server connection the pooler hands to someone
@@ -43,6 +45,11 @@ CANCEL_CHANNEL = "taskworker_cancel"  # payload: the id `taskworker cancel` aske
 PROBE_WAIT = 2.0  # seconds the listener waits for its own test notification
 
 
+class LetGo(Exception):
+    """Raised in the listener's greenlet: its process steps back for want of
+    connection slots (shortage.py), and the listener closes its connection."""
+
+
 class Listener:
     def __init__(self, settings: Settings, dispatch: Dispatch,
                  should_stop: Callable[[], bool]) -> None:
@@ -53,30 +60,47 @@ class Listener:
         self._notifications = 0
         self._probe: str | None = f"probe {uuid.uuid4().hex}"  # None once it came back
         self._probe_sent = 0.0
+        self._greenlet: gevent.Greenlet | None = None  # the one running `run`
 
     def stats(self) -> dict[str, int]:
         return {"notifications": self._notifications}
 
     def run(self) -> None:
+        self._greenlet = gevent.getcurrent()
         while not self.should_stop():
-            conn = self.db.connection()  # waits out an outage, with backoff
             try:
-                with gevent.Timeout(self.db.deadline, NoAnswer):
-                    store.listen(Direct(conn))
-                    if self._probe and not self._probe_sent:
-                        if store.backend_pid(Direct(conn)) != conn.info.backend_pid:
-                            self._probe_lost("LISTEN goes through a connection pooler (the "
-                                             "server's backend pid is not the one announced)")
-                        else:
-                            store.notify_self(Direct(conn), self._probe)
-                            self._probe_sent = time.monotonic()
-                self.db.worked()
-                self.dispatch.wake()  # catch up on what was inserted while away
-                self._listen(conn)
-            except NoAnswer:
-                self.db.lost(NoAnswer(f"no answer within {self.db.deadline:g}s"))
-            except CONNECTION_ERRORS as exc:
-                self.db.lost(exc)
+                self._connect_and_listen()
+            except LetGo:
+                self.db.close()
+
+    def let_go(self) -> bool:
+        """Close the connection (its process steps back for want of connection
+        slots): the listener gives up whatever it was doing, and waits to
+        connect again. Whether it had a connection."""
+        if self._greenlet is None or not self.db.is_open:
+            return False
+        self._greenlet.kill(LetGo(), block=False)
+        return True
+
+    def _connect_and_listen(self) -> None:
+        conn = self.db.connection()  # waits out an outage, with backoff
+        try:
+            with gevent.Timeout(self.db.deadline, NoAnswer):
+                store.listen(Direct(conn))
+                if self._probe and not self._probe_sent:
+                    if store.backend_pid(Direct(conn)) != conn.info.backend_pid:
+                        self._probe_lost("LISTEN goes through a connection pooler (the "
+                                         "server's backend pid is not the one announced)")
+                    else:
+                        store.notify_self(Direct(conn), self._probe)
+                        self._probe_sent = time.monotonic()
+            self.db.worked()
+            self.dispatch.wake()  # catch up on what was inserted while away
+            self._listen(conn)
+        except NoAnswer:
+            self.db.lost(NoAnswer(f"no answer within {self.db.deadline:g}s"))
+        except CONNECTION_ERRORS as exc:
+            self.db.lost(exc)
 
     def _listen(self, conn: PgConnection) -> None:
         while True:

@@ -12,7 +12,9 @@
 Each service has its own connection (the exchange has two: its claiming and
 its writing lane, "fetcher" and "completer"); workers have none (they only run
 the handler), so a process uses four connections whatever WORKER_COUNT is, plus one
-for the pruner, the metrics sampler and the scheduler each when they run. If a
+for the pruner, the metrics sampler and the scheduler each when they run. It
+claims only with the lanes' and the heartbeat's open; short of a slot for one of
+them, it steps back (shortage.py) so that another process can go on. If a
 service dies, the process says why in one line and stops, and exits 1.
 
 Shutdown, on the first SIGINT/SIGTERM: stop claiming, give back the tasks still
@@ -54,6 +56,7 @@ from .monitor import HubMonitor
 from .outcomes import GIVE_BACK, Outcome
 from .pruner import Pruner
 from .scheduler import Scheduler
+from .shortage import Shortage
 from .worker import Worker
 
 GIVE_BACK_GRACE = 10.0  # seconds the final writes may wait for the database
@@ -86,7 +89,7 @@ class Processor:
         self.completer = Completer(settings, self.dispatch, frees_slots=bool(self.catalog.limits))
         self.heartbeat = Heartbeat(settings, self.holder, self.dispatch, giving_up)
         self.exchange = Exchange(settings, self.holder, self.dispatch, self.catalog,
-                                 self.completer, self.heartbeat.renewing, stopping, giving_up)
+                                 self.completer, self._may_claim, stopping, giving_up)
         self.listener = Listener(settings, self.dispatch, stopping) if settings.listen else None
         self.pruner = Pruner(settings, stopping) if settings.prune_after else None
         self.metrics = Metrics(settings, self.holder, stopping) if settings.metrics_port \
@@ -96,6 +99,12 @@ class Processor:
             else None
         self.web = WebServer(settings, self, self.metrics) if self.metrics else None
         self.dashboard = Dashboard(settings) if settings.dashboard_port else None
+        optional = (self.pruner, self.metrics.table if self.metrics else None, self.scheduler)
+        self.shortage = Shortage(
+            self.exchange.claiming, self.exchange.writing, self.heartbeat.db,
+            others=[owner.db for owner in optional if owner is not None],
+            listener=self.listener, lease=settings.lease_seconds,
+            holding=self.dispatch.held_count, resumed=self.dispatch.wake)
         self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
                              self.metrics.task_duration.observe if self.metrics else _ignore,
@@ -116,6 +125,11 @@ class Processor:
         self._running: dict[str, gevent.Greenlet] = {}
         if self.metrics:
             self.metrics.observe(self)
+
+    def _may_claim(self) -> bool:
+        """The heartbeat renews leases (a process holds no claim it cannot keep),
+        and the process is not stepping back for want of connection slots."""
+        return self.heartbeat.renewing() and self.shortage.running()
 
     # --- what the web side reads (web.health.Observed)
 
@@ -210,6 +224,7 @@ class Processor:
     def _shutdown(self) -> None:
         s = self.settings
         self._stopping = True
+        self.shortage.stop()  # (no more stepping back: the final writes may go out)
         self.dispatch.wake()
         fetcher = self._running["fetcher"]
         fetcher.join(timeout=s.statement_timeout + s.connect_timeout)
@@ -248,8 +263,8 @@ class Processor:
                       "their lease expires", self.completer.unwritten(), why)
             completer.kill()
         else:
-            self._give_back_orphans()
-            self.heartbeat.presence.unregister(self.exchange.writing, GIVE_BACK_GRACE)
+            if self._give_back_orphans():  # (else no slot, say: unregistering would wait too)
+                self.heartbeat.presence.unregister(self.exchange.writing, GIVE_BACK_GRACE)
         self._giving_up = True
         if self.metrics:  # (not handed back in time: the row runs out by itself)
             self._running["metrics"].join(timeout=HAND_BACK_GRACE)
@@ -262,19 +277,21 @@ class Processor:
         if self.dashboard:
             self.dashboard.stop()
 
-    def _give_back_orphans(self) -> None:
+    def _give_back_orphans(self) -> bool:
         """Give back whatever the table still says this process holds: a claim
         whose reply never arrived (the fetcher cut off mid-statement, a connection
-        lost with the reply). Every known task has had its outcome written."""
+        lost with the reply). Every known task has had its outcome written.
+        Whether the database answered."""
         try:
             with gevent.Timeout(GIVE_BACK_GRACE, TimeoutError("no answer from the database")):
                 ids = store.give_back_orphans(self.exchange.writing, holder=self.holder, known=[])
         except Exception as exc:  # the database went away just now: leases expire
             log.error("Could not check for tasks left claimed: %s", first_line(exc))
-            return
+            return False
         if ids:
             log.info("Gave back %d tasks claimed while shutting down: %s",
                      len(ids), ", ".join(map(str, ids)))
+        return True
 
 
 GC_SETTLE_AFTER = 0.5  # seconds after start: the workers wait for their first task

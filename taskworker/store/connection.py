@@ -3,7 +3,9 @@
 `connect` bounds one attempt in time; `ReconnectingConnection` is the connection
 each of serve's services owns, which re-opens itself and sends the statement
 again after an outage. It is a `Database` (database.py), so the typed functions
-of the store take it as they take a caller's own connection.
+of the store take it as they take a caller's own connection. Its `Gate` says when
+it may open: a serve process makes its connections wait while it steps back for
+want of connection slots (processor/shortage.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+import gevent.lock
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
@@ -61,6 +64,11 @@ class NoAnswer(Exception):
 
 class Stopped(Exception):
     """A ReconnectingConnection gave up retrying because its owner is stopping."""
+
+
+class SteppedBack(Stopped):
+    """A statement given up, unsent (or not sent again), because its process steps
+    back for want of connection slots (the claiming lane's: see Gate.wait)."""
 
 
 class TimedConnection(psycopg2.extensions.connection):
@@ -139,6 +147,29 @@ def client_deadline(settings: Settings) -> float:
     return settings.statement_timeout + CLIENT_MARGIN
 
 
+class Gate:
+    """What a ReconnectingConnection asks around opening itself. This one lets
+    every connection open whenever it likes; serve's (processor/shortage.py)
+    holds them back while its process steps back for want of connection slots."""
+
+    def wait(self, db: ReconnectingConnection) -> None:
+        """Return once `db` may be opened; or raise SteppedBack, to give up the
+        statement waiting for it."""
+
+    def opened(self, db: ReconnectingConnection) -> bool:
+        """`db` was just opened: may it stay open? (False: it is closed again,
+        and waits.)"""
+        return True
+
+    def no_slot(self, db: ReconnectingConnection) -> bool:
+        """The server had no connection slot for `db`. True: its process steps
+        back, and `db` waits for it (`wait`) instead of backing off on its own."""
+        return False
+
+
+OPEN = Gate()
+
+
 @dataclass(frozen=True)
 class ConnectionState:
     """What /healthz and /metrics know of one connection."""
@@ -161,6 +192,11 @@ class ReconnectingConnection:
 
     `should_stop` is asked between retries; when it answers True the connection
     raises `Stopped` instead of waiting for the database any longer.
+
+    Statements are its owner's alone; opening it is not: `gate` may have another
+    greenlet open it for the owner (a process resuming after stepping back opens
+    its connections together), so opening is serialized, and `let_go` closes it
+    from anywhere once no statement uses it.
     """
 
     def __init__(self, settings: Settings, name: str,
@@ -174,7 +210,11 @@ class ReconnectingConnection:
         self.deadline = client_deadline(settings)
         self.should_stop = should_stop
         self.on_reconnect = on_reconnect
+        self.gate = OPEN  # when it may open (serve's processes set theirs)
         self.conn: PgConnection | None = None
+        self._opening = gevent.lock.Semaphore()
+        self._in_use = False  # a statement is on it (`query`)
+        self._let_go = False  # close it once that statement is done
         self._down_since: float | None = None  # first failure since the last connect
         # Like _down_since, but cleared only by a statement that succeeds, not by a
         # connect: a connection killed again and again right after opening stays
@@ -203,27 +243,49 @@ class ReconnectingConnection:
     def reconnects(self) -> int:
         return self._reconnects
 
+    @property
+    def is_open(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    @property
+    def in_use(self) -> bool:
+        """A statement is on it (sent, or waiting for the connection)."""
+        return self._in_use
+
     def connection(self) -> PgConnection:
         """The live connection, opened (with retries) if needed."""
-        while self.conn is None or self.conn.closed:
-            try:
-                self.conn = connect(self.settings, name=f"taskworker {self.name}", url=self.url)
-                if self.prepare:
-                    with gevent.Timeout(self.deadline, NoAnswer):
-                        direct = prepared.direct_session(self.conn)
-                    self.conn.prepared = set() if direct else None
-            except DatabaseUnavailable as exc:
-                self.lost(exc)
-                continue
-            except (NoAnswer, *CONNECTION_ERRORS) as exc:
-                self.lost(exc)
-                continue
-            if self._down_since is not None:
-                self._down_since = None
-                self._reconnects += 1
-                log.info("Reconnected to database (%s)", self.name)
-                if self.on_reconnect:
-                    self.on_reconnect()
+        if self.conn is not None and not self.conn.closed and not self._opening.locked():
+            return self.conn  # (not while being opened: its session may be being prepared)
+        with self._opening:
+            while self.conn is None or self.conn.closed:
+                self.gate.wait(self)
+                try:
+                    self.conn = connect(self.settings, name=f"taskworker {self.name}",
+                                        url=self.url)
+                    if self.prepare:
+                        with gevent.Timeout(self.deadline, NoAnswer):
+                            direct = prepared.direct_session(self.conn)
+                        self.conn.prepared = set() if direct else None
+                except NoFreeSlot as exc:
+                    self.lost(exc, pause=False)
+                    if not self.gate.no_slot(self):
+                        self._pause()
+                    continue
+                except DatabaseUnavailable as exc:
+                    self.lost(exc)
+                    continue
+                except (NoAnswer, *CONNECTION_ERRORS) as exc:
+                    self.lost(exc)
+                    continue
+                if not self.gate.opened(self):  # its process stepped back meanwhile
+                    self.close()
+                    continue
+                if self._down_since is not None:
+                    self._down_since = None
+                    self._reconnects += 1
+                    log.info("Reconnected to database (%s)", self.name)
+                    if self.on_reconnect:
+                        self.on_reconnect()
         return self.conn
 
     def query(self, statement: str | prepared.Prepared, params: Params = None, *,
@@ -233,6 +295,16 @@ class ReconnectingConnection:
         With `resend_on_timeout` false, a statement cancelled by statement_timeout
         is raised (QueryCanceled) instead of sent again: its caller can send a
         smaller one."""
+        self._in_use = True
+        try:
+            return self._query(statement, params, resend_on_timeout)
+        finally:
+            self._in_use = False
+            if self._let_go:
+                self.close()
+
+    def _query(self, statement: str | prepared.Prepared, params: Params,
+               resend_on_timeout: bool) -> list[Row]:
         while True:
             conn = self.connection()
             self.sent_at = time.monotonic()
@@ -265,9 +337,9 @@ class ReconnectingConnection:
         self._failing_since = None
         self._delay = BACKOFF_START
 
-    def lost(self, exc: BaseException) -> None:
+    def lost(self, exc: BaseException, pause: bool = True) -> None:
         """The connection failed (or could not be opened): say so once per outage,
-        close it, and wait out the backoff before the next attempt."""
+        close it, and wait out the backoff before the next attempt (with `pause`)."""
         now = time.monotonic()
         if self._failing_since is None:
             self._failing_since = now
@@ -281,7 +353,8 @@ class ReconnectingConnection:
             log.warning("Database connection (%s) still down after %.0fs: %s; reconnecting",
                         self.name, now - self._down_since, first_line(exc))
         self.close()
-        self._pause()
+        if pause:
+            self._pause()
 
     def recycle(self) -> None:
         """Close the connection on purpose (the next statement opens a new one):
@@ -289,7 +362,20 @@ class ReconnectingConnection:
         after a large payload or result this is how that memory is given back."""
         self.close()
 
+    def let_go(self) -> bool:
+        """Close the connection, now if no statement is on it, else as soon as
+        that one is done (its process steps back for want of connection slots);
+        one being opened is left to the gate. Whether it was open."""
+        if not self.is_open:
+            return False
+        if self._in_use:
+            self._let_go = True
+        elif not self._opening.locked():
+            self.close()
+        return True
+
     def close(self) -> None:
+        self._let_go = False
         if self.conn is not None:
             try:
                 self.conn.close()

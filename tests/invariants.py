@@ -9,13 +9,13 @@ itself, not inferred from log lines a killed process may never have printed.
 from __future__ import annotations
 
 import re
-import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from proc import ServeProcess, importable
+from waiting import tail, wait_until  # (imported from here by the tests too)
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -104,35 +104,6 @@ def status_counts(db: Any) -> dict[str, int]:
     return dict(query(db, "SELECT status, count(*) FROM tasks GROUP BY status"))
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str | Callable[[], str],
-               procs: Iterable[ServeProcess] = (), interval: float = 0.05,
-               fail_on_exit: bool = False) -> Any:
-    """Poll `check()` until it returns something truthy; return that.
-
-    On timeout, fail with `what` (or what it returns, if callable) and the end
-    of every process log. With `fail_on_exit`, fail at once when one of `procs`
-    exits before `check()` holds (it will not hold any more).
-    """
-    procs = list(procs)
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        exited = [p for p in procs if fail_on_exit and p.proc.poll() is not None]
-        if exited:
-            said = what() if callable(what) else what
-            p = exited[0]
-            raise AssertionError(f"serve pid {p.pid} exited ({p.proc.returncode}) before "
-                                 f"{said}:\n{tail(p.output())}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.log_path} (pid {p.pid}, exit {p.proc.poll()}):\n"
-                             f"{tail(p.output())}" for p in procs)
-            said = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {said}\n{logs}")
-        time.sleep(interval)
-
-
 def wait_finished(db: Any, timeout: float, procs: Iterable[ServeProcess] = ()) -> None:
     """Wait until no task is pending or in progress."""
     procs = list(procs)
@@ -144,10 +115,6 @@ def wait_lines(proc: ServeProcess, pattern: str, count: int, timeout: float = 30
     """Wait until `pattern` matches at least `count` times in the log; return the matches."""
     return wait_until(lambda: (found := re.findall(pattern, proc.output()))[count - 1:] and found,
                       timeout, f"{count} x {pattern!r}", [proc])
-
-
-def tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def ids_in(text: str, pattern: str) -> list[int]:

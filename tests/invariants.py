@@ -8,7 +8,11 @@ itself, not inferred from log lines a killed process may never have printed.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import socket
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -133,6 +137,52 @@ def assert_each_done_line_once(logs: Iterable[str]) -> Counter[int]:
     twice = sorted(i for i, n in counts.items() if n > 1)
     assert not twice, f"tasks reported done more than once: {twice[:20]}"
     return counts
+
+
+def backends_of(db: Any, pid: int) -> list[int]:
+    """Server pids of the connections process `pid` has open to this database,
+    matched by the local address and port of its TCP sockets (read from /proc
+    while it lives; in its own network namespace, where it has one)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    addresses, ports = [], []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    address, port = fields[1].split(":")
+                    addresses.append(_address(address))
+                    ports.append(int(port, 16))
+    return [r[0] for r in query(
+        db, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+            "(host(client_addr), client_port) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
+        (addresses, ports))]
+
+
+def _address(hex_address: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it (32-bit words in host order)."""
+    words = b"".join(int(hex_address[i:i + 8], 16).to_bytes(4, sys.byteorder)
+                     for i in range(0, len(hex_address), 8))
+    if words[:12] == b"\0" * 10 + b"\xff" * 2:  # IPv4 mapped into IPv6
+        words = words[12:]
+    return socket.inet_ntop(socket.AF_INET if len(words) == 4 else socket.AF_INET6, words)
+
+
+def wait_statements_ended(db: Any, backends: Iterable[int], what: str,
+                          timeout: float = 30) -> None:
+    """Wait until none of `backends` runs a statement any more: what their process
+    sent before it died, froze or was cut off has landed (committed, or rolled
+    back), so what the table says it holds no longer changes by its hand."""
+    backends = list(backends)
+    assert backends, f"no connection of {what} found"
+    wait_until(lambda: not query(db, "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s) "
+                                     "AND state NOT LIKE 'idle%%'", (backends,)),
+               timeout, f"the statements {what} had sent to end")
 
 
 def install_completion_audit(db: Any) -> None:

@@ -48,6 +48,13 @@ class Enqueuer(threading.Thread):
                     self.ids.append(cur.fetchone()[0])
                     time.sleep(self.every)
 
+    def wait_for_inserts(self, count: int) -> None:
+        """Wait until `count` more inserts than now have committed."""
+        target = len(self.ids) + count
+        wait_until(lambda: len(self.ids) >= target or not self.is_alive(), 30,
+                   f"{count} more inserts by the enqueuer")
+        assert self.is_alive(), "the enqueuer stopped (an insert failed)"
+
     def finish(self) -> float:
         """Stop; return the longest insert."""
         self.stop.set()
@@ -170,7 +177,16 @@ def test_two_migrates_take_turns_while_one_builds_indexes(empty_db_url: str,
                    "the first migrate to start building")
         second = migrate(empty_db_url, tmp_path)
         second.wait_for(r"^\S+ \S+ .*Waiting for another migrate to finish\.\.\.$")
-        time.sleep(1.5)  # the second polls meanwhile: no deadlock is detected
+        # The second polls meanwhile, and no deadlock is detected: it is still
+        # polling (a try of the lock, started) past deadlock_timeout after it said so.
+        with closing(connect(empty_db_url)) as db:
+            [(past,)] = query(db, "SELECT now() + current_setting('deadlock_timeout')::interval")
+            polls = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                     " AND query_start > %s AND pid <> pg_backend_pid()"
+                     " AND query ILIKE '%%pg_try_advisory_lock%%'")
+            wait_until(lambda: query(db, polls, (past,))[0][0], 30,
+                       "the second migrate to poll past deadlock_timeout", [first, second],
+                       fail_on_exit=True)
         assert first.proc.poll() is None and second.proc.poll() is None
         held.commit()
         assert first.wait(60) == 0, first.output()
@@ -232,11 +248,11 @@ def test_enqueueing_goes_on_while_migrate_upgrades_a_big_table(empty_db_url: str
     enqueuer = Enqueuer(empty_db_url)
     enqueuer.start()
     try:
-        time.sleep(0.3)
+        enqueuer.wait_for_inserts(5)  # enqueueing before migrate starts
         started = time.monotonic()
         code, out, err = run_cli(["migrate"], env={"DATABASE_URL": empty_db_url})
         took = time.monotonic() - started
-        time.sleep(0.3)
+        enqueuer.wait_for_inserts(5)  # and after it ends
     finally:
         longest = enqueuer.finish()
     assert code == 0, (out, err)
@@ -266,7 +282,7 @@ def test_serving_goes_on_while_migrate_builds_indexes_on_a_big_table(
             query(db, f"DROP INDEX {index}")
         query(db, "DELETE FROM schema_migrations WHERE version = 7")
         code, out, err = run_cli(["migrate"], env={"DATABASE_URL": db_url})
-        time.sleep(0.3)
+        enqueuer.wait_for_inserts(5)  # enqueueing goes on after it ends
     finally:
         longest = enqueuer.finish()
     assert code == 0, (out, err)

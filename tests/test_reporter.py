@@ -246,8 +246,17 @@ def test_one_reporter_behind_pgbouncer_sharing_one_server_connection(
         reporter, _ = wait_until(lambda: reported_once(db, [port_a, port_b]), 30,
                                  "one reporter, and the table counted once", [a, b],
                                  fail_on_exit=True)
-        # Still one a few samples later (every process asks before each sample).
-        time.sleep(2 * DEPTH_EVERY)
+        # Still one two samples later (every process asks before each sample; the
+        # reporter's renewal of its row marks each of its samples).
+        renewals = {query(db, "SELECT locked_until FROM taskworker_metrics_reporter")[0][0]}
+
+        def renewed_twice() -> bool:
+            renewals.update(r[0] for r in query(
+                db, "SELECT locked_until FROM taskworker_metrics_reporter"))
+            return len(renewals) >= 3
+
+        wait_until(renewed_twice, 4 * DEPTH_EVERY, "two more samples by the reporter", [a, b],
+                   fail_on_exit=True)
         assert reported_once(db, [port_a, port_b]) is not None
         assert row(db) == [(holder(reporter), True)]
         # One server connection for both processes' statements (and one of ours).

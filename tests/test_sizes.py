@@ -23,6 +23,7 @@ from invariants import (
     stop_all,
     tasks,
     wait_finished,
+    wait_until,
 )
 from pgserver import free_port
 from proc import ServeFactory, cli, run_cli
@@ -107,14 +108,18 @@ def test_large_results_are_written_and_the_memory_given_back(
     insert_tasks(db, [f"small {n}" for n in range(20)])
     p = serve(db_url, env={**FAST, "MAX_PAYLOAD_BYTES": "64MB"})
     wait_finished(db, 60, [p])
-    time.sleep(1)  # the completer gives the memory back after its batch
-    idle = memory_kb(p.pid)
+    # The completer gives the memory back after its batch: wait for that, and
+    # fail (saying how much it keeps) if it never does.
+    idle = wait_until(lambda: (kb := memory_kb(p.pid)) < 100_000 and kb, 30,
+                      lambda: f"the idle serve to give the memory back (it keeps "
+                              f"{memory_kb(p.pid)} kB after the large tasks)", [p],
+                      fail_on_exit=True)
     stop_all([p], signal.SIGINT)
     rows = tasks(db)
     assert {r["status"] for r in rows.values()} == {"done"}
     assert all(r["result"] == r["payload"][::-1] for r in rows.values())
     assert completions(db) == {i: 1 for i in rows}
-    assert idle < 100_000, f"an idle serve keeps {idle} kB after the large tasks"
+    assert idle < 100_000
 
 
 def test_a_result_over_the_limit_fails_its_task(db_url: str, db: Any,

@@ -52,23 +52,24 @@ def backends(db: Any, app: str) -> list[int]:
 
 
 def wait_idle_and_listening(db: Any, p: ServeProcess, timeout: float = 20) -> int:
-    """Wait until the process's listener has run LISTEN and sits idle; return its pid.
-
-    The listener wakes the fetcher once after it connects (to catch up on what
-    was inserted meanwhile); the short sleep lets that catch-up fetch pass, so
-    that what the test inserts next can only be found through a NOTIFY.
-    """
-    def listening() -> list[int]:
+    """Wait until the process's listener has run LISTEN and sits idle, and the
+    fetcher has claimed since (the catch-up the listener asks for once it
+    listens, for what was inserted meanwhile: what the test inserts next can then
+    only be found through a NOTIFY); return the listener's pid."""
+    def caught_up() -> list[int]:
         return [r[0] for r in query(
-            db, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = 'taskworker listener' AND state = 'idle' "
+            db, "SELECT l.pid FROM pg_stat_activity AS l, pg_stat_activity AS f "
+                "WHERE l.datname = current_database() AND f.datname = current_database() "
+                "AND l.application_name = 'taskworker listener' AND l.state = 'idle' "
                 # its LISTEN, or the statements that follow it (its own checks)
-                "AND (query ILIKE '%%LISTEN taskworker_tasks%%' OR query ILIKE '%%pg_notify%%'"
-                "     OR query ILIKE '%%pg_backend_pid%%')")]
+                "AND (l.query ILIKE '%%LISTEN taskworker_tasks%%' "
+                "     OR l.query ILIKE '%%pg_notify%%' OR l.query ILIKE '%%pg_backend_pid%%') "
+                "AND f.application_name = 'taskworker fetcher' AND f.state = 'idle' "
+                "AND f.query_start > l.state_change")]
 
-    pids = wait_until(listening, timeout, "the listener to LISTEN", [p], fail_on_exit=True)
+    pids = wait_until(caught_up, timeout, "the listener to LISTEN and the fetcher to catch up",
+                      [p], fail_on_exit=True)
     assert len(pids) == 1, pids
-    time.sleep(0.5)
     return pids[0]
 
 
@@ -130,9 +131,10 @@ def test_idle_worker_wakes_for_every_kind_of_insert(db_url: str, db: Any,
 
 
 def test_bulk_insert_sends_one_notification(db_url: str, db: Any) -> None:
-    # The trigger is per statement, not per row: PostgreSQL would fold a million
-    # identical notifications of one transaction into one anyway, but only after
-    # a million trigger calls. Check the definition, then the count.
+    # The trigger is per statement, not per row: PostgreSQL would fold the
+    # identical notifications of one transaction's rows into one anyway, but only
+    # after a trigger call per row (a million for a million rows). Check the
+    # definition, then the count.
     [(tgtype,)] = query(db, "SELECT tgtype FROM pg_trigger WHERE tgrelid = 'tasks'::regclass "
                             "AND tgname = 'tasks_notify_insert'")
     assert tgtype & 1 == 0, "tasks_notify_insert is a FOR EACH ROW trigger"
@@ -143,26 +145,34 @@ def test_bulk_insert_sends_one_notification(db_url: str, db: Any) -> None:
         with listener.cursor() as cur:
             cur.execute(f"LISTEN {CHANNEL}")
 
-        def notifications(settle: float) -> list[Any]:
-            """Collect notifications until none arrived for `settle` seconds."""
+        def notifications(marker: str) -> list[Any]:
+            """The notifications that arrive before `marker`, which this sends
+            last: notifications come in the order their transactions committed,
+            so once it is here every earlier one is too."""
+            query(db, "SELECT pg_notify(%s, %s)", (CHANNEL, marker))
             got: list[Any] = []
-            while select.select([listener], [], [], settle)[0]:
-                listener.poll()
-                got.extend(listener.notifies)
-                listener.notifies.clear()
-            return got
+
+            def marker_came() -> bool:
+                if select.select([listener], [], [], 0.05)[0]:
+                    listener.poll()
+                    got.extend(listener.notifies)
+                    listener.notifies.clear()
+                return any(n.payload == marker for n in got)
+
+            wait_until(marker_came, 30, f"the notification {marker!r}", interval=0)
+            return [n for n in got if n.payload != marker]
 
         with db.cursor() as cur:  # autocommit: committed when execute() returns
             cur.execute("INSERT INTO tasks (payload) "
-                        "SELECT 'bulk ' || n FROM generate_series(1, 1000000) AS n")
-            assert cur.rowcount == 1_000_000
-        bulk = notifications(1.0)
+                        "SELECT 'bulk ' || n FROM generate_series(1, 10000) AS n")
+            assert cur.rowcount == 10000
+        bulk = notifications("after the bulk insert")
         assert [n.channel for n in bulk] == [CHANNEL], bulk
 
         # The count is per statement: two more statements, two more notifications.
         insert_tasks(db, ["one"])
         insert_tasks(db, ["two", "three"])
-        assert [n.channel for n in notifications(0.5)] == [CHANNEL, CHANNEL]
+        assert [n.channel for n in notifications("after two more")] == [CHANNEL, CHANNEL]
     finally:
         listener.close()
 

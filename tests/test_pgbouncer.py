@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,11 +116,8 @@ def test_listen_database_url_gives_the_listener_a_direct_connection(
     # so no warning can follow, and it listens.
     wait_until(lambda: value(scrape(port), "taskworker_notifications_total") >= 1, 20,
                "the listener's test notification to come back", [p], fail_on_exit=True)
-    inserted = time.monotonic()
     ids = insert_tasks(db, ["woken by NOTIFY"])
-    wait_finished(db, 10, [p])
-    took = time.monotonic() - inserted
+    wait_finished(db, 30, [p])  # (without a NOTIFY: the next poll, 60 s away)
     stop_all([p], signal.SIGINT)
-    assert took < 5, f"picked up after {took:.1f}s: NOTIFY did not wake the fetcher"
     assert LISTEN_WARNING not in p.output()
     assert_all_done_once(db, ids)

@@ -2,8 +2,9 @@
 LISTEN/NOTIFY, however they were inserted, and not by polling (FETCH_INTERVAL is
 60 s in these tests, so a poll cannot explain a task done within seconds).
 
-The bounds here (2-5 s) are functional, not speed targets: a NOTIFY arrives in
-milliseconds, a missed one would leave the task waiting a minute.
+The bound here (WAKE_BOUND) is functional, not a speed target: a NOTIFY arrives
+in milliseconds, a missed one would leave the task waiting a minute (or 30 s, the
+lease, for a retry); so it is generous, for a loaded machine.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ IDLE = {
     "FETCH_INTERVAL": "60",
     "LOG_LEVEL": "INFO",
 }
-WAKE_BOUND = 2.0  # seconds from commit to done for a task inserted into an idle process
+WAKE_BOUND = 15.0  # seconds from commit to done for a task inserted into an idle process
 
 
 
@@ -192,7 +193,7 @@ def test_listener_reconnects_and_catches_up(db_url: str, db: Any, serve: ServeFa
                "the listener's backend to exit", [p], interval=0.002, fail_on_exit=True)
     # Right away, while the listener reconnects: a NOTIFY now may reach no one.
     [task_id] = insert_tasks(db, ["while the listener was away"])
-    took = wait_done(db, [task_id], 5.0, p, "an INSERT while the listener reconnected")
+    wait_done(db, [task_id], WAKE_BOUND, p, "an INSERT while the listener reconnected")
 
     p.wait_for(r"Database connection lost \(listener\): .*; reconnecting$", timeout=5)
     p.wait_for(r"Reconnected to database \(listener\)$", timeout=5)
@@ -209,7 +210,6 @@ def test_listener_reconnects_and_catches_up(db_url: str, db: Any, serve: ServeFa
     [again] = insert_tasks(db, ["after the reconnect"])
     wait_done(db, [again], WAKE_BOUND, p, "an INSERT after the reconnect")
     stop_all([p], signal.SIGINT)
-    assert took < 5.0
 
 
 # --- 3. LISTEN=false falls back to polling
@@ -242,7 +242,7 @@ def test_retry_backoff_wakes_the_fetcher(db_url: str, db: Any, serve: ServeFacto
     [task_id] = insert_tasks(db, ["retry me"])
     # Backoff 1 s * U(0.8, 1.2): done in about 1.2 s if the due retry wakes the
     # fetcher; a minute (FETCH_INTERVAL) or 30 s (the lease) if nothing does.
-    wait_done(db, [task_id], 3.0, p, "a retry after a 1 s backoff")
+    wait_done(db, [task_id], WAKE_BOUND, p, "a retry after a 1 s backoff")
     stop_all([p], signal.SIGINT)
 
     [(status, attempts, error)] = query(db, "SELECT status, attempts, error FROM tasks")

@@ -71,7 +71,7 @@ def wait_for_count(db: Any, status: str, at_least: int, timeout: float,
 
 def test_claims_only_what_the_workers_can_start(db_url: str, db: Any,
                                                 serve: ServeFactory) -> None:
-    workers, tasks = 2, 50
+    workers, tasks = 2, 20
     # Fetcher.slots(): free = idle + WORKER_COUNT - queued, so the local queue
     # holds at most one round more than the workers run (a prefetch of
     # WORKER_COUNT), however large FETCH_LIMIT is.
@@ -87,7 +87,7 @@ def test_claims_only_what_the_workers_can_start(db_url: str, db: Any,
     # next batch; the claim rule does not wait for those writes (batching them
     # is the point), so they are counted apart.
     samples: list[tuple[int, int]] = []  # (claimed and not yet run to the end, in_progress)
-    deadline = time.monotonic() + 40  # 50 tasks x 0.5 s / 2 workers = 12.5 s of work
+    deadline = time.monotonic() + 40  # 20 tasks x 0.5 s / 2 workers = 5 s of work
     while count(db, "done") < tasks:
         assert p.proc.poll() is None, tail(p.output())
         assert time.monotonic() < deadline, f"not done in time\n{tail(p.output())}"

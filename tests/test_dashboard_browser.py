@@ -17,6 +17,8 @@ from browser import chromium, screenshot  # noqa: F401 (chromium: a fixture)
 from dashboard_client import running_dashboard
 from invariants import query, wait_until
 
+pytestmark = pytest.mark.slow  # (a browser: the pages' scripts, on one interpreter only)
+
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 ATTACK = "window.__attacked"  # set by any of the payloads below, if one ever ran

@@ -9,6 +9,7 @@ import re
 import signal
 import time
 
+import pytest
 from invariants import (
     DONE_LINE,
     FAST,
@@ -184,6 +185,7 @@ def test_sigstop_past_lease_then_sigcont(db_url, db, serve) -> None:  # type: ig
     assert all(rows[i]["rescues"] == 1 and rows[i]["attempts"] == 2 for i in held), rows
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_random_moments(db_url, db, serve) -> None:  # type: ignore[no-untyped-def]
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)

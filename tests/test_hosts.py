@@ -43,6 +43,8 @@ from invariants import (
 from pgserver import temp_database
 from proc import ServeFactory, ServeProcess, run_cli
 
+pytestmark = pytest.mark.slow  # (outages of seconds: on one interpreter only, see tox.ini)
+
 PER_HOST = 2
 LOST_LINE = r"Database connection lost \((\w+)\): (.*)"
 RECONNECTED_LINE = r"Reconnected to database \((\w+)\)"

@@ -32,6 +32,8 @@ from pgserver import free_port
 from proc import ServeFactory
 from scrapes import get, scrape, value
 
+pytestmark = pytest.mark.slow  # (leases running out, reconnect backoffs: see tox.ini)
+
 QUICK = {**FAST, "LEASE_SECONDS": "3", "FETCH_INTERVAL": "0.2"}
 
 

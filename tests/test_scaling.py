@@ -227,6 +227,7 @@ def rss_kb(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"]), int(fields["VmHWM"])
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_tasks_processed(db_url: str, db: Any, serve: ServeFactory,
                                                    noop_env: dict[str, str]) -> None:
     total = 50_000
@@ -297,6 +298,7 @@ CREATE TRIGGER slow_done BEFORE UPDATE ON tasks
 """
 
 
+@pytest.mark.slow
 def test_claiming_pauses_while_outcomes_wait_to_be_written(db_url: str, db: Any,
                                                            serve: ServeFactory,
                                                            noop_env: dict[str, str]) -> None:

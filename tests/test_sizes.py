@@ -97,6 +97,7 @@ def test_a_small_payload_over_a_low_limit_is_refused_too(
     assert f"Processing task ID: {over}" not in p.output()
 
 
+@pytest.mark.slow
 def test_large_results_are_written_and_the_memory_given_back(
         db_url: str, db: Any, serve: ServeFactory) -> None:
     """With MAX_PAYLOAD_BYTES raised to 64 MB, 60 MB payloads run: their 60 MB
@@ -178,6 +179,7 @@ def test_a_completion_cancelled_by_statement_timeout_is_split(db_url: str, db: A
     assert "Statement interrupted (completer)" not in out
 
 
+@pytest.mark.slow
 def test_shutdown_says_database_unreachable_only_when_it_is(db_url: str, db: Any,
                                                             serve: ServeFactory) -> None:
     """An outcome that cannot be written at shutdown because the database is slow

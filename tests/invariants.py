@@ -8,14 +8,18 @@ itself, not inferred from log lines a killed process may never have printed.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
-import time
+import socket
+import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from proc import ServeProcess, importable
+from waiting import tail, wait_until  # (imported from here by the tests too)
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -120,35 +124,6 @@ def status_counts(db: Any) -> dict[str, int]:
     return dict(query(db, "SELECT status, count(*) FROM tasks GROUP BY status"))
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str | Callable[[], str],
-               procs: Iterable[ServeProcess] = (), interval: float = 0.05,
-               fail_on_exit: bool = False) -> Any:
-    """Poll `check()` until it returns something truthy; return that.
-
-    On timeout, fail with `what` (or what it returns, if callable) and the end
-    of every process log. With `fail_on_exit`, fail at once when one of `procs`
-    exits before `check()` holds (it will not hold any more).
-    """
-    procs = list(procs)
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        exited = [p for p in procs if fail_on_exit and p.proc.poll() is not None]
-        if exited:
-            said = what() if callable(what) else what
-            p = exited[0]
-            raise AssertionError(f"serve pid {p.pid} exited ({p.proc.returncode}) before "
-                                 f"{said}:\n{tail(p.output())}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {p.log_path} (pid {p.pid}, exit {p.proc.poll()}):\n"
-                             f"{tail(p.output())}" for p in procs)
-            said = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {said}\n{logs}")
-        time.sleep(interval)
-
-
 def wait_finished(db: Any, timeout: float, procs: Iterable[ServeProcess] = ()) -> None:
     """Wait until no task is pending or in progress."""
     procs = list(procs)
@@ -160,10 +135,6 @@ def wait_lines(proc: ServeProcess, pattern: str, count: int, timeout: float = 30
     """Wait until `pattern` matches at least `count` times in the log; return the matches."""
     return wait_until(lambda: (found := re.findall(pattern, proc.output()))[count - 1:] and found,
                       timeout, f"{count} x {pattern!r}", [proc])
-
-
-def tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def ids_in(text: str, pattern: str) -> list[int]:
@@ -182,6 +153,52 @@ def assert_each_done_line_once(logs: Iterable[str]) -> Counter[int]:
     twice = sorted(i for i, n in counts.items() if n > 1)
     assert not twice, f"tasks reported done more than once: {twice[:20]}"
     return counts
+
+
+def backends_of(db: Any, pid: int) -> list[int]:
+    """Server pids of the connections process `pid` has open to this database,
+    matched by the local address and port of its TCP sockets (read from /proc
+    while it lives; in its own network namespace, where it has one)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    addresses, ports = [], []
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    address, port = fields[1].split(":")
+                    addresses.append(_address(address))
+                    ports.append(int(port, 16))
+    return [r[0] for r in query(
+        db, "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+            "(host(client_addr), client_port) IN (SELECT * FROM unnest(%s::text[], %s::int[]))",
+        (addresses, ports))]
+
+
+def _address(hex_address: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it (32-bit words in host order)."""
+    words = b"".join(int(hex_address[i:i + 8], 16).to_bytes(4, sys.byteorder)
+                     for i in range(0, len(hex_address), 8))
+    if words[:12] == b"\0" * 10 + b"\xff" * 2:  # IPv4 mapped into IPv6
+        words = words[12:]
+    return socket.inet_ntop(socket.AF_INET if len(words) == 4 else socket.AF_INET6, words)
+
+
+def wait_statements_ended(db: Any, backends: Iterable[int], what: str,
+                          timeout: float = 30) -> None:
+    """Wait until none of `backends` runs a statement any more: what their process
+    sent before it died, froze or was cut off has landed (committed, or rolled
+    back), so what the table says it holds no longer changes by its hand."""
+    backends = list(backends)
+    assert backends, f"no connection of {what} found"
+    wait_until(lambda: not query(db, "SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s) "
+                                     "AND state NOT LIKE 'idle%%'", (backends,)),
+               timeout, f"the statements {what} had sent to end")
 
 
 def install_completion_audit(db: Any) -> None:

@@ -18,12 +18,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import psycopg2
 from pgserver import SERVER_USER, free_port
 from psycopg2.extensions import make_dsn, parse_dsn
+from waiting import wait_until
 
 BINARY = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
@@ -80,17 +80,20 @@ pidfile = {folder}/pgbouncer.pid
     # From here: over TCP, unless it listens in another network namespace.
     check_url = make_dsn(server_url, host=folder, port=port) if prefix else via(server_url)
 
+    def accepting() -> bool:
+        exited = proc.poll() is not None  # (checked before the connection attempt)
+        try:
+            psycopg2.connect(check_url, connect_timeout=2).close()
+            return True
+        except psycopg2.OperationalError as exc:
+            if exited:
+                log = _read(os.path.join(folder, "pgbouncer.log"))
+                raise RuntimeError(f"pgbouncer exited: {exc}\n{log}") from None
+            return False
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                psycopg2.connect(check_url, connect_timeout=2).close()
-                break
-            except psycopg2.OperationalError as exc:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log = _read(os.path.join(folder, "pgbouncer.log"))
-                    raise RuntimeError(f"pgbouncer did not start: {exc}\n{log}") from None
-                time.sleep(0.1)
+        wait_until(accepting, 10, lambda: "pgbouncer to accept connections\n"
+                   + _read(os.path.join(folder, "pgbouncer.log")), interval=0.1)
         yield via
     finally:
         if proc.poll() is None:

@@ -31,7 +31,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -39,6 +38,7 @@ from urllib.parse import quote, urlsplit
 import psycopg2
 from psycopg2.extensions import make_dsn
 from psycopg2.sql import SQL, Identifier
+from waiting import wait_until
 
 SERVER_USER = "postgres"  # OS user that runs initdb/pg_ctl when we are root
 UNREACHABLE_URL = "postgres://postgres@127.0.0.1:1/x"  # nothing listens on port 1: refused at once
@@ -143,12 +143,12 @@ def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | N
         except subprocess.CalledProcessError as exc:
             raise RuntimeError(f"postgres did not start: {exc.stderr!r}\n{_read(log)}") from exc
         running = Cluster(root, host, port)
-        deadline = time.monotonic() + start_timeout
-        while not can_connect(running.local_url):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"postgres does not answer at {running.local_url}\n"
-                                   f"{_read(log)}")
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: can_connect(running.local_url), start_timeout,
+                       lambda: f"postgres to answer at {running.local_url}\n{_read(log)}",
+                       interval=0.1)
+        except AssertionError as exc:  # (main() says a RuntimeError in one line)
+            raise RuntimeError(str(exc)) from None
         yield running
     finally:
         if started:

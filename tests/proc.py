@@ -13,9 +13,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from waiting import wait_until
 
 CLI = [sys.executable, "-m", "taskworker"]
 
@@ -83,20 +84,8 @@ class ServeProcess:
         Fails early if the process exits without printing it.
         """
         regex = re.compile(pattern, re.MULTILINE)
-        deadline = time.monotonic() + timeout
-        while True:
-            exited = self.proc.poll() is not None  # read the log after this, not before
-            match = regex.search(self.output())
-            if match:
-                return match
-            if exited:
-                why = f"process exited with code {self.proc.returncode}"
-                break
-            if time.monotonic() > deadline:
-                why = f"timed out after {timeout}s"
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"{pattern!r} not in serve output ({why}):\n{self.output()}")
+        return wait_until(lambda: regex.search(self.output()), timeout,
+                          f"{pattern!r} in the output", [self], fail_on_exit=True)
 
     def signal(self, sig: int) -> None:
         """Send `sig` (e.g. signal.SIGINT) to the process."""

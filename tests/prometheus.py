@@ -12,7 +12,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pgserver import free_port
+from waiting import wait_until
 
 BINARY = shutil.which("prometheus")
 SCRAPE_EVERY = 1.0  # seconds
@@ -47,17 +47,20 @@ def prometheus(targets: Sequence[str], folder: Path) -> Iterator[Callable[[str],
             [BINARY, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
              f"--web.listen-address=127.0.0.1:{port}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    def ready() -> bool:
+        exited = proc.poll() is not None  # (checked before the request)
+        try:
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=2):
+                return True
+        except (urllib.error.URLError, ConnectionError):
+            if exited:
+                raise AssertionError("Prometheus exited:\n"
+                                     + (folder / "prometheus.log").read_text()) from None
+            return False
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/-/ready", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("Prometheus did not start:\n"
-                                         + (folder / "prometheus.log").read_text()) from None
-                time.sleep(0.1)
+        wait_until(ready, 30, lambda: "Prometheus to be ready\n"
+                   + (folder / "prometheus.log").read_text(), interval=0.1)
 
         def instant(promql: str) -> Result:
             url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})

@@ -253,13 +253,16 @@ def test_a_database_that_goes_away_gives_503_then_recovers(db_url: str,
 
 
 def _end_dashboard_sessions(db_url: str) -> None:
-    """End the dashboard's idle connections, as a server restart would (and wait
-    until they are gone: their goodbye is then on its way to the dashboard)."""
+    """End the dashboard's idle connections to this test's database, as a server
+    restart would (and wait until they are gone: their goodbye is then on its way
+    to the dashboard). Only this database's: other tests' dashboards, on the same
+    server, are none of this test's business."""
     import psycopg2
 
     conn = psycopg2.connect(db_url)
     conn.autocommit = True
-    sessions = ("FROM pg_stat_activity WHERE application_name = 'taskworker dashboard'")
+    sessions = ("FROM pg_stat_activity WHERE application_name = 'taskworker dashboard' "
+                "AND datname = current_database()")
     try:
         query(conn, f"SELECT pg_terminate_backend(pid) {sessions}")
         wait_until(lambda: query(conn, f"SELECT count(*) {sessions}") == [(0,)], 10,

@@ -10,6 +10,7 @@ test's own, so anything the demo leaves behind in it shows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -19,13 +20,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pgserver import free_port
 from psycopg2.extensions import make_dsn
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,15 +47,17 @@ class Demo:
 
     def wait_for(self, pattern: str, timeout: float = 60) -> None:
         """Poll the output for `pattern` (regex); fail early if the script exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            exited = self.proc.poll() is not None
+        def seen() -> bool:
+            exited = self.proc.poll() is not None  # (read the output after this)
             if re.search(pattern, self.output(), re.MULTILINE):
-                return
-            if exited or time.monotonic() > deadline:
-                why = f"exited {self.proc.returncode}" if exited else f"timed out ({timeout}s)"
-                raise AssertionError(f"{pattern!r} not in demo output ({why}):\n{self.output()}")
-            time.sleep(0.1)
+                return True
+            if exited:
+                raise AssertionError(f"{pattern!r} not in demo output (exited "
+                                     f"{self.proc.returncode}):\n{self.output()}")
+            return False
+
+        wait_until(seen, timeout, lambda: f"{pattern!r} in the demo output:\n{self.output()}",
+                   interval=0.1)
 
     def ctrl_c(self) -> None:
         """SIGINT to the whole process group, as a terminal's Ctrl+C does."""
@@ -83,7 +86,19 @@ class Demo:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 break
-            time.sleep(2)
+            with contextlib.suppress(AssertionError):  # (then the next signal)
+                wait_until(lambda: not group_alive(self.proc.pid), 15,
+                           "the demo's stragglers to exit")
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` is still running (a zombie is not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
 
 
 def stop_clusters_under(folder: Path) -> None:
@@ -98,10 +113,8 @@ def stop_clusters_under(folder: Path) -> None:
             os.kill(pid, signal.SIGQUIT)
         except (OSError, ValueError, IndexError):
             continue
-        for _ in range(50):
-            if not pidfile.exists():
-                break
-            time.sleep(0.1)
+        with contextlib.suppress(AssertionError):  # (a last resort: go on regardless)
+            wait_until(lambda: not pidfile.exists(), 5, f"{pidfile} to go")  # noqa: B023
 
 
 def listening(port: int) -> bool:

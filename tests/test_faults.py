@@ -9,6 +9,7 @@ import re
 import signal
 import time
 
+import pytest
 from invariants import (
     DONE_LINE,
     FAST,
@@ -16,6 +17,7 @@ from invariants import (
     RESCUED_LINE,
     assert_all_done_once,
     assert_each_done_line_once,
+    backends_of,
     create_runs_table,
     handler_env,
     ids_in,
@@ -28,6 +30,7 @@ from invariants import (
     tasks,
     wait_finished,
     wait_lines,
+    wait_statements_ended,
     wait_until,
 )
 from proc import ServeProcess
@@ -56,12 +59,17 @@ def test_kill_9_one_of_three_processes(db_url, db, serve) -> None:  # type: igno
     victim, survivors = procs[0], procs[1:]
 
     # Kill the victim while it holds tasks and plenty of work is left.
-    lost = wait_until(lambda: done_count(db) >= 300 and held_by(db, victim.pid), 30,
-                      "the victim to hold tasks mid-run", procs, interval=0.01)
+    wait_until(lambda: done_count(db) >= 300 and held_by(db, victim.pid), 30,
+               "the victim to hold tasks mid-run", procs, interval=0.01)
+    backends = backends_of(db, victim.pid)
     victim.proc.kill()
     killed_at = time.monotonic()
     victim.wait(5)
-    lost = settled_holdings(db, victim.pid)  # what it held when it died
+    # What it held when it died, once what it had sent (a completion, a claim: its
+    # backend runs it to the end and commits) has landed; well before its leases
+    # (renewed a third of the lease before it died at most) run out.
+    wait_statements_ended(db, backends, "the killed process")
+    lost = held_by(db, victim.pid)
     assert lost, "the victim held nothing when it was killed"
     assert done_count(db) < len(ids), "the run was over before the kill"
 
@@ -87,20 +95,6 @@ def test_kill_9_one_of_three_processes(db_url, db, serve) -> None:  # type: igno
     rows = tasks(db)  # each lost once: charged if its start was in the table (migration 011)
     assert all(rows[i]["rescues"] + rows[i]["unstarted_rescues"] == 1 for i in lost), rows
     assert all(rows[i]["attempts"] == 1 + rows[i]["rescues"] for i in lost), rows
-
-
-def settled_holdings(db, pid: int) -> list[int]:  # type: ignore[no-untyped-def]
-    """What a killed process holds, once a statement it had sent before dying (a
-    completion, a claim: its backend runs it to the end and commits) has landed:
-    the holdings read twice, 0.3 s apart, the same. Well before its leases (renewed
-    a third of the lease before it died at most) run out and rescues begin."""
-    held = held_by(db, pid)
-    while True:
-        time.sleep(0.3)
-        again = held_by(db, pid)
-        if again == held:
-            return held
-        held = again
 
 
 def tasks_done(db, ids) -> list[bool]:  # type: ignore[no-untyped-def]
@@ -156,8 +150,10 @@ def test_sigstop_past_lease_then_sigcont(db_url, db, serve) -> None:  # type: ig
     frozen = serve(db_url, env=handler_env("recording", **common, TEST_SLEEP="2",
                                           WORKER_COUNT="3", FETCH_LIMIT="3"))
     wait_lines(frozen, r"Processing task ID", 3)
+    backends = backends_of(db, frozen.pid)
     frozen.signal(signal.SIGSTOP)
     try:
+        wait_statements_ended(db, backends, "the frozen process")
         held = held_by(db, frozen.pid)
         assert len(held) >= 3, held
         other = serve(db_url, env=handler_env("recording", **common, TEST_SLEEP="0.05",
@@ -191,6 +187,7 @@ def test_sigstop_past_lease_then_sigcont(db_url, db, serve) -> None:  # type: ig
                and rows[i]["attempts"] == 1 + rows[i]["rescues"] for i in held), rows
 
 
+@pytest.mark.slow
 def test_ctrl_c_at_random_moments(db_url, db, serve) -> None:  # type: ignore[no-untyped-def]
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)

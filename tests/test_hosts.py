@@ -28,6 +28,7 @@ from invariants import (
     LEASE_LOST_LINE,
     RESCUED_LINE,
     assert_all_done_once,
+    backends_of,
     ids_in,
     insert_tasks,
     install_completion_audit,
@@ -36,10 +37,13 @@ from invariants import (
     stop_all,
     tail,
     wait_finished,
+    wait_statements_ended,
     wait_until,
 )
 from pgserver import temp_database
 from proc import ServeFactory, ServeProcess, run_cli
+
+pytestmark = pytest.mark.slow  # (outages of seconds: on one interpreter only, see tox.ini)
 
 PER_HOST = 2
 LOST_LINE = r"Database connection lost \((\w+)\): (.*)"
@@ -138,6 +142,13 @@ def assert_running(procs: Sequence[ServeProcess], when: str) -> None:
                                        f"{when}:\n{tail(p.output())}")
 
 
+def stay_cut_off(procs: Sequence[ServeProcess], cut_at: float, seconds: float) -> None:
+    """Let an outage that began at `cut_at` (monotonic) last `seconds`, every
+    process running all along."""
+    wait_until(lambda: time.monotonic() - cut_at >= seconds, seconds + 5,
+               f"{seconds:g} s of outage", procs, interval=0.2, fail_on_exit=True)
+
+
 def since(p: ServeProcess, offset: int) -> str:
     return p.output()[offset:]
 
@@ -230,11 +241,12 @@ def test_partition_mid_run_rescued_then_healed(net: Network, hdb: tuple[str, Any
 
     wait_cut_processes_hold_tasks(db, cut_off, procs, done_at_least=30)
     offsets = {p.pid: len(p.output()) for p in cut_off}
+    backends = [b for p in cut_off for b in backends_of(db, p.pid)]
     net.cut(victim, silent=True)
     cut_at = time.monotonic()
     # What it holds in the table is frozen once the statements that reached the
     # server before the cut have ended: nothing it sends arrives any more.
-    time.sleep(0.5)
+    wait_statements_ended(db, backends, "the cut-off host")
     held = held_by(db, cut_pids)
     assert held, "the cut-off host held no task at the cut"
 
@@ -317,12 +329,13 @@ def test_partition_that_heals_before_the_lease_ends(net: Network, hdb: tuple[str
     ids = insert_tasks(db, [f"task {n} of a short partition" for n in range(300)])
 
     wait_cut_processes_hold_tasks(db, cut_off, procs, done_at_least=30)
+    backends = [b for p in cut_off for b in backends_of(db, p.pid)]
     net.cut(victim)
-    time.sleep(0.5)  # statements that reached the server before the cut have ended
+    cut_at = time.monotonic()
+    wait_statements_ended(db, backends, "the cut-off host")
     held = held_by(db, cut_pids)  # frozen while the host is cut off
     assert held, "the cut-off host held no task at the cut"
-    time.sleep(2.5)
-    assert_running(procs, "while the host was cut off")
+    stay_cut_off(procs, cut_at, 3)
     net.heal(victim)
 
     wait_finished(db, 60, procs)
@@ -364,10 +377,7 @@ def test_database_unreachable_from_every_host(net: Network, hdb: tuple[str, Any]
     offsets = {p.pid: len(p.output()) for p in procs}
     for host in net.hosts:
         net.cut(host, silent=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        assert_running(procs, "while the database was unreachable")
-        time.sleep(0.2)
+    stay_cut_off(procs, time.monotonic(), 10)
     heal_offsets = {p.pid: len(p.output()) for p in procs}
     for host in net.hosts:
         net.heal(host)

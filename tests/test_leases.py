@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import psycopg2.extensions
+import pytest
 from invariants import (
     FAST,
     assert_all_done_once,
@@ -32,7 +33,9 @@ from invariants import (
 )
 from pgserver import free_port
 from proc import ServeFactory
-from scrapes import scrape, value
+from scrapes import get, scrape, value
+
+pytestmark = pytest.mark.slow  # (leases running out, reconnect backoffs: see tox.ini)
 
 QUICK = {**FAST, "LEASE_SECONDS": "3", "FETCH_INTERVAL": "0.2"}
 
@@ -50,8 +53,7 @@ def test_a_process_short_of_connections_waits_and_never_rescues_its_own(
     # The demo handler (a one-second sleep): it opens no connection of its own.
     p = serve(url, env={**QUICK, "TASK_MIN_SECONDS": "1", "TASK_MAX_SECONDS": "1"})
     p.wait_for(r'too many connections for role "\w+"; waiting for a free connection slot')
-    time.sleep(1)
-    assert p.proc.poll() is None, p.output()  # still there, waiting
+    # (It waits rather than exits: the waits below fail at once if it exits.)
 
     limit(db, role, 2)  # the check passes; then two of the four services get a slot
     p.wait_for(r"No connection slot for \w+: stepping back", timeout=20)
@@ -85,7 +87,7 @@ def test_a_running_task_whose_lease_cannot_be_renewed_is_given_back(
     url = psycopg2.extensions.make_dsn(db_url, user=role)
     port = free_port()
     p = serve(url, env=handler_env("recording", **QUICK, TEST_SLEEP="5", WORKER_COUNT="3",
-                                   METRICS_PORT=str(port)))
+                                   METRICS_PORT=str(port), HEALTH_MAX_DOWNTIME="4"))
     wait_until(lambda: len(re.findall(r"Processing task ID", p.output())) == 3, 20,
                "three tasks running", [p], fail_on_exit=True)
     wait_until(lambda: len(connections_of(db, role)) == 5, 10,  # every service connected
@@ -100,9 +102,12 @@ def test_a_running_task_whose_lease_cannot_be_renewed_is_given_back(
                "the tasks given back to pending", [p], fail_on_exit=True)
     assert all(r["attempts"] == 0 and r["rescues"] == 0 for r in tasks(db).values())
     assert query(db, "SELECT count(*) FROM runs") == [(0,)]  # no run went to its end
-    # While leases cannot be renewed, nothing is claimed again.
+    # While leases cannot be renewed, nothing is claimed again: not until the
+    # process itself reports its heartbeat's connection down for HEALTH_MAX_DOWNTIME
+    # (more than a lease, so well after the tasks were given back).
     fetched = p.output().count("Fetched")
-    time.sleep(3)
+    wait_until(lambda: "database connection (heartbeat) down" in get(port, "/healthz")[1], 20,
+               "/healthz to report the heartbeat's connection down", [p], fail_on_exit=True)
     assert all(r["status"] == "pending" for r in tasks(db).values()), tasks(db)
     assert p.output().count("Fetched") == fetched, p.output()
 

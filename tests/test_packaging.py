@@ -114,6 +114,7 @@ def test_the_sdist_holds_the_sources_and_no_tests(dists: Dists) -> None:
     assert pyproject["build-system"]["build-backend"] == "setuptools.build_meta"
 
 
+@pytest.mark.slow
 def test_the_installed_wheel_migrates_and_serves_its_files(dists: Dists, tmp_path: Path,
                                                            empty_db_url: str) -> None:
     venv = new_venv(tmp_path / "venv")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,10 @@ def test_three_processes_enqueue_each_tick_once(db_url: str, db: Any, serve: Any
     procs = [serve(db_url, env=ENV, args=args) for _ in range(3)]
     for p in procs:
         p.wait_for("Starting worker 1")
-    time.sleep(4)
+    # Three ticks after all three processes are up: each tick offered by all three.
+    [(up,)] = query(db, "SELECT now()")
+    wait_until(lambda: len([t for t, _ in ticks(db, "tick1") if t > up]) >= 3, 20,
+               "three ticks of tick1 with the three processes up", procs, fail_on_exit=True)
     stop(*procs)
 
     found = ticks(db, "tick1")
@@ -145,7 +147,9 @@ def test_after_downtime_the_interval_resumes_without_a_backlog(
     wait_until(lambda: len(ticks(db, "tick1")) >= 2, 10, "two ticks", [first])
     stop(first)
     (last, _) = ticks(db, "tick1")[-1]
-    time.sleep(3.5)  # down for three ticks and more
+    # Down for three ticks and more (by the database's clock, as the ticks are read).
+    wait_until(lambda: query(db, "SELECT now() > %s + interval '3.5 seconds'", (last,))[0][0],
+               10, "three ticks and more of downtime")
     second = serve(db_url, env=ENV, args=args)
     wait_until(lambda: len([t for t, _ in ticks(db, "tick1") if t > last]) >= 2, 10,
                "two ticks after the restart", [second])

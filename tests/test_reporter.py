@@ -164,6 +164,7 @@ def test_two_processes_count_the_table_once_and_hand_over_at_shutdown(
     assert row(db) == []
 
 
+@pytest.mark.slow
 def test_a_frozen_reporter_is_replaced_once_its_row_runs_out_and_stands_down_after(
         db_url: str, db: Any, serve: ServeFactory) -> None:
     """SIGSTOP: to the database, as a reporter killed outright or cut off (no
@@ -199,6 +200,7 @@ def test_a_frozen_reporter_is_replaced_once_its_row_runs_out_and_stands_down_aft
         stop(p)
 
 
+@pytest.mark.slow
 def test_a_reporter_that_cannot_renew_its_row_stops_exporting_when_it_runs_out(
         db_url: str, db: Any, serve: ServeFactory) -> None:
     """The row locked by another transaction: the reporter's renewal waits on it
@@ -230,6 +232,7 @@ def test_a_reporter_that_cannot_renew_its_row_stops_exporting_when_it_runs_out(
     stop(p)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not pgbouncer_available(), reason="pgbouncer is not installed "
                     "(.ci/run installs it: apt-get install pgbouncer)")
 def test_one_reporter_behind_pgbouncer_sharing_one_server_connection(
@@ -246,8 +249,17 @@ def test_one_reporter_behind_pgbouncer_sharing_one_server_connection(
         reporter, _ = wait_until(lambda: reported_once(db, [port_a, port_b]), 30,
                                  "one reporter, and the table counted once", [a, b],
                                  fail_on_exit=True)
-        # Still one a few samples later (every process asks before each sample).
-        time.sleep(2 * DEPTH_EVERY)
+        # Still one two samples later (every process asks before each sample; the
+        # reporter's renewal of its row marks each of its samples).
+        renewals = {query(db, "SELECT locked_until FROM taskworker_metrics_reporter")[0][0]}
+
+        def renewed_twice() -> bool:
+            renewals.update(r[0] for r in query(
+                db, "SELECT locked_until FROM taskworker_metrics_reporter"))
+            return len(renewals) >= 3
+
+        wait_until(renewed_twice, 4 * DEPTH_EVERY, "two more samples by the reporter", [a, b],
+                   fail_on_exit=True)
         assert reported_once(db, [port_a, port_b]) is not None
         assert row(db) == [(holder(reporter), True)]
         # One server connection for both processes' statements (and one of ours).
@@ -257,6 +269,7 @@ def test_one_reporter_behind_pgbouncer_sharing_one_server_connection(
             stop(p)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not prometheus_available(), reason="prometheus is not installed "
                     "(.ci/run installs it: apt-get install prometheus)")
 def test_the_readme_query_in_prometheus_through_a_handover(

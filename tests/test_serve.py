@@ -9,13 +9,12 @@ import os
 import re
 import signal
 import socket
-import time
 from collections import Counter
 from pathlib import Path
 
 import psycopg2
 import pytest
-from invariants import insert_tasks, wait_until
+from invariants import insert_tasks, query, wait_until
 from pgserver import UNREACHABLE_URL
 from proc import ServeFactory, ServeProcess, run_cli
 
@@ -216,12 +215,21 @@ def test_second_signal_stops_at_once(db_url: str, db: Conn, serve: ServeFactory,
                                      sig: int) -> None:
     ids = insert_tasks(db, [f"long {n}" for n in range(10)])
     p = serve(db_url, env={"TASK_MIN_SECONDS": "20", "TASK_MAX_SECONDS": "30",
-                           "TASK_FAILURE_RATE": "0", "SHUTDOWN_TIMEOUT": "300"})
+                           "TASK_FAILURE_RATE": "0", "SHUTDOWN_TIMEOUT": "300",
+                           "LEASE_SECONDS": "6"})  # a heartbeat every 2 s
     wait_until(lambda: len(processing(p.output())) == 5, 30, "5 tasks running", [p],
                fail_on_exit=True)
+    running = list(processing(p.output()))
     p.signal(sig)
     p.wait_for("Shutdown signal received")
-    time.sleep(1)
+    # After the first signal it waits for its running tasks: proof, a heartbeat
+    # that renews their leases after the signal (a lease ending later than one
+    # taken when the signal was seen), then the process still there.
+    [(signalled,)] = query(db, "SELECT now() + interval '6 seconds'")
+    wait_until(lambda: query(db, "SELECT bool_and(locked_until > %s) FROM tasks WHERE id = ANY(%s)",
+                             (signalled, running))[0][0], 30,
+               "a heartbeat after the signal (the running tasks' leases renewed)", [p],
+               fail_on_exit=True)
     assert p.proc.poll() is None, "serve did not wait for its running tasks:\n" + p.output()
 
     out = stop(p, sig, timeout=15)  # far less than the 20-30 s tasks

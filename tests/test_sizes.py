@@ -26,6 +26,7 @@ from invariants import (
     stop_all,
     tasks,
     wait_finished,
+    wait_until,
 )
 from pgserver import free_port
 from proc import CLI, ServeFactory, child_env, cli, run_cli
@@ -99,6 +100,7 @@ def test_a_small_payload_over_a_low_limit_is_refused_too(
     assert f"Processing task ID: {over}" not in p.output()
 
 
+@pytest.mark.slow
 def test_large_results_are_written_and_the_memory_given_back(
         db_url: str, db: Any, serve: ServeFactory) -> None:
     """With MAX_PAYLOAD_BYTES raised to 64 MB, 60 MB payloads run: their 60 MB
@@ -110,14 +112,18 @@ def test_large_results_are_written_and_the_memory_given_back(
     insert_tasks(db, [f"small {n}" for n in range(20)])
     p = serve(db_url, env={**FAST, "MAX_PAYLOAD_BYTES": "64MB"})
     wait_finished(db, 60, [p])
-    time.sleep(1)  # the completer gives the memory back after its batch
-    idle = memory_kb(p.pid)
+    # The completer gives the memory back after its batch: wait for that, and
+    # fail (saying how much it keeps) if it never does.
+    idle = wait_until(lambda: (kb := memory_kb(p.pid)) < 100_000 and kb, 30,
+                      lambda: f"the idle serve to give the memory back (it keeps "
+                              f"{memory_kb(p.pid)} kB after the large tasks)", [p],
+                      fail_on_exit=True)
     stop_all([p], signal.SIGINT)
     rows = tasks(db)
     assert {r["status"] for r in rows.values()} == {"done"}
     assert all(r["result"] == r["payload"][::-1] for r in rows.values())
     assert completions(db) == {i: 1 for i in rows}
-    assert idle < 100_000, f"an idle serve keeps {idle} kB after the large tasks"
+    assert idle < 100_000
 
 
 def test_a_result_over_the_limit_fails_its_task(db_url: str, db: Any,
@@ -208,6 +214,7 @@ def test_a_completion_cancelled_by_statement_timeout_is_split(db_url: str, db: A
     assert "Statement interrupted (completer)" not in out
 
 
+@pytest.mark.slow
 def test_shutdown_says_database_unreachable_only_when_it_is(db_url: str, db: Any,
                                                             serve: ServeFactory) -> None:
     """An outcome that cannot be written at shutdown because the database is slow

@@ -10,7 +10,6 @@ import json
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +101,14 @@ def test_status_watch_refreshes_until_ctrl_c(db_url: str, db: Any, tmp_path: Pat
             text = out_path.read_text()
             return text.count('"counts"') if as_json else text.count("Every 0.2s:")
 
-        deadline = time.monotonic() + 20
-        while refreshes() < 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert refreshes() >= 2, out_path.read_text()
+        def wait_refreshes(count: int) -> None:
+            wait_until(lambda: refreshes() >= count or proc.poll() is not None, 20,
+                       lambda: f"{count} refreshes:\n{out_path.read_text()}")
+            assert proc.poll() is None, out_path.read_text()
+
+        wait_refreshes(2)
         add_task(db, "new")  # the next refresh shows it
-        seen = refreshes()
-        while refreshes() < seen + 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_refreshes(refreshes() + 2)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
     finally:

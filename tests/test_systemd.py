@@ -85,6 +85,7 @@ def readme_steps() -> list[str]:
     return commands
 
 
+@pytest.mark.slow
 def test_the_readme_steps_install_on_a_fresh_host(tmp_path: Path, empty_db_url: str) -> None:
     root, work = tmp_path / "root", tmp_path / "work"
     (root / "etc/systemd/system").mkdir(parents=True)  # a host with systemd has it; no more

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,9 +55,12 @@ def test_twenty_concurrent_enqueuers_insert_one_task(db_url: str, db: Any) -> No
             start.wait(timeout=30)
             done = client.enqueue_unique(conn, f"from enqueuer {n}", "invoice-42",
                                          task="invoice", queue="billing")
-            # Commit late: the others' inserts meet a row not committed yet, and
-            # must wait for it rather than insert beside it.
-            time.sleep(0.2)
+            if done.inserted:
+                # Commit late: the others' inserts meet a row not committed yet, and
+                # must wait for it rather than insert beside it. Commit once they all do.
+                wait_until(lambda: waiting_on_a_lock(db) == ENQUEUERS - 1, 30,
+                           lambda: f"the {ENQUEUERS - 1} other enqueuers to wait for the row "
+                                   f"not committed yet (now {waiting_on_a_lock(db)})")
             conn.commit()
             results.append(done)
         except BaseException as exc:  # reported by the assertion below

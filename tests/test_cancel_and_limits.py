@@ -44,7 +44,10 @@ def app(tmp_path: Path) -> list[str]:
 
 
 def running(db: Any, task_id: int) -> bool:
-    return row(db, task_id)["status"] == "in_progress"
+    """Its handler started, as the table knows it (started_at: written by the
+    process's heartbeat; before that the task is only claimed)."""
+    return bool(query(db, "SELECT status = 'in_progress' AND started_at IS NOT NULL "
+                          "FROM tasks WHERE id = %s", (task_id,))[0][0])
 
 
 def cancel_when_running(db_url: str, db: Any, task_id: int, procs: list[Any]) -> None:

@@ -15,50 +15,35 @@ from typing import Any
 from invariants import FAST, query, wait_lines, wait_until
 from proc import ServeFactory
 
-APPS = {
-    # Process A knows both names: "hog" computes without ever yielding (its
-    # process stops answering), "quick" returns at once.
-    "app_a": '''
+# Tasks both processes know: "quick" returns at once, "slow" sleeps as told.
+SHARED = '''
 import os
 import time
 
 import taskworker
 
+
+@taskworker.task("quick")
+def quick(payload):
+    return f"quick {os.getpid()}"
+
+
+@taskworker.task("slow")
+def slow(payload):
+    time.sleep(float(payload))
+    return f"slow {os.getpid()}"
+'''
+APPS = {
+    # Process A also knows "hog", which computes without ever yielding (its
+    # process stops answering); process B never claims it.
+    "app_a": SHARED + '''
 
 @taskworker.task("hog", priority=5)
 def hog(payload):
     while True:
         pass
-
-
-@taskworker.task("quick")
-def quick(payload):
-    return f"quick {os.getpid()}"
-
-
-@taskworker.task("slow")
-def slow(payload):
-    time.sleep(float(payload))
-    return f"slow {os.getpid()}"
 ''',
-    # Process B knows "quick" and "slow" only: it never claims the hog.
-    "app_b": '''
-import os
-import time
-
-import taskworker
-
-
-@taskworker.task("quick")
-def quick(payload):
-    return f"quick {os.getpid()}"
-
-
-@taskworker.task("slow")
-def slow(payload):
-    time.sleep(float(payload))
-    return f"slow {os.getpid()}"
-''',
+    "app_b": SHARED,
 }
 
 

@@ -128,8 +128,12 @@ class HubMonitor:
             self._check_signals(now, seen)
 
     def _running_other(self, seen: Block) -> bool:
-        """Has the blocked thread moved on to another task (without yielding)?"""
-        return self._describe(seen.started).task_id != seen.task_id
+        """Has the blocked thread moved on to another task (without yielding)? A
+        greenlet of no task running now is not one: when a handler's block ends,
+        timers overdue meanwhile (the heartbeat's) may run before the hub's tick,
+        and the block stays the handler's."""
+        now = self._describe(seen.started)
+        return now.task_id is not None and now.task_id != seen.task_id
 
     def _check_signals(self, now: float, block: Block) -> None:
         if not self._loop.sig_pending:

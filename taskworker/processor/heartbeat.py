@@ -94,10 +94,14 @@ class Heartbeat:
         holds = self.dispatch.holds()
         ids = [task_id for task_id, _ in holds]
         if holds:
+            agos = self.dispatch.started_ago(ids)
             kept = store.heartbeat(self.db, holder=self.holder, holds=holds, lease=self.lease,
-                                   started=self.dispatch.started_ago(ids))
-            self.dispatch.starts_written(ids)
-            for task_id in ids:
+                                   started=agos)
+            # Only the starts this beat carried (one that came while it was on the
+            # wire goes with the next: a worker waiting for it goes on only then).
+            written = [i for i, ago in zip(ids, agos, strict=True) if ago is not None]
+            self.dispatch.starts_written(written)
+            for task_id in written:
                 if (event := self._durable.pop(task_id, None)) is not None:
                     event.set()
             self.dispatch.renewed(kept.ids, started + self.lease)

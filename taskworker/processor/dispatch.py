@@ -89,7 +89,7 @@ class Dispatch:
     def on_the_wire(self, limit: int) -> Iterator[None]:
         """A claim of up to `limit` tasks is on its way: counted as queued, so
         that a claim sent meanwhile (a busy process has two, see
-        Fetcher.claim_along) asks only for what this one will not bring."""
+        Exchange._along) asks only for what this one will not bring."""
         self._on_the_wire += limit
         try:
             yield

@@ -1,10 +1,10 @@
 """What a claim's rows become: tasks handed to the workers, in the claim's order.
 
-A payload came with the claim when it was small enough (see Fetcher.claim);
+A payload came with the claim when it was small enough (see Fetcher.plan);
 a larger one is loaded here within CLAIM_BYTES per claim (the first task
 always), else its task is given back untouched for a later claim; a payload over
-MAX_PAYLOAD_BYTES is never run: its task ends in error. Both lanes that claim
-(the fetcher's connection and the completer's) take their rows in here.
+MAX_PAYLOAD_BYTES is never run: its task ends in error. Both lanes of the
+exchange (exchange.py) take their claims' rows in here.
 """
 from __future__ import annotations
 

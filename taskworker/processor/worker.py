@@ -49,7 +49,7 @@ class Worker:
         self.lease_margin = settings.lease_seconds / 3  # as the lease guard's
         self.dispatch = dispatch
         self.outcome = outcome  # hands an outcome to the completer
-        self.started = started  # tells the completer a handler starts (tasks.started_at)
+        self.started = started  # tells the heartbeat a handler starts (tasks.started_at)
         self.cancelling = cancelling  # shutdown is killing the workers now
         self.observe = observe  # told each run's duration (metrics)
 

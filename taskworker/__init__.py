@@ -2,14 +2,17 @@
 
 This module imports nothing that opens sockets, so that `taskworker.cooperative` can
 monkey-patch before anything else is imported. `enqueue` and `enqueue_many`
-are loaded on first use, as are `task` (registering a named task) and the
-exceptions a handler raises to choose its task's ending: `Fail`, `Snooze`, `Cancel`.
+are loaded on first use, as are `task` (registering a named task), the
+exceptions a handler raises to choose its task's ending (`Fail`, `Snooze`,
+`Cancel`), `current_task`, the results API (`result`, `wait` and their
+exceptions) and `testing` (the eager mode for application tests).
 """
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Cancel", "Fail", "Snooze", "__version__", "enqueue", "enqueue_many",
-           "enqueue_unique", "task"]
+__all__ = ["Cancel", "Fail", "NotFinished", "Snooze", "Task", "TaskContext", "TaskFailed",
+           "UnknownTask", "WaitTimeout", "__version__", "current_task", "enqueue",
+           "enqueue_many", "enqueue_unique", "result", "task", "testing", "wait"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +28,20 @@ def __getattr__(name: str) -> Any:
         from . import endings
 
         return getattr(endings, name)
+    if name in ("result", "wait", "TaskFailed", "NotFinished", "UnknownTask", "WaitTimeout"):
+        from . import results
+
+        return getattr(results, name)
+    if name in ("current_task", "TaskContext"):
+        from . import handlers
+
+        return getattr(handlers, name)
+    if name == "Task":
+        from .registry import Task
+
+        return Task
+    if name == "testing":  # (a submodule: `from . import testing` would come back here)
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module 'taskworker' has no attribute {name!r}")

@@ -5,7 +5,8 @@
     with conn:                                   # the application's psycopg2 connection
         with conn.cursor() as cur:
             cur.execute("INSERT INTO orders ...")
-            taskworker.enqueue(cur, "order 42")  # same transaction as the order row
+            send_receipt.enqueue(cur, 42, currency="EUR")  # same transaction as the order
+            taskworker.enqueue(cur, "order 42")  # a text payload, for the default handler
 
 The task exists only if the application commits: a rollback takes the task with
 it, and workers cannot see it before the commit (the NOTIFY that wakes them is
@@ -18,11 +19,11 @@ blocking program, a threaded one, or under gevent alike.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from . import registry
+from . import codec, registry
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES
 from .store import admin
 from .store.database import Direct
@@ -45,16 +46,20 @@ class Enqueued(NamedTuple):
     status: str  # that task's status as read: 'pending' or 'in_progress'
 
 
-def enqueue(conn_or_cursor: Any, payload: str, *, task: TaskRef = None, queue: str | None = None,
-            priority: int | None = None, run_at: RunAt = None, delay: Delay = None,
-            unique_key: str | None = None,
+def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = None,
+            args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+            queue: str | None = None, priority: int | None = None, run_at: RunAt = None,
+            delay: Delay = None, unique_key: str | None = None,
             max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> int:
     """Insert one pending task and return its id.
 
     `conn_or_cursor` is a psycopg2 connection or cursor; the insert joins its
     current transaction. `task` is the name of a task registered with
     @taskworker.task (or the decorated function itself); None runs the default
-    handler. `queue` and `priority` default to the registered task's, when this
+    handler. The task is called with the text `payload`, or with `args` and
+    `kwargs` (JSON: see codec.py; checked against the function's signature when
+    this process imported it; `send_email.enqueue(conn, ...)` is the same call,
+    typed). `queue` and `priority` default to the registered task's, when this
     process has imported it, else to queue 'default' and priority 0. `run_at` is
     a timezone-aware datetime (or, as `delay`, a timedelta); `delay` a timedelta
     or seconds from the database's now(); neither: as soon as possible.
@@ -62,12 +67,54 @@ def enqueue(conn_or_cursor: Any, payload: str, *, task: TaskRef = None, queue: s
     workers' MAX_PAYLOAD_BYTES (a larger payload raises ValueError; a worker
     would end the task in error without running it).
     """
+    if args is not None or kwargs is not None:
+        if payload is not None:
+            raise TypeError("give a payload or args/kwargs, not both")
+        if task is None:
+            raise TypeError("args and kwargs call a registered task: name it with task=")
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
+        options = registry.Options(queue, priority, run_at, delay, unique_key)
+        return enqueue_call(conn_or_cursor, task, args or (), kwargs or {}, options,
+                            max_bytes=max_bytes)
+    if payload is None:
+        raise TypeError("enqueue() needs a payload, or args/kwargs for a registered task")
     if unique_key is not None:
         return enqueue_unique(conn_or_cursor, payload, unique_key, task=task, queue=queue,
                               priority=priority, run_at=run_at, delay=delay,
                               max_bytes=max_bytes).id
     return enqueue_many(conn_or_cursor, [payload], task=task, queue=queue, priority=priority,
                         run_at=run_at, delay=delay, max_bytes=max_bytes)[0]
+
+
+def enqueue_call(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
+                 kwargs: Mapping[str, Any], options: registry.Options = registry.NO_OPTIONS,
+                 max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> int:
+    """Insert one pending task that calls `task` with `args` and `kwargs`; its
+    id. What `Task.enqueue` and `enqueue(..., args=...)` send: the call is checked
+    against the function's signature (when this process registered it) and
+    against what JSON can carry before anything is sent. Under
+    `taskworker.testing.eager()`, runs it here instead (see testing.py)."""
+    name = task_name(task)
+    if name is None:
+        raise TypeError("a call needs a registered task")
+    known = registry.get(name)
+    if known is not None:
+        registry.check_call(known, args, kwargs)
+    arguments = codec.encode_call(args, kwargs, f"{name}()")
+    if len(arguments) > max_bytes // 4 and (size := len(arguments.encode())) > max_bytes:
+        raise ValueError(f"{name}(): arguments are {size} bytes of JSON, over "
+                         f"MAX_PAYLOAD_BYTES={max_bytes}")
+    placement = place(name, options.queue, options.priority, options.run_at, options.delay)
+    eager = _eager()
+    if eager is not None:
+        return eager.enqueued(name, arguments, placement, options.unique_key)
+    db = Direct(conn_or_cursor)
+    if options.unique_key is None:
+        return admin.enqueue(db, [], placement, arguments=[arguments])[0]
+    return _unique(db, None, arguments, options.unique_key, placement).id
 
 
 def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef = None,
@@ -85,6 +132,12 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef 
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     placement = place(task, queue, priority, run_at, delay)
+    eager = _eager()
+    if eager is not None and placement.task is not None:
+        checked = list(payloads)
+        for payload in checked:
+            check_payload(payload, max_bytes)
+        return [eager.enqueued(placement.task, None, placement, payload=p) for p in checked]
     db = Direct(conn_or_cursor)
     ids: list[int] = []
     it = iter(payloads)
@@ -111,12 +164,21 @@ def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: 
     SERIALIZABLE, a holder committed after the transaction's snapshot raises
     psycopg2's SerializationFailure: run the transaction again.
     """
-    check_unique_key(unique_key)
     check_payload(payload, max_bytes)
     placement = place(task, queue, priority, run_at, delay)
-    db = Direct(conn_or_cursor)
+    eager = _eager()
+    if eager is not None and placement.task is not None:
+        check_unique_key(unique_key)
+        return Enqueued(eager.enqueued(placement.task, None, placement, payload=payload),
+                        True, "pending")
+    return _unique(Direct(conn_or_cursor), payload, None, unique_key, placement)
+
+
+def _unique(db: Direct, payload: str | None, arguments: str | None, unique_key: str,
+            placement: admin.Placement) -> Enqueued:
+    check_unique_key(unique_key)
     for _ in range(UNIQUE_ROUNDS):
-        task_id = admin.enqueue_unique(db, payload, unique_key, placement)
+        task_id = admin.enqueue_unique(db, payload, unique_key, placement, arguments)
         if task_id is not None:
             return Enqueued(task_id, True, "pending")
         holder = admin.unique_holder(db, unique_key)
@@ -124,6 +186,13 @@ def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: 
             return Enqueued(holder[0], False, holder[1])
     raise RuntimeError(f"unique key {unique_key!r}: its tasks kept finishing between the "
                        f"insert and the read, {UNIQUE_ROUNDS} times")
+
+
+def _eager() -> Any:
+    """The eager runner of `taskworker.testing.eager()`, if one is active."""
+    from . import testing  # (cheap after the first time; no import cycle at load)
+
+    return testing.active()
 
 
 def place(task: TaskRef, queue: str | None, priority: int | None, run_at: RunAt,

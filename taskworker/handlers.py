@@ -1,10 +1,15 @@
-"""What a task does: the demo handler, and loading the one TASK_HANDLER names.
+"""What a task does: the demo handler, loading the one TASK_HANDLER names, and
+what a running task may ask about itself.
 
-A handler is any callable `handler(payload)` returning the result text (or None).
-If it also accepts a `task` keyword, it is called as `handler(payload, task=...)`
-with a `TaskContext` (id, attempt, worker number, and the settings a handler may
-need: never the database URL or its password). Raising any exception fails the
-task; the stored error is `ExceptionType: message`.
+A handler of text payloads is any callable `handler(payload)` returning the
+result text (or None). If it also accepts a `task` keyword, it is called as
+`handler(payload, task=...)` with a `TaskContext` (id, attempt, worker number,
+and the settings a handler may need: never the database URL or its password).
+A task called with arguments (part 14) gets only its own arguments: a `task`
+parameter of its own is the caller's; it reads its context with
+`taskworker.current_task()`, which every running task may call. Raising any
+exception fails the task; the stored error is `ExceptionType: message`, and the
+traceback is stored beside it.
 """
 from __future__ import annotations
 
@@ -12,9 +17,8 @@ import importlib
 import inspect
 import random
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-
-import gevent
 
 from .settings import Settings
 
@@ -59,6 +63,19 @@ class TaskContext:
         return self._cancelled()
 
 
+# The running task's context, built on first ask (most tasks never ask). Each
+# greenlet has its own context variables, so every worker sees its own task.
+_running: ContextVar[Callable[[], TaskContext] | None] = ContextVar("taskworker_running",
+                                                                    default=None)
+
+
+def current_task() -> TaskContext | None:
+    """The context of the task this code runs in (None outside a task): its id,
+    attempt, worker, name, queue, settings and whether a cancel was asked."""
+    build = _running.get()
+    return None if build is None else build()
+
+
 class HandlerError(Exception):
     """TASK_HANDLER cannot be used; str() is one line for the user."""
 
@@ -74,6 +91,8 @@ def demo(payload: str | None, task: TaskContext) -> str:
     The sleep and failure rate come from TASK_MIN_SECONDS, TASK_MAX_SECONDS and
     TASK_FAILURE_RATE, so tests and benchmarks can run it with no sleep.
     """
+    import gevent  # (here: an application importing current_task() need not load gevent)
+
     s = task.settings
     if s.task_max_seconds > 0:
         gevent.sleep(random.uniform(s.task_min_seconds, s.task_max_seconds))

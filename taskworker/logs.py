@@ -41,13 +41,25 @@ def one_line(text: str) -> str:
 
 class PlainFormatter(logging.Formatter):
     """`YYYY/MM/DD HH:MM:SS message`, a traceback (a handler's log.exception)
-    included, on one line."""
+    included, on one line.
+
+    A task's stored traceback (`extra={"traceback": text}`, with `task_id`)
+    follows its record as lines of their own, each one escaped and marked
+    `Task ID: N |`, so that a text the task controls can never pass for
+    another line of the log."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(message)s", DATE_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        return one_line(super().format(record))
+        text = one_line(super().format(record))
+        traceback = getattr(record, "traceback", None)
+        if not traceback:
+            return text
+        stamp = self.formatTime(record, DATE_FORMAT)
+        mark = f"Task ID: {getattr(record, 'task_id', '?')} |"
+        return "\n".join([text] + [f"{stamp} {mark} {one_line(line)}"
+                                    for line in traceback.rstrip("\n").split("\n")])
 
 
 # Characters that JSON leaves as they are but that some readers take for a line
@@ -75,6 +87,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, field, None)
             if value is not None:
                 entry[field] = value
+        traceback = getattr(record, "traceback", None)
+        if traceback:  # a task's stored traceback
+            entry["traceback"] = traceback
         if record.name != log.name:
             entry["logger"] = record.name
         if record.exc_info:

@@ -2,9 +2,20 @@
 
     import taskworker
 
-    @taskworker.task("resize", queue="images", max_retries=3, retry_backoff="10s")
-    def resize(payload, task):
+    @taskworker.task(queue="mail", max_retries=3, retry_backoff="10s")
+    def send_email(to: str, subject: str = "") -> dict:
         ...
+
+    send_email.enqueue(conn, "ann@example.com", subject="Hi")   # in conn's transaction
+    send_email.options(priority=5, delay=60).enqueue(conn, "bob@example.com")
+    send_email("ann@example.com")                               # a plain call, as before
+
+The decorator returns a `Task`: called, it runs the function; `.enqueue` checks
+the arguments against the function's signature and against what JSON can carry
+(codec.py), then inserts a row whose `arguments` hold the call. A worker calls
+the function with them and stores its return value as JSON. Rows written with a
+text payload (`taskworker.enqueue(conn, "text", task=send_email)`, plain SQL,
+the seed) still call the function with the payload, as before part 14.
 
 A row whose `task` column names a registered function runs that function; a row
 with no name runs the default handler (TASK_HANDLER). Every option is optional
@@ -20,13 +31,17 @@ imports it to declare its tasks, whatever else it runs on.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, ParamSpec, TypeVar
 
+from . import codec
 from .settings import parse_duration
 
 DEFAULT_QUEUE = "default"
@@ -52,8 +67,10 @@ class TaskDef:
     max_running: int | None = None  # across every process and host
     cron: str | None = None  # 5-field cron expression (CRON_TZ, default UTC)
     every: float | None = None  # seconds between periodic runs
-    payload: str | None = None  # what a periodic run gets
+    payload: str | None = None  # what a periodic run gets (a text payload), or
+    arguments: str | None = None  # ... the JSON call it is made with (format 2)
     skip_if_running: bool = True  # periodic: skip a tick while the last run is live
+    signature: inspect.Signature | None = field(default=None, compare=False, repr=False)
 
     @property
     def periodic(self) -> bool:
@@ -72,17 +89,27 @@ class TaskDef:
 _registry: dict[str, TaskDef] = {}
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
 def task(name: str | None = None, *, queue: str | None = None, priority: int | None = None,
          max_retries: int | None = None, retry_backoff: str | float | None = None,
          timeout: str | float | None = None, max_running: int | None = None,
          cron: str | None = None, every: str | float | None = None,
-         payload: str | None = None, skip_if_running: bool = True,
-         ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+         payload: str | None = None, args: Sequence[Any] | None = None,
+         kwargs: dict[str, Any] | None = None, skip_if_running: bool = True,
+         ) -> Callable[[Callable[P, R]], Task[P, R]]:
     """Register the decorated function as a named task (default name:
-    `module.function`). Durations take 10, "10s", "500ms", "2m", "1h". The
-    function is returned unchanged, with its name as `fn.task_name`."""
+    `module.function`) and return it as a `Task`. Durations take 10, "10s",
+    "500ms", "2m", "1h". A periodic task (`cron` or `every`) is called with
+    `args` and `kwargs` (checked here against its signature), or with the text
+    `payload` as one argument; with neither, it is called with no argument if
+    its signature allows, else with None (as before part 14)."""
 
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def register(fn: Callable[P, R]) -> Task[P, R]:
+        if isinstance(fn, Task):
+            fn = fn.fn
         task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
         where = f"task {task_name!r}"
         _check_name(task_name, "task name")
@@ -101,12 +128,14 @@ def task(name: str | None = None, *, queue: str | None = None, priority: int | N
             _check_cron(cron, where)
         if payload is not None and not isinstance(payload, str):
             raise RegistryError(f"{where}: payload must be str")
+        signature = _signature(fn)
+        arguments = _periodic_call(fn, signature, payload, args, kwargs, where)
         definition = TaskDef(
             name=task_name, fn=fn, takes_task=takes_task(fn), queue=queue, priority=priority,
             max_retries=max_retries, retry_backoff=_seconds(retry_backoff, where, "retry_backoff"),
             timeout=_seconds(timeout, where, "timeout"), max_running=max_running, cron=cron,
-            every=_seconds(every, where, "every"), payload=payload,
-            skip_if_running=skip_if_running)
+            every=_seconds(every, where, "every"), payload=payload, arguments=arguments,
+            skip_if_running=skip_if_running, signature=signature)
         if definition.every is not None and definition.every <= 0:
             raise RegistryError(f"{where}: every must be more than 0 seconds")
         known = _registry.get(task_name)
@@ -114,10 +143,114 @@ def task(name: str | None = None, *, queue: str | None = None, priority: int | N
             raise RegistryError(f"{where} is registered twice: by {_origin(known.fn)} "
                                 f"and by {_origin(fn)}")
         _registry[task_name] = definition
-        fn.task_name = task_name  # type: ignore[attr-defined]
-        return fn
+        return Task(task_name, fn)
 
     return register
+
+
+@dataclass(frozen=True)
+class Options:
+    """Where and when an enqueued call goes (None: the task's own option, else
+    the default): see `taskworker.enqueue` for each."""
+
+    queue: str | None = None
+    priority: int | None = None
+    run_at: datetime | timedelta | None = None
+    delay: timedelta | float | None = None
+    unique_key: str | None = None
+
+
+NO_OPTIONS = Options()
+
+
+class Task(Generic[P, R]):
+    """A registered task: call it to run the function here, `.enqueue` it to
+    have a worker run it. Type checkers see the function's own parameters on
+    both."""
+
+    def __init__(self, name: str, fn: Callable[P, R], options: Options = NO_OPTIONS) -> None:
+        self.task_name = name  # (what `taskworker.enqueue(..., task=this)` reads)
+        self.fn = fn
+        self._options = options
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    @property
+    def name(self) -> str:
+        return self.task_name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<taskworker.Task {self.task_name!r}>"
+
+    def enqueue(self, conn: Any, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """Insert a pending task that calls the function with these arguments,
+        in the transaction of `conn` (a psycopg2 connection or cursor); return
+        its id. Raises TypeError before anything is sent when the signature
+        refuses the call or JSON cannot carry an argument."""
+        from .client import enqueue_call
+
+        return enqueue_call(conn, self.task_name, args, kwargs, self._options)
+
+    def options(self, *, queue: str | None = None, priority: int | None = None,
+                run_at: datetime | timedelta | None = None,
+                delay: timedelta | float | None = None,
+                unique_key: str | None = None) -> Task[P, R]:
+        """This task with options for the next `.enqueue`: a queue, a priority,
+        a time (`run_at`, or `delay` in seconds or a timedelta) or a unique key
+        (while a task with that key is live, `.enqueue` inserts nothing and
+        returns the live task's id)."""
+        was = self._options
+        return Task(self.task_name, self.fn, Options(
+            was.queue if queue is None else queue,
+            was.priority if priority is None else priority,
+            was.run_at if run_at is None and delay is None else run_at,
+            was.delay if run_at is None and delay is None else delay,
+            was.unique_key if unique_key is None else unique_key))
+
+
+def check_call(definition: TaskDef, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Raise TypeError unless the task's function takes these arguments."""
+    if definition.signature is None:
+        return
+    try:
+        definition.signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"{definition.name}(): {exc}") from None
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature
+        return None
+
+
+def _periodic_call(fn: Callable[..., Any], signature: inspect.Signature | None,
+                   payload: str | None, args: Sequence[Any] | None,
+                   kwargs: dict[str, Any] | None, where: str) -> str | None:
+    """The JSON call a periodic run is made with (None: called with `payload`)."""
+    if args is None and kwargs is None:
+        if payload is not None or signature is None:
+            return None
+        try:  # a function of no required parameter: called with none
+            signature.bind()
+        except TypeError:
+            return None  # `def tick(payload)`: called with None, as before part 14
+        return codec.encode_call((), {}, where)
+    if payload is not None:
+        raise RegistryError(f"{where}: give payload or args/kwargs, not both")
+    if args is not None and not isinstance(args, (list, tuple)):
+        raise RegistryError(f"{where}: args must be a list")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise RegistryError(f"{where}: kwargs must be a dict")
+    try:
+        if signature is not None:
+            signature.bind(*(args or ()), **(kwargs or {}))
+        return codec.encode_call(args or (), kwargs or {}, where)
+    except TypeError as exc:  # (NotJSON is one)
+        raise RegistryError(f"{where}: {exc}") from None
 
 
 def get(name: str) -> TaskDef | None:
@@ -140,8 +273,20 @@ def import_modules(modules: Iterable[str]) -> list[str]:
             raise RegistryError(f"cannot load TASK_MODULES module {module!r}: {exc}") from None
         except Exception as exc:  # ImportError, or the module's own error
             raise RegistryError(f"cannot load TASK_MODULES module {module!r}: "
-                                f"{type(exc).__name__}: {exc}") from None
+                                f"{type(exc).__name__}: {exc}{raised_at(exc)}") from None
     return sorted(_registry)
+
+
+def raised_at(exc: BaseException) -> str:
+    """" (raised at file:line)" for the frame that raised `exc`, outside the
+    import machinery; a SyntaxError names its own file and line."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (at {exc.filename}:{exc.lineno})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "importlib" not in f.filename and not f.filename.startswith("<frozen")]
+    if not frames or frames[-1].filename == __file__:
+        return ""
+    return f" (raised at {frames[-1].filename}:{frames[-1].lineno})"
 
 
 def takes_task(fn: Callable[..., Any]) -> bool:

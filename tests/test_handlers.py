@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from invariants import insert_tasks
+from invariants import insert_tasks, query
 from proc import ServeFactory, ServeProcess, importable, run_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -99,7 +99,13 @@ def test_handler_exception_is_stored_as_type_and_message(db_url: str, db: Any,
     out = run_until_finished(p, ids)
     assert rows(db) == {ids[0]: ("error", None, "Refused: will not do 'the dishes'", 1)}
     assert f"Task ID: {ids[0]} processed with status: error" in out
-    assert "Traceback" not in out
+    # The traceback is stored, and logged after the failure's line, each of its
+    # lines marked with the task's id: never a bare traceback of the worker.
+    stored = query(db, "SELECT traceback FROM tasks WHERE id = %s", (ids[0],))[0][0]
+    assert re.search(r'my_handlers\.py", line \d+, in refuse\n', stored)
+    marked = re.compile(rf"\d{{4}}/\d\d/\d\d \d\d:\d\d:\d\d Task ID: {ids[0]} \| ")
+    traced = [line for line in out.splitlines() if "Traceback" in line or 'File "' in line]
+    assert traced and all(marked.match(line) for line in traced), traced
 
 
 @pytest.mark.parametrize(("path", "reason"), [

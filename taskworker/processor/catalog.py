@@ -11,6 +11,7 @@ task leaves the new name's rows to the processes that have it.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ class Job:
     timeout: float  # seconds; 0: no limit
     retries: RetryPolicy
     limited: bool  # holds a max_running slot while it runs
+    named: bool = False  # a registered task (not the default handler): it takes arguments
+    signature: inspect.Signature | None = None  # its function's, if it has one
 
 
 class Catalog:
@@ -46,7 +49,8 @@ class Catalog:
                 base.max_retries if d.max_retries is None else d.max_retries,
                 base.backoff if d.retry_backoff is None else d.retry_backoff)
             timeout = settings.task_timeout if d.timeout is None else d.timeout
-            self.jobs[name] = Job(d.fn, d.takes_task, timeout, retries, d.max_running is not None)
+            self.jobs[name] = Job(d.fn, d.takes_task, timeout, retries, d.max_running is not None,
+                                  True, d.signature)
         self.queues = None if settings.queues is None else [q for q, _ in settings.queues]
         self.caps = {q: cap for q, cap in settings.queues or () if cap is not None}
         self.limits = {name: d.max_running for name, d in self.definitions.items()

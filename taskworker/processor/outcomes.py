@@ -30,11 +30,12 @@ class Outcome:
     task: ClaimedTask
     worker: int  # 0: not run by a worker (given back from the local queue)
     kind: str  # one of KINDS
-    result: str | None = None
+    result: str | None = None  # text (format 1), or the return value as JSON (format 2)
     error: str | None = None
     delay: float | None = None  # RETRY: seconds until the task is due again
     size: int = 0  # bytes of the result, for the completer's batches
     frees_slot: bool = False  # the task held a max_running slot
+    traceback: str | None = None  # of the failure `error` describes
 
     def write(self) -> OutcomeWrite:
         """The row update this outcome makes.
@@ -46,7 +47,7 @@ class Outcome:
                   REFUSE: "error", SNOOZE: "pending", CANCEL: "cancelled"}
         return OutcomeWrite(self.task.id, self.task.fence, status[self.kind], self.result,
                             self.error, self.delay, self.kind in (GIVE_BACK, REFUSE, SNOOZE),
-                            self.task.losses)
+                            self.task.losses, self.traceback)
 
     @property
     def wakes_others(self) -> bool:

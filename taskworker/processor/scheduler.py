@@ -72,7 +72,8 @@ class Scheduler:
         done = store.enqueue_tick(
             self.db, task=name, tick=tick, since=self.started,
             queue=definition.queue or DEFAULT_QUEUE, priority=definition.priority or 0,
-            payload=definition.payload, skip_if_running=definition.skip_if_running)
+            payload=definition.payload, skip_if_running=definition.skip_if_running,
+            arguments=definition.arguments)
         if done.task_id is not None:
             self._enqueued += 1
             log.info("Enqueued periodic task %s (tick %s) as task ID %d",

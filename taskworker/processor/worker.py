@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback as traceback_module
 from collections.abc import Callable
 from dataclasses import replace
 
 import gevent
 from gevent.event import Event
 
+from ..codec import NotJSON, decode_call, encode
 from ..endings import Cancel, Fail, Snooze
-from ..handlers import HandlerSettings, TaskContext
+from ..handlers import HandlerSettings, TaskContext, _running
 from ..logs import log, printable, seconds
 from ..settings import Settings
 from ..store.tasks import ClaimedTask
@@ -25,6 +27,8 @@ from .catalog import Catalog, Job
 from .dispatch import Dispatch
 from .heartbeat import LeaseExpiring
 from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, SNOOZE, Outcome
+
+MAX_TRACEBACK_CHARS = 16_000  # a stored traceback's length at most
 
 
 class TaskTimeout(Exception):
@@ -122,32 +126,71 @@ class Worker:
         if log.isEnabledFor(logging.INFO):
             log.info("[Worker %d] Processing task ID: %d with payload: %s",
                      n, task.id, printable(task.payload), extra=_fields(task, n))
+        def context() -> TaskContext:  # (built only if the task asks: current_task())
+            return TaskContext(task.id, task.attempt, n, self.handler_settings[task.name],
+                               task.name, task.queue,
+                               lambda: self.dispatch.is_cancelled(task.id))
+
+        running = _running.set(context)
         timer = gevent.Timeout(job.timeout or None, TaskTimeout)
         timer.start()
         try:
-            if job.takes_task:
-                ctx = TaskContext(task.id, task.attempt, n, self.handler_settings[task.name],
-                                  task.name, task.queue,
-                                  lambda: self.dispatch.is_cancelled(task.id))
-                result = job.fn(task.payload, task=ctx)
+            if task.format == 1:
+                if job.takes_task:
+                    result = job.fn(task.payload, task=context())
+                else:
+                    result = job.fn(task.payload)
+                problem, size = _storable(result, self.max_bytes)
             else:
-                result = job.fn(task.payload)
-            problem, size = _storable(result, self.max_bytes)
+                result, problem = self._call(job, task)
+                size = 0 if problem else len(result)
             if problem:
-                return self._failed(task, n, job, problem)
+                return self._failed(task, n, job, problem, retry=False)
             return Outcome(task, n, DONE, result=result, size=size, frees_slot=job.limited)
-        except TaskTimeout:
-            return self._failed(task, n, job, f"timed out after {seconds(job.timeout)}")
+        except TaskTimeout as exc:
+            return self._failed(task, n, job, f"timed out after {seconds(job.timeout)}",
+                                traceback=formatted(exc))
         except Fail as exc:
-            return self._failed(task, n, job, f"{exc}" or "failed", retry=False)
+            return self._failed(task, n, job, f"{exc}" or "failed", retry=False,
+                                traceback=formatted(exc))
         except Snooze as exc:
             return Outcome(task, n, SNOOZE, delay=exc.delay, frees_slot=job.limited)
         except Cancel as exc:
             return self._cancelled(task, n, f"{exc}" or "by its handler")
         except (Exception, SystemExit) as exc:
-            return self._failed(task, n, job, f"{type(exc).__name__}: {exc}")
+            return self._failed(task, n, job, f"{type(exc).__name__}: {exc}",
+                                traceback=formatted(exc))
         finally:
             timer.close()
+            _running.reset(running)
+
+    def _call(self, job: Job, task: ClaimedTask) -> tuple[str, str | None]:
+        """Call a format 2 task's function with the row's arguments: (its return
+        value as JSON, or why the call could not be made or its value stored).
+        A call its function does not take fails the task at once, unretried (a
+        deploy changed the signature: retrying cannot fix it); an error raised
+        inside the function is raised."""
+        if not job.named:
+            return "", ("TypeError: a task with arguments needs a registered function; "
+                        "this row names none")
+        try:
+            args, kwargs = decode_call(task.payload or "")
+        except ValueError as exc:  # (json.JSONDecodeError is one)
+            return "", f"ValueError: cannot read the task's arguments: {exc}"
+        try:
+            value = job.fn(*args, **kwargs)
+        except TypeError as exc:
+            if job.signature is not None:
+                try:
+                    job.signature.bind(*args, **kwargs)
+                except TypeError as refused:
+                    raise Fail(f"TypeError: the arguments do not fit {task.name}"
+                               f"{job.signature}: {refused}") from exc
+            raise
+        try:
+            return encode(value, f"the return value of {task.name}()"), None
+        except NotJSON as exc:
+            return "", f"TypeError: {exc}"
 
     def _cancelled(self, task: ClaimedTask, n: int, why: str) -> Outcome:
         job = self.catalog.job(task.name)
@@ -157,7 +200,7 @@ class Worker:
                        frees_slot=job is not None and job.limited)
 
     def _failed(self, task: ClaimedTask, n: int, job: Job | None, message: str,
-                retry: bool = True) -> Outcome:
+                retry: bool = True, traceback: str | None = None) -> Outcome:
         message = _bounded(message, self.max_bytes)
         limited = job is not None and job.limited
         if job is not None and retry:
@@ -165,14 +208,21 @@ class Worker:
         else:
             outcome = Outcome(task, n, ERROR, error=message, size=len(message))
         outcome.frees_slot = limited
+        outcome.traceback = traceback
+        outcome.size += len(traceback or "")
+        # The line is the original tool's; the traceback follows it (see logs.py).
         if outcome.kind == ERROR:  # a warning: LOG_LEVEL=WARNING still shows every failure
             log.warning("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
-                        extra=_fields(task, n))
+                        extra={**_fields(task, n), "traceback": traceback})
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("[Worker %d] Task ID: %d failed, to be retried: %s", n, task.id,
+                      message, extra={**_fields(task, n), "traceback": traceback})
         return outcome
 
     def _crashed(self, task: ClaimedTask, n: int, exc: BaseException) -> Outcome:
         outcome = self._failed(task, n, self.catalog.job(task.name),
-                               f"worker crashed: {type(exc).__name__}: {exc}")
+                               f"worker crashed: {type(exc).__name__}: {exc}",
+                               traceback=formatted(exc))
         log.error("[Worker %d] crashed on task ID %d (%s: %s); worker restarted",
                   n, task.id, type(exc).__name__, exc, extra=_fields(task, n))
         return outcome
@@ -195,6 +245,21 @@ def _storable(result: object, max_bytes: int) -> tuple[str | None, int]:
     if size > max_bytes:
         return f"ValueError: result is {size} bytes, over MAX_PAYLOAD_BYTES={max_bytes}", 0
     return None, size
+
+
+def formatted(exc: BaseException) -> str:
+    """The traceback of a task's failure, from the task's own frames down (the
+    worker's frames that called it are left out), within MAX_TRACEBACK_CHARS:
+    its first lines and its last frames, where the failure is, are kept."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    text = "".join(traceback_module.format_exception(type(exc), exc, tb))
+    if len(text) <= MAX_TRACEBACK_CHARS:
+        return text
+    head = text[:MAX_TRACEBACK_CHARS // 8].rsplit("\n", 1)[0]
+    tail = text[len(text) - MAX_TRACEBACK_CHARS * 7 // 8:].split("\n", 1)[-1]
+    return f"{head}\n  ... ({len(text) - len(head) - len(tail)} characters cut) ...\n{tail}"
 
 
 def _bounded(message: str, max_bytes: int) -> str:

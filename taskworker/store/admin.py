@@ -30,21 +30,26 @@ class Placement(NamedTuple):
     delay: timedelta | None = None  # due after this, from the database's now(); or now
 
 
-def enqueue(db: Database, payloads: Sequence[str], placement: Placement) -> list[int]:
+def enqueue(db: Database, payloads: Sequence[str], placement: Placement,
+            arguments: Sequence[str] | None = None) -> list[int]:
     """Insert one pending task per payload, placed as `placement` says; return
-    their ids in the payloads' order."""
-    rows = db.query(sql.enqueue, {"payloads": list(payloads), **placement._asdict()})
+    their ids in the payloads' order. With `arguments` (JSON calls, see
+    codec.py) instead, one task per call, and `payloads` is empty."""
+    rows = db.query(sql.enqueue, {"payloads": list(payloads) if arguments is None else None,
+                                  "arguments": None if arguments is None else list(arguments),
+                                  **placement._asdict()})
     # Rows are inserted in payload order (ORDER BY ordinality), so their identity
     # values increase in that order whatever RETURNING's order is.
     return sorted(row[0] for row in rows)
 
 
-def enqueue_unique(db: Database, payload: str, unique_key: str,
-                   placement: Placement) -> int | None:
+def enqueue_unique(db: Database, payload: str | None, unique_key: str,
+                   placement: Placement, arguments: str | None = None) -> int | None:
     """Insert one task with `unique_key` and return its id; None (nothing
-    inserted, no row locked) when a live task holds the key."""
-    rows = db.query(sql.enqueue_unique, {"payload": payload, "unique_key": unique_key,
-                                         **placement._asdict()})
+    inserted, no row locked) when a live task holds the key. `arguments`: a
+    JSON call, beside a None payload."""
+    rows = db.query(sql.enqueue_unique, {"payload": payload, "arguments": arguments,
+                                         "unique_key": unique_key, **placement._asdict()})
     return rows[0][0] if rows else None
 
 
@@ -205,3 +210,31 @@ def backlog(db: Database) -> list[Backlog]:
                     None if oldest is None else float(oldest))
             for queue, task, due, later, claimed, running, oldest
             in db.query(sql.status_backlog)]
+
+
+class Outcome(NamedTuple):
+    """What a task's row says of its outcome (`taskworker.result`)."""
+
+    id: int
+    status: str
+    format: int  # 1: `result` is the text result; 2: `value` is the JSON return value
+    result: str | None
+    value: str | None  # the return value as JSON text
+    error: str | None
+    traceback: str | None
+
+
+def task_outcomes(db: Database, ids: Sequence[int]) -> dict[int, Outcome]:
+    """The outcome columns of the tasks `ids` (a pruned or unknown id is absent)."""
+    return {row[0]: Outcome(*row) for row in db.query(sql.task_outcomes, {"ids": list(ids)})}
+
+
+def await_tasks(db: Database, ids: Sequence[int]) -> None:
+    """Mark the unfinished tasks of `ids` as awaited: each notifies channel
+    taskworker_finished when it finishes (listen_finished receives it)."""
+    db.query(sql.await_tasks, {"ids": list(ids)})
+
+
+def listen_finished(db: Database, listen: bool = True) -> None:
+    """Subscribe this connection to the notifications of awaited tasks (or stop)."""
+    db.query(sql.listen_finished if listen else sql.unlisten_finished)

@@ -26,11 +26,12 @@ class OutcomeWrite(NamedTuple):
     id: int
     fence: int  # the hold's fencing token: written only while the row still has it
     status: str  # done, error or pending
-    result: str | None
+    result: str | None  # text (format 1), or the return value as JSON (format 2)
     error: str | None
     delay: float | None  # pending: seconds until due again (None: now)
     given_back: bool  # pending, untouched: the attempt is not counted
     losses: int = 0  # workers lost with the task before this hold (any loss since fences it off)
+    traceback: str | None = None  # of the failure `error` describes
 
 
 def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite],
@@ -57,4 +58,5 @@ def outcome_arrays(writes: Sequence[OutcomeWrite]) -> dict[str, str]:
             "errors": arrays.texts(w.error for w in writes),
             "delays": arrays.numbers(w.delay for w in writes),
             "given_back": arrays.booleans(w.given_back for w in writes),
-            "losses": arrays.numbers(w.losses for w in writes)}
+            "losses": arrays.numbers(w.losses for w in writes),
+            "tracebacks": arrays.texts(w.traceback for w in writes)}

@@ -58,10 +58,15 @@ status = 'in_progress',
 -- statistics (a table just bulk-loaded and never analyzed would otherwise be
 -- read whole and sorted): sent with SET LOCAL in the same round trip.
 --
--- Returns id, payload (NULL when over %(inline_bytes)s bytes: octet_length reads
--- a stored value's size without loading it), attempts, rescues, payload size,
--- task name, queue, the queue's share, and cancel_requested_at IS NOT NULL, in
--- the order to run them (priority, due time, id); then the pairs discovered.
+-- Row formats (migration 012): only formats 1 and 2 are claimed; a row of a
+-- later format waits for a process that knows it.
+--
+-- Returns id, payload (a format 2 row's: its JSON call; NULL when over
+-- %(inline_bytes)s bytes: octet_length and pg_column_size read a stored value's
+-- size without loading it), attempts, rescues, payload size, task name, queue,
+-- the queue's share, cancel_requested_at IS NOT NULL, fence, unstarted_rescues
+-- and format, in the order to run them (priority, due time, id); then the pairs
+-- discovered.
 WITH RECURSIVE found(queue, name) AS (
     (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
      ORDER BY queue, coalesce(task, '') LIMIT 1)
@@ -117,6 +122,7 @@ picked AS MATERIALIZED (
         SELECT t.id, coalesce(t.task, '') AS name, t.priority, t.run_at FROM tasks AS t
         WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
           AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
+          AND t.format <= 2
         ORDER BY t.priority DESC, t.run_at, t.id
         LIMIT s.share
         FOR UPDATE OF t SKIP LOCKED) AS c
@@ -129,6 +135,7 @@ picked AS MATERIALIZED (
         SELECT t.id, t.priority, t.run_at FROM tasks AS t
         WHERE t.status = 'pending' AND t.queue = s.queue AND coalesce(t.task, '') = p.name
           AND t.run_at <= now() AND (NOT t.run_alone OR p.name = ANY(%(limited)s::text[]))
+          AND t.format <= 2
         ORDER BY t.priority DESC, t.run_at, t.id
         LIMIT CASE WHEN p.name = ANY(%(limited)s::text[])
                    THEN least(s.share, (SELECT count(*) FROM slots WHERE slots.task = p.name))
@@ -165,17 +172,19 @@ claimed AS (
     WHERE t.id = chosen.id
       AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
     RETURNING t.id,
-              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
-                  AS payload,
-              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
+              CASE WHEN coalesce(octet_length(t.payload), pg_column_size(t.arguments))
+                        <= %(inline_bytes)s
+                   THEN coalesce(t.payload, t.arguments::text) END AS payload,
+              t.attempts, t.rescues,
+              coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0) AS size,
               t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.unstarted_rescues, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.format, t.priority, t.run_at
 )
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        unstarted_rescues FROM claimed
+        unstarted_rescues, format FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL FROM found;
+SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL, NULL FROM found;
 
 -- name: claim_shares
 -- The claim of a busy process whose kept pairs show every queue it serves holding
@@ -186,7 +195,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL FROM fo
 -- which a busy process sends hundreds of times a second.)
 WITH /* include shares_claimed */
 SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-       unstarted_rescues FROM claimed
+       unstarted_rescues, format FROM claimed
 ORDER BY priority DESC, run_at, id;
 
 -- name: shares_claimed
@@ -199,6 +208,7 @@ picked AS MATERIALIZED (
         SELECT t.id FROM tasks AS t
         WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
           AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
+          AND t.format <= 2
         ORDER BY t.priority DESC, t.run_at, t.id
         LIMIT s.share
         FOR UPDATE OF t SKIP LOCKED) AS c
@@ -210,11 +220,13 @@ claimed AS (
     FROM picked
     WHERE t.id = picked.id
     RETURNING t.id,
-              CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END
-                  AS payload,
-              t.attempts, t.rescues, coalesce(octet_length(t.payload), 0) AS size,
+              CASE WHEN coalesce(octet_length(t.payload), pg_column_size(t.arguments))
+                        <= %(inline_bytes)s
+                   THEN coalesce(t.payload, t.arguments::text) END AS payload,
+              t.attempts, t.rescues,
+              coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0) AS size,
               t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.unstarted_rescues, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.format, t.priority, t.run_at
 )
 
 -- name: claim_shares_completing
@@ -229,11 +241,11 @@ WITH /* include outcomes_given */,
 /* include outcomes_written */,
 /* include shares_claimed */
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        unstarted_rescues, NULL::text AS written
+        unstarted_rescues, format, NULL::text AS written
  FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, written
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, NULL, written
 FROM (/* include outcome_states */) AS states;
 
 -- name: ordered_plans
@@ -252,7 +264,7 @@ SET LOCAL jit = off;
 -- its limit). Returns the claim's columns.
 WITH picked AS (
     SELECT id FROM tasks
-    WHERE status = 'pending' AND run_at <= now() AND run_alone
+    WHERE status = 'pending' AND run_at <= now() AND run_alone AND format <= 2
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
       AND coalesce(task, '') = ANY(%(names)s::text[])
       AND coalesce(task, '') <> ALL(%(limited)s::text[])
@@ -266,10 +278,13 @@ SET /* include claimed_row */
 FROM picked
 WHERE t.id = picked.id
 RETURNING t.id,
-          CASE WHEN octet_length(t.payload) <= %(inline_bytes)s THEN t.payload END,
-          t.attempts, t.rescues, coalesce(octet_length(t.payload), 0),
+          CASE WHEN coalesce(octet_length(t.payload), pg_column_size(t.arguments))
+                    <= %(inline_bytes)s
+               THEN coalesce(t.payload, t.arguments::text) END,
+          t.attempts, t.rescues,
+          coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0),
           t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL, t.fence,
-          t.unstarted_rescues;
+          t.unstarted_rescues, t.format;
 
 -- name: ensure_slots
 -- One slot row per allowed run of each limited task name (%(tasks)s, with
@@ -293,7 +308,7 @@ WHERE z.task = t.task AND z.slot > t.n AND (z.locked_by IS NULL OR z.locked_unti
 -- The payloads of the holds (%(ids)s, %(fences)s) that %(holder)s still has: the
 -- ones the claim left unloaded for their size, loaded within the fetcher's byte
 -- budget.
-SELECT t.id, t.payload
+SELECT t.id, coalesce(t.payload, t.arguments::text)
 FROM tasks AS t
 JOIN unnest(%(ids)s::bigint[], %(fences)s::bigint[]) AS h(id, fence)
   ON t.id = h.id AND t.fence = h.fence
@@ -413,17 +428,22 @@ given AS MATERIALIZED (
     SELECT *
     FROM unnest(%(ids)s::bigint[], %(fences)s::bigint[], %(statuses)s::text[],
                 %(results)s::text[], %(errors)s::text[], %(delays)s::float8[],
-                %(given_back)s::bool[], %(losses)s::int[])
-         AS v(id, fence, status, result, error, delay, given_back, losses)
+                %(given_back)s::bool[], %(losses)s::int[], %(tracebacks)s::text[])
+         AS v(id, fence, status, result, error, delay, given_back, losses, traceback)
 )
 
 -- name: outcomes_written
--- The fenced write of the outcomes given. Never sent alone.
+-- The fenced write of the outcomes given. Never sent alone. A result is the
+-- text result of a format 1 row, the JSON return value of a format 2 row; a
+-- traceback goes with the error it explains (an outcome without an error keeps
+-- the last failure's pair).
 written AS (
     UPDATE tasks AS t
     SET status = v.status,
-        result = v.result,
+        result = CASE WHEN t.format = 1 THEN v.result END,
+        return_value = CASE WHEN t.format > 1 THEN v.result::jsonb END,
         error = coalesce(v.error, t.error),
+        traceback = CASE WHEN v.error IS NULL THEN t.traceback ELSE v.traceback END,
         attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
         run_at = CASE WHEN v.delay IS NULL THEN t.run_at
                       ELSE now() + v.delay * interval '1 second' END,
@@ -588,14 +608,17 @@ ORDER BY a.xact_start NULLS LAST
 LIMIT 1;
 
 -- name: enqueue
--- Insert one pending task per element of %(payloads)s, in the array's order (ids
--- increase in that order); all due at %(run_at)s, or now() + %(delay)s, or now();
--- all of task %(task)s (NULL: the default handler), in queue %(queue)s, at %(priority)s.
-INSERT INTO tasks (payload, run_at, task, queue, priority)
-SELECT p.payload,
+-- Insert one pending task per element of %(payloads)s (text payloads, format 1)
+-- or of %(arguments)s (JSON calls, format 2; the other array is NULL), in the
+-- array's order (ids increase in that order); all due at %(run_at)s, or now() +
+-- %(delay)s, or now(); all of task %(task)s (NULL: the default handler), in
+-- queue %(queue)s, at %(priority)s.
+INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority)
+SELECT p.payload, p.arguments::jsonb, CASE WHEN p.arguments IS NULL THEN 1 ELSE 2 END,
        coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
        %(task)s, %(queue)s, %(priority)s
-FROM unnest(%(payloads)s::text[]) WITH ORDINALITY AS p(payload, n)
+FROM unnest(%(payloads)s::text[], %(arguments)s::text[]) WITH ORDINALITY
+     AS p(payload, arguments, n)
 ORDER BY p.n
 RETURNING id;
 
@@ -606,8 +629,9 @@ RETURNING id;
 -- inserted by a transaction not yet committed makes this statement wait for it.
 -- DO NOTHING locks no row: DO UPDATE ... RETURNING would lock the live task's
 -- row until the caller's commit, stalling its completer and heartbeat.
-INSERT INTO tasks (payload, run_at, task, queue, priority, unique_key)
-VALUES (%(payload)s,
+-- %(arguments)s: a JSON call (format 2), or NULL beside a text %(payload)s.
+INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, unique_key)
+VALUES (%(payload)s, %(arguments)s::jsonb, CASE WHEN %(arguments)s IS NULL THEN 1 ELSE 2 END,
         coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
         %(task)s, %(queue)s, %(priority)s, %(unique_key)s)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'in_progress')
@@ -669,6 +693,28 @@ LIMIT %(limit)s;
 -- name: task_get
 -- One task, every column (`taskworker show`).
 SELECT * FROM tasks WHERE id = %(id)s;
+
+-- name: task_outcomes
+-- What `taskworker.result` and `taskworker.wait` read of the tasks %(ids)s: id,
+-- status, format, the text result, the return value as JSON text, the error and
+-- its traceback.
+SELECT id, status, format, result, return_value::text, error, traceback FROM tasks
+WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: await_tasks
+-- Someone waits for the outcomes of the tasks %(ids)s: mark the unfinished ones,
+-- so that the row sends a notification on channel taskworker_finished when it
+-- finishes (migration 012). Only marked rows notify: the busy path sends none.
+UPDATE tasks SET awaited = true
+WHERE id = ANY(%(ids)s::bigint[]) AND status NOT IN ('done', 'error', 'cancelled')
+  AND NOT awaited;
+
+-- name: listen_finished
+-- Receive the notifications of awaited tasks finishing (payload: the task's id).
+LISTEN taskworker_finished;
+
+-- name: unlisten_finished
+UNLISTEN taskworker_finished;
 
 -- name: task_states
 -- Status, holder and whether it started (started_at set) of the tasks %(ids)s, to
@@ -807,7 +853,8 @@ JOIN pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
 WHERE c.oid = 'tasks'::regclass AND s.attname = 'status';
 
 -- name: enqueue_tick
--- Enqueue tick %(tick)s of periodic task %(task)s, once across every process: the
+-- Enqueue tick %(tick)s of periodic task %(task)s (with the text %(payload)s, or
+-- the JSON call %(arguments)s: format 2), once across every process: the
 -- tick's row in taskworker_ticks and its task are written by this one statement.
 -- The tick is taken only if no row has it (ON CONFLICT: another process took it;
 -- a racing one waits for that insert to commit), if it is newer than the task's
@@ -847,8 +894,9 @@ WITH last AS (
     ON CONFLICT DO NOTHING
     RETURNING task_id
 ), created AS (
-    INSERT INTO tasks (id, task, queue, priority, payload)
-    SELECT task_id, %(task)s, %(queue)s, %(priority)s, %(payload)s
+    INSERT INTO tasks (id, task, queue, priority, payload, arguments, format)
+    SELECT task_id, %(task)s, %(queue)s, %(priority)s, %(payload)s, %(arguments)s::jsonb,
+           CASE WHEN %(arguments)s IS NULL THEN 1 ELSE 2 END
     FROM taken
     WHERE task_id IS NOT NULL
     RETURNING id

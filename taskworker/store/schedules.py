@@ -33,12 +33,13 @@ class LastTick(NamedTuple):
 
 def enqueue_tick(db: Database, *, task: str, tick: datetime, since: datetime,
                  queue: str, priority: int, payload: str | None,
-                 skip_if_running: bool) -> TickTaken:
-    """Take tick `tick` of periodic task `task` and enqueue its run, in one
-    statement; safe to send again (a tick is taken once)."""
+                 skip_if_running: bool, arguments: str | None = None) -> TickTaken:
+    """Take tick `tick` of periodic task `task` and enqueue its run (with the
+    text `payload`, or the JSON call `arguments`), in one statement; safe to
+    send again (a tick is taken once)."""
     row = db.query(sql.enqueue_tick, {
         "task": task, "tick": tick, "since": since, "queue": queue, "priority": priority,
-        "payload": payload, "skip_if_running": skip_if_running})[0]
+        "payload": payload, "arguments": arguments, "skip_if_running": skip_if_running})[0]
     return TickTaken(*row)
 
 

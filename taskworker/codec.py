@@ -1,0 +1,114 @@
+"""Arguments and return values as JSON: what a task's row can carry.
+
+A call is stored as {"args": [...], "kwargs": {...}} in the row's `arguments`
+(jsonb), a return value as JSON in `return_value`: readable and queryable in
+SQL, and the same in every language. JSON carries None, bool, int, float, str,
+lists (a tuple arrives as a list) and dicts with str keys. Everything else is
+refused before anything is sent, with a message saying how to pass it:
+`datetime`, `date`, `time`, `UUID` and `Decimal` are not silently turned into
+strings (the function would receive a str where it expected the object), and
+NaN, infinities and NUL characters are refused because PostgreSQL's jsonb
+cannot hold them.
+
+This module imports neither gevent nor the database driver.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+MAX_DEPTH = 100  # nesting a value may have (deeper is a cycle, or a mistake)
+
+_HOW = {  # how to pass what JSON cannot carry
+    datetime: "pass value.isoformat() and datetime.fromisoformat() it in the task",
+    date: "pass value.isoformat() and date.fromisoformat() it in the task",
+    time: "pass value.isoformat() and time.fromisoformat() it in the task",
+    UUID: "pass str(value) and UUID() it in the task",
+    Decimal: "pass str(value) and Decimal() it in the task (a float would lose digits)",
+    bytes: "pass value.decode() or base64 text",
+    set: "pass a sorted list",
+    frozenset: "pass a sorted list",
+}
+
+
+_PLAIN = (int, float, str, list, tuple, dict)
+
+
+class NotJSON(TypeError):
+    """A value JSON cannot carry; str() names where it is and what to do."""
+
+
+def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], where: str) -> str:
+    """The `arguments` of a call, as JSON text; raises NotJSON naming the
+    argument (`where` says whose call: "send_email()")."""
+    for n, value in enumerate(args):
+        check(value, f"{where}: argument {n + 1}")
+    for name, value in kwargs.items():
+        check(value, f"{where}: argument {name!r}")
+    return json.dumps({"args": list(args), "kwargs": dict(kwargs)}, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def decode_call(text: str) -> tuple[list[Any], dict[str, Any]]:
+    """(args, kwargs) of a row's `arguments`. Raises ValueError when the row
+    holds something else (written by hand in SQL, say)."""
+    call = json.loads(text)
+    if not isinstance(call, dict) or not set(call) <= {"args", "kwargs"}:
+        raise ValueError('arguments must be a JSON object {"args": [...], "kwargs": {...}}')
+    args, kwargs = call.get("args", []), call.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError('arguments must be a JSON object {"args": [...], "kwargs": {...}}')
+    return args, kwargs
+
+
+def encode(value: Any, where: str) -> str:
+    """`value` as JSON text; raises NotJSON naming where it is."""
+    check(value, where)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def check(value: Any, where: str, depth: int = 0) -> None:
+    """Raise NotJSON unless JSON (and jsonb) can carry `value` as it is."""
+    if value is None or value is True or value is False:
+        return
+    kind = type(value)
+    if kind is str:
+        if "\x00" in value:
+            raise NotJSON(f"{where} contains a NUL character, which PostgreSQL's jsonb "
+                          "cannot hold")
+        return
+    if kind is int:
+        return
+    if kind is float:
+        if not math.isfinite(value):
+            raise NotJSON(f"{where} is {value!r}, which JSON cannot carry: pass None or "
+                          "a string")
+        return
+    if depth >= MAX_DEPTH:
+        raise NotJSON(f"{where} is nested more than {MAX_DEPTH} levels deep (a cycle?)")
+    if kind is list or kind is tuple:
+        for n, item in enumerate(value):
+            check(item, f"{where}[{n}]", depth + 1)
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise NotJSON(f"{where} has the key {key!r} ({type(key).__name__}): JSON "
+                              "object keys are strings; pass str keys")
+            check(key, f"{where} key", depth + 1)
+            check(item, f"{where}[{key!r}]", depth + 1)
+        return
+    for known, how in _HOW.items():
+        if isinstance(value, known):
+            raise NotJSON(f"{where} is a {kind.__name__}, which JSON cannot carry: {how}")
+    plain = next((b for b in kind.__mro__ if b in _PLAIN), None)
+    if plain is not None:  # an Enum of int, a namedtuple, an OrderedDict...
+        raise NotJSON(f"{where} is a {kind.__name__}, which JSON would give back as a "
+                      f"plain {plain.__name__}: pass a {plain.__name__}")
+    raise NotJSON(f"{where} is a {kind.__name__}, which JSON cannot carry: pass None, "
+                  "bool, int, float, str, or lists and dicts of them")

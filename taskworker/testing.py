@@ -1,0 +1,141 @@
+"""Run an application's tasks in its tests, without a `serve` process.
+
+    import taskworker
+    from myapp.tasks import send_email
+
+    def test_signup_sends_a_welcome(conn):
+        with taskworker.testing.eager():
+            task_id = send_email.enqueue(conn, "ann@example.com", subject="Hi")
+            assert taskworker.result(conn, task_id) == {"sent": 1}
+
+Inside `eager()`, enqueueing a registered task (`.enqueue`, and
+`taskworker.enqueue(..., task=...)` with arguments or a text payload) runs it
+at once, in the caller's thread, and writes nothing to the database: the
+connection is not used (pass None if the code under test has none). The
+same checks as a real enqueue come first (the signature, what JSON can carry,
+names, priorities, times), the arguments make the same JSON round trip a worker's
+would, and the return value must be JSON too. `taskworker.result` and
+`taskworker.wait` then answer from what ran: the value, or TaskFailed with the
+error and traceback. `taskworker.current_task()` works inside the task.
+
+With `eager(defer=True)`, enqueued calls wait until the test calls `.run()`
+(in enqueue order; tasks a task enqueues run in the same call), which is how a
+test checks what happens between the enqueue and the run. Delays and run_at
+are not waited for, and unique keys are not enforced. There are no retries: a
+failure ends the task in error (a test wants to see it), and `Snooze` ends it
+pending, shown by NotFinished.
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from . import codec, registry
+from .endings import Cancel, Fail, Snooze
+from .handlers import HandlerSettings, TaskContext, _running
+from .store.admin import Outcome
+
+_local = threading.local()  # (greenlet-local under gevent's patching)
+
+
+@dataclass
+class _Queued:
+    id: int
+    name: str
+    arguments: str | None  # a call (JSON), or
+    payload: str | None  # a text payload
+
+
+class EagerRunner:
+    """What `eager()` yields: the tasks run (or queued) in this block."""
+
+    def __init__(self, defer: bool) -> None:
+        self.defer = defer
+        self.outcomes: dict[int, Outcome] = {}
+        self.queued: list[_Queued] = []
+        self._next_id = 1
+
+    def enqueued(self, name: str, arguments: str | None, placement: Any,
+                 unique_key: str | None = None, payload: str | None = None) -> int:
+        """A checked enqueue of task `name`: run now, or queue it (defer)."""
+        if registry.get(name) is None:
+            raise LookupError(f"eager mode runs registered tasks; no task {name!r} is "
+                              "registered in this process")
+        task_id = self._next_id
+        self._next_id += 1
+        entry = _Queued(task_id, name, arguments, payload)
+        self.outcomes[task_id] = Outcome(task_id, "pending", 1 if arguments is None else 2,
+                                         None, None, None, None)
+        if self.defer:
+            self.queued.append(entry)
+        else:
+            self._run(entry)
+        return task_id
+
+    def run(self) -> int:
+        """Run every queued task, and those they enqueue, in order; how many ran."""
+        ran = 0
+        while self.queued:
+            self._run(self.queued.pop(0))
+            ran += 1
+        return ran
+
+    def result(self, task_id: int) -> Any:
+        from .results import value_of
+
+        return value_of(task_id, self.outcomes.get(task_id))
+
+    def _run(self, entry: _Queued) -> None:
+        definition = registry.get(entry.name)
+        assert definition is not None
+        fmt = 1 if entry.arguments is None else 2
+        settings = HandlerSettings(definition.timeout or 0.0, definition.max_retries or 0,
+                                   0.0, 0.0, 0.0)
+        context = TaskContext(entry.id, 1, 0, settings, entry.name,
+                              definition.queue or "default")
+        running = _running.set(lambda: context)
+        status, value, error, tb = "done", None, None, None
+        try:
+            if fmt == 2:
+                args, kwargs = codec.decode_call(entry.arguments or "")
+                returned = definition.fn(*args, **kwargs)
+                value = codec.encode(returned, f"the return value of {entry.name}()")
+            elif definition.takes_task:
+                value = definition.fn(entry.payload, task=context)
+            else:
+                value = definition.fn(entry.payload)
+        except Snooze:
+            status = "pending"
+        except Cancel as exc:
+            status, error = "cancelled", f"cancelled: {exc or 'by its handler'}"
+        except Fail as exc:
+            status, error, tb = "error", f"{exc}" or "failed", traceback.format_exc()
+        except Exception as exc:
+            status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
+        finally:
+            _running.reset(running)
+        self.outcomes[entry.id] = Outcome(
+            entry.id, status, fmt, value if fmt == 1 else None,
+            value if fmt == 2 and status == "done" else None, error, tb)
+
+
+def active() -> EagerRunner | None:
+    """The runner of the innermost `eager()` block of this thread, or None."""
+    return getattr(_local, "runner", None)
+
+
+@contextmanager
+def eager(defer: bool = False) -> Iterator[EagerRunner]:
+    """Run enqueued tasks here instead of in the database (see the module's
+    docstring); `defer`: only when the test calls `.run()`."""
+    was = active()
+    _local.runner = EagerRunner(defer)
+    try:
+        yield _local.runner
+    finally:
+        _local.runner = was
+

@@ -277,3 +277,14 @@ def stop_all(procs: Iterable[ServeProcess], sig: int, timeout: float = 20) -> No
     for p in procs:
         code = p.wait(timeout)
         assert code == 0, f"serve pid {p.pid} exited {code}:\n{tail(p.output())}"
+
+
+# A line of a task's traceback, as serve logs it after the task's `failed:` line.
+TASK_TRACEBACK_LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d Task ID: \d+ \| ")
+
+
+def stray_traceback(out: str) -> bool:
+    """Does `out` hold a traceback other than a task's own, logged as its lines
+    marked `Task ID: N |` (a crash of serve, an uncaught error)?"""
+    return any("Traceback" in line and not TASK_TRACEBACK_LINE.match(line)
+               for line in out.splitlines())

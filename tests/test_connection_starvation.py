@@ -31,6 +31,7 @@ from invariants import (
     query,
     status_counts,
     stop_all,
+    stray_traceback,
     tail,
     wait_finished,
     wait_until,
@@ -125,7 +126,7 @@ def assert_none_rescued(rows: dict[int, dict[str, Any]], procs: list[ServeProces
     rescued = {i: r["rescues"] for i, r in rows.items() if r["rescues"]}
     assert not rescued, (rescued, logs(procs))
     assert not any(re.search(RESCUED_LINE, p.output()) for p in procs), logs(procs)
-    assert not any("Traceback" in p.output() for p in procs), logs(procs)
+    assert not any(stray_traceback(p.output()) for p in procs), logs(procs)
 
 
 def logs(procs: list[ServeProcess]) -> str:

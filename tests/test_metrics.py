@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg2
 import pytest
-from invariants import query, wait_until
+from invariants import query, stray_traceback, wait_until
 from pgserver import UNREACHABLE_URL, free_port
 from proc import ServeFactory, ServeProcess, run_cli
 from prometheus_client.samples import Sample
@@ -45,7 +45,7 @@ def start(serve: ServeFactory, db_url: str, port: int, **env: str) -> ServeProce
 def stop(p: ServeProcess) -> None:
     p.signal(signal.SIGINT)
     assert p.wait() == 0, p.output()[-4000:]
-    assert "Traceback" not in p.output(), p.output()[-4000:]
+    assert not stray_traceback(p.output()), p.output()[-4000:]
 
 
 # --- the scrape

@@ -23,7 +23,7 @@ from unittest.mock import ANY
 
 import psycopg2
 import pytest
-from invariants import query, status_counts, wait_until
+from invariants import query, status_counts, stray_traceback, wait_until
 from pgbouncer import available as pgbouncer_available
 from pgbouncer import bouncer
 from pgserver import free_port
@@ -127,7 +127,7 @@ def row(db: Any) -> list[tuple[str, bool]]:
 def stop(p: ServeProcess) -> None:
     p.signal(signal.SIGINT)
     assert p.wait() == 0, p.output()[-4000:]
-    assert "Traceback" not in p.output(), p.output()[-4000:]
+    assert not stray_traceback(p.output()), p.output()[-4000:]
 
 
 def test_the_readme_shows_the_queries_tested_here() -> None:

@@ -31,6 +31,7 @@ from invariants import (
     query,
     query_free,
     stop_all,
+    stray_traceback,
     tail,
     wait_finished,
 )
@@ -91,7 +92,7 @@ def assert_each_completed_once(db: Any, p: ServeProcess, ids: list[int]) -> None
     out = p.output()
     assert_each_done_line_once([out])
     assert not ids_in(out, LEASE_LOST_LINE), tail(out)
-    assert "Traceback" not in out, tail(out)
+    assert not stray_traceback(out), tail(out)
 
 
 def test_a_busy_process_writes_its_outcomes_with_its_next_claims(

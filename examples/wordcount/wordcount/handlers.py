@@ -36,14 +36,20 @@ def count_words(payload: str | None, task: TaskContext) -> str:
     """Store and return the number of whitespace-separated words in `payload`."""
     if payload is None:
         raise ValueError("no text to count (the payload is NULL)")  # ends the task in error
-    words = len(payload.split())
+    return str(store_count(task.id, payload))
+
+
+def store_count(task_id: int, text: str) -> int:
+    """Count the words of `text`, keep the count under the task's id, return it
+    (the named task wordcount.count does the same with its argument)."""
+    words = len(text.split())
     # The application's own database setting: taskworker does not hand its
     # connection string (and password) to handlers.
     url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     conn = psycopg2.connect(url, application_name="wordcount")
     try:
         with conn, conn.cursor() as cur:  # one transaction: commit, or roll back on error
-            cur.execute(UPSERT, {"task_id": task.id, "words": words})
+            cur.execute(UPSERT, {"task_id": task_id, "words": words})
     finally:
         conn.close()
-    return str(words)
+    return words

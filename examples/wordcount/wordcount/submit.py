@@ -6,7 +6,7 @@
 prints the task ids. Either every file becomes a task or (on any error) none
 does: taskworker.enqueue joins the transaction of the connection it is given,
 and the tasks appear to workers only when it commits. With --named, each file's
-task is `wordcount.count` with the unique key "file:<absolute path>": while a
+task is a call of `wordcount.count(text)` with the unique key "file:<absolute path>": while a
 file's count is pending or running, submitting it again prints the same id.
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ def main(args: list[str]) -> None:
     try:
         with conn:  # commits on success, rolls back (no task at all) on an error
             if named:
-                ids = [taskworker.enqueue(conn, text, task=count,
-                                          unique_key=f"file:{Path(path).resolve()}")
+                ids = [count.options(unique_key=f"file:{Path(path).resolve()}")
+                       .enqueue(conn, text)
                        for path, text in zip(paths, texts, strict=True)]
             else:
                 ids = taskworker.enqueue_many(conn, texts)

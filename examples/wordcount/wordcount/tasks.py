@@ -3,8 +3,8 @@ command:
 
     taskworker serve --tasks wordcount.tasks
 
-- `wordcount.count` (queue "texts"): count one text's words, keep the count, and
-  enqueue `wordcount.add` for it in the same transaction. submit.py enqueues it
+- `wordcount.count(text)` (queue "texts"): count one text's words, keep the
+  count, and enqueue `wordcount.add(words)` in the same transaction. submit.py enqueues it
   with a unique key per file: submitting a file again while its count is pending
   or running returns the existing task instead of a second one.
 - `wordcount.add` (queue "totals", max_running=1): add a count to the running
@@ -13,7 +13,7 @@ command:
   the limit also keeps the other workers free for counting meanwhile).
 - `wordcount.report` (queue "totals", periodic): every REPORT_EVERY (default 1m),
   once per tick however many processes serve it, record the total in
-  word_reports.
+  word_reports and return it ({"total_words": N}, the task's return value).
 
 Each function opens its own connection (a psycopg2 connection serves one
 greenlet at a time) and writes idempotently: taskworker runs a task at least once.
@@ -21,17 +21,13 @@ greenlet at a time) and writes idempotently: taskworker runs a task at least onc
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import psycopg2
 
 import taskworker
 
-from .handlers import count_words
+from .handlers import store_count
 from .migrate import DEFAULT_DATABASE_URL
-
-if TYPE_CHECKING:
-    from taskworker.handlers import TaskContext
 
 REPORT_EVERY = os.environ.get("REPORT_EVERY", "1m")
 
@@ -42,23 +38,27 @@ def connect() -> psycopg2.extensions.connection:
 
 
 @taskworker.task("wordcount.count", queue="texts", max_retries=3, retry_backoff="2s")
-def count(payload: str | None, task: TaskContext) -> str:
+def count(text: str) -> int:
     """Count the words (as the plain handler does), then hand the count to `add`."""
-    words = count_words(payload, task)
+    task = taskworker.current_task()
+    assert task is not None  # (run by a worker, or by taskworker.testing.eager())
+    words = store_count(task.id, text)
     conn = connect()
     try:
         with conn, conn.cursor() as cur:
             # A retry of this task enqueues `add` again only if the first one was
             # rolled back: the unique key is this task's id.
-            taskworker.enqueue(cur, words, task=add, unique_key=f"add-{task.id}")
+            add.options(unique_key=f"add-{task.id}").enqueue(cur, words)
     finally:
         conn.close()
     return words
 
 
 @taskworker.task("wordcount.add", queue="totals", max_running=1)
-def add(payload: str, task: TaskContext) -> str:
-    """Add one count to the total, once per counted text."""
+def add(words: int) -> int:
+    """Add one count to the total, once per counted text; return the total."""
+    task = taskworker.current_task()
+    assert task is not None
     conn = connect()
     try:
         with conn, conn.cursor() as cur:
@@ -66,22 +66,22 @@ def add(payload: str, task: TaskContext) -> str:
                         "ON CONFLICT DO NOTHING RETURNING task_id", (task.id,))
             if cur.fetchone():  # (a second run of the same task adds nothing)
                 cur.execute("UPDATE word_totals SET words = words + %s RETURNING words",
-                            (int(payload),))
+                            (words,))
             else:
                 cur.execute("SELECT words FROM word_totals")
-            return str(cur.fetchone()[0])
+            return int(cur.fetchone()[0])
     finally:
         conn.close()
 
 
 @taskworker.task("wordcount.report", queue="totals", every=REPORT_EVERY)
-def report(payload: str | None) -> str:
-    """Record the total so far (a periodic run gets no payload)."""
+def report() -> dict[str, int]:
+    """Record the total so far (a periodic run, called with no argument)."""
     conn = connect()
     try:
         with conn, conn.cursor() as cur:
             cur.execute("INSERT INTO word_reports (words) SELECT words FROM word_totals "
                         "RETURNING words")
-            return f"total so far: {cur.fetchone()[0]} words"
+            return {"total_words": cur.fetchone()[0]}
     finally:
         conn.close()

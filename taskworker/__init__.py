@@ -7,7 +7,15 @@ exceptions a handler raises to choose its task's ending (`Fail`, `Snooze`,
 `Cancel`), `current_task`, the results API (`result`, `wait` and their
 exceptions) and `testing` (the eager mode for application tests).
 """
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them on first use
+    from . import testing
+    from .client import enqueue, enqueue_many, enqueue_unique
+    from .endings import Cancel, Fail, Snooze
+    from .handlers import TaskContext, current_task
+    from .registry import Task, task
+    from .results import NotFinished, TaskFailed, UnknownTask, WaitTimeout, result, wait
 
 __version__ = "0.1.0"
 __all__ = ["Cancel", "Fail", "NotFinished", "Snooze", "Task", "TaskContext", "TaskFailed",

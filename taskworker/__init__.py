@@ -13,14 +13,15 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them 
     from . import testing
     from .client import enqueue, enqueue_many, enqueue_unique
     from .endings import Cancel, Fail, Snooze
-    from .handlers import TaskContext, current_task
+    from .handlers import TaskContext, current_task, transaction
     from .registry import Task, task
     from .results import NotFinished, TaskFailed, UnknownTask, WaitTimeout, result, wait
 
 __version__ = "0.1.0"
 __all__ = ["Cancel", "Fail", "NotFinished", "Snooze", "Task", "TaskContext", "TaskFailed",
            "UnknownTask", "WaitTimeout", "__version__", "current_task", "enqueue",
-           "enqueue_many", "enqueue_unique", "result", "task", "testing", "wait"]
+           "enqueue_many", "enqueue_unique", "result", "task", "testing", "transaction",
+           "wait"]
 
 
 def __getattr__(name: str) -> Any:
@@ -40,7 +41,7 @@ def __getattr__(name: str) -> Any:
         from . import results
 
         return getattr(results, name)
-    if name in ("current_task", "TaskContext"):
+    if name in ("current_task", "TaskContext", "transaction"):
         from . import handlers
 
         return getattr(handlers, name)

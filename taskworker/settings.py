@@ -70,6 +70,7 @@ class Settings:
     health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
     prune_after: float | None = None  # serve deletes finished tasks older than this; None = off
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # largest payload or result, bytes
+    transaction_pool_size: int = 10  # connections for tasks' bound transactions (part 21)
     dashboard_host: str = "127.0.0.1"  # address the dashboard listens on
     dashboard_port: int | None = None  # `dashboard`: 8080 when None; serve: off when None
     dashboard_user: str = "admin"  # the user name of HTTP basic auth
@@ -260,6 +261,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "PRUNE_AFTER": ("prune_after", _above_zero(_duration)),
     # At most 1 GB: PostgreSQL's own limit for one text value.
     "MAX_PAYLOAD_BYTES": ("max_payload_bytes", _between(1, 1024**3, _bytes)),
+    "TRANSACTION_POOL_SIZE": ("transaction_pool_size", _between(1, MAX_WORKERS, _int)),
     "DASHBOARD_HOST": ("dashboard_host", _host),
     "DASHBOARD_PORT": ("dashboard_port", _port),
     "DASHBOARD_USER": ("dashboard_user", _user),

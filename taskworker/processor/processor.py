@@ -108,7 +108,8 @@ class Processor:
         self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
                              self.metrics.task_duration.observe if self.metrics else _ignore,
-                             self.heartbeat.started)
+                             self.heartbeat.started, self.holder, self.completer.written_apart,
+                             self.completer.frees_slots)
         # The services, in the order they start; the fetcher last, once all is ready.
         self.services: dict[str, Callable[[], None]] = {
             "completer": self.exchange.write_loop, "heartbeat": self.heartbeat.run,
@@ -272,6 +273,7 @@ class Processor:
             job.kill()
         for db in self._connections():
             db.close()
+        self.worker.transactions.close()
         if self.web:
             self.web.stop()
         if self.dashboard:

@@ -492,6 +492,14 @@ freed AS (
 )
 /* include outcome_states */;
 
+-- name: outcome_landed
+-- After a lost reply to the commit of a task's bound transaction (part 21): is
+-- the outcome of the hold (%(id)s, %(fence)s) in the row? As outcome_states'
+-- 'before': no holder, the status it writes, its fence, and no rescue since.
+SELECT EXISTS (SELECT 1 FROM tasks
+               WHERE id = %(id)s AND fence = %(fence)s AND locked_by IS NULL
+                 AND status = %(status)s AND rescues + unstarted_rescues = %(losses)s);
+
 -- name: give_back_orphans
 -- Give back tasks this process holds in the database but does not know of (a
 -- claim whose reply was lost with the connection): every hold of %(holder)s

@@ -56,16 +56,20 @@ def plain(n):
 '''
 
 EFFECTS = "CREATE TABLE effects (task_id bigint NOT NULL, pid int NOT NULL)"
+SHORT_LEASE = {**FAST, "LEASE_SECONDS": "2", "FETCH_INTERVAL": "0.2"}
 
 
-def setup(db: Any, tmp_path: Path) -> tuple[Path, list[str]]:
-    """The effects table, the application module, and the folder the handler marks."""
+def setup(db: Any, tmp_path: Path, hold: bool = True) -> tuple[Path, list[str]]:
+    """The effects table, the application module, and the folder the handler
+    marks (with `hold`: handlers wait after their write)."""
     query(db, EFFECTS)
     cwd = tmp_path / "cwd"
     cwd.mkdir(exist_ok=True)
     (cwd / "app.py").write_text(APP)
     marks = tmp_path / "marks"
     marks.mkdir()
+    if hold:
+        (marks / "hold").write_text("")
     return marks, ["--tasks", "app"]
 
 
@@ -94,7 +98,6 @@ def assert_exactly_once(db: Any, ids: list[int]) -> None:
 def test_writes_and_outcome_commit_together_a_failure_rolls_them_back_and_the_pool_is_bounded(
         db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
     marks, args = setup(db, tmp_path)
-    (marks / "hold").write_text("")
     ids = enqueue_effects(db, marks, 6)
     failing = enqueue_effects(db, marks, 1, fail=True)
     plain = query(db, "INSERT INTO tasks (task, format, arguments) SELECT 'plain', 2, "
@@ -126,8 +129,7 @@ def test_kill_9_between_the_writes_and_the_commit_leaves_each_effect_once(
         db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
     marks, args = setup(db, tmp_path)
     ids = enqueue_effects(db, marks, 8)
-    env = {**FAST, "WORKER_COUNT": "3", "LEASE_SECONDS": "2", "FETCH_INTERVAL": "0.2"}
-    (marks / "hold").write_text("")
+    env = {**SHORT_LEASE, "WORKER_COUNT": "3"}
     for round_no in range(1, 4):  # each round: three handlers wrote, then kill -9
         p = serve(db_url, env=env, args=args)
         wait_until(lambda n=round_no: sum(written_by(marks).values()) >= 3 * n, 30,
@@ -150,8 +152,7 @@ def test_a_process_frozen_past_its_lease_cannot_commit_its_writes(
         db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
     marks, args = setup(db, tmp_path)
     ids = enqueue_effects(db, marks, 2)
-    env = {**FAST, "WORKER_COUNT": "2", "LEASE_SECONDS": "2", "FETCH_INTERVAL": "0.2"}
-    (marks / "hold").write_text("")
+    env = {**SHORT_LEASE, "WORKER_COUNT": "2"}
     frozen = serve(db_url, env=env, args=args)
     wait_until(lambda: len(written_by(marks)) == 2, 30, "both handlers to write", [frozen])
     backends = backends_of(db, frozen.pid)
@@ -190,8 +191,7 @@ def test_a_restart_of_postgresql_in_the_middle_leaves_each_effect_once(
         try:
             marks, args = setup(db, tmp_path)
             ids = enqueue_effects(db, marks, 4)
-            env = {**FAST, "WORKER_COUNT": "4", "LEASE_SECONDS": "5", "FETCH_INTERVAL": "0.2"}
-            (marks / "hold").write_text("")
+            env = {**SHORT_LEASE, "WORKER_COUNT": "4", "LEASE_SECONDS": "5"}
             p = serve(url, env=env, args=args)
             wait_until(lambda: len(written_by(marks)) == 4, 30, "the handlers to write", [p])
         finally:

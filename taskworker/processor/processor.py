@@ -240,6 +240,12 @@ class Processor:
             self.completer.put(Outcome(task, 0, GIVE_BACK))
         if queued:
             log.info("Gave back %d queued tasks to pending", len(queued))
+        running = self.dispatch.running_count()
+        if running and not self.stop_now.is_set():  # (else the wait is silent for long)
+            log.info("Waiting up to %s for %d running %s to finish; press Ctrl+C again to "
+                     "stop %s now (given back to pending)", seconds(s.shutdown_timeout),
+                     running, "task" if running == 1 else "tasks",
+                     "it" if running == 1 else "them")
 
         deadline = time.monotonic() + s.shutdown_timeout
         while not self.pool.join(timeout=0.05):

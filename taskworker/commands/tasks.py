@@ -105,26 +105,31 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
 @click.command()
 @click.argument("ids", nargs=-1, type=int, required=True, metavar="ID...")
 def cancel(ids: tuple[int, ...]) -> None:
-    """Cancel tasks: a pending one at once (status cancelled: no worker will run
-    it); a running one is asked to stop: its process stops the handler within
-    about a second (at its next heartbeat with LISTEN=false) and writes status
-    cancelled (if its process died, the rescue does). Exit status 0 when every ID
-    was cancelled or asked, else 1 with one line per ID that was not.
+    """Cancel tasks, saying in one line per ID what happened: a pending one is
+    cancelled at once (no worker will run it); a claimed or running one is asked
+    to stop: its process stops the handler within about a second (at its next
+    heartbeat with LISTEN=false) and writes status cancelled (if its process
+    died, the rescue does). The stored error names who asked (`cancelled: by
+    taskworker cancel`). Exit status 0 when every ID was cancelled or asked,
+    else 1 (a finished task, or no such task: the line goes to stderr).
     """
     wanted = list(dict.fromkeys(ids))
     with database(load_settings(), "cancel") as conn:
         db = Direct(conn)
         done = admin.cancel(db, wanted)
-        click.echo(f"Cancelled {text.tasks(len(done.cancelled))}")
-        for task_id in done.requested:
-            click.echo(f"Task {task_id} is running: asked its process to stop it")
+        for task_id in wanted:
+            if task_id in done.cancelled:
+                click.echo(f"Task {task_id}: cancelled")
+            elif task_id in done.requested:
+                click.echo(f"Task {task_id}: running; asked its process to stop it (it "
+                           "ends cancelled)")
         left = [i for i in wanted if i not in done.cancelled and i not in done.requested]
         for task_id, state in states(db, left).items():
             if state.status is None:
-                click.echo(f"Error: no task with id {task_id}", err=True)
+                click.echo(f"Task {task_id}: not cancelled: no task has this id", err=True)
             else:
-                click.echo(f"Error: task {task_id} is {state.status}: only pending and "
-                           "running tasks can be cancelled", err=True)
+                click.echo(f"Task {task_id}: not cancelled: it is {state.status} (only "
+                           "pending and running tasks can be cancelled)", err=True)
     sys.exit(1 if left else 0)
 
 

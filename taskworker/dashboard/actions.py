@@ -137,7 +137,7 @@ def retry(db: Direct, t: Target) -> str:
 
 def cancel(db: Direct, t: Target) -> str:
     assert t.id is not None
-    done = admin.cancel(db, [t.id])
+    done = admin.cancel(db, [t.id], source="the dashboard")
     if done.cancelled:
         return f"cancelled task {t.id}"
     if done.requested:

@@ -130,7 +130,7 @@ class Worker:
                 outcome = Outcome(task, n, GIVE_BACK)
             except gevent.GreenletExit as exc:
                 if self.dispatch.is_cancelled(task.id) and not self.cancelling():
-                    outcome = self._cancelled(task, n, "taskworker cancel")
+                    outcome = self._cancelled(task, n, "a cancel was asked", asked=True)
                 elif not self.cancelling():  # raised by the handler itself, not by shutdown
                     outcome = self._crashed(task, n, exc)
                 else:
@@ -161,7 +161,8 @@ class Worker:
                         n, task.id, task.name)
             return Outcome(task, n, GIVE_BACK)
         if self.dispatch.is_cancelled(task.id):
-            return self._cancelled(task, n, "taskworker cancel, before it started")
+            return self._cancelled(task, n, "a cancel was asked before it started",
+                                   asked=True)
         durable = self.started(task)
         if durable is not None:  # (lost unstarted before: its start is written first)
             durable.wait()
@@ -246,12 +247,14 @@ class Worker:
         except NotJSON as exc:
             return "", f"TypeError: {exc}"
 
-    def _cancelled(self, task: ClaimedTask, n: int, why: str) -> Outcome:
+    def _cancelled(self, task: ClaimedTask, n: int, why: str, asked: bool = False) -> Outcome:
+        """`asked`: by `taskworker cancel` or the dashboard; the stored error then
+        names which (the row's cancel_requested_by: see outcomes_written)."""
         job = self.catalog.job(task.name)
         log.info("[Worker %d] Task ID: %d cancelled (%s)", n, task.id, why,
                  extra=_fields(task, n))
-        return Outcome(task, n, CANCEL, error=f"cancelled: {_bounded(why, self.max_bytes)}",
-                       frees_slot=job is not None and job.limited)
+        error = None if asked else f"cancelled: {_bounded(why, self.max_bytes)}"
+        return Outcome(task, n, CANCEL, error=error, frees_slot=job is not None and job.limited)
 
     def _failed(self, task: ClaimedTask, n: int, job: Job | None, message: str,
                 retry: bool = True, traceback: str | None = None) -> Outcome:

@@ -184,10 +184,10 @@ class Cancelled(NamedTuple):
     requested: list[int]  # are running: their holder was asked to stop them
 
 
-def cancel(db: Database, ids: Sequence[int]) -> Cancelled:
+def cancel(db: Database, ids: Sequence[int], source: str = "taskworker cancel") -> Cancelled:
     """Cancel the pending tasks among `ids`, and ask the holders of the running
-    ones to stop them."""
-    rows = db.query(sql.cancel, {"ids": list(ids)})
+    ones to stop them; `source` says who asks (it is in the stored error)."""
+    rows = db.query(sql.cancel, {"ids": list(ids), "source": source})
     return Cancelled(sorted(i for i, running in rows if not running),
                      sorted(i for i, running in rows if running))
 

@@ -340,7 +340,8 @@ SET rescues = t.rescues + c.charge,
     status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
                   WHEN t.rescues + c.charge > %(max_rescues)s THEN 'error' ELSE 'pending' END,
     error = CASE WHEN t.cancel_requested_at IS NOT NULL
-                 THEN 'cancelled: taskworker cancel; its worker was lost'
+                 THEN 'cancelled: by ' || coalesce(t.cancel_requested_by, 'taskworker cancel')
+                      || '; its worker was lost'
                  WHEN t.rescues + c.charge > %(max_rescues)s
                  THEN 'abandoned: worker lost ' || (t.rescues + c.charge) || ' times'
                  ELSE t.error END,
@@ -442,7 +443,9 @@ written AS (
     SET status = v.status,
         result = CASE WHEN t.format = 1 THEN v.result END,
         return_value = CASE WHEN t.format > 1 THEN v.result::jsonb END,
-        error = coalesce(v.error, t.error),
+        error = CASE WHEN v.status = 'cancelled' AND v.error IS NULL  -- (a cancel asked)
+                     THEN 'cancelled: by ' || coalesce(t.cancel_requested_by, 'taskworker cancel')
+                     ELSE coalesce(v.error, t.error) END,
         traceback = CASE WHEN v.error IS NULL THEN t.traceback ELSE v.traceback END,
         attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
         run_at = CASE WHEN v.delay IS NULL THEN t.run_at
@@ -792,16 +795,20 @@ ORDER BY e.id;
 -- holder's fenced write discard its outcome, and free the task's unique key and
 -- concurrency slot while its handler still runs) and notify the holder, which
 -- stops the handler and writes 'cancelled'. Finished tasks are left alone.
--- Returns (id, was running).
+-- %(source)s names who asks (migration 013): a pending task's error says
+-- `cancelled: by <source>`; a running one keeps the first request's source for
+-- its holder's write. Returns (id, was running).
 WITH pending AS (
     UPDATE tasks
-    SET status = 'cancelled', updated_at = now()
+    SET status = 'cancelled', error = 'cancelled: by ' || %(source)s,
+        cancel_requested_by = %(source)s, updated_at = now()
     WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
     RETURNING id
 ),
 running AS (
     UPDATE tasks
-    SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+        cancel_requested_by = coalesce(cancel_requested_by, %(source)s)
     WHERE id = ANY(%(ids)s::bigint[]) AND status = 'in_progress'
     RETURNING id
 )

@@ -164,10 +164,12 @@ def test_a_call_the_signature_or_json_refuses_raises_before_anything_is_sent(
         with pytest.raises(TypeError, match=re.escape(message)):
             call()
     assert count(db) == before
-    # By name, from code that did not import the function: JSON is checked,
-    # the signature is the worker's to check.
-    assert isinstance(taskworker.enqueue(db, task="elsewhere", args=[1], kwargs={"a": [2]}),
-                      int)
+    # By name, a name this process does not register: refused (it registers
+    # others), unless forced; JSON is checked, the signature is the worker's.
+    with pytest.raises(ValueError, match="did you mean 'send_email'"):
+        taskworker.enqueue(db, task="send_emial", args=["a"])
+    assert isinstance(taskworker.enqueue(db, task="elsewhere", args=[1], kwargs={"a": [2]},
+                                         force=True), int)
     assert count(db) == before + 1
 
 

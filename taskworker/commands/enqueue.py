@@ -12,7 +12,15 @@ import click
 import psycopg2
 
 from .. import registry
-from ..client import RunAt, check_payload, check_unique_key, enqueue_many, enqueue_unique, place
+from ..client import (
+    RunAt,
+    UnknownTaskName,
+    check_payload,
+    check_unique_key,
+    enqueue_many,
+    enqueue_unique,
+    place,
+)
 from ..settings import Settings
 from ..store.database import PgConnection, first_line
 from . import text
@@ -37,6 +45,7 @@ class Options(TypedDict):
     queue: str | None
     priority: int | None
     run_at: RunAt
+    force: bool  # a name TASK_MODULES does not register, enqueued anyway (or unchecked)
 
 
 @click.command()
@@ -52,11 +61,17 @@ class Options(TypedDict):
 @click.option("--delay", metavar="DURATION", help="Due DURATION from now: 30s, 10m, 2h, 1d.")
 @click.option("--unique-key", metavar="KEY",
               help="Insert nothing while a pending or running task has KEY (one PAYLOAD only).")
+@click.option("--tasks", "task_modules", metavar="MODULES",
+              help="Import these modules to check --task's name and take its queue and "
+                   "priority (default: TASK_MODULES).")
+@click.option("--force", is_flag=True,
+              help="Enqueue a --task name the task modules do not register.")
 @click.option("--batch-size", default=ENQUEUE_BATCH, show_default=True,
               type=click.IntRange(min=1), help="Rows per INSERT (and per commit for -).")
 def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
             priority: int | None, run_at: str | None, delay: str | None,
-            unique_key: str | None, batch_size: int) -> None:
+            unique_key: str | None, task_modules: str | None, force: bool,
+            batch_size: int) -> None:
     """Add one pending task per PAYLOAD; print their ids, one per line.
 
     Several PAYLOADs are inserted in one transaction. `taskworker enqueue -`
@@ -67,17 +82,22 @@ def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
     With --unique-key, while a pending or running task has KEY nothing is
     inserted: that task's id is printed, and a line on stderr says so (exit 0).
 
+    With --task and TASK_MODULES (or --tasks), the name is checked: one the
+    modules do not register is refused with the nearest registered name (exit
+    2; --force enqueues it anyway); without them, a line on stderr says the
+    name, queue and priority could not be checked.
+
     \b
       taskworker enqueue "resize photo 1" "resize photo 2"
       taskworker enqueue --delay 10m "send the reminder"
       taskworker enqueue --task invoice --unique-key invoice-42 42
       taskworker enqueue - < payloads.txt > ids.txt
     """
-    settings = load_settings()
+    settings = load_settings({"TASK_MODULES": task_modules})
     if unique_key is not None and (len(payloads) != 1 or payloads[0] == "-"):
         fail("--unique-key takes exactly one PAYLOAD (not -)", EXIT_CONFIG)
     options = placement(settings, task_name, queue, priority, schedule(run_at, delay),
-                        unique_key)
+                        unique_key, force)
     with database(settings, "enqueue", autocommit=False) as conn:
         if unique_key is not None:
             enqueue_once(conn, payloads[0], unique_key, options, settings.max_payload_bytes)
@@ -98,26 +118,36 @@ def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
 
 def placement(settings: Settings, task_name: str | None, queue: str | None,
               priority: int | None, run_at: RunAt, unique_key: str | None,
-              ) -> Options:
+              force: bool = False) -> Options:
     """The enqueue API's options, checked now (one line and exit 2 when bad).
 
     With --task, the TASK_MODULES of the settings are imported first, so that a
     task's declared queue and priority are filled in as they are for the
-    application's own enqueue calls.
+    application's own enqueue calls, and a misspelt name is refused (unless
+    --force). Without TASK_MODULES, nothing can be checked: one line says so.
     """
-    if task_name is not None and settings.task_modules:
+    if task_name is not None:
+        try:
+            registry.check_name(task_name, "task")
+        except ValueError as exc:
+            fail(str(exc), EXIT_CONFIG)
+    checked = task_name is not None and bool(settings.task_modules)
+    if checked:
         try:
             registry.import_modules(settings.task_modules)
         except registry.RegistryError as exc:
             fail(str(exc), EXIT_CONFIG)
-        if registry.get(task_name) is None:  # a typo would sit pending, claimed by nobody
-            click.echo(f"Warning: TASK_MODULES registers no task {task_name!r}; enqueued "
-                       "anyway", err=True)
-    options = Options(task=task_name, queue=queue, priority=priority, run_at=run_at)
+    elif task_name is not None:
+        click.echo(f"Warning: task {task_name!r} could not be checked (set TASK_MODULES or "
+                   "--tasks to check its name, queue and priority)", err=True)
+    options = Options(task=task_name, queue=queue, priority=priority, run_at=run_at,
+                      force=force or not checked)
     try:
         place(**options, delay=None)
         if unique_key is not None:
             check_unique_key(unique_key)
+    except UnknownTaskName as exc:
+        fail(str(exc).replace("force=True", "--force"), EXIT_CONFIG)
     except (TypeError, ValueError) as exc:
         fail(str(exc), EXIT_CONFIG)
     return options

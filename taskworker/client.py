@@ -103,6 +103,19 @@ def enqueue_call(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
     against the function's signature (when this process registered it) and
     against what JSON can carry before anything is sent. Under
     `taskworker.testing.eager()`, runs it here instead (see testing.py)."""
+    return enqueue_call_unique(conn_or_cursor, task, args, kwargs, options,
+                               max_bytes=max_bytes, force=force).id
+
+
+def enqueue_call_unique(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
+                        kwargs: Mapping[str, Any],
+                        options: registry.Options = registry.NO_OPTIONS,
+                        max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                        force: bool = False) -> Enqueued:
+    """`enqueue_call`, saying what it did as `enqueue_unique` does: with
+    `options.unique_key`, whether the task was inserted or a live task holds the
+    key (its id and status); without, always inserted (`taskworker enqueue
+    --args --unique-key` says which on stderr)."""
     name = task_name(task)
     if name is None:
         raise TypeError("a call needs a registered task")
@@ -117,11 +130,13 @@ def enqueue_call(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
                       force)
     eager = _eager()
     if eager is not None:
-        return eager.enqueued(name, arguments, placement, options.unique_key)
+        return Enqueued(eager.enqueued(name, arguments, placement, options.unique_key), True,
+                        "pending")
     db = Direct(conn_or_cursor)
     if options.unique_key is None:
-        return admin.enqueue(db, [], placement, arguments=[arguments])[0]
-    return _unique(db, None, arguments, options.unique_key, placement).id
+        return Enqueued(admin.enqueue(db, [], placement, arguments=[arguments])[0], True,
+                        "pending")
+    return _unique(db, None, arguments, options.unique_key, placement)
 
 
 def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef = None,

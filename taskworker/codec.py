@@ -112,3 +112,9 @@ def check(value: Any, where: str, depth: int = 0) -> None:
                       f"plain {plain.__name__}: pass a {plain.__name__}")
     raise NotJSON(f"{where} is a {kind.__name__}, which JSON cannot carry: pass None, "
                   "bool, int, float, str, or lists and dicts of them")
+
+
+def readable(value: Any) -> str:
+    """A decoded JSON value (an `arguments` or `return_value` as psycopg2 reads
+    jsonb) as indented JSON text, for people: `taskworker show`, the dashboard."""
+    return json.dumps(value, indent=2, ensure_ascii=False)

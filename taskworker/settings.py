@@ -21,6 +21,7 @@ from .parsers import hosts as _hosts
 from .parsers import modules as _modules
 from .parsers import queues as _queues
 from .parsers import secret as _secret
+from .parsers import task_names as _task_names
 from .parsers import time_zone as _time_zone
 from .parsers import user_name as _user
 
@@ -80,6 +81,9 @@ class Settings:
     dashboard_readonly: bool = False  # hide every action, refuse every POST
     # host names the dashboard answers besides the loopback ones and its own address
     dashboard_hosts: tuple[str, ...] = ()
+    # tasks whose arguments (and text payload) the dashboard never shows nor
+    # searches: task names, or ("*",) for every task
+    dashboard_hide_arguments: tuple[str, ...] = ()
 
     @property
     def default_handler(self) -> str | None:
@@ -93,6 +97,12 @@ class Settings:
     def queue_names(self) -> tuple[str, ...] | None:
         """The queues served (None: every queue)."""
         return None if self.queues is None else tuple(name for name, _ in self.queues)
+
+    def hides_arguments(self, task: str | None) -> bool:
+        """Does the dashboard hide the argument values of the task named `task`
+        (None: a task without a name)? DASHBOARD_HIDE_ARGUMENTS."""
+        hidden = self.dashboard_hide_arguments
+        return "*" in hidden or (task is not None and task in hidden)
 
     @property
     def safe_database_url(self) -> str:
@@ -269,6 +279,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DASHBOARD_TOKEN": ("dashboard_token", _secret),
     "DASHBOARD_READONLY": ("dashboard_readonly", _bool),
     "DASHBOARD_HOSTS": ("dashboard_hosts", _hosts),
+    "DASHBOARD_HIDE_ARGUMENTS": ("dashboard_hide_arguments", _task_names),
 }
 SECRETS = ("DASHBOARD_PASSWORD", "DASHBOARD_TOKEN")  # never shown, even when invalid
 

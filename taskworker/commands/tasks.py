@@ -10,19 +10,23 @@ from typing import Any
 
 import click
 
+from .. import codec
 from ..store import admin, tasks
 from ..store.database import Direct
 from . import text
 from .context import EXIT_CONFIG, CommandError, database, duration, fail, load_settings
 
 RETRY_BATCH = 10000  # rows per UPDATE of retry --all-errors
+JSON_COLUMNS = ("arguments", "return_value")  # jsonb: printed as indented JSON
 
 
 @click.command()
 @click.argument("task_id", metavar="ID", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
 def show(task_id: int, as_json: bool) -> None:
-    """Print one task, every column.
+    """Print one task, every column: a call's arguments and return value as
+    indented JSON, a traceback line by line (--json: arguments and return_value
+    as JSON values, the traceback as one string).
 
     A task in progress is "claimed, not started" while it waits in its
     process's local queue (started_at not set), "running" once its handler has
@@ -37,7 +41,14 @@ def show(task_id: int, as_json: bool) -> None:
         return
     width = max(map(len, row)) + 2
     for name, value in row.items():
-        shown = "(null)" if value is None else text.printable(str(value))
+        if value is None:
+            shown = "(null)"
+        elif name in JSON_COLUMNS:  # jsonb, decoded by psycopg2
+            shown = text.printable(codec.readable(value))
+        elif name == "traceback":  # its lines, without the empty one after the last
+            shown = text.printable(str(value).rstrip("\n"))
+        else:
+            shown = text.printable(str(value))
         if name == "status" and value == "in_progress":  # claimed, or running
             state = admin.state(value, row.get("started_at") is not None)
             shown += f" ({state}, not started)" if state == admin.CLAIMED else f" ({state})"

@@ -1046,11 +1046,12 @@ ORDER BY queue, name;
 -- first, matching the filters given (NULL: any; %(started)s: whether started_at
 -- is set, claimed or running among tasks in progress); a page of %(limit)s. The window
 -- bounds the rows a filter without an index may read (the caller widens it page
--- by page); text is searched in the first 1,000 characters of payload and error,
--- the words the search indexer copies into taskworker_search (migration 008).
+-- by page); text is searched in dash_searched_text (hidden arguments left out).
+-- Returns the columns of store/dashboard.py's Row.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL, started_at
+       cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
+       length(arguments::text)
 FROM tasks
 WHERE id < %(before)s AND id >= %(floor)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
@@ -1058,8 +1059,7 @@ WHERE id < %(before)s AND id >= %(floor)s
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
   AND (%(pattern)s::text IS NULL
-       OR (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
-          ILIKE %(pattern)s::text)
+       OR (/* include dash_searched_text */) ILIKE %(pattern)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
@@ -1069,7 +1069,9 @@ LIMIT %(limit)s;
 -- table read here):
 -- (a) the tasks the indexer has reached, through taskworker_search's trigram
 --     index, each rechecked against the task as it is now (status and text: a
---     stale side row, left by a retry or a delete, never shows a wrong result).
+--     stale side row, left by a retry or a delete, never shows a wrong result;
+--     the side table holds every task's words, and the recheck leaves out the
+--     arguments this dashboard hides, so that they never match).
 --     The recheck is a subquery per candidate, not a join: the planner has no
 --     statistics on the text of tasks and would scan the table to join it;
 --     this way the plan is the side table's (its trigram index for a rare word,
@@ -1086,8 +1088,7 @@ WITH position AS (
        AND s.task_id < %(before)s
        AND coalesce((
            SELECT t.status IN ('done', 'error', 'cancelled')
-                  AND (left(coalesce(t.payload, ''), 1000) || ' '
-                       || left(coalesce(t.error, ''), 1000)) ILIKE %(pattern)s::text
+                  AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
                   AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
                   AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
                   AND (%(task)s::text IS NULL OR coalesce(t.task, '') = %(task)s::text)
@@ -1102,8 +1103,7 @@ WITH position AS (
        AND (t.updated_at, t.id) > ((SELECT indexed_at FROM position),
                                    (SELECT indexed_id FROM position))
        AND t.id < %(before)s
-       AND (left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000))
-           ILIKE %(pattern)s::text
+       AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
        AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
        AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
        AND (%(task)s::text IS NULL OR coalesce(t.task, '') = %(task)s::text)
@@ -1112,7 +1112,8 @@ WITH position AS (
 )
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL, started_at
+       cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
+       length(arguments::text)
 FROM found JOIN tasks USING (id)
 ORDER BY id DESC
 LIMIT %(limit)s;
@@ -1136,7 +1137,10 @@ FROM taskworker_search_progress p;
 
 -- name: search_index_pass
 -- One pass of the dashboard's search indexer (store/search.py says why it is
--- correct): copy the words of up to %(batch)s finished tasks past the position,
+-- correct): copy the words of up to %(batch)s finished tasks past the position
+-- (the first 1,000 characters of payload, of error and of arguments as JSON, the
+-- last for a call only; as dash_searched_text reads them, so that what a search
+-- matches there matches here),
 -- in (updated_at, id) order through tasks_finished_at_idx and below the
 -- watermark the previous pass stored; forget up to %(batch)s side rows of tasks
 -- below the table's lowest id (the pruner removed them); store the new position
@@ -1149,7 +1153,8 @@ WITH progress AS (
     FOR UPDATE SKIP LOCKED
 ), batch AS (
     SELECT t.id, t.updated_at,
-           left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000) AS words
+           left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000)
+           || coalesce(' ' || left(t.arguments::text, 1000), '') AS words
     FROM tasks t
     WHERE t.status IN ('done', 'error', 'cancelled')
       AND t.updated_at >= (SELECT indexed_at FROM progress)
@@ -1196,17 +1201,32 @@ RETURNING (SELECT count(*) FROM copied), (SELECT count(*) FROM forgotten),
 -- through that status's partial index, as small as the set.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL, started_at
+       cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
+       length(arguments::text)
 FROM tasks
 WHERE status = %(status)s::text
   AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
-  AND (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
-      ILIKE %(pattern)s::text
+  AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
   AND id < %(before)s
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: dash_searched_text
+-- What the dashboard's text search matches in a task (a part of dash_tasks,
+-- dash_tasks_text_finished and dash_tasks_text_live, never sent alone): the first
+-- 1,000 characters of its payload, of its error and of its arguments as JSON,
+-- as the search indexer copies them; but never the payload nor the arguments of
+-- a task whose arguments this dashboard hides (DASHBOARD_HIDE_ARGUMENTS: every
+-- task with %(hide_all)s, else those named in %(hidden)s), which would let a
+-- search tell their values. Either text is a part of the indexer's words, so
+-- that a task it matches is among those the side table's index finds.
+CASE WHEN %(hide_all)s::bool OR coalesce(task, '') = ANY(%(hidden)s::text[])
+     THEN ' ' || left(coalesce(error, ''), 1000)
+     ELSE left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000)
+          || coalesce(' ' || left(arguments::text, 1000), '')
+END;
 
 -- name: dash_id_range
 -- The lowest and the highest task id (where the list's windows start and end):

@@ -15,6 +15,7 @@ from importlib import metadata
 
 from . import (
     baseline,
+    calls,
     claims,
     dashboard,
     defaults,
@@ -411,6 +412,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*roundtrip.report(b.roundtrip), ""]
     if b.underload is not None:
         out += [*underload.report(*b.underload), ""]
+    if b.calls is not None:
+        out += [*calls.report(b.calls), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

@@ -355,9 +355,10 @@ RETURNING t.id, t.status, c.charge = 1;
 
 -- name: alone_waiting
 -- Is a task that must run alone due, that this process would claim (see
--- claim_alone)? (The process then drains and claims it.)
+-- claim_alone; a row of a later format is not one)? (The process then drains
+-- and claims it.)
 SELECT EXISTS (SELECT 1 FROM tasks
-               WHERE run_alone AND status = 'pending' AND run_at <= now()
+               WHERE run_alone AND status = 'pending' AND run_at <= now() AND format <= 2
                  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
                  AND coalesce(task, '') = ANY(%(names)s::text[])
                  AND coalesce(task, '') <> ALL(%(limited)s::text[]));

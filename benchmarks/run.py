@@ -168,8 +168,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error(f"{', '.join(given)}: options of the roundtrip phase, which --only leaves out")
     given = [o for o, v in (("--tasks", args.tasks), ("--rounds", args.rounds)) if v]
     if given and not {"roundtrip", "calls", "bound"} & set(args.phases):
-        ap.error(f"{', '.join(given)}: options of the roundtrip, calls and bound phases, which --only "
-                 "leaves out")
+        ap.error(f"{', '.join(given)}: options of the roundtrip, calls and bound phases, "
+                 "which --only leaves out")
     if any(v is not None and v < 1 for v in (args.tasks, args.rounds)):
         ap.error("--tasks and --rounds must be at least 1")
     return args

@@ -179,13 +179,11 @@ def exception_attributes(error: str, traceback: str | None) -> dict[str, str]:
     them) from a stored failure: `Type: message` and its traceback, whose last
     line names the exception's class with its module (`myapp.tasks.Refused:
     ...`; a builtin's without one)."""
-    kind, _, message = error.partition(": ")
-    if traceback:
-        last = traceback.rstrip("\n").rsplit("\n", 1)[-1]
-        qualified = last.partition(":")[0].strip()
-        if qualified.endswith(kind) and " " not in qualified:
-            kind = qualified
-    attributes = {"exception.type": kind, "exception.message": message or error}
+    from .results import exception_type
+
+    message = error.partition(": ")[2]
+    attributes = {"exception.type": exception_type(error, traceback),
+                  "exception.message": message or error}
     if traceback:
         attributes["exception.stacktrace"] = traceback
     return attributes

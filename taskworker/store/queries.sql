@@ -1293,3 +1293,18 @@ WITH deleted AS (
     DELETE FROM taskworker_search WHERE task_id IN (SELECT id FROM deleted)
 )
 SELECT id FROM deleted;
+
+-- name: dash_count_matching
+-- How many tasks an action on a filter (no text: the text's are counted through
+-- dash_tasks_text_finished) would change, up to %(cap)s: those matching the
+-- filters given (NULL: any), finished ones only with %(finished)s. What a bulk
+-- action's confirmation says; it stops at the cap, so that a common filter reads
+-- no more than that many rows (a rare one reads the table, as the action would).
+SELECT count(*)
+FROM (SELECT 1
+      FROM tasks
+      WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+        AND (NOT %(finished)s::bool OR status IN ('done', 'error', 'cancelled'))
+        AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+        AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+      LIMIT %(cap)s) AS matching;

@@ -169,7 +169,7 @@ def test_serve_with_dashboard_serves_the_overview(db_url: str, db: Any, serve: A
     live = wait_until(lambda: (r := c.get("/overview/live")).status == 200
                       and 'id="processes"' in r.body and "counted" in r.text and r, 20,
                       "the overview to show the serve process", [p])
-    assert re.search(r'<td class="num">\d+</td>', live.body)
+    assert re.search(r'<td class="num"[^>]*>\d+</td>', live.body)
     wait_until(lambda: statuses(db, [1, 2]) == ["done", "done"], 20, "the tasks to run", [p])
     p.signal(2)
     assert p.wait(30) == 0, p.output()

@@ -362,7 +362,7 @@ def phase_roundtrip(b: Bench) -> None:
     limit_against = _older(b, b.args.limit_against) if b.args.limit_against else None
     b.roundtrip = roundtrip.measure(b.db("roundtrip"), b.db("roundtrip_raw"), pgbench,
                                     b.args.tasks or n, b.args.rounds or rounds, b.say,
-                                    against, limit_against, this_code)
+                                    against, limit_against, this_code, b.args.quick)
 
 
 def phase_calls(b: Bench) -> None:

@@ -12,7 +12,16 @@ batch 20. No-op tasks, the same number of tasks for every run.
 
 With `against` (run.py --against REF), an older commit's serve runs the same
 three settings in the same rounds, and the report gives each code's ratio to
-raw SQL and the ratio of the two (target at least 0.9). With `limit_against`
+raw SQL and the ratio of the two (target at least 0.9); and both codes run part
+10's two I/O-bound shapes, FETCH_LIMIT unset, in the same rounds (ratio of
+medians, target at least 0.9):
+
+  50 ms x 500     WORKER_COUNT=500, tasks of a cooperative 50 ms sleep (ideal
+                  10,000 tasks/s), IO_TASKS of them
+  10,000 x 1 s    WORKER_COUNT=10,000, tasks of a cooperative 1 s sleep (ideal
+                  10,000 tasks/s), IO_TASKS_LONG of them
+
+With `limit_against`
 (--limit-against REF), an A/B of a set FETCH_LIMIT=100 at W=20 and W=100, this
 code against that commit's serve (target at least 1.0). An older commit is
 exported with `git archive` (baseline.py) and runs on a database its own
@@ -26,6 +35,9 @@ from dataclasses import dataclass, field
 
 from . import rawsql
 from . import taskworker_runs as tw
+
+IO_TASKS = 30_000  # tasks per run of 50 ms x 500 (3 s at the ideal rate)
+IO_TASKS_LONG = 40_000  # tasks per run of 10,000 x 1 s (4 s at the ideal rate)
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,25 @@ class Run:
     fetch_limit: int | None  # taskworker: None is unset; raw SQL: the batch
     batch: int | None = None
     code: Code | None = None  # None: this code
+    handler: str = tw.NOOP
+    tasks: int | None = None  # None: the phase's number of tasks
+
+
+@dataclass(frozen=True)
+class Io:
+    """One of part 10's I/O-bound shapes, FETCH_LIMIT unset (the A/B with --against)."""
+    name: str
+    workers: int
+    handler: str
+    tasks: int
+    ideal: float  # tasks/s with every worker always busy
+
+
+def io_shapes(quick: bool = False) -> list[Io]:
+    scale = 2 if quick else 1
+    return [Io("50 ms x 500", 500, "benchmarks.iobound:sleep", IO_TASKS // scale, 500 / 0.05),
+            Io("10,000 x 1 s", 10_000, "benchmarks.iobound:sleep_1s", IO_TASKS_LONG // scale,
+               10_000 / 1.0)]
 
 
 @dataclass(frozen=True)
@@ -74,15 +105,25 @@ def serve_label(s: Setting, code: Code | None) -> str:
     return f"{'taskworker' if code is None else f'git {code.commit}'} {s.name}"
 
 
-def plan(against: Code | None, limit_against: Code | None) -> list[Run]:
+def io_label(io: Io, code: Code | None) -> str:
+    return f"{'taskworker' if code is None else f'git {code.commit}'} {io.name}"
+
+
+def plan(against: Code | None, limit_against: Code | None, quick: bool = False) -> list[Run]:
     """Every run of a round, in order: each setting by this code then the older
-    one, each raw SQL batch after the settings held against it; then the A/B."""
+    one, each raw SQL batch after the settings held against it; then the I/O
+    shapes by both codes, and the A/B of a set FETCH_LIMIT."""
     runs: list[Run] = []
     for batch in dict.fromkeys(s.batch for s in SETTINGS):
         for s in (s for s in SETTINGS if s.batch == batch):
             for code in (None, against) if against else (None,):
                 runs.append(Run(serve_label(s, code), s.workers, s.fetch_limit, code=code))
         runs.append(Run(raw_label(batch), None, None, batch))
+    if against:
+        for io in io_shapes(quick):
+            for code in (None, against):
+                runs.append(Run(io_label(io, code), io.workers, None, code=code,
+                                handler=io.handler, tasks=io.tasks))
     if limit_against:
         for s in LIMIT_SETTINGS:
             for code in (None, limit_against):
@@ -98,6 +139,7 @@ class RoundTrip:
     this_code: str = ""  # git commit and work tree state of the code measured
     against: Code | None = None
     limit_against: Code | None = None
+    quick: bool = False
     rates: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -108,13 +150,15 @@ class RoundTrip:
 
 def measure(tw_url: str, raw_url: str, pgbench: str, n: int, rounds: int,
             say: Callable[[str], None], against: Code | None = None,
-            limit_against: Code | None = None, this_code: str = "") -> RoundTrip:
-    runs = plan(against, limit_against)
-    result = RoundTrip(n, rounds, runs, this_code, against, limit_against)
+            limit_against: Code | None = None, this_code: str = "",
+            quick: bool = False) -> RoundTrip:
+    runs = plan(against, limit_against, quick)
+    result = RoundTrip(n, rounds, runs, this_code, against, limit_against, quick)
     for r in range(rounds):
         order = runs[r % len(runs):] + runs[:r % len(runs)]
         for run in order:
-            say(f"round trip: {run.label}, {n:,} tasks (round {r + 1}/{rounds})")
+            tasks = run.tasks or n
+            say(f"round trip: {run.label}, {tasks:,} tasks (round {r + 1}/{rounds})")
             if run.workers is None:
                 assert run.batch is not None
                 raw = rawsql.claim_complete(pgbench, raw_url, run.batch, n // (2 * run.batch))
@@ -123,10 +167,11 @@ def measure(tw_url: str, raw_url: str, pgbench: str, n: int, rounds: int,
             else:
                 url = tw_url if run.code is None else run.code.url
                 path = None if run.code is None else run.code.pythonpath
-                d = tw.throughput(url, n, run.workers, run.fetch_limit,  # type: ignore[arg-type]
+                d = tw.throughput(url, tasks, run.workers,
+                                  run.fetch_limit,  # type: ignore[arg-type]
                                   start=lambda run=run, url=url, path=path: [tw.start_serve(
                                       url, run.workers, run.fetch_limit,  # type: ignore[arg-type]
-                                      pythonpath=path)])
+                                      handler=run.handler, pythonpath=path)])
                 rate = d.rate
                 result.notes.extend(f"{run.label}: {note}" for note in d.notes)
             if rate:
@@ -163,6 +208,7 @@ def report(rt: RoundTrip) -> list[str]:
     lines.append("")
     if rt.against:
         lines += _against(rt, rt.against)
+        lines += _io_against(rt, rt.against)
     if rt.limit_against:
         lines += _limit_ab(rt, rt.limit_against)
     for s in SETTINGS:
@@ -195,6 +241,31 @@ def _against(rt: RoundTrip, old: Code) -> list[str]:
         verdicts.append(f"- {s.name}: this code {_fmt(r_this, '.2f')}x raw SQL, {g} "
                         f"{_fmt(r_old, '.2f')}x: {_fmt(both, '.2f')} of {g}'s (target >= "
                         f"{AGAINST_TARGET:g}) -> {_verdict(both, AGAINST_TARGET)}")
+    return [*lines, "", *verdicts, ""]
+
+
+def _io_against(rt: RoundTrip, old: Code) -> list[str]:
+    """Part 10's I/O-bound shapes, FETCH_LIMIT unset: this code against the older one."""
+    g = f"git {old.commit}"
+    lines = [f"I/O-bound tasks, FETCH_LIMIT unset, this code against {g} (ratio of medians; "
+             "the rate runs from the first completion to the last, so a shape whose first "
+             "tasks all end together can show more than the ideal):", "",
+             f"| shape | tasks per run | this code | {g} | ratio (target >= {AGAINST_TARGET:g}) "
+             f"| this code, of the ideal | this code, each run | {g}, each run |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    verdicts = []
+    for io in io_shapes(rt.quick):
+        ours, theirs = io_label(io, None), io_label(io, old)
+        this, prior = rt.median(ours), rt.median(theirs)
+        r = _ratio(this, prior)
+        each = [", ".join(f"{v:,.0f}" for v in rt.rates.get(label, []))
+                for label in (ours, theirs)]
+        share = f"{this / io.ideal:.0%}" if this else "n/a"
+        lines.append(f"| {io.name} (W={io.workers:,}) | {io.tasks:,} | {_fmt(this, ',.0f')} | "
+                     f"{_fmt(prior, ',.0f')} | {_fmt(r, '.2f')} | {share} | {each[0]} | "
+                     f"{each[1]} |")
+        verdicts.append(f"- {io.name}: this code / {g}: {_fmt(r, '.2f')} (target >= "
+                        f"{AGAINST_TARGET:g}) -> {_verdict(r, AGAINST_TARGET)}")
     return [*lines, "", *verdicts, ""]
 
 

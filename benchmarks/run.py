@@ -48,11 +48,14 @@ at the end, also on Ctrl+C or failure):
                  --tasks N, --rounds N). With --against REF, git REF's serve (exported,
                  on a database its own migrate made) runs the same settings in the same
                  rounds: each code's ratio to raw SQL and the ratio of the two (>= 0.9),
-                 and an A/B of FETCH_LIMIT=100 at W=20 and W=100, this code vs git
-                 --limit-against REF (default 6ba015e; none: skipped), ratio of medians
-                 (>= 1.0): 12 runs a round, about 6 minutes for 5 rounds of 100,000 on a
-                 quiet 2-core machine, several times that on a loaded one; 2 rounds of
-                 10,000 (--tasks 10000 --rounds 2): under a minute (benchmarks/roundtrip.py)
+                 and both codes on part 10's I/O-bound shapes, FETCH_LIMIT unset (50 ms
+                 x 500 workers, 30,000 tasks; 1 s x 10,000 workers, 40,000 tasks; ratio
+                 of medians >= 0.9), and an A/B of FETCH_LIMIT=100 at W=20 and W=100, this
+                 code vs git --limit-against REF (default 6ba015e; none: skipped), ratio
+                 of medians (>= 1.0): 16 runs a round, about 10 minutes for 5 rounds of
+                 100,000 on a quiet 2-core machine, several times that on a loaded one;
+                 2 rounds of 10,000 (--tasks 10000 --rounds 2): about 2 minutes
+                 (benchmarks/roundtrip.py)
   underload      pickup p50/p99 of single tasks inserted while one serve runs a load fed
                  in commits of 100: 10,000 no-op tasks/s (WORKER_COUNT=100), and 9,000
                  tasks/s that sleep 1 s (WORKER_COUNT=10,000); one-row commits/s with and

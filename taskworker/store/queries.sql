@@ -779,7 +779,8 @@ WHERE e.status = 'error' AND e.unique_key IS NOT NULL
 ORDER BY e.id;
 
 -- name: cancel
--- Cancel the tasks %(ids)s that are pending; for the running ones, record the
+-- Cancel the tasks %(ids)s that are pending (or waiting for others: a workflow's
+-- step; migration 013 then cancels what waits for it); for the running ones, record the
 -- request (their status is left to their holder: changing it here would make the
 -- holder's fenced write discard its outcome, and free the task's unique key and
 -- concurrency slot while its handler still runs) and notify the holder, which
@@ -788,7 +789,7 @@ ORDER BY e.id;
 WITH pending AS (
     UPDATE tasks
     SET status = 'cancelled', updated_at = now()
-    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('pending', 'waiting')
     RETURNING id
 ),
 running AS (
@@ -1234,3 +1235,99 @@ WITH deleted AS (
     DELETE FROM taskworker_search WHERE task_id IN (SELECT id FROM deleted)
 )
 SELECT id FROM deleted;
+
+-- name: workflow_ids
+-- A new workflow's id, and %(count)s task ids drawn in increasing order, for a
+-- workflow enqueued in one call: its rows name each other (next_ids) before
+-- they are inserted.
+SELECT nextval('taskworker_workflow_ids'),
+       ARRAY(SELECT nextval(pg_get_serial_sequence('tasks', 'id'))
+             FROM generate_series(1, %(count)s) ORDER BY 1);
+
+-- name: enqueue_workflow
+-- Insert tasks of workflow %(workflow_id)s (migration 013), one per element of
+-- the arrays: its id (from workflow_ids), task name, queue, priority, JSON
+-- call, whether it waits for other tasks ('waiting', else 'pending'), the ids
+-- its result goes to (a bigint[] literal, NULL: none), and when it is due
+-- (%(delays)s seconds from now(), or at %(run_ats)s). Tasks that wait get their
+-- taskworker_waits row (%(parents)s parents; %(joins)s: it receives the list of
+-- their results) in the same statement.
+WITH added AS (
+    INSERT INTO tasks (id, task, queue, priority, arguments, format, status, workflow_id,
+                       next_ids, run_at)
+    SELECT r.id, r.task, r.queue, r.priority, r.arguments::jsonb, 2,
+           CASE WHEN r.parents > 0 THEN 'waiting' ELSE 'pending' END, %(workflow_id)s,
+           r.next_ids::bigint[],
+           coalesce(r.run_at, now() + coalesce(r.delay, 0) * interval '1 second')
+    FROM unnest(%(ids)s::bigint[], %(tasks)s::text[], %(queues)s::text[],
+                %(priorities)s::int[], %(arguments)s::text[], %(parents)s::int[],
+                %(next_ids)s::text[], %(delays)s::float8[], %(run_ats)s::timestamptz[])
+         AS r(id, task, queue, priority, arguments, parents, next_ids, delay, run_at)
+    RETURNING id
+)
+INSERT INTO taskworker_waits (task_id, parents_left, joins)
+SELECT w.id, w.parents, w.joins
+FROM unnest(%(ids)s::bigint[], %(parents)s::int[], %(joins)s::bool[]) AS w(id, parents, joins)
+WHERE w.parents > 0 AND (SELECT count(*) FROM added) > 0;
+
+-- name: workflow_of
+-- Where task %(id)s stands in its workflow, for `taskworker show` and the
+-- dashboard: its workflow, the tasks its result goes to (id, task name, status),
+-- the tasks it waits for or got its input from (at most %(limit)s of them, by
+-- id, with their count by status), and how many it still waits for.
+SELECT t.workflow_id,
+       (SELECT coalesce(json_agg(json_build_array(c.id, c.task, c.status) ORDER BY c.id), '[]')
+        FROM tasks AS c WHERE c.id = ANY(t.next_ids))::text,
+       (SELECT coalesce(json_agg(json_build_array(p.id, p.task, p.status) ORDER BY p.id), '[]')
+        FROM (SELECT id, task, status FROM tasks
+              WHERE workflow_id = t.workflow_id AND next_ids @> ARRAY[t.id]
+              ORDER BY id LIMIT %(limit)s) AS p)::text,
+       (SELECT coalesce(json_object_agg(status, n), '{}') FROM (
+            SELECT status, count(*) AS n FROM tasks
+            WHERE workflow_id = t.workflow_id AND next_ids @> ARRAY[t.id]
+            GROUP BY status) AS s)::text,
+       (SELECT parents_left FROM taskworker_waits WHERE task_id = t.id)
+FROM tasks AS t
+WHERE t.id = %(id)s AND t.workflow_id IS NOT NULL;
+
+-- name: workflow_state
+-- The tasks of workflow %(workflow_id)s by status (through tasks_workflow_idx),
+-- its first and last task ids, and when its last change was.
+SELECT status, count(*), min(id), max(id), max(updated_at)
+FROM tasks
+WHERE workflow_id = %(workflow_id)s
+GROUP BY status
+ORDER BY status;
+
+-- name: cancel_workflow
+-- Cancel workflow %(workflow_id)s: its tasks that have not started (pending,
+-- and waiting for others) end cancelled at once; the ones in progress are asked
+-- to stop, as `cancel` asks (their holder stops the handler, or does not start
+-- it, and writes 'cancelled'). Rows are locked in id order, as the outcomes of
+-- a workflow reach them (a member before the callback it counts down). Finished
+-- tasks are left alone. Returns (id, was in progress).
+WITH locked AS MATERIALIZED (
+    SELECT id, status FROM tasks
+    WHERE workflow_id = %(workflow_id)s AND status IN ('pending', 'waiting', 'in_progress')
+    ORDER BY id
+    FOR UPDATE
+),
+stopped AS (
+    UPDATE tasks AS t
+    SET status = 'cancelled', updated_at = now(),
+        error = 'cancelled: its workflow was cancelled'
+    FROM locked AS l
+    WHERE t.id = l.id AND l.status IN ('pending', 'waiting')
+    RETURNING t.id
+),
+asked AS (
+    UPDATE tasks AS t
+    SET cancel_requested_at = coalesce(t.cancel_requested_at, now())
+    FROM locked AS l
+    WHERE t.id = l.id AND l.status = 'in_progress'
+    RETURNING t.id
+)
+SELECT id, false FROM stopped
+UNION ALL
+SELECT a.id, true FROM asked AS a
+CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', a.id::text)) AS n;

@@ -5,18 +5,20 @@
 -- `chain(...)` or `group(...)` enqueue shares it (taskworker_workflow_ids).
 -- next_ids: the tasks this one's result goes to (a chain's next step, a group
 -- callback, the members of a group that follows it in a chain); NULL for a
--- task outside a workflow and for a workflow's last tasks.
+-- task outside a workflow and for a workflow's last tasks. next_joins: those
+-- tasks join it with others (it is a group's member: they receive the list of
+-- the group's results), so its end is counted (see below).
 --
 -- A task that waits for others is in status 'waiting', which no claim takes
 -- (every claim reads status = 'pending'), with a row in taskworker_waits:
--- parents_left, the tasks it still waits for, and joins, whether it receives
--- the list of its parents' results (after a group) or its one parent's result
--- (a chain step). When parents_left reaches 0 it becomes 'pending', its
--- arguments' first positional argument the result(s). Constant defaults and
--- NULL columns: added without rewriting the table.
+-- parents_left, the tasks it still waits for. When they are done it becomes
+-- 'pending', its first positional argument their result (a chain step's one
+-- parent), or the list of their results (a group's callback). NULL columns:
+-- added without rewriting the table.
 ALTER TABLE tasks
     ADD COLUMN workflow_id bigint,
-    ADD COLUMN next_ids    bigint[];
+    ADD COLUMN next_ids    bigint[],
+    ADD COLUMN next_joins  boolean;
 
 ALTER TABLE tasks DROP CONSTRAINT tasks_status_check;
 ALTER TABLE tasks ADD CONSTRAINT tasks_status_check
@@ -30,38 +32,42 @@ CREATE SEQUENCE taskworker_workflow_ids AS bigint;
 -- which would otherwise be a wide tasks row rewritten once per member.
 CREATE TABLE taskworker_waits (
     task_id      bigint PRIMARY KEY,
-    parents_left integer NOT NULL,
-    joins        boolean NOT NULL
+    parents_left integer NOT NULL
 );
 
 -- A task of a workflow ended (done, error or cancelled), or a waiting task
--- ended without running (cancelled). This runs in the transaction that ended
--- it, after the statement that did: a fenced outcome that landed, a rescue that
--- parks a task, `taskworker cancel`. So a next step is released only by the
--- write that landed, exactly once (a waiting row becomes pending once; its
--- parents' ends are counted under the row lock of its taskworker_waits row, so
--- of several transactions ending a group's last members at the same moment,
--- the last to commit sees the count reach 0), and a process killed before its
--- commit released nothing, since it ended nothing.
+-- ended without running (cancelled). These triggers run in the transaction
+-- that ended it, at the end of the statement that did: a fenced outcome that
+-- landed, a rescue that parks a task, `taskworker cancel`. So a next step is
+-- released only by the write that landed, exactly once (a waiting row becomes
+-- pending once), and a process killed before its commit released nothing,
+-- since it ended nothing.
 --
--- done: each child counts one parent fewer; a child with none left becomes
--- pending with the result(s) put first in its positional arguments (a join:
--- the list of its parents' results, in the order they were given; read through
--- tasks_workflow_idx), and the fetchers are woken.
+-- done, a task whose children each wait for it alone (chain steps, or the
+-- members of a group that follows it): they become pending at once, its result
+-- put first in their positional arguments.
+-- done, a group member (its child joins several parents): its child is noted
+-- in the transaction (setting taskworker.joined), and at the commit the first
+-- call of taskworker_workflow_joined (a deferred trigger) counts each child's
+-- parents_left down by as many as the transaction ended, under its
+-- taskworker_waits row's lock: of several transactions ending a group's last
+-- members at the same moment, the last to commit sees the count reach 0 and
+-- releases the callback with the list of its parents' results (in the order
+-- they were given, read through tasks_workflow_idx). Counting once per
+-- transaction, not per row: a row rewritten by every member of a batch in one
+-- transaction is a chain of row versions each update walks (it halved a
+-- group's speed); and the counter's lock is held from the commit's start only.
 -- error or cancelled: the tasks below it that still wait can never run: they
 -- end cancelled, their error naming this task.
 --
--- Logic in a trigger, against the rule "SQL in queries.sql": the same release
+-- Logic in triggers, against the rule "SQL in queries.sql": the same release
 -- would otherwise be repeated in every statement that ends a task (three
 -- outcome statements, the rescue, cancel, the dashboard's actions), and a path
--- that forgot it would leave a workflow waiting for ever. The WHEN condition
--- is read before the function is called: a task outside a workflow (next_ids
+-- that forgot it would leave a workflow waiting for ever. The WHEN conditions
+-- are read before a function is called: a task outside a workflow (next_ids
 -- NULL, never waiting) costs the outcome path one test per row.
 CREATE FUNCTION taskworker_workflow_step() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    child record;
-    given jsonb;
 BEGIN
     IF OLD.status = 'waiting' THEN
         DELETE FROM taskworker_waits WHERE task_id = NEW.id;
@@ -83,29 +89,23 @@ BEGIN
         WHERE id IN (SELECT id FROM below) AND status = 'waiting';
         RETURN NULL;
     END IF;
-    FOR child IN
-        UPDATE taskworker_waits SET parents_left = parents_left - 1
-        WHERE task_id = ANY(NEW.next_ids)
-        RETURNING task_id, parents_left, joins
-    LOOP
-        CONTINUE WHEN child.parents_left > 0;
-        IF child.joins THEN
-            SELECT coalesce(jsonb_agg(coalesce(p.return_value, to_jsonb(p.result))
-                                      ORDER BY p.id), '[]')
-            INTO given
-            FROM tasks AS p
-            WHERE p.workflow_id = NEW.workflow_id AND p.next_ids @> ARRAY[child.task_id];
-        ELSE
-            given := coalesce(NEW.return_value, to_jsonb(NEW.result), 'null');
-        END IF;
-        UPDATE tasks
-        SET status = 'pending', run_at = greatest(run_at, now()), updated_at = now(),
-            arguments = jsonb_set(arguments, '{args}',
-                                  jsonb_build_array(given) || (arguments -> 'args'))
-        WHERE id = child.task_id AND status = 'waiting';
-        DELETE FROM taskworker_waits WHERE task_id = child.task_id;
+    IF NEW.next_joins THEN  -- counted at the commit
+        PERFORM set_config('taskworker.joined',
+                           coalesce(nullif(current_setting('taskworker.joined', true), ''),
+                                    '0') || ',' || array_to_string(NEW.next_ids, ','), true);
+        RETURN NULL;
+    END IF;
+    UPDATE tasks
+    SET status = 'pending', run_at = greatest(run_at, now()), updated_at = now(),
+        arguments = jsonb_set(arguments, '{args}',
+                              jsonb_build_array(coalesce(NEW.return_value,
+                                                         to_jsonb(NEW.result), 'null'))
+                              || (arguments -> 'args'))
+    WHERE id = ANY(NEW.next_ids) AND status = 'waiting';
+    IF FOUND THEN
+        DELETE FROM taskworker_waits WHERE task_id = ANY(NEW.next_ids);
         PERFORM pg_notify('taskworker_tasks', '');
-    END LOOP;
+    END IF;
     RETURN NULL;
 END;
 $$;
@@ -117,3 +117,53 @@ CREATE TRIGGER tasks_workflow_step
           AND NEW.status IN ('done', 'error', 'cancelled')
           AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION taskworker_workflow_step();
+
+-- The group members the transaction ended (taskworker.joined: their children's
+-- ids, one per member, after a leading 0), counted down at its commit; each
+-- child with no parent left is released. Children in id order: two transactions
+-- lock the same counters in the same order.
+CREATE FUNCTION taskworker_workflow_joined() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    joined bigint[] := string_to_array(nullif(current_setting('taskworker.joined', true), ''),
+                                       ',')::bigint[];
+    arrived record;
+    left_now integer;
+    given jsonb;
+    workflow bigint;
+BEGIN
+    IF joined IS NULL THEN  -- (counted by an earlier call at this commit)
+        RETURN NULL;
+    END IF;
+    PERFORM set_config('taskworker.joined', '', true);
+    FOR arrived IN
+        SELECT id, count(*) AS n FROM unnest(joined) AS id WHERE id > 0 GROUP BY id ORDER BY id
+    LOOP
+        UPDATE taskworker_waits SET parents_left = parents_left - arrived.n
+        WHERE task_id = arrived.id
+        RETURNING parents_left INTO left_now;
+        CONTINUE WHEN left_now IS NULL OR left_now > 0;
+        SELECT workflow_id INTO workflow FROM tasks WHERE id = arrived.id;
+        SELECT coalesce(jsonb_agg(coalesce(p.return_value, to_jsonb(p.result)) ORDER BY p.id),
+                        '[]')
+        INTO given
+        FROM tasks AS p
+        WHERE p.workflow_id = workflow AND p.next_ids @> ARRAY[arrived.id];
+        UPDATE tasks
+        SET status = 'pending', run_at = greatest(run_at, now()), updated_at = now(),
+            arguments = jsonb_set(arguments, '{args}',
+                                  jsonb_build_array(given) || (arguments -> 'args'))
+        WHERE id = arrived.id AND status = 'waiting';
+        DELETE FROM taskworker_waits WHERE task_id = arrived.id;
+        PERFORM pg_notify('taskworker_tasks', '');
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+CREATE CONSTRAINT TRIGGER tasks_workflow_joined
+    AFTER UPDATE ON tasks
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (NEW.next_joins AND NEW.status = 'done' AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION taskworker_workflow_joined();

@@ -180,8 +180,9 @@ def rows(nodes: list[_Node], ids: list[int], max_bytes: int) -> list[dict[str, A
         out.append({
             "id": task_id, "task": sig.task_name, "queue": placement.queue,
             "priority": placement.priority, "arguments": arguments,
-            "parents": len(node.parents), "joins": node.joins,
+            "parents": len(node.parents),
             "next_ids": "{" + ",".join(map(str, next_ids)) + "}" if next_ids else None,
+            "next_joins": any(nodes[c].joins for c in node.children) or None,
             "delay": None if placement.delay is None else placement.delay.total_seconds(),
             "run_at": placement.run_at})
     return out

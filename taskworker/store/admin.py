@@ -256,7 +256,8 @@ def enqueue_workflow(db: Database, workflow_id: int, rows: Sequence[dict[str, An
         "workflow_id": workflow_id, "ids": column("id"), "tasks": column("task"),
         "queues": column("queue"), "priorities": column("priority"),
         "arguments": column("arguments"), "parents": column("parents"),
-        "joins": column("joins"), "next_ids": column("next_ids"), "delays": column("delay"),
+        "next_ids": column("next_ids"),
+        "next_joins": column("next_joins"), "delays": column("delay"),
         "run_ats": column("run_at")})
 
 

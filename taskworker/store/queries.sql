@@ -1248,26 +1248,27 @@ SELECT nextval('taskworker_workflow_ids'),
 -- Insert tasks of workflow %(workflow_id)s (migration 013), one per element of
 -- the arrays: its id (from workflow_ids), task name, queue, priority, JSON
 -- call, whether it waits for other tasks ('waiting', else 'pending'), the ids
--- its result goes to (a bigint[] literal, NULL: none), and when it is due
+-- its result goes to (a bigint[] literal, NULL: none) and whether they join it
+-- with others (next_joins: a group's member), and when it is due
 -- (%(delays)s seconds from now(), or at %(run_ats)s). Tasks that wait get their
--- taskworker_waits row (%(parents)s parents; %(joins)s: it receives the list of
--- their results) in the same statement.
+-- taskworker_waits row (%(parents)s parents) in the same statement.
 WITH added AS (
     INSERT INTO tasks (id, task, queue, priority, arguments, format, status, workflow_id,
-                       next_ids, run_at)
+                       next_ids, next_joins, run_at)
     SELECT r.id, r.task, r.queue, r.priority, r.arguments::jsonb, 2,
            CASE WHEN r.parents > 0 THEN 'waiting' ELSE 'pending' END, %(workflow_id)s,
-           r.next_ids::bigint[],
+           r.next_ids::bigint[], r.next_joins,
            coalesce(r.run_at, now() + coalesce(r.delay, 0) * interval '1 second')
     FROM unnest(%(ids)s::bigint[], %(tasks)s::text[], %(queues)s::text[],
                 %(priorities)s::int[], %(arguments)s::text[], %(parents)s::int[],
-                %(next_ids)s::text[], %(delays)s::float8[], %(run_ats)s::timestamptz[])
-         AS r(id, task, queue, priority, arguments, parents, next_ids, delay, run_at)
+                %(next_ids)s::text[], %(next_joins)s::bool[], %(delays)s::float8[],
+                %(run_ats)s::timestamptz[])
+         AS r(id, task, queue, priority, arguments, parents, next_ids, next_joins, delay, run_at)
     RETURNING id
 )
-INSERT INTO taskworker_waits (task_id, parents_left, joins)
-SELECT w.id, w.parents, w.joins
-FROM unnest(%(ids)s::bigint[], %(parents)s::int[], %(joins)s::bool[]) AS w(id, parents, joins)
+INSERT INTO taskworker_waits (task_id, parents_left)
+SELECT w.id, w.parents
+FROM unnest(%(ids)s::bigint[], %(parents)s::int[]) AS w(id, parents)
 WHERE w.parents > 0 AND (SELECT count(*) FROM added) > 0;
 
 -- name: workflow_of

@@ -15,7 +15,7 @@ import psycopg2.errors
 from . import sql
 from .database import Database, Direct
 
-STATUSES = ("pending", "in_progress", "done", "error", "cancelled")
+STATUSES = ("pending", "in_progress", "done", "error", "cancelled", "waiting")
 CLAIMED, RUNNING = "claimed", "running"  # a task in progress, before and after its start
 UNIQUE_KEY_INDEX = "tasks_unique_key_idx"  # migration 007: one live task per unique_key
 RETRY_CONFLICTS = 10  # times retry runs again after losing a unique key to a concurrent writer

@@ -650,7 +650,8 @@ WHERE unique_key = %(unique_key)s AND status IN ('pending', 'in_progress');
 SELECT now(), now() - %(seconds)s * interval '1 second';
 
 -- name: status_summary
--- One scan for the status overview: counts by status, pending tasks scheduled for
+-- One scan for the status overview: counts by status (waiting: a workflow's
+-- steps waiting for others, migration 013), pending tasks scheduled for
 -- later, tasks in progress whose handler has not started (claimed: started_at
 -- NULL, waiting in their process's local queue), seconds the oldest due pending
 -- task has waited (since its run_at), tasks with a rescue changed in the last
@@ -661,6 +662,7 @@ SELECT count(*) FILTER (WHERE status = 'pending'),
        count(*) FILTER (WHERE status = 'done'),
        count(*) FILTER (WHERE status = 'error'),
        count(*) FILTER (WHERE status = 'cancelled'),
+       count(*) FILTER (WHERE status = 'waiting'),
        count(*) FILTER (WHERE status = 'pending' AND run_at > now()),
        count(*) FILTER (WHERE status = 'in_progress' AND started_at IS NULL),
        extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'pending'
@@ -810,11 +812,16 @@ CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', r.id::text)) AS n;
 -- the locked rows, so a task retried meanwhile is not deleted. The batch is a CTE,
 -- run once: as an `id IN (subquery)` the planner may rescan the subquery for
 -- each row, and each rescan, skipping the rows this statement already deleted,
--- takes the next batch (seen: one DELETE of 25 rows with a limit of 4).
+-- takes the next batch (seen: one DELETE of 25 rows with a limit of 4). A
+-- workflow's task whose result a waiting task will receive is kept until that
+-- task is released (migration 013: a group's callback reads its members' results).
 WITH batch AS MATERIALIZED (
-    SELECT id FROM tasks
+    SELECT id FROM tasks AS p
     WHERE status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
       AND id > %(after)s
+      AND (next_ids IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS c
+                                           WHERE c.id = ANY(p.next_ids)
+                                             AND c.status = 'waiting'))
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -1225,11 +1232,15 @@ SELECT extract(epoch FROM now());
 
 -- name: dash_delete_finished
 -- Delete the finished tasks among %(ids)s (a task retried or re-enqueued since it
--- was listed is left alone), and their words in the search side table; the ids
+-- was listed is left alone, and so is a workflow's task whose result a waiting
+-- task will receive), and their words in the search side table; the ids
 -- deleted.
 WITH deleted AS (
-    DELETE FROM tasks
+    DELETE FROM tasks AS p
     WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('done', 'error', 'cancelled')
+      AND (next_ids IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS c
+                                           WHERE c.id = ANY(p.next_ids)
+                                             AND c.status = 'waiting'))
     RETURNING id
 ), unsearched AS (
     DELETE FROM taskworker_search WHERE task_id IN (SELECT id FROM deleted)
@@ -1332,3 +1343,22 @@ SELECT id, false FROM stopped
 UNION ALL
 SELECT a.id, true FROM asked AS a
 CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', a.id::text)) AS n;
+
+-- name: dash_tasks_workflow
+-- The dashboard's task list within workflow %(workflow)s: its tasks with ids
+-- below %(before)s, newest first, matching the other filters (as dash_tasks),
+-- read through tasks_workflow_idx: as cheap as the workflow is small.
+SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
+       length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
+       cancel_requested_at IS NOT NULL, started_at
+FROM tasks
+WHERE workflow_id = %(workflow)s AND id < %(before)s
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+  AND (%(pattern)s::text IS NULL
+       OR (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
+          ILIKE %(pattern)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s;

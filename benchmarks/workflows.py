@@ -7,7 +7,11 @@
           pending (1), and how long after the last member's outcome
   chain   a chain of M steps through one serve: seconds per step and transactions
           per step (pg_stat_database's xact_commit over the run: every statement
-          of the serve, heartbeat and presence included)
+          of the serve, heartbeat and presence included), against M lone tasks
+          run one after another the same way without a workflow (a trigger of the
+          harness inserts the next when one is done, in its outcome's
+          transaction, as the chain's release is): what a step costs beyond a
+          lone task is the workflow's
 
 The rows are inserted in SQL, as `taskworker.group(...).then(...).enqueue` and
 `taskworker.chain(...).enqueue` insert them (store/queries.sql,
@@ -77,6 +81,30 @@ waits AS (
 )
 SELECT min(id), max(id), count(*) FROM steps
 """
+SINGLE = """
+WITH ins AS (
+    INSERT INTO tasks (task, format, arguments)
+    VALUES ('bench_step', 2, '{"args": [0], "kwargs": {"lone": %s}}')
+    RETURNING id
+)
+SELECT min(id), max(id), count(*) FROM ins
+"""
+# The lone tasks' harness: each one done inserts the next (kwargs.lone: how many).
+LONE = """
+CREATE OR REPLACE FUNCTION bench_next() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO tasks (task, format, arguments)
+    VALUES ('bench_step', 2, jsonb_build_object('args', jsonb_build_array(NEW.return_value),
+                                                'kwargs', NEW.arguments -> 'kwargs'));
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS bench_next ON tasks;
+CREATE TRIGGER bench_next AFTER UPDATE ON tasks FOR EACH ROW
+    WHEN (NEW.status = 'done' AND OLD.status <> 'done' AND NEW.workflow_id IS NULL
+          AND NEW.arguments -> 'kwargs' ? 'lone'
+          AND (NEW.return_value)::text::int < (NEW.arguments -> 'kwargs' ->> 'lone')::int)
+    EXECUTE FUNCTION bench_next();
+"""
 # Records each release of a waiting task (waiting -> pending), with the clock.
 AUDIT = """
 CREATE TABLE IF NOT EXISTS bench_releases (task_id bigint, at timestamptz);
@@ -145,32 +173,64 @@ def run_group(url: str, n: int, rounds: int) -> list[str]:
     return lines
 
 
-def run_chain(url: str, steps: int) -> list[str]:
+def transactions(url: str) -> int:
     conn = connect(url)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT xact_commit FROM pg_stat_database "
-                        "WHERE datname = current_database()")
-            before = cur.fetchone()[0]
-        d = tw.throughput(url, steps, WORKERS, FETCH_LIMIT, insert=CHAIN,
-                          start=lambda: start(url))
-        time.sleep(1.5)  # (the backends report their counts within a second)
         with conn.cursor() as cur:
             cur.execute("SELECT pg_stat_clear_snapshot()")
             cur.execute("SELECT xact_commit FROM pg_stat_database "
                         "WHERE datname = current_database()")
-            after = cur.fetchone()[0]
-            cur.execute("SELECT count(*) FILTER (WHERE status = 'done'), "
-                        "max(return_value::text::int) FROM tasks WHERE task = 'bench_step'")
-            done, last = cur.fetchone()
+            return int(cur.fetchone()[0])
     finally:
         conn.close()
-    per_step = (d.span or 0) / max(steps - 1, 1)
-    return [f"Chain of {steps:,} steps, one serve (WORKER_COUNT={WORKERS}): {done:,} done, "
-            f"the last returned {last}; {per_step * 1000:.2f} ms per step (first to last "
-            f"completion), {(after - before) / steps:.2f} transactions per step "
-            f"(pg_stat_database.xact_commit over the whole run, the harness's own "
-            f"statements and the serve's start and stop included) {d.notes or ''}"]
+
+
+def steps_run(url: str, steps: int, insert: str) -> tuple[float, float, int]:
+    """(ms per step, transactions per step, the last step's value)."""
+    time.sleep(1.5)  # (the backends report their counts within a second or so)
+    before = transactions(url)
+    d = tw.throughput(url, steps, WORKERS, FETCH_LIMIT, insert=insert, start=lambda: start(url))
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:  # (the lone tasks' rows are all in the database now)
+            cur.execute("SELECT count(*), max(return_value::text::int), "
+                        "extract(epoch FROM max(updated_at) - min(updated_at)) "
+                        "FROM tasks WHERE task = 'bench_step' AND status = 'done'")
+            done, last, span = cur.fetchone()
+    finally:
+        conn.close()
+    time.sleep(1.5)
+    after = transactions(url)
+    if done != steps:
+        print(f"  {done} of {steps} steps done {d.notes}", flush=True)
+    return float(span or 0) * 1000 / max(steps - 1, 1), (after - before) / steps, last
+
+
+def run_chain(url: str, steps: int, rounds: int) -> list[str]:
+    conn = connect(url)
+    with conn.cursor() as cur:
+        cur.execute(LONE)
+    conn.close()
+    got: dict[str, list[tuple[float, float, int]]] = {"chain": [], "lone": []}
+    for r in range(rounds):
+        for kind in (("chain", "lone") if r % 2 == 0 else ("lone", "chain")):
+            got[kind].append(steps_run(url, steps, CHAIN if kind == "chain" else SINGLE))
+            ms, xacts, last = got[kind][-1]
+            print(f"  round {r + 1} {kind}: {ms:.2f} ms/step, {xacts:.2f} transactions/step, "
+                  f"last value {last}", flush=True)
+    lines = [f"A chain of {steps:,} steps against {steps:,} lone tasks run one after another "
+             f"(each inserted by the previous one's outcome transaction), one serve "
+             f"(WORKER_COUNT={WORKERS}), {rounds} interleaved rounds, medians; transactions: "
+             "pg_stat_database.xact_commit over the run (the serve's start and stop, its "
+             "heartbeat and the harness's statements included)", "",
+             "| run | ms per step | transactions per step | each run (ms, transactions) |",
+             "| --- | ---: | ---: | --- |"]
+    for kind in ("chain", "lone"):
+        runs = got[kind]
+        each = ", ".join(f"{ms:.2f} / {x:.2f}" for ms, x, _ in runs)
+        lines.append(f"| {kind} | {statistics.median(m for m, _, _ in runs):.2f} | "
+                     f"{statistics.median(x for _, x, _ in runs):.2f} | {each} |")
+    return lines
 
 
 def main() -> None:
@@ -194,7 +254,7 @@ def main() -> None:
         if args.only in (None, "group"):
             lines += run_group(url, args.tasks, args.rounds) + [""]
         if args.only in (None, "chain"):
-            lines += run_chain(url, args.steps)
+            lines += run_chain(url, args.steps, args.rounds)
         print("\n".join(lines))
     finally:
         server.drop_all()

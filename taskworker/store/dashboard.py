@@ -93,7 +93,7 @@ class Page(NamedTuple):
 def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
     """Up to `limit` tasks matching `f` with ids below `before` (None: the newest)."""
     if f.workflow is not None:  # (its index lists the workflow's tasks, however old)
-        rows = _rows(db, sql.dash_tasks_workflow, f, HIGHEST if before is None else before,
+        rows = _rows(db, sql.dash_tasks, f, HIGHEST if before is None else before,
                      LOWEST, limit + 1)
         return Page(rows[:limit], rows[limit - 1].id if len(rows) > limit else None, None)
     if not (f.status or f.queue or f.task or f.text) or (
@@ -149,9 +149,7 @@ def matching_ids(db: Database, f: Filter, before: int | None, limit: int) -> lis
     to the end of the table (an action's batch, not a page: no window). With a
     text and no status, finished tasks only (what the actions act on)."""
     top = HIGHEST if before is None else before
-    if f.workflow is not None:
-        rows = db.query(sql.dash_tasks_workflow, {**f.params(), "before": top, "limit": limit})
-    elif f.text and (f.status is None or f.status in FINISHED):
+    if f.text and f.workflow is None and (f.status is None or f.status in FINISHED):
         rows = db.query(sql.dash_tasks_text_finished,
                         {**f.params(), "before": top, "limit": limit})
     else:

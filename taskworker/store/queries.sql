@@ -1041,6 +1041,9 @@ ORDER BY queue, name;
 -- bounds the rows a filter without an index may read (the caller widens it page
 -- by page); text is searched in the first 1,000 characters of payload and error,
 -- the words the search indexer copies into taskworker_search (migration 008).
+-- With %(workflow)s, the tasks of that workflow (migration 013): the caller
+-- gives no window, and the condition (the value is sent in the statement)
+-- reads them through tasks_workflow_idx.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
        cancel_requested_at IS NOT NULL, started_at
@@ -1050,6 +1053,7 @@ WHERE id < %(before)s AND id >= %(floor)s
   AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+  AND (%(workflow)s::bigint IS NULL OR workflow_id = %(workflow)s::bigint)
   AND (%(pattern)s::text IS NULL
        OR (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
           ILIKE %(pattern)s::text)
@@ -1343,22 +1347,3 @@ SELECT id, false FROM stopped
 UNION ALL
 SELECT a.id, true FROM asked AS a
 CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', a.id::text)) AS n;
-
--- name: dash_tasks_workflow
--- The dashboard's task list within workflow %(workflow)s: its tasks with ids
--- below %(before)s, newest first, matching the other filters (as dash_tasks),
--- read through tasks_workflow_idx: as cheap as the workflow is small.
-SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
-       length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL, started_at
-FROM tasks
-WHERE workflow_id = %(workflow)s AND id < %(before)s
-  AND (%(status)s::text IS NULL OR status = %(status)s::text)
-  AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
-  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
-  AND (%(pattern)s::text IS NULL
-       OR (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
-          ILIKE %(pattern)s::text)
-ORDER BY id DESC
-LIMIT %(limit)s;

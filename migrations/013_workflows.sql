@@ -46,17 +46,20 @@ CREATE TABLE taskworker_waits (
 -- done, a task whose children each wait for it alone (chain steps, or the
 -- members of a group that follows it): they become pending at once, its result
 -- put first in their positional arguments.
--- done, a group member (its child joins several parents): its child is noted
--- in the transaction (setting taskworker.joined), and at the commit the first
--- call of taskworker_workflow_joined (a deferred trigger) counts each child's
--- parents_left down by as many as the transaction ended, under its
--- taskworker_waits row's lock: of several transactions ending a group's last
--- members at the same moment, the last to commit sees the count reach 0 and
--- releases the callback with the list of its parents' results (in the order
--- they were given, read through tasks_workflow_idx). Counting once per
--- transaction, not per row: a row rewritten by every member of a batch in one
--- transaction is a chain of row versions each update walks (it halved a
--- group's speed); and the counter's lock is held from the commit's start only.
+-- done, a group member (its child joins several parents): the members the
+-- transaction ended are counted in a setting per child (taskworker.ended_<id>);
+-- the first of them touches the child's taskworker_waits row, which takes its
+-- lock and queues taskworker_workflow_joined for the commit, after every row:
+-- it counts parents_left down by as many as the transaction ended. Of several
+-- transactions ending a group's last members at the same moment, the last to
+-- commit sees the count reach 0 and releases the callback with the list of its
+-- parents' results (in the order they were given, read through
+-- tasks_workflow_idx). Counting once per transaction, not per row: a row
+-- rewritten by every member of a batch in one transaction is a chain of row
+-- versions each update walks (it halved a group's speed). (Two transactions
+-- ending members of the same two groups each, in opposite orders, can
+-- deadlock on the two rows: the server aborts one, and its statement is sent
+-- again, as any statement the server refuses.)
 -- error or cancelled: the tasks below it that still wait can never run: they
 -- end cancelled, their error naming this task.
 --
@@ -68,6 +71,10 @@ CREATE TABLE taskworker_waits (
 -- NULL, never waiting) costs the outcome path one test per row.
 CREATE FUNCTION taskworker_workflow_step() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    child bigint;
+    setting text;
+    ended integer;
 BEGIN
     IF OLD.status = 'waiting' THEN
         DELETE FROM taskworker_waits WHERE task_id = NEW.id;
@@ -90,9 +97,14 @@ BEGIN
         RETURN NULL;
     END IF;
     IF NEW.next_joins THEN  -- counted at the commit
-        PERFORM set_config('taskworker.joined',
-                           coalesce(nullif(current_setting('taskworker.joined', true), ''),
-                                    '0') || ',' || array_to_string(NEW.next_ids, ','), true);
+        FOREACH child IN ARRAY NEW.next_ids LOOP
+            setting := 'taskworker.ended_' || child;
+            ended := coalesce(nullif(current_setting(setting, true), ''), '0')::integer;
+            PERFORM set_config(setting, (ended + 1)::text, true);
+            IF ended = 0 THEN  -- the first: its count is taken at the commit
+                UPDATE taskworker_waits SET parents_left = parents_left WHERE task_id = child;
+            END IF;
+        END LOOP;
         RETURN NULL;
     END IF;
     UPDATE tasks
@@ -118,52 +130,48 @@ CREATE TRIGGER tasks_workflow_step
           AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION taskworker_workflow_step();
 
--- The group members the transaction ended (taskworker.joined: their children's
--- ids, one per member, after a leading 0), counted down at its commit; each
--- child with no parent left is released. Children in id order: two transactions
--- lock the same counters in the same order.
+-- The members of group `task_id` this transaction ended (the setting
+-- taskworker.ended_<task_id>, counted by taskworker_workflow_step, which
+-- touched this row at the first of them), counted down at its commit: run once
+-- per transaction and waiting task, after every row of its statements. A
+-- callback with no parent left is released.
 CREATE FUNCTION taskworker_workflow_joined() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    joined bigint[] := string_to_array(nullif(current_setting('taskworker.joined', true), ''),
-                                       ',')::bigint[];
-    arrived record;
+    setting text := 'taskworker.ended_' || NEW.task_id;
+    ended integer := coalesce(nullif(current_setting(setting, true), ''), '0')::integer;
     left_now integer;
     given jsonb;
-    workflow bigint;
 BEGIN
-    IF joined IS NULL THEN  -- (counted by an earlier call at this commit)
+    IF ended = 0 THEN
         RETURN NULL;
     END IF;
-    PERFORM set_config('taskworker.joined', '', true);
-    FOR arrived IN
-        SELECT id, count(*) AS n FROM unnest(joined) AS id WHERE id > 0 GROUP BY id ORDER BY id
-    LOOP
-        UPDATE taskworker_waits SET parents_left = parents_left - arrived.n
-        WHERE task_id = arrived.id
-        RETURNING parents_left INTO left_now;
-        CONTINUE WHEN left_now IS NULL OR left_now > 0;
-        SELECT workflow_id INTO workflow FROM tasks WHERE id = arrived.id;
-        SELECT coalesce(jsonb_agg(coalesce(p.return_value, to_jsonb(p.result)) ORDER BY p.id),
-                        '[]')
-        INTO given
-        FROM tasks AS p
-        WHERE p.workflow_id = workflow AND p.next_ids @> ARRAY[arrived.id];
-        UPDATE tasks
-        SET status = 'pending', run_at = greatest(run_at, now()), updated_at = now(),
-            arguments = jsonb_set(arguments, '{args}',
-                                  jsonb_build_array(given) || (arguments -> 'args'))
-        WHERE id = arrived.id AND status = 'waiting';
-        DELETE FROM taskworker_waits WHERE task_id = arrived.id;
-        PERFORM pg_notify('taskworker_tasks', '');
-    END LOOP;
+    PERFORM set_config(setting, '0', true);
+    UPDATE taskworker_waits SET parents_left = parents_left - ended
+    WHERE task_id = NEW.task_id
+    RETURNING parents_left INTO left_now;
+    IF left_now IS NULL OR left_now > 0 THEN
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(jsonb_agg(coalesce(p.return_value, to_jsonb(p.result)) ORDER BY p.id), '[]')
+    INTO given
+    FROM tasks AS p
+    WHERE p.workflow_id = (SELECT workflow_id FROM tasks WHERE id = NEW.task_id)
+      AND p.next_ids @> ARRAY[NEW.task_id];
+    UPDATE tasks
+    SET status = 'pending', run_at = greatest(run_at, now()), updated_at = now(),
+        arguments = jsonb_set(arguments, '{args}', jsonb_build_array(given) || (arguments -> 'args'))
+    WHERE id = NEW.task_id AND status = 'waiting';
+    DELETE FROM taskworker_waits WHERE task_id = NEW.task_id;
+    PERFORM pg_notify('taskworker_tasks', '');
     RETURN NULL;
 END;
 $$;
 
-CREATE CONSTRAINT TRIGGER tasks_workflow_joined
-    AFTER UPDATE ON tasks
+-- Fired by the touch (parents_left unchanged), not by the count itself.
+CREATE CONSTRAINT TRIGGER taskworker_waits_joined
+    AFTER UPDATE ON taskworker_waits
     DEFERRABLE INITIALLY DEFERRED
     FOR EACH ROW
-    WHEN (NEW.next_joins AND NEW.status = 'done' AND OLD.status IS DISTINCT FROM NEW.status)
+    WHEN (OLD.parents_left = NEW.parents_left)
     EXECUTE FUNCTION taskworker_workflow_joined();

@@ -153,11 +153,12 @@ BEGIN
     IF left_now IS NULL OR left_now > 0 THEN
         RETURN NULL;
     END IF;
-    SELECT coalesce(jsonb_agg(coalesce(p.return_value, to_jsonb(p.result)) ORDER BY p.id), '[]')
-    INTO given
-    FROM tasks AS p
-    WHERE p.workflow_id = (SELECT workflow_id FROM tasks WHERE id = NEW.task_id)
-      AND p.next_ids @> ARRAY[NEW.task_id];
+    SELECT coalesce(jsonb_agg(r.value), '[]') INTO given  -- (in the index's order: no sort)
+    FROM (SELECT coalesce(p.return_value, to_jsonb(p.result)) AS value
+          FROM tasks AS p
+          WHERE p.workflow_id = (SELECT workflow_id FROM tasks WHERE id = NEW.task_id)
+            AND p.next_ids @> ARRAY[NEW.task_id]
+          ORDER BY p.id) AS r;
     UPDATE tasks
     SET status = 'pending', run_at = greatest(run_at, now()), updated_at = now(),
         arguments = jsonb_set(arguments, '{args}', jsonb_build_array(given) || (arguments -> 'args'))

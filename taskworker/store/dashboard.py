@@ -22,7 +22,7 @@ from .admin import CLAIMED, RUNNING, state
 from .database import Database
 from .tasks import FINISHED
 
-# The statuses as the dashboard names them (waiting: a workflow's step, migration 013).
+# The statuses as the dashboard names them (waiting: a workflow's step, migration 014).
 STATES = ("pending", "waiting", CLAIMED, RUNNING, *FINISHED)
 LIVE = ("pending", CLAIMED, RUNNING)
 STARTED = {CLAIMED: False, RUNNING: True}  # the states of status in_progress: started?
@@ -41,7 +41,7 @@ class Filter(NamedTuple):
     queue: str | None = None
     task: str | None = None
     text: str | None = None  # searched in payload and error, case-insensitively
-    workflow: int | None = None  # the tasks of one workflow (migration 013)
+    workflow: int | None = None  # the tasks of one workflow (migration 014)
 
     @property
     def pattern(self) -> str | None:

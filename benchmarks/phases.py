@@ -14,6 +14,8 @@ from typing import Any
 
 from . import (
     baseline,
+    bound,
+    calls,
     claims,
     dashboard,
     defaults,
@@ -32,7 +34,7 @@ from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
-          "underload")
+          "underload", "calls", "bound")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -97,6 +99,8 @@ class Bench:
     defaults: defaults.Defaults | None = None
     rivals: rivals.Rivals | None = None
     roundtrip: roundtrip.RoundTrip | None = None
+    calls: calls.Calls | None = None
+    bound: bound.Bound | None = None
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -359,6 +363,21 @@ def phase_roundtrip(b: Bench) -> None:
     b.roundtrip = roundtrip.measure(b.db("roundtrip"), b.db("roundtrip_raw"), pgbench,
                                     b.args.tasks or n, b.args.rounds or rounds, b.say,
                                     against, limit_against, this_code)
+
+
+def phase_calls(b: Bench) -> None:
+    """Calls with JSON arguments against text payloads, W=100 and W=20 (calls.py)."""
+    n, rounds = (20_000, 3) if b.args.quick else (100_000, 5)
+    b.calls = calls.measure(b.db("calls"), b.args.tasks or n, b.args.rounds or rounds, b.say,
+                            baseline.work_tree())
+
+
+def phase_bound(b: Bench) -> None:
+    """A write through the task's bound transaction against the same write committed
+    apart, WORKER_COUNT=20 (bound.py)."""
+    n, rounds = (5_000, 2) if b.args.quick else (20_000, 3)
+    b.bound = bound.measure(b.db("bound"), b.args.tasks or n, b.args.rounds or rounds, b.say,
+                            baseline.work_tree())
 
 
 def _older(b: Bench, ref: str) -> roundtrip.Code:

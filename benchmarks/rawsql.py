@@ -55,6 +55,7 @@ VALUES: dict[str, str | PerTask] = {
     "delays": PerTask("NULL::float8"),
     "given_back": PerTask("false"),
     "losses": PerTask("rescues + unstarted_rescues"),
+    "tracebacks": PerTask("NULL::text"),
 }
 
 # -M prepared saves parsing, but after five runs the server may switch a prepared

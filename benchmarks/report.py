@@ -15,6 +15,8 @@ from importlib import metadata
 
 from . import (
     baseline,
+    bound,
+    calls,
     claims,
     dashboard,
     defaults,
@@ -411,6 +413,10 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*roundtrip.report(b.roundtrip), ""]
     if b.underload is not None:
         out += [*underload.report(*b.underload), ""]
+    if b.calls is not None:
+        out += [*calls.report(b.calls), ""]
+    if b.bound is not None:
+        out += [*bound.report(b.bound), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

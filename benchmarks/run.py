@@ -57,6 +57,17 @@ at the end, also on Ctrl+C or failure):
                  in commits of 100: 10,000 no-op tasks/s (WORKER_COUNT=100), and 9,000
                  tasks/s that sleep 1 s (WORKER_COUNT=10,000); one-row commits/s with and
                  without the insert trigger's NOTIFY (benchmarks/underload.py)
+  calls          no-op tasks called with JSON arguments (rows as bench_call.enqueue(conn,
+                 n, key="k") writes them, a small dict returned) against text payloads,
+                 one serve at WORKER_COUNT=100 and 20, FETCH_LIMIT unset; 100,000 tasks,
+                 5 interleaved rounds (--quick: 20,000, 3; --tasks N, --rounds N), ratio
+                 of medians (>= 0.9); the text path against git 5c69215 is the roundtrip
+                 phase's --against (benchmarks/calls.py)
+  bound          a handler's one-row insert through its task's bound transaction
+                 (taskworker.transaction(), exactly once) against the same insert on a
+                 connection of its own per run, and on one kept per worker, committed
+                 apart; one serve at WORKER_COUNT=20; 20,000 tasks, 3 interleaved rounds
+                 (--quick: 5,000, 2; --tasks N, --rounds N) (benchmarks/bound.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -86,6 +97,8 @@ from .phases import (
     PHASES,
     Bench,
     phase_baseline,
+    phase_bound,
+    phase_calls,
     phase_claims,
     phase_compare,
     phase_dashboard,
@@ -131,9 +144,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="roundtrip phase: A/B of FETCH_LIMIT=100 at W=20 and W=100 against "
                          "git REF's serve (default with --against: 6ba015e; none: skip)")
     ap.add_argument("--tasks", type=int, metavar="N",
-                    help="roundtrip phase: tasks per run (default 100,000; --quick 20,000)")
+                    help="roundtrip, calls and bound phases: tasks per run (default 100,000; "
+                         "--quick 20,000)")
     ap.add_argument("--rounds", type=int, metavar="N",
-                    help="roundtrip phase: interleaved rounds (default 5; --quick 3)")
+                    help="roundtrip, calls and bound phases: interleaved rounds (default 5; "
+                         "--quick 3)")
     ap.add_argument("--keep-files", action="store_true",
                     help="keep the children's logs (printed path) instead of removing them")
     ap.add_argument("--drop-stale", action="store_true",
@@ -147,10 +162,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.limit_against = "6ba015e" if args.against else None
     elif args.limit_against.lower() == "none":
         args.limit_against = None
-    given = [o for o, v in (("--against", args.against), ("--limit-against", args.limit_against),
-                            ("--tasks", args.tasks), ("--rounds", args.rounds)) if v]
+    given = [o for o, v in (("--against", args.against), ("--limit-against", args.limit_against))
+             if v]
     if given and "roundtrip" not in args.phases:
         ap.error(f"{', '.join(given)}: options of the roundtrip phase, which --only leaves out")
+    given = [o for o, v in (("--tasks", args.tasks), ("--rounds", args.rounds)) if v]
+    if given and not {"roundtrip", "calls", "bound"} & set(args.phases):
+        ap.error(f"{', '.join(given)}: options of the roundtrip, calls and bound phases, "
+                 "which --only leaves out")
     if any(v is not None and v < 1 for v in (args.tasks, args.rounds)):
         ap.error("--tasks and --rounds must be at least 1")
     return args
@@ -186,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "latency": phase_latency, "hosts": phase_hosts,
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
         "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
-        "underload": phase_underload}
+        "underload": phase_underload, "calls": phase_calls, "bound": phase_bound}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

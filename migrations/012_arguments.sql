@@ -28,10 +28,35 @@ ALTER TABLE tasks
 -- raises `fence`, and those before it do not. Such a claim of a row of a later
 -- format is dropped here (the row stays pending, for a process that knows it).
 -- The condition is checked before the function runs: for a text row, `OLD.format
--- > 1` is false at once, and the busy path calls no function.
+-- > 1` is false at once, and the busy path calls no function. (A process of a
+-- commit between migration 010 and this one raises `fence` without knowing
+-- `format`: it is not told apart, and must not run beside this version. The
+-- version before it, git 5c69215, stops at migration 009.)
+--
+-- An old claim by name of a task with max_running takes the row's concurrency
+-- slot in the same statement (taskworker_slots, leased to the claimer): the
+-- function gives back the slot of a row whose claim it drops. Without that, the
+-- slot stayed leased for LEASE_SECONDS to a process that holds nothing, at
+-- every claim of an old process, and the limit left no room for the new
+-- processes that can run the task.
+--
+-- What no trigger can mend (the old statements are what they are), for the
+-- length of the deploy: an old claim's share counts the rows it picked and had
+-- dropped, so an old process takes fewer rows, and none from a queue whose
+-- first rows in its claim's order are all of later formats, until a new process
+-- takes them; and a row of a later format flagged to run alone (its worker lost
+-- MAX_RESCUES times) keeps an old process's alone_waiting true, so that it
+-- drains every second and claims nothing alone, until a new process runs it.
+-- tests/test_rolling_deploy.py sends 5c69215's claims, and runs its serve,
+-- against this.
 CREATE FUNCTION taskworker_keep_format() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- (That claim updates a limited row only once its slot's update has returned
+    -- it: the slot's new row is visible here.)
+    UPDATE taskworker_slots
+    SET task_id = NULL, locked_by = NULL, locked_until = NULL
+    WHERE task = OLD.task AND task_id = OLD.id AND locked_by = NEW.locked_by;
     RETURN NULL;  -- skip this row's update
 END;
 $$;

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them 
     from . import testing
     from .client import enqueue, enqueue_many, enqueue_unique
     from .endings import Cancel, Fail, Snooze
-    from .handlers import TaskContext, current_task
+    from .handlers import TaskContext, current_task, transaction
     from .registry import Task, task
     from .results import NotFinished, TaskFailed, UnknownTask, WaitTimeout, result, wait
     from .workflows import Chain, Group, Signature, Workflow, cancel_workflow, chain, group
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = ["Cancel", "Chain", "Fail", "Group", "NotFinished", "Signature", "Snooze", "Task",
            "TaskContext", "TaskFailed", "UnknownTask", "WaitTimeout", "Workflow", "__version__",
            "cancel_workflow", "chain", "current_task", "enqueue", "enqueue_many",
-           "enqueue_unique", "group", "result", "task", "testing", "wait"]
+           "enqueue_unique", "group", "result", "task", "testing", "transaction", "wait"]
 
 
 def __getattr__(name: str) -> Any:
@@ -43,7 +43,7 @@ def __getattr__(name: str) -> Any:
         from . import results
 
         return getattr(results, name)
-    if name in ("current_task", "TaskContext"):
+    if name in ("current_task", "TaskContext", "transaction"):
         from . import handlers
 
         return getattr(handlers, name)

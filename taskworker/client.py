@@ -18,7 +18,11 @@ blocking program, a threaded one, or under gevent alike.
 """
 from __future__ import annotations
 
+import difflib
 import itertools
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -50,7 +54,7 @@ def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = 
             args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
             queue: str | None = None, priority: int | None = None, run_at: RunAt = None,
             delay: Delay = None, unique_key: str | None = None,
-            max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> int:
+            max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, force: bool = False) -> int:
     """Insert one pending task and return its id.
 
     `conn_or_cursor` is a psycopg2 connection or cursor; the insert joins its
@@ -65,7 +69,9 @@ def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = 
     or seconds from the database's now(); neither: as soon as possible.
     `unique_key`: see `enqueue_unique` (this returns its id). `max_bytes`: the
     workers' MAX_PAYLOAD_BYTES (a larger payload raises ValueError; a worker
-    would end the task in error without running it).
+    would end the task in error without running it). A `task` name this process
+    does not register raises UnknownTaskName when it registers others (a typo,
+    with the nearest name); `force=True` enqueues it anyway (see `place`).
     """
     if args is not None or kwargs is not None:
         if payload is not None:
@@ -78,25 +84,38 @@ def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = 
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
         options = registry.Options(queue, priority, run_at, delay, unique_key)
         return enqueue_call(conn_or_cursor, task, args or (), kwargs or {}, options,
-                            max_bytes=max_bytes)
+                            max_bytes=max_bytes, force=force)
     if payload is None:
         raise TypeError("enqueue() needs a payload, or args/kwargs for a registered task")
     if unique_key is not None:
         return enqueue_unique(conn_or_cursor, payload, unique_key, task=task, queue=queue,
                               priority=priority, run_at=run_at, delay=delay,
-                              max_bytes=max_bytes).id
+                              max_bytes=max_bytes, force=force).id
     return enqueue_many(conn_or_cursor, [payload], task=task, queue=queue, priority=priority,
-                        run_at=run_at, delay=delay, max_bytes=max_bytes)[0]
+                        run_at=run_at, delay=delay, max_bytes=max_bytes, force=force)[0]
 
 
 def enqueue_call(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
                  kwargs: Mapping[str, Any], options: registry.Options = registry.NO_OPTIONS,
-                 max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> int:
+                 max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, force: bool = False) -> int:
     """Insert one pending task that calls `task` with `args` and `kwargs`; its
     id. What `Task.enqueue` and `enqueue(..., args=...)` send: the call is checked
     against the function's signature (when this process registered it) and
     against what JSON can carry before anything is sent. Under
     `taskworker.testing.eager()`, runs it here instead (see testing.py)."""
+    return enqueue_call_unique(conn_or_cursor, task, args, kwargs, options,
+                               max_bytes=max_bytes, force=force).id
+
+
+def enqueue_call_unique(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
+                        kwargs: Mapping[str, Any],
+                        options: registry.Options = registry.NO_OPTIONS,
+                        max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                        force: bool = False) -> Enqueued:
+    """`enqueue_call`, saying what it did as `enqueue_unique` does: with
+    `options.unique_key`, whether the task was inserted or a live task holds the
+    key (its id and status); without, always inserted (`taskworker enqueue
+    --args --unique-key` says which on stderr)."""
     name = task_name(task)
     if name is None:
         raise TypeError("a call needs a registered task")
@@ -107,20 +126,23 @@ def enqueue_call(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
     if len(arguments) > max_bytes // 4 and (size := len(arguments.encode())) > max_bytes:
         raise ValueError(f"{name}(): arguments are {size} bytes of JSON, over "
                          f"MAX_PAYLOAD_BYTES={max_bytes}")
-    placement = place(name, options.queue, options.priority, options.run_at, options.delay)
+    placement = place(name, options.queue, options.priority, options.run_at, options.delay,
+                      force)
     eager = _eager()
     if eager is not None:
-        return eager.enqueued(name, arguments, placement, options.unique_key)
+        return Enqueued(eager.enqueued(name, arguments, placement, options.unique_key), True,
+                        "pending")
     db = Direct(conn_or_cursor)
     if options.unique_key is None:
-        return admin.enqueue(db, [], placement, arguments=[arguments])[0]
-    return _unique(db, None, arguments, options.unique_key, placement).id
+        return Enqueued(admin.enqueue(db, [], placement, arguments=[arguments])[0], True,
+                        "pending")
+    return _unique(db, None, arguments, options.unique_key, placement)
 
 
 def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef = None,
                  queue: str | None = None, priority: int | None = None, run_at: RunAt = None,
                  delay: Delay = None, batch_size: int = BATCH_SIZE,
-                 max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> list[int]:
+                 max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, force: bool = False) -> list[int]:
     """Insert one pending task per payload; return their ids in the payloads' order.
 
     One INSERT statement per `batch_size` payloads, all in the caller's
@@ -131,7 +153,7 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef 
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    placement = place(task, queue, priority, run_at, delay)
+    placement = place(task, queue, priority, run_at, delay, force)
     eager = _eager()
     if eager is not None and placement.task is not None:
         checked = list(payloads)
@@ -151,7 +173,7 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef 
 def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: TaskRef = None,
                    queue: str | None = None, priority: int | None = None,
                    run_at: RunAt = None, delay: Delay = None,
-                   max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Enqueued:
+                   max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, force: bool = False) -> Enqueued:
     """Insert one task with `unique_key`, unless a live task (pending, waiting for
     a retry included, or running) holds the key: then insert nothing and return
     that task's id, with inserted=False. Options as for `enqueue`.
@@ -165,7 +187,7 @@ def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: 
     psycopg2's SerializationFailure: run the transaction again.
     """
     check_payload(payload, max_bytes)
-    placement = place(task, queue, priority, run_at, delay)
+    placement = place(task, queue, priority, run_at, delay, force)
     eager = _eager()
     if eager is not None and placement.task is not None:
         check_unique_key(unique_key)
@@ -196,12 +218,19 @@ def _eager() -> Any:
 
 
 def place(task: TaskRef, queue: str | None, priority: int | None, run_at: RunAt,
-          delay: Delay) -> admin.Placement:
+          delay: Delay, force: bool = False) -> admin.Placement:
     """The checked columns of an enqueue, queue and priority filled in order: the
     argument, else the registered task's (if this process imported it), else the
-    defaults. Raises TypeError or ValueError (the message is for the user)."""
+    defaults. Raises TypeError or ValueError (the message is for the user).
+
+    A name this process does not know is refused when it registered tasks (a
+    typo would sit pending, claimed by nobody, or land in the wrong queue):
+    `force` enqueues it anyway, for a process that registers it. A process that
+    registered none cannot tell: a warning says so, once per name."""
     name = task_name(task)
     known = registry.get(name) if name is not None else None
+    if name is not None and known is None:
+        unknown(name, force)
     if queue is None:
         queue = known.queue if known is not None and known.queue is not None else "default"
     registry.check_name(queue, "queue")
@@ -214,6 +243,47 @@ def place(task: TaskRef, queue: str | None, priority: int | None, run_at: RunAt,
                          f"{PRIORITY_RANGE.stop - 1})")
     when, after = _schedule(run_at, delay)
     return admin.Placement(name, queue, priority, when, after)
+
+
+_unchecked: set[str] = set()  # names already warned about (see unknown)
+
+
+class UnknownTaskName(ValueError):
+    """An enqueue names a task this process does not register."""
+
+
+def unknown(name: str, force: bool) -> None:
+    """A name this process has no task for: refused (with the nearest registered
+    name) if it registered any; else a warning, once per name. `force`: the
+    caller takes it upon itself (neither)."""
+    if force:
+        return
+    names = registry.registered()
+    if names:
+        near = difflib.get_close_matches(name, list(names), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise UnknownTaskName(f"no task {name!r} is registered in this process{hint} "
+                              "(force=True enqueues it anyway, for a process that has it)")
+    if not names and name not in _unchecked:
+        _unchecked.add(name)
+        warnings.warn(f"taskworker: task {name!r} could not be checked (this process "
+                      "registered no task): its name, and the queue and priority it "
+                      "declares, are not known here", UnknownTaskWarning,
+                      stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The warnings stacklevel of the first frame outside this package (the
+    application's line that enqueued)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    return level
+
+
+class UnknownTaskWarning(UserWarning):
+    """An enqueue names a task that could not be checked (no task registered here)."""
 
 
 def task_name(task: TaskRef) -> str | None:

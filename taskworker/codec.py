@@ -43,33 +43,82 @@ class NotJSON(TypeError):
     """A value JSON cannot carry; str() names where it is and what to do."""
 
 
+# Built once: json.dumps with any option builds an encoder per call (most of
+# the cost of encoding a small value); json.loads without one uses its own.
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_loads = json.JSONDecoder().decode
+_CALL_KEYS = frozenset(("args", "kwargs"))
+_NOT_A_CALL = 'arguments must be a JSON object {"args": [...], "kwargs": {...}}'
+
+
 def encode_call(args: Sequence[Any], kwargs: Mapping[str, Any], where: str) -> str:
     """The `arguments` of a call, as JSON text; raises NotJSON naming the
     argument (`where` says whose call: "send_email()")."""
     for n, value in enumerate(args):
-        check(value, f"{where}: argument {n + 1}")
+        if not _plain(value, 0):
+            check(value, f"{where}: argument {n + 1}")
     for name, value in kwargs.items():
-        check(value, f"{where}: argument {name!r}")
-    return json.dumps({"args": list(args), "kwargs": dict(kwargs)}, ensure_ascii=False,
-                      separators=(",", ":"))
+        if not _plain(value, 0):
+            check(value, f"{where}: argument {name!r}")
+    return _dumps({"args": list(args), "kwargs": dict(kwargs)})
 
 
 def decode_call(text: str) -> tuple[list[Any], dict[str, Any]]:
     """(args, kwargs) of a row's `arguments`. Raises ValueError when the row
     holds something else (written by hand in SQL, say)."""
-    call = json.loads(text)
-    if not isinstance(call, dict) or not set(call) <= {"args", "kwargs"}:
-        raise ValueError('arguments must be a JSON object {"args": [...], "kwargs": {...}}')
+    call = _loads(text)
+    if type(call) is not dict or not call.keys() <= _CALL_KEYS:
+        raise ValueError(_NOT_A_CALL)
     args, kwargs = call.get("args", []), call.get("kwargs", {})
-    if not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise ValueError('arguments must be a JSON object {"args": [...], "kwargs": {...}}')
+    if type(args) is not list or type(kwargs) is not dict:
+        raise ValueError(_NOT_A_CALL)
     return args, kwargs
 
 
 def encode(value: Any, where: str) -> str:
     """`value` as JSON text; raises NotJSON naming where it is."""
-    check(value, where)
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if not _plain(value, 0):
+        check(value, where)
+    return _dumps(value)
+
+
+def _text(value: str) -> bool:
+    """Can jsonb hold this text? No NUL, and valid Unicode (a lone surrogate such
+    as "\\ud800", which Python strings may hold, has no UTF-8 form)."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Can JSON (and jsonb) carry `value` as it is? `check`'s walk without the
+    names of the places it passes (built only to say where a value fails)."""
+    kind = type(value)
+    if kind is str:
+        return _text(value)
+    if value is None or kind is int or kind is bool:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is list or kind is tuple:
+        for item in value:
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _text(key) or not _plain(item, depth + 1):
+                return False
+        return True
+    return False
 
 
 def check(value: Any, where: str, depth: int = 0) -> None:
@@ -81,6 +130,9 @@ def check(value: Any, where: str, depth: int = 0) -> None:
         if "\x00" in value:
             raise NotJSON(f"{where} contains a NUL character, which PostgreSQL's jsonb "
                           "cannot hold")
+        if not _text(value):
+            raise NotJSON(f"{where} holds a lone surrogate (half of a UTF-16 pair), which "
+                          "is not valid text: pass valid Unicode")
         return
     if kind is int:
         return
@@ -112,3 +164,9 @@ def check(value: Any, where: str, depth: int = 0) -> None:
                       f"plain {plain.__name__}: pass a {plain.__name__}")
     raise NotJSON(f"{where} is a {kind.__name__}, which JSON cannot carry: pass None, "
                   "bool, int, float, str, or lists and dicts of them")
+
+
+def readable(value: Any) -> str:
+    """A decoded JSON value (an `arguments` or `return_value` as psycopg2 reads
+    jsonb) as indented JSON text, for people: `taskworker show`, the dashboard."""
+    return json.dumps(value, indent=2, ensure_ascii=False)

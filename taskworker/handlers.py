@@ -16,9 +16,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from .settings import Settings
 
@@ -63,17 +65,46 @@ class TaskContext:
         return self._cancelled()
 
 
-# The running task's context, built on first ask (most tasks never ask). Each
-# greenlet has its own context variables, so every worker sees its own task.
-_running: ContextVar[Callable[[], TaskContext] | None] = ContextVar("taskworker_running",
-                                                                    default=None)
+class Running(Protocol):
+    """What the code running a task (a worker, or the eager test mode) offers
+    the task while it runs."""
+
+    def context(self) -> TaskContext: ...  # built on first ask (most tasks never ask)
+
+    def transaction(self) -> Any: ...  # the bound transaction's connection
+
+    def rollback(self) -> None: ...  # undo the bound transaction (the handler raised)
+
+
+# The task this greenlet runs. Each greenlet has its own context variables, so
+# every worker sees its own task.
+_running: ContextVar[Running | None] = ContextVar("taskworker_running", default=None)
 
 
 def current_task() -> TaskContext | None:
     """The context of the task this code runs in (None outside a task): its id,
     attempt, worker, name, queue, settings and whether a cancel was asked."""
-    build = _running.get()
-    return None if build is None else build()
+    running = _running.get()
+    return None if running is None else running.context()
+
+
+@contextmanager
+def transaction() -> Iterator[Any]:
+    """A psycopg2 connection in a transaction bound to the running task: its
+    writes commit together with the task's outcome, at the handler's return, or
+    not at all (see processor/bound.py). Leaving the block does not commit; an
+    exception out of it rolls the transaction back. Asked twice in one run, it
+    is the same transaction."""
+    running = _running.get()
+    if running is None:
+        raise RuntimeError("taskworker.transaction() binds a transaction to the running "
+                           "task: call it inside a task")
+    conn = running.transaction()
+    try:
+        yield conn
+    except BaseException:
+        running.rollback()
+        raise
 
 
 class HandlerError(Exception):

@@ -1,4 +1,5 @@
-"""Parsers of settings (TASK_MODULES, QUEUES, CRON_TZ, hosts, sizes, secrets):
+"""Parsers of settings (TASK_MODULES, QUEUES, CRON_TZ, hosts, task names, sizes,
+secrets):
 each takes the raw string and returns the value or raises ValueError with the
 reason."""
 from __future__ import annotations
@@ -85,6 +86,23 @@ def hosts(raw: str) -> tuple[str, ...]:
     found = tuple(dict.fromkeys(host_name(part) for part in raw.split(",") if part.strip()))
     if not found:
         raise ValueError("expected host names or addresses such as tasks.example.com,10.0.0.5")
+    return found
+
+
+def task_names(raw: str) -> tuple[str, ...]:
+    """`send_email,reset_password`: task names (as @taskworker.task takes them), or
+    `*` for every task, those without a name included."""
+    found = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    if "*" in found:
+        if len(found) > 1:
+            raise ValueError("`*` (every task) goes alone")
+        return found
+    for name in found:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}", name):
+            raise ValueError(f"{name!r} is not a task name (expected send_email,billing.charge "
+                             "or *)")
+    if not found:
+        raise ValueError("expected task names such as send_email,billing.charge, or *")
     return found
 
 

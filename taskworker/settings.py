@@ -21,6 +21,7 @@ from .parsers import hosts as _hosts
 from .parsers import modules as _modules
 from .parsers import queues as _queues
 from .parsers import secret as _secret
+from .parsers import task_names as _task_names
 from .parsers import time_zone as _time_zone
 from .parsers import user_name as _user
 
@@ -70,6 +71,7 @@ class Settings:
     health_max_downtime: float = 30.0  # /healthz fails once a connection is down this long
     prune_after: float | None = None  # serve deletes finished tasks older than this; None = off
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # largest payload or result, bytes
+    transaction_pool_size: int = 10  # connections for tasks' bound transactions (part 21)
     dashboard_host: str = "127.0.0.1"  # address the dashboard listens on
     dashboard_port: int | None = None  # `dashboard`: 8080 when None; serve: off when None
     dashboard_user: str = "admin"  # the user name of HTTP basic auth
@@ -79,6 +81,9 @@ class Settings:
     dashboard_readonly: bool = False  # hide every action, refuse every POST
     # host names the dashboard answers besides the loopback ones and its own address
     dashboard_hosts: tuple[str, ...] = ()
+    # tasks whose arguments (and text payload) the dashboard never shows nor
+    # searches: task names, or ("*",) for every task
+    dashboard_hide_arguments: tuple[str, ...] = ()
 
     @property
     def default_handler(self) -> str | None:
@@ -92,6 +97,12 @@ class Settings:
     def queue_names(self) -> tuple[str, ...] | None:
         """The queues served (None: every queue)."""
         return None if self.queues is None else tuple(name for name, _ in self.queues)
+
+    def hides_arguments(self, task: str | None) -> bool:
+        """Does the dashboard hide the argument values of the task named `task`
+        (None: a task without a name)? DASHBOARD_HIDE_ARGUMENTS."""
+        hidden = self.dashboard_hide_arguments
+        return "*" in hidden or (task is not None and task in hidden)
 
     @property
     def safe_database_url(self) -> str:
@@ -260,6 +271,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "PRUNE_AFTER": ("prune_after", _above_zero(_duration)),
     # At most 1 GB: PostgreSQL's own limit for one text value.
     "MAX_PAYLOAD_BYTES": ("max_payload_bytes", _between(1, 1024**3, _bytes)),
+    "TRANSACTION_POOL_SIZE": ("transaction_pool_size", _between(1, MAX_WORKERS, _int)),
     "DASHBOARD_HOST": ("dashboard_host", _host),
     "DASHBOARD_PORT": ("dashboard_port", _port),
     "DASHBOARD_USER": ("dashboard_user", _user),
@@ -267,6 +279,7 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
     "DASHBOARD_TOKEN": ("dashboard_token", _secret),
     "DASHBOARD_READONLY": ("dashboard_readonly", _bool),
     "DASHBOARD_HOSTS": ("dashboard_hosts", _hosts),
+    "DASHBOARD_HIDE_ARGUMENTS": ("dashboard_hide_arguments", _task_names),
 }
 SECRETS = ("DASHBOARD_PASSWORD", "DASHBOARD_TOKEN")  # never shown, even when invalid
 

@@ -53,8 +53,9 @@ class _Queued:
 class EagerRunner:
     """What `eager()` yields: the tasks run (or queued) in this block."""
 
-    def __init__(self, defer: bool) -> None:
+    def __init__(self, defer: bool, connection: Any = None) -> None:
         self.defer = defer
+        self.connection = connection  # what taskworker.transaction() gives a task
         self.outcomes: dict[int, Outcome] = {}
         self.queued: list[_Queued] = []
         self._next_id = 1
@@ -95,9 +96,9 @@ class EagerRunner:
         fmt = 1 if entry.arguments is None else 2
         settings = HandlerSettings(definition.timeout or 0.0, definition.max_retries or 0,
                                    0.0, 0.0, 0.0)
-        context = TaskContext(entry.id, 1, 0, settings, entry.name,
-                              definition.queue or "default")
-        running = _running.set(lambda: context)
+        run = _EagerRun(TaskContext(entry.id, 1, 0, settings, entry.name,
+                                    definition.queue or "default"), self.connection)
+        running = _running.set(run)
         status, value, error, tb = "done", None, None, None
         try:
             if fmt == 2:
@@ -105,7 +106,7 @@ class EagerRunner:
                 returned = definition.fn(*args, **kwargs)
                 value = codec.encode(returned, f"the return value of {entry.name}()")
             elif definition.takes_task:
-                value = definition.fn(entry.payload, task=context)
+                value = definition.fn(entry.payload, task=run.context())
             else:
                 value = definition.fn(entry.payload)
         except Snooze:
@@ -118,9 +119,44 @@ class EagerRunner:
             status, error, tb = "error", f"{type(exc).__name__}: {exc}", traceback.format_exc()
         finally:
             _running.reset(running)
+            run.end(keep=status == "done")
         self.outcomes[entry.id] = Outcome(
             entry.id, status, fmt, value if fmt == 1 else None,
             value if fmt == 2 and status == "done" else None, error, tb)
+
+
+class _EagerRun:
+    """A task run here, as it sees itself (handlers.Running): its context, and
+    as its bound transaction a savepoint on the test's connection, released if
+    the task ends done, rolled back otherwise."""
+
+    def __init__(self, context: TaskContext, connection: Any) -> None:
+        self._context = context
+        self._connection = connection
+        self._open = False
+
+    def context(self) -> TaskContext:
+        return self._context
+
+    def transaction(self) -> Any:
+        if self._connection is None:
+            raise RuntimeError("taskworker.transaction() in eager mode needs a connection: "
+                               "taskworker.testing.eager(connection=conn)")
+        if not self._open:
+            with self._connection.cursor() as cur:
+                cur.execute("SAVEPOINT taskworker_task")
+            self._open = True
+        return self._connection
+
+    def rollback(self) -> None:
+        self.end(keep=False)
+
+    def end(self, keep: bool) -> None:
+        if self._open:
+            with self._connection.cursor() as cur:
+                cur.execute("RELEASE SAVEPOINT taskworker_task" if keep
+                            else "ROLLBACK TO SAVEPOINT taskworker_task")
+            self._open = False
 
 
 def active() -> EagerRunner | None:
@@ -129,11 +165,13 @@ def active() -> EagerRunner | None:
 
 
 @contextmanager
-def eager(defer: bool = False) -> Iterator[EagerRunner]:
+def eager(defer: bool = False, connection: Any = None) -> Iterator[EagerRunner]:
     """Run enqueued tasks here instead of in the database (see the module's
-    docstring); `defer`: only when the test calls `.run()`."""
+    docstring); `defer`: only when the test calls `.run()`. `connection`: what
+    `taskworker.transaction()` gives a task (a savepoint on it, released when
+    the task ends done, rolled back otherwise); without one it raises."""
     was = active()
-    _local.runner = EagerRunner(defer)
+    _local.runner = EagerRunner(defer, connection)
     try:
         yield _local.runner
     finally:

@@ -219,5 +219,5 @@ def cancel_workflow(conn: Any, workflow_id: int) -> tuple[list[int], list[int]]:
     from .store import admin
     from .store.database import Direct
 
-    done = admin.cancel_workflow(Direct(conn), workflow_id)
+    done = admin.cancel_workflow(Direct(conn), workflow_id, source="taskworker.cancel_workflow")
     return done.cancelled, done.requested

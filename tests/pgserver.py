@@ -158,6 +158,21 @@ def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | N
         shutil.rmtree(root, ignore_errors=True)
 
 
+def restart(running: Cluster, max_connections: int = 300, start_timeout: float = 30) -> None:
+    """Stop the cluster at once (`-m immediate`: every connection and open
+    transaction lost, as in a crash) and start it again on the same port."""
+    data, log = os.path.join(running.root, "data"), os.path.join(running.root, "server.log")
+    _run_as_server_user([_bin("pg_ctl"), "stop", "-m", "immediate", "-D", data],
+                        cwd=running.root)
+    options = (f"-h {running.host} -p {running.port} -k {running.root} "
+               f"-c max_connections={max_connections}"
+               " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+    _run_as_server_user([_bin("pg_ctl"), "start", "-w", "-t", str(int(start_timeout)),
+                         "-D", data, "-l", log, "-o", options], cwd=running.root)
+    wait_until(lambda: can_connect(running.local_url), start_timeout,
+               lambda: f"postgres to answer again at {running.local_url}", interval=0.1)
+
+
 @contextlib.contextmanager
 def throwaway_cluster(max_connections: int = 300, start_timeout: float = 30,
                       port: int | None = None) -> Iterator[str]:

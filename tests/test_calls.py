@@ -158,16 +158,19 @@ def test_a_call_the_signature_or_json_refuses_raises_before_anything_is_sent(
         (lambda: app.send_email.enqueue(db, {1: "x"}), "JSON object keys are strings"),
         (lambda: app.send_email.enqueue(db, {"a": {1, 2}}), "sorted list"),
         (lambda: app.send_email.enqueue(db, "nul\x00"), "NUL"),
+        (lambda: app.send_email.enqueue(db, "half \ud800"), "lone surrogate"),
         (lambda: taskworker.enqueue(db, "p", task="send_email", args=["a"]), "not both"),
     ]
     for call, message in refused:
         with pytest.raises(TypeError, match=re.escape(message)):
             call()
     assert count(db) == before
-    # By name, from code that did not import the function: JSON is checked,
-    # the signature is the worker's to check.
-    assert isinstance(taskworker.enqueue(db, task="elsewhere", args=[1], kwargs={"a": [2]}),
-                      int)
+    # By name, a name this process does not register: refused (it registers
+    # others), unless forced; JSON is checked, the signature is the worker's.
+    with pytest.raises(ValueError, match="did you mean 'send_email'"):
+        taskworker.enqueue(db, task="send_emial", args=["a"])
+    assert isinstance(taskworker.enqueue(db, task="elsewhere", args=[1], kwargs={"a": [2]},
+                                         force=True), int)
     assert count(db) == before + 1
 
 

@@ -54,7 +54,7 @@ def cancel_when_running(db_url: str, db: Any, task_id: int, procs: list[Any]) ->
     wait_until(lambda: running(db, task_id), 20, f"task {task_id} to run", procs)
     code, out, err = cli(db_url, "cancel", str(task_id))
     assert (code, err) == (0, "")
-    assert out == f"Cancelled 0 tasks\nTask {task_id} is running: asked its process to stop it\n"
+    assert out == f"Task {task_id}: running; asked its process to stop it (it ends cancelled)\n"
 
 
 def test_cancel_stops_a_sleeping_handler_and_one_in_a_query(
@@ -67,7 +67,7 @@ def test_cancel_stops_a_sleeping_handler_and_one_in_a_query(
         wait_until(lambda: row(db, task_id)["status"] == "cancelled", 5,  # noqa: B023
                    f"{task} task {task_id} to be cancelled", [p])
         assert row(db, task_id)["attempts"] == 1
-        assert row(db, task_id)["error"] == "cancelled: taskworker cancel"
+        assert row(db, task_id)["error"] == "cancelled: by taskworker cancel"
         p.wait_for(rf"Task ID: {task_id} cancel requested: stopping it")
         p.wait_for(rf"Task ID: {task_id} processed with status: cancelled")
     # serve goes on working.

@@ -100,6 +100,9 @@ def test_cancel_a_running_task(db_url: str, db: Any, tmp_path: Path, serve: Any)
         assert "asked the process holding task" in c.get(done.headers["location"]).text
         wait_until(lambda: statuses(db, [task_id]) == ["cancelled"], 15,
                    "the running task to be cancelled", [p])
+        # The stored reason names who asked (issue 25, item 10).
+        assert query(db, "SELECT error FROM tasks WHERE id = %s", (task_id,)) == [
+            ("cancelled: by the dashboard",)]
         d.wait_for(rf"Dashboard: admin at 127\.0\.0\.1: asked the process holding task "
                    rf"{task_id} to stop it$")
 

@@ -222,7 +222,11 @@ def test_enqueue_fills_queue_and_priority_from_the_registry(app_conn: Any, db: A
     by_function = taskworker.enqueue(app_conn, "r", task=registered.report)
     explicit = taskworker.enqueue(app_conn, "r", task="report", queue="urgent", priority=0)
     half = taskworker.enqueue(app_conn, "t", task="tidy")
-    unknown = taskworker.enqueue(app_conn, "u", task="not.imported.here")
+    unknown = taskworker.enqueue(app_conn, "u", task="not.imported.here", force=True)
+    # A typo of a registered name: refused, with the name meant (issue 25, item 7).
+    with pytest.raises(ValueError, match="no task 'reprot' is registered in this process; "
+                                         "did you mean 'report'?"):
+        taskworker.enqueue(app_conn, "r", task="reprot")
     default = taskworker.enqueue(app_conn, "d", queue="side", priority=-3)
     many = taskworker.enqueue_many(app_conn, ["m1", "m2"], task="report", priority=9)
     app_conn.commit()
@@ -236,7 +240,7 @@ def test_enqueue_fills_queue_and_priority_from_the_registry(app_conn: Any, db: A
 
 def test_enqueue_delay_accepts_seconds_and_timedelta(app_conn: Any, db: Any) -> None:
     seconds = taskworker.enqueue(app_conn, "s", delay=90)
-    span = taskworker.enqueue(app_conn, "t", task="x", delay=timedelta(hours=2))
+    span = taskworker.enqueue(app_conn, "t", task="x", delay=timedelta(hours=2), force=True)
     app_conn.commit()
     rows = dict(query(db, "SELECT id, run_at - now() FROM tasks"))
     assert timedelta(seconds=85) < rows[seconds] <= timedelta(seconds=90)
@@ -273,6 +277,9 @@ def test_enqueue_command_named_options(db_url: str, db: Any) -> None:
     code, out, err = run_cli(["enqueue", "--task", "resize", "--queue", "images", "--priority",
                               "-5", "--run-at", "2031-05-06T07:08:09+00:00", "a", "b"], env=env)
     assert code == 0, err
+    # Without TASK_MODULES the name cannot be checked: one line says so.
+    assert err == ("Warning: task 'resize' could not be checked (set TASK_MODULES or --tasks "
+                   "to check its name, queue and priority)\n")
     ids = [int(line) for line in out.split()]
     rows = query(db, "SELECT id, task, queue, priority, unique_key, run_at FROM tasks "
                      "ORDER BY id")
@@ -280,19 +287,22 @@ def test_enqueue_command_named_options(db_url: str, db: Any) -> None:
     assert rows == [(i, "resize", "images", -5, None, when) for i in ids]
     # A unique key: inserted once; then the live task's id and a line saying so.
     args = ["enqueue", "--task", "invoice", "--delay", "1h", "--unique-key", "invoice-42", "42"]
+    unchecked = ("Warning: task 'invoice' could not be checked (set TASK_MODULES or --tasks "
+                 "to check its name, queue and priority)\n")
     code, out, err = run_cli(args, env=env)
-    assert (code, err) == (0, "")
+    assert (code, err) == (0, unchecked)
     first = int(out)
     assert placed(db, first) == ("invoice", "default", 0, "invoice-42")
     assert run_cli(args, env=env) == (
         0, f"{first}\n",
-        f"Task {first} already pending with unique key 'invoice-42'; nothing inserted\n")
+        unchecked + f"Task {first} already pending with unique key 'invoice-42'; nothing "
+                    "inserted\n")
     query(db, "UPDATE tasks SET status = 'in_progress' WHERE id = %s", (first,))
     code, out, err = run_cli(args, env=env)
     assert (code, out) == (0, f"{first}\n") and "already running" in err
     query(db, "UPDATE tasks SET status = 'done' WHERE id = %s", (first,))
     code, out, err = run_cli(args, env=env)
-    assert (code, err) == (0, "") and int(out) > first
+    assert (code, err) == (0, unchecked) and int(out) > first
     assert query(db, "SELECT count(*) FROM tasks WHERE unique_key = 'invoice-42'") == [(2,)]
     # show prints the new columns.
     code, out, err = run_cli(["show", str(first)], env=env)
@@ -315,10 +325,20 @@ def test_enqueue_command_fills_from_task_modules(db_url: str, db: Any) -> None:
     assert code == 0, err
     assert [placed(db, int(out)), placed(db, int(out2))] == [
         ("report", "reports", 7, None), ("report", "reports", 1, None)]
-    code, out, err = run_cli(["enqueue", "--task", "reprot", "r"], env=env)
-    assert code == 0
+    # A misspelt name: refused with the name meant; --force insists (issue 25, item 7).
+    before = query(db, "SELECT count(*) FROM tasks")
+    assert run_cli(["enqueue", "--task", "reprot", "r"], env=env) == (
+        2, "", "Error: no task 'reprot' is registered in this process; did you mean "
+               "'report'? (--force enqueues it anyway, for a process that has it)\n")
+    assert query(db, "SELECT count(*) FROM tasks") == before
+    code, out, err = run_cli(["enqueue", "--task", "reprot", "--force", "r"], env=env)
+    assert (code, err) == (0, "")
     assert placed(db, int(out)) == ("reprot", "default", 0, None)
-    assert err == "Warning: TASK_MODULES registers no task 'reprot'; enqueued anyway\n"
+    # --tasks does what TASK_MODULES does.
+    code, out, err = run_cli(["enqueue", "--tasks", "enqueue_tasks_for_tests", "--task",
+                              "report", "r"],
+                             env={"DATABASE_URL": db_url, "PYTHONPATH": str(TESTS_DIR)})
+    assert (code, err) == (0, "") and placed(db, int(out)) == ("report", "reports", 7, None)
     code, _, err = run_cli(["enqueue", "--task", "report", "r"],
                            env={**env, "TASK_MODULES": "no_such_module_here"})
     assert code == 2
@@ -339,3 +359,26 @@ def test_enqueue_bad_named_options_are_one_line(db_url: str, db: Any, args: list
     assert (code, out) == (2, "")
     assert err.startswith(message) and err.count("\n") == 1
     assert payloads_by_id(db) == []
+
+
+def test_an_unchecked_name_warns_once_in_a_process_that_registered_no_task() -> None:
+    """A producer that imported no task cannot check a name: one warning per name,
+    pointing at the application's line (issue 25, item 7). Run in a fresh process:
+    this one registered the suite's tasks."""
+    code = ("import warnings, taskworker\n"
+            "from taskworker.client import UnknownTaskWarning\n"
+            "warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as seen:\n"
+            "    for _ in range(3):\n"
+            "        try:\n"
+            "            taskworker.enqueue(object(), 'p', task='send_email')\n"
+            "        except TypeError:\n"  # (the object is no connection: nothing sent)
+            "            pass\n"
+            "w = [x for x in seen if x.category is UnknownTaskWarning]\n"
+            "print(len(w), w[0].filename, w[0].lineno, str(w[0].message))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    count, filename, line, message = done.stdout.split(" ", 3)
+    assert (count, filename, line) == ("1", "<string>", "7")
+    assert message.startswith("taskworker: task 'send_email' could not be checked")

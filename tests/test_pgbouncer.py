@@ -59,7 +59,7 @@ def test_serve_and_every_command_through_pgbouncer(pooled: str, db_url: str, db:
     assert code == 0, err
     cli_ids = [int(i) for i in out.split()]
     code, out, err = cli(pooled, "cancel", str(cli_ids[1]))
-    assert (code, out.strip()) == (0, "Cancelled 1 task"), err
+    assert (code, out.strip()) == (0, f"Task {cli_ids[1]}: cancelled"), err
 
     # LISTEN=false: the fetcher polls; the statements carry their own timeout.
     p = serve(pooled, env={**FAST, "LISTEN": "false", "FETCH_INTERVAL": "0.2",

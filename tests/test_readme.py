@@ -234,3 +234,16 @@ def test_installing_lists_what_installing_pulls_in() -> None:
     assert {w.lower() for w in by_hand.group(1).split()} == (
         names - {"psycopg2-binary"} | {"psycopg2"})
     assert re.search(r"^pip install --no-deps \./taskworker$", section, flags=re.M)
+
+
+def test_two_commands_says_what_ci_installs_and_where_the_tests_point() -> None:
+    """Every system package .ci/run may install is named under "Two commands", with
+    the superuser URL the tests use on the local server (issue 25, item 14)."""
+    text = README.read_text()
+    section = text[text.index("## Two commands"):text.index("## A five-minute tour")]
+    installs = re.findall(r'missing="\$missing ([\w-]+)"', (ROOT / ".ci" / "run").read_text())
+    assert installs, "no package found in .ci/run"
+    for package in installs:
+        assert f"`{package}`" in section, package
+    assert "postgresql://postgres@127.0.0.1:5432/postgres" in section
+    assert "superuser" in section

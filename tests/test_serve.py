@@ -11,6 +11,7 @@ import signal
 import socket
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -327,3 +328,27 @@ def test_database_that_never_answers() -> None:
                                  timeout=30)
     _assert_cannot_connect(url, code, out, err)
     assert "no answer within 1s" in err
+
+
+def test_ctrl_c_with_running_tasks_says_how_long_it_waits_and_a_second_stops_them(
+        db_url: str, db: Any, serve: Any) -> None:
+    """Issue 25, item 11: the original's shutdown line, then how many tasks run, how
+    long serve waits for them, and that a second Ctrl+C stops them now."""
+    from invariants import handler_env
+
+    ids = insert_tasks(db, ["long", "longer"])
+    p = serve(db_url, env=handler_env("recording", **FAST, TEST_SLEEP="60",
+                                      SHUTDOWN_TIMEOUT="45s", WORKER_COUNT="2"))
+    wait_until(lambda: len(re.findall(r"Processing task ID", p.output())) == 2, 30,
+               "both tasks to start", [p])
+    p.signal(signal.SIGINT)
+    p.wait_for(r"press Ctrl\+C again")
+    out = p.output()
+    assert re.search(r"Shutdown signal received, stopping task processor gracefully\.\.\.\n"
+                     r"(.*\n)?.* Waiting up to 45s for 2 running tasks to finish; press "
+                     r"Ctrl\+C again to stop them now \(given back to pending\)\n", out), out
+    p.signal(signal.SIGINT)
+    assert p.wait(20) == 0, p.output()
+    assert "Cancelling 2 running tasks and giving them back to pending" in p.output()
+    assert query(db, "SELECT DISTINCT status FROM tasks WHERE id = ANY(%s)", (ids,)) == [
+        ("pending",)]

@@ -126,13 +126,19 @@ def test_cancel(db_url: str, db: Any) -> None:
     done = add_task(db, status="done")
     code, out, err = cli(db_url, "cancel", *map(str, [*pending, run, done, 999999]))
     assert code == 1
-    assert out == f"Cancelled 2 tasks\nTask {run} is running: asked its process to stop it\n"
+    # One line per ID, in the order given, saying what happened (issue 25, item 10).
+    assert out.splitlines() == [
+        f"Task {pending[0]}: cancelled", f"Task {pending[1]}: cancelled",
+        f"Task {run}: running; asked its process to stop it (it ends cancelled)"]
     assert err.splitlines() == [
-        f"Error: task {done} is done: only pending and running tasks can be cancelled",
-        "Error: no task with id 999999",
+        f"Task {done}: not cancelled: it is done (only pending and running tasks can be "
+        "cancelled)",
+        "Task 999999: not cancelled: no task has this id",
     ]
     statuses = dict(query(db, "SELECT id, status FROM tasks"))
     assert [statuses[i] for i in pending] == ["cancelled", "cancelled"]
+    assert query(db, "SELECT DISTINCT error FROM tasks WHERE id = ANY(%s)", (pending,)) == [
+        ("cancelled: by taskworker cancel",)]
     # A running task's status is its holder's to write: only the request is recorded.
     assert (statuses[run], statuses[done]) == ("in_progress", "done")
     row = task_row(db, run)
@@ -143,5 +149,6 @@ def test_cancel(db_url: str, db: Any) -> None:
 def test_cancel_all_pending_exits_0(db_url: str, db: Any) -> None:
     ids = [add_task(db) for _ in range(3)]
     code, out, err = cli(db_url, "cancel", *map(str, ids), str(ids[0]))
-    assert (code, out, err) == (0, "Cancelled 3 tasks\n", "")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [f"Task {i}: cancelled" for i in ids]
     assert query(db, "SELECT DISTINCT status FROM tasks") == [("cancelled",)]

@@ -20,6 +20,8 @@ Also read from the environment or .env:
   DASHBOARD_READONLY  true: no action, every POST refused (false)
   DASHBOARD_HOSTS     host names it answers besides localhost, the
                       loopback addresses and its own (tasks.example.com)
+  DASHBOARD_HIDE_ARGUMENTS  tasks whose argument values it never shows nor
+                      searches: send_email,billing.charge, or * for all
   STATEMENT_TIMEOUT, CONNECT_TIMEOUT  as for serve"""
 
 

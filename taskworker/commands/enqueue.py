@@ -1,18 +1,30 @@
-"""`taskworker enqueue`: add tasks from the command line, or one per line of stdin."""
+"""`taskworker enqueue`: add tasks from the command line, or one per line of stdin,
+or one call of a registered task with JSON arguments (--args, --kwargs)."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import IO, TypedDict
+from typing import IO, Any, TypedDict
 
 import click
 import psycopg2
 
-from .. import registry
-from ..client import RunAt, check_payload, check_unique_key, enqueue_many, enqueue_unique, place
+from .. import codec, registry
+from ..client import (
+    Enqueued,
+    RunAt,
+    UnknownTaskName,
+    check_payload,
+    check_unique_key,
+    enqueue_call_unique,
+    enqueue_many,
+    enqueue_unique,
+    place,
+)
 from ..settings import Settings
 from ..store.database import PgConnection, first_line
 from . import text
@@ -37,12 +49,17 @@ class Options(TypedDict):
     queue: str | None
     priority: int | None
     run_at: RunAt
+    force: bool  # a name TASK_MODULES does not register, enqueued anyway (or unchecked)
 
 
 @click.command()
-@click.argument("payloads", nargs=-1, required=True, metavar="PAYLOAD...")
+@click.argument("payloads", nargs=-1, metavar="[PAYLOAD]...")
 @click.option("--task", "task_name", metavar="NAME",
               help="Run by the task registered as NAME (default: the default handler).")
+@click.option("--args", "args_json", metavar="JSON",
+              help='Call --task with these positional arguments: a JSON list, \'["a", 2]\'.')
+@click.option("--kwargs", "kwargs_json", metavar="JSON",
+              help='Call --task with these keyword arguments: a JSON object, \'{"k": 1}\'.')
 @click.option("--queue", metavar="NAME",
               help="Queue (default: the task's, when TASK_MODULES registers it, else default).")
 @click.option("--priority", type=click.IntRange(-2**31, 2**31 - 1), metavar="INT",
@@ -52,12 +69,21 @@ class Options(TypedDict):
 @click.option("--delay", metavar="DURATION", help="Due DURATION from now: 30s, 10m, 2h, 1d.")
 @click.option("--unique-key", metavar="KEY",
               help="Insert nothing while a pending or running task has KEY (one PAYLOAD only).")
+@click.option("--tasks", "task_modules", metavar="MODULES",
+              help="Import these modules to check --task's name and take its queue and "
+                   "priority (default: TASK_MODULES).")
+@click.option("--force", is_flag=True,
+              help="Enqueue a --task name the task modules do not register.")
 @click.option("--batch-size", default=ENQUEUE_BATCH, show_default=True,
               type=click.IntRange(min=1), help="Rows per INSERT (and per commit for -).")
-def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
-            priority: int | None, run_at: str | None, delay: str | None,
-            unique_key: str | None, batch_size: int) -> None:
-    """Add one pending task per PAYLOAD; print their ids, one per line.
+def enqueue(payloads: tuple[str, ...], task_name: str | None, args_json: str | None,
+            kwargs_json: str | None, queue: str | None, priority: int | None,
+            run_at: str | None, delay: str | None, unique_key: str | None,
+            task_modules: str | None, force: bool, batch_size: int) -> None:
+    """Add one pending task per PAYLOAD; print their ids, one per line. Or, with
+    --args and/or --kwargs (JSON) instead of PAYLOADs, one task that calls the
+    function registered as --task with them, as `send_email.enqueue(conn,
+    "ann@example.com", subject="Hi")` does from Python.
 
     Several PAYLOADs are inserted in one transaction. `taskworker enqueue -`
     reads one payload per line from stdin (UTF-8; blank lines skipped) and
@@ -67,17 +93,39 @@ def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
     With --unique-key, while a pending or running task has KEY nothing is
     inserted: that task's id is printed, and a line on stderr says so (exit 0).
 
+    With --task and TASK_MODULES (or --tasks), the name is checked: one the
+    modules do not register is refused with the nearest registered name (exit
+    2; --force enqueues it anyway); without them, a line on stderr says the
+    name, queue and priority could not be checked.
+
     \b
       taskworker enqueue "resize photo 1" "resize photo 2"
       taskworker enqueue --delay 10m "send the reminder"
       taskworker enqueue --task invoice --unique-key invoice-42 42
       taskworker enqueue - < payloads.txt > ids.txt
+      taskworker enqueue --task send_email --args '["ann@example.com"]' \\
+          --kwargs '{"subject": "Hi"}' --delay 10m
+
+    The arguments are checked before anything is inserted: JSON that is a list
+    (--args) and an object (--kwargs), values PostgreSQL's jsonb can hold, and,
+    when TASK_MODULES registers the task, the function's signature.
     """
-    settings = load_settings()
+    settings = load_settings({"TASK_MODULES": task_modules})
+    if args_json is not None or kwargs_json is not None:
+        call = parse_call(payloads, task_name, args_json, kwargs_json)
+        options = placement(settings, task_name, queue, priority, schedule(run_at, delay),
+                            unique_key, force)
+        check_call(task_name, *call)
+        with database(settings, "enqueue", autocommit=False) as conn:
+            enqueue_one_call(conn, call, options, unique_key, settings.max_payload_bytes)
+        return
+    if not payloads:
+        fail("give a PAYLOAD (or - to read stdin), or --task NAME with --args/--kwargs",
+             EXIT_CONFIG)
     if unique_key is not None and (len(payloads) != 1 or payloads[0] == "-"):
         fail("--unique-key takes exactly one PAYLOAD (not -)", EXIT_CONFIG)
     options = placement(settings, task_name, queue, priority, schedule(run_at, delay),
-                        unique_key)
+                        unique_key, force)
     with database(settings, "enqueue", autocommit=False) as conn:
         if unique_key is not None:
             enqueue_once(conn, payloads[0], unique_key, options, settings.max_payload_bytes)
@@ -98,29 +146,134 @@ def enqueue(payloads: tuple[str, ...], task_name: str | None, queue: str | None,
 
 def placement(settings: Settings, task_name: str | None, queue: str | None,
               priority: int | None, run_at: RunAt, unique_key: str | None,
-              ) -> Options:
+              force: bool = False) -> Options:
     """The enqueue API's options, checked now (one line and exit 2 when bad).
 
     With --task, the TASK_MODULES of the settings are imported first, so that a
     task's declared queue and priority are filled in as they are for the
-    application's own enqueue calls.
+    application's own enqueue calls, and a misspelt name is refused (unless
+    --force). Without TASK_MODULES, nothing can be checked: one line says so.
     """
-    if task_name is not None and settings.task_modules:
+    if task_name is not None:
+        try:
+            registry.check_name(task_name, "task")
+        except ValueError as exc:
+            fail(str(exc), EXIT_CONFIG)
+    checked = task_name is not None and bool(settings.task_modules)
+    if checked:
         try:
             registry.import_modules(settings.task_modules)
         except registry.RegistryError as exc:
             fail(str(exc), EXIT_CONFIG)
-        if registry.get(task_name) is None:  # a typo would sit pending, claimed by nobody
-            click.echo(f"Warning: TASK_MODULES registers no task {task_name!r}; enqueued "
-                       "anyway", err=True)
-    options = Options(task=task_name, queue=queue, priority=priority, run_at=run_at)
+    elif task_name is not None:
+        click.echo(f"Warning: task {task_name!r} could not be checked (set TASK_MODULES or "
+                   "--tasks to check its name, queue and priority)", err=True)
+    options = Options(task=task_name, queue=queue, priority=priority, run_at=run_at,
+                      force=force or not checked)
     try:
         place(**options, delay=None)
         if unique_key is not None:
             check_unique_key(unique_key)
+    except UnknownTaskName as exc:
+        fail(str(exc).replace("force=True", "--force"), EXIT_CONFIG)
     except (TypeError, ValueError) as exc:
         fail(str(exc), EXIT_CONFIG)
     return options
+
+
+Call = tuple[list[Any], dict[str, Any]]  # (args, kwargs)
+
+
+def parse_call(payloads: tuple[str, ...], task_name: str | None, args_json: str | None,
+               kwargs_json: str | None) -> Call:
+    """The call --args and --kwargs give, as (args, kwargs); one line and exit 2
+    when it cannot be sent."""
+    if payloads:
+        fail("give PAYLOADs or --args/--kwargs, not both (a call's arguments are JSON)",
+             EXIT_CONFIG)
+    if task_name is None:
+        fail("--args and --kwargs call a registered task: name it with --task", EXIT_CONFIG)
+    args = [] if args_json is None else parse_json("--args", args_json)
+    kwargs = {} if kwargs_json is None else parse_json("--kwargs", kwargs_json)
+    if not isinstance(args, list):
+        fail(f"--args must be a JSON list of the positional arguments, such as "
+             f'\'["ann@example.com", 2]\', not {json_kind(args)}', EXIT_CONFIG)
+    if not isinstance(kwargs, dict):
+        fail(f"--kwargs must be a JSON object of the keyword arguments, such as "
+             f'\'{{"subject": "Hi"}}\', not {json_kind(kwargs)}', EXIT_CONFIG)
+    try:
+        codec.encode_call(args, kwargs, f"{task_name}()")
+    except codec.NotJSON as exc:  # NaN, Infinity, 1e999, a NUL character
+        fail(str(exc), EXIT_CONFIG)
+    for option, value in (("--args", args), ("--kwargs", kwargs)):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800": half of a UTF-16 pair
+            fail(f"invalid {option}: a \\u escape stands for half a character (a lone "
+                 "UTF-16 surrogate), which UTF-8 text cannot hold", EXIT_CONFIG)
+    return args, kwargs
+
+
+def parse_json(option: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        fail(f"invalid {option}: not JSON ({exc.msg} at character {exc.pos + 1})",
+             EXIT_CONFIG)
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        fail(f"invalid {option}: {exc}", EXIT_CONFIG)
+    except RecursionError:
+        fail(f"invalid {option}: nested too deeply", EXIT_CONFIG)
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def check_call(task_name: str | None, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Against the function's signature, when TASK_MODULES registered the task
+    (`placement` imported them): one line and exit 2 when it refuses the call."""
+    known = registry.get(task_name) if task_name is not None else None
+    if known is None:
+        return
+    try:
+        registry.check_call(known, args, kwargs)
+    except TypeError as exc:  # "send_email(): missing a required argument: 'to'"
+        fail(str(exc), EXIT_CONFIG)
+
+
+def enqueue_one_call(conn: PgConnection, call: Call, options: Options,
+                     unique_key: str | None, max_bytes: int) -> None:
+    """--args/--kwargs: insert the call (or, with --unique-key, print the id of
+    the live task holding the key) and commit."""
+    args, kwargs = call
+    chosen = registry.Options(options["queue"], options["priority"], options["run_at"],
+                              None, unique_key)
+    try:
+        done = enqueue_call_unique(conn, options["task"], args, kwargs, chosen,
+                                   max_bytes=max_bytes, force=options["force"])
+    except ValueError as exc:  # over MAX_PAYLOAD_BYTES
+        raise CommandError(f"{exc}; nothing was enqueued") from None
+    conn.commit()
+    print_ids([done.id])
+    said_held(done, unique_key)
+
+
+def said_held(done: Enqueued, unique_key: str | None) -> None:
+    """A line on stderr when a live task held the unique key (nothing inserted)."""
+    if not done.inserted:
+        state = "running" if done.status == "in_progress" else done.status
+        click.echo(f"Task {done.id} already {state} with unique key {unique_key!r}; "
+                   "nothing inserted", err=True)
 
 
 def enqueue_once(conn: PgConnection, payload: str, unique_key: str, options: Options,
@@ -132,10 +285,7 @@ def enqueue_once(conn: PgConnection, payload: str, unique_key: str, options: Opt
         raise CommandError(f"{exc}; nothing was enqueued") from None
     conn.commit()
     print_ids([done.id])
-    if not done.inserted:
-        state = "running" if done.status == "in_progress" else done.status
-        click.echo(f"Task {done.id} already {state} with unique key {unique_key!r}; "
-                   "nothing inserted", err=True)
+    said_held(done, unique_key)
 
 
 def schedule(run_at: str | None, delay: str | None) -> RunAt:

@@ -60,6 +60,7 @@ def serve(workers: str | None, fetch_interval: str | None, fetch_limit: str | No
       HEALTH_MAX_DOWNTIME  /healthz fails once a connection is down this long (30s)
       PRUNE_AFTER        delete done/error/cancelled tasks older than this (off)
       MAX_PAYLOAD_BYTES  largest payload or result, larger ones fail the task (1MB)
+      TRANSACTION_POOL_SIZE  connections for tasks' bound transactions (10)
       DASHBOARD_PORT     serve the dashboard on this port too (off; see
                          `taskworker dashboard --help` for its settings)
       TASK_MIN_SECONDS, TASK_MAX_SECONDS, TASK_FAILURE_RATE

@@ -10,19 +10,23 @@ from typing import Any
 
 import click
 
+from .. import codec
 from ..store import admin, tasks
 from ..store.database import Direct
 from . import text
 from .context import EXIT_CONFIG, CommandError, database, duration, fail, load_settings
 
 RETRY_BATCH = 10000  # rows per UPDATE of retry --all-errors
+JSON_COLUMNS = ("arguments", "return_value")  # jsonb: printed as indented JSON
 
 
 @click.command()
 @click.argument("task_id", metavar="ID", type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
 def show(task_id: int, as_json: bool) -> None:
-    """Print one task, every column.
+    """Print one task, every column: a call's arguments and return value as
+    indented JSON, a traceback line by line (--json: arguments and return_value
+    as JSON values, the traceback as one string).
 
     A task in progress is "claimed, not started" while it waits in its
     process's local queue (started_at not set), "running" once its handler has
@@ -46,7 +50,14 @@ def show(task_id: int, as_json: bool) -> None:
         return
     width = max(map(len, row)) + 2
     for name, value in row.items():
-        shown = "(null)" if value is None else text.printable(str(value))
+        if value is None:
+            shown = "(null)"
+        elif name in JSON_COLUMNS:  # jsonb, decoded by psycopg2
+            shown = text.printable(codec.readable(value))
+        elif name == "traceback":  # its lines, without the empty one after the last
+            shown = text.printable(str(value).rstrip("\n"))
+        else:
+            shown = text.printable(str(value))
         if name == "status" and value == "in_progress":  # claimed, or running
             state = admin.state(value, row.get("started_at") is not None)
             shown += f" ({state}, not started)" if state == admin.CLAIMED else f" ({state})"
@@ -144,13 +155,15 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
 @click.option("--workflow", "workflow", type=int, metavar="WORKFLOW_ID",
               help="Cancel a workflow's tasks instead of IDs.")
 def cancel(ids: tuple[int, ...], workflow: int | None) -> None:
-    """Cancel tasks: a pending one at once (status cancelled: no worker will run
-    it); a running one is asked to stop: its process stops the handler within
-    about a second (at its next heartbeat with LISTEN=false) and writes status
-    cancelled (if its process died, the rescue does). A workflow's step waiting
-    for others is cancelled at once, and so is everything that waits for it.
-    Exit status 0 when every ID was cancelled or asked, else 1 with one line per
-    ID that was not.
+    """Cancel tasks, saying in one line per ID what happened: a pending one is
+    cancelled at once (no worker will run it); a claimed or running one is asked
+    to stop: its process stops the handler within about a second (at its next
+    heartbeat with LISTEN=false) and writes status cancelled (if its process
+    died, the rescue does). A workflow's step waiting for others is cancelled at
+    once, and so is everything that waits for it. The stored error names who
+    asked (`cancelled: by taskworker cancel`). Exit status 0 when every ID was
+    cancelled or asked, else 1 (a finished task, or no such task: the line goes
+    to stderr).
 
     With --workflow: every task of the workflow that has not ended, as above
     (what waits and what is pending at once, what runs asked to stop); exit
@@ -165,16 +178,19 @@ def cancel(ids: tuple[int, ...], workflow: int | None) -> None:
     with database(load_settings(), "cancel") as conn:
         db = Direct(conn)
         done = admin.cancel(db, wanted)
-        click.echo(f"Cancelled {text.tasks(len(done.cancelled))}")
-        for task_id in done.requested:
-            click.echo(f"Task {task_id} is running: asked its process to stop it")
+        for task_id in wanted:
+            if task_id in done.cancelled:
+                click.echo(f"Task {task_id}: cancelled")
+            elif task_id in done.requested:
+                click.echo(f"Task {task_id}: running; asked its process to stop it (it "
+                           "ends cancelled)")
         left = [i for i in wanted if i not in done.cancelled and i not in done.requested]
         for task_id, state in states(db, left).items():
             if state.status is None:
-                click.echo(f"Error: no task with id {task_id}", err=True)
+                click.echo(f"Task {task_id}: not cancelled: no task has this id", err=True)
             else:
-                click.echo(f"Error: task {task_id} is {state.status}: only pending and "
-                           "running tasks can be cancelled", err=True)
+                click.echo(f"Task {task_id}: not cancelled: it is {state.status} (only "
+                           "pending and running tasks can be cancelled)", err=True)
     sys.exit(1 if left else 0)
 
 

@@ -56,9 +56,10 @@ class NoSuchTask(Exception):
     """The id of an action's target is no task id (404)."""
 
 
-def target(fields: dict[str, str], action: str) -> Target | None:
+def target(fields: dict[str, str], action: str, hide: tuple[str, ...] = ()) -> Target | None:
     """The action's target from the query string or the form (None: unusable;
-    NoSuchTask: an id that no task can have)."""
+    NoSuchTask: an id that no task can have). `hide`: DASHBOARD_HIDE_ARGUMENTS,
+    whose tasks a text filter matches by their error alone, as the list does."""
     raw = fields.get("id", "")
     if raw:
         wanted = task_id(raw)
@@ -67,7 +68,7 @@ def target(fields: dict[str, str], action: str) -> Target | None:
         return Target(wanted, store.Filter())
     if action == "cancel":
         return None  # one task at a time
-    f, problems = parse_filter(fields)
+    f, problems = parse_filter(fields, hide)
     if problems:
         return None
     if action == "retry":
@@ -82,7 +83,7 @@ VERBS = {"retry": "Retry", "cancel": "Cancel", "delete": "Delete"}
 
 def confirm(app: Dashboard, request: Request, action: str) -> Response:
     try:
-        t = target(request.query, action)
+        t = target(request.query, action, app.settings.dashboard_hide_arguments)
     except NoSuchTask as exc:
         return app.page(request, "missing.html", status=404, what=f"task {exc}")
     if t is None:
@@ -100,7 +101,7 @@ def confirm(app: Dashboard, request: Request, action: str) -> Response:
 
 def perform(app: Dashboard, request: Request, action: str, who: Visitor) -> Response:
     try:
-        t = target(request.form, action)
+        t = target(request.form, action, app.settings.dashboard_hide_arguments)
     except NoSuchTask as exc:
         return app.page(request, "missing.html", status=404, what=f"task {exc}")
     if t is None:
@@ -137,7 +138,7 @@ def retry(db: Direct, t: Target) -> str:
 
 def cancel(db: Direct, t: Target) -> str:
     assert t.id is not None
-    done = admin.cancel(db, [t.id])
+    done = admin.cancel(db, [t.id], source="the dashboard")
     if done.cancelled:
         return f"cancelled task {t.id}"
     if done.requested:

@@ -41,7 +41,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     ("GET", re.compile(r"/overview/live"), pages.overview_live),
     ("GET", re.compile(r"/tasks"), pages.tasks),
     ("GET", re.compile(r"/tasks/([0-9]+)"), pages.task),
-    ("GET", re.compile(r"/tasks/([0-9]+)/raw/([a-z]+)"), pages.raw),
+    ("GET", re.compile(r"/tasks/([0-9]+)/raw/([a-z_]+)"), pages.raw),
     ("GET", re.compile(r"/schedules"), pages.schedules),
 ]
 ACTION = re.compile(r"/actions/(retry|cancel|delete)")

@@ -7,22 +7,30 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .. import backlog
+from .. import backlog, codec
 from ..schedule_listing import listing
 from ..store import admin, processes, search
 from ..store import dashboard as store
 from ..store import schedules as schedule_store
 from .chart import chart
 from .http import MAX_ID, Request, Response, task_id, url
+from .render import FOLD_CHARS, HIDDEN
 
 if TYPE_CHECKING:
     from .app import Dashboard
 
 PAGE_SIZE = 50
 MIN_TEXT = 3  # characters a text search needs (trigrams)
-LONG_COLUMNS = ("payload", "result", "error")
+# The columns the task page shows below its table, each in a section of its own
+# (and whole, as plain text, at /tasks/ID/raw/COLUMN).
+LONG_COLUMNS = ("payload", "arguments", "result", "return_value", "error", "traceback")
+JSON_COLUMNS = ("arguments", "return_value")  # jsonb: shown as indented JSON
+ARGUMENT_COLUMNS = ("payload", "arguments")  # what DASHBOARD_HIDE_ARGUMENTS hides
+TITLES = {"return_value": "Return value"}
+FOLD_JSON_LINES = 10  # JSON longer than this (or FOLD_JSON_CHARS) is shown folded
+FOLD_JSON_CHARS = 500
 
 
 def overview(app: Dashboard, request: Request) -> Response:
@@ -87,8 +95,11 @@ def _table(kind: str, live: list[backlog.Total],
     return sorted(found.values(), key=lambda r: (r["key"] is not None, r["key"] or ""))
 
 
-def parse_filter(query: dict[str, str]) -> tuple[store.Filter, list[str]]:
-    """The list's filter from the query string, and what was wrong with it."""
+def parse_filter(query: dict[str, str], hide: tuple[str, ...] = ()
+                 ) -> tuple[store.Filter, list[str]]:
+    """The list's filter from the query string, and what was wrong with it;
+    `hide`: DASHBOARD_HIDE_ARGUMENTS, whose tasks' payload and arguments its text
+    is not searched in."""
     problems = []
     status = query.get("status") or None
     if status is not None and status not in store.STATES:
@@ -106,7 +117,8 @@ def parse_filter(query: dict[str, str]) -> tuple[store.Filter, list[str]]:
         workflow = task_id(query["workflow"].strip())
         if workflow is None:
             problems.append(f"workflow= is a workflow id: a whole number from 1 to {MAX_ID}")
-    return store.Filter(status, query.get("queue") or None, task, text, workflow), problems
+    return store.Filter(status, query.get("queue") or None, task, text, hide,
+                        workflow), problems
 
 
 def filter_query(f: store.Filter) -> dict[str, str | None]:
@@ -117,7 +129,7 @@ def filter_query(f: store.Filter) -> dict[str, str | None]:
 
 
 def tasks(app: Dashboard, request: Request) -> Response:
-    f, problems = parse_filter(request.query)
+    f, problems = parse_filter(request.query, app.settings.dashboard_hide_arguments)
     wrong_ids = [f"{name}= is a task id: a whole number from 1 to {MAX_ID}"
                  for name in ("id", "before") if request.query.get(name, "").strip()
                  and task_id(request.query[name].strip()) is None]
@@ -132,8 +144,13 @@ def tasks(app: Dashboard, request: Request) -> Response:
         else:
             page = store.page(db, f, before, PAGE_SIZE)
         lag = search.lag(db) if f.text else None
+    hidden = {r.id for r in page.rows if app.settings.hides_arguments(r.task)}
+    page = page._replace(rows=[r._replace(payload=None, payload_length=None, arguments=None,
+                                          arguments_length=None) if r.id in hidden else r
+                               for r in page.rows])
     known = app.sampler.counts.value
-    return app.page(request, "tasks.html", page=page, filter=f, query=filter_query(f),
+    return app.page(request, "tasks.html", page=page, hidden=hidden, filter=f,
+                    query=filter_query(f),
                     qs=url("", filter_query(f)).lstrip("?"),
                     problems=problems + wrong_ids, before=before, wanted_id=wanted_id,
                     lag=lag if lag is not None and lag.behind else None,
@@ -143,6 +160,17 @@ def tasks(app: Dashboard, request: Request) -> Response:
                     retry_filter=f.status in (None, "error"),
                     delete_filter=f.status in (None, "done", "error", "cancelled"),
                     status=400 if wrong_ids else 200)
+
+
+class Value(NamedTuple):
+    """One long value of the task page, as it is shown."""
+
+    name: str  # the column
+    title: str
+    text: str | None  # None: (null)
+    hidden: list[str] | None  # hidden arguments: the positions and names shown instead
+    fold: bool  # shown in a <details>, `summary` on its closed line
+    summary: str
 
 
 def task(app: Dashboard, request: Request, raw_id: str) -> Response:
@@ -155,15 +183,52 @@ def task(app: Dashboard, request: Request, raw_id: str) -> Response:
             return app.page(request, "missing.html", status=404, what=f"task {raw_id}")
         place = admin.workflow_place(db, wanted) if row.get("workflow_id") else None
         flow = admin.workflow_state(db, place.workflow_id) if place else None
-    long = {name: row[name] for name in LONG_COLUMNS if row.get(name) is not None}
+    hide = app.settings.hides_arguments(row.get("task"))
+    calls = row.get("format") == 2  # its arguments and return value, not payload and result
+    wanted_columns = ("arguments", "return_value") if calls else ("payload", "result")
+    values = [value(row, name, hide) for name in LONG_COLUMNS
+              if name in (*wanted_columns, "error", "traceback") or row.get(name) is not None]
     short = {k: v for k, v in row.items() if k not in LONG_COLUMNS}
-    return app.page(request, "task.html", task=row, short=short, long=long, id=wanted,
+    return app.page(request, "task.html", task=short, short=short, values=values, id=wanted,
                     state=admin.state(row["status"], row.get("started_at") is not None),
                     place=place, flow=flow)
 
 
+def value(row: dict[str, Any], name: str, hide: bool) -> Value:
+    """Column `name` of `row` as the task page shows it: JSON indented and folded
+    when long, a traceback folded under its last line, hidden arguments as their
+    positions and names only."""
+    title = TITLES.get(name, name.capitalize())
+    raw = row.get(name)
+    if raw is None:
+        return Value(name, title, None, None, False, "")
+    if hide and name in ARGUMENT_COLUMNS:
+        return Value(name, title, None, argument_names(raw) if name == "arguments" else [],
+                     False, "")
+    if name in JSON_COLUMNS:
+        text = codec.readable(raw)
+        long = text.count("\n") >= FOLD_JSON_LINES or len(text) > FOLD_JSON_CHARS
+        return Value(name, title, text, None, long, " ".join(text[:200].split()))
+    text = str(raw)
+    if name == "traceback":
+        lines = text.rstrip().splitlines()
+        return Value(name, title, text, None, True, lines[-1] if lines else "")
+    return Value(name, title, text, None, len(text) > FOLD_CHARS, text[:200])
+
+
+def argument_names(call: Any) -> list[str]:
+    """The positions and names of a call's arguments, never their values:
+    "1", "2", "subject" (empty when the row holds something other than a call)."""
+    if not isinstance(call, dict):
+        return []
+    args, kwargs = call.get("args"), call.get("kwargs")
+    return ([f"argument {n}" for n in range(1, len(args) + 1)] if isinstance(args, list)
+            else []) + ([str(k) for k in kwargs] if isinstance(kwargs, dict) else [])
+
+
 def raw(app: Dashboard, request: Request, raw_id: str, column: str) -> Response:
-    """A long value whole, as plain text (never rendered as markup: nosniff)."""
+    """A long value whole, as plain text (never rendered as markup: nosniff);
+    JSON indented. Hidden arguments are refused (403), as on the task page."""
     wanted = task_id(raw_id)
     if column not in LONG_COLUMNS or wanted is None:
         return app.page(request, "missing.html", status=404, what=request.path)
@@ -171,7 +236,11 @@ def raw(app: Dashboard, request: Request, raw_id: str, column: str) -> Response:
         row = admin.task(db, wanted)
     if row is None or row.get(column) is None:
         return app.page(request, "missing.html", status=404, what=f"task {raw_id}'s {column}")
-    return Response(str(row[column]), content_type="text/plain; charset=utf-8")
+    if column in ARGUMENT_COLUMNS and app.settings.hides_arguments(row.get("task")):
+        return app.page(request, "error.html", status=403,
+                        problem=f"the {column} of task {wanted}: {HIDDEN}")
+    shown = codec.readable(row[column]) if column in JSON_COLUMNS else str(row[column])
+    return Response(shown, content_type="text/plain; charset=utf-8")
 
 
 def schedules(app: Dashboard, request: Request) -> Response:

@@ -9,6 +9,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 FOLD_CHARS = 2000  # longer values are shown folded (<details>)
 SHOWN_CHARS = 100_000  # at most this much of a value on the task page; the rest: raw link
+HIDDEN = "hidden (DASHBOARD_HIDE_ARGUMENTS)"  # in place of a value the settings hide
 HINTS = {  # what the two states of a task in progress mean (titles on the pages)
     "claimed": "in progress, not started: claimed by a process, it waits in its local queue",
     "running": "in progress: its handler has started"}
@@ -41,7 +42,8 @@ def environment() -> Environment:
                       autoescape=True, undefined=StrictUndefined, trim_blocks=True,
                       lstrip_blocks=True)
     env.filters.update(age=age, when=when, number=number)
-    env.globals.update(FOLD_CHARS=FOLD_CHARS, SHOWN_CHARS=SHOWN_CHARS, hints=HINTS)
+    env.globals.update(FOLD_CHARS=FOLD_CHARS, SHOWN_CHARS=SHOWN_CHARS, HIDDEN=HIDDEN,
+                       hints=HINTS)
     return env
 
 

@@ -54,6 +54,12 @@ class Completer:
         self._unwritten += 1
         self._outcomes.put(outcome)
 
+    def written_apart(self, outcome: Outcome) -> None:
+        """An outcome its task's bound transaction wrote (or found fenced off):
+        reported and settled as the statements' answers are."""
+        self._unwritten += 1
+        self.report([outcome], outcome.written or {})
+
     def stop(self) -> None:
         """No more outcomes will come: the writing lane writes what is queued, then ends."""
         self._outcomes.put(None)

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 
 from ..settings import Settings
-from ..store.completion import OutcomeWrite
+from ..store.completion import OutcomeWrite, Written
 from ..store.tasks import ClaimedTask
 
 DONE = "done"  # the handler returned: status done, with its result
@@ -36,6 +36,9 @@ class Outcome:
     size: int = 0  # bytes of the result, for the completer's batches
     frees_slot: bool = False  # the task held a max_running slot
     traceback: str | None = None  # of the failure `error` describes
+    # Written by the task's bound transaction (part 21): the holds it wrote
+    # (empty: fenced off); None: the completer writes it.
+    written: Written | None = None
 
     def write(self) -> OutcomeWrite:
         """The row update this outcome makes.

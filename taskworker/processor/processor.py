@@ -108,7 +108,8 @@ class Processor:
         self.worker = Worker(settings, self.catalog, self.dispatch, self.completer.put,
                              lambda: self._cancelling,
                              self.metrics.task_duration.observe if self.metrics else _ignore,
-                             self.heartbeat.started)
+                             self.heartbeat.started, self.holder, self.completer.written_apart,
+                             self.completer.frees_slots)
         # The services, in the order they start; the fetcher last, once all is ready.
         self.services: dict[str, Callable[[], None]] = {
             "completer": self.exchange.write_loop, "heartbeat": self.heartbeat.run,
@@ -239,6 +240,12 @@ class Processor:
             self.completer.put(Outcome(task, 0, GIVE_BACK))
         if queued:
             log.info("Gave back %d queued tasks to pending", len(queued))
+        running = self.dispatch.running_count()
+        if running and not self.stop_now.is_set():  # (else the wait is silent for long)
+            log.info("Waiting up to %s for %d running %s to finish; press Ctrl+C again to "
+                     "stop %s now (given back to pending)", seconds(s.shutdown_timeout),
+                     running, "task" if running == 1 else "tasks",
+                     "it" if running == 1 else "them")
 
         deadline = time.monotonic() + s.shutdown_timeout
         while not self.pool.join(timeout=0.05):
@@ -272,6 +279,7 @@ class Processor:
             job.kill()
         for db in self._connections():
             db.close()
+        self.worker.transactions.close()
         if self.web:
             self.web.stop()
         if self.dashboard:

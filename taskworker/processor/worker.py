@@ -13,6 +13,7 @@ import time
 import traceback as traceback_module
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import gevent
 from gevent.event import Event
@@ -23,6 +24,7 @@ from ..handlers import HandlerSettings, TaskContext, _running
 from ..logs import log, printable, seconds
 from ..settings import Settings
 from ..store.tasks import ClaimedTask
+from .bound import Bound, TransactionPool
 from .catalog import Catalog, Job
 from .dispatch import Dispatch
 from .heartbeat import LeaseExpiring
@@ -35,6 +37,35 @@ class TaskTimeout(Exception):
     pass
 
 
+class TaskRun:
+    """One run of a task, as the task sees it while it runs (handlers.Running):
+    its context, built on first ask, and its bound transaction, taken from the
+    pool on first ask (part 21)."""
+
+    __slots__ = ("worker", "task", "n", "bound")
+
+    def __init__(self, worker: Worker, task: ClaimedTask, n: int) -> None:
+        self.worker = worker
+        self.task = task
+        self.n = n
+        self.bound: Bound | None = None
+
+    def context(self) -> TaskContext:
+        task, dispatch = self.task, self.worker.dispatch
+        return TaskContext(task.id, task.attempt, self.n,
+                           self.worker.handler_settings[task.name], task.name, task.queue,
+                           lambda: dispatch.is_cancelled(task.id))
+
+    def transaction(self) -> Any:
+        if self.bound is None:
+            self.bound = Bound(self.worker.transactions)
+        return self.bound.connection()
+
+    def rollback(self) -> None:
+        if self.bound is not None:
+            self.bound.rollback()
+
+
 class Worker:
     """What every worker greenlet shares: what runs each task (the catalog) and
     how to judge its run."""
@@ -43,7 +74,9 @@ class Worker:
                  dispatch: Dispatch, outcome: Callable[[Outcome], None],
                  cancelling: Callable[[], bool],
                  observe: Callable[[float], None] = lambda seconds: None,
-                 started: Callable[[ClaimedTask], Event | None] = lambda task: None) -> None:
+                 started: Callable[[ClaimedTask], Event | None] = lambda task: None,
+                 holder: str = "", written_apart: Callable[[Outcome], None] | None = None,
+                 frees_slots: bool = False) -> None:
         self.catalog = catalog
         base = HandlerSettings.from_settings(settings)
         self.handler_settings = {  # what a handler sees: its task's own options
@@ -56,6 +89,12 @@ class Worker:
         self.started = started  # tells the heartbeat a handler starts (tasks.started_at)
         self.cancelling = cancelling  # shutdown is killing the workers now
         self.observe = observe  # told each run's duration (metrics)
+        # Bound transactions (part 21): their pool, and what reports an outcome
+        # their commit wrote.
+        self.holder = holder
+        self.frees_slots = frees_slots
+        self.transactions = TransactionPool(settings, settings.transaction_pool_size)
+        self.written_apart = written_apart or outcome
 
     def loop(self, n: int) -> None:
         """Worker number `n`: run tasks until the dispatch says stop."""
@@ -91,7 +130,7 @@ class Worker:
                 outcome = Outcome(task, n, GIVE_BACK)
             except gevent.GreenletExit as exc:
                 if self.dispatch.is_cancelled(task.id) and not self.cancelling():
-                    outcome = self._cancelled(task, n, "taskworker cancel")
+                    outcome = self._cancelled(task, n, "a cancel was asked", asked=True)
                 elif not self.cancelling():  # raised by the handler itself, not by shutdown
                     outcome = self._crashed(task, n, exc)
                 else:
@@ -108,7 +147,10 @@ class Worker:
             if log.isEnabledFor(logging.INFO):  # (the arguments cost on a hot path)
                 log.info("[Worker %d] Finished task ID: %d in %s", n, task.id,
                          seconds(round(took, 3)), extra=_fields(task, n))
-            self.outcome(outcome)
+            if outcome.written is not None:  # its bound transaction wrote it
+                self.written_apart(outcome)
+            else:
+                self.outcome(outcome)
             task = outcome = None  # an idle worker keeps no payload or result alive
 
     def run(self, task: ClaimedTask, n: int) -> Outcome:
@@ -119,25 +161,39 @@ class Worker:
                         n, task.id, task.name)
             return Outcome(task, n, GIVE_BACK)
         if self.dispatch.is_cancelled(task.id):
-            return self._cancelled(task, n, "taskworker cancel, before it started")
+            return self._cancelled(task, n, "a cancel was asked before it started",
+                                   asked=True)
         durable = self.started(task)
         if durable is not None:  # (lost unstarted before: its start is written first)
             durable.wait()
         if log.isEnabledFor(logging.INFO):
             log.info("[Worker %d] Processing task ID: %d with payload: %s",
                      n, task.id, printable(task.payload), extra=_fields(task, n))
-        def context() -> TaskContext:  # (built only if the task asks: current_task())
-            return TaskContext(task.id, task.attempt, n, self.handler_settings[task.name],
-                               task.name, task.queue,
-                               lambda: self.dispatch.is_cancelled(task.id))
+        run = TaskRun(self, task, n)
+        running = _running.set(run)
+        try:
+            outcome = self._handle(task, n, job, run)
+            if run.bound is not None and run.bound.conn is not None:  # (part 21)
+                if outcome.kind == DONE:
+                    outcome, outcome.written = run.bound.commit(
+                        outcome, self.holder, self.frees_slots,
+                        lambda o, why: self._failed(o.task, n, job, why))
+                else:  # (a handler that caught the failure itself: nothing to keep)
+                    run.bound.rollback()
+            return outcome
+        finally:
+            if run.bound is not None:
+                run.bound.rollback()  # (killed midway: shutdown, cancel, the lease guard)
+            _running.reset(running)
 
-        running = _running.set(context)
+    def _handle(self, task: ClaimedTask, n: int, job: Job, run: TaskRun) -> Outcome:
+        """Call the handler, within its timeout; how it ended."""
         timer = gevent.Timeout(job.timeout or None, TaskTimeout)
         timer.start()
         try:
             if task.format == 1:
                 if job.takes_task:
-                    result = job.fn(task.payload, task=context())
+                    result = job.fn(task.payload, task=run.context())
                 else:
                     result = job.fn(task.payload)
                 problem, size = _storable(result, self.max_bytes)
@@ -162,7 +218,6 @@ class Worker:
                                 traceback=formatted(exc))
         finally:
             timer.close()
-            _running.reset(running)
 
     def _call(self, job: Job, task: ClaimedTask) -> tuple[str, str | None]:
         """Call a format 2 task's function with the row's arguments: (its return
@@ -192,12 +247,14 @@ class Worker:
         except NotJSON as exc:
             return "", f"TypeError: {exc}"
 
-    def _cancelled(self, task: ClaimedTask, n: int, why: str) -> Outcome:
+    def _cancelled(self, task: ClaimedTask, n: int, why: str, asked: bool = False) -> Outcome:
+        """`asked`: by `taskworker cancel` or the dashboard; the stored error then
+        names which (the row's cancel_requested_by: see outcomes_written)."""
         job = self.catalog.job(task.name)
         log.info("[Worker %d] Task ID: %d cancelled (%s)", n, task.id, why,
                  extra=_fields(task, n))
-        return Outcome(task, n, CANCEL, error=f"cancelled: {_bounded(why, self.max_bytes)}",
-                       frees_slot=job is not None and job.limited)
+        error = None if asked else f"cancelled: {_bounded(why, self.max_bytes)}"
+        return Outcome(task, n, CANCEL, error=error, frees_slot=job is not None and job.limited)
 
     def _failed(self, task: ClaimedTask, n: int, job: Job | None, message: str,
                 retry: bool = True, traceback: str | None = None) -> Outcome:

@@ -185,10 +185,10 @@ class Cancelled(NamedTuple):
     requested: list[int]  # are running: their holder was asked to stop them
 
 
-def cancel(db: Database, ids: Sequence[int]) -> Cancelled:
+def cancel(db: Database, ids: Sequence[int], source: str = "taskworker cancel") -> Cancelled:
     """Cancel the pending tasks among `ids`, and ask the holders of the running
-    ones to stop them."""
-    rows = db.query(sql.cancel, {"ids": list(ids)})
+    ones to stop them; `source` says who asks (it is in the stored error)."""
+    rows = db.query(sql.cancel, {"ids": list(ids), "source": source})
     return Cancelled(sorted(i for i, running in rows if not running),
                      sorted(i for i, running in rows if running))
 
@@ -320,8 +320,10 @@ def workflow_state(db: Database, workflow_id: int) -> WorkflowState:
                          max((r[4] for r in rows), default=None))
 
 
-def cancel_workflow(db: Database, workflow_id: int) -> Cancelled:
-    """Cancel what has not started of a workflow; ask its running tasks to stop."""
-    rows = db.query(sql.cancel_workflow, {"workflow_id": workflow_id})
+def cancel_workflow(db: Database, workflow_id: int,
+                    source: str = "taskworker cancel") -> Cancelled:
+    """Cancel what has not started of a workflow; ask its running tasks to stop
+    (`source` says who asks: it is in the stored error)."""
+    rows = db.query(sql.cancel_workflow, {"workflow_id": workflow_id, "source": source})
     return Cancelled(sorted(i for i, running in rows if not running),
                      sorted(i for i, running in rows if running))

@@ -40,7 +40,10 @@ class Filter(NamedTuple):
     status: str | None = None  # one of STATES
     queue: str | None = None
     task: str | None = None
-    text: str | None = None  # searched in payload and error, case-insensitively
+    text: str | None = None  # searched in payload, arguments and error, case-insensitively
+    # DASHBOARD_HIDE_ARGUMENTS: tasks whose payload and arguments the text is not
+    # searched in (("*",): every task's)
+    hide: tuple[str, ...] = ()
     workflow: int | None = None  # the tasks of one workflow (migration 014)
 
     @property
@@ -51,13 +54,15 @@ class Filter(NamedTuple):
         escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return f"%{escaped}%"
 
-    def params(self) -> dict[str, str | bool | int | None]:
+    def params(self) -> dict[str, str | bool | int | list[str] | None]:
         """The statements' parameters: the state as a status (and started_at set or
         not, for claimed and running)."""
         started = STARTED.get(self.status or "")
         return {"status": "in_progress" if started is not None else self.status or None,
                 "started": started, "queue": self.queue or None, "task": self.task,
-                "pattern": self.pattern, "workflow": self.workflow}
+                "pattern": self.pattern, "hide_all": "*" in self.hide,
+                "hidden": [name for name in self.hide if name != "*"],
+                "workflow": self.workflow}
 
 
 class Row(NamedTuple):
@@ -77,6 +82,8 @@ class Row(NamedTuple):
     locked_by: str | None
     cancel_requested: bool
     started_at: datetime | None  # its handler started (status in_progress: running)
+    arguments: str | None  # the first 200 characters of the JSON call (format 2)
+    arguments_length: int | None
 
     @property
     def state(self) -> str:

@@ -340,7 +340,8 @@ SET rescues = t.rescues + c.charge,
     status = CASE WHEN t.cancel_requested_at IS NOT NULL THEN 'cancelled'
                   WHEN t.rescues + c.charge > %(max_rescues)s THEN 'error' ELSE 'pending' END,
     error = CASE WHEN t.cancel_requested_at IS NOT NULL
-                 THEN 'cancelled: taskworker cancel; its worker was lost'
+                 THEN 'cancelled: by ' || coalesce(t.cancel_requested_by, 'taskworker cancel')
+                      || '; its worker was lost'
                  WHEN t.rescues + c.charge > %(max_rescues)s
                  THEN 'abandoned: worker lost ' || (t.rescues + c.charge) || ' times'
                  ELSE t.error END,
@@ -354,9 +355,10 @@ RETURNING t.id, t.status, c.charge = 1;
 
 -- name: alone_waiting
 -- Is a task that must run alone due, that this process would claim (see
--- claim_alone)? (The process then drains and claims it.)
+-- claim_alone; a row of a later format is not one)? (The process then drains
+-- and claims it.)
 SELECT EXISTS (SELECT 1 FROM tasks
-               WHERE run_alone AND status = 'pending' AND run_at <= now()
+               WHERE run_alone AND status = 'pending' AND run_at <= now() AND format <= 2
                  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
                  AND coalesce(task, '') = ANY(%(names)s::text[])
                  AND coalesce(task, '') <> ALL(%(limited)s::text[]));
@@ -442,7 +444,9 @@ written AS (
     SET status = v.status,
         result = CASE WHEN t.format = 1 THEN v.result END,
         return_value = CASE WHEN t.format > 1 THEN v.result::jsonb END,
-        error = coalesce(v.error, t.error),
+        error = CASE WHEN v.status = 'cancelled' AND v.error IS NULL  -- (a cancel asked)
+                     THEN 'cancelled: by ' || coalesce(t.cancel_requested_by, 'taskworker cancel')
+                     ELSE coalesce(v.error, t.error) END,
         traceback = CASE WHEN v.error IS NULL THEN t.traceback ELSE v.traceback END,
         attempts = t.attempts - CASE WHEN v.given_back THEN 1 ELSE 0 END,
         run_at = CASE WHEN v.delay IS NULL THEN t.run_at
@@ -491,6 +495,14 @@ freed AS (
     WHERE locked_by = %(holder)s AND task_id IN (SELECT id FROM written)
 )
 /* include outcome_states */;
+
+-- name: outcome_landed
+-- After a lost reply to the commit of a task's bound transaction (part 21): is
+-- the outcome of the hold (%(id)s, %(fence)s) in the row? As outcome_states'
+-- 'before': no holder, the status it writes, its fence, and no rescue since.
+SELECT EXISTS (SELECT 1 FROM tasks
+               WHERE id = %(id)s AND fence = %(fence)s AND locked_by IS NULL
+                 AND status = %(status)s AND rescues + unstarted_rescues = %(losses)s);
 
 -- name: give_back_orphans
 -- Give back tasks this process holds in the database but does not know of (a
@@ -787,16 +799,20 @@ ORDER BY e.id;
 -- holder's fenced write discard its outcome, and free the task's unique key and
 -- concurrency slot while its handler still runs) and notify the holder, which
 -- stops the handler and writes 'cancelled'. Finished tasks are left alone.
--- Returns (id, was running).
+-- %(source)s names who asks (migration 013): a pending task's error says
+-- `cancelled: by <source>`; a running one keeps the first request's source for
+-- its holder's write. Returns (id, was running).
 WITH pending AS (
     UPDATE tasks
-    SET status = 'cancelled', updated_at = now()
+    SET status = 'cancelled', error = 'cancelled: by ' || %(source)s,
+        cancel_requested_by = %(source)s, updated_at = now()
     WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('pending', 'waiting')
     RETURNING id
 ),
 running AS (
     UPDATE tasks
-    SET cancel_requested_at = coalesce(cancel_requested_at, now())
+    SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+        cancel_requested_by = coalesce(cancel_requested_by, %(source)s)
     WHERE id = ANY(%(ids)s::bigint[]) AND status = 'in_progress'
     RETURNING id
 )
@@ -1039,14 +1055,15 @@ ORDER BY queue, name;
 -- first, matching the filters given (NULL: any; %(started)s: whether started_at
 -- is set, claimed or running among tasks in progress); a page of %(limit)s. The window
 -- bounds the rows a filter without an index may read (the caller widens it page
--- by page); text is searched in the first 1,000 characters of payload and error,
--- the words the search indexer copies into taskworker_search (migration 008).
+-- by page); text is searched in dash_searched_text (hidden arguments left out).
 -- With %(workflow)s, the tasks of that workflow (migration 014): the caller
 -- gives no window, and the condition (the value is sent in the statement)
--- reads them through tasks_workflow_idx.
+-- reads them through tasks_workflow_idx. Returns the columns of
+-- store/dashboard.py's Row.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL, started_at
+       cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
+       length(arguments::text)
 FROM tasks
 WHERE id < %(before)s AND id >= %(floor)s
   AND (%(status)s::text IS NULL OR status = %(status)s::text)
@@ -1055,8 +1072,7 @@ WHERE id < %(before)s AND id >= %(floor)s
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
   AND (%(workflow)s::bigint IS NULL OR workflow_id = %(workflow)s::bigint)
   AND (%(pattern)s::text IS NULL
-       OR (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
-          ILIKE %(pattern)s::text)
+       OR (/* include dash_searched_text */) ILIKE %(pattern)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
@@ -1066,7 +1082,9 @@ LIMIT %(limit)s;
 -- table read here):
 -- (a) the tasks the indexer has reached, through taskworker_search's trigram
 --     index, each rechecked against the task as it is now (status and text: a
---     stale side row, left by a retry or a delete, never shows a wrong result).
+--     stale side row, left by a retry or a delete, never shows a wrong result;
+--     the side table holds every task's words, and the recheck leaves out the
+--     arguments this dashboard hides, so that they never match).
 --     The recheck is a subquery per candidate, not a join: the planner has no
 --     statistics on the text of tasks and would scan the table to join it;
 --     this way the plan is the side table's (its trigram index for a rare word,
@@ -1083,8 +1101,7 @@ WITH position AS (
        AND s.task_id < %(before)s
        AND coalesce((
            SELECT t.status IN ('done', 'error', 'cancelled')
-                  AND (left(coalesce(t.payload, ''), 1000) || ' '
-                       || left(coalesce(t.error, ''), 1000)) ILIKE %(pattern)s::text
+                  AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
                   AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
                   AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
                   AND (%(task)s::text IS NULL OR coalesce(t.task, '') = %(task)s::text)
@@ -1099,8 +1116,7 @@ WITH position AS (
        AND (t.updated_at, t.id) > ((SELECT indexed_at FROM position),
                                    (SELECT indexed_id FROM position))
        AND t.id < %(before)s
-       AND (left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000))
-           ILIKE %(pattern)s::text
+       AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
        AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
        AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
        AND (%(task)s::text IS NULL OR coalesce(t.task, '') = %(task)s::text)
@@ -1109,7 +1125,8 @@ WITH position AS (
 )
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL, started_at
+       cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
+       length(arguments::text)
 FROM found JOIN tasks USING (id)
 ORDER BY id DESC
 LIMIT %(limit)s;
@@ -1133,7 +1150,10 @@ FROM taskworker_search_progress p;
 
 -- name: search_index_pass
 -- One pass of the dashboard's search indexer (store/search.py says why it is
--- correct): copy the words of up to %(batch)s finished tasks past the position,
+-- correct): copy the words of up to %(batch)s finished tasks past the position
+-- (the first 1,000 characters of payload, of error and of arguments as JSON, the
+-- last for a call only; as dash_searched_text reads them, so that what a search
+-- matches there matches here),
 -- in (updated_at, id) order through tasks_finished_at_idx and below the
 -- watermark the previous pass stored; forget up to %(batch)s side rows of tasks
 -- below the table's lowest id (the pruner removed them); store the new position
@@ -1146,7 +1166,8 @@ WITH progress AS (
     FOR UPDATE SKIP LOCKED
 ), batch AS (
     SELECT t.id, t.updated_at,
-           left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000) AS words
+           left(coalesce(t.payload, ''), 1000) || ' ' || left(coalesce(t.error, ''), 1000)
+           || coalesce(' ' || left(t.arguments::text, 1000), '') AS words
     FROM tasks t
     WHERE t.status IN ('done', 'error', 'cancelled')
       AND t.updated_at >= (SELECT indexed_at FROM progress)
@@ -1193,17 +1214,32 @@ RETURNING (SELECT count(*) FROM copied), (SELECT count(*) FROM forgotten),
 -- through that status's partial index, as small as the set.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
-       cancel_requested_at IS NOT NULL, started_at
+       cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
+       length(arguments::text)
 FROM tasks
 WHERE status = %(status)s::text
   AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
-  AND (left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000))
-      ILIKE %(pattern)s::text
+  AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
   AND id < %(before)s
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: dash_searched_text
+-- What the dashboard's text search matches in a task (a part of dash_tasks,
+-- dash_tasks_text_finished and dash_tasks_text_live, never sent alone): the first
+-- 1,000 characters of its payload, of its error and of its arguments as JSON,
+-- as the search indexer copies them; but never the payload nor the arguments of
+-- a task whose arguments this dashboard hides (DASHBOARD_HIDE_ARGUMENTS: every
+-- task with %(hide_all)s, else those named in %(hidden)s), which would let a
+-- search tell their values. Either text is a part of the indexer's words, so
+-- that a task it matches is among those the side table's index finds.
+CASE WHEN %(hide_all)s::bool OR coalesce(task, '') = ANY(%(hidden)s::text[])
+     THEN ' ' || left(coalesce(error, ''), 1000)
+     ELSE left(coalesce(payload, ''), 1000) || ' ' || left(coalesce(error, ''), 1000)
+          || coalesce(' ' || left(arguments::text, 1000), '')
+END;
 
 -- name: dash_id_range
 -- The lowest and the highest task id (where the list's windows start and end):
@@ -1321,7 +1357,8 @@ ORDER BY status;
 -- to stop, as `cancel` asks (their holder stops the handler, or does not start
 -- it, and writes 'cancelled'). Rows are locked in id order, as the outcomes of
 -- a workflow reach them (a member before the callback it counts down). Finished
--- tasks are left alone. Returns (id, was in progress).
+-- tasks are left alone. %(source)s names who asks, as in cancel. Returns (id,
+-- was in progress).
 WITH locked AS MATERIALIZED (
     SELECT id, status FROM tasks
     WHERE workflow_id = %(workflow_id)s AND status IN ('pending', 'waiting', 'in_progress')
@@ -1330,15 +1367,16 @@ WITH locked AS MATERIALIZED (
 ),
 stopped AS (
     UPDATE tasks AS t
-    SET status = 'cancelled', updated_at = now(),
-        error = 'cancelled: its workflow was cancelled'
+    SET status = 'cancelled', updated_at = now(), cancel_requested_by = %(source)s,
+        error = 'cancelled: its workflow, by ' || %(source)s
     FROM locked AS l
     WHERE t.id = l.id AND l.status IN ('pending', 'waiting')
     RETURNING t.id
 ),
 asked AS (
     UPDATE tasks AS t
-    SET cancel_requested_at = coalesce(t.cancel_requested_at, now())
+    SET cancel_requested_at = coalesce(t.cancel_requested_at, now()),
+        cancel_requested_by = coalesce(t.cancel_requested_by, %(source)s)
     FROM locked AS l
     WHERE t.id = l.id AND l.status = 'in_progress'
     RETURNING t.id

@@ -261,6 +261,13 @@ def heartbeat(db: Database, *, holder: str, holds: Sequence[Hold], lease: float,
     return Held({row[0] for row in rows}, sorted(row[0] for row in rows if row[1]))
 
 
+def outcome_landed(db: Database, write: OutcomeWrite) -> bool:
+    """Is `write` in its row (its commit landed, though the reply was lost)?"""
+    return bool(db.query(sql.outcome_landed, {"id": write.id, "fence": write.fence,
+                                              "status": write.status,
+                                              "losses": write.losses})[0][0])
+
+
 def give_back_orphans(db: Database, *, holder: str, known: Sequence[Hold]) -> list[int]:
     """Give back the holds `holder` has in the table other than `known`; their ids."""
     rows = db.query(sql.give_back_orphans, {"holder": holder, **hold_arrays(known)})

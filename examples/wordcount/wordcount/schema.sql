@@ -8,16 +8,13 @@ CREATE TABLE IF NOT EXISTS word_counts (
     counted_at timestamptz NOT NULL DEFAULT now()
 );
 
--- The named tasks' tables (wordcount.tasks): the running total, the tasks already
--- added to it (so that a second run of the same `add` task adds nothing), and
+-- The named tasks' tables (wordcount.tasks): the running total (`add` updates it
+-- in its task's bound transaction: once per task, however often it runs), and
 -- the periodic reports.
 CREATE TABLE IF NOT EXISTS word_totals (
     words bigint NOT NULL
 );
 INSERT INTO word_totals (words) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM word_totals);
-CREATE TABLE IF NOT EXISTS word_totals_added (
-    task_id bigint PRIMARY KEY
-);
 CREATE TABLE IF NOT EXISTS word_reports (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     words       bigint NOT NULL,

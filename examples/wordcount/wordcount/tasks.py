@@ -8,9 +8,10 @@ command:
   with a unique key per file: submitting a file again while its count is pending
   or running returns the existing task instead of a second one.
 - `wordcount.add` (queue "totals", max_running=1): add a count to the running
-  total. At most one runs at a time across every process and host, so the
-  read-modify-write of the single totals row never races (a lock would do too;
-  the limit also keeps the other workers free for counting meanwhile).
+  total, in a transaction bound to the task (taskworker.transaction()): the
+  update and the task's outcome commit together, so a count is added exactly
+  once however often the task runs. At most one runs at a time across every
+  process and host (the limit keeps the other workers free for counting).
 - `wordcount.report` (queue "totals", periodic): every REPORT_EVERY (default 1m),
   once per tick however many processes serve it, record the total in
   word_reports and return it ({"total_words": N}, the task's return value).
@@ -21,7 +22,8 @@ command:
   return the same.
 
 Each function opens its own connection (a psycopg2 connection serves one
-greenlet at a time) and writes idempotently: taskworker runs a task at least once.
+greenlet at a time), or takes its task's bound one, and writes idempotently or
+through the bound transaction: taskworker runs a task at least once.
 """
 from __future__ import annotations
 
@@ -61,22 +63,12 @@ def count(text: str) -> int:
 
 @taskworker.task("wordcount.add", queue="totals", max_running=1)
 def add(words: int) -> int:
-    """Add one count to the total, once per counted text; return the total."""
-    task = taskworker.current_task()
-    assert task is not None
-    conn = connect()
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO word_totals_added (task_id) VALUES (%s) "
-                        "ON CONFLICT DO NOTHING RETURNING task_id", (task.id,))
-            if cur.fetchone():  # (a second run of the same task adds nothing)
-                cur.execute("UPDATE word_totals SET words = words + %s RETURNING words",
-                            (words,))
-            else:
-                cur.execute("SELECT words FROM word_totals")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
+    """Add one count to the total; return the total. The update and this task's
+    outcome commit in one transaction (taskworker.transaction()): however often
+    the task runs (a worker killed, a lease lost), the count is added once."""
+    with taskworker.transaction() as conn, conn.cursor() as cur:
+        cur.execute("UPDATE word_totals SET words = words + %s RETURNING words", (words,))
+        return int(cur.fetchone()[0])
 
 
 @taskworker.task("wordcount.report", queue="totals", every=REPORT_EVERY)

@@ -18,7 +18,7 @@ The whole workflow is inserted by one `enqueue` in the caller's transaction:
 one statement draws the ids (the rows name each other), one more inserts them
 per 5,000 tasks. The tasks that wait for others are in status 'waiting', which
 no claim takes; the transaction that ends a task moves its workflow on (the
-trigger of migration 014): nothing runs outside the database, and a process
+trigger of migration 015): nothing runs outside the database, and a process
 killed at any moment leaves a workflow as consistent as its tasks' rows.
 
 This module imports neither gevent nor the database driver at import.

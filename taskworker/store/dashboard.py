@@ -22,7 +22,7 @@ from .admin import CLAIMED, RUNNING, state
 from .database import Database
 from .tasks import FINISHED
 
-# The statuses as the dashboard names them (waiting: a workflow's step, migration 014).
+# The statuses as the dashboard names them (waiting: a workflow's step, migration 015).
 STATES = ("pending", "waiting", CLAIMED, RUNNING, *FINISHED)
 LIVE = ("pending", CLAIMED, RUNNING)
 STARTED = {CLAIMED: False, RUNNING: True}  # the states of status in_progress: started?
@@ -44,7 +44,7 @@ class Filter(NamedTuple):
     # DASHBOARD_HIDE_ARGUMENTS: tasks whose payload and arguments the text is not
     # searched in (("*",): every task's)
     hide: tuple[str, ...] = ()
-    workflow: int | None = None  # the tasks of one workflow (migration 014)
+    workflow: int | None = None  # the tasks of one workflow (migration 015)
 
     @property
     def pattern(self) -> str | None:

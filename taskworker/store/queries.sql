@@ -663,7 +663,7 @@ SELECT now(), now() - %(seconds)s * interval '1 second';
 
 -- name: status_summary
 -- One scan for the status overview: counts by status (waiting: a workflow's
--- steps waiting for others, migration 014), pending tasks scheduled for
+-- steps waiting for others, migration 015), pending tasks scheduled for
 -- later, tasks in progress whose handler has not started (claimed: started_at
 -- NULL, waiting in their process's local queue), seconds the oldest due pending
 -- task has waited (since its run_at), tasks with a rescue changed in the last
@@ -794,7 +794,7 @@ ORDER BY e.id;
 
 -- name: cancel
 -- Cancel the tasks %(ids)s that are pending (or waiting for others: a workflow's
--- step; migration 014 then cancels what waits for it); for the running ones, record the
+-- step; migration 015 then cancels what waits for it); for the running ones, record the
 -- request (their status is left to their holder: changing it here would make the
 -- holder's fenced write discard its outcome, and free the task's unique key and
 -- concurrency slot while its handler still runs) and notify the holder, which
@@ -830,7 +830,7 @@ CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', r.id::text)) AS n;
 -- each row, and each rescan, skipping the rows this statement already deleted,
 -- takes the next batch (seen: one DELETE of 25 rows with a limit of 4). A
 -- workflow's task whose result a waiting task will receive is kept until that
--- task is released (migration 014: a group's callback reads its members' results).
+-- task is released (migration 015: a group's callback reads its members' results).
 WITH batch AS MATERIALIZED (
     SELECT id FROM tasks AS p
     WHERE status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
@@ -1056,7 +1056,7 @@ ORDER BY queue, name;
 -- is set, claimed or running among tasks in progress); a page of %(limit)s. The window
 -- bounds the rows a filter without an index may read (the caller widens it page
 -- by page); text is searched in dash_searched_text (hidden arguments left out).
--- With %(workflow)s, the tasks of that workflow (migration 014): the caller
+-- With %(workflow)s, the tasks of that workflow (migration 015): the caller
 -- gives no window, and the condition (the value is sent in the statement)
 -- reads them through tasks_workflow_idx. Returns the columns of
 -- store/dashboard.py's Row.
@@ -1296,7 +1296,7 @@ SELECT nextval('taskworker_workflow_ids'),
              FROM generate_series(1, %(count)s) ORDER BY 1);
 
 -- name: enqueue_workflow
--- Insert tasks of workflow %(workflow_id)s (migration 014), one per element of
+-- Insert tasks of workflow %(workflow_id)s (migration 015), one per element of
 -- the arrays: its id (from workflow_ids), task name, queue, priority, JSON
 -- call, whether it waits for other tasks ('waiting', else 'pending'), the ids
 -- its result goes to (a bigint[] literal, NULL: none) and whether they join it

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from . import codec, registry
+from . import codec, registry, tracing
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES
 from .store import admin
 from .store.database import Direct
@@ -133,10 +133,14 @@ def enqueue_call_unique(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
         return Enqueued(eager.enqueued(name, arguments, placement, options.unique_key), True,
                         "pending")
     db = Direct(conn_or_cursor)
-    if options.unique_key is None:
-        return Enqueued(admin.enqueue(db, [], placement, arguments=[arguments])[0], True,
-                        "pending")
-    return _unique(db, None, arguments, options.unique_key, placement)
+    with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
+        if options.unique_key is None:
+            done = Enqueued(admin.enqueue(db, [], span.placement, arguments=[arguments])[0],
+                            True, "pending")
+        else:
+            done = _unique(db, None, arguments, options.unique_key, span.placement)
+        span.sent([done.id])
+        return done
 
 
 def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef = None,
@@ -163,10 +167,12 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef 
     db = Direct(conn_or_cursor)
     ids: list[int] = []
     it = iter(payloads)
-    while batch := list(itertools.islice(it, batch_size)):
-        for payload in batch:
-            check_payload(payload, max_bytes)
-        ids.extend(admin.enqueue(db, batch, placement))
+    with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
+        while batch := list(itertools.islice(it, batch_size)):
+            for payload in batch:
+                check_payload(payload, max_bytes)
+            ids.extend(admin.enqueue(db, batch, span.placement))
+        span.sent(ids)
     return ids
 
 
@@ -193,7 +199,10 @@ def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: 
         check_unique_key(unique_key)
         return Enqueued(eager.enqueued(placement.task, None, placement, payload=payload),
                         True, "pending")
-    return _unique(Direct(conn_or_cursor), payload, None, unique_key, placement)
+    with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
+        done = _unique(Direct(conn_or_cursor), payload, None, unique_key, span.placement)
+        span.sent([done.id])
+        return done
 
 
 def _unique(db: Direct, payload: str | None, arguments: str | None, unique_key: str,

@@ -122,6 +122,18 @@ def value_of(task_id: int, row: admin.Outcome | None) -> Any:
     raise NotFinished(f"task {task_id} is not finished ({row.status})")
 
 
+def exception_type(error: str, traceback: str | None) -> str:
+    """The class of the exception a stored failure describes: from its
+    traceback's last line, which names it with its module (`myapp.tasks.Refused:
+    ...`; a builtin's without one), else the `Type` of its `Type: message`."""
+    kind = error.partition(": ")[0]
+    if traceback:
+        qualified = traceback.rstrip("\n").rsplit("\n", 1)[-1].partition(":")[0].strip()
+        if qualified.endswith(kind) and " " not in qualified:
+            return qualified
+    return kind
+
+
 def _check_idle(conn: Any) -> None:
     status = getattr(conn, "get_transaction_status", None)
     if status is None:

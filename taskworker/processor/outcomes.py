@@ -39,6 +39,7 @@ class Outcome:
     # Written by the task's bound transaction (part 21): the holds it wrote
     # (empty: fenced off); None: the completer writes it.
     written: Written | None = None
+    trace: dict[str, str] | None = None  # its span's trace_id and span_id (tracing.py)
 
     def write(self) -> OutcomeWrite:
         """The row update this outcome makes.
@@ -62,7 +63,11 @@ class Outcome:
 
 def fields(o: Outcome) -> dict[str, object]:
     """An outcome's fields for the log (LOG_FORMAT=json)."""
-    return {"task_id": o.task.id, "worker": o.worker or None, "attempt": o.task.attempt}
+    fields: dict[str, object] = {"task_id": o.task.id, "worker": o.worker or None,
+                                 "attempt": o.task.attempt}
+    if o.trace is not None:
+        fields.update(o.trace)
+    return fields
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ monkey-patch before anything else is imported. `enqueue` and `enqueue_many`
 are loaded on first use, as are `task` (registering a named task), the
 exceptions a handler raises to choose its task's ending (`Fail`, `Snooze`,
 `Cancel`), `current_task`, the results API (`result`, `wait` and their
-exceptions) and `testing` (the eager mode for application tests).
+exceptions), workflows (`chain`, `group`, `cancel_workflow`) and `testing`
+(the eager mode for application tests).
 """
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +17,13 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them 
     from .handlers import TaskContext, current_task, transaction
     from .registry import Task, task
     from .results import NotFinished, TaskFailed, UnknownTask, WaitTimeout, result, wait
+    from .workflows import Chain, Group, Signature, Workflow, cancel_workflow, chain, group
 
 __version__ = "0.1.0"
-__all__ = ["Cancel", "Fail", "NotFinished", "Snooze", "Task", "TaskContext", "TaskFailed",
-           "UnknownTask", "WaitTimeout", "__version__", "current_task", "enqueue",
-           "enqueue_many", "enqueue_unique", "result", "task", "testing", "transaction",
-           "wait"]
+__all__ = ["Cancel", "Chain", "Fail", "Group", "NotFinished", "Signature", "Snooze", "Task",
+           "TaskContext", "TaskFailed", "UnknownTask", "WaitTimeout", "Workflow", "__version__",
+           "cancel_workflow", "chain", "current_task", "enqueue", "enqueue_many",
+           "enqueue_unique", "group", "result", "task", "testing", "transaction", "wait"]
 
 
 def __getattr__(name: str) -> Any:
@@ -45,6 +47,10 @@ def __getattr__(name: str) -> Any:
         from . import handlers
 
         return getattr(handlers, name)
+    if name in ("chain", "group", "cancel_workflow", "Chain", "Group", "Signature", "Workflow"):
+        from . import workflows
+
+        return getattr(workflows, name)
     if name == "Task":
         from .registry import Task
 

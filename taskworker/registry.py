@@ -40,10 +40,13 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import codec
 from .settings import parse_duration
+
+if TYPE_CHECKING:
+    from .workflows import Signature
 
 DEFAULT_QUEUE = "default"
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}")  # names and queues
@@ -193,6 +196,14 @@ class Task(Generic[P, R]):
         from .client import enqueue_call
 
         return enqueue_call(conn, self.task_name, args, kwargs, self._options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """This call, not made yet, for a workflow (`taskworker.chain`,
+        `taskworker.group`), with this task's options. In a chain after
+        another step, the step's result comes first, before `args`."""
+        from .workflows import Signature
+
+        return Signature(self.task_name, tuple(args), dict(kwargs), self._options)
 
     def options(self, *, queue: str | None = None, priority: int | None = None,
                 run_at: datetime | timedelta | None = None,

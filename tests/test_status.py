@@ -64,7 +64,7 @@ def test_status_json(db_url: str, busy_queue: dict[str, Any]) -> None:
     assert code == 0, err
     snap = json.loads(out)
     assert snap["counts"] == {"pending": 5, "in_progress": 3, "done": 5, "error": 5,
-                              "cancelled": 1}
+                              "cancelled": 1, "waiting": 0}
     assert snap["scheduled"] == 1
     assert 7190 < snap["oldest_pending_seconds"] < 7300
     assert snap["rescued_last_hour"] == 1

@@ -104,3 +104,28 @@ def test_wordcount_named_tasks(db_url: str, db: Any, serve: Any, tmp_path: Path)
         ("totals",)]
     assert query(db, "SELECT count(*) FROM taskworker_slots WHERE task = 'wordcount.add'") == [
         (1,)]
+
+
+def test_wordcount_workflow(db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
+    """submit --workflow: per file a chain (normalize, words), the chains in a
+    group whose callback (summary) runs once, with every file's count."""
+    example(db_url, "wordcount.migrate")
+    for name, text in TEXTS.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    out = example(db_url, "wordcount.submit", "--workflow",
+                  *(str(tmp_path / n) for n in TEXTS))
+    said = dict(line.split("\t") for line in out.splitlines())
+    workflow, callback = int(said["workflow"]), int(said["summary"])
+    assert query(db, "SELECT count(*) FROM tasks WHERE workflow_id = %s",
+                 (workflow,)) == [(2 * len(TEXTS) + 1,)]
+    p = serve(db_url, env={"PYTHONPATH": str(HERE), "FETCH_INTERVAL": "0.3"},
+              args=["--tasks", "wordcount.tasks"])
+    wait_until(lambda: query(db, "SELECT status FROM tasks WHERE id = %s",
+                             (callback,)) == [("done",)],
+               30, "the workflow's summary", [p], fail_on_exit=True)
+    stop_cleanly(p)
+    counts = [len("".join(c if c.isalnum() or c.isspace() else " "
+                          for c in text.lower()).split()) for text in TEXTS.values()]
+    assert counts == [0, 1, 12, 6]  # (the dash is punctuation)
+    assert query(db, "SELECT return_value, arguments->'args'->0 FROM tasks WHERE id = %s",
+                 (callback,)) == [({"files": 4, "words": sum(counts), "largest": 12}, counts)]

@@ -23,7 +23,9 @@ TOP_ERRORS = 5
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
 @click.option("--watch", "-w", metavar="[SECONDS]", is_flag=False, flag_value="2",
               help="Refresh every SECONDS (2 if not given) until Ctrl+C.")
-def status(as_json: bool, watch: str | None) -> None:
+@click.option("--workflow", type=int, metavar="ID",
+              help="Show one workflow instead: its state and its tasks by status.")
+def status(as_json: bool, watch: str | None, workflow: int | None) -> None:
     """Show the queue at a glance.
 
     A task in progress is "claimed" until its handler starts (claimed by a
@@ -58,7 +60,14 @@ def status(as_json: bool, watch: str | None) -> None:
     ERRORS   the 5 most frequent kinds of error among tasks in error: one
              example each; errors of the same exception type whose messages
              differ only in numbers, ids or quoted values are one kind
+
+    With --workflow ID: the workflow's state (running while a task of it is
+    pending, waiting or in progress; then done, failed if a task ended in
+    error, or cancelled), its tasks by status and their ids.
     """
+    if workflow is not None:
+        show_workflow(workflow, as_json)
+        return
     interval = None if watch is None else duration("--watch", watch)
     if interval is not None and interval <= 0:
         fail(f"invalid --watch={watch!r}: must be greater than 0", EXIT_CONFIG)
@@ -70,6 +79,22 @@ def status(as_json: bool, watch: str | None) -> None:
         else:
             watch_status(conn, lambda: connect(settings, name="taskworker status"),
                          interval, as_json)
+
+
+def show_workflow(workflow_id: int, as_json: bool) -> None:
+    with database(load_settings(), "status") as conn:
+        flow = admin.workflow_state(Direct(conn), workflow_id)
+    if not flow.counts:
+        fail(f"no workflow with id {workflow_id}", 1)
+    if as_json:
+        click.echo(json.dumps({"workflow": workflow_id, "state": flow.state,
+                               "counts": flow.counts, "first_id": flow.first_id,
+                               "last_id": flow.last_id}))
+        return
+    click.echo(f"Workflow {workflow_id}: {flow.state} (tasks {flow.first_id} to "
+               f"{flow.last_id})\n")
+    rows = [("STATUS", "TASKS")] + [(s, str(n)) for s, n in sorted(flow.counts.items())]
+    click.echo("\n".join(text.table(rows, right=frozenset({1}))))
 
 
 def snapshot(conn: PgConnection) -> dict[str, Any]:

@@ -33,10 +33,19 @@ def show(task_id: int, as_json: bool) -> None:
     started (started_at: when).
     """
     with database(load_settings(), "show") as conn:
-        row = admin.task(Direct(conn), task_id)
+        db = Direct(conn)
+        row = admin.task(db, task_id)
         if row is None:
             raise CommandError(f"no task with id {task_id}")
+        place = admin.workflow_place(db, task_id) if row.get("workflow_id") else None
+        flow = admin.workflow_state(db, place.workflow_id) if place else None
     if as_json:
+        if place is not None and flow is not None:
+            row["workflow"] = {"state": flow.state, "tasks": flow.counts,
+                               "parents": [p._asdict() for p in place.parents],
+                               "parents_by_status": place.parent_counts,
+                               "waiting_for": place.waiting_for,
+                               "children": [c._asdict() for c in place.children]}
         click.echo(json.dumps(row, default=json_value))
         return
     width = max(map(len, row)) + 2
@@ -56,6 +65,34 @@ def show(task_id: int, as_json: bool) -> None:
         click.echo(f"{name:<{width}}{first}".rstrip())
         for more in rest:
             click.echo(f"{'':<{width}}{more}".rstrip())
+    if place is not None and flow is not None:
+        click.echo("")
+        click.echo("\n".join(workflow_lines(task_id, row["status"], place, flow)))
+
+
+def workflow_lines(task_id: int, status: str, place: admin.Place,
+                   flow: admin.WorkflowState) -> list[str]:
+    """Where a task stands in its workflow, for `show`."""
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(flow.counts.items()))
+    lines = [f"workflow {place.workflow_id}: {flow.state} ({counts}; tasks "
+             f"{flow.first_id} to {flow.last_id}; `taskworker status --workflow "
+             f"{place.workflow_id}`)"]
+    total = sum(place.parent_counts.values())
+    if total:
+        verb = "waits for" if status == "waiting" else "input from"
+        left = "" if place.waiting_for is None else f", {place.waiting_for} not done yet"
+        by = ", ".join(f"{n} {s}" for s, n in sorted(place.parent_counts.items()))
+        shown = ", ".join(f"{p.id} ({p.task}, {p.status})" for p in place.parents)
+        more = f", ... ({total - len(place.parents)} more)" if total > len(place.parents) else ""
+        lines.append(f"parents: {verb} {text.tasks(total)} ({by}{left}): {shown}{more}")
+    else:
+        lines.append("parents: none (a first task)")
+    if place.children:
+        shown = ", ".join(f"{c.id} ({c.task}, {c.status})" for c in place.children)
+        lines.append(f"children: its result goes to {shown}")
+    else:
+        lines.append("children: none (its result is the workflow's)")
+    return lines
 
 
 @click.command()
@@ -114,16 +151,29 @@ def retry(ids: tuple[int, ...], all_errors: bool, since: str | None) -> None:
 
 
 @click.command()
-@click.argument("ids", nargs=-1, type=int, required=True, metavar="ID...")
-def cancel(ids: tuple[int, ...]) -> None:
+@click.argument("ids", nargs=-1, type=int, metavar="ID...")
+@click.option("--workflow", "workflow", type=int, metavar="WORKFLOW_ID",
+              help="Cancel a workflow's tasks instead of IDs.")
+def cancel(ids: tuple[int, ...], workflow: int | None) -> None:
     """Cancel tasks, saying in one line per ID what happened: a pending one is
     cancelled at once (no worker will run it); a claimed or running one is asked
     to stop: its process stops the handler within about a second (at its next
     heartbeat with LISTEN=false) and writes status cancelled (if its process
-    died, the rescue does). The stored error names who asked (`cancelled: by
-    taskworker cancel`). Exit status 0 when every ID was cancelled or asked,
-    else 1 (a finished task, or no such task: the line goes to stderr).
+    died, the rescue does). A workflow's step waiting for others is cancelled at
+    once, and so is everything that waits for it. The stored error names who
+    asked (`cancelled: by taskworker cancel`). Exit status 0 when every ID was
+    cancelled or asked, else 1 (a finished task, or no such task: the line goes
+    to stderr).
+
+    With --workflow: every task of the workflow that has not ended, as above
+    (what waits and what is pending at once, what runs asked to stop); exit
+    status 1 when it had none left.
     """
+    if bool(ids) == (workflow is not None):
+        fail("give task IDs or --workflow (not both)", EXIT_CONFIG)
+    if workflow is not None:
+        cancel_workflow(workflow)
+        return
     wanted = list(dict.fromkeys(ids))
     with database(load_settings(), "cancel") as conn:
         db = Direct(conn)
@@ -142,6 +192,23 @@ def cancel(ids: tuple[int, ...]) -> None:
                 click.echo(f"Task {task_id}: not cancelled: it is {state.status} (only "
                            "pending and running tasks can be cancelled)", err=True)
     sys.exit(1 if left else 0)
+
+
+def cancel_workflow(workflow_id: int) -> None:
+    with database(load_settings(), "cancel") as conn:
+        db = Direct(conn)
+        done = admin.cancel_workflow(db, workflow_id)
+        flow = admin.workflow_state(db, workflow_id)
+    if not flow.counts:
+        click.echo(f"Error: no workflow with id {workflow_id}", err=True)
+        sys.exit(1)
+    click.echo(f"Workflow {workflow_id}: cancelled {text.tasks(len(done.cancelled))}"
+               + (f"; asked the processes of {text.tasks(len(done.requested))} running "
+                  "to stop them" if done.requested else ""))
+    if not done.cancelled and not done.requested:
+        click.echo(f"Error: workflow {workflow_id} has ended ({flow.state}): nothing to "
+                   "cancel", err=True)
+        sys.exit(1)
 
 
 def states(db: Direct, ids: Sequence[int]) -> dict[int, admin.TaskState]:

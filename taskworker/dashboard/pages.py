@@ -112,13 +112,20 @@ def parse_filter(query: dict[str, str], hide: tuple[str, ...] = ()
     if text is not None and len(text) < MIN_TEXT:
         problems.append(f"a text search needs at least {MIN_TEXT} characters")
         text = None
-    return store.Filter(status, query.get("queue") or None, task, text, hide), problems
+    workflow = None
+    if query.get("workflow", "").strip():
+        workflow = task_id(query["workflow"].strip())
+        if workflow is None:
+            problems.append(f"workflow= is a workflow id: a whole number from 1 to {MAX_ID}")
+    return store.Filter(status, query.get("queue") or None, task, text, hide,
+                        workflow), problems
 
 
 def filter_query(f: store.Filter) -> dict[str, str | None]:
     """The query string of `f` (for links and forms)."""
     return {"status": f.status, "queue": f.queue,
-            "task": backlog.NO_NAME if f.task == "" else f.task, "q": f.text}
+            "task": backlog.NO_NAME if f.task == "" else f.task, "q": f.text,
+            "workflow": None if f.workflow is None else str(f.workflow)}
 
 
 def tasks(app: Dashboard, request: Request) -> Response:
@@ -168,12 +175,14 @@ class Value(NamedTuple):
 
 def task(app: Dashboard, request: Request, raw_id: str) -> Response:
     wanted = task_id(raw_id)
-    row = None
-    if wanted is not None:
-        with app.pool.connection() as db:
-            row = admin.task(db, wanted)
-    if row is None:
+    if wanted is None:
         return app.page(request, "missing.html", status=404, what=f"task {raw_id}")
+    with app.pool.connection() as db:
+        row = admin.task(db, wanted)
+        if row is None:
+            return app.page(request, "missing.html", status=404, what=f"task {raw_id}")
+        place = admin.workflow_place(db, wanted) if row.get("workflow_id") else None
+        flow = admin.workflow_state(db, place.workflow_id) if place else None
     hide = app.settings.hides_arguments(row.get("task"))
     calls = row.get("format") == 2  # its arguments and return value, not payload and result
     wanted_columns = ("arguments", "return_value") if calls else ("payload", "result")
@@ -181,7 +190,8 @@ def task(app: Dashboard, request: Request, raw_id: str) -> Response:
               if name in (*wanted_columns, "error", "traceback") or row.get(name) is not None]
     short = {k: v for k, v in row.items() if k not in LONG_COLUMNS}
     return app.page(request, "task.html", task=short, short=short, values=values, id=wanted,
-                    state=admin.state(row["status"], row.get("started_at") is not None))
+                    state=admin.state(row["status"], row.get("started_at") is not None),
+                    place=place, flow=flow)
 
 
 def value(row: dict[str, Any], name: str, hide: bool) -> Value:

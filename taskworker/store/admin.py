@@ -5,6 +5,7 @@ module imports no gevent: the enqueue API uses it from plain blocking programs.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -14,7 +15,7 @@ import psycopg2.errors
 from . import sql
 from .database import Database, Direct
 
-STATUSES = ("pending", "in_progress", "done", "error", "cancelled")
+STATUSES = ("pending", "in_progress", "done", "error", "cancelled", "waiting")
 CLAIMED, RUNNING = "claimed", "running"  # a task in progress, before and after its start
 UNIQUE_KEY_INDEX = "tasks_unique_key_idx"  # migration 007: one live task per unique_key
 RETRY_CONFLICTS = 10  # times retry runs again after losing a unique key to a concurrent writer
@@ -242,3 +243,91 @@ def await_tasks(db: Database, ids: Sequence[int]) -> None:
 def listen_finished(db: Database, listen: bool = True) -> None:
     """Subscribe this connection to the notifications of awaited tasks (or stop)."""
     db.query(sql.listen_finished if listen else sql.unlisten_finished)
+
+
+def workflow_ids(db: Database, count: int) -> tuple[int, list[int]]:
+    """A new workflow id and `count` task ids, increasing."""
+    workflow_id, ids = db.query(sql.workflow_ids, {"count": count})[0]
+    return workflow_id, list(ids)
+
+
+def enqueue_workflow(db: Database, workflow_id: int, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert tasks of a workflow (rows from workflows.rows), waiting or pending."""
+    def column(key: str) -> list[Any]:
+        return [r[key] for r in rows]
+
+    db.query(sql.enqueue_workflow, {
+        "workflow_id": workflow_id, "ids": column("id"), "tasks": column("task"),
+        "queues": column("queue"), "priorities": column("priority"),
+        "arguments": column("arguments"), "parents": column("parents"),
+        "next_ids": column("next_ids"),
+        "next_joins": column("next_joins"), "delays": column("delay"),
+        "run_ats": column("run_at")})
+
+
+class Related(NamedTuple):
+    """A task next to another in its workflow: id, task name, status."""
+
+    id: int
+    task: str | None
+    status: str
+
+
+class Place(NamedTuple):
+    """Where a task stands in its workflow (`taskworker show`, the dashboard)."""
+
+    workflow_id: int
+    children: list[Related]  # the tasks its result goes to
+    parents: list[Related]  # the tasks it waits for or got its input from (the first ones)
+    parent_counts: dict[str, int]  # all of them, by status
+    waiting_for: int | None  # how many it still waits for (None: not waiting)
+
+
+def workflow_place(db: Database, task_id: int, limit: int = 20) -> Place | None:
+    """Where task `task_id` stands in its workflow; None when it is in none."""
+    rows = db.query(sql.workflow_of, {"id": task_id, "limit": limit})
+    if not rows:
+        return None
+    workflow_id, children, parents, counts, left = rows[0]
+    return Place(workflow_id, [Related(*c) for c in json.loads(children)],
+                 [Related(*p) for p in json.loads(parents)], json.loads(counts), left)
+
+
+class WorkflowState(NamedTuple):
+    """A workflow at a glance: its tasks by status, first and last id."""
+
+    counts: dict[str, int]
+    first_id: int | None
+    last_id: int | None
+    changed_at: datetime | None
+
+    @property
+    def state(self) -> str:
+        """running (tasks pending, waiting or in progress), done (every task
+        done), failed (ended with a task in error), cancelled, or unknown."""
+        c = self.counts
+        if not c:
+            return "unknown"
+        if any(c.get(s) for s in ("pending", "waiting", "in_progress")):
+            return "running"
+        if c.get("error"):
+            return "failed"
+        if c.get("cancelled"):
+            return "cancelled"
+        return "done"
+
+
+def workflow_state(db: Database, workflow_id: int) -> WorkflowState:
+    rows = db.query(sql.workflow_state, {"workflow_id": workflow_id})
+    return WorkflowState({r[0]: r[1] for r in rows}, min((r[2] for r in rows), default=None),
+                         max((r[3] for r in rows), default=None),
+                         max((r[4] for r in rows), default=None))
+
+
+def cancel_workflow(db: Database, workflow_id: int,
+                    source: str = "taskworker cancel") -> Cancelled:
+    """Cancel what has not started of a workflow; ask its running tasks to stop
+    (`source` says who asks: it is in the stored error)."""
+    rows = db.query(sql.cancel_workflow, {"workflow_id": workflow_id, "source": source})
+    return Cancelled(sorted(i for i, running in rows if not running),
+                     sorted(i for i, running in rows if running))

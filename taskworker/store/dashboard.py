@@ -22,7 +22,8 @@ from .admin import CLAIMED, RUNNING, state
 from .database import Database
 from .tasks import FINISHED
 
-STATES = ("pending", CLAIMED, RUNNING, *FINISHED)  # the statuses as the dashboard names them
+# The statuses as the dashboard names them (waiting: a workflow's step, migration 015).
+STATES = ("pending", "waiting", CLAIMED, RUNNING, *FINISHED)
 LIVE = ("pending", CLAIMED, RUNNING)
 STARTED = {CLAIMED: False, RUNNING: True}  # the states of status in_progress: started?
 WINDOW = 50_000  # ids read per page by a filter no index serves
@@ -43,6 +44,7 @@ class Filter(NamedTuple):
     # DASHBOARD_HIDE_ARGUMENTS: tasks whose payload and arguments the text is not
     # searched in (("*",): every task's)
     hide: tuple[str, ...] = ()
+    workflow: int | None = None  # the tasks of one workflow (migration 015)
 
     @property
     def pattern(self) -> str | None:
@@ -52,14 +54,15 @@ class Filter(NamedTuple):
         escaped = self.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         return f"%{escaped}%"
 
-    def params(self) -> dict[str, str | bool | list[str] | None]:
+    def params(self) -> dict[str, str | bool | int | list[str] | None]:
         """The statements' parameters: the state as a status (and started_at set or
         not, for claimed and running)."""
         started = STARTED.get(self.status or "")
         return {"status": "in_progress" if started is not None else self.status or None,
                 "started": started, "queue": self.queue or None, "task": self.task,
                 "pattern": self.pattern, "hide_all": "*" in self.hide,
-                "hidden": [name for name in self.hide if name != "*"]}
+                "hidden": [name for name in self.hide if name != "*"],
+                "workflow": self.workflow}
 
 
 class Row(NamedTuple):
@@ -96,6 +99,10 @@ class Page(NamedTuple):
 
 def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
     """Up to `limit` tasks matching `f` with ids below `before` (None: the newest)."""
+    if f.workflow is not None:  # (its index lists the workflow's tasks, however old)
+        rows = _rows(db, sql.dash_tasks, f, HIGHEST if before is None else before,
+                     LOWEST, limit + 1)
+        return Page(rows[:limit], rows[limit - 1].id if len(rows) > limit else None, None)
     if not (f.status or f.queue or f.task or f.text) or (
             f.status in LIVE and not (f.queue or f.task or f.text)):
         top = HIGHEST if before is None else before
@@ -149,7 +156,7 @@ def matching_ids(db: Database, f: Filter, before: int | None, limit: int) -> lis
     to the end of the table (an action's batch, not a page: no window). With a
     text and no status, finished tasks only (what the actions act on)."""
     top = HIGHEST if before is None else before
-    if f.text and (f.status is None or f.status in FINISHED):
+    if f.text and f.workflow is None and (f.status is None or f.status in FINISHED):
         rows = db.query(sql.dash_tasks_text_finished,
                         {**f.params(), "before": top, "limit": limit})
     else:

@@ -685,7 +685,8 @@ WHERE unique_key = %(unique_key)s AND status IN ('pending', 'in_progress');
 SELECT now(), now() - %(seconds)s * interval '1 second';
 
 -- name: status_summary
--- One scan for the status overview: counts by status, pending tasks scheduled for
+-- One scan for the status overview: counts by status (waiting: a workflow's
+-- steps waiting for others, migration 015), pending tasks scheduled for
 -- later, tasks in progress whose handler has not started (claimed: started_at
 -- NULL, waiting in their process's local queue), seconds the oldest due pending
 -- task has waited (since its run_at), tasks with a rescue changed in the last
@@ -696,6 +697,7 @@ SELECT count(*) FILTER (WHERE status = 'pending'),
        count(*) FILTER (WHERE status = 'done'),
        count(*) FILTER (WHERE status = 'error'),
        count(*) FILTER (WHERE status = 'cancelled'),
+       count(*) FILTER (WHERE status = 'waiting'),
        count(*) FILTER (WHERE status = 'pending' AND run_at > now()),
        count(*) FILTER (WHERE status = 'in_progress' AND started_at IS NULL),
        extract(epoch FROM now() - min(run_at) FILTER (WHERE status = 'pending'
@@ -837,7 +839,8 @@ WHERE e.status = 'error' AND e.unique_key IS NOT NULL
 ORDER BY e.id;
 
 -- name: cancel
--- Cancel the tasks %(ids)s that are pending; for the running ones, record the
+-- Cancel the tasks %(ids)s that are pending (or waiting for others: a workflow's
+-- step; migration 015 then cancels what waits for it); for the running ones, record the
 -- request (their status is left to their holder: changing it here would make the
 -- holder's fenced write discard its outcome, and free the task's unique key and
 -- concurrency slot while its handler still runs) and notify the holder, which
@@ -849,7 +852,7 @@ WITH pending AS (
     UPDATE tasks
     SET status = 'cancelled', error = 'cancelled: by ' || %(source)s,
         cancel_requested_by = %(source)s, updated_at = now()
-    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+    WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('pending', 'waiting')
     RETURNING id
 ),
 running AS (
@@ -871,11 +874,16 @@ CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', r.id::text)) AS n;
 -- the locked rows, so a task retried meanwhile is not deleted. The batch is a CTE,
 -- run once: as an `id IN (subquery)` the planner may rescan the subquery for
 -- each row, and each rescan, skipping the rows this statement already deleted,
--- takes the next batch (seen: one DELETE of 25 rows with a limit of 4).
+-- takes the next batch (seen: one DELETE of 25 rows with a limit of 4). A
+-- workflow's task whose result a waiting task will receive is kept until that
+-- task is released (migration 015: a group's callback reads its members' results).
 WITH batch AS MATERIALIZED (
-    SELECT id FROM tasks
+    SELECT id FROM tasks AS p
     WHERE status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
       AND id > %(after)s
+      AND (next_ids IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS c
+                                           WHERE c.id = ANY(p.next_ids)
+                                             AND c.status = 'waiting'))
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -1094,7 +1102,10 @@ ORDER BY queue, name;
 -- is set, claimed or running among tasks in progress); a page of %(limit)s. The window
 -- bounds the rows a filter without an index may read (the caller widens it page
 -- by page); text is searched in dash_searched_text (hidden arguments left out).
--- Returns the columns of store/dashboard.py's Row.
+-- With %(workflow)s, the tasks of that workflow (migration 015): the caller
+-- gives no window, and the condition (the value is sent in the statement)
+-- reads them through tasks_workflow_idx. Returns the columns of
+-- store/dashboard.py's Row.
 SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
        cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
@@ -1105,6 +1116,7 @@ WHERE id < %(before)s AND id >= %(floor)s
   AND (%(started)s::bool IS NULL OR (started_at IS NOT NULL) = %(started)s::bool)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+  AND (%(workflow)s::bigint IS NULL OR workflow_id = %(workflow)s::bigint)
   AND (%(pattern)s::text IS NULL
        OR (/* include dash_searched_text */) ILIKE %(pattern)s::text)
 ORDER BY id DESC
@@ -1306,11 +1318,15 @@ SELECT extract(epoch FROM now());
 
 -- name: dash_delete_finished
 -- Delete the finished tasks among %(ids)s (a task retried or re-enqueued since it
--- was listed is left alone), and their words in the search side table; the ids
+-- was listed is left alone, and so is a workflow's task whose result a waiting
+-- task will receive), and their words in the search side table; the ids
 -- deleted.
 WITH deleted AS (
-    DELETE FROM tasks
+    DELETE FROM tasks AS p
     WHERE id = ANY(%(ids)s::bigint[]) AND status IN ('done', 'error', 'cancelled')
+      AND (next_ids IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS c
+                                           WHERE c.id = ANY(p.next_ids)
+                                             AND c.status = 'waiting'))
     RETURNING id
 ), unsearched AS (
     DELETE FROM taskworker_search WHERE task_id IN (SELECT id FROM deleted)
@@ -1331,3 +1347,102 @@ FROM (SELECT 1
         AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
         AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
       LIMIT %(cap)s) AS matching;
+
+-- name: workflow_ids
+-- A new workflow's id, and %(count)s task ids drawn in increasing order, for a
+-- workflow enqueued in one call: its rows name each other (next_ids) before
+-- they are inserted.
+SELECT nextval('taskworker_workflow_ids'),
+       ARRAY(SELECT nextval(pg_get_serial_sequence('tasks', 'id'))
+             FROM generate_series(1, %(count)s) ORDER BY 1);
+
+-- name: enqueue_workflow
+-- Insert tasks of workflow %(workflow_id)s (migration 015), one per element of
+-- the arrays: its id (from workflow_ids), task name, queue, priority, JSON
+-- call, whether it waits for other tasks ('waiting', else 'pending'), the ids
+-- its result goes to (a bigint[] literal, NULL: none) and whether they join it
+-- with others (next_joins: a group's member), and when it is due
+-- (%(delays)s seconds from now(), or at %(run_ats)s). Tasks that wait get their
+-- taskworker_waits row (%(parents)s parents) in the same statement.
+WITH added AS (
+    INSERT INTO tasks (id, task, queue, priority, arguments, format, status, workflow_id,
+                       next_ids, next_joins, run_at)
+    SELECT r.id, r.task, r.queue, r.priority, r.arguments::jsonb, 2,
+           CASE WHEN r.parents > 0 THEN 'waiting' ELSE 'pending' END, %(workflow_id)s,
+           r.next_ids::bigint[], r.next_joins,
+           coalesce(r.run_at, now() + coalesce(r.delay, 0) * interval '1 second')
+    FROM unnest(%(ids)s::bigint[], %(tasks)s::text[], %(queues)s::text[],
+                %(priorities)s::int[], %(arguments)s::text[], %(parents)s::int[],
+                %(next_ids)s::text[], %(next_joins)s::bool[], %(delays)s::float8[],
+                %(run_ats)s::timestamptz[])
+         AS r(id, task, queue, priority, arguments, parents, next_ids, next_joins, delay, run_at)
+    RETURNING id
+)
+INSERT INTO taskworker_waits (task_id, parents_left)
+SELECT w.id, w.parents
+FROM unnest(%(ids)s::bigint[], %(parents)s::int[]) AS w(id, parents)
+WHERE w.parents > 0 AND (SELECT count(*) FROM added) > 0;
+
+-- name: workflow_of
+-- Where task %(id)s stands in its workflow, for `taskworker show` and the
+-- dashboard: its workflow, the tasks its result goes to (id, task name, status),
+-- the tasks it waits for or got its input from (at most %(limit)s of them, by
+-- id, with their count by status), and how many it still waits for.
+SELECT t.workflow_id,
+       (SELECT coalesce(json_agg(json_build_array(c.id, c.task, c.status) ORDER BY c.id), '[]')
+        FROM tasks AS c WHERE c.id = ANY(t.next_ids))::text,
+       (SELECT coalesce(json_agg(json_build_array(p.id, p.task, p.status) ORDER BY p.id), '[]')
+        FROM (SELECT id, task, status FROM tasks
+              WHERE workflow_id = t.workflow_id AND next_ids @> ARRAY[t.id]
+              ORDER BY id LIMIT %(limit)s) AS p)::text,
+       (SELECT coalesce(json_object_agg(status, n), '{}') FROM (
+            SELECT status, count(*) AS n FROM tasks
+            WHERE workflow_id = t.workflow_id AND next_ids @> ARRAY[t.id]
+            GROUP BY status) AS s)::text,
+       (SELECT parents_left FROM taskworker_waits WHERE task_id = t.id)
+FROM tasks AS t
+WHERE t.id = %(id)s AND t.workflow_id IS NOT NULL;
+
+-- name: workflow_state
+-- The tasks of workflow %(workflow_id)s by status (through tasks_workflow_idx),
+-- its first and last task ids, and when its last change was.
+SELECT status, count(*), min(id), max(id), max(updated_at)
+FROM tasks
+WHERE workflow_id = %(workflow_id)s
+GROUP BY status
+ORDER BY status;
+
+-- name: cancel_workflow
+-- Cancel workflow %(workflow_id)s: its tasks that have not started (pending,
+-- and waiting for others) end cancelled at once; the ones in progress are asked
+-- to stop, as `cancel` asks (their holder stops the handler, or does not start
+-- it, and writes 'cancelled'). Rows are locked in id order, as the outcomes of
+-- a workflow reach them (a member before the callback it counts down). Finished
+-- tasks are left alone. %(source)s names who asks, as in cancel. Returns (id,
+-- was in progress).
+WITH locked AS MATERIALIZED (
+    SELECT id, status FROM tasks
+    WHERE workflow_id = %(workflow_id)s AND status IN ('pending', 'waiting', 'in_progress')
+    ORDER BY id
+    FOR UPDATE
+),
+stopped AS (
+    UPDATE tasks AS t
+    SET status = 'cancelled', updated_at = now(), cancel_requested_by = %(source)s,
+        error = 'cancelled: its workflow, by ' || %(source)s
+    FROM locked AS l
+    WHERE t.id = l.id AND l.status IN ('pending', 'waiting')
+    RETURNING t.id
+),
+asked AS (
+    UPDATE tasks AS t
+    SET cancel_requested_at = coalesce(t.cancel_requested_at, now()),
+        cancel_requested_by = coalesce(t.cancel_requested_by, %(source)s)
+    FROM locked AS l
+    WHERE t.id = l.id AND l.status = 'in_progress'
+    RETURNING t.id
+)
+SELECT id, false FROM stopped
+UNION ALL
+SELECT a.id, true FROM asked AS a
+CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', a.id::text)) AS n;

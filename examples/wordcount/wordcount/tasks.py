@@ -15,6 +15,11 @@ command:
 - `wordcount.report` (queue "totals", periodic): every REPORT_EVERY (default 1m),
   once per tick however many processes serve it, record the total in
   word_reports and return it ({"total_words": N}, the task's return value).
+- A workflow (submit.py --workflow): per file, a chain of `wordcount.normalize`
+  (lower case, punctuation out) and `wordcount.words` (called with the
+  normalized text), the chains in a group whose callback `wordcount.summary`
+  gets every file's count once all are done. Pure functions: run twice, they
+  return the same.
 
 Each function opens its own connection (a psycopg2 connection serves one
 greenlet at a time), or takes its task's bound one, and writes idempotently or
@@ -77,3 +82,21 @@ def report() -> dict[str, int]:
             return {"total_words": cur.fetchone()[0]}
     finally:
         conn.close()
+
+
+@taskworker.task("wordcount.normalize", queue="texts")
+def normalize(text: str) -> str:
+    """The text in lower case, punctuation turned into spaces (a chain's first step)."""
+    return "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower())
+
+
+@taskworker.task("wordcount.words", queue="texts")
+def words(text: str) -> int:
+    """The number of words (a chain's second step: called with normalize's result)."""
+    return len(text.split())
+
+
+@taskworker.task("wordcount.summary", queue="totals")
+def summary(counts: list[int]) -> dict[str, int]:
+    """The group's callback: every file's count, in the order the files were given."""
+    return {"files": len(counts), "words": sum(counts), "largest": max(counts, default=0)}

@@ -186,12 +186,21 @@ class Task(Generic[P, R]):
 
     def enqueue(self, conn: Any, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Insert a pending task that calls the function with these arguments,
-        in the transaction of `conn` (a psycopg2 connection or cursor); return
+        in the transaction of `conn` (psycopg2's or psycopg 3's connection or
+        cursor, SQLAlchemy's Connection or Session, Django's connection); return
         its id. Raises TypeError before anything is sent when the signature
         refuses the call or JSON cannot carry an argument."""
         from .client import enqueue_call
 
         return enqueue_call(conn, self.task_name, args, kwargs, self._options)
+
+    async def enqueue_async(self, conn: Any, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """`enqueue` in the transaction of an asynchronous connection (psycopg 3's
+        AsyncConnection, SQLAlchemy's AsyncConnection or AsyncSession, asyncpg's:
+        see taskworker.enqueue_async)."""
+        from .client import enqueue_call_async
+
+        return await enqueue_call_async(conn, self.task_name, args, kwargs, self._options)
 
     def options(self, *, queue: str | None = None, priority: int | None = None,
                 run_at: datetime | timedelta | None = None,

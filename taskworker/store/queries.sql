@@ -624,11 +624,12 @@ LIMIT 1;
 -- or of %(arguments)s (JSON calls, format 2; the other array is NULL), in the
 -- array's order (ids increase in that order); all due at %(run_at)s, or now() +
 -- %(delay)s, or now(); all of task %(task)s (NULL: the default handler), in
--- queue %(queue)s, at %(priority)s.
+-- queue %(queue)s, at %(priority)s. (Cast: a driver that binds on the server,
+-- asyncpg, would take an untyped parameter in a select list for text.)
 INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority)
 SELECT p.payload, p.arguments::jsonb, CASE WHEN p.arguments IS NULL THEN 1 ELSE 2 END,
        coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
-       %(task)s, %(queue)s, %(priority)s
+       %(task)s, %(queue)s, %(priority)s::integer
 FROM unnest(%(payloads)s::text[], %(arguments)s::text[]) WITH ORDINALITY
      AS p(payload, arguments, n)
 ORDER BY p.n

@@ -1,0 +1,143 @@
+"""The caller's own connection, whatever library made it, as the enqueue API's
+`Database` (or `AsyncDatabase`): the statements run in the caller's transaction,
+which is never committed, rolled back or changed here.
+
+    synchronous (enqueue, enqueue_many, enqueue_unique, task.enqueue):
+        psycopg2 connection or cursor, psycopg 3 Connection or Cursor,
+        SQLAlchemy 2 Connection or Session, Django's connection (PostgreSQL)
+    asynchronous (enqueue_async, ..., await task.enqueue_async):
+        psycopg 3 AsyncConnection or AsyncCursor, SQLAlchemy AsyncConnection or
+        AsyncSession, asyncpg Connection (a pool's too)
+
+An object is recognised by the module of its type (or of a base class), read
+before anything is imported: a library is imported only to use an object of its
+own, so none of them is a dependency of taskworker (pyproject's extras name
+them). Anything else is refused with one line naming what is taken.
+
+The parameter style is each library's: psycopg2, psycopg 3 and Django take
+queries.sql's `%(name)s` as it is; SQLAlchemy and asyncpg get the statement
+converted once (store/paramstyles.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..store.database import AsyncDatabase, Database, Direct, Steps, T
+
+LIBRARIES = ("psycopg2", "psycopg", "sqlalchemy", "django", "asyncpg")
+SYNC = ("a psycopg2 or psycopg 3 connection or cursor, an SQLAlchemy Connection or "
+        "Session, or Django's connection")
+ASYNC = ("a psycopg 3 AsyncConnection or AsyncCursor, an SQLAlchemy AsyncConnection or "
+         "AsyncSession, or an asyncpg connection")
+
+
+def run(conn: Any, steps: Steps[T]) -> T:
+    """Run the enqueue API's `steps` on `conn`; their value. `conn` is looked at
+    only if a statement is to be sent (the eager test mode sends none)."""
+    try:
+        statement, params = next(steps)
+        db = database(conn)
+        while True:
+            statement, params = steps.send(db.query(statement, params))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def run_async(conn: Any, steps: Steps[T]) -> T:
+    """`run`, awaiting each statement on an asynchronous connection."""
+    try:
+        statement, params = next(steps)
+        db = async_database(conn)
+        while True:
+            statement, params = steps.send(await db.query(statement, params))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def library(conn: Any) -> str | None:
+    """Which of LIBRARIES made `conn` (its type's module, or a base class's)."""
+    for cls in type(conn).__mro__:
+        top = cls.__module__.partition(".")[0]
+        if top in LIBRARIES:
+            return top
+    return None
+
+
+def database(conn: Any) -> Database:
+    """`conn` as a Database, or TypeError (one line) if it is none of SYNC."""
+    made = _SYNC.get(type(conn))
+    if made is None:
+        made = _sync_maker(conn)
+        if made is None:
+            raise TypeError(_refusal(conn, SYNC, _async_maker(conn) is not None,
+                                     "asynchronous: await taskworker.enqueue_async(...)"))
+        _SYNC[type(conn)] = made
+    return made(conn)
+
+
+def async_database(conn: Any) -> AsyncDatabase:
+    """`conn` as an AsyncDatabase, or TypeError (one line) if it is none of ASYNC."""
+    made = _ASYNC.get(type(conn))
+    if made is None:
+        made = _async_maker(conn)
+        if made is None:
+            raise TypeError(_refusal(conn, ASYNC, _sync_maker(conn) is not None,
+                                     "synchronous: taskworker.enqueue(...), no await"))
+        _ASYNC[type(conn)] = made
+    return made(conn)
+
+
+# How each type met so far is wrapped (looked up once per type).
+_SYNC: dict[type, Callable[[Any], Database]] = {}
+_ASYNC: dict[type, Callable[[Any], AsyncDatabase]] = {}
+
+
+def _sync_maker(conn: Any) -> Callable[[Any], Database] | None:
+    name = library(conn)
+    if name == "psycopg2":
+        return Direct
+    if name == "psycopg":
+        from . import pyformat
+
+        if pyformat.is_psycopg3_sync(conn):
+            return lambda c: Direct(pyformat.psycopg3_cursor(c))
+    if name == "django":
+        from . import pyformat
+
+        if pyformat.is_django(conn):
+            return lambda c: Direct(pyformat.django_connection(c))
+    if name == "sqlalchemy":
+        from . import alchemy
+
+        if alchemy.is_sync(conn):
+            return alchemy.Alchemy
+    return None
+
+
+def _async_maker(conn: Any) -> Callable[[Any], AsyncDatabase] | None:
+    name = library(conn)
+    if name == "psycopg":
+        from . import pyformat
+
+        if pyformat.is_psycopg3_async(conn):
+            return pyformat.AsyncCursor
+    if name == "sqlalchemy":
+        from . import alchemy
+
+        if alchemy.is_async(conn):
+            return alchemy.AsyncAlchemy
+    if name == "asyncpg":
+        from . import numbered
+
+        if numbered.is_connection(conn):
+            return numbered.Asyncpg
+    return None
+
+
+def _refusal(conn: Any, takes: str, other_api: bool, instead: str) -> str:
+    """The one line that refuses `conn`: what is taken, and the other API when
+    that one takes it."""
+    kind = type(conn)
+    name = f"{kind.__module__}.{kind.__qualname__}" if library(conn) else kind.__name__
+    return f"expected {takes}, not {name}" + (f" ({instead})" if other_api else "")

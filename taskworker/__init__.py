@@ -5,13 +5,13 @@ monkey-patch before anything else is imported. `enqueue`, `enqueue_many`,
 `enqueue_unique` and their `_async` forms are loaded on first use, as are `task`
 (registering a named task), the exceptions a handler raises to choose its
 task's ending (`Fail`, `Snooze`, `Cancel`), `current_task`, the results API
-(`result`, `wait` and their exceptions) and `testing` (the eager mode for
-application tests).
+(`result`, `wait` and their exceptions), `testing` (the eager mode for
+application tests) and `hooks` (code run around tasks in serve).
 """
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them on first use
-    from . import testing
+    from . import hooks, testing
     from .client import (
         enqueue,
         enqueue_async,
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 __all__ = ["Cancel", "Fail", "NotFinished", "Snooze", "Task", "TaskContext", "TaskFailed",
            "UnknownTask", "WaitTimeout", "__version__", "current_task", "enqueue",
            "enqueue_async", "enqueue_many", "enqueue_many_async", "enqueue_unique",
-           "enqueue_unique_async", "result", "task", "testing", "transaction",
+           "enqueue_unique_async", "hooks", "result", "task", "testing", "transaction",
            "wait"]
 
 
@@ -59,8 +59,8 @@ def __getattr__(name: str) -> Any:
         from .registry import Task
 
         return Task
-    if name == "testing":  # (a submodule: `from . import testing` would come back here)
+    if name in ("testing", "hooks"):  # (submodules: `from . import x` would come back here)
         import importlib
 
-        return importlib.import_module(".testing", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'taskworker' has no attribute {name!r}")

@@ -82,6 +82,11 @@ def encode(value: Any, where: str) -> str:
     return _dumps(value)
 
 
+def decode(text: str) -> Any:
+    """A value stored as JSON text (a return value), as Python."""
+    return _loads(text)
+
+
 def _plain(value: Any, depth: int) -> bool:
     """Can JSON (and jsonb) carry `value` as it is? `check`'s walk without the
     names of the places it passes (built only to say where a value fails)."""

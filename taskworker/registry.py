@@ -42,6 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from . import codec
+from .handlers import coroutine_refusal
 from .settings import parse_duration
 
 DEFAULT_QUEUE = "default"
@@ -113,6 +114,8 @@ def task(name: str | None = None, *, queue: str | None = None, priority: int | N
         task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
         where = f"task {task_name!r}"
         _check_name(task_name, "task name")
+        if (why := coroutine_refusal(fn)) is not None:
+            raise RegistryError(f"{where} {why}")
         if queue is not None:
             _check_name(queue, f"{where}: queue")
         if priority is not None and not isinstance(priority, int):

@@ -26,9 +26,16 @@ from taskworker import registry
 from taskworker.registry import RegistryError
 
 
-@taskworker.task("producers.add", queue="sums")
-def add(a: int, b: int = 0) -> int:
-    return a + b
+@pytest.fixture
+def add(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A registered task, in a copy of the registry (gone after the test)."""
+    monkeypatch.setattr(registry, "_registry", registry.registered())
+
+    @taskworker.task("producers.add", queue="sums")
+    def add(a: int, b: int = 0) -> int:
+        return a + b
+
+    return add
 
 
 @dataclass
@@ -180,7 +187,7 @@ def settled(loop: asyncio.AbstractEventLoop) -> Callable[[Any], Any]:
         else value
 
 
-def enqueue_everything(p: Producer, run: Callable[[Any], Any]) -> dict[str, Any]:
+def enqueue_everything(p: Producer, run: Callable[[Any], Any], add: Any) -> dict[str, Any]:
     """The scenario's enqueues, in the caller's open transaction."""
     c = p.target
     api = ((taskworker.enqueue_async, taskworker.enqueue_many_async,
@@ -198,12 +205,12 @@ def enqueue_everything(p: Producer, run: Callable[[Any], Any]) -> dict[str, Any]
 @pytest.mark.parametrize("make", PRODUCERS.values(), ids=list(PRODUCERS))
 def test_every_producer_enqueues_in_the_callers_transaction(
         make: Callable[..., Producer], db_url: str, db: Any, listener: Any,
-        loop: asyncio.AbstractEventLoop) -> None:
+        loop: asyncio.AbstractEventLoop, add: Any) -> None:
     p, run = make(db_url, loop), settled(loop)
     try:
         run(p.begin())
         before = p.state()
-        enqueue_everything(p, run)
+        enqueue_everything(p, run, add)
         assert p.state() == before
         assert query(db, "SELECT count(*) FROM tasks")[0][0] == 0  # not committed
         run(p.rollback())
@@ -211,7 +218,7 @@ def test_every_producer_enqueues_in_the_callers_transaction(
         assert notifications(listener, db) == []  # a rollback wakes nobody
 
         run(p.begin())
-        ids = enqueue_everything(p, run)
+        ids = enqueue_everything(p, run, add)
         assert query(db, "SELECT count(*) FROM tasks")[0][0] == 0
         run(p.commit())
         assert notifications(listener, db)  # the insert trigger's, sent at the commit
@@ -236,7 +243,7 @@ def test_every_producer_enqueues_in_the_callers_transaction(
 
 
 def test_each_api_refuses_what_it_cannot_use_in_one_line(
-        db_url: str, loop: asyncio.AbstractEventLoop) -> None:
+        db_url: str, loop: asyncio.AbstractEventLoop, add: Any) -> None:
     import asyncpg
     import psycopg
     from sqlalchemy import create_engine
@@ -356,7 +363,7 @@ def test_django_connection_enqueues_in_transaction_atomic(db_url: str, db: Any,
         "four", "one", "three", "two"]
 
 
-def test_async_def_tasks_are_refused_at_registration() -> None:
+def test_async_def_tasks_are_refused_at_registration(add: Any) -> None:
     with pytest.raises(RegistryError, match=r"^task 'producers.coroutine' is an async def "
                                             r"function, and taskworker's workers are gevent "
                                             r"greenlets .*; write it as a plain def"):

@@ -19,6 +19,7 @@ from . import (
     claims,
     dashboard,
     defaults,
+    producers,
     profiling,
     rawsql,
     rivals,
@@ -414,6 +415,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*underload.report(*b.underload), ""]
     if b.calls is not None:
         out += [*calls.report(b.calls), ""]
+    if b.producers is not None:
+        out += [*producers.report(b.producers), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

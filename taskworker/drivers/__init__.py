@@ -66,31 +66,37 @@ def library(conn: Any) -> str | None:
 
 def database(conn: Any) -> Database:
     """`conn` as a Database, or TypeError (one line) if it is none of SYNC."""
-    made = _SYNC.get(type(conn))
-    if made is None:
-        made = _sync_maker(conn)
-        if made is None:
-            raise TypeError(_refusal(conn, SYNC, _async_maker(conn) is not None,
-                                     "asynchronous: await taskworker.enqueue_async(...)"))
-        _SYNC[type(conn)] = made
-    return made(conn)
+    return _adapt(conn, _SYNC, _sync_maker, _async_maker, SYNC,
+                  "asynchronous: await taskworker.enqueue_async(...)")
 
 
 def async_database(conn: Any) -> AsyncDatabase:
     """`conn` as an AsyncDatabase, or TypeError (one line) if it is none of ASYNC."""
-    made = _ASYNC.get(type(conn))
-    if made is None:
-        made = _async_maker(conn)
-        if made is None:
-            raise TypeError(_refusal(conn, ASYNC, _sync_maker(conn) is not None,
-                                     "synchronous: taskworker.enqueue(...), no await"))
-        _ASYNC[type(conn)] = made
-    return made(conn)
+    return _adapt(conn, _ASYNC, _async_maker, _sync_maker, ASYNC,
+                  "synchronous: taskworker.enqueue(...), no await")
 
 
-# How each type met so far is wrapped (looked up once per type).
-_SYNC: dict[type, Callable[[Any], Database]] = {}
-_ASYNC: dict[type, Callable[[Any], AsyncDatabase]] = {}
+# How each type met so far is wrapped (found once per type).
+_SYNC: dict[type, Callable[[Any], Any]] = {}
+_ASYNC: dict[type, Callable[[Any], Any]] = {}
+
+
+def _adapt(conn: Any, made: dict[type, Callable[[Any], Any]],
+           maker: Callable[[Any], Callable[[Any], Any] | None],
+           other: Callable[[Any], Callable[[Any], Any] | None], takes: str,
+           instead: str) -> Any:
+    """`conn` wrapped by what `maker` finds for its type; TypeError if nothing:
+    the one line says what is taken, and `instead` when the `other` API takes it."""
+    wrap = made.get(type(conn))
+    if wrap is None:
+        wrap = maker(conn)
+        if wrap is None:
+            kind = type(conn)
+            name = f"{kind.__module__}.{kind.__qualname__}" if library(conn) else kind.__name__
+            raise TypeError(f"expected {takes}, not {name}"
+                            + (f" ({instead})" if other(conn) is not None else ""))
+        made[type(conn)] = wrap
+    return wrap(conn)
 
 
 def _sync_maker(conn: Any) -> Callable[[Any], Database] | None:
@@ -133,11 +139,3 @@ def _async_maker(conn: Any) -> Callable[[Any], AsyncDatabase] | None:
         if numbered.is_connection(conn):
             return numbered.Asyncpg
     return None
-
-
-def _refusal(conn: Any, takes: str, other_api: bool, instead: str) -> str:
-    """The one line that refuses `conn`: what is taken, and the other API when
-    that one takes it."""
-    kind = type(conn)
-    name = f"{kind.__module__}.{kind.__qualname__}" if library(conn) else kind.__name__
-    return f"expected {takes}, not {name}" + (f" ({instead})" if other_api else "")

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import (
     baseline,
+    bound,
     calls,
     claims,
     dashboard,
@@ -34,7 +35,7 @@ from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
-          "underload", "calls", "producers")
+          "underload", "calls", "bound", "producers")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -100,6 +101,7 @@ class Bench:
     rivals: rivals.Rivals | None = None
     roundtrip: roundtrip.RoundTrip | None = None
     calls: calls.Calls | None = None
+    bound: bound.Bound | None = None
     producers: producers.Producers | None = None
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
     notes: list[str] = field(default_factory=list)
@@ -369,6 +371,14 @@ def phase_calls(b: Bench) -> None:
     """Calls with JSON arguments against text payloads, W=100 and W=20 (calls.py)."""
     n, rounds = (20_000, 3) if b.args.quick else (100_000, 5)
     b.calls = calls.measure(b.db("calls"), b.args.tasks or n, b.args.rounds or rounds, b.say,
+                            baseline.work_tree())
+
+
+def phase_bound(b: Bench) -> None:
+    """A write through the task's bound transaction against the same write committed
+    apart, WORKER_COUNT=20 (bound.py)."""
+    n, rounds = (5_000, 2) if b.args.quick else (20_000, 3)
+    b.bound = bound.measure(b.db("bound"), b.args.tasks or n, b.args.rounds or rounds, b.say,
                             baseline.work_tree())
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import taskworker
 
-from .databases import connect
+from .databases import connect, execute
 
 TARGET = 0.8
 BATCH = 5000
@@ -200,14 +200,6 @@ PRODUCERS: dict[str, Callable[[str, asyncio.AbstractEventLoop], Sync]] = {
     "SQLAlchemy async (asyncpg)": _sqlalchemy_async, "asyncpg": _asyncpg}
 
 
-def _empty(url: str) -> None:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("TRUNCATE tasks")
-        conn.commit()
-    finally:
-        conn.close()
 
 
 def measure(url: str, singles: int, batch: int, rounds: int,
@@ -228,7 +220,7 @@ def measure(url: str, singles: int, batch: int, rounds: int,
             for name, workload, side in jobs[shift:] + jobs[:shift]:
                 n = singles if workload == "singles" else batch
                 payloads = [f"task {i}" for i in range(n)]
-                _empty(url)
+                execute(url, "TRUNCATE tasks")
                 say(f"producers: {name}, {workload} ({n:,}), {side} (round {r + 1}/{rounds})")
                 started = time.perf_counter()
                 producers[name].run(workload, side, payloads)

@@ -15,6 +15,7 @@ from importlib import metadata
 
 from . import (
     baseline,
+    bound,
     calls,
     claims,
     dashboard,
@@ -415,6 +416,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*underload.report(*b.underload), ""]
     if b.calls is not None:
         out += [*calls.report(b.calls), ""]
+    if b.bound is not None:
+        out += [*bound.report(b.bound), ""]
     if b.producers is not None:
         out += [*producers.report(b.producers), ""]
     tl = targets(b)

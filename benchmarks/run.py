@@ -63,6 +63,11 @@ at the end, also on Ctrl+C or failure):
                  5 interleaved rounds (--quick: 20,000, 3; --tasks N, --rounds N), ratio
                  of medians (>= 0.9); the text path against git 5c69215 is the roundtrip
                  phase's --against (benchmarks/calls.py)
+  bound          a handler's one-row insert through its task's bound transaction
+                 (taskworker.transaction(), exactly once) against the same insert on a
+                 connection of its own per run, and on one kept per worker, committed
+                 apart; one serve at WORKER_COUNT=20; 20,000 tasks, 3 interleaved rounds
+                 (--quick: 5,000, 2; --tasks N, --rounds N) (benchmarks/bound.py)
   producers      enqueue throughput from psycopg2, psycopg 3, SQLAlchemy, Django's
                  connection, psycopg 3 async, SQLAlchemy async and asyncpg: 10,000 tasks
                  one per transaction and 100,000 in one enqueue_many (--quick: 2,000 and
@@ -98,6 +103,7 @@ from .phases import (
     PHASES,
     Bench,
     phase_baseline,
+    phase_bound,
     phase_calls,
     phase_claims,
     phase_compare,
@@ -145,10 +151,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="roundtrip phase: A/B of FETCH_LIMIT=100 at W=20 and W=100 against "
                          "git REF's serve (default with --against: 6ba015e; none: skip)")
     ap.add_argument("--tasks", type=int, metavar="N",
-                    help="roundtrip and calls phases: tasks per run (default 100,000; "
+                    help="roundtrip, calls and bound phases: tasks per run (default 100,000; "
                          "--quick 20,000)")
     ap.add_argument("--rounds", type=int, metavar="N",
-                    help="roundtrip and calls phases: interleaved rounds (default 5; "
+                    help="roundtrip, calls and bound phases: interleaved rounds (default 5; "
                          "--quick 3)")
     ap.add_argument("--keep-files", action="store_true",
                     help="keep the children's logs (printed path) instead of removing them")
@@ -168,9 +174,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if given and "roundtrip" not in args.phases:
         ap.error(f"{', '.join(given)}: options of the roundtrip phase, which --only leaves out")
     given = [o for o, v in (("--tasks", args.tasks), ("--rounds", args.rounds)) if v]
-    if given and not {"roundtrip", "calls", "producers"} & set(args.phases):
-        ap.error(f"{', '.join(given)}: options of the roundtrip and calls phases, which --only "
-                 "leaves out")
+    if given and not {"roundtrip", "calls", "bound", "producers"} & set(args.phases):
+        ap.error(f"{', '.join(given)}: options of the roundtrip, calls, bound and producers "
+                 "phases, which --only leaves out")
     if any(v is not None and v < 1 for v in (args.tasks, args.rounds)):
         ap.error("--tasks and --rounds must be at least 1")
     return args
@@ -206,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": phase_latency, "hosts": phase_hosts,
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
         "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
-        "underload": phase_underload, "calls": phase_calls, "producers": phase_producers}
+        "underload": phase_underload, "calls": phase_calls, "bound": phase_bound,
+        "producers": phase_producers}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

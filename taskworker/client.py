@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from . import codec, drivers, registry
+from . import codec, drivers, registry, tracing
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES
 from .store import admin
 from .store.database import Steps
@@ -140,10 +140,11 @@ def enqueue_call(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
 
 async def enqueue_call_async(conn: Any, task: TaskRef, args: Sequence[Any],
                              kwargs: Mapping[str, Any],
-                             options: registry.Options = registry.NO_OPTIONS) -> int:
+                             options: registry.Options = registry.NO_OPTIONS,
+                             max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                             force: bool = False) -> int:
     """`enqueue_call` on an asynchronous connection (`Task.enqueue_async`)."""
-    done = await drivers.run_async(conn, call(task, args, kwargs, options,
-                                              DEFAULT_MAX_PAYLOAD_BYTES, False))
+    done = await drivers.run_async(conn, call(task, args, kwargs, options, max_bytes, force))
     return done.id
 
 
@@ -181,10 +182,14 @@ def call(task: TaskRef, args: Sequence[Any], kwargs: Mapping[str, Any],
     if eager is not None:
         return Enqueued(eager.enqueued(name, arguments, placement, options.unique_key), True,
                         "pending")
-    if options.unique_key is None:
-        ids = yield from admin.enqueue([], placement, arguments=[arguments])
-        return Enqueued(ids[0], True, "pending")
-    return (yield from _unique(None, arguments, options.unique_key, placement))
+    with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
+        if options.unique_key is None:
+            ids = yield from admin.enqueue([], span.placement, arguments=[arguments])
+            done = Enqueued(ids[0], True, "pending")
+        else:
+            done = yield from _unique(None, arguments, options.unique_key, span.placement)
+        span.sent([done.id])
+        return done
 
 
 def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef = None,
@@ -229,10 +234,12 @@ def _many(payloads: Iterable[str], task: TaskRef, queue: str | None, priority: i
         return [eager.enqueued(placement.task, None, placement, payload=p) for p in checked]
     ids: list[int] = []
     it = iter(payloads)
-    while batch := list(itertools.islice(it, batch_size)):
-        for payload in batch:
-            check_payload(payload, max_bytes)
-        ids.extend((yield from admin.enqueue(batch, placement)))
+    with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
+        while batch := list(itertools.islice(it, batch_size)):
+            for payload in batch:
+                check_payload(payload, max_bytes)
+            ids.extend((yield from admin.enqueue(batch, span.placement)))
+        span.sent(ids)
     return ids
 
 
@@ -278,7 +285,10 @@ def _unique_payload(payload: str, unique_key: str, task: TaskRef, queue: str | N
         check_unique_key(unique_key)
         return Enqueued(eager.enqueued(placement.task, None, placement, payload=payload),
                         True, "pending")
-    return (yield from _unique(payload, None, unique_key, placement))
+    with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
+        done = yield from _unique(payload, None, unique_key, span.placement)
+        span.sent([done.id])
+        return done
 
 
 def _unique(payload: str | None, arguments: str | None, unique_key: str,

@@ -87,12 +87,26 @@ def decode(text: str) -> Any:
     return _loads(text)
 
 
+def _text(value: str) -> bool:
+    """Can jsonb hold this text? No NUL, and valid Unicode (a lone surrogate such
+    as "\\ud800", which Python strings may hold, has no UTF-8 form)."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _plain(value: Any, depth: int) -> bool:
     """Can JSON (and jsonb) carry `value` as it is? `check`'s walk without the
     names of the places it passes (built only to say where a value fails)."""
     kind = type(value)
     if kind is str:
-        return "\x00" not in value
+        return _text(value)
     if value is None or kind is int or kind is bool:
         return True
     if kind is float:
@@ -106,7 +120,7 @@ def _plain(value: Any, depth: int) -> bool:
         return True
     if kind is dict:
         for key, item in value.items():
-            if type(key) is not str or "\x00" in key or not _plain(item, depth + 1):
+            if type(key) is not str or not _text(key) or not _plain(item, depth + 1):
                 return False
         return True
     return False
@@ -121,6 +135,9 @@ def check(value: Any, where: str, depth: int = 0) -> None:
         if "\x00" in value:
             raise NotJSON(f"{where} contains a NUL character, which PostgreSQL's jsonb "
                           "cannot hold")
+        if not _text(value):
+            raise NotJSON(f"{where} holds a lone surrogate (half of a UTF-16 pair), which "
+                          "is not valid text: pass valid Unicode")
         return
     if kind is int:
         return

@@ -18,17 +18,20 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TextIO
 
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
-TASK_FIELDS = ("task_id", "worker", "attempt")
+TASK_FIELDS = ("task_id", "worker", "attempt", "trace_id", "span_id")
 
 log = logging.getLogger("taskworker")
 
 _handler: logging.Handler | None = None  # the one setup() installed on the root logger
 _format = "plain"  # of that handler: how error_line() writes too
+# With OpenTelemetry (tracing.consumer sets it): the current span's trace_id and
+# span_id, for the JSON lines written inside a task's span that carry none.
+span_fields: Callable[[], Mapping[str, str] | None] | None = None
 
 
 def one_line(text: str) -> str:
@@ -87,6 +90,8 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, field, None)
             if value is not None:
                 entry[field] = value
+        if span_fields is not None and "trace_id" not in entry:
+            entry.update(span_fields() or ())
         traceback = getattr(record, "traceback", None)
         if traceback:  # a task's stored traceback
             entry["traceback"] = traceback

@@ -31,6 +31,7 @@ imports it to declare its tasks, whatever else it runs on.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect
@@ -268,6 +269,14 @@ def _periodic_call(fn: Callable[..., Any], signature: inspect.Signature | None,
 def get(name: str) -> TaskDef | None:
     """The task registered under `name` in this process, or None."""
     return _registry.get(name)
+
+
+def wrap(name: str, around: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    """Run `around(fn)` for the registered task `name` instead of its function
+    `fn`, its name, options and signature kept: how an integration runs code
+    around every task (the Django one closes the ORM's connections after each)."""
+    definition = _registry[name]
+    _registry[name] = dataclasses.replace(definition, fn=around(definition.fn))
 
 
 def registered() -> dict[str, TaskDef]:

@@ -66,13 +66,15 @@ def result(conn_or_cursor: Any, task_id: int) -> Any:
     """The result of a finished task: its return value (a task called with
     arguments: the JSON value it returned; a text payload task: its text).
     Raises TaskFailed for a task in error or cancelled, NotFinished for one
-    pending or running, UnknownTask for an id with no row."""
-    from . import testing
+    pending or running, UnknownTask for an id with no row. `conn_or_cursor`:
+    any connection the synchronous enqueue takes (see drivers/); the read joins
+    its transaction."""
+    from . import drivers, testing
 
     eager = testing.active()
     if eager is not None:
         return eager.result(task_id)
-    found = admin.task_outcomes(Direct(conn_or_cursor), [task_id])
+    found = admin.task_outcomes(drivers.database(conn_or_cursor), [task_id])
     return value_of(task_id, found.get(task_id))
 
 
@@ -82,13 +84,15 @@ def wait(conn: Any, task_ids: int | Sequence[int], timeout: float | None = None,
     result (a list of results, in the order given), as `result` does: a task in
     error or cancelled raises TaskFailed.
 
-    `conn` is a psycopg2 connection with no transaction open (one inside a
-    transaction could never see the outcome: RuntimeError); it is used for
-    LISTEN and left as it was found. `timeout` in seconds (None: no limit)
-    raises WaitTimeout. `poll`: seconds between reads when notifications cannot
-    arrive (PgBouncer in transaction mode); None: woken only by them. Never call
-    it inside a running task: the task would hold a worker while the one it
-    waits for may need it (RuntimeError)."""
+    `conn` is a psycopg2 connection with no transaction open (only psycopg2's:
+    it sleeps on the socket and reads psycopg2's notifications; another
+    library's raises TypeError. One inside a transaction could never see the
+    outcome: RuntimeError); it is used for LISTEN and left as it was found.
+    `timeout` in seconds (None: no limit) raises WaitTimeout. `poll`: seconds
+    between reads when notifications cannot arrive (PgBouncer in transaction
+    mode); None: woken only by them. Never call it inside a running task: the
+    task would hold a worker while the one it waits for may need it
+    (RuntimeError)."""
     from . import testing
     from .handlers import current_task
 
@@ -120,6 +124,18 @@ def value_of(task_id: int, row: admin.Outcome | None) -> Any:
     if row.status in ("error", "cancelled"):
         raise TaskFailed(task_id, row.status, row.error, row.traceback)
     raise NotFinished(f"task {task_id} is not finished ({row.status})")
+
+
+def exception_type(error: str, traceback: str | None) -> str:
+    """The class of the exception a stored failure describes: from its
+    traceback's last line, which names it with its module (`myapp.tasks.Refused:
+    ...`; a builtin's without one), else the `Type` of its `Type: message`."""
+    kind = error.partition(": ")[0]
+    if traceback:
+        qualified = traceback.rstrip("\n").rsplit("\n", 1)[-1].partition(":")[0].strip()
+        if qualified.endswith(kind) and " " not in qualified:
+            return qualified
+    return kind
 
 
 def _check_idle(conn: Any) -> None:

@@ -256,3 +256,39 @@ def test_the_fence_refuses_a_taken_over_hold_and_a_lost_connection_gives_the_tas
         (done, "done", None, "ok"), (taken, "in_progress", "h2", None),
         (lost, "in_progress", "h1", None)]
     pool.close()
+
+
+def test_eager_mode_runs_the_bound_transaction_in_a_savepoint_of_the_tests_connection(
+        db_url: str, db: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """taskworker.testing.eager(connection=conn): a task's writes through
+    taskworker.transaction() stay on the test's connection (its transaction),
+    kept when the task ends done, undone when it fails."""
+    import importlib.util
+
+    import taskworker
+    from taskworker import registry
+
+    monkeypatch.setattr(registry, "_registry", registry.registered())
+    marks, _ = setup(db, tmp_path, hold=False)
+    spec = importlib.util.spec_from_file_location("app", tmp_path / "cwd" / "app.py")
+    assert spec is not None and spec.loader is not None
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    conn = psycopg2.connect(db_url)
+    try:
+        with taskworker.testing.eager(connection=conn):
+            kept = app.effect.enqueue(None, str(marks))
+            undone = app.effect.enqueue(None, str(marks), fail=True)
+            assert taskworker.result(None, kept) == "written"
+            with pytest.raises(taskworker.TaskFailed, match="after the write"):
+                taskworker.result(None, undone)
+        with conn.cursor() as cur:
+            cur.execute("SELECT task_id FROM effects")
+            assert cur.fetchall() == [(kept,)]  # (in the test's open transaction)
+        conn.rollback()
+        with taskworker.testing.eager():  # no connection: the task fails, saying why
+            failed = app.effect.enqueue(None, str(marks))
+            with pytest.raises(taskworker.TaskFailed, match="eager mode needs a connection"):
+                taskworker.result(None, failed)
+    finally:
+        conn.close()

@@ -158,6 +158,7 @@ def test_a_call_the_signature_or_json_refuses_raises_before_anything_is_sent(
         (lambda: app.send_email.enqueue(db, {1: "x"}), "JSON object keys are strings"),
         (lambda: app.send_email.enqueue(db, {"a": {1, 2}}), "sorted list"),
         (lambda: app.send_email.enqueue(db, "nul\x00"), "NUL"),
+        (lambda: app.send_email.enqueue(db, "half \ud800"), "lone surrogate"),
         (lambda: taskworker.enqueue(db, "p", task="send_email", args=["a"]), "not both"),
     ]
     for call, message in refused:

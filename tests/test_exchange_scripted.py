@@ -65,9 +65,9 @@ class ScriptedDatabase:
 
 def claimed_row(task_id: int, completing: bool = False) -> tuple[Any, ...]:
     """A claim's row: id, payload, attempts, rescues, size, task, queue, share, cancel,
-    fence, unstarted_rescues, format (and, from claim_shares_completing, NULL for
+    fence, unstarted_rescues, format, trace (and, from claim_shares_completing, NULL for
     `written`)."""
-    row = (task_id, f"payload {task_id}", 1, 0, 10, None, "default", 100, False, 1, 0, 1)
+    row = (task_id, f"payload {task_id}", 1, 0, 10, None, "default", 100, False, 1, 0, 1, None)
     return (*row, None) if completing else row
 
 
@@ -99,7 +99,7 @@ def held(ex: Exchange, *ids: int) -> list[Outcome]:
 
 def states(*rows: tuple[int, str]) -> list[tuple[Any, ...]]:
     """claim_shares_completing's rows for outcomes: (id, fence 1, written)."""
-    return [(i, *[None] * 8, 1, None, None, written) for i, written in rows]
+    return [(i, *[None] * 8, 1, None, None, None, written) for i, written in rows]
 
 
 def test_a_busy_claim_writes_the_outcomes_waiting_in_its_own_statement(

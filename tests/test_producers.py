@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import psycopg2
@@ -23,6 +24,7 @@ from invariants import query, wait_until
 
 import taskworker
 from taskworker import registry
+from taskworker.client import UnknownTaskName
 from taskworker.registry import RegistryError
 
 
@@ -372,3 +374,98 @@ def test_async_def_tasks_are_refused_at_registration(add: Any) -> None:
             pass
 
     assert "producers.coroutine" not in registry.registered()
+
+
+TRACED = {name: PRODUCERS[name] for name in (
+    "psycopg3_connection", "psycopg3_async", "sqlalchemy_async_session", "asyncpg_pool")}
+
+
+@pytest.mark.parametrize("make", TRACED.values(), ids=list(TRACED))
+def test_every_producer_traces_and_checks_names(
+        make: Callable[..., Producer], db_url: str, db: Any, loop: asyncio.AbstractEventLoop,
+        add: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The enqueue's steps hold its PRODUCER span across their statements, sync
+    or async: each enqueue is a span under the caller's, whose context its rows
+    keep; a statement the server refuses ends the span with the error. A name
+    this process does not register is refused (force=True insists) on each API."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from taskworker import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_tracer", lambda: provider.get_tracer("taskworker"))
+    p, run = make(db_url, loop), settled(loop)
+    api = ((taskworker.enqueue_async, taskworker.enqueue_many_async,
+            taskworker.enqueue_unique_async, add.enqueue_async) if p.asynchronous else
+           (taskworker.enqueue, taskworker.enqueue_many, taskworker.enqueue_unique,
+            add.enqueue))
+    enqueue, many, unique, call = api
+    c = p.target
+    try:
+        run(p.begin())
+        with provider.get_tracer("app").start_as_current_span("request") as request:
+            ids = {"call": run(call(c, 1)), "many": run(many(c, ["a", "b"])),
+                   "unique": run(unique(c, "u", "key")).id,
+                   "forced": run(enqueue(c, task="producers.ad", args=[1], force=True))}
+            for refused in (lambda: enqueue(c, task="producers.ad", args=[1]),
+                            lambda: many(c, ["x"], task="producers.ad"),
+                            lambda: unique(c, "x", "k2", task="producers.ad")):
+                with pytest.raises(UnknownTaskName,
+                                   match="did you mean 'producers.add'"):
+                    run(refused())
+        run(p.commit())
+        rows = dict(query(db, "SELECT id, trace_context->>'traceparent' FROM tasks"))
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        trace_id = format(request.get_span_context().trace_id, "032x")
+        for name, task_id in (("enqueue producers.add", ids["call"]),
+                              ("enqueue producers.ad", ids["forced"])):
+            span = spans[name]
+            assert span.kind.name == "PRODUCER" and span.parent is not None
+            assert span.parent.span_id == request.get_span_context().span_id
+            assert span.attributes["messaging.message.id"] == str(task_id)
+            assert rows[task_id].split("-")[1:3] == [trace_id, f"{span.context.span_id:016x}"]
+        assert spans["enqueue taskworker.default"].parent.span_id == (  # (the last: unique)
+            request.get_span_context().span_id)
+        assert all(rows[i] is not None and rows[i].split("-")[1] == trace_id
+                   for i in (*ids["many"], ids["unique"]))
+        assert len([s for s in exporter.get_finished_spans()
+                    if s.kind.name == "PRODUCER"]) == 4  # (nothing sent for a refusal)
+
+        exporter.clear()
+        run(p.begin())
+        with pytest.raises(Exception, match="out of range"):  # the server's error
+            run(enqueue(c, "late", delay=timedelta(days=999_999_999)))
+        run(p.rollback())
+        (failed,) = exporter.get_finished_spans()
+        assert failed.status.status_code.name == "ERROR"
+        assert [e.name for e in failed.events] == ["exception"]
+        assert "out of range" in str(failed.events[0].attributes["exception.message"])
+    finally:
+        for close in p.closers:
+            run(close())
+
+
+def test_result_reads_through_any_sync_producer_and_wait_says_it_needs_psycopg2(
+        db_url: str, db: Any, add: Any) -> None:
+    import psycopg
+    from sqlalchemy import create_engine
+
+    task_id = add.enqueue(db, 1, b=2)
+    db.commit()
+    query(db, "UPDATE tasks SET status = 'done', return_value = '3' WHERE id = %s",
+          (task_id,))
+    db.commit()
+    engine = create_engine(driver_url(db_url, "psycopg"))
+    with psycopg.connect(db_url) as conn, engine.connect() as alchemy:
+        assert taskworker.result(conn, task_id) == 3
+        assert taskworker.result(conn.cursor(), task_id) == 3
+        assert taskworker.result(alchemy, task_id) == 3
+        conn.rollback()
+        with pytest.raises(TypeError, match="^wait\\(\\) needs a psycopg2 connection"):
+            taskworker.wait(conn, task_id, timeout=1)
+    engine.dispose()

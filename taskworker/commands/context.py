@@ -46,14 +46,19 @@ class CommandError(Exception):
         self.code = code
 
 
+# Settings an integration supplies beneath .env and the environment, as variables
+# (the Django one's, from its settings: taskworker/django/conf.py).
+defaults: dict[str, str] = {}
+
+
 def dotenv() -> dict[str, str]:
     """The variables .env (current folder) sets."""
     return {k: v for k, v in dotenv_values(Path.cwd() / ".env").items() if v is not None}
 
 
 def environment() -> dict[str, str]:
-    """.env (current folder) with the environment over it."""
-    return {**dotenv(), **os.environ}
+    """.env (current folder) with the environment over it (both over `defaults`)."""
+    return {**defaults, **dotenv(), **os.environ}
 
 
 def log_format(env: dict[str, str]) -> str:
@@ -71,7 +76,7 @@ def load_settings(overrides: dict[str, str | None] | None = None) -> Settings:
     `overrides` (the command's options); logging set up as they say. Refused
     settings end the command in one line, in JSON when LOG_FORMAT=json is valid."""
     env_file = dotenv()
-    env = {**env_file, **os.environ}
+    env = {**defaults, **env_file, **os.environ}
     try:
         settings = load(env, overrides or {})
     except SettingsError as exc:

@@ -21,9 +21,11 @@ converted once (store/paramstyles.py).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from ..store.database import AsyncDatabase, Database, Direct, Steps, T
+from ..store.database import AsyncDatabase, Database, Direct, Row, Steps, T
+
+D = TypeVar("D")
 
 LIBRARIES = ("psycopg2", "psycopg", "sqlalchemy", "django", "asyncpg")
 SYNC = ("a psycopg2 or psycopg 3 connection or cursor, an SQLAlchemy Connection or "
@@ -35,24 +37,78 @@ ASYNC = ("a psycopg 3 AsyncConnection or AsyncCursor, an SQLAlchemy AsyncConnect
 def run(conn: Any, steps: Steps[T]) -> T:
     """Run the enqueue API's `steps` on `conn`; their value. `conn` is looked at
     only if a statement is to be sent (the eager test mode sends none)."""
+    run = _Exchange(steps)
     try:
-        statement, params = next(steps)
-        db = database(conn)
-        while True:
-            statement, params = steps.send(db.query(statement, params))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        if run.step is not None:
+            db = run.call(database, conn)
+            while run.step is not None:
+                run.answer_with(db.query, *run.step)
+        return run.value  # type: ignore[return-value]
+    finally:
+        steps.close()
 
 
 async def run_async(conn: Any, steps: Steps[T]) -> T:
     """`run`, awaiting each statement on an asynchronous connection."""
+    run = _Exchange(steps)
     try:
-        statement, params = next(steps)
-        db = async_database(conn)
-        while True:
-            statement, params = steps.send(await db.query(statement, params))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        if run.step is not None:
+            db = run.call(async_database, conn)
+            while run.step is not None:
+                try:
+                    rows = await db.query(*run.step)
+                except BaseException as exc:
+                    run.fail(exc)
+                else:
+                    run.answer(rows)
+        return run.value  # type: ignore[return-value]
+    finally:
+        steps.close()
+
+
+class _Exchange(Generic[T]):
+    """The steps of one enqueue as a driver runs them: `step` is the statement
+    they wait on, None once they have returned `value`. An error of the
+    connection (or a refused connection) is thrown into them where they wait: a
+    `with` they hold across their statements (tracing's PRODUCER span) ends
+    there, seeing it, before it reaches the caller."""
+
+    __slots__ = ("steps", "step", "value")
+
+    def __init__(self, steps: Steps[T]) -> None:
+        self.steps = steps
+        self.step: tuple[str, dict[str, Any]] | None = None
+        self.value: T | None = None
+        self._move(next, steps)
+
+    def _move(self, move: Callable[..., tuple[str, dict[str, Any]]], arg: Any) -> None:
+        try:
+            self.step = move(arg)
+        except StopIteration as done:
+            self.step, self.value = None, done.value
+
+    def answer(self, rows: list[Row]) -> None:
+        self._move(self.steps.send, rows)
+
+    def fail(self, exc: BaseException) -> None:
+        """Throw `exc` into the steps (which raise it again, unless they catch it)."""
+        self._move(self.steps.throw, exc)
+
+    def answer_with(self, query: Callable[..., list[Row]], *args: Any) -> None:
+        try:
+            rows = query(*args)
+        except BaseException as exc:
+            self.fail(exc)
+        else:
+            self.answer(rows)
+
+    def call(self, fn: Callable[[Any], D], arg: Any) -> D:
+        """`fn(arg)`; an error it raises thrown into the steps, then raised."""
+        try:
+            return fn(arg)
+        except BaseException as exc:
+            self.fail(exc)
+            raise
 
 
 def library(conn: Any) -> str | None:

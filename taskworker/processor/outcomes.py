@@ -42,6 +42,7 @@ class Outcome:
     # The failure's exception, for the hooks only (hooks.py); dropped before the
     # outcome is handed over, so that no queue keeps the handler's frames alive.
     exception: BaseException | None = None
+    trace: dict[str, str] | None = None  # its span's trace_id and span_id (tracing.py)
 
     def write(self) -> OutcomeWrite:
         """The row update this outcome makes.
@@ -65,7 +66,11 @@ class Outcome:
 
 def fields(o: Outcome) -> dict[str, object]:
     """An outcome's fields for the log (LOG_FORMAT=json)."""
-    return {"task_id": o.task.id, "worker": o.worker or None, "attempt": o.task.attempt}
+    fields: dict[str, object] = {"task_id": o.task.id, "worker": o.worker or None,
+                                 "attempt": o.task.attempt}
+    if o.trace is not None:
+        fields.update(o.trace)
+    return fields
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from ..handlers import HandlerSettings, TaskContext, _running
 from ..logs import log, printable, seconds
 from ..settings import Settings
 from ..store.tasks import ClaimedTask
+from ..tracing import consumer
 from .bound import Bound, TransactionPool
 from .catalog import Catalog, Job
 from .dispatch import Dispatch
@@ -98,6 +99,9 @@ class Worker:
         self.transactions = TransactionPool(settings, settings.transaction_pool_size)
         self.written_apart = written_apart or outcome
         self.hooked = hooks.has_task_hooks()  # (registered by the modules serve imported)
+        # Each task in a CONSUMER span, with OpenTelemetry installed (tracing.py);
+        # None without it: nothing more per task.
+        self.tracing = consumer()
 
     def loop(self, n: int) -> None:
         """Worker number `n`: run tasks until the dispatch says stop."""
@@ -149,8 +153,11 @@ class Worker:
             took = time.monotonic() - started
             self.observe(took)
             if log.isEnabledFor(logging.INFO):  # (the arguments cost on a hot path)
+                fields = _fields(task, n)
+                if outcome.trace is not None:  # (its span's ids: tracing.py)
+                    fields.update(outcome.trace)
                 log.info("[Worker %d] Finished task ID: %d in %s", n, task.id,
-                         seconds(round(took, 3)), extra=_fields(task, n))
+                         seconds(round(took, 3)), extra=fields)
             try:
                 if scope is not None:
                     scope.run(self._outcome_hooks, task, n, outcome)
@@ -163,7 +170,13 @@ class Worker:
             task = outcome = scope = None  # an idle worker keeps no payload or result alive
 
     def run(self, task: ClaimedTask, n: int) -> Outcome:
-        """Run the task's function on it and say how it ended."""
+        """Run the task's function on it and say how it ended (in its span, when
+        traced)."""
+        if self.tracing is None:
+            return self._run(task, n)
+        return self.tracing.consume(task, n, self._run)
+
+    def _run(self, task: ClaimedTask, n: int) -> Outcome:
         job = self.catalog.job(task.name)
         if job is None:  # (the claim takes only names this process knows)
             log.warning("[Worker %d] Task ID: %d names task %r, unknown here; giving it back",

@@ -28,6 +28,7 @@ class Placement(NamedTuple):
     priority: int = 0
     run_at: datetime | None = None  # due at; or
     delay: timedelta | None = None  # due after this, from the database's now(); or now
+    trace: str | None = None  # the enqueue's trace context as JSON (tracing.py); None: untraced
 
 
 def enqueue(payloads: Sequence[str], placement: Placement,

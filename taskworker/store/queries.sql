@@ -65,8 +65,9 @@ status = 'in_progress',
 -- %(inline_bytes)s bytes: octet_length and pg_column_size read a stored value's
 -- size without loading it), attempts, rescues, payload size, task name, queue,
 -- the queue's share, cancel_requested_at IS NOT NULL, fence, unstarted_rescues
--- and format, in the order to run them (priority, due time, id); then the pairs
--- discovered.
+-- format and trace (the enqueue's trace context as JSON text, migration 014;
+-- NULL when it was not traced), in the order to run them (priority, due time,
+-- id); then the pairs discovered.
 WITH RECURSIVE found(queue, name) AS (
     (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
      ORDER BY queue, coalesce(task, '') LIMIT 1)
@@ -178,13 +179,15 @@ claimed AS (
               t.attempts, t.rescues,
               coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0) AS size,
               t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.unstarted_rescues, t.format, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.format, t.trace_context::text AS trace,
+              t.priority, t.run_at
 )
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        unstarted_rescues, format FROM claimed
+        unstarted_rescues, format, trace FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL, NULL FROM found;
+SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL, NULL, NULL
+FROM found;
 
 -- name: claim_shares
 -- The claim of a busy process whose kept pairs show every queue it serves holding
@@ -195,7 +198,7 @@ SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL, NULL F
 -- which a busy process sends hundreds of times a second.)
 WITH /* include shares_claimed */
 SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-       unstarted_rescues, format FROM claimed
+       unstarted_rescues, format, trace FROM claimed
 ORDER BY priority DESC, run_at, id;
 
 -- name: shares_claimed
@@ -226,7 +229,8 @@ claimed AS (
               t.attempts, t.rescues,
               coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0) AS size,
               t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.unstarted_rescues, t.format, t.priority, t.run_at
+              t.fence, t.unstarted_rescues, t.format, t.trace_context::text AS trace,
+              t.priority, t.run_at
 )
 
 -- name: claim_shares_completing
@@ -241,11 +245,11 @@ WITH /* include outcomes_given */,
 /* include outcomes_written */,
 /* include shares_claimed */
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        unstarted_rescues, format, NULL::text AS written
+        unstarted_rescues, format, trace, NULL::text AS written
  FROM claimed
  ORDER BY priority DESC, run_at, id)
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, NULL, written
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, NULL, NULL, written
 FROM (/* include outcome_states */) AS states;
 
 -- name: ordered_plans
@@ -284,7 +288,7 @@ RETURNING t.id,
           t.attempts, t.rescues,
           coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0),
           t.task, t.queue, 1, t.cancel_requested_at IS NOT NULL, t.fence,
-          t.unstarted_rescues, t.format;
+          t.unstarted_rescues, t.format, t.trace_context::text;
 
 -- name: ensure_slots
 -- One slot row per allowed run of each limited task name (%(tasks)s, with
@@ -624,12 +628,14 @@ LIMIT 1;
 -- or of %(arguments)s (JSON calls, format 2; the other array is NULL), in the
 -- array's order (ids increase in that order); all due at %(run_at)s, or now() +
 -- %(delay)s, or now(); all of task %(task)s (NULL: the default handler), in
--- queue %(queue)s, at %(priority)s. (Cast: a driver that binds on the server,
--- asyncpg, would take an untyped parameter in a select list for text.)
-INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority)
+-- queue %(queue)s, at %(priority)s; %(trace)s: the enqueue's trace context
+-- (JSON text, NULL when not traced: migration 014). (Cast: a driver that binds
+-- on the server, asyncpg, would take an untyped parameter in a select list for
+-- text.)
+INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, trace_context)
 SELECT p.payload, p.arguments::jsonb, CASE WHEN p.arguments IS NULL THEN 1 ELSE 2 END,
        coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
-       %(task)s, %(queue)s, %(priority)s::integer
+       %(task)s, %(queue)s, %(priority)s::integer, %(trace)s::jsonb
 FROM unnest(%(payloads)s::text[], %(arguments)s::text[]) WITH ORDINALITY
      AS p(payload, arguments, n)
 ORDER BY p.n
@@ -642,11 +648,13 @@ RETURNING id;
 -- inserted by a transaction not yet committed makes this statement wait for it.
 -- DO NOTHING locks no row: DO UPDATE ... RETURNING would lock the live task's
 -- row until the caller's commit, stalling its completer and heartbeat.
--- %(arguments)s: a JSON call (format 2), or NULL beside a text %(payload)s.
-INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, unique_key)
+-- %(arguments)s: a JSON call (format 2), or NULL beside a text %(payload)s;
+-- %(trace)s: as in enqueue.
+INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, unique_key,
+                   trace_context)
 VALUES (%(payload)s, %(arguments)s::jsonb, CASE WHEN %(arguments)s IS NULL THEN 1 ELSE 2 END,
         coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
-        %(task)s, %(queue)s, %(priority)s, %(unique_key)s)
+        %(task)s, %(queue)s, %(priority)s, %(unique_key)s, %(trace)s::jsonb)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'in_progress')
 DO NOTHING
 RETURNING id;

@@ -41,6 +41,7 @@ class ClaimedTask(NamedTuple):
     fence: int = 0  # the fencing token of this hold (tasks.fence, raised by each claim)
     unstarted_rescues: int = 0  # times it was lost before it started (see migration 011)
     format: int = 1  # 1: `payload` is the text payload; 2: it is the JSON call (migration 012)
+    trace: str | None = None  # the enqueue's trace context, JSON (migration 014); None: untraced
 
     @property
     def losses(self) -> int:
@@ -107,8 +108,8 @@ _CLAIM_TYPES = {
     "queues": "text[]", "names": "text[]", "limited": "text[]", "capped": "text[]",
     "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]"}
 # Prepared once per direct connection (see prepared.py), behind the planner settings.
-CLAIM = Prepared("taskworker_claim_v10", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
-CLAIM_SHARES = Prepared("taskworker_claim_shares_v10", sql.claim_shares,
+CLAIM = Prepared("taskworker_claim_v11", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM_SHARES = Prepared("taskworker_claim_shares_v11", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
     "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
@@ -119,13 +120,13 @@ _COMPLETE_TYPES = {
 # slower for a batch of hundreds than the hash join planned for the real count.
 _COMPLETING_TYPES = {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}
 CLAIM_SHARES_COMPLETING = Prepared(
-    "taskworker_claim_shares_completing_v5", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_v6", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n", generic=False)
 # For a few outcomes the nested loop is the plan anyway: planned once, it saves
 # the planning (a seventh of the statement's time with 20 outcomes).
 FEW_OUTCOMES = 32
 CLAIM_SHARES_COMPLETING_FEW = Prepared(
-    "taskworker_claim_shares_completing_few_v5", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_few_v6", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
@@ -186,9 +187,9 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
     found = db.query(statement, {
         **_shares_params(holder, lease, names, shared, inline_bytes),
         **outcome_arrays(writes)}, resend_on_timeout=False)
-    return Claim(_claimed([row for row in found if row[12] is None], inline_bytes), None,
-                 {(row[0], row[9]): row[12] for row in found
-                  if row[12] is not None and row[12] != "fenced"})
+    return Claim(_claimed([row for row in found if row[13] is None], inline_bytes), None,
+                 {(row[0], row[9]): row[13] for row in found
+                  if row[13] is not None and row[13] != "fenced"})
 
 
 def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str, int],
@@ -200,7 +201,7 @@ def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str
 
 def _claimed(found: list[tuple], inline_bytes: int) -> list[Claimed]:
     return [Claimed(ClaimedTask(row[0], row[1], row[2], row[3], row[5], row[6], row[8], row[9],
-                                row[10], row[11]),
+                                row[10], row[11], row[12]),
                     row[4], row[4] <= inline_bytes, row[7])
             for row in found if row[0] is not None]  # (in the order to run them)
 

@@ -1,0 +1,7 @@
+from django.db import models
+
+
+class Order(models.Model):
+    total = models.DecimalField(max_digits=10, decimal_places=2)
+    shipped_at = models.DateTimeField(null=True)
+    touched = models.IntegerField(default=0)

@@ -1,0 +1,210 @@
+"""OpenTelemetry traces across the queue, when OpenTelemetry is installed
+(`pip install 'taskworker[otel]'`).
+
+    enqueue (any process)                       serve (a worker)
+    PRODUCER span `enqueue send_email`  ──row──▶ CONSUMER span `send_email`
+      its context -> tasks.trace_context          parent: that context
+
+An enqueue opens a PRODUCER span and stores its context on the row it inserts
+(`trace_context`, migration 014, as the global propagator writes it: W3C
+`traceparent` by default). The worker runs the task's function inside a
+CONSUMER span named after the task whose parent is that context, with the
+task's id, queue, attempt and outcome as attributes and the failure recorded as
+an exception event. A task enqueued by a running task is enqueued inside its
+CONSUMER span: follow-ups share the trace. While the span is current, the JSON
+log lines of the task (and the handler's own) carry `trace_id` and `span_id`;
+the lines written after it ended (`processed with status`) carry the ids the
+outcome kept.
+
+Spans go wherever the application's tracer provider sends them: configure the
+SDK in a module `serve` imports (TASK_MODULES), or run under
+`opentelemetry-instrument`. Without OpenTelemetry installed this module imports
+nothing of it: `enabled()` is false, an enqueue leaves `trace_context` NULL, and
+a worker has no tracer, so it does nothing more per task than before.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .processor.outcomes import Outcome
+    from .store.admin import Placement
+    from .store.tasks import ClaimedTask
+
+SYSTEM = "taskworker"  # messaging.system
+DEFAULT_NAME = "taskworker.default"  # the span name of a task without a name (TASK_HANDLER)
+
+_enabled: bool | None = None  # decided on first use (see enabled)
+
+
+def enabled() -> bool:
+    """Is OpenTelemetry's API installed? Decided once per process, without
+    importing it when it is not there (a namespace package found without its
+    `trace` module counts as not installed)."""
+    global _enabled
+    if _enabled is None:
+        _enabled = False
+        try:
+            if importlib.util.find_spec("opentelemetry") is not None:
+                import opentelemetry.propagate  # noqa: F401
+                import opentelemetry.trace  # noqa: F401
+
+                _enabled = True
+        except (ImportError, ValueError):  # (ValueError: sys.modules holds a None)
+            pass
+    return _enabled
+
+
+def _tracer() -> Any:
+    from opentelemetry import trace
+
+    return trace.get_tracer("taskworker", __version__)
+
+
+class Producing:
+    """One enqueue's span: `placement` carries its context to the row; `sent`
+    names the tasks inserted."""
+
+    def __init__(self, placement: Placement, span: Any = None) -> None:
+        self.placement = placement
+        self.span = span
+
+    def sent(self, ids: Sequence[int]) -> None:
+        if self.span is not None and ids:
+            if len(ids) == 1:
+                self.span.set_attribute("messaging.message.id", str(ids[0]))
+            else:
+                self.span.set_attribute("messaging.batch.message_count", len(ids))
+
+
+@contextmanager
+def _producing(placement: Placement) -> Iterator[Producing]:
+    from opentelemetry import propagate, trace
+
+    name = placement.task or DEFAULT_NAME
+    with _tracer().start_as_current_span(
+            f"enqueue {name}", kind=trace.SpanKind.PRODUCER,
+            attributes={"messaging.system": SYSTEM, "messaging.operation.type": "send",
+                        "messaging.destination.name": placement.queue,
+                        "taskworker.task.name": name}) as span:
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        trace_context = json.dumps(carrier, separators=(",", ":")) if carrier else None
+        yield Producing(placement._replace(trace=trace_context), span)
+
+
+class _Untraced:
+    """What `producing` gives without OpenTelemetry: the placement as it is."""
+
+    def __init__(self, placement: Placement) -> None:
+        self.produced = Producing(placement)
+
+    def __enter__(self) -> Producing:
+        return self.produced
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def producing(placement: Placement) -> Any:
+    """A context manager around an enqueue's inserts: a PRODUCER span (with
+    OpenTelemetry) whose context the yielded `Producing.placement` carries to
+    the rows; without OpenTelemetry, the placement unchanged."""
+    if not enabled():
+        return _Untraced(placement)
+    return _producing(placement)
+
+
+def consumer() -> Consumer | None:
+    """What a worker runs its tasks through (None without OpenTelemetry: the
+    worker then runs them as before, with nothing added)."""
+    if not enabled():
+        return None
+    from . import logs
+
+    logs.span_fields = current_ids
+    return Consumer()
+
+
+class Consumer:
+    """Runs each task in a CONSUMER span, child of its enqueue's context."""
+
+    def __init__(self) -> None:
+        from opentelemetry import propagate, trace
+
+        self.tracer = _tracer()
+        self.kind = trace.SpanKind.CONSUMER
+        self.extract = propagate.extract
+        self.status, self.error = trace.Status, trace.StatusCode.ERROR
+
+    def consume(self, task: ClaimedTask, n: int,
+                run: Callable[[ClaimedTask, int], Outcome]) -> Outcome:
+        """`run(task, n)` inside the task's span; its outcome, which keeps the
+        span's ids for the lines logged after the span ended."""
+        parent = None
+        if task.trace is not None:
+            try:
+                parent = self.extract(json.loads(task.trace))
+            except ValueError:  # (written by hand, say): a root span instead
+                parent = None
+        with self.tracer.start_as_current_span(
+                task.name or DEFAULT_NAME, context=parent, kind=self.kind,
+                attributes={"messaging.system": SYSTEM, "messaging.operation.type": "process",
+                            "messaging.destination.name": task.queue,
+                            "messaging.message.id": str(task.id),
+                            "taskworker.task.id": task.id,
+                            "taskworker.task.name": task.name or DEFAULT_NAME,
+                            "taskworker.queue": task.queue,
+                            "taskworker.attempt": task.attempt,
+                            "taskworker.worker": n}) as span:
+            outcome = run(task, n)
+            span.set_attribute("taskworker.outcome", outcome.kind)
+            if outcome.error is not None and outcome.kind in ("error", "retry"):
+                span.add_event("exception", exception_attributes(outcome.error,
+                                                                 outcome.traceback))
+                if outcome.kind == "error":
+                    span.set_status(self.status(self.error, outcome.error[:1000]))
+            outcome.trace = ids_of(span)
+            return outcome
+
+
+def exception_attributes(error: str, traceback: str | None) -> dict[str, str]:
+    """The attributes of an `exception` event (as Span.record_exception writes
+    them) from a stored failure: `Type: message` and its traceback, whose last
+    line names the exception's class with its module (`myapp.tasks.Refused:
+    ...`; a builtin's without one)."""
+    from .results import exception_type
+
+    message = error.partition(": ")[2]
+    attributes = {"exception.type": exception_type(error, traceback),
+                  "exception.message": message or error}
+    if traceback:
+        attributes["exception.stacktrace"] = traceback
+    return attributes
+
+
+def ids_of(span: Any) -> dict[str, str] | None:
+    """A span's trace and span ids as the log lines carry them (hex), or None
+    for a span that records nothing (no SDK configured)."""
+    from opentelemetry.trace import format_span_id, format_trace_id
+
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return {"trace_id": format_trace_id(context.trace_id),
+            "span_id": format_span_id(context.span_id)}
+
+
+def current_ids() -> Mapping[str, str] | None:
+    """The current span's ids (see ids_of): what a log line written inside a
+    task's span carries (logs.JsonFormatter)."""
+    from opentelemetry import trace
+
+    return ids_of(trace.get_current_span())
+

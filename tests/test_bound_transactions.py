@@ -204,7 +204,7 @@ def test_a_restart_of_postgresql_in_the_middle_leaves_each_effect_once(
             wait_finished(db, 90, [p])
             stop_all([p], signal.SIGINT)
             assert_exactly_once(db, ids)
-            assert max(written_by(marks).values()) == 2  # each ran again after the restart
+            assert min(written_by(marks).values()) >= 2  # each ran again after the restart
         finally:
             db.close()
 

@@ -169,7 +169,41 @@ def test_serve_with_dashboard_serves_the_overview(db_url: str, db: Any, serve: A
     live = wait_until(lambda: (r := c.get("/overview/live")).status == 200
                       and 'id="processes"' in r.body and "counted" in r.text and r, 20,
                       "the overview to show the serve process", [p])
-    assert re.search(r'<td class="num">\d+</td>', live.body)
+    assert re.search(r'<td class="num"[^>]*>\d+</td>', live.body)
     wait_until(lambda: statuses(db, [1, 2]) == ["done", "done"], 20, "the tasks to run", [p])
     p.signal(2)
     assert p.wait(30) == 0, p.output()
+
+
+def test_a_deleted_task_lands_on_the_list_and_bulk_confirmations_count(
+        db_url: str, db: Any, tmp_path: Path) -> None:
+    """Issue 25 item 9: deleting one task goes to the list with the message (its own
+    page is a 404 now); a bulk confirmation says how many tasks it would change,
+    and the unfiltered delete says it means every finished task."""
+    ticks = add(db, 30, status="done", task="tick")
+    add(db, 2, task="tick")  # pending: never deleted, not counted
+    add(db, 4, status="error", task="tick", error="boom")
+    add(db, 1, status="cancelled", queue="emails")
+    with running_dashboard(db_url, tmp_path) as d:
+        c = d.client()
+        done = c.confirm(f"/actions/delete?id={ticks[0]}")
+        assert done.status == 303 and done.headers["location"] == "/tasks", done
+        landed = c.get(done.headers["location"])
+        assert landed.status == 200 and f"deleted task {ticks[0]}" in landed.text
+
+        def asks(path: str) -> str:
+            reply = c.get(path)
+            assert reply.status == 200, reply
+            found = re.search(r'<h1 id="question">(.*?)</h1>', reply.body)
+            assert found, reply.body
+            return found.group(1).replace("&#39;", "'")
+
+        assert asks("/actions/delete?task=tick&status=done") == (
+            "Delete 29 tasks done named 'tick'?")
+        assert asks("/actions/delete?task=tick") == "Delete 33 finished tasks named 'tick'?"
+        assert asks("/actions/retry?task=tick") == "Retry 4 tasks in error named 'tick'?"
+        assert asks("/actions/retry?q=boom") == "Retry 4 tasks in error containing 'boom'?"
+        assert asks("/actions/delete?queue=emails&q=xyz") == (
+            "Delete 0 finished tasks in queue 'emails' containing 'xyz'?")
+        assert asks("/actions/delete") == (
+            "Delete every finished task (34: done, in error or cancelled)?")

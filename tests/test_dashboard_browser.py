@@ -8,6 +8,8 @@ page runs nothing. Screenshots of every page go to tests/artifacts/.
 """
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,4 +204,106 @@ def test_a_hostile_payload_and_error_run_nothing(browse: Any, db_url: str, db: A
         assert page.inner_text("#field-error") == error
         assert page.inner_text("#field-result") == result
         screenshot(page, "hostile-task")
+        assert page.problems == [], page.problems
+
+
+# The geometry of every page, measured in the page: the document's width, every
+# table wider than its box (a sideways scroller), and the task list's rows.
+MEASURE = """() => {
+  const box = e => e.getBoundingClientRect();
+  const rows = [...document.querySelectorAll('#task-list tbody tr')];
+  const updated = [...document.querySelectorAll('#task-list td.col-updated')];
+  const main = box(document.querySelector('main'));
+  return {
+    width: document.documentElement.scrollWidth,
+    scrolling: [...document.querySelectorAll('table')]
+      .filter(t => t.parentElement.scrollWidth > t.parentElement.clientWidth + 1)
+      .map(t => t.id || t.className),
+    tallest: Math.max(0, ...rows.map(r => box(r).height)),
+    updatedOutside: updated.filter(td => box(td).right > main.right + 1
+                                         || td.scrollWidth > td.clientWidth).length,
+    updatedLines: Math.max(0, ...updated.map(td => {  // line boxes of its text
+      const range = document.createRange();
+      range.selectNodeContents(td);
+      return new Set([...range.getClientRects()].map(r => Math.round(r.top))).size;
+    })),
+  };
+}"""
+LONG = "charge customer 42 for 99.50 EUR " * 150  # 4,950 characters, with spaces
+UNBROKEN = "x" * 3000  # no place to break a line
+
+
+def test_long_values_keep_the_pages_inside_the_screen(browse: Any, db_url: str, db: Any,
+                                                      tmp_path: Path) -> None:
+    """Issue 25 item 8: long payloads, errors and names are cut short in the list
+    (whole on the task page), rows stay one line high (at most 48 px at 1280 px),
+    no page is wider than the screen at 1280 or 390 px and no table scrolls
+    sideways; dates have one format, statuses one spelling, the status cards no
+    coloured corner. Deleting a task lands on the list (item 9)."""
+    name = "billing.charge_customer_" + "n" * 80
+    query(db, "INSERT INTO tasks (payload, status, error, queue, task, attempts) "
+              "SELECT CASE WHEN i %% 2 = 0 THEN %s ELSE %s END, "
+              "(ARRAY['done', 'error', 'pending'])[1 + i %% 3], "
+              "CASE WHEN i %% 3 = 1 THEN 'CardDeclined: ' || %s END, "
+              "'payments-' || repeat('q', 40), %s, 1 FROM generate_series(1, 60) AS i",
+          (LONG, UNBROKEN, LONG, name))
+    [running] = query(db, "INSERT INTO tasks (payload, status, locked_by, locked_until, "
+                          "started_at, cancel_requested_at) VALUES (%s, 'in_progress', "
+                          "'web-1:100:aaaa1111', now() + interval '1 hour', now(), now()) "
+                          "RETURNING id", (LONG,))[0]
+    [done] = query(db, "SELECT max(id) FROM tasks WHERE status = 'done'")[0]
+    query(db, "INSERT INTO taskworker_processes (holder, host, pid, queues, tasks, "
+              "default_handler, lease_seconds, started_at, seen_at, schedules) VALUES "
+              "('web-1:100:aaaa1111', 'web-1', 100, %s, %s, true, 600, now(), now(), "
+              "%s::jsonb)", (["default", "payments-" + "q" * 40], [name],
+                             json.dumps({name: "cron */5 * * * *"})))
+    query(db, "INSERT INTO taskworker_ticks (task, tick, task_id) VALUES "
+              "(%s, date_trunc('hour', now()), %s)", (name, done))
+    with running_dashboard(db_url, tmp_path) as d:
+        base = f"http://127.0.0.1:{d.port}"
+        for viewport, suffix in ((LAPTOP, ""), (PHONE, "-phone")):
+            page = browse(viewport)
+            for path, shot in (("/", "overview"), ("/tasks", "tasks"),
+                               (f"/tasks/{running}", "task"), ("/schedules", "schedules"),
+                               ("/actions/delete?task=" + name, "confirm")):
+                page.goto(base + path)
+                if path == "/":
+                    page.wait_for_selector("#counted:has-text('ago')")
+                screenshot(page, f"long-{shot}{suffix}")
+                got = page.evaluate(MEASURE)
+                assert got["width"] <= viewport["width"], (path, viewport, got)
+                assert got["scrolling"] == [], (path, viewport, got)
+                if path == "/tasks":
+                    assert page.locator("#task-list tbody tr").count() == 50
+                    assert got["updatedOutside"] == 0 and got["updatedLines"] == 1, got
+                    if viewport is LAPTOP:
+                        assert got["tallest"] <= 48, got
+                    for column in ("id", "status", "task", "payload", "updated"):
+                        cell = page.locator(f"#task-list tr[data-id='{running}'] "
+                                            f"td.col-{column}")
+                        assert cell.is_visible(), (column, viewport)
+                text = page.inner_text("main")
+                assert "in_progress" not in text and "in progress" not in text, path
+                # One date format: 2026-12-06 22:18:30 UTC, nothing ISO or +0000.
+                assert not re.search(r"\dT\d|\+0000|\d:\d\dZ", text), (path, text)
+            assert page.problems == [], page.problems
+        page = browse()
+        page.goto(base + "/")
+        page.wait_for_selector("#counted:has-text('ago')")
+        # No coloured sliver in a status card's corners: nothing coloured behind or
+        # beside its rounded box (its colour is the dot before its name).
+        cards = page.evaluate("""() => [...document.querySelectorAll('.count')].map(li => {
+            const a = getComputedStyle(li.querySelector('a'));
+            return [getComputedStyle(li).backgroundColor, a.borderLeftColor === a.borderTopColor
+                    && a.borderLeftWidth === a.borderTopWidth]})""")
+        assert len(cards) == 6 and all(bg == "rgba(0, 0, 0, 0)" and even for bg, even in cards), \
+            cards
+        page.goto(f"{base}/tasks/{done}")
+        dates = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", page.inner_text("main"))
+        assert len(dates) >= 3, dates
+        page.click("#delete-task")
+        page.click("#confirm")
+        page.wait_for_selector("#flash")
+        assert page.url == f"{base}/tasks" and f"deleted task {done}" in page.inner_text(
+            "#flash")
         assert page.problems == [], page.problems

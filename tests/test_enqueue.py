@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-import enqueue_tasks_for_tests
 import psycopg2
 import pytest
 from invariants import TESTS_DIR, query
@@ -208,7 +207,11 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The enqueue_tasks_for_tests module imported, its tasks registered in this
     process (into a copy of the registry, put back afterwards)."""
     monkeypatch.setattr(registry, "_registry", registry.registered())
-    return importlib.reload(enqueue_tasks_for_tests)  # registers into the copy
+    # Imported here, not at the top: an import registers its tasks, and the
+    # process's registry would then refuse other tests' unregistered names.
+    if "enqueue_tasks_for_tests" in sys.modules:
+        return importlib.reload(sys.modules["enqueue_tasks_for_tests"])  # into the copy
+    return importlib.import_module("enqueue_tasks_for_tests")
 
 
 def placed(db: Any, task_id: int) -> tuple[Any, ...]:

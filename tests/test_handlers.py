@@ -137,15 +137,19 @@ def test_handler_path_must_look_like_module_colon_function(db_url: str) -> None:
 
 
 def test_the_readmes_handler_as_the_readme_runs_it(db_url: str, db: Any, tmp_path: Path) -> None:
-    """The tour's two shell blocks, run as they stand in the README: the first
+    """The tour's step 7, run as it stands in the README: the first shell block
     writes myapp/tasks.py into the current folder, the second starts the
-    `taskworker` console script with TASK_HANDLER naming it. No PYTHONPATH: the
-    console script must find myapp in the current folder by itself."""
+    `taskworker` console script with --tasks naming it (no PYTHONPATH: the
+    console script must find myapp in the current folder by itself), and the
+    Python block enqueues a call and waits for it, printing what the README
+    shows."""
     text = README.read_text()
     write = re.search(r"```sh\n(mkdir -p myapp && cat > myapp/tasks\.py <<'EOF'\n.*?\nEOF)\n```",
                       text, re.S)
-    run = re.search(r"```sh\n(TASK_HANDLER=myapp\.tasks:shout taskworker serve)\n```", text)
-    assert write and run, "the README's handler example changed: update this test"
+    run = re.search(r"```sh\n(taskworker serve --tasks myapp\.tasks)\n```", text)
+    call = re.search(r"```sh\npython - <<'EOF'\n(import [^`]*?from myapp\.tasks import .*?)\n"
+                     r"EOF\n```\n\n```\n(.*?)\n```", text, re.S)
+    assert write and run and call, "the README's task example changed: update this test"
     bindir = Path(sys.executable).parent
     if not (bindir / "taskworker").exists():
         pytest.skip(f"taskworker is not installed as a console script in {bindir}")
@@ -155,12 +159,17 @@ def test_the_readmes_handler_as_the_readme_runs_it(db_url: str, db: Any, tmp_pat
     env.update(DATABASE_URL=db_url, PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
                FETCH_INTERVAL="0.2", PYTHONUNBUFFERED="1")
     subprocess.run(["bash", "-c", write.group(1)], cwd=app, env=env, check=True)
-    [task_id] = insert_tasks(db, ["hello"])
     p = ServeProcess([], env, str(app), str(tmp_path / "serve.log"),
                      command=["bash", "-c", run.group(1)])  # bash execs the one command
     try:
-        out = run_until_finished(p, [task_id])
+        p.wait_for("Starting worker 1")
+        code = call.group(1).replace("postgres://postgres@127.0.0.1:5432/taskprocessor",
+                                     db_url)  # (the tour's database: the test's here)
+        done = subprocess.run([sys.executable, "-c", code], cwd=app,
+                              env={**env, "PYTHONPATH": str(app)}, capture_output=True,
+                              text=True, timeout=60, check=False)
     finally:
         p.kill()
-    assert "ModuleNotFoundError" not in out
-    assert rows(db) == {task_id: ("done", "HELLO (attempt 1)", None, 1)}
+    assert done.returncode == 0, done.stderr + p.output()
+    assert done.stdout.strip() == call.group(2).strip()
+    assert "ModuleNotFoundError" not in p.output()

@@ -197,7 +197,7 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
             "holder": "host:1:abcd", "ids": ids, "fences": [1] * 100,
             "statuses": ["done"] * 100, "results": ["x"] * 100,
             "errors": [None] * 100, "delays": [None] * 100, "given_back": [False] * 100,
-            "losses": [0] * 100}),
+            "losses": [0] * 100, "tracebacks": [None] * 100}),
     ]
     with db.cursor() as cur:
         for name, query_name, params in statements:

@@ -73,10 +73,34 @@ def test_status_json(db_url: str, busy_queue: dict[str, Any]) -> None:
         ("host-a:101:abcd1234", 2), ("host-b:202:ffff0000", 1)]
     assert snap["holders"][1]["lease_left_seconds"] < 0 < snap["holders"][0]["lease_left_seconds"]
     assert snap["top_errors"] == [
-        {"error": "ValueError: bad input", "tasks": 3},
-        {"error": "TimeoutError: slow", "tasks": 1},
-        {"error": "abandoned: worker lost 4 times", "tasks": 1},
+        {"error": "ValueError: bad input", "tasks": 3, "messages": 1},
+        {"error": "TimeoutError: slow", "tasks": 1, "messages": 1},
+        {"error": "abandoned: worker lost 4 times", "tasks": 1, "messages": 1},
     ]
+
+
+def test_errors_alike_are_one_row_with_an_example(db_url: str, db: Any) -> None:
+    """ERRORS groups by exception type and message shape (issue 25 item 12):
+    messages that differ only in numbers, ids or quoted values are one row."""
+    for error in ["CardDeclined: card declined for customer-17",
+                  "CardDeclined: card declined for customer-4242",
+                  "CardDeclined: card declined for customer-9",
+                  "KeyError: 'user_9'", "KeyError: 'ann'",
+                  "LookupError: order 3f2a9c1d-0b1e-4c4e-9a0d-0123456789ab not found",
+                  "LookupError: order 0badf00d-aaaa-4bbb-8ccc-0123456789ab not found",
+                  "ValueError: card declined for customer-1"]:  # another type: its own row
+        add_task(db, status="error", error=error)
+    code, out, err = cli(db_url, "status")
+    assert code == 0, err
+    rows = [re.split(r"\s{2,}", line) for line in out[out.index("ERRORS"):].splitlines()]
+    assert rows[1:6] == [
+        ["CardDeclined: card declined for customer-17", "3", "3 messages alike"],
+        ["KeyError: 'ann'", "2", "2 messages alike"],
+        ["LookupError: order 0badf00d-aaaa-4bbb-8ccc-0123456789ab not found", "2",
+         "2 messages alike"],
+        ["ValueError: card declined for customer-1", "1"],
+        ["(alike: the same exception type, the messages differ only in numbers, ids or "
+         "quoted values; one example shown)"]], out
 
 
 def test_status_of_an_empty_queue(db_url: str) -> None:

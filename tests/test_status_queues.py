@@ -271,6 +271,34 @@ def test_metrics_by_queue_and_name(db_url: str, db: Any, serve: ServeFactory) ->
     assert p.wait() == 0, p.output()
 
 
+def test_a_queue_that_empties_reads_zero_instead_of_vanishing(
+        db_url: str, db: Any, serve: ServeFactory) -> None:
+    """A serve of every queue exports a queue it has seen at 0 once it drains
+    (issue 25 item 12: an alert on it must not go absent)."""
+    task_id = add_task(db, queue="emails")
+    conn = psycopg2.connect(db_url)
+    try:
+        with conn.cursor() as cur:  # held: the sample sees it pending, no claim takes it
+            cur.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE", (task_id,))
+        port = free_port()
+        p = serve(db_url, env={**FAST, "METRICS_PORT": str(port)})
+        p.wait_for(rf"Serving metrics on http://127\.0\.0\.1:{port}/metrics$")
+
+        def emails() -> float | None:
+            return scrape(port).get(("taskworker_tasks_by_queue",
+                                     (("queue", "emails"), ("state", "pending"))))
+
+        wait_until(lambda: emails() == 1, 15, "queue emails exported with 1 pending", [p])
+    finally:
+        conn.rollback()
+        conn.close()
+    wait_until(lambda: query(db, "SELECT status = 'done' FROM tasks WHERE id = %s",
+                             (task_id,))[0][0], 15, "the task to run", [p])
+    wait_until(lambda: emails() == 0, 15, "queue emails exported at 0 once drained", [p])
+    p.signal(signal.SIGINT)
+    assert p.wait() == 0, p.output()
+
+
 def plan_scans(db: Any, statement: str) -> list[tuple[str, str | None]]:
     """The scans of tasks in the plan of `statement`: (node type, index)."""
     def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:

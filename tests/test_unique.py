@@ -54,7 +54,8 @@ def test_twenty_concurrent_enqueuers_insert_one_task(db_url: str, db: Any) -> No
         try:
             start.wait(timeout=30)
             done = client.enqueue_unique(conn, f"from enqueuer {n}", "invoice-42",
-                                         task="invoice", queue="billing")
+                                         task="invoice", queue="billing",
+                                         force=True)  # (registered by no module here)
             if done.inserted:
                 # Commit late: the others' inserts meet a row not committed yet, and
                 # must wait for it rather than insert beside it. Commit once they all do.

@@ -55,7 +55,9 @@ def status(as_json: bool, watch: str | None) -> None:
     HOLDER   claimed and running tasks per process (locked_by =
              host:pid:random) and the time left on its soonest lease
              ("expired": it stopped renewing)
-    ERRORS   the 5 most frequent error texts among tasks in error
+    ERRORS   the 5 most frequent kinds of error among tasks in error: one
+             example each; errors of the same exception type whose messages
+             differ only in numbers, ids or quoted values are one kind
     """
     interval = None if watch is None else duration("--watch", watch)
     if interval is not None and interval <= 0:
@@ -95,7 +97,8 @@ def snapshot(conn: PgConnection) -> dict[str, Any]:
                      "lease_left_seconds": None if h.lease_left_seconds is None
                      else round(h.lease_left_seconds, 3)}
                     for h in holders],
-        "top_errors": [{"error": e.error, "tasks": e.tasks} for e in errors],
+        "top_errors": [{"error": e.error, "tasks": e.tasks, "messages": e.messages}
+                       for e in errors],
         **serving,
     }
 
@@ -130,9 +133,14 @@ def render(snap: dict[str, Any]) -> str:
         lines.append("No task is running.")
     lines.append("")
     if snap["top_errors"]:
-        errors = [(f"ERRORS (top {TOP_ERRORS})", "TASKS")]
-        errors += [(text.one_line(e["error"], 72), str(e["tasks"])) for e in snap["top_errors"]]
+        errors = [(f"ERRORS (top {TOP_ERRORS})", "TASKS", "")]
+        errors += [(text.one_line(e["error"], 72), str(e["tasks"]),
+                    f"{e['messages']} messages alike" if e["messages"] > 1 else "")
+                   for e in snap["top_errors"]]
         lines += text.table(errors, right=frozenset({1}))
+        if any(e["messages"] > 1 for e in snap["top_errors"]):
+            lines.append("(alike: the same exception type, the messages differ only in "
+                         "numbers, ids or quoted values; one example shown)")
     else:
         lines.append("No task has ended in error.")
     return "\n".join(lines)

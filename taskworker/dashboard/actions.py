@@ -1,6 +1,8 @@
 """The actions: retry, cancel, delete. Each is a confirmation page (GET) whose
 form POSTs; the POST acts, logs who did what, and redirects (303) back with a
-message saying what was done.
+message saying what was done (a task deleted has no page left: to the list).
+A bulk action's confirmation says how many tasks it would change (counted up to
+COUNT_CAP), and the unfiltered delete that it means every finished task.
 
 They have the admin commands' semantics, through the same store functions:
 retry puts tasks in error back to pending as if new and skips a task whose
@@ -26,6 +28,12 @@ if TYPE_CHECKING:
 
 BATCH = 1000  # tasks per statement of an action on a filter
 FINISHED = ("done", "error", "cancelled")
+COUNT_CAP = 10_000  # a bulk confirmation counts the tasks it would change up to this
+# The tasks a bulk action changes, by the filter's status (None: every finished one),
+# singular and plural, as its confirmation names them.
+NOUNS = {None: ("finished task", "finished tasks"), "done": ("task done", "tasks done"),
+         "error": ("task in error", "tasks in error"),
+         "cancelled": ("cancelled task", "cancelled tasks")}
 
 
 class Target(NamedTuple):
@@ -44,6 +52,19 @@ class Target(NamedTuple):
         if f.task is not None:
             parts.append("without a name" if f.task == "" else f"named {f.task!r}")
         return "every task matching " + ", ".join(parts) if parts else "every task"
+
+    def restrictions(self) -> str:
+        """The filter but its status, as words after a noun: " named 'tick' in
+        queue 'emails' containing 'SMTP'" ("" without one)."""
+        f = self.filter
+        words = []
+        if f.task is not None:
+            words.append("without a name" if f.task == "" else f"named {f.task!r}")
+        if f.queue:
+            words.append(f"in queue {f.queue!r}")
+        if f.text:
+            words.append(f"containing {f.text!r}")
+        return "".join(" " + w for w in words)
 
     def back(self) -> str:
         """Where the browser goes after the action."""
@@ -88,15 +109,30 @@ def confirm(app: Dashboard, request: Request, action: str) -> Response:
         return app.page(request, "missing.html", status=404, what=f"task {exc}")
     if t is None:
         return app.page(request, "missing.html", status=400, what="what to act on")
-    what = t.describe()
-    if action == "retry" and t.id is None:
-        what = what.replace("every task matching", "every task in error matching", 1)
-    if action == "delete" and t.id is None and t.filter.status is None:
-        what += " that is done, in error or cancelled"
+    count = None
+    if t.id is None:
+        with app.pool.connection() as db:
+            count = store.count_matching(db, t.filter, action == "delete", COUNT_CAP + 1)
     fields = filter_query(t.listed) if t.id is None else {"id": t.id}
-    return app.page(request, "confirm.html", action=action, verb=VERBS[action], what=what,
+    return app.page(request, "confirm.html", action=action, verb=VERBS[action],
+                    question=question(VERBS[action], t, count), count=count,
                     fields={k: v for k, v in fields.items() if v not in (None, "")},
                     back=t.back())
+
+
+def question(verb: str, t: Target, count: int | None) -> str:
+    """What a confirmation asks: "Delete task 5?", "Delete 30 finished tasks named
+    'tick'?", "Delete every finished task (1,204: done, in error or cancelled)?";
+    how many, counted up to COUNT_CAP (`count`; None for one task)."""
+    if t.id is not None or count is None:
+        return f"{verb} {t.describe()}?"
+    status = t.filter.status
+    one, many = NOUNS[status if status in NOUNS else None]
+    shown = f"more than {COUNT_CAP:,}" if count > COUNT_CAP else f"{count:,}"
+    restricted = t.restrictions()
+    if verb == "Delete" and status is None and not restricted:
+        return f"{verb} every finished task ({shown}: done, in error or cancelled)?"
+    return f"{verb} {shown} {one if count == 1 else many}{restricted}?"
 
 
 def perform(app: Dashboard, request: Request, action: str, who: Visitor) -> Response:
@@ -108,8 +144,10 @@ def perform(app: Dashboard, request: Request, action: str, who: Visitor) -> Resp
         return app.page(request, "missing.html", status=400, what="what to act on")
     with app.pool.connection() as db:
         said = {"retry": retry, "cancel": cancel, "delete": delete}[action](db, t)
+        gone = t.id is not None and admin.states(db, [t.id])[t.id].status is None
     log.info("Dashboard: %s at %s: %s", who.name, who.address, said)
-    return app.flash(redirect(t.back()), said)
+    # A task deleted has no page left to go back to: the list says what was done.
+    return app.flash(redirect("/tasks" if gone else t.back()), said)
 
 
 def retry(db: Direct, t: Target) -> str:

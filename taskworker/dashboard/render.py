@@ -2,7 +2,7 @@
 database (payloads, errors, names) reaches the page as text, never as markup."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -11,8 +11,9 @@ FOLD_CHARS = 2000  # longer values are shown folded (<details>)
 SHOWN_CHARS = 100_000  # at most this much of a value on the task page; the rest: raw link
 HIDDEN = "hidden (DASHBOARD_HIDE_ARGUMENTS)"  # in place of a value the settings hide
 HINTS = {  # what the two states of a task in progress mean (titles on the pages)
-    "claimed": "in progress, not started: claimed by a process, it waits in its local queue",
-    "running": "in progress: its handler has started"}
+    "claimed": "taken by a process, waiting in its local queue: its handler has not started",
+    "running": "taken by a process: its handler has started"}
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S UTC"  # every date and time the pages show
 
 
 def age(seconds: float | None) -> str:
@@ -29,8 +30,17 @@ def age(seconds: float | None) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
-def when(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S %z")
+def when(value: datetime | str | None) -> str:
+    """Every date the pages show, in one format: 2026-12-06 22:18:30 UTC (to the
+    second, in UTC, whatever the session's time zone). Also takes the ISO text of
+    schedule_listing (2026-12-06T22:15:00Z), which `taskworker schedule` prints."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime(DATE_FORMAT)
 
 
 def number(value: float | None) -> str:

@@ -89,8 +89,11 @@ class Holder(NamedTuple):
 
 
 class ErrorCount(NamedTuple):
-    error: str | None
+    """A kind of error: errors alike but for numbers, ids and quoted values."""
+
+    error: str | None  # one example of the kind
     tasks: int
+    messages: int  # distinct messages of the kind
 
 
 class TaskState(NamedTuple):

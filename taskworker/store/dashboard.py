@@ -188,6 +188,20 @@ def clock(db: Database) -> float:
     return float(db.query(sql.dash_now)[0][0])
 
 
+def count_matching(db: Database, f: Filter, finished: bool, cap: int) -> int:
+    """How many tasks match `f` (finished ones only with `finished`), counted up to
+    `cap`: what a bulk action would change. A text filter counts matching_ids'
+    batches (the search index's path: finished tasks only)."""
+    if f.text:
+        counted, before = 0, None
+        while counted < cap and (ids := matching_ids(db, f, before, min(1000, cap - counted))):
+            counted += len(ids)
+            before = min(ids)
+        return counted
+    return int(db.query(sql.dash_count_matching,
+                        {**f.params(), "finished": finished, "cap": cap})[0][0])
+
+
 def delete_finished(db: Database, ids: list[int]) -> list[int]:
     """Delete the finished tasks among `ids`; the ids deleted."""
     return [r[0] for r in db.query(sql.dash_delete_finished, {"ids": ids})]

@@ -703,12 +703,35 @@ GROUP BY locked_by
 ORDER BY count(*) DESC, locked_by;
 
 -- name: status_errors
--- The %(limit)s most frequent error messages among tasks ended in error.
-SELECT error, count(*)
-FROM tasks
-WHERE status = 'error'
-GROUP BY error
-ORDER BY count(*) DESC, error
+-- The %(limit)s most frequent kinds of error among tasks ended in error: errors
+-- alike (the same exception type, the rest of the message the same but for its
+-- numbers, hex ids, UUIDs and quoted values: "card declined for customer-17" and
+-- "... customer-42") are one kind, shown by one example (its least message) with
+-- the number of its tasks and of its distinct messages. Exact messages are
+-- grouped first, so that the patterns run once per distinct message, not once per
+-- task; a message is shaped by its first 500 characters.
+WITH messages AS (
+    SELECT error, count(*) AS tasks
+    FROM tasks
+    WHERE status = 'error'
+    GROUP BY error
+), typed AS (
+    SELECT error, tasks, substring(error FROM '^[A-Za-z_][A-Za-z0-9_.]*: ') AS kind
+    FROM messages
+), shaped AS (
+    SELECT error, tasks,
+           coalesce(kind, '') || regexp_replace(regexp_replace(regexp_replace(
+               substr(left(error, 500), coalesce(length(kind), 0) + 1),
+               '''[^'']*''|"[^"]*"', '''?''', 'g'),
+               '[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}'
+               '|\m(0x)?[0-9A-Fa-f]*[0-9][0-9A-Fa-f]*\M', '#', 'g'),
+               '[0-9]+', '#', 'g') AS shape
+    FROM typed
+)
+SELECT min(error) AS example, sum(tasks)::bigint AS tasks, count(*) AS messages
+FROM shaped
+GROUP BY shape
+ORDER BY sum(tasks) DESC, min(error)
 LIMIT %(limit)s;
 
 -- name: task_get
@@ -1279,3 +1302,18 @@ WITH deleted AS (
     DELETE FROM taskworker_search WHERE task_id IN (SELECT id FROM deleted)
 )
 SELECT id FROM deleted;
+
+-- name: dash_count_matching
+-- How many tasks an action on a filter (no text: the text's are counted through
+-- dash_tasks_text_finished) would change, up to %(cap)s: those matching the
+-- filters given (NULL: any), finished ones only with %(finished)s. What a bulk
+-- action's confirmation says; it stops at the cap, so that a common filter reads
+-- no more than that many rows (a rare one reads the table, as the action would).
+SELECT count(*)
+FROM (SELECT 1
+      FROM tasks
+      WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+        AND (NOT %(finished)s::bool OR status IN ('done', 'error', 'cancelled'))
+        AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+        AND (%(task)s::text IS NULL OR coalesce(task, '') = %(task)s::text)
+      LIMIT %(cap)s) AS matching;

@@ -7,10 +7,15 @@
 
 Labels are queue and task names only (never ids or payloads), and bounded: at
 most MAX_SERIES queues and MAX_SERIES names, the largest; the rest are summed
-under "(other)". The queues some live process serves (QUEUES) and the names one
-has registered (taskworker_processes, and this process's own) are always
-exported (first, within the bound), 0 when they have nothing, so a drained queue
-reads 0 instead of vanishing; one process exports them for all (table_metrics.py).
+under "(other)". The queues some live process serves (QUEUES), the queues of the
+tasks this process registers, the paused ones, and the names some process has
+registered (taskworker_processes, and this process's own) are always exported
+(first, within the bound), 0 when they have nothing; so is every queue this
+process has seen in a sample since it started (at most MAX_REMEMBERED, kept
+after the rest within the bound): a queue that empties reads 0 instead of
+vanishing, and alerts on it do not go absent. One process exports them for all
+(table_metrics.py); a process that takes over exports the queues it knows, and
+the others from their next task on.
 
 Sampled by the metrics service (see table_metrics.py), never at scrape time: one
 statement over pending and running rows only (through their partial indexes),
@@ -30,6 +35,7 @@ from ..store import admin, processes
 from ..store.database import Database
 
 MAX_SERIES = 100  # queues, and task names, exported at most (the rest: "(other)")
+MAX_REMEMBERED = 1000  # queues seen in earlier samples, exported at 0 once empty
 BUDGET = 0.05  # share of the time the breakdown may take: 50 ms a query -> every 5 s at most
 STATES = ("pending", "scheduled", "running")
 
@@ -44,6 +50,7 @@ class BacklogMetrics:
         self._next = 0.0  # monotonic time of the next sample
         self._queues: list[backlog.Total] = []
         self._names: list[backlog.Total] = []
+        self._seen_queues: set[str] = set()  # in the samples since this process started
 
     def sample(self, db: Database) -> None:
         """Read the backlog if it is time to: every `every` seconds, or less often
@@ -55,13 +62,21 @@ class BacklogMetrics:
         took = time.monotonic() - started
         self._next = started + max(self.every, took / BUDGET)
         live = processes.live(db)
-        served_queues = {*self.served_queues, *(q for p in live for q in p.queues or ())}
+        served_queues: set[str | None] = {
+            *self.served_queues, *(q for p in live for q in p.queues or ()),
+            *(d.queue for d in registry.registered().values() if d.queue is not None),
+            *(q.queue for q in processes.paused(db))}
         served_names: set[str | None] = {*registry.registered(),
                                          *(n for p in live for n in p.tasks)}
         if self.default_handler or any(p.default_handler for p in live):
             served_names.add(None)
         queues = {t.key: t for t in backlog.by_queue(rows)}
         names = {t.key: t for t in backlog.by_task(rows)}
+        for key in queues:
+            if key is not None and len(self._seen_queues) < MAX_REMEMBERED:
+                self._seen_queues.add(key)
+        for key in self._seen_queues:  # (zeros, ranked with the others by size)
+            queues.setdefault(key, backlog.Total(key, 0, 0, 0, 0, None))
         self._queues = _bounded(queues, served_queues)
         self._names = _bounded(names, served_names)
 

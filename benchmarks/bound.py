@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import taskworker_runs as tw
-from .databases import connect
+from .databases import connect, execute
 from .processes import Proc
 
 WORKERS = 20
@@ -75,13 +75,7 @@ def _effects(url: str, way: str, n: int, notes: list[str]) -> Callable[[list[Pro
 def measure(url: str, n: int, rounds: int, say: Callable[[str], None],
             this_code: str = "") -> Bound:
     result = Bound(n, rounds, this_code)
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("CREATE TABLE IF NOT EXISTS bench_effects (n bigint NOT NULL)")
-        conn.commit()
-    finally:
-        conn.close()
+    execute(url, "CREATE TABLE IF NOT EXISTS bench_effects (n bigint NOT NULL)")
     ways = list(WAYS)
     for r in range(rounds):
         for way in ways[r % len(ways):] + ways[:r % len(ways)]:

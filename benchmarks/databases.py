@@ -20,6 +20,16 @@ def connect(url: str) -> psycopg2.extensions.connection:
     return conn
 
 
+def execute(url: str, statement: str) -> None:
+    """Run one statement that returns nothing on a connection of its own."""
+    conn = connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement)
+    finally:
+        conn.close()
+
+
 def url_with_database(url: str, name: str) -> str:
     """`url` (postgresql://...) pointing at database `name` instead."""
     parts = urlsplit(url)

@@ -20,6 +20,7 @@ from . import (
     dashboard,
     defaults,
     pgqueuer_runs,
+    producers,
     profiling,
     rawsql,
     rivals,
@@ -34,7 +35,7 @@ from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
-          "underload", "calls", "bound")
+          "underload", "calls", "bound", "producers")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -101,6 +102,7 @@ class Bench:
     roundtrip: roundtrip.RoundTrip | None = None
     calls: calls.Calls | None = None
     bound: bound.Bound | None = None
+    producers: producers.Producers | None = None
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -378,6 +380,14 @@ def phase_bound(b: Bench) -> None:
     n, rounds = (5_000, 2) if b.args.quick else (20_000, 3)
     b.bound = bound.measure(b.db("bound"), b.args.tasks or n, b.args.rounds or rounds, b.say,
                             baseline.work_tree())
+
+
+def phase_producers(b: Bench) -> None:
+    """Enqueue throughput by producer against a plain INSERT (producers.py)."""
+    singles, rounds = (2_000, 3) if b.args.quick else (10_000, 3)
+    singles = b.args.tasks or singles  # (--tasks N: N one per transaction, 10 N in a batch)
+    b.producers = producers.measure(b.db("producers"), singles, 10 * singles,
+                                    b.args.rounds or rounds, b.say)
 
 
 def _older(b: Bench, ref: str) -> roundtrip.Code:

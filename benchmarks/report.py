@@ -20,6 +20,7 @@ from . import (
     claims,
     dashboard,
     defaults,
+    producers,
     profiling,
     rawsql,
     rivals,
@@ -417,6 +418,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*calls.report(b.calls), ""]
     if b.bound is not None:
         out += [*bound.report(b.bound), ""]
+    if b.producers is not None:
+        out += [*producers.report(b.producers), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

@@ -71,6 +71,12 @@ at the end, also on Ctrl+C or failure):
                  connection of its own per run, and on one kept per worker, committed
                  apart; one serve at WORKER_COUNT=20; 20,000 tasks, 3 interleaved rounds
                  (--quick: 5,000, 2; --tasks N, --rounds N) (benchmarks/bound.py)
+  producers      enqueue throughput from psycopg2, psycopg 3, SQLAlchemy, Django's
+                 connection, psycopg 3 async, SQLAlchemy async and asyncpg: 10,000 tasks
+                 one per transaction and 100,000 in one enqueue_many (--quick: 2,000 and
+                 20,000; --tasks N: N and 10 N) against a plain INSERT through the same
+                 driver, 3 interleaved rounds (--rounds N), ratio of medians (>= 0.8)
+                 (benchmarks/producers.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -110,6 +116,7 @@ from .phases import (
     phase_hosts,
     phase_latency,
     phase_processes,
+    phase_producers,
     phase_profile,
     phase_rivals,
     phase_roundtrip,
@@ -170,9 +177,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if given and "roundtrip" not in args.phases:
         ap.error(f"{', '.join(given)}: options of the roundtrip phase, which --only leaves out")
     given = [o for o, v in (("--tasks", args.tasks), ("--rounds", args.rounds)) if v]
-    if given and not {"roundtrip", "calls", "bound"} & set(args.phases):
-        ap.error(f"{', '.join(given)}: options of the roundtrip, calls and bound phases, "
-                 "which --only leaves out")
+    if given and not {"roundtrip", "calls", "bound", "producers"} & set(args.phases):
+        ap.error(f"{', '.join(given)}: options of the roundtrip, calls, bound and producers "
+                 "phases, which --only leaves out")
     if any(v is not None and v < 1 for v in (args.tasks, args.rounds)):
         ap.error("--tasks and --rounds must be at least 1")
     return args
@@ -208,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": phase_latency, "hosts": phase_hosts,
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
         "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
-        "underload": phase_underload, "calls": phase_calls, "bound": phase_bound}
+        "underload": phase_underload, "calls": phase_calls, "bound": phase_bound,
+        "producers": phase_producers}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

@@ -1,18 +1,26 @@
 """taskworker: a PostgreSQL-backed task processor on gevent.
 
 This module imports nothing that opens sockets, so that `taskworker.cooperative` can
-monkey-patch before anything else is imported. `enqueue` and `enqueue_many`
-are loaded on first use, as are `task` (registering a named task), the
-exceptions a handler raises to choose its task's ending (`Fail`, `Snooze`,
-`Cancel`), `current_task`, the results API (`result`, `wait` and their
-exceptions), workflows (`chain`, `group`, `cancel_workflow`) and `testing`
-(the eager mode for application tests).
+monkey-patch before anything else is imported. `enqueue`, `enqueue_many`,
+`enqueue_unique` and their `_async` forms are loaded on first use, as are `task`
+(registering a named task), the exceptions a handler raises to choose its
+task's ending (`Fail`, `Snooze`, `Cancel`), `current_task`, the results API
+(`result`, `wait` and their exceptions), workflows (`chain`, `group`,
+`cancel_workflow`), `testing` (the eager mode for application tests) and
+`hooks` (code run around tasks in serve).
 """
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them on first use
-    from . import testing
-    from .client import enqueue, enqueue_many, enqueue_unique
+    from . import hooks, testing
+    from .client import (
+        enqueue,
+        enqueue_async,
+        enqueue_many,
+        enqueue_many_async,
+        enqueue_unique,
+        enqueue_unique_async,
+    )
     from .endings import Cancel, Fail, Snooze
     from .handlers import TaskContext, current_task, transaction
     from .registry import Task, task
@@ -22,12 +30,14 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them 
 __version__ = "0.1.0"
 __all__ = ["Cancel", "Chain", "Fail", "Group", "NotFinished", "Signature", "Snooze", "Task",
            "TaskContext", "TaskFailed", "UnknownTask", "WaitTimeout", "Workflow", "__version__",
-           "cancel_workflow", "chain", "current_task", "enqueue", "enqueue_many",
-           "enqueue_unique", "group", "result", "task", "testing", "transaction", "wait"]
+           "cancel_workflow", "chain", "current_task", "enqueue", "enqueue_async",
+           "enqueue_many", "enqueue_many_async", "enqueue_unique", "enqueue_unique_async",
+           "group", "hooks", "result", "task", "testing", "transaction", "wait"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("enqueue", "enqueue_many", "enqueue_unique"):
+    if name in ("enqueue", "enqueue_many", "enqueue_unique", "enqueue_async",
+                "enqueue_many_async", "enqueue_unique_async"):
         from . import client as module
 
         return getattr(module, name)
@@ -55,8 +65,8 @@ def __getattr__(name: str) -> Any:
         from .registry import Task
 
         return Task
-    if name == "testing":  # (a submodule: `from . import testing` would come back here)
+    if name in ("testing", "hooks"):  # (submodules: `from . import x` would come back here)
         import importlib
 
-        return importlib.import_module(".testing", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'taskworker' has no attribute {name!r}")

@@ -8,6 +8,14 @@
             send_receipt.enqueue(cur, 42, currency="EUR")  # same transaction as the order
             taskworker.enqueue(cur, "order 42")  # a text payload, for the default handler
 
+    async with pool.acquire() as conn, conn.transaction():   # asyncpg, say
+        await send_receipt.enqueue_async(conn, 42, currency="EUR")
+
+The connection may be psycopg2's, psycopg 3's, SQLAlchemy's or Django's, and,
+awaited through the `_async` forms, psycopg 3's, SQLAlchemy's or asyncpg's
+asynchronous ones (drivers/ says which objects). Each enqueue is written once,
+as steps (store.database.Steps) that a sync or an async connection runs.
+
 The task exists only if the application commits: a rollback takes the task with
 it, and workers cannot see it before the commit (the NOTIFY that wakes them is
 sent at commit too). These functions never commit, roll back or change the
@@ -27,10 +35,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from . import codec, registry, tracing
+from . import codec, drivers, registry, tracing
 from .settings import DEFAULT_MAX_PAYLOAD_BYTES
 from .store import admin
-from .store.database import Direct
+from .store.database import Steps
 
 BATCH_SIZE = 5000  # payloads per INSERT statement in enqueue_many
 MAX_UNIQUE_KEY_BYTES = 1000  # a btree entry must fit a third of a page; keys are short anyway
@@ -57,22 +65,48 @@ def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = 
             max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, force: bool = False) -> int:
     """Insert one pending task and return its id.
 
-    `conn_or_cursor` is a psycopg2 connection or cursor; the insert joins its
-    current transaction. `task` is the name of a task registered with
-    @taskworker.task (or the decorated function itself); None runs the default
-    handler. The task is called with the text `payload`, or with `args` and
-    `kwargs` (JSON: see codec.py; checked against the function's signature when
-    this process imported it; `send_email.enqueue(conn, ...)` is the same call,
-    typed). `queue` and `priority` default to the registered task's, when this
-    process has imported it, else to queue 'default' and priority 0. `run_at` is
-    a timezone-aware datetime (or, as `delay`, a timedelta); `delay` a timedelta
-    or seconds from the database's now(); neither: as soon as possible.
-    `unique_key`: see `enqueue_unique` (this returns its id). `max_bytes`: the
-    workers' MAX_PAYLOAD_BYTES (a larger payload raises ValueError; a worker
-    would end the task in error without running it). A `task` name this process
-    does not register raises UnknownTaskName when it registers others (a typo,
-    with the nearest name); `force=True` enqueues it anyway (see `place`).
+    `conn_or_cursor` is the application's connection or cursor: psycopg2's or
+    psycopg 3's, an SQLAlchemy Connection or Session, or Django's connection (see
+    drivers/); the insert joins its current transaction. `task` is the name of a
+    task registered with @taskworker.task (or the decorated function itself);
+    None runs the default handler. The task is called with the text `payload`,
+    or with `args` and `kwargs` (JSON: see codec.py; checked against the
+    function's signature when this process imported it;
+    `send_email.enqueue(conn, ...)` is the same call, typed). `queue` and
+    `priority` default to the registered task's, when this process has imported
+    it, else to queue 'default' and priority 0. `run_at` is a timezone-aware
+    datetime (or, as `delay`, a timedelta); `delay` a timedelta or seconds from
+    the database's now(); neither: as soon as possible. `unique_key`: see
+    `enqueue_unique` (this returns its id). `max_bytes`: the workers'
+    MAX_PAYLOAD_BYTES (a larger payload raises ValueError; a worker would end the
+    task in error without running it). A `task` name this process does not
+    register raises UnknownTaskName when it registers others (a typo, with the
+    nearest name); `force=True` enqueues it anyway (see `place`).
     """
+    return drivers.run(conn_or_cursor, _enqueue(
+        payload, task, args, kwargs, registry.Options(queue, priority, run_at, delay, unique_key),
+        max_bytes, force))
+
+
+async def enqueue_async(conn: Any, payload: str | None = None, *, task: TaskRef = None,
+                        args: Sequence[Any] | None = None,
+                        kwargs: Mapping[str, Any] | None = None, queue: str | None = None,
+                        priority: int | None = None, run_at: RunAt = None,
+                        delay: Delay = None, unique_key: str | None = None,
+                        max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                        force: bool = False) -> int:
+    """`enqueue` in the transaction of an asynchronous connection: psycopg 3's
+    AsyncConnection or AsyncCursor, SQLAlchemy's AsyncConnection or AsyncSession,
+    or an asyncpg connection (see drivers/). The same checks and statements."""
+    return await drivers.run_async(conn, _enqueue(
+        payload, task, args, kwargs, registry.Options(queue, priority, run_at, delay, unique_key),
+        max_bytes, force))
+
+
+def _enqueue(payload: str | None, task: TaskRef, args: Sequence[Any] | None,
+             kwargs: Mapping[str, Any] | None, options: registry.Options, max_bytes: int,
+             force: bool) -> Steps[int]:
+    """What `enqueue` and `enqueue_async` send (see database.Steps)."""
     if args is not None or kwargs is not None:
         if payload is not None:
             raise TypeError("give a payload or args/kwargs, not both")
@@ -82,29 +116,36 @@ def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = 
             raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}")
-        options = registry.Options(queue, priority, run_at, delay, unique_key)
-        return enqueue_call(conn_or_cursor, task, args or (), kwargs or {}, options,
-                            max_bytes=max_bytes, force=force)
+        done = yield from call(task, args or (), kwargs or {}, options, max_bytes, force)
+        return done.id
     if payload is None:
         raise TypeError("enqueue() needs a payload, or args/kwargs for a registered task")
-    if unique_key is not None:
-        return enqueue_unique(conn_or_cursor, payload, unique_key, task=task, queue=queue,
-                              priority=priority, run_at=run_at, delay=delay,
-                              max_bytes=max_bytes, force=force).id
-    return enqueue_many(conn_or_cursor, [payload], task=task, queue=queue, priority=priority,
-                        run_at=run_at, delay=delay, max_bytes=max_bytes, force=force)[0]
+    o = options
+    if o.unique_key is not None:
+        unique = yield from _unique_payload(payload, o.unique_key, task, o.queue, o.priority,
+                                            o.run_at, o.delay, max_bytes, force)
+        return unique.id
+    ids = yield from _many([payload], task, o.queue, o.priority, o.run_at, o.delay,
+                           BATCH_SIZE, max_bytes, force)
+    return ids[0]
 
 
 def enqueue_call(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
                  kwargs: Mapping[str, Any], options: registry.Options = registry.NO_OPTIONS,
                  max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, force: bool = False) -> int:
     """Insert one pending task that calls `task` with `args` and `kwargs`; its
-    id. What `Task.enqueue` and `enqueue(..., args=...)` send: the call is checked
-    against the function's signature (when this process registered it) and
-    against what JSON can carry before anything is sent. Under
-    `taskworker.testing.eager()`, runs it here instead (see testing.py)."""
-    return enqueue_call_unique(conn_or_cursor, task, args, kwargs, options,
-                               max_bytes=max_bytes, force=force).id
+    id. What `Task.enqueue` and `enqueue(..., args=...)` send: see `call`."""
+    return drivers.run(conn_or_cursor, call(task, args, kwargs, options, max_bytes, force)).id
+
+
+async def enqueue_call_async(conn: Any, task: TaskRef, args: Sequence[Any],
+                             kwargs: Mapping[str, Any],
+                             options: registry.Options = registry.NO_OPTIONS,
+                             max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                             force: bool = False) -> int:
+    """`enqueue_call` on an asynchronous connection (`Task.enqueue_async`)."""
+    done = await drivers.run_async(conn, call(task, args, kwargs, options, max_bytes, force))
+    return done.id
 
 
 def enqueue_call_unique(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
@@ -116,6 +157,15 @@ def enqueue_call_unique(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
     `options.unique_key`, whether the task was inserted or a live task holds the
     key (its id and status); without, always inserted (`taskworker enqueue
     --args --unique-key` says which on stderr)."""
+    return drivers.run(conn_or_cursor, call(task, args, kwargs, options, max_bytes, force))
+
+
+def call(task: TaskRef, args: Sequence[Any], kwargs: Mapping[str, Any],
+         options: registry.Options, max_bytes: int, force: bool) -> Steps[Enqueued]:
+    """The steps of one call of a registered task: checked against the
+    function's signature (when this process registered it) and against what
+    JSON can carry before anything is sent. Under `taskworker.testing.eager()`,
+    runs it here instead and sends nothing (see testing.py)."""
     name = task_name(task)
     if name is None:
         raise TypeError("a call needs a registered task")
@@ -132,13 +182,12 @@ def enqueue_call_unique(conn_or_cursor: Any, task: TaskRef, args: Sequence[Any],
     if eager is not None:
         return Enqueued(eager.enqueued(name, arguments, placement, options.unique_key), True,
                         "pending")
-    db = Direct(conn_or_cursor)
     with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
         if options.unique_key is None:
-            done = Enqueued(admin.enqueue(db, [], span.placement, arguments=[arguments])[0],
-                            True, "pending")
+            ids = yield from admin.enqueue([], span.placement, arguments=[arguments])
+            done = Enqueued(ids[0], True, "pending")
         else:
-            done = _unique(db, None, arguments, options.unique_key, span.placement)
+            done = yield from _unique(None, arguments, options.unique_key, span.placement)
         span.sent([done.id])
         return done
 
@@ -150,11 +199,30 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef 
     """Insert one pending task per payload; return their ids in the payloads' order.
 
     One INSERT statement per `batch_size` payloads, all in the caller's
-    transaction. The options apply to every task (see `enqueue`); a unique key
-    belongs to one task, so there is none here: call `enqueue` for each. A
-    payload that cannot be stored (not a str, a NUL character, over `max_bytes`)
-    raises TypeError or ValueError before anything of its batch is sent.
+    transaction (`conn_or_cursor`: as for `enqueue`). The options apply to every
+    task (see `enqueue`); a unique key belongs to one task, so there is none
+    here: call `enqueue` for each. A payload that cannot be stored (not a str, a
+    NUL character, over `max_bytes`) raises TypeError or ValueError before
+    anything of its batch is sent.
     """
+    return drivers.run(conn_or_cursor, _many(payloads, task, queue, priority, run_at, delay,
+                                             batch_size, max_bytes, force))
+
+
+async def enqueue_many_async(conn: Any, payloads: Iterable[str], *, task: TaskRef = None,
+                             queue: str | None = None, priority: int | None = None,
+                             run_at: RunAt = None, delay: Delay = None,
+                             batch_size: int = BATCH_SIZE,
+                             max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                             force: bool = False) -> list[int]:
+    """`enqueue_many` on an asynchronous connection (see `enqueue_async`)."""
+    return await drivers.run_async(conn, _many(payloads, task, queue, priority, run_at, delay,
+                                               batch_size, max_bytes, force))
+
+
+def _many(payloads: Iterable[str], task: TaskRef, queue: str | None, priority: int | None,
+          run_at: RunAt, delay: Delay, batch_size: int, max_bytes: int,
+          force: bool) -> Steps[list[int]]:
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     placement = place(task, queue, priority, run_at, delay, force)
@@ -164,14 +232,13 @@ def enqueue_many(conn_or_cursor: Any, payloads: Iterable[str], *, task: TaskRef 
         for payload in checked:
             check_payload(payload, max_bytes)
         return [eager.enqueued(placement.task, None, placement, payload=p) for p in checked]
-    db = Direct(conn_or_cursor)
     ids: list[int] = []
     it = iter(payloads)
     with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
         while batch := list(itertools.islice(it, batch_size)):
             for payload in batch:
                 check_payload(payload, max_bytes)
-            ids.extend(admin.enqueue(db, batch, span.placement))
+            ids.extend((yield from admin.enqueue(batch, span.placement)))
         span.sent(ids)
     return ids
 
@@ -189,9 +256,28 @@ def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: 
     for that transaction. No row is locked: insert with DO NOTHING, then read the
     holder; if it finished in between, try again. A key this transaction inserted
     earlier is held too (its own row is visible to it). Under REPEATABLE READ or
-    SERIALIZABLE, a holder committed after the transaction's snapshot raises
-    psycopg2's SerializationFailure: run the transaction again.
+    SERIALIZABLE, a holder committed after the transaction's snapshot raises the
+    driver's serialization failure: run the transaction again.
     """
+    return drivers.run(conn_or_cursor, _unique_payload(payload, unique_key, task, queue,
+                                                       priority, run_at, delay, max_bytes,
+                                                       force))
+
+
+async def enqueue_unique_async(conn: Any, payload: str, unique_key: str, *,
+                               task: TaskRef = None, queue: str | None = None,
+                               priority: int | None = None, run_at: RunAt = None,
+                               delay: Delay = None, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                               force: bool = False) -> Enqueued:
+    """`enqueue_unique` on an asynchronous connection (see `enqueue_async`)."""
+    return await drivers.run_async(conn, _unique_payload(payload, unique_key, task, queue,
+                                                         priority, run_at, delay, max_bytes,
+                                                         force))
+
+
+def _unique_payload(payload: str, unique_key: str, task: TaskRef, queue: str | None,
+                    priority: int | None, run_at: RunAt, delay: Delay, max_bytes: int,
+                    force: bool) -> Steps[Enqueued]:
     check_payload(payload, max_bytes)
     placement = place(task, queue, priority, run_at, delay, force)
     eager = _eager()
@@ -200,19 +286,19 @@ def enqueue_unique(conn_or_cursor: Any, payload: str, unique_key: str, *, task: 
         return Enqueued(eager.enqueued(placement.task, None, placement, payload=payload),
                         True, "pending")
     with tracing.producing(placement) as span:  # (a PRODUCER span, with OpenTelemetry)
-        done = _unique(Direct(conn_or_cursor), payload, None, unique_key, span.placement)
+        done = yield from _unique(payload, None, unique_key, span.placement)
         span.sent([done.id])
         return done
 
 
-def _unique(db: Direct, payload: str | None, arguments: str | None, unique_key: str,
-            placement: admin.Placement) -> Enqueued:
+def _unique(payload: str | None, arguments: str | None, unique_key: str,
+            placement: admin.Placement) -> Steps[Enqueued]:
     check_unique_key(unique_key)
     for _ in range(UNIQUE_ROUNDS):
-        task_id = admin.enqueue_unique(db, payload, unique_key, placement, arguments)
+        task_id = yield from admin.enqueue_unique(payload, unique_key, placement, arguments)
         if task_id is not None:
             return Enqueued(task_id, True, "pending")
-        holder = admin.unique_holder(db, unique_key)
+        holder = yield from admin.unique_holder(unique_key)
         if holder is not None:
             return Enqueued(holder[0], False, holder[1])
     raise RuntimeError(f"unique key {unique_key!r}: its tasks kept finishing between the "

@@ -82,6 +82,11 @@ def encode(value: Any, where: str) -> str:
     return _dumps(value)
 
 
+def decode(text: str) -> Any:
+    """A value stored as JSON text (a return value), as Python."""
+    return _loads(text)
+
+
 def _text(value: str) -> bool:
     """Can jsonb hold this text? No NUL, and valid Unicode (a lone surrogate such
     as "\\ud800", which Python strings may hold, has no UTF-8 form)."""

@@ -107,6 +107,22 @@ def transaction() -> Iterator[Any]:
         raise
 
 
+def coroutine_refusal(fn: Callable[..., Any]) -> str | None:
+    """Why `fn` cannot be a handler or a task if it is a coroutine function (or
+    an async generator, or an object whose __call__ is one); else None. Refused
+    where it is declared (registration, TASK_HANDLER at serve's start), not
+    found out task by task: a call would only make a coroutine that nothing
+    awaits."""
+    candidates = (fn, type(fn).__call__)  # (a class instance: its __call__)
+    if not any(inspect.iscoroutinefunction(c) or inspect.isasyncgenfunction(c)
+               for c in candidates):
+        return None
+    return ("is an async def function, and taskworker's workers are gevent greenlets with "
+            "no asyncio event loop to await it; write it as a plain def (under serve, "
+            "sockets, time.sleep and psycopg2 are cooperative: a blocking call yields "
+            "to the other tasks as an await would)")
+
+
 class HandlerError(Exception):
     """TASK_HANDLER cannot be used; str() is one line for the user."""
 
@@ -146,6 +162,8 @@ def load(path: str) -> tuple[Handler, bool]:
                            f"{type(exc).__name__}: {exc}") from None
     if not callable(obj):
         raise HandlerError(f"cannot load TASK_HANDLER={path!r}: not callable")
+    if (why := coroutine_refusal(obj)) is not None:
+        raise HandlerError(f"cannot use TASK_HANDLER={path!r}: it {why}")
     try:
         params = inspect.signature(obj).parameters
     except (TypeError, ValueError):  # some builtins have no signature

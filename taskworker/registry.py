@@ -43,6 +43,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import codec
+from .handlers import coroutine_refusal
 from .settings import parse_duration
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ def task(name: str | None = None, *, queue: str | None = None, priority: int | N
         task_name = name if name is not None else f"{fn.__module__}.{fn.__qualname__}"
         where = f"task {task_name!r}"
         _check_name(task_name, "task name")
+        if (why := coroutine_refusal(fn)) is not None:
+            raise RegistryError(f"{where} {why}")
         if queue is not None:
             _check_name(queue, f"{where}: queue")
         if priority is not None and not isinstance(priority, int):
@@ -190,12 +193,21 @@ class Task(Generic[P, R]):
 
     def enqueue(self, conn: Any, /, *args: P.args, **kwargs: P.kwargs) -> int:
         """Insert a pending task that calls the function with these arguments,
-        in the transaction of `conn` (a psycopg2 connection or cursor); return
+        in the transaction of `conn` (psycopg2's or psycopg 3's connection or
+        cursor, SQLAlchemy's Connection or Session, Django's connection); return
         its id. Raises TypeError before anything is sent when the signature
         refuses the call or JSON cannot carry an argument."""
         from .client import enqueue_call
 
         return enqueue_call(conn, self.task_name, args, kwargs, self._options)
+
+    async def enqueue_async(self, conn: Any, /, *args: P.args, **kwargs: P.kwargs) -> int:
+        """`enqueue` in the transaction of an asynchronous connection (psycopg 3's
+        AsyncConnection, SQLAlchemy's AsyncConnection or AsyncSession, asyncpg's:
+        see taskworker.enqueue_async)."""
+        from .client import enqueue_call_async
+
+        return await enqueue_call_async(conn, self.task_name, args, kwargs, self._options)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """This call, not made yet, for a workflow (`taskworker.chain`,

@@ -66,13 +66,15 @@ def result(conn_or_cursor: Any, task_id: int) -> Any:
     """The result of a finished task: its return value (a task called with
     arguments: the JSON value it returned; a text payload task: its text).
     Raises TaskFailed for a task in error or cancelled, NotFinished for one
-    pending or running, UnknownTask for an id with no row."""
-    from . import testing
+    pending or running, UnknownTask for an id with no row. `conn_or_cursor`:
+    any connection the synchronous enqueue takes (see drivers/); the read joins
+    its transaction."""
+    from . import drivers, testing
 
     eager = testing.active()
     if eager is not None:
         return eager.result(task_id)
-    found = admin.task_outcomes(Direct(conn_or_cursor), [task_id])
+    found = admin.task_outcomes(drivers.database(conn_or_cursor), [task_id])
     return value_of(task_id, found.get(task_id))
 
 
@@ -82,13 +84,15 @@ def wait(conn: Any, task_ids: int | Sequence[int], timeout: float | None = None,
     result (a list of results, in the order given), as `result` does: a task in
     error or cancelled raises TaskFailed.
 
-    `conn` is a psycopg2 connection with no transaction open (one inside a
-    transaction could never see the outcome: RuntimeError); it is used for
-    LISTEN and left as it was found. `timeout` in seconds (None: no limit)
-    raises WaitTimeout. `poll`: seconds between reads when notifications cannot
-    arrive (PgBouncer in transaction mode); None: woken only by them. Never call
-    it inside a running task: the task would hold a worker while the one it
-    waits for may need it (RuntimeError)."""
+    `conn` is a psycopg2 connection with no transaction open (only psycopg2's:
+    it sleeps on the socket and reads psycopg2's notifications; another
+    library's raises TypeError. One inside a transaction could never see the
+    outcome: RuntimeError); it is used for LISTEN and left as it was found.
+    `timeout` in seconds (None: no limit) raises WaitTimeout. `poll`: seconds
+    between reads when notifications cannot arrive (PgBouncer in transaction
+    mode); None: woken only by them. Never call it inside a running task: the
+    task would hold a worker while the one it waits for may need it
+    (RuntimeError)."""
     from . import testing
     from .handlers import current_task
 

@@ -108,8 +108,8 @@ REFUSED = [
      "cannot carry"),
     (["--args", '["a\\u0000b"]'], "Error: send_email(): argument 1 contains a NUL "
      "character, which PostgreSQL's jsonb cannot hold"),
-    (["--args", '["\\ud800"]'], "Error: invalid --args: a \\u escape stands for half a "
-     "character"),
+    (["--args", '["\\ud800"]'], "Error: send_email(): argument 1 holds a lone surrogate "
+     "(half of a UTF-16 pair), which is not valid text"),
     (["--args", "[" + "9" * 5000 + "]"], "Error: invalid --args: Exceeds the limit"),
     (["--args", "[]", "a payload"], "Error: give PAYLOADs or --args/--kwargs, not both"),
 ]

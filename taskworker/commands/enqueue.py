@@ -203,14 +203,8 @@ def parse_call(payloads: tuple[str, ...], task_name: str | None, args_json: str 
              f'\'{{"subject": "Hi"}}\', not {json_kind(kwargs)}', EXIT_CONFIG)
     try:
         codec.encode_call(args, kwargs, f"{task_name}()")
-    except codec.NotJSON as exc:  # NaN, Infinity, 1e999, a NUL character
+    except codec.NotJSON as exc:  # NaN, Infinity, 1e999, a NUL, a lone surrogate ("\ud800")
         fail(str(exc), EXIT_CONFIG)
-    for option, value in (("--args", args), ("--kwargs", kwargs)):
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:  # "\ud800": half of a UTF-16 pair
-            fail(f"invalid {option}: a \\u escape stands for half a character (a lone "
-                 "UTF-16 surrogate), which UTF-8 text cannot hold", EXIT_CONFIG)
     return args, kwargs
 
 

@@ -39,6 +39,9 @@ class Outcome:
     # Written by the task's bound transaction (part 21): the holds it wrote
     # (empty: fenced off); None: the completer writes it.
     written: Written | None = None
+    # The failure's exception, for the hooks only (hooks.py); dropped before the
+    # outcome is handed over, so that no queue keeps the handler's frames alive.
+    exception: BaseException | None = None
     trace: dict[str, str] | None = None  # its span's trace_id and span_id (tracing.py)
 
     def write(self) -> OutcomeWrite:

@@ -36,6 +36,7 @@ import gevent
 from gevent.event import Event
 from gevent.pool import Pool
 
+from .. import hooks
 from ..dashboard.app import Dashboard
 from ..handlers import Handler
 from ..logs import log, seconds
@@ -176,6 +177,7 @@ class Processor:
         s = self.settings
         log.info("Starting task processor with %d workers, fetching every %s",
                  s.worker_count, seconds(s.fetch_interval))
+        hooks.call(hooks.PROCESS_STARTED)  # (the application's: hooks.py)
         if self.web:
             self.web.start()  # first: a port in use stops serve before any claim
         if self.dashboard:
@@ -193,6 +195,7 @@ class Processor:
         gevent.spawn_later(GC_SETTLE_AFTER, settle_garbage_collector)
         self.stop_requested.wait()
         self._shutdown()
+        hooks.call(hooks.PROCESS_STOPPED)
         if self._failure:
             log.error("Stopped because the %s; exit status 1", self._failure)
             return 1

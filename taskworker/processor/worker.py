@@ -8,6 +8,7 @@ one worker's lines read in order.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 import traceback as traceback_module
@@ -18,7 +19,8 @@ from typing import Any
 import gevent
 from gevent.event import Event
 
-from ..codec import NotJSON, decode_call, encode
+from .. import hooks
+from ..codec import NotJSON, decode, decode_call, encode
 from ..endings import Cancel, Fail, Snooze
 from ..handlers import HandlerSettings, TaskContext, _running
 from ..logs import log, printable, seconds
@@ -29,7 +31,7 @@ from .bound import Bound, TransactionPool
 from .catalog import Catalog, Job
 from .dispatch import Dispatch
 from .heartbeat import LeaseExpiring
-from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, SNOOZE, Outcome
+from .outcomes import CANCEL, DONE, ERROR, GIVE_BACK, RETRY, SNOOZE, Outcome
 
 MAX_TRACEBACK_CHARS = 16_000  # a stored traceback's length at most
 
@@ -96,6 +98,7 @@ class Worker:
         self.frees_slots = frees_slots
         self.transactions = TransactionPool(settings, settings.transaction_pool_size)
         self.written_apart = written_apart or outcome
+        self.hooked = hooks.has_task_hooks()  # (registered by the modules serve imported)
         # Each task in a CONSUMER span, with OpenTelemetry installed (tracing.py);
         # None without it: nothing more per task.
         self.tracing = consumer()
@@ -128,8 +131,9 @@ class Worker:
                 continue
             self.dispatch.started(n, task)
             started = time.monotonic()
+            scope = contextvars.copy_context() if self.hooked else None  # (hooks.py)
             try:
-                outcome = self.run(task, n)
+                outcome = self.run(task, n) if scope is None else scope.run(self.run, task, n)
             except LeaseExpiring:  # the lease guard stopped it: give it back untouched
                 outcome = Outcome(task, n, GIVE_BACK)
             except gevent.GreenletExit as exc:
@@ -154,11 +158,16 @@ class Worker:
                     fields.update(outcome.trace)
                 log.info("[Worker %d] Finished task ID: %d in %s", n, task.id,
                          seconds(round(took, 3)), extra=fields)
-            if outcome.written is not None:  # its bound transaction wrote it
-                self.written_apart(outcome)
-            else:
-                self.outcome(outcome)
-            task = outcome = None  # an idle worker keeps no payload or result alive
+            try:
+                if scope is not None:
+                    scope.run(self._outcome_hooks, task, n, outcome)
+            finally:
+                outcome.exception = None
+                if outcome.written is not None:  # its bound transaction wrote it
+                    self.written_apart(outcome)
+                else:
+                    self.outcome(outcome)
+            task = outcome = scope = None  # an idle worker keeps no payload or result alive
 
     def run(self, task: ClaimedTask, n: int) -> Outcome:
         """Run the task's function on it and say how it ended (in its span, when
@@ -185,6 +194,8 @@ class Worker:
         run = TaskRun(self, task, n)
         running = _running.set(run)
         try:
+            if self.hooked:
+                hooks.call(hooks.TASK_STARTED, run.context(), task_id=task.id)
             outcome = self._handle(task, n, job, run)
             if run.bound is not None and run.bound.conn is not None:  # (part 21)
                 if outcome.kind == DONE:
@@ -218,17 +229,17 @@ class Worker:
             return Outcome(task, n, DONE, result=result, size=size, frees_slot=job.limited)
         except TaskTimeout as exc:
             return self._failed(task, n, job, f"timed out after {seconds(job.timeout)}",
-                                traceback=formatted(exc))
+                                traceback=formatted(exc), exception=exc)
         except Fail as exc:
             return self._failed(task, n, job, f"{exc}" or "failed", retry=False,
-                                traceback=formatted(exc))
+                                traceback=formatted(exc), exception=exc)
         except Snooze as exc:
             return Outcome(task, n, SNOOZE, delay=exc.delay, frees_slot=job.limited)
         except Cancel as exc:
             return self._cancelled(task, n, f"{exc}" or "by its handler")
         except (Exception, SystemExit) as exc:
             return self._failed(task, n, job, f"{type(exc).__name__}: {exc}",
-                                traceback=formatted(exc))
+                                traceback=formatted(exc), exception=exc)
         finally:
             timer.close()
 
@@ -270,7 +281,8 @@ class Worker:
         return Outcome(task, n, CANCEL, error=error, frees_slot=job is not None and job.limited)
 
     def _failed(self, task: ClaimedTask, n: int, job: Job | None, message: str,
-                retry: bool = True, traceback: str | None = None) -> Outcome:
+                retry: bool = True, traceback: str | None = None,
+                exception: BaseException | None = None) -> Outcome:
         message = _bounded(message, self.max_bytes)
         limited = job is not None and job.limited
         if job is not None and retry:
@@ -280,6 +292,8 @@ class Worker:
         outcome.frees_slot = limited
         outcome.traceback = traceback
         outcome.size += len(traceback or "")
+        if self.hooked:
+            outcome.exception = exception
         # The line is the original tool's; the traceback follows it (see logs.py).
         if outcome.kind == ERROR:  # a warning: LOG_LEVEL=WARNING still shows every failure
             log.warning("[Worker %d] Task ID: %d failed: %s", n, task.id, message,
@@ -292,10 +306,41 @@ class Worker:
     def _crashed(self, task: ClaimedTask, n: int, exc: BaseException) -> Outcome:
         outcome = self._failed(task, n, self.catalog.job(task.name),
                                f"worker crashed: {type(exc).__name__}: {exc}",
-                               traceback=formatted(exc))
+                               traceback=formatted(exc), exception=exc)
         log.error("[Worker %d] crashed on task ID %d (%s: %s); worker restarted",
                   n, task.id, type(exc).__name__, exc, extra=_fields(task, n))
         return outcome
+
+    # --- hooks (hooks.py): what the application runs around its tasks
+
+    def _outcome_hooks(self, task: ClaimedTask, n: int, outcome: Outcome) -> None:
+        """The hooks of how the run ended (in the task's own context), before
+        the outcome is handed over. A stop thrown at this worker meanwhile was
+        meant for the task, which has ended (as in `loop`): it stops the hooks,
+        not the worker, unless shutdown is killing the workers."""
+        if outcome.kind not in (DONE, ERROR, RETRY):
+            return
+        context = TaskRun(self, task, n).context()
+        error = outcome.exception or hooks.TaskError(outcome.error or "failed")
+        try:
+            if outcome.kind == DONE:
+                hooks.call(hooks.TASK_SUCCEEDED, context, _value(task, outcome),
+                           task_id=task.id)
+            elif outcome.kind == ERROR:
+                hooks.call(hooks.TASK_FAILED, context, error, task_id=task.id)
+            else:
+                hooks.call(hooks.TASK_RETRYING, context, error, outcome.delay or 0.0,
+                           task_id=task.id)
+        except (gevent.GreenletExit, LeaseExpiring):
+            if self.cancelling():
+                raise
+
+
+def _value(task: ClaimedTask, outcome: Outcome) -> Any:
+    """A done task's result as taskworker.result() reads it (for the hooks)."""
+    if task.format == 1 or outcome.result is None:
+        return outcome.result
+    return decode(outcome.result)
 
 
 def _storable(result: object, max_bytes: int) -> tuple[str | None, int]:

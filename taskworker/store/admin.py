@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import psycopg2.errors
 
 from . import sql
-from .database import Database, Direct
+from .database import Database, Direct, Steps
 
 STATUSES = ("pending", "in_progress", "done", "error", "cancelled", "waiting")
 CLAIMED, RUNNING = "claimed", "running"  # a task in progress, before and after its start
@@ -32,32 +32,34 @@ class Placement(NamedTuple):
     trace: str | None = None  # the enqueue's trace context as JSON (tracing.py); None: untraced
 
 
-def enqueue(db: Database, payloads: Sequence[str], placement: Placement,
-            arguments: Sequence[str] | None = None) -> list[int]:
+def enqueue(payloads: Sequence[str], placement: Placement,
+            arguments: Sequence[str] | None = None) -> Steps[list[int]]:
     """Insert one pending task per payload, placed as `placement` says; return
     their ids in the payloads' order. With `arguments` (JSON calls, see
-    codec.py) instead, one task per call, and `payloads` is empty."""
-    rows = db.query(sql.enqueue, {"payloads": list(payloads) if arguments is None else None,
-                                  "arguments": None if arguments is None else list(arguments),
-                                  **placement._asdict()})
+    codec.py) instead, one task per call, and `payloads` is empty. (This and the
+    two below are steps, not functions of a `Database`: the enqueue API runs them
+    on a caller's connection, sync or async; see database.Steps.)"""
+    rows = yield sql.enqueue, {"payloads": list(payloads) if arguments is None else None,
+                               "arguments": None if arguments is None else list(arguments),
+                               **placement._asdict()}
     # Rows are inserted in payload order (ORDER BY ordinality), so their identity
     # values increase in that order whatever RETURNING's order is.
     return sorted(row[0] for row in rows)
 
 
-def enqueue_unique(db: Database, payload: str | None, unique_key: str,
-                   placement: Placement, arguments: str | None = None) -> int | None:
+def enqueue_unique(payload: str | None, unique_key: str, placement: Placement,
+                   arguments: str | None = None) -> Steps[int | None]:
     """Insert one task with `unique_key` and return its id; None (nothing
     inserted, no row locked) when a live task holds the key. `arguments`: a
     JSON call, beside a None payload."""
-    rows = db.query(sql.enqueue_unique, {"payload": payload, "arguments": arguments,
-                                         "unique_key": unique_key, **placement._asdict()})
+    rows = yield sql.enqueue_unique, {"payload": payload, "arguments": arguments,
+                                      "unique_key": unique_key, **placement._asdict()}
     return rows[0][0] if rows else None
 
 
-def unique_holder(db: Database, unique_key: str) -> tuple[int, str] | None:
+def unique_holder(unique_key: str) -> Steps[tuple[int, str] | None]:
     """(id, status) of the live task holding `unique_key`; None if there is none."""
-    rows = db.query(sql.unique_holder, {"unique_key": unique_key})
+    rows = yield sql.unique_holder, {"unique_key": unique_key}
     return (rows[0][0], rows[0][1]) if rows else None
 
 

@@ -1,6 +1,7 @@
 """Running a statement: the `Database` protocol every typed function of the
-store takes, and `Direct`, a caller's own psycopg2 connection or cursor used as
-one.
+store takes, and `Direct`, a caller's own DB-API connection or cursor (psycopg2,
+psycopg 3, Django's) used as one; `AsyncDatabase` and `Steps` for the enqueue
+API, whose statements also run on asynchronous connections (drivers/).
 
 Statements reach the server through something with a `query` method: a
 `ReconnectingConnection` (connection.py) for serve's long-lived services, or
@@ -9,8 +10,8 @@ gevent, so the enqueue API works in a plain blocking program.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Generator, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -33,6 +34,21 @@ class Database(Protocol):
               resend_on_timeout: bool = True) -> list[Row]: ...
 
 
+class AsyncDatabase(Protocol):
+    """`Database` for a caller's asynchronous connection (drivers/): the same
+    statements, awaited."""
+
+    async def query(self, statement: str, params: Params = None) -> list[Row]: ...
+
+
+T = TypeVar("T")
+# What the enqueue API sends, as a generator: it yields each statement with its
+# parameters, is sent back the rows, and returns its value. The same steps run on
+# a `Database` or, awaited, on an `AsyncDatabase` (drivers.run, drivers.run_async),
+# so that the sync and async enqueue are one code path.
+Steps = Generator[tuple[str, dict[str, Any]], list[Row], T]
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an error message (libpq's are multi-line)."""
     for line in str(exc).splitlines():
@@ -52,8 +68,9 @@ def execute(cur: psycopg2.extensions.cursor, statement: Text | prepared.Prepared
 
 
 class Direct:
-    """A caller's psycopg2 connection or cursor, used as it is: its transaction,
-    no retries, errors raised to the caller."""
+    """A caller's DB-API connection or cursor taking `%(name)s` parameters
+    (psycopg2, psycopg 3, Django's), used as it is: its transaction, no retries,
+    errors raised to the caller. (Prepared statements: psycopg2's only.)"""
 
     _cursor: Any  # the caller's cursor (or another wrapper's) statements run on; else None
     _conn: Any  # else the caller's connection, on which each statement opens a cursor
@@ -61,7 +78,8 @@ class Direct:
     def __init__(self, conn_or_cursor: Any) -> None:
         if isinstance(conn_or_cursor, psycopg2.extensions.cursor):
             self._cursor, self._conn = conn_or_cursor, None
-        elif isinstance(conn_or_cursor, PgConnection) or hasattr(conn_or_cursor, "cursor"):
+        elif isinstance(conn_or_cursor, PgConnection) or callable(
+                getattr(conn_or_cursor, "cursor", None)):  # (a Django cursor's is no method)
             self._cursor, self._conn = None, conn_or_cursor
         elif hasattr(conn_or_cursor, "execute"):  # a cursor-like object of another wrapper
             self._cursor, self._conn = conn_or_cursor, None

@@ -18,13 +18,12 @@ open (a caller's own, through `Direct`), the statement is sent whole each time.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import psycopg2.extensions
 
-_PARAM = re.compile(r"%\((\w+)\)s")
+from .paramstyles import numbered
 
 
 class Prepared:
@@ -37,8 +36,8 @@ class Prepared:
         self.name = name
         self.text = text  # the statement as sent whole
         self.prefix = prefix  # settings sent in front, in the same transaction
-        self.params = list(dict.fromkeys(_PARAM.findall(text)))
-        body = _PARAM.sub(lambda m: f"${self.params.index(m.group(1)) + 1}", text)
+        body, names = numbered(text, "%%")
+        self.params = list(names)
         args = ", ".join(f"%({p})s" for p in self.params)
         declared = ", ".join(types[p] for p in self.params)
         self._execute = f"EXECUTE {name}({args})"

@@ -645,11 +645,13 @@ LIMIT 1;
 -- array's order (ids increase in that order); all due at %(run_at)s, or now() +
 -- %(delay)s, or now(); all of task %(task)s (NULL: the default handler), in
 -- queue %(queue)s, at %(priority)s; %(trace)s: the enqueue's trace context
--- (JSON text, NULL when not traced: migration 014).
+-- (JSON text, NULL when not traced: migration 014). (Cast: a driver that binds
+-- on the server, asyncpg, would take an untyped parameter in a select list for
+-- text.)
 INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, trace_context)
 SELECT p.payload, p.arguments::jsonb, CASE WHEN p.arguments IS NULL THEN 1 ELSE 2 END,
        coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
-       %(task)s, %(queue)s, %(priority)s, %(trace)s::jsonb
+       %(task)s, %(queue)s, %(priority)s::integer, %(trace)s::jsonb
 FROM unnest(%(payloads)s::text[], %(arguments)s::text[]) WITH ORDINALITY
      AS p(payload, arguments, n)
 ORDER BY p.n

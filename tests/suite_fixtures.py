@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import sys
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Children inherit os.environ: drop taskworker's variables a developer may have set."""
     for var in FIELDS:
         monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def own_registry() -> Iterator[None]:
+    """Tasks a test registers in this process (taskworker.registry, loaded by then)
+    are forgotten after it: a later test's enqueue checks names against the
+    registry, and would meet them (which tests come before it changes with -n)."""
+    loaded = sys.modules.get("taskworker.registry")
+    before = {} if loaded is None else dict(loaded._registry)
+    yield
+    registry = sys.modules.get("taskworker.registry")
+    if registry is not None:
+        registry._registry.clear()
+        registry._registry.update(before)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """The fixtures of tests/ and examples/: a real PostgreSQL server, one migrated
-template database per session, a cheap copy of it per test, and taskworker run as
-subprocesses. A plain module, loaded by the root conftest.py as a pytest plugin.
+template database per session, a cheap copy of it per test (made ahead, dropped
+behind: `Copies`), and taskworker run as subprocesses. A plain module, loaded by
+the root conftest.py as a pytest plugin.
 
 No gevent here on purpose: the pytest process talks to the database with plain
 blocking psycopg2; everything that patches runs in a child process.
@@ -10,14 +11,19 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
+import sys
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg2
 import pytest
 from invariants import query, wait_until
-from pgserver import server_url, temp_database
+from pgserver import _admin, database_url, server_url, temp_database
 from proc import ServeFactory, ServeProcess, run_cli
+from psycopg2.sql import SQL, Identifier
 
 from taskworker.settings import FIELDS
 
@@ -29,11 +35,79 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def own_registry() -> Iterator[None]:
+    """Tasks a test registers in this process (taskworker.registry, loaded by then)
+    are forgotten after it: a later test's enqueue checks names against the
+    registry, and would meet them (which tests come before it changes with -n)."""
+    loaded = sys.modules.get("taskworker.registry")
+    before = {} if loaded is None else dict(loaded._registry)
+    yield
+    registry = sys.modules.get("taskworker.registry")
+    if registry is not None:
+        registry._registry.clear()
+        registry._registry.update(before)
+
+
 @pytest.fixture(scope="session")
 def pg_base_url() -> Iterator[str]:
     """URL of a superuser connection: $TEST_DATABASE_URL if it answers, else a throwaway cluster."""
     with server_url() as url:
         yield url
+
+
+class Copies:
+    """The tests' databases, made and dropped off the tests' time.
+
+    Each CREATE DATABASE writes the template into the WAL and each DROP DATABASE
+    waits for a checkpoint: a second or more apiece on a busy server, most of a
+    short test. So copies of the template are made AHEAD of the tests that take
+    them, in a thread, and every database a test had is dropped (WITH (FORCE): a
+    killed process's backends do not hold it) behind it, by DROPPERS threads (drops
+    that wait together share a checkpoint). A test still gets a database of its own
+    that nothing else touched; `close()` drops what is left and raises the first
+    error a drop met.
+    """
+
+    AHEAD = 2  # copies ready before a test asks
+    DROPPERS = 4
+
+    def __init__(self, base_url: str, template: str) -> None:
+        self.base_url, self.template = base_url, template
+        self._making = ThreadPoolExecutor(1, thread_name_prefix="tw-make-db")
+        self._dropping = ThreadPoolExecutor(self.DROPPERS, thread_name_prefix="tw-drop-db")
+        self._ready: deque[Future[str]] = deque()
+        self._drops: list[Future[None]] = []
+
+    def _copy(self) -> str:
+        name = "tw_" + secrets.token_hex(4)
+        _admin(self.base_url, SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            Identifier(name), Identifier(self.template)))
+        return name
+
+    def take(self) -> str:
+        """The name of a fresh copy (the creation's error, if it failed)."""
+        if not self._ready:
+            self._ready.append(self._making.submit(self._copy))
+        taken = self._ready.popleft()
+        while len(self._ready) < self.AHEAD:
+            self._ready.append(self._making.submit(self._copy))
+        return taken.result()
+
+    def drop(self, name: str) -> None:
+        """Drop database `name` (made by `take` or elsewhere) behind the caller."""
+        self._drops.append(self._dropping.submit(_admin, self.base_url, SQL(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)").format(Identifier(name))))
+
+    def close(self) -> None:
+        for made in self._ready:
+            if not made.cancel() and made.exception() is None:
+                self.drop(made.result())
+        self._making.shutdown(wait=True)
+        self._dropping.shutdown(wait=True)
+        errors = [e for e in (d.exception() for d in self._drops) if e is not None]
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture(scope="session")
@@ -45,18 +119,30 @@ def template_db(pg_base_url: str) -> Iterator[str]:
         yield name
 
 
+@pytest.fixture(scope="session")
+def copies(pg_base_url: str, template_db: str) -> Iterator[Copies]:
+    made = Copies(pg_base_url, template_db)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
 @pytest.fixture
-def empty_db_url(pg_base_url: str) -> Iterator[str]:
+def empty_db_url(pg_base_url: str, copies: Copies) -> Iterator[str]:
     """URL of a fresh database with no schema at all."""
-    with temp_database(pg_base_url) as (_, url):
-        yield url
+    name = "tw_" + secrets.token_hex(4)
+    _admin(pg_base_url, SQL("CREATE DATABASE {}").format(Identifier(name)))
+    yield database_url(pg_base_url, name)
+    copies.drop(name)
 
 
 @pytest.fixture
-def db_url(pg_base_url: str, template_db: str) -> Iterator[str]:
+def db_url(pg_base_url: str, copies: Copies) -> Iterator[str]:
     """URL of a fresh, migrated database (a copy of `template_db`)."""
-    with temp_database(pg_base_url, template=template_db) as (_, url):
-        yield url
+    name = copies.take()
+    yield database_url(pg_base_url, name)
+    copies.drop(name)
 
 
 @pytest.fixture

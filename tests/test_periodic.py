@@ -227,12 +227,13 @@ def test_a_schedule_no_running_process_registers_enqueues_nothing(
         db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
     old = write_app(tmp_path, 'task("tick1", every="1s")(run)', 'task("gone", every="1s")(run)')
     first = serve(db_url, env=ENV, args=old)
-    wait_until(lambda: ticks(db, "gone"), 10, "a tick of gone", [first])
+    # (30 s deadlines: each includes a serve process starting, seconds when loaded)
+    wait_until(lambda: ticks(db, "gone"), 30, "a tick of gone", [first])
     stop(first)
     (last_gone, _) = ticks(db, "gone")[-1]
     new = write_app(tmp_path, 'task("tick1", every="1s")(run)', module="mymod2")
     second = serve(db_url, env={**ENV, "TASK_HANDLER": "mymod2:by_payload"}, args=new)
-    wait_until(lambda: len(logged([second], ENQUEUED.format("tick1"))) >= 3, 10,
+    wait_until(lambda: len(logged([second], ENQUEUED.format("tick1"))) >= 3, 30,
                "tick1 enqueued three times", [second])
     stop(second)
     assert ticks(db, "gone")[-1][0] == last_gone

@@ -168,8 +168,14 @@ def old_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           capture_output=True, text=True, check=True).stdout.strip()
     ours = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
     (Path(site) / "taskworker_test_dependencies.pth").write_text("\n".join(ours) + "\n")
+    # --ignore-installed: through the .pth, pip sees this code's taskworker (the
+    # same version number) and would install nothing; the old wheel goes into
+    # the venv's own site-packages, which comes first on its path.
     run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps",
-         "--no-index", wheel])
+         "--no-index", "--ignore-installed", wheel])
+    found = subprocess.run([python, "-c", "import taskworker; print(taskworker.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=root).stdout
+    assert found.startswith(str(venv)), f"the old venv imports taskworker from {found}"
     return python
 
 

@@ -244,6 +244,35 @@ def check_call(definition: TaskDef, args: Sequence[Any], kwargs: Mapping[str, An
         raise TypeError(f"{definition.name}(): {exc}") from None
 
 
+def call(fn: Callable[..., Any], signature: inspect.Signature | None, name: str | None,
+         arguments: str) -> tuple[str, str | None]:
+    """Call a format 2 task's function with a row's `arguments` (its JSON call):
+    (its return value as JSON, or why the call could not be made or its value
+    stored). A call the function does not take raises Fail (a deploy changed
+    the signature: retrying cannot fix it); an error raised inside the function
+    is raised. What a worker and the eager test mode both run."""
+    from .endings import Fail
+
+    try:
+        args, kwargs = codec.decode_call(arguments)
+    except ValueError as exc:  # (json.JSONDecodeError is one)
+        return "", f"ValueError: cannot read the task's arguments: {exc}"
+    try:
+        value = fn(*args, **kwargs)
+    except TypeError as exc:
+        if signature is not None:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as refused:
+                raise Fail(f"TypeError: the arguments do not fit {name}{signature}: "
+                           f"{refused}") from exc
+        raise
+    try:
+        return codec.encode(value, f"the return value of {name}()"), None
+    except codec.NotJSON as exc:
+        return "", f"TypeError: {exc}"
+
+
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     try:
         return inspect.signature(fn)

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import codec, registry
+from . import registry
 from .endings import Cancel, Fail, Snooze
 from .handlers import HandlerSettings, TaskContext, _running
 from .store.admin import Outcome
@@ -101,10 +101,11 @@ class EagerRunner:
         running = _running.set(run)
         status, value, error, tb = "done", None, None, None
         try:
-            if fmt == 2:
-                args, kwargs = codec.decode_call(entry.arguments or "")
-                returned = definition.fn(*args, **kwargs)
-                value = codec.encode(returned, f"the return value of {entry.name}()")
+            if fmt == 2:  # (as a worker calls it)
+                value, problem = registry.call(definition.fn, definition.signature,
+                                               entry.name, entry.arguments or "")
+                if problem is not None:
+                    status, error = "error", problem
             elif definition.takes_task:
                 value = definition.fn(entry.payload, task=run.context())
             else:

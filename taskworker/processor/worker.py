@@ -20,10 +20,11 @@ import gevent
 from gevent.event import Event
 
 from .. import hooks
-from ..codec import NotJSON, decode, decode_call, encode
+from ..codec import decode
 from ..endings import Cancel, Fail, Snooze
 from ..handlers import HandlerSettings, TaskContext, _running
 from ..logs import log, printable, seconds
+from ..registry import call
 from ..settings import Settings
 from ..store.tasks import ClaimedTask
 from ..tracing import consumer
@@ -197,17 +198,16 @@ class Worker:
             if self.hooked:
                 hooks.call(hooks.TASK_STARTED, run.context(), task_id=task.id)
             outcome = self._handle(task, n, job, run)
-            if run.bound is not None and run.bound.conn is not None:  # (part 21)
-                if outcome.kind == DONE:
-                    outcome, outcome.written = run.bound.commit(
-                        outcome, self.holder, self.frees_slots,
-                        lambda o, why: self._failed(o.task, n, job, why))
-                else:  # (a handler that caught the failure itself: nothing to keep)
-                    run.bound.rollback()
+            if run.bound is not None and run.bound.conn is not None and outcome.kind == DONE:
+                outcome, outcome.written = run.bound.commit(  # (part 21)
+                    outcome, self.holder, self.frees_slots,
+                    lambda o, why: self._failed(o.task, n, job, why))
             return outcome
         finally:
+            # Any other ending undoes the bound transaction, a kill midway included
+            # (shutdown, cancel, the lease guard).
             if run.bound is not None:
-                run.bound.rollback()  # (killed midway: shutdown, cancel, the lease guard)
+                run.bound.rollback()
             _running.reset(running)
 
     def _handle(self, task: ClaimedTask, n: int, job: Job, run: TaskRun) -> Outcome:
@@ -244,32 +244,12 @@ class Worker:
             timer.close()
 
     def _call(self, job: Job, task: ClaimedTask) -> tuple[str, str | None]:
-        """Call a format 2 task's function with the row's arguments: (its return
-        value as JSON, or why the call could not be made or its value stored).
-        A call its function does not take fails the task at once, unretried (a
-        deploy changed the signature: retrying cannot fix it); an error raised
-        inside the function is raised."""
+        """Call a format 2 task's function with the row's arguments (see
+        registry.call)."""
         if not job.named:
             return "", ("TypeError: a task with arguments needs a registered function; "
                         "this row names none")
-        try:
-            args, kwargs = decode_call(task.payload or "")
-        except ValueError as exc:  # (json.JSONDecodeError is one)
-            return "", f"ValueError: cannot read the task's arguments: {exc}"
-        try:
-            value = job.fn(*args, **kwargs)
-        except TypeError as exc:
-            if job.signature is not None:
-                try:
-                    job.signature.bind(*args, **kwargs)
-                except TypeError as refused:
-                    raise Fail(f"TypeError: the arguments do not fit {task.name}"
-                               f"{job.signature}: {refused}") from exc
-            raise
-        try:
-            return encode(value, f"the return value of {task.name}()"), None
-        except NotJSON as exc:
-            return "", f"TypeError: {exc}"
+        return call(job.fn, job.signature, task.name, task.payload or "")
 
     def _cancelled(self, task: ClaimedTask, n: int, why: str, asked: bool = False) -> Outcome:
         """`asked`: by `taskworker cancel` or the dashboard; the stored error then

@@ -40,7 +40,7 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar
 
 from . import codec
 from .handlers import coroutine_refusal
@@ -70,6 +70,8 @@ class TaskDef:
     retry_backoff: float | None = None  # seconds
     timeout: float | None = None  # seconds; 0: no limit
     max_running: int | None = None  # across every process and host
+    rate_limit: RateLimit | None = None  # starts per window, across every process and host
+    max_running_per_key: int | None = None  # running per concurrency_key, across processes
     cron: str | None = None  # 5-field cron expression (CRON_TZ, default UTC)
     every: float | None = None  # seconds between periodic runs
     payload: str | None = None  # what a periodic run gets (a text payload), or
@@ -101,6 +103,7 @@ R = TypeVar("R")
 def task(name: str | None = None, *, queue: str | None = None, priority: int | None = None,
          max_retries: int | None = None, retry_backoff: str | float | None = None,
          timeout: str | float | None = None, max_running: int | None = None,
+         rate_limit: str | None = None, max_running_per_key: int | None = None,
          cron: str | None = None, every: str | float | None = None,
          payload: str | None = None, args: Sequence[Any] | None = None,
          kwargs: dict[str, Any] | None = None, skip_if_running: bool = True,
@@ -110,7 +113,10 @@ def task(name: str | None = None, *, queue: str | None = None, priority: int | N
     "500ms", "2m", "1h". A periodic task (`cron` or `every`) is called with
     `args` and `kwargs` (checked here against its signature), or with the text
     `payload` as one argument; with neither, it is called with no argument if
-    its signature allows, else with None (as before part 14)."""
+    its signature allows, else with None (as before part 14). `rate_limit`
+    ("100/m": per second, minute or hour) caps its starts in any such window
+    across every process; `max_running_per_key` caps how many of its calls
+    enqueued with one `concurrency_key` run at once."""
 
     def register(fn: Callable[P, R]) -> Task[P, R]:
         if isinstance(fn, Task):
@@ -124,11 +130,14 @@ def task(name: str | None = None, *, queue: str | None = None, priority: int | N
             _check_name(queue, f"{where}: queue")
         if priority is not None and not isinstance(priority, int):
             raise RegistryError(f"{where}: priority must be an integer")
-        for label, value in (("max_retries", max_retries), ("max_running", max_running)):
-            if value is not None and (not isinstance(value, int) or value < 0
-                                      or (label == "max_running" and value < 1)):
+        for label, value, least in (("max_retries", max_retries, 0),
+                                    ("max_running", max_running, 1),
+                                    ("max_running_per_key", max_running_per_key, 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < least):
                 raise RegistryError(f"{where}: {label} must be an integer "
-                                    f"{'of 1 or more' if label == 'max_running' else '>= 0'}")
+                                    f"{'of 1 or more' if least else '>= 0'}")
+        rate = None if rate_limit is None else _rate(rate_limit, where)
         if cron is not None and every is not None:
             raise RegistryError(f"{where}: give cron or every, not both")
         if cron is not None:
@@ -140,7 +149,8 @@ def task(name: str | None = None, *, queue: str | None = None, priority: int | N
         definition = TaskDef(
             name=task_name, fn=fn, takes_task=takes_task(fn), queue=queue, priority=priority,
             max_retries=max_retries, retry_backoff=_seconds(retry_backoff, where, "retry_backoff"),
-            timeout=_seconds(timeout, where, "timeout"), max_running=max_running, cron=cron,
+            timeout=_seconds(timeout, where, "timeout"), max_running=max_running,
+            rate_limit=rate, max_running_per_key=max_running_per_key, cron=cron,
             every=_seconds(every, where, "every"), payload=payload, arguments=arguments,
             skip_if_running=skip_if_running, signature=signature)
         if definition.every is not None and definition.every <= 0:
@@ -165,6 +175,7 @@ class Options:
     run_at: datetime | timedelta | None = None
     delay: timedelta | float | None = None
     unique_key: str | None = None
+    concurrency_key: str | None = None
 
 
 NO_OPTIONS = Options()
@@ -220,18 +231,21 @@ class Task(Generic[P, R]):
     def options(self, *, queue: str | None = None, priority: int | None = None,
                 run_at: datetime | timedelta | None = None,
                 delay: timedelta | float | None = None,
-                unique_key: str | None = None) -> Task[P, R]:
+                unique_key: str | None = None,
+                concurrency_key: str | None = None) -> Task[P, R]:
         """This task with options for the next `.enqueue`: a queue, a priority,
-        a time (`run_at`, or `delay` in seconds or a timedelta) or a unique key
+        a time (`run_at`, or `delay` in seconds or a timedelta), a unique key
         (while a task with that key is live, `.enqueue` inserts nothing and
-        returns the live task's id)."""
+        returns the live task's id) or a concurrency key (at most the task's
+        max_running_per_key calls with that key run at once)."""
         was = self._options
         return Task(self.task_name, self.fn, Options(
             was.queue if queue is None else queue,
             was.priority if priority is None else priority,
             was.run_at if run_at is None and delay is None else run_at,
             was.delay if run_at is None and delay is None else delay,
-            was.unique_key if unique_key is None else unique_key))
+            was.unique_key if unique_key is None else unique_key,
+            was.concurrency_key if concurrency_key is None else concurrency_key))
 
 
 def check_call(definition: TaskDef, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
@@ -397,6 +411,34 @@ def _seconds(value: str | float | None, where: str, label: str) -> float | None:
     if seconds < 0:
         raise RegistryError(f"{where}: {label} must not be negative")
     return seconds
+
+
+class RateLimit(NamedTuple):
+    """`starts` at most in any window of `per` seconds."""
+
+    starts: int
+    per: float
+
+    def __str__(self) -> str:
+        unit = RATE_UNITS_SHOWN.get(self.per)
+        return f"{self.starts}/{unit}" if unit else f"{self.starts} per {self.per:g}s"
+
+
+RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+              "h": 3600.0, "hour": 3600.0}
+RATE_UNITS_SHOWN = {1.0: "s", 60.0: "m", 3600.0: "h"}
+MAX_RATE_COUNT = 100_000  # one token row per start a window allows
+
+
+def _rate(value: object, where: str) -> RateLimit:
+    """"100/m" as RateLimit(100, 60.0)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*([a-z]+)\s*", value) \
+        if isinstance(value, str) else None
+    if match is None or match[2] not in RATE_UNITS or not 1 <= int(match[1]) <= MAX_RATE_COUNT:
+        raise RegistryError(f"{where}: rate_limit {value!r}: give starts per second, minute "
+                            f"or hour, such as '10/s', '100/m' or '1000/h' "
+                            f"(1 to {MAX_RATE_COUNT:,} starts)")
+    return RateLimit(int(match[1]), RATE_UNITS[match[2]])
 
 
 def _origin(fn: Callable[..., Any]) -> str:

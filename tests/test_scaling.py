@@ -179,7 +179,8 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
     assert count(db, "pending") == 100_000
 
     ids = list(range(1, 101))
-    served = {"queues": None, "names": [""], "limited": [], "capped": [], "rooms": []}
+    served = {"queues": None, "names": [""], "limited": [], "capped": [], "rooms": [],
+              "rated": [], "spans": [], "rated_room": 0}
     claim = {"limit": 100, "holder": "host:1:abcd", "lease": 30, "inline_bytes": 40000,
              **served, "pair_queues": [], "pair_names": []}
     statements = [  # the fetcher's, completer's and heartbeat's, with realistic parameters
@@ -188,7 +189,7 @@ def test_statements_use_indexes_in_a_big_table(db_url: str, db: Any) -> None:
                                              "pair_queues": ["default"], "pair_names": [""]}),
         ("claim alone", "claim_alone", {**claim, "limit": 1}),
         ("rescue", "rescue", {"max_rescues": 3, "holder": "host:1:abcd", "held": ids}),
-        ("next_due", "next_due", None),
+        ("next_due", "next_due", {"rated": []}),
         ("alone_waiting", "alone_waiting", served),
         ("heartbeat", "heartbeat", {"ids": ids, "fences": [1] * 100, "holder": "host:1:abcd",
                                     "lease": 30, "agos": [1.5] * 100}),

@@ -10,6 +10,7 @@ from typing import Any
 import click
 import psycopg2
 
+from ..registry import RateLimit
 from ..store import admin
 from ..store.connection import DatabaseUnavailable, connect
 from ..store.database import Direct, PgConnection, first_line
@@ -52,6 +53,9 @@ def status(as_json: bool, watch: str | None, workflow: int | None) -> None:
              how long they have run, when their heartbeat last wrote, tasks held
              (claimed and running)
     PAUSED   queues paused with `taskworker pause`
+    RATE LIMIT
+             each task name with a rate_limit: the limit, its starts in
+             about the last window, and its pending tasks that are due
     Warning  pending tasks no running process would claim (a task name none
              knows, no default handler, a queue none serves)
     HOLDER   claimed and running tasks per process (locked_by =
@@ -105,6 +109,7 @@ def snapshot(conn: PgConnection) -> dict[str, Any]:
         summary = admin.summary(db)
         holders = admin.holders(db)
         errors = admin.top_errors(db, TOP_ERRORS)
+        rates = admin.rate_limits(db)
         serving = status_serving.read(db, {h.locked_by: h.tasks for h in holders})
     finally:
         if not conn.closed:  # closed: interrupted (Ctrl+C) or lost mid-query
@@ -124,6 +129,8 @@ def snapshot(conn: PgConnection) -> dict[str, Any]:
                     for h in holders],
         "top_errors": [{"error": e.error, "tasks": e.tasks, "messages": e.messages}
                        for e in errors],
+        "rate_limits": [{"task": r.task, "limit": r.starts, "per_seconds": r.per,
+                         "spent": r.spent, "waiting": r.waiting} for r in rates],
         **serving,
     }
 
@@ -145,6 +152,13 @@ def render(snap: dict[str, Any]) -> str:
     ], right=frozenset({1}))
     lines.append("")
     lines += status_serving.render(snap)
+    if snap["rate_limits"]:
+        lines += text.table([("RATE LIMIT", "LIMIT", "STARTED", "WAITING")] + [
+            (r["task"], str(RateLimit(r["limit"], r["per_seconds"])), str(r["spent"]),
+             str(r["waiting"])) for r in snap["rate_limits"]], right=frozenset({2, 3}))
+        lines.append("(STARTED: starts in about the last window; WAITING: pending tasks "
+                     "that are due)")
+        lines.append("")
     if snap["holders"]:
         held = [("HOLDER (locked_by)", "CLAIMED", "RUNNING", "LEASE LEFT")]
         for h in snap["holders"]:

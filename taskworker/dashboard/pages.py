@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import backlog, codec
+from ..registry import RateLimit
 from ..schedule_listing import listing
 from ..store import admin, processes, search
 from ..store import dashboard as store
@@ -48,6 +49,7 @@ def live_context(app: Dashboard) -> dict[str, Any]:
         alive = processes.live(db)
         held = {h.locked_by: h for h in admin.holders(db)}
         paused = processes.paused(db)
+        rates = admin.rate_limits(db)
     now = time.monotonic()
     rows: list[admin.Backlog] = sampler.backlog.value  # type: ignore[assignment]
     counted: list[store.Count] = sampler.counts.value  # type: ignore[assignment]
@@ -74,6 +76,7 @@ def live_context(app: Dashboard) -> dict[str, Any]:
         "chart": chart(sampler.minutes, sampler.now) if sampler.minutes_at else None,
         "processes": [(p, held.get(p.holder)) for p in alive],
         "paused": paused,
+        "rate_limits": [(r, str(RateLimit(r.starts, r.per))) for r in rates],
         "unserved": backlog.unserved(rows, alive) if alive or rows else [],
         "no_name": backlog.NO_NAME,
     }

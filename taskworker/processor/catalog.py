@@ -55,17 +55,35 @@ class Catalog:
         self.caps = {q: cap for q, cap in settings.queues or () if cap is not None}
         self.limits = {name: d.max_running for name, d in self.definitions.items()
                        if d.max_running is not None}
+        self.rates = {name: d.rate_limit for name, d in self.definitions.items()
+                      if d.rate_limit is not None}
+        # A token taken stays spent for the window and a start guard: a claimed
+        # task's handler must start within the guard (the worker gives back one
+        # that could not), so that two starts on one token, each after its claim,
+        # are a whole window apart by the handlers' own clocks. 1/20 of the
+        # window, at most 1 s: a limit reaches count / (window + guard).
+        self.start_guards = {name: start_guard(rate.per) for name, rate in self.rates.items()}
+        self._spans = {name: rate.per + self.start_guards[name]
+                       for name, rate in sorted(self.rates.items())}
         # The task names claimed ('' for tasks without a name), and the limited ones.
         self.names = sorted("" if name is None else name for name in self.jobs)
         self._limited = sorted(self.limits)
 
-    def served(self, held: Mapping[str, int]) -> Served:
-        """What to claim now, `held` being this process's tasks per queue."""
+    def served(self, held: Mapping[str, int], idle: int = 0) -> Served:
+        """What to claim now, `held` being this process's tasks per queue and
+        `idle` its workers with nothing to run (rate-limited tasks are claimed
+        only for them)."""
         rooms = {q: max(cap - held.get(q, 0), 0) for q, cap in self.caps.items()}
-        return Served(self.queues, self.names, rooms, self._limited)
+        return Served(self.queues, self.names, rooms, self._limited, self._spans, idle)
 
     def job(self, name: str | None) -> Job | None:
         return self.jobs.get(name)
 
     def periodic(self) -> list[TaskDef]:
         return [d for d in self.definitions.values() if d.periodic]
+
+
+def start_guard(per: float) -> float:
+    """Seconds within which a rate-limited task's handler must start after its
+    claim was sent (see Catalog.start_guards)."""
+    return min(per / 20, 1.0)

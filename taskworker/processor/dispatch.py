@@ -48,6 +48,11 @@ class Dispatch:
         self._rate_since: float | None = None  # the first finish, then the last measure
         self._claim_seconds = 0.0  # how long a claim takes (moving average)
         self._on_the_wire = 0  # tasks asked for by the claims sent and not yet answered
+        # Rate-limited task names -> seconds after its claim was sent within which
+        # a task's handler must start (catalog.py); and held tasks of those names
+        # -> when that is (monotonic).
+        self.start_guards: dict[str, float] = {}
+        self._start_by: dict[int, float] = {}
 
     # --- the fetcher
 
@@ -136,6 +141,9 @@ class Dispatch:
                 self._cancel.add(task.id)
             self._held[task.id] = task
             self._lease_ends[task.id] = claimed_at + self.lease
+            if self.start_guards and task.name is not None \
+                    and (guard := self.start_guards.get(task.name)) is not None:
+                self._start_by[task.id] = claimed_at + guard
             self._queue.put(task)
 
     def held_by_queue(self) -> Counter[str]:
@@ -163,6 +171,11 @@ class Dispatch:
     def lease_ending(self, task: ClaimedTask, margin: float) -> bool:
         """Will the task's lease run out within `margin` seconds, unrenewed?"""
         return self._lease_ends.get(task.id, 0.0) - time.monotonic() < margin
+
+    def too_late_to_start(self, task: ClaimedTask) -> bool:
+        """Is a rate-limited task past the time its handler had to start by?"""
+        by = self._start_by.pop(task.id, None)
+        return by is not None and time.monotonic() > by
 
     def started(self, worker: int, task: ClaimedTask) -> None:
         self._running[worker] = (task, gevent.getcurrent())
@@ -233,6 +246,7 @@ class Dispatch:
             del self._held[task.id]
             self._starts.pop(task.id, None)
             self._lease_ends.pop(task.id, None)
+            self._start_by.pop(task.id, None)
             self._lost.discard(task.id)
             self._cancel.discard(task.id)
 
@@ -258,6 +272,11 @@ class Dispatch:
 
     def running_count(self) -> int:
         return len(self._running)
+
+    def idle_count(self) -> int:
+        """Workers with nothing to run: none running, none queued or on its way."""
+        return max(self.worker_count - len(self._running) - self._queue.qsize()
+                   - self._on_the_wire, 0)
 
     def stats(self) -> dict[str, int]:
         return {"held": len(self._held), "busy": len(self._running),

@@ -106,6 +106,9 @@ class Exchange:
     def _claim_loop(self) -> None:
         if self.catalog.limits:  # the slot rows of max_running, before any claim
             store.ensure_slots(self.claiming, self.catalog.limits)
+        if self.catalog.rates:  # the token rows of rate limits, likewise
+            store.ensure_tokens(self.claiming, {name: (rate.starts, rate.per)
+                                                for name, rate in self.catalog.rates.items()})
         while not self.stopping():
             self.give_back_orphans()
             if time.monotonic() >= self._next_rescue:
@@ -192,9 +195,9 @@ class Exchange:
 
     def _idle_wait(self) -> float:
         """Seconds to sleep when the table had nothing for us."""
-        due = store.next_due(self.claiming)
+        due = store.next_due(self.claiming, list(self.catalog.rates))
         wait = self.settings.fetch_interval
-        for seconds in (due.retry, due.lease):
+        for seconds in (due.retry, due.lease, due.token):
             if seconds is not None:
                 wait = min(wait, max(seconds, 0.0) + 0.01)
         return wait

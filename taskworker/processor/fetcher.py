@@ -88,8 +88,10 @@ class Fetcher:
         self.busy = False
 
     def _served(self) -> store.Served:
-        """What this process claims now (capped queues: the room left in each)."""
-        return self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {})
+        """What this process claims now (capped queues: the room left in each;
+        rate-limited names: as many as idle workers wait for)."""
+        return self.catalog.served(self.dispatch.held_by_queue() if self.catalog.caps else {},
+                                   self.dispatch.idle_count() if self.catalog.rates else 0)
 
     def _known_pairs(self) -> store.Pairs | None:
         """The (queue, name) pairs kept; None after PAIRS_TTL (look again)."""

@@ -76,6 +76,7 @@ class Processor:
         self.catalog = Catalog(settings, default, definitions)
         self.holder = holder_name()
         self.dispatch = Dispatch(settings.worker_count, settings.lease_seconds)
+        self.dispatch.start_guards = dict(self.catalog.start_guards)
         self.pool = Pool(settings.worker_count)
         self.stop_requested = Event()
         self.stop_now = Event()  # second signal: do not wait for running tasks

@@ -189,6 +189,11 @@ class Worker:
         durable = self.started(task)
         if durable is not None:  # (lost unstarted before: its start is written first)
             durable.wait()
+        if self.dispatch.too_late_to_start(task):  # (a rate limit's start guard: catalog.py)
+            log.warning("[Worker %d] Task ID: %d not started: its rate limit's start window "
+                        "passed while it waited; giving it back", n, task.id,
+                        extra=_fields(task, n))
+            return Outcome(task, n, GIVE_BACK)
         if log.isEnabledFor(logging.INFO):
             log.info("[Worker %d] Processing task ID: %d with payload: %s",
                      n, task.id, printable(task.payload), extra=_fields(task, n))

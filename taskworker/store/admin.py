@@ -119,6 +119,20 @@ def summary(db: Database) -> Summary:
                    None if oldest is None else float(oldest), rescued, retrying)
 
 
+class RateState(NamedTuple):
+    task: str
+    starts: int  # allowed per window
+    per: float  # the window, in seconds
+    spent: int  # starts within about the last window
+    waiting: int  # pending tasks that are due
+
+
+def rate_limits(db: Database) -> list[RateState]:
+    """Each rate-limited task name, as the processes serving it last set it."""
+    return [RateState(task, starts, float(per), spent, waiting)
+            for task, starts, per, spent, waiting in db.query(sql.status_rate_limits)]
+
+
 def holders(db: Database) -> list[Holder]:
     """Tasks in progress per process (claimed and running), with the time left
     on its soonest lease."""

@@ -54,6 +54,12 @@ status = 'in_progress',
 -- a limited name is read name by name. Each queue's picks are then cut to its
 -- share in priority order (picks by name can exceed it).
 --
+-- Rate limits (migration 017): a name in %(rated)s is claimed only with a token
+-- of taskworker_rate_tokens whose free_at has passed, taken in the same
+-- statement (its free_at moved %(spans)s seconds on: the window and the start
+-- guard), and at most %(rated_room)s of them (the idle workers: a rate-limited
+-- task must start at once, see catalog.py); its queue is read name by name too.
+--
 -- Planner settings: the plan must take the ordered indexes however stale the
 -- statistics (a table just bulk-loaded and never analyzed would otherwise be
 -- read whole and sorted): sent with SET LOCAL in the same round trip.
@@ -97,7 +103,7 @@ served AS MATERIALIZED (
 queues AS (
     SELECT queue,
            bool_and(name = ANY(%(names)s::text[])) AND NOT bool_or(name = ANY(%(limited)s::text[]))
-               AS whole,
+               AND NOT bool_or(name = ANY(%(rated)s::text[])) AS whole,
            min(room) AS room
     FROM served
     GROUP BY queue
@@ -114,6 +120,11 @@ shares AS MATERIALIZED (
 slots AS MATERIALIZED (
     SELECT task, slot FROM taskworker_slots
     WHERE task = ANY(%(limited)s::text[]) AND (locked_by IS NULL OR locked_until < now())
+    FOR UPDATE SKIP LOCKED
+),
+tokens AS MATERIALIZED (
+    SELECT task, token FROM taskworker_rate_tokens
+    WHERE task = ANY(%(rated)s::text[]) AND free_at <= now()
     FOR UPDATE SKIP LOCKED
 ),
 picked AS MATERIALIZED (
@@ -135,12 +146,16 @@ picked AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT t.id, t.priority, t.run_at FROM tasks AS t
         WHERE t.status = 'pending' AND t.queue = s.queue AND coalesce(t.task, '') = p.name
-          AND t.run_at <= now() AND (NOT t.run_alone OR p.name = ANY(%(limited)s::text[]))
+          AND t.run_at <= now()
+          AND (NOT t.run_alone OR p.name = ANY(%(limited)s::text[]) OR p.name = ANY(%(rated)s::text[]))
           AND t.format <= 2
         ORDER BY t.priority DESC, t.run_at, t.id
-        LIMIT CASE WHEN p.name = ANY(%(limited)s::text[])
-                   THEN least(s.share, (SELECT count(*) FROM slots WHERE slots.task = p.name))
-                   ELSE s.share END
+        LIMIT least(s.share,
+                    CASE WHEN p.name = ANY(%(limited)s::text[])
+                         THEN (SELECT count(*) FROM slots WHERE slots.task = p.name) END,
+                    CASE WHEN p.name = ANY(%(rated)s::text[])
+                         THEN least(%(rated_room)s,
+                                    (SELECT count(*) FROM tokens WHERE tokens.task = p.name)) END)
         FOR UPDATE OF t SKIP LOCKED) AS c
     WHERE NOT s.whole
 ),
@@ -166,12 +181,14 @@ took AS (
     WHERE z.task = slotted.task AND z.slot = slotted.slot
     RETURNING z.task_id
 ),
+/* include tokens_spent */,
 claimed AS (
     UPDATE tasks AS t
     SET /* include claimed_row */
     FROM chosen
     WHERE t.id = chosen.id
       AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
+      AND (chosen.name <> ALL(%(rated)s::text[]) OR chosen.id IN (SELECT id FROM spent))
     RETURNING t.id,
               CASE WHEN coalesce(octet_length(t.payload), pg_column_size(t.arguments))
                         <= %(inline_bytes)s
@@ -188,6 +205,28 @@ claimed AS (
 UNION ALL
 SELECT NULL, NULL, NULL, NULL, NULL, name, queue, NULL, NULL, NULL, NULL, NULL, NULL
 FROM found;
+
+-- name: tokens_spent
+-- The rate-limit tokens `chosen` rows take (claim and claim_keyed include it):
+-- the n-th chosen row of a rated name takes the name's n-th free token (the
+-- claim took no more rows than free tokens), whose free_at moves on by the
+-- name's span in %(spans)s. `spent`: the ids of the rows that got one. Never
+-- sent alone.
+tokened AS (
+    SELECT c.id, z.task, z.token
+    FROM (SELECT id, name, row_number() OVER (PARTITION BY name ORDER BY id) AS n
+          FROM chosen WHERE name = ANY(%(rated)s::text[])) AS c
+    JOIN (SELECT task, token, row_number() OVER (PARTITION BY task ORDER BY token) AS n
+          FROM tokens) AS z ON z.task = c.name AND z.n = c.n
+),
+spent AS (
+    UPDATE taskworker_rate_tokens AS z
+    SET free_at = now() + w.span * interval '1 second'
+    FROM tokened
+    JOIN unnest(%(rated)s::text[], %(spans)s::float8[]) AS w(task, span) ON w.task = tokened.task
+    WHERE z.task = tokened.task AND z.token = tokened.token
+    RETURNING tokened.id
+)
 
 -- name: claim_shares
 -- The claim of a busy process whose kept pairs show every queue it serves holding
@@ -265,13 +304,14 @@ SET LOCAL jit = off;
 -- task is charged with the loss; the flag is cleared, and if the process dies
 -- again the rescue parks the task. Served queues and known names only (a name
 -- with a concurrency limit is not run alone: the ordinary claim takes it under
--- its limit). Returns the claim's columns.
+-- its limit; nor one with a rate limit). Returns the claim's columns.
 WITH picked AS (
     SELECT id FROM tasks
     WHERE status = 'pending' AND run_at <= now() AND run_alone AND format <= 2
       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
       AND coalesce(task, '') = ANY(%(names)s::text[])
       AND coalesce(task, '') <> ALL(%(limited)s::text[])
+      AND coalesce(task, '') <> ALL(%(rated)s::text[])
       AND queue NOT IN (SELECT queue FROM taskworker_paused_queues)
     ORDER BY priority DESC, run_at, id
     LIMIT 1
@@ -307,6 +347,25 @@ added AS (
 DELETE FROM taskworker_slots AS z
 USING unnest(%(tasks)s::text[], %(counts)s::int[]) AS t(task, n)
 WHERE z.task = t.task AND z.slot > t.n AND (z.locked_by IS NULL OR z.locked_until < now());
+
+-- name: ensure_tokens
+-- The rate-limit tokens of each rated task name (%(tasks)s): %(counts)s rows,
+-- each for a window of %(pers)s seconds; tokens above a lowered count are
+-- deleted.
+WITH wanted AS (
+    SELECT t.task, s.token, t.per
+    FROM unnest(%(tasks)s::text[], %(counts)s::int[], %(pers)s::float8[]) AS t(task, n, per)
+    CROSS JOIN LATERAL generate_series(1, t.n) AS s(token)
+),
+added AS (
+    INSERT INTO taskworker_rate_tokens (task, token, per)
+    SELECT task, token, per FROM wanted
+    ON CONFLICT (task, token) DO UPDATE SET per = excluded.per
+    WHERE taskworker_rate_tokens.per <> excluded.per
+)
+DELETE FROM taskworker_rate_tokens AS z
+USING unnest(%(tasks)s::text[], %(counts)s::int[]) AS t(task, n)
+WHERE z.task = t.task AND z.token > t.n;
 
 -- name: payloads
 -- The payloads of the holds (%(ids)s, %(fences)s) that %(holder)s still has: the
@@ -365,14 +424,19 @@ SELECT EXISTS (SELECT 1 FROM tasks
                WHERE run_alone AND status = 'pending' AND run_at <= now() AND format <= 2
                  AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
                  AND coalesce(task, '') = ANY(%(names)s::text[])
-                 AND coalesce(task, '') <> ALL(%(limited)s::text[]));
+                 AND coalesce(task, '') <> ALL(%(limited)s::text[])
+                 AND coalesce(task, '') <> ALL(%(rated)s::text[]));
 
 -- name: next_due
--- Seconds until the next retry is due and until the next lease expires (NULL: none).
+-- Seconds until the next retry is due, until the next lease expires, and until
+-- the next rate-limit token of the names %(rated)s is free (NULL: none).
 SELECT extract(epoch FROM
            (SELECT min(run_at) FROM tasks WHERE status = 'pending' AND run_at > now()) - now()),
        extract(epoch FROM
-           (SELECT min(locked_until) FROM tasks WHERE status = 'in_progress') - now());
+           (SELECT min(locked_until) FROM tasks WHERE status = 'in_progress') - now()),
+       extract(epoch FROM
+           (SELECT min(free_at) FROM taskworker_rate_tokens
+            WHERE task = ANY(%(rated)s::text[]) AND free_at > now()) - now());
 
 -- name: heartbeat
 -- Extend the lease of every hold (%(ids)s, %(fences)s) this process still has
@@ -685,6 +749,17 @@ WHERE unique_key = %(unique_key)s AND status IN ('pending', 'in_progress');
 -- The database's now(), and now() minus %(seconds)s (NULL when no age is given):
 -- fixed once per command so that batches agree on "older than".
 SELECT now(), now() - %(seconds)s * interval '1 second';
+
+-- name: status_rate_limits
+-- Each rate-limited task name (its tokens: migration 017): the limit (tokens per
+-- window of `per` seconds), the tokens spent (starts in about the last window),
+-- and its pending tasks that are due (waiting for the limit, or for a worker).
+SELECT r.task, count(*)::int, max(r.per), count(*) FILTER (WHERE r.free_at > now())::int,
+       (SELECT count(*) FROM tasks AS t
+        WHERE t.status = 'pending' AND t.task = r.task AND t.run_at <= now())::int
+FROM taskworker_rate_tokens AS r
+GROUP BY r.task
+ORDER BY r.task;
 
 -- name: status_summary
 -- One scan for the status overview: counts by status (waiting: a workflow's

@@ -64,12 +64,16 @@ class ClaimedTask(NamedTuple):
 class Served(NamedTuple):
     """What a process claims: queues (None: every queue), the task names it knows
     ('' for tasks without a name, when it has a default handler), how many more
-    tasks of each capped queue it may start, and the names with max_running."""
+    tasks of each capped queue it may start, the names with max_running, and
+    those with a rate limit (each with its span: the seconds a token it takes
+    stays spent) and how many of them may be claimed now (the idle workers)."""
 
     queues: list[str] | None
     names: list[str]
     rooms: dict[str, int]  # capped queue -> places left in this process
     limited: list[str]
+    rated: dict[str, float] = {}  # name -> span (seconds)
+    rated_room: int = 0
 
 
 class Claimed(NamedTuple):
@@ -94,6 +98,7 @@ class NextDue(NamedTuple):
 
     retry: float | None  # the next pending task scheduled for later
     lease: float | None  # the next lease to expire
+    token: float | None = None  # the next rate-limit token to be free
 
 
 class Cutoff(NamedTuple):
@@ -106,9 +111,10 @@ EVERYTHING = Served(None, [""], {}, [])  # every queue, tasks without a name onl
 _CLAIM_TYPES = {
     "limit": "int", "holder": "text", "lease": "float8", "inline_bytes": "bigint",
     "queues": "text[]", "names": "text[]", "limited": "text[]", "capped": "text[]",
-    "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]"}
+    "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]",
+    "rated": "text[]", "spans": "float8[]", "rated_room": "int"}
 # Prepared once per direct connection (see prepared.py), behind the planner settings.
-CLAIM = Prepared("taskworker_claim_v11", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM = Prepared("taskworker_claim_v12", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v11", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
@@ -142,7 +148,8 @@ def busy_shares(served: Served, pairs: Pairs | None, limit: int) -> dict[str, in
     """The claim of `limit` tasks as each queue's share, when it can be sent as
     claim_shares (the pairs are known, and no name has a concurrency limit);
     else None: the whole `claim` statement must be sent."""
-    return None if pairs is None or served.limited else shares(served, pairs, limit)
+    return None if pairs is None or served.limited or served.rated \
+        else shares(served, pairs, limit)
 
 
 def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served = EVERYTHING,
@@ -159,6 +166,8 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
     found = db.query(statement, {
         "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
         "queues": served.queues, "names": served.names, "limited": served.limited,
+        "rated": list(served.rated), "spans": list(served.rated.values()),
+        "rated_room": served.rated_room,
         "capped": list(served.rooms), "rooms": list(served.rooms.values()),
         "discover": pairs is None, "pair_queues": [q for q, _ in pairs or ()],
         "pair_names": [n for _, n in pairs or ()]})
@@ -212,6 +221,13 @@ def ensure_slots(db: Database, limits: dict[str, int]) -> None:
     db.query(sql.ensure_slots, {"tasks": list(limits), "counts": list(limits.values())})
 
 
+def ensure_tokens(db: Database, rates: dict[str, tuple[int, float]]) -> None:
+    """Make the rate-limit tokens of each rated task name: `rates[name]` is
+    (starts, window in seconds)."""
+    db.query(sql.ensure_tokens, {"tasks": list(rates), "counts": [c for c, _ in rates.values()],
+                                 "pers": [p for _, p in rates.values()]})
+
+
 def payloads(db: Database, *, holder: str, holds: Sequence[Hold]) -> dict[int, str | None]:
     """The payloads of the `holds` that `holder` still has, by id."""
     return dict(db.query(sql.payloads, {"holder": holder, **hold_arrays(holds)}))
@@ -237,13 +253,14 @@ def rescue(db: Database, *, max_rescues: int, holder: str, held: Sequence[int]) 
 def alone_waiting(db: Database, served: Served = EVERYTHING) -> bool:
     """Is a task that must run alone due, of those `served` covers?"""
     return bool(db.query(sql.alone_waiting, {
-        "queues": served.queues, "names": served.names, "limited": served.limited})[0][0])
+        "queues": served.queues, "names": served.names, "limited": served.limited,
+        "rated": list(served.rated)})[0][0])
 
 
-def next_due(db: Database) -> NextDue:
-    retry, lease = db.query(sql.next_due)[0]
-    return NextDue(None if retry is None else float(retry),
-                   None if lease is None else float(lease))
+def next_due(db: Database, rated: Sequence[str] = ()) -> NextDue:
+    """What falls due next (with `rated`: also the next token of those names)."""
+    retry, lease, token = db.query(sql.next_due, {"rated": list(rated)})[0]
+    return NextDue(*(None if s is None else float(s) for s in (retry, lease, token)))
 
 
 class Held(NamedTuple):

@@ -50,7 +50,7 @@ class Bound:
 
 
 def _serve(url: str) -> Callable[[], list[Proc]]:
-    return lambda: [tw.start_serve(url, WORKERS, None,  # type: ignore[arg-type]
+    return lambda: [tw.start_serve(url, WORKERS, None,
                                    task_modules=MODULE, transaction_pool_size=WORKERS)]
 
 
@@ -80,7 +80,7 @@ def measure(url: str, n: int, rounds: int, say: Callable[[str], None],
     for r in range(rounds):
         for way in ways[r % len(ways):] + ways[:r % len(ways)]:
             say(f"bound: {n:,} tasks, {way} (round {r + 1}/{rounds})")
-            d = tw.throughput(url, n, WORKERS, None,  # type: ignore[arg-type]
+            d = tw.throughput(url, n, WORKERS, None,
                               insert=INSERT.format(task=WAYS[way]), checkpoint=True,
                               start=_serve(url), on_drained=_effects(url, way, n, result.notes))
             if d.rate:

@@ -50,7 +50,7 @@ class Calls:
 
 
 def _serve(url: str, workers: int) -> Callable[[], list[Proc]]:
-    return lambda: [tw.start_serve(url, workers, None,  # type: ignore[arg-type]
+    return lambda: [tw.start_serve(url, workers, None,
                                    task_modules=MODULE)]
 
 
@@ -77,7 +77,7 @@ def measure(url: str, n: int, rounds: int, say: Callable[[str], None],
     for r in range(rounds):
         for workers, workload in jobs[r % len(jobs):] + jobs[:r % len(jobs)]:
             say(f"calls: {n:,} {workload} tasks, W={workers} (round {r + 1}/{rounds})")
-            d = tw.throughput(url, n, workers, None,  # type: ignore[arg-type]
+            d = tw.throughput(url, n, workers, None,
                               insert=WORKLOADS[workload], checkpoint=True,
                               start=_serve(url, workers),
                               on_drained=_check_return(url, result.notes)

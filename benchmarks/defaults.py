@@ -65,7 +65,7 @@ def measure(url: str, quick: bool, rounds: int, say: Callable[[str], None],
 
 
 def _starter(url: str, case: Case, limit: int | None) -> Callable[[], list[Proc]]:
-    return lambda: [tw.start_serve(url, case.workers, limit,  # type: ignore[arg-type]
+    return lambda: [tw.start_serve(url, case.workers, limit,
                                    handler=case.handler)]
 
 

@@ -112,7 +112,7 @@ class Taskworker(System):
         _sql(self.url, "TRUNCATE tasks", tw.INSERT_PENDING, "ANALYZE tasks", args=(n,))
 
     def start(self, extra: Mapping[str, str]) -> Proc:
-        return tw.start_serve(self.url, self.concurrency, None,  # type: ignore[arg-type]
+        return tw.start_serve(self.url, self.concurrency, None,
                               handler=HANDLER, **extra)
 
     def clean(self) -> None:

@@ -51,7 +51,7 @@ def migrate(db_url: str, pythonpath: str | None = None) -> None:
         raise BenchError(f"taskworker migrate exited {code}: {out.strip()[-500:]}")
 
 
-def start_serve(db_url: str, workers: int, fetch_limit: int, prefix: Sequence[str] = (),
+def start_serve(db_url: str, workers: int, fetch_limit: int | None, prefix: Sequence[str] = (),
                 handler: str | None = NOOP, pythonpath: str | None = None,
                 **settings: object) -> Proc:
     """One `python -m taskworker serve`, behind `prefix` (e.g. `ip netns exec H`,

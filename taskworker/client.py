@@ -62,6 +62,7 @@ def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = 
             args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
             queue: str | None = None, priority: int | None = None, run_at: RunAt = None,
             delay: Delay = None, unique_key: str | None = None,
+            concurrency_key: str | None = None,
             max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, force: bool = False) -> int:
     """Insert one pending task and return its id.
 
@@ -77,14 +78,17 @@ def enqueue(conn_or_cursor: Any, payload: str | None = None, *, task: TaskRef = 
     it, else to queue 'default' and priority 0. `run_at` is a timezone-aware
     datetime (or, as `delay`, a timedelta); `delay` a timedelta or seconds from
     the database's now(); neither: as soon as possible. `unique_key`: see
-    `enqueue_unique` (this returns its id). `max_bytes`: the workers'
+    `enqueue_unique` (this returns its id). `concurrency_key` (a call only): at
+    most the task's max_running_per_key calls with that key run at once.
+    `max_bytes`: the workers'
     MAX_PAYLOAD_BYTES (a larger payload raises ValueError; a worker would end the
     task in error without running it). A `task` name this process does not
     register raises UnknownTaskName when it registers others (a typo, with the
     nearest name); `force=True` enqueues it anyway (see `place`).
     """
     return drivers.run(conn_or_cursor, _enqueue(
-        payload, task, args, kwargs, registry.Options(queue, priority, run_at, delay, unique_key),
+        payload, task, args, kwargs,
+        registry.Options(queue, priority, run_at, delay, unique_key, concurrency_key),
         max_bytes, force))
 
 
@@ -93,13 +97,15 @@ async def enqueue_async(conn: Any, payload: str | None = None, *, task: TaskRef 
                         kwargs: Mapping[str, Any] | None = None, queue: str | None = None,
                         priority: int | None = None, run_at: RunAt = None,
                         delay: Delay = None, unique_key: str | None = None,
+                        concurrency_key: str | None = None,
                         max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
                         force: bool = False) -> int:
     """`enqueue` in the transaction of an asynchronous connection: psycopg 3's
     AsyncConnection or AsyncCursor, SQLAlchemy's AsyncConnection or AsyncSession,
     or an asyncpg connection (see drivers/). The same checks and statements."""
     return await drivers.run_async(conn, _enqueue(
-        payload, task, args, kwargs, registry.Options(queue, priority, run_at, delay, unique_key),
+        payload, task, args, kwargs,
+        registry.Options(queue, priority, run_at, delay, unique_key, concurrency_key),
         max_bytes, force))
 
 
@@ -120,6 +126,8 @@ def _enqueue(payload: str | None, task: TaskRef, args: Sequence[Any] | None,
         return done.id
     if payload is None:
         raise TypeError("enqueue() needs a payload, or args/kwargs for a registered task")
+    if options.concurrency_key is not None:
+        raise TypeError("a concurrency_key goes with a call: give args/kwargs, not a payload")
     o = options
     if o.unique_key is not None:
         unique = yield from _unique_payload(payload, o.unique_key, task, o.queue, o.priority,
@@ -178,6 +186,12 @@ def call(task: TaskRef, args: Sequence[Any], kwargs: Mapping[str, Any],
                          f"MAX_PAYLOAD_BYTES={max_bytes}")
     placement = place(name, options.queue, options.priority, options.run_at, options.delay,
                       force)
+    if options.concurrency_key is not None:
+        check_unique_key(options.concurrency_key, "concurrency_key")
+        if known is not None and known.max_running_per_key is None:
+            raise ValueError(f"{name}(): a concurrency_key needs the task's "
+                             f"max_running_per_key (@taskworker.task(max_running_per_key=N))")
+        placement = placement._replace(concurrency_key=options.concurrency_key)
     eager = _eager()
     if eager is not None:
         return Enqueued(eager.enqueued(name, arguments, placement, options.unique_key), True,
@@ -395,14 +409,15 @@ def task_name(task: TaskRef) -> str | None:
     return task
 
 
-def check_unique_key(key: object) -> None:
-    """Raise TypeError or ValueError unless `key` can be a unique key."""
+def check_unique_key(key: object, label: str = "unique_key") -> None:
+    """Raise TypeError or ValueError unless `key` can be a unique key (or, with
+    `label`, another key kept in an index: concurrency_key)."""
     if not isinstance(key, str):
-        raise TypeError(f"unique_key must be str, not {type(key).__name__}")
+        raise TypeError(f"{label} must be str, not {type(key).__name__}")
     if not key or "\x00" in key:
-        raise ValueError("unique_key must be a non-empty text without NUL characters")
+        raise ValueError(f"{label} must be a non-empty text without NUL characters")
     if (size := len(key.encode("utf-8"))) > MAX_UNIQUE_KEY_BYTES:
-        raise ValueError(f"unique_key is {size} bytes, over {MAX_UNIQUE_KEY_BYTES}")
+        raise ValueError(f"{label} is {size} bytes, over {MAX_UNIQUE_KEY_BYTES}")
 
 
 def check_payload(payload: object, max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:

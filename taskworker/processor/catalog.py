@@ -55,6 +55,11 @@ class Catalog:
         self.caps = {q: cap for q, cap in settings.queues or () if cap is not None}
         self.limits = {name: d.max_running for name, d in self.definitions.items()
                        if d.max_running is not None}
+        # With a name limited per concurrency key, the keyed calls of every name
+        # it knows (None: no limit per key), claimed by claim_keyed; else none.
+        self.per_key: dict[str, int | None] = {
+            name: d.max_running_per_key for name, d in sorted(self.definitions.items())
+        } if any(d.max_running_per_key for d in self.definitions.values()) else {}
         self.rates = {name: d.rate_limit for name, d in self.definitions.items()
                       if d.rate_limit is not None}
         # A token taken stays spent for the window and a start guard: a claimed

@@ -22,6 +22,8 @@ from gevent.queue import Queue
 
 from ..store.tasks import ClaimedTask
 
+KEYED_FORMAT = 3  # a call enqueued with a concurrency key (migration 017)
+
 # FETCH_LIMIT unset: each claim is sized here (free_slots).
 AUTO_LIMIT = 1000  # most tasks an automatic claim takes
 PREFETCH_SECONDS = 0.05  # an automatic claim queues what the workers finish in this long,
@@ -53,6 +55,9 @@ class Dispatch:
         # -> when that is (monotonic).
         self.start_guards: dict[str, float] = {}
         self._start_by: dict[int, float] = {}
+        # Keyed tasks may have become claimable: one of ours ended (its key has
+        # room) or tasks were inserted (exchange.py: claim_keyed).
+        self._keyed_news = False
 
     # --- the fetcher
 
@@ -159,6 +164,16 @@ class Dispatch:
         """Make the fetcher look again now: tasks may be claimable, or due."""
         self._wake.set()
 
+    def inserted(self) -> None:
+        """Tasks were inserted (a notification): look again now, keyed ones too."""
+        self._keyed_news = True
+        self._wake.set()
+
+    def keyed_news(self) -> bool:
+        """Have keyed tasks become claimable since the last ask? (Then cleared.)"""
+        news, self._keyed_news = self._keyed_news, False
+        return news
+
     # --- the workers
 
     def take(self) -> ClaimedTask | None:
@@ -183,7 +198,9 @@ class Dispatch:
 
     def finished(self, worker: int) -> None:
         """A worker is idle again: the fetcher may claim for it."""
-        self._running.pop(worker, None)
+        ran = self._running.pop(worker, None)
+        if ran is not None and ran[0].format == KEYED_FORMAT:
+            self._keyed_news = True
         self._finished += 1
         if self._rate_since is None:
             self._rate_since = time.monotonic()

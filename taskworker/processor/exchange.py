@@ -46,7 +46,7 @@ from .catalog import Catalog
 from .completer import Completer
 from .dispatch import Dispatch
 from .fetcher import Fetcher, Plan
-from .intake import Intake
+from .intake import CLAIM_BYTES, Intake
 from .outcomes import ERROR, GIVE_BACK, RETRY, SNOOZE, Outcome, fields
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
@@ -84,6 +84,8 @@ class Exchange:
         self._alone_waiting = False  # a task that must run alone may be due
         self._next_rescue = 0.0
         self._rescued = 0
+        self._key_after: tuple[str, str] | None = None  # where the last walk of keys stopped
+        self._keyed_next = 0.0  # (monotonic) no claim of keyed tasks before, without news
 
     def stats(self) -> dict[str, int]:
         return {"claimed": self.intake.claimed, "rescued": self._rescued,
@@ -126,10 +128,15 @@ class Exchange:
             if want <= 0:
                 self.dispatch.sleep(self.settings.fetch_interval)
                 continue
+            keyed_more = False
+            if self.catalog.per_key and self._keyed_due():
+                keyed_more = self.claim_keyed()
+                if (want := self.fetcher.wanted()) <= 0:
+                    continue
             tasks, more = self.claim(self.fetcher.plan(want))
             if tasks:
                 log.info("Fetched %d tasks", len(tasks))
-            if not more and not self.stopping():
+            if not more and not keyed_more and not self.stopping():
                 self.fetcher.idle()
                 self.dispatch.sleep(self._idle_wait())
 
@@ -149,6 +156,35 @@ class Exchange:
             claimed_at = self.claiming.sent_at  # (the send that succeeded, after an outage)
             self.fetcher.claimed(plan, claim, claimed_at)
             return self.intake.take_in(self.claiming, claim.rows, claimed_at)
+
+    def claim_keyed(self) -> bool:
+        """Claim tasks enqueued with a concurrency key for the idle workers (a
+        keyed task held in the local queue would take its key's place while it
+        waits); whether to claim keyed tasks again at once (the walk stopped
+        short of the last key, or met new keys whose tasks the next claim takes).
+        After a claim that found nothing, the next waits for news (keyed_news)
+        or FETCH_INTERVAL: a saturated key is not asked about in a loop."""
+        idle = self.dispatch.idle_count()
+        if idle <= 0:
+            return False
+        served = self.catalog.served({}, idle)
+        with self.dispatch.on_the_wire(idle):
+            keyed = store.claim_keyed(
+                self.claiming, holder=self.holder, limit=idle, lease=self.settings.lease_seconds,
+                served=served, per_key=self.catalog.per_key, after=self._key_after,
+                inline_bytes=max(CLAIM_BYTES // idle, 1))
+            tasks, _ = self.intake.take_in(self.claiming, keyed.rows, self.claiming.sent_at)
+        if tasks:
+            log.info("Fetched %d tasks", len(tasks))
+        self._key_after = keyed.after
+        again = keyed.after is not None or keyed.made > 0
+        self._keyed_next = 0.0 if tasks or again else \
+            time.monotonic() + self.settings.fetch_interval
+        return again
+
+    def _keyed_due(self) -> bool:
+        """Is a claim of keyed tasks worth sending now (see claim_keyed)?"""
+        return self.dispatch.keyed_news() or time.monotonic() >= self._keyed_next
 
     def rescue(self) -> None:
         """Take back tasks whose lease expired: their process stopped responding."""

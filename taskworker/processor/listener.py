@@ -114,7 +114,7 @@ class Listener:
                 conn.notifies.clear()
                 if cancel:
                     stop_cancelled(self.dispatch, cancel)
-                self.dispatch.wake()
+                self.dispatch.inserted()
             wait = PING_EVERY
             if self._probe:
                 wait = max(self._probe_sent + PROBE_WAIT - time.monotonic(), 0.0)

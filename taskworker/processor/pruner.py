@@ -32,6 +32,7 @@ def prune_finished(db: Database, older_than: float, statuses: Sequence[str] = FI
         got = store.prune(db, statuses=statuses, before=before, after_id=after,
                           limit=batch_size)
         if not got:
+            store.prune_keys(db)  # (the keys of concurrency limits left without a task)
             return deleted
         deleted += len(got)
         after = max(got)

@@ -30,6 +30,7 @@ class Placement(NamedTuple):
     run_at: datetime | None = None  # due at; or
     delay: timedelta | None = None  # due after this, from the database's now(); or now
     trace: str | None = None  # the enqueue's trace context as JSON (tracing.py); None: untraced
+    concurrency_key: str | None = None  # a call's key (max_running_per_key; migration 017)
 
 
 def enqueue(payloads: Sequence[str], placement: Placement,

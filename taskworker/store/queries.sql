@@ -21,6 +21,21 @@ status = 'in_progress',
     started_at = NULL,
     updated_at = now()
 
+-- name: claimed_columns
+-- What every claim returns of the rows it takes (claim, claim_shares and
+-- claim_keyed include it as /* include claimed_columns */), each row's share
+-- read from the relation the UPDATE joins (its queue's share of the claim).
+-- A part of those statements, never sent alone.
+t.id,
+    CASE WHEN coalesce(octet_length(t.payload), pg_column_size(t.arguments))
+              <= %(inline_bytes)s
+         THEN coalesce(t.payload, t.arguments::text) END AS payload,
+    t.attempts, t.rescues,
+    coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0) AS size,
+    t.task, t.queue, share, t.cancel_requested_at IS NOT NULL AS cancel,
+    t.fence, t.unstarted_rescues, t.format, t.trace_context::text AS trace,
+    t.priority, t.run_at
+
 -- name: claim
 -- Take up to %(limit)s due pending tasks for this process, in one round trip.
 --
@@ -189,15 +204,7 @@ claimed AS (
     WHERE t.id = chosen.id
       AND (chosen.name <> ALL(%(limited)s::text[]) OR chosen.id IN (SELECT task_id FROM took))
       AND (chosen.name <> ALL(%(rated)s::text[]) OR chosen.id IN (SELECT id FROM spent))
-    RETURNING t.id,
-              CASE WHEN coalesce(octet_length(t.payload), pg_column_size(t.arguments))
-                        <= %(inline_bytes)s
-                   THEN coalesce(t.payload, t.arguments::text) END AS payload,
-              t.attempts, t.rescues,
-              coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0) AS size,
-              t.task, t.queue, chosen.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.unstarted_rescues, t.format, t.trace_context::text AS trace,
-              t.priority, t.run_at
+    RETURNING /* include claimed_columns */
 )
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
         unstarted_rescues, format, trace FROM claimed
@@ -227,6 +234,130 @@ spent AS (
     WHERE z.task = tokened.task AND z.token = tokened.token
     RETURNING tokened.id
 )
+
+-- name: claim_keyed
+-- Take up to %(limit)s due tasks enqueued with a concurrency key (format 3,
+-- migration 017) for this process, at most %(per_key)s of each (task, key)
+-- running at once across every process (NULL: no limit per key), in one round
+-- trip. The ordinary claims read format <= 2 only: a keyed task is taken here.
+--
+-- walk: the (task, key) pairs with pending tasks, after (%(after_task)s,
+-- %(after_key)s) (where the last claim's walk stopped, so every key gets its
+-- turn), one descent of tasks_key_claim_idx per key, at most %(scan)s keys: a
+-- key's backlog is never read through to reach the next key, so a saturated key
+-- costs the others one descent. Names this process does not know are walked
+-- past, not taken.
+--
+-- keys: each key's room (its limit less its tasks in progress with a live lease:
+-- a holder killed -9 frees its place when its lease runs out) and its row in
+-- taskworker_keys, made here when missing (that key waits for the next claim).
+-- locked: each key with room whose row is unchanged since this statement's
+-- snapshot, locked (SKIP LOCKED: a key another claim is taking is left to it).
+-- Every claim of a key raises its `claims` in the same statement, so a claim
+-- whose snapshot missed another's claim of the key finds `claims` changed (the
+-- lock rechecks the row as committed) and leaves the key: the room it read is
+-- never stale. (An outcome written since only makes the room read smaller.)
+--
+-- picked: each locked key's first tasks (priority, due time, id) up to its room,
+-- in served queues that are not paused; chosen: the first %(limit)s of all of
+-- them, rate limits applied as in claim (%(rated)s, %(spans)s, %(rated_room)s).
+-- Returns the claim's columns (share: %(limit)s), then, when the walk stopped at
+-- %(scan)s keys or key rows were made, one row (id NULL): the last key walked
+-- (task, and the key in the queue column; NULL when the walk went to the end),
+-- for the next claim to start after, and in the share column how many key rows
+-- were made (their keys' tasks are for the next claim).
+WITH RECURSIVE walk(task, key) AS (
+    (SELECT task, concurrency_key FROM tasks
+     WHERE status = 'pending' AND concurrency_key IS NOT NULL
+       AND (task, concurrency_key) > (%(after_task)s::text, %(after_key)s::text)
+     ORDER BY task, concurrency_key LIMIT 1)
+  UNION ALL
+    SELECT n.task, n.key
+    FROM walk AS w
+    CROSS JOIN LATERAL (
+        SELECT task, concurrency_key AS key FROM tasks
+        WHERE status = 'pending' AND concurrency_key IS NOT NULL
+          AND (task, concurrency_key) > (w.task, w.key)
+        ORDER BY task, concurrency_key LIMIT 1) AS n
+),
+walked AS MATERIALIZED (
+    SELECT task, key FROM walk LIMIT %(scan)s
+),
+keys AS MATERIALIZED (
+    SELECT w.task, w.key, z.claims, z.task IS NOT NULL AS present,
+           coalesce(m.per_key, 2147483647) - (
+               SELECT count(*) FROM tasks AS r
+               WHERE r.status = 'in_progress' AND r.task = w.task AND r.concurrency_key = w.key
+                 AND r.locked_until > now())::int AS room
+    FROM walked AS w
+    JOIN unnest(%(names)s::text[], %(per_key)s::int[]) AS m(task, per_key) ON m.task = w.task
+    LEFT JOIN taskworker_keys AS z ON z.task = w.task AND z.key = w.key
+),
+made AS (
+    INSERT INTO taskworker_keys (task, key)
+    SELECT task, key FROM keys WHERE NOT present ORDER BY task, key
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+),
+locked AS MATERIALIZED (
+    SELECT z.task, z.key, k.room
+    FROM keys AS k
+    JOIN taskworker_keys AS z ON z.task = k.task AND z.key = k.key AND z.claims = k.claims
+    WHERE k.present AND k.room > 0
+    FOR UPDATE OF z SKIP LOCKED
+),
+tokens AS MATERIALIZED (
+    SELECT task, token FROM taskworker_rate_tokens
+    WHERE task = ANY(%(rated)s::text[]) AND free_at <= now()
+    FOR UPDATE SKIP LOCKED
+),
+picked AS MATERIALIZED (
+    SELECT c.id, l.task AS name, l.key, c.priority, c.run_at
+    FROM locked AS l
+    CROSS JOIN LATERAL (
+        SELECT t.id, t.priority, t.run_at FROM tasks AS t
+        WHERE t.status = 'pending' AND t.task = l.task AND t.concurrency_key = l.key
+          AND t.run_at <= now() AND t.format <= 3
+          AND (%(queues)s::text[] IS NULL OR t.queue = ANY(%(queues)s::text[]))
+          AND NOT EXISTS (SELECT 1 FROM taskworker_paused_queues AS z WHERE z.queue = t.queue)
+        ORDER BY t.priority DESC, t.run_at, t.id
+        LIMIT least(l.room, %(limit)s)
+        FOR UPDATE OF t SKIP LOCKED) AS c
+),
+chosen AS MATERIALIZED (
+    SELECT id, name, key, %(limit)s AS share FROM (
+        SELECT p.*, row_number() OVER (ORDER BY priority DESC, run_at, id) AS turn,
+               row_number() OVER (PARTITION BY name ORDER BY priority DESC, run_at, id) AS nth
+        FROM picked AS p) AS r
+    WHERE turn <= %(limit)s
+      AND (name <> ALL(%(rated)s::text[])
+           OR nth <= least(%(rated_room)s, (SELECT count(*) FROM tokens WHERE tokens.task = r.name)))
+),
+raised AS (
+    UPDATE taskworker_keys AS z
+    SET claims = z.claims + 1
+    FROM (SELECT DISTINCT name, key FROM chosen) AS c
+    WHERE z.task = c.name AND z.key = c.key
+),
+/* include tokens_spent */,
+claimed AS (
+    UPDATE tasks AS t
+    SET /* include claimed_row */
+    FROM chosen
+    WHERE t.id = chosen.id
+      AND (chosen.name <> ALL(%(rated)s::text[]) OR chosen.id IN (SELECT id FROM spent))
+    RETURNING /* include claimed_columns */
+)
+(SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
+        unstarted_rescues, format, trace FROM claimed
+ ORDER BY priority DESC, run_at, id)
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, last.task, last.key, (SELECT count(*) FROM made)::int,
+       NULL, NULL, NULL, NULL, NULL
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT task, key FROM walked ORDER BY task DESC, key DESC LIMIT 1) AS last
+       ON (SELECT count(*) FROM walked) = %(scan)s
+WHERE last.task IS NOT NULL OR EXISTS (SELECT 1 FROM made);
 
 -- name: claim_shares
 -- The claim of a busy process whose kept pairs show every queue it serves holding
@@ -261,15 +392,7 @@ claimed AS (
     SET /* include claimed_row */
     FROM picked
     WHERE t.id = picked.id
-    RETURNING t.id,
-              CASE WHEN coalesce(octet_length(t.payload), pg_column_size(t.arguments))
-                        <= %(inline_bytes)s
-                   THEN coalesce(t.payload, t.arguments::text) END AS payload,
-              t.attempts, t.rescues,
-              coalesce(octet_length(t.payload), pg_column_size(t.arguments), 0) AS size,
-              t.task, t.queue, picked.share, t.cancel_requested_at IS NOT NULL AS cancel,
-              t.fence, t.unstarted_rescues, t.format, t.trace_context::text AS trace,
-              t.priority, t.run_at
+    RETURNING /* include claimed_columns */
 )
 
 -- name: claim_shares_completing
@@ -709,13 +832,17 @@ LIMIT 1;
 -- array's order (ids increase in that order); all due at %(run_at)s, or now() +
 -- %(delay)s, or now(); all of task %(task)s (NULL: the default handler), in
 -- queue %(queue)s, at %(priority)s; %(trace)s: the enqueue's trace context
--- (JSON text, NULL when not traced: migration 014). (Cast: a driver that binds
+-- (JSON text, NULL when not traced: migration 014); with %(concurrency_key)s
+-- (calls only), format 3: a keyed call (migration 017). (Cast: a driver that binds
 -- on the server, asyncpg, would take an untyped parameter in a select list for
 -- text.)
-INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, trace_context)
-SELECT p.payload, p.arguments::jsonb, CASE WHEN p.arguments IS NULL THEN 1 ELSE 2 END,
+INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, trace_context,
+                   concurrency_key)
+SELECT p.payload, p.arguments::jsonb,
+       CASE WHEN p.arguments IS NULL THEN 1 WHEN %(concurrency_key)s::text IS NULL THEN 2
+            ELSE 3 END,
        coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
-       %(task)s, %(queue)s, %(priority)s::integer, %(trace)s::jsonb
+       %(task)s, %(queue)s, %(priority)s::integer, %(trace)s::jsonb, %(concurrency_key)s::text
 FROM unnest(%(payloads)s::text[], %(arguments)s::text[]) WITH ORDINALITY
      AS p(payload, arguments, n)
 ORDER BY p.n
@@ -729,12 +856,15 @@ RETURNING id;
 -- DO NOTHING locks no row: DO UPDATE ... RETURNING would lock the live task's
 -- row until the caller's commit, stalling its completer and heartbeat.
 -- %(arguments)s: a JSON call (format 2), or NULL beside a text %(payload)s;
--- %(trace)s: as in enqueue.
+-- %(trace)s and %(concurrency_key)s: as in enqueue.
 INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, unique_key,
-                   trace_context)
-VALUES (%(payload)s, %(arguments)s::jsonb, CASE WHEN %(arguments)s IS NULL THEN 1 ELSE 2 END,
+                   trace_context, concurrency_key)
+VALUES (%(payload)s, %(arguments)s::jsonb,
+        CASE WHEN %(arguments)s IS NULL THEN 1 WHEN %(concurrency_key)s::text IS NULL THEN 2
+             ELSE 3 END,
         coalesce(%(run_at)s::timestamptz, now() + coalesce(%(delay)s::interval, interval '0')),
-        %(task)s, %(queue)s, %(priority)s, %(unique_key)s, %(trace)s::jsonb)
+        %(task)s, %(queue)s, %(priority)s, %(unique_key)s, %(trace)s::jsonb,
+        %(concurrency_key)s::text)
 ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND status IN ('pending', 'in_progress')
 DO NOTHING
 RETURNING id;
@@ -970,6 +1100,23 @@ USING batch
 WHERE t.id = batch.id
   AND t.status = ANY(%(statuses)s::text[]) AND t.updated_at < %(before)s
 RETURNING t.id;
+
+-- name: prune_keys
+-- Delete the rows of taskworker_keys (migration 017) whose key has no pending or
+-- running task left; the next claim that meets the key makes its row again.
+-- SKIP LOCKED: a key a claim is taking now is left for the next pass. Returns
+-- one row per key deleted.
+DELETE FROM taskworker_keys AS z
+USING (SELECT k.task, k.key FROM taskworker_keys AS k
+       WHERE NOT EXISTS (SELECT 1 FROM tasks AS t
+                         WHERE t.status = 'pending' AND t.task = k.task
+                           AND t.concurrency_key = k.key)
+         AND NOT EXISTS (SELECT 1 FROM tasks AS t
+                         WHERE t.status = 'in_progress' AND t.task = k.task
+                           AND t.concurrency_key = k.key)
+       FOR UPDATE SKIP LOCKED) AS idle
+WHERE z.task = idle.task AND z.key = idle.key
+RETURNING 1;
 
 -- name: depth_active
 -- Queue depth for the metrics: pending and in-progress tasks, counted through

@@ -115,6 +115,11 @@ _CLAIM_TYPES = {
     "rated": "text[]", "spans": "float8[]", "rated_room": "int"}
 # Prepared once per direct connection (see prepared.py), behind the planner settings.
 CLAIM = Prepared("taskworker_claim_v12", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM_KEYED = Prepared("taskworker_claim_keyed_v1", sql.claim_keyed, {
+    "limit": "int", "holder": "text", "lease": "float8", "inline_bytes": "bigint",
+    "queues": "text[]", "names": "text[]", "per_key": "int[]", "after_task": "text",
+    "after_key": "text", "scan": "int", "rated": "text[]", "spans": "float8[]",
+    "rated_room": "int"}, sql.ordered_plans + "\n")
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v11", sql.claim_shares,
                         {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
@@ -173,6 +178,33 @@ def claim(db: Database, *, holder: str, limit: int, lease: float, served: Served
         "pair_names": [n for _, n in pairs or ()]})
     return Claim(_claimed(found, inline_bytes), None if pairs is not None or alone else
                  [(row[6], row[5]) for row in found if row[0] is None])
+
+
+KEYS_SCANNED = 1000  # most keys one claim_keyed walks
+
+
+class KeyedClaim(NamedTuple):
+    rows: list[Claimed]
+    after: tuple[str, str] | None  # the last key walked, when the walk stopped short
+    made: int = 0  # keys met for the first time: their tasks are for the next claim
+
+
+def claim_keyed(db: Database, *, holder: str, limit: int, lease: float, served: Served,
+                per_key: dict[str, int | None], after: tuple[str, str] | None,
+                inline_bytes: int = 2**62, scan: int = KEYS_SCANNED) -> KeyedClaim:
+    """Claim up to `limit` due tasks enqueued with a concurrency key, at most
+    `per_key[name]` running per (name, key) across processes (None: no limit),
+    walking up to `scan` keys from after `after` (None: from the first)."""
+    found = db.query(CLAIM_KEYED, {
+        "limit": limit, "holder": holder, "lease": lease, "inline_bytes": inline_bytes,
+        "queues": served.queues, "names": list(per_key), "per_key": list(per_key.values()),
+        "after_task": after[0] if after else "", "after_key": after[1] if after else "",
+        "scan": scan, "rated": list(served.rated), "spans": list(served.rated.values()),
+        "rated_room": served.rated_room})
+    last = next((row for row in found if row[0] is None), None)
+    return KeyedClaim(_claimed(found, inline_bytes),
+                      None if last is None or last[5] is None else (last[5], last[6]),
+                      0 if last is None else last[7])
 
 
 def claim_shares(db: Database, *, holder: str, lease: float, names: list[str],
@@ -322,6 +354,11 @@ def cutoff(db: Database, older_than: float | None) -> Cutoff:
     """The database's now(), and now() minus `older_than` seconds."""
     now, before = db.query(sql.cutoff, {"seconds": older_than})[0]
     return Cutoff(now, before)
+
+
+def prune_keys(db: Database) -> int:
+    """Delete the rows of keys with no live task (see claim_keyed); how many."""
+    return len(db.query(sql.prune_keys))
 
 
 def prune(db: Database, *, statuses: Sequence[str], before: datetime, after_id: int,

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-import taskworker
 from invariants import FAST, query, stop_all, wait_until
 from test_named_tasks import app as write_app
 from test_named_tasks import finished, most_at_once
+
+import taskworker
 
 APP = '''
 import os

@@ -48,11 +48,13 @@ from .dispatch import Dispatch
 from .fetcher import Fetcher, Plan
 from .intake import Intake
 from .outcomes import ERROR, GIVE_BACK, RETRY, SNOOZE, Outcome, fields
+from .sleeping import SleepMark
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
 BACKLOG_POLL = 0.01  # seconds between checks while the completer's backlog is full
 RENEWAL_POLL = 0.1  # seconds between checks while leases are not being renewed
+QUEUE_FULL_POLL = 0.1  # seconds between claims while the notification queue is too full
 
 
 class Exchange:
@@ -84,6 +86,7 @@ class Exchange:
         self._alone_waiting = False  # a task that must run alone may be due
         self._next_rescue = 0.0
         self._rescued = 0
+        self.sleep_mark = SleepMark(holder, settings.listen)  # may inserts skip the NOTIFY?
 
     def stats(self) -> dict[str, int]:
         return {"claimed": self.intake.claimed, "rescued": self._rescued,
@@ -126,9 +129,15 @@ class Exchange:
             tasks, more = self.claim(self.fetcher.plan(want))
             if tasks:
                 log.info("Fetched %d tasks", len(tasks))
-            if not more and not self.stopping():
+            if more:
+                self.sleep_mark.busy(self.claiming)
+            elif not self.stopping():
                 self.fetcher.idle()
-                self.dispatch.sleep(self._idle_wait())
+                wait = self.sleep_mark.before_sleep(self.claiming)
+                if wait == 0.0:
+                    continue  # marked asleep: look once more before sleeping
+                idle = self._idle_wait()
+                self.dispatch.sleep(idle if wait is None else min(idle, wait))
 
     def claim(self, plan: Plan) -> tuple[list[ClaimedTask], bool]:
         """Send the claim `plan` with the outcomes waiting (when it can carry
@@ -194,6 +203,8 @@ class Exchange:
         """Seconds to sleep when the table had nothing for us."""
         due = store.next_due(self.claiming)
         wait = self.settings.fetch_interval
+        if due.queue_full:  # the insert trigger does not notify: poll
+            wait = min(wait, QUEUE_FULL_POLL)
         for seconds in (due.retry, due.lease):
             if seconds is not None:
                 wait = min(wait, max(seconds, 0.0) + 0.01)

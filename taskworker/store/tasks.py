@@ -94,6 +94,7 @@ class NextDue(NamedTuple):
 
     retry: float | None  # the next pending task scheduled for later
     lease: float | None  # the next lease to expire
+    queue_full: bool = False  # the notification queue is too full to notify: poll
 
 
 class Cutoff(NamedTuple):
@@ -241,9 +242,9 @@ def alone_waiting(db: Database, served: Served = EVERYTHING) -> bool:
 
 
 def next_due(db: Database) -> NextDue:
-    retry, lease = db.query(sql.next_due)[0]
+    retry, lease, queue_full = db.query(sql.next_due)[0]
     return NextDue(None if retry is None else float(retry),
-                   None if lease is None else float(lease))
+                   None if lease is None else float(lease), bool(queue_full))
 
 
 class Held(NamedTuple):
@@ -299,6 +300,12 @@ def backend_pid(db: Database) -> int:
 def ping(db: Database) -> None:
     """Raises if the connection is dead."""
     db.query(sql.ping)
+
+
+def notify_queue_full(db: Database) -> bool:
+    """Is the notification queue too full for the insert trigger to notify (a
+    listener that stopped reading holds it back)? Raises if the connection is dead."""
+    return bool(db.query(sql.notify_queue_full)[0][0])
 
 
 def cutoff(db: Database, older_than: float | None) -> Cutoff:

@@ -22,6 +22,13 @@ sees a pooler (the backend pid the connection announced at start differs from
 the server's own: a pooler announces one of its own making), and when its own
 test notification, sent once after the first LISTEN, does not come back within
 PROBE_WAIT. Polling every FETCH_INTERVAL still finds the work.
+
+The insert trigger notifies only while some process is marked asleep
+(sleeping.py), and not once the notification queue passes
+taskworker.notify_queue_limit (a listener somewhere that stopped reading holds
+it back; a full queue would fail every notifying commit). The listener's check
+after PING_EVERY of silence asks that too, and wakes the fetcher, which then
+polls every QUEUE_FULL_POLL while the queue stays that full.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    backlog,
     baseline,
     bound,
     calls,
@@ -35,7 +36,7 @@ from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
-          "underload", "calls", "bound", "producers")
+          "underload", "backlog", "calls", "bound", "producers")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -104,6 +105,7 @@ class Bench:
     bound: bound.Bound | None = None
     producers: producers.Producers | None = None
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
+    backlog: backlog.Backlog | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -418,3 +420,11 @@ def phase_underload(b: Bench) -> None:
     """Pickup latency while a process is busy; the NOTIFY trigger's cost (underload.py)."""
     b.underload = underload.phase(b.db, rawsql.find_pgbench(b.args.pgbench), b.args.quick,
                                   b.say)
+
+
+def phase_backlog(b: Bench) -> None:
+    """50,000 one-second tasks pending before one serve with WORKER_COUNT=10000
+    starts: the drain's rate against its ideal, and peak RSS (backlog.py)."""
+    n = backlog.TASKS // 2 if b.args.quick else backlog.TASKS
+    b.backlog = backlog.measure(b.db("backlog"), 2 if b.args.quick else 3,
+                                {"this code": None}, b.say, n=n)

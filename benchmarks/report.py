@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from . import (
+    backlog,
     baseline,
     bound,
     calls,
@@ -414,6 +415,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*roundtrip.report(b.roundtrip), ""]
     if b.underload is not None:
         out += [*underload.report(*b.underload), ""]
+    if b.backlog is not None:
+        out += [*backlog.report(b.backlog), ""]
     if b.calls is not None:
         out += [*calls.report(b.calls), ""]
     if b.bound is not None:

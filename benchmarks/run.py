@@ -60,6 +60,10 @@ at the end, also on Ctrl+C or failure):
                  in commits of 100: 10,000 no-op tasks/s (WORKER_COUNT=100), and 9,000
                  tasks/s that sleep 1 s (WORKER_COUNT=10,000); one-row commits/s with and
                  without the insert trigger's NOTIFY (benchmarks/underload.py)
+  backlog        50,000 tasks that sleep 1 s pending before one serve with
+                 WORKER_COUNT=10,000 starts: tasks/s from the first to the last
+                 completion against the ideal 12,500/s, peak RSS; 3 rounds (--quick:
+                 25,000 tasks, 2) (benchmarks/backlog.py)
   calls          no-op tasks called with JSON arguments (rows as bench_call.enqueue(conn,
                  n, key="k") writes them, a small dict returned) against text payloads,
                  one serve at WORKER_COUNT=100 and 20, FETCH_LIMIT unset; 100,000 tasks,
@@ -105,6 +109,7 @@ from .phases import (
     COMPARED,
     PHASES,
     Bench,
+    phase_backlog,
     phase_baseline,
     phase_bound,
     phase_calls,
@@ -215,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": phase_latency, "hosts": phase_hosts,
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
         "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
-        "underload": phase_underload, "calls": phase_calls, "bound": phase_bound,
-        "producers": phase_producers}
+        "underload": phase_underload, "backlog": phase_backlog, "calls": phase_calls,
+        "bound": phase_bound, "producers": phase_producers}
     steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))

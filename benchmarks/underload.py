@@ -15,9 +15,11 @@ pickup = claim time - the probe insert's commit (the same machine's clock, as
 in latency.py). The process's rate is the feed's tasks done per second over the
 probe window, from the rows' updated_at.
 
-notify: one-row commits per second from 4 pgbench clients, with the insert
-trigger's NOTIFY and with the trigger disabled, interleaved: NOTIFY takes a lock
-at commit that every notifying transaction of the cluster queues for.
+notify: one-row commits per second from 4 pgbench clients, interleaved: with the
+insert trigger while a process sleeps (it notifies: NOTIFY takes a lock at commit
+that every notifying transaction of the cluster queues for), with the trigger
+while every process is busy (migration 018: it looks for a sleeper and sends
+nothing), and with the trigger disabled.
 """
 from __future__ import annotations
 
@@ -124,35 +126,51 @@ def measure(url: str, case: Case, seconds: float) -> UnderLoad:
 
 @dataclass
 class NotifyCap:
-    with_notify: list[float] = field(default_factory=list)  # one-row commits/s
-    without: list[float] = field(default_factory=list)
+    with_notify: list[float] = field(default_factory=list)  # one-row commits/s, one asleep
+    busy: list[float] = field(default_factory=list)  # trigger on, every process busy
+    without: list[float] = field(default_factory=list)  # trigger off
+
+
+MODES = ("asleep", "busy", "off")
 
 
 def notify_cap(pgbench: str, url: str, rounds: int, seconds: float = 3.0) -> NotifyCap:
-    """One-row commits/s from 4 pgbench clients, trigger on and off, interleaved."""
+    """One-row commits/s from 4 pgbench clients: the trigger with a process
+    asleep, with every process busy, and disabled, interleaved (the order
+    rotated each round)."""
     script = os.path.join(workdir(), "one_row.sql")
     with open(script, "w") as fh:
         fh.write("INSERT INTO tasks (payload) VALUES ('one');\n")
     cap = NotifyCap()
+    runs = {"asleep": cap.with_notify, "busy": cap.busy, "off": cap.without}
     conn = connect(url)
     try:
+        with conn.cursor() as cur:  # the processes the trigger looks at: one, as told
+            cur.execute("DELETE FROM taskworker_processes")
+            cur.execute("INSERT INTO taskworker_processes (holder, host, pid, tasks, "
+                        "default_handler, lease_seconds) VALUES ('bench', 'h', 1, '{}', "
+                        "true, 30)")
         for r in range(rounds):
-            for notify in ((True, False) if r % 2 == 0 else (False, True)):
+            for mode in MODES[r % 3:] + MODES[:r % 3]:
                 with conn.cursor() as cur:
                     cur.execute("TRUNCATE tasks")
-                    cur.execute(f"ALTER TABLE tasks {'ENABLE' if notify else 'DISABLE'} "
+                    cur.execute(f"ALTER TABLE tasks {'DISABLE' if mode == 'off' else 'ENABLE'} "
                                 "TRIGGER tasks_notify_insert")
+                    cur.execute("UPDATE taskworker_processes SET asleep = %s",
+                                (mode == "asleep",))
+                    cur.execute("CHECKPOINT")
                 code, out = run("pgbench", [pgbench, "-n", "-f", script, "-c", "4", "-j", "2",
                                             "-T", str(int(seconds)), url], dict(os.environ),
                                 timeout=60)
                 m = re.search(r"tps = ([\d.]+) \(without", out)
                 if code != 0 or not m:
                     raise BenchError(f"pgbench exited {code}: {out.strip()[-300:]}")
-                (cap.with_notify if notify else cap.without).append(float(m.group(1)))
+                runs[mode].append(float(m.group(1)))
     finally:
         with conn.cursor() as cur:
             cur.execute("ALTER TABLE tasks ENABLE TRIGGER tasks_notify_insert")
             cur.execute("TRUNCATE tasks")
+            cur.execute("DELETE FROM taskworker_processes")
         conn.close()
     return cap
 
@@ -176,8 +194,14 @@ def report(runs: list[UnderLoad], cap: NotifyCap | None) -> list[str]:
     if cap and cap.with_notify and cap.without:
         on, off = statistics.median(cap.with_notify), statistics.median(cap.without)
         lines += ["", f"One-row commits, 4 pgbench clients: {on:,.0f}/s with the insert "
-                  f"trigger's NOTIFY ({_span(cap.with_notify)}), {off:,.0f}/s with the "
-                  f"trigger disabled ({_span(cap.without)}): {on / off:.2f}x"]
+                  f"trigger while a process sleeps (it notifies; {_span(cap.with_notify)}), "
+                  f"{off:,.0f}/s with the trigger disabled ({_span(cap.without)}): "
+                  f"{on / off:.2f}x"]
+        if cap.busy:
+            busy = statistics.median(cap.busy)
+            lines.append(f"With the trigger while every process is busy (no NOTIFY): "
+                         f"{busy:,.0f}/s ({_span(cap.busy)}): {busy / off:.2f}x of the "
+                         f"trigger disabled, {busy / on:.2f}x of the notifying trigger")
     for r in runs:
         lines += [f"- {r.case.name}: {n}" for n in r.notes]
     return lines

@@ -29,6 +29,9 @@ from invariants import (
 )
 from proc import ServeFactory, ServeProcess, run_cli
 
+from taskworker.store import processes
+from taskworker.store.database import Direct
+
 SEED_SQL = Path(__file__).resolve().parent.parent / "seed" / "seed_tasks.sql"
 CHANNEL = "taskworker_tasks"
 
@@ -140,6 +143,9 @@ def test_bulk_insert_sends_one_notification(db_url: str, db: Any) -> None:
                             "AND tgname = 'tasks_notify_insert'")
     assert tgtype & 1 == 0, "tasks_notify_insert is a FOR EACH ROW trigger"
 
+    # Inserts notify only while some process sleeps (migration 018): one does.
+    processes.register(Direct(db), holder="sleeper", host="h", pid=1, queues=None, tasks=[],
+                       default_handler=True, schedules={}, lease_seconds=30)
     listener = psycopg2.connect(db_url, connect_timeout=10)
     try:
         listener.autocommit = True

@@ -48,11 +48,14 @@ from .dispatch import Dispatch
 from .fetcher import Fetcher, Plan
 from .intake import CLAIM_BYTES, Intake
 from .outcomes import ERROR, GIVE_BACK, RETRY, SNOOZE, Outcome, fields
+from .sleeping import SleepMark
 
 RESCUE_EVERY = 1.0  # seconds between rescue checks while busy
 DRAIN_POLL = 0.05  # seconds between checks while draining for a task that runs alone
 BACKLOG_POLL = 0.01  # seconds between checks while the completer's backlog is full
 RENEWAL_POLL = 0.1  # seconds between checks while leases are not being renewed
+KEYED_RECHECK = 0.25  # seconds between claims of keyed tasks that find none, while busy
+QUEUE_FULL_POLL = 0.1  # seconds between claims while the notification queue is too full
 
 
 class Exchange:
@@ -86,6 +89,7 @@ class Exchange:
         self._rescued = 0
         self._key_after: tuple[str, str] | None = None  # where the last walk of keys stopped
         self._keyed_next = 0.0  # (monotonic) no claim of keyed tasks before, without news
+        self.sleep_mark = SleepMark(holder, settings.listen)  # may inserts skip the NOTIFY?
 
     def stats(self) -> dict[str, int]:
         return {"claimed": self.intake.claimed, "rescued": self._rescued,
@@ -136,9 +140,16 @@ class Exchange:
             tasks, more = self.claim(self.fetcher.plan(want))
             if tasks:
                 log.info("Fetched %d tasks", len(tasks))
-            if not more and not keyed_more and not self.stopping():
+            if more or keyed_more:
+                self.sleep_mark.busy(self.claiming)
+            elif not self.stopping():
                 self.fetcher.idle()
-                self.dispatch.sleep(self._idle_wait())
+                wait = self.sleep_mark.before_sleep(self.claiming)
+                if wait == 0.0:  # marked asleep: look once more before sleeping,
+                    self._keyed_next = 0.0  # for keyed tasks too
+                    continue
+                idle = self._idle_wait()
+                self.dispatch.sleep(idle if wait is None else min(idle, wait))
 
     def claim(self, plan: Plan) -> tuple[list[ClaimedTask], bool]:
         """Send the claim `plan` with the outcomes waiting (when it can carry
@@ -162,8 +173,9 @@ class Exchange:
         keyed task held in the local queue would take its key's place while it
         waits); whether to claim keyed tasks again at once (the walk stopped
         short of the last key, or met new keys whose tasks the next claim takes).
-        After a claim that found nothing, the next waits for news (keyed_news)
-        or FETCH_INTERVAL: a saturated key is not asked about in a loop."""
+        After a claim that found nothing, the next waits for news (keyed_news),
+        or FETCH_INTERVAL (KEYED_RECHECK while busy): a saturated key is not
+        asked about in a loop."""
         idle = self.dispatch.idle_count()
         if idle <= 0:
             return False
@@ -178,8 +190,10 @@ class Exchange:
             log.info("Fetched %d tasks", len(tasks))
         self._key_after = keyed.after
         again = keyed.after is not None or keyed.made > 0
-        self._keyed_next = 0.0 if tasks or again else \
-            time.monotonic() + self.settings.fetch_interval
+        # Nothing claimable: asleep, a notification brings news of inserts; busy
+        # (inserts do not notify then: sleeping.py), look again within KEYED_RECHECK.
+        pause = self.settings.fetch_interval if self.sleep_mark.marked else KEYED_RECHECK
+        self._keyed_next = 0.0 if tasks or again else time.monotonic() + pause
         return again
 
     def _keyed_due(self) -> bool:
@@ -233,6 +247,8 @@ class Exchange:
         """Seconds to sleep when the table had nothing for us."""
         due = store.next_due(self.claiming, list(self.catalog.rates))
         wait = self.settings.fetch_interval
+        if due.queue_full:  # the insert trigger does not notify: poll
+            wait = min(wait, QUEUE_FULL_POLL)
         for seconds in (due.retry, due.lease, due.token):
             if seconds is not None:
                 wait = min(wait, max(seconds, 0.0) + 0.01)

@@ -22,6 +22,13 @@ sees a pooler (the backend pid the connection announced at start differs from
 the server's own: a pooler announces one of its own making), and when its own
 test notification, sent once after the first LISTEN, does not come back within
 PROBE_WAIT. Polling every FETCH_INTERVAL still finds the work.
+
+The insert trigger notifies only while some process is marked asleep
+(sleeping.py), and not once the notification queue passes
+taskworker.notify_queue_limit (a listener somewhere that stopped reading holds
+it back; a full queue would fail every notifying commit). The listener's check
+after PING_EVERY of silence asks that too, and wakes the fetcher, which then
+polls every QUEUE_FULL_POLL while the queue stays that full.
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ from ..store.database import Direct, PgConnection
 from .dispatch import Dispatch
 from .heartbeat import stop_cancelled
 
-PING_EVERY = 10.0  # seconds of silence after which the connection is checked
+PING_EVERY = 5.0  # seconds of silence after which the connection (and the queue) is checked
 CANCEL_CHANNEL = "taskworker_cancel"  # payload: the id `taskworker cancel` asked to stop
 PROBE_WAIT = 2.0  # seconds the listener waits for its own test notification
 
@@ -124,8 +131,10 @@ class Listener:
                 if self._probe:
                     self._probe_lost("LISTEN gets no notifications on this connection")
                 else:
-                    with gevent.Timeout(self.db.deadline, NoAnswer):
-                        store.ping(Direct(conn))  # raises if the server went away
+                    with gevent.Timeout(self.db.deadline, NoAnswer):  # (raises if the
+                        full = store.notify_queue_full(Direct(conn))  # server went away)
+                    if full:  # inserts do not notify (migration 018): the fetcher polls
+                        self.dispatch.wake()
 
     def _probe_lost(self, what: str) -> None:
         self._probe = None

@@ -37,7 +37,7 @@ class Presence:
             "default_handler": self.settings.default_handler is not None,
             "schedules": {name: t.schedule for name, t in sorted(tasks.items())
                           if t.schedule is not None},
-            "lease_seconds": self.settings.lease_seconds,
+            "lease_seconds": self.settings.lease_seconds, "listens": self.settings.listen,
         }
 
     def register(self, db: Database) -> None:

@@ -47,13 +47,36 @@ class PausedQueue(NamedTuple):
 
 def register(db: Database, *, holder: str, host: str, pid: int,
              queues: Sequence[str] | None, tasks: Sequence[str], default_handler: bool,
-             schedules: Mapping[str, str], lease_seconds: float) -> None:
-    """Record `holder` (or refresh its row): what it serves, and that it is alive now."""
+             schedules: Mapping[str, str], lease_seconds: float, listens: bool = True) -> None:
+    """Record `holder` (or refresh its row): what it serves, and that it is alive
+    now. A process that `listens` is recorded asleep (inserts notify it) until it
+    says it is busy (`awake`); one that does not listen never asks to be woken."""
     db.query(sql.process_register, {
         "holder": holder, "host": host, "pid": pid,
         "queues": None if queues is None else list(queues), "tasks": list(tasks),
         "default_handler": default_handler, "schedules": json.dumps(dict(schedules)),
-        "lease_seconds": lease_seconds})
+        "lease_seconds": lease_seconds, "asleep": listens})
+
+
+class Mark(NamedTuple):
+    """What `asleep` did."""
+
+    locked: bool  # it had the lock: no producer was between its look and its commit
+    marked: bool  # the row says asleep (False with `locked`: the row is missing)
+
+
+def asleep(db: Database, holder: str) -> Mark:
+    """Record that `holder` may sleep until a NOTIFY: from the commit on, every
+    insert notifies. Refused (locked False) while an insert that looked for
+    sleepers before it is not yet committed: its row may be missed by a claim
+    sent now, and no notification would come."""
+    locked, marked = db.query(sql.process_asleep, {"holder": holder})[0]
+    return Mark(bool(locked), bool(marked))
+
+
+def awake(db: Database, holder: str) -> None:
+    """`holder` claims again at once: inserts need not notify it."""
+    db.query(sql.process_awake, {"holder": holder})
 
 
 def touch(db: Database, holder: str) -> bool:

@@ -552,14 +552,17 @@ SELECT EXISTS (SELECT 1 FROM tasks
 
 -- name: next_due
 -- Seconds until the next retry is due, until the next lease expires, and until
--- the next rate-limit token of the names %(rated)s is free (NULL: none).
+-- the next rate-limit token of the names %(rated)s is free (NULL: none), and
+-- whether the notification queue is too full for the insert trigger to notify
+-- (migration 018: the fetcher then polls).
 SELECT extract(epoch FROM
            (SELECT min(run_at) FROM tasks WHERE status = 'pending' AND run_at > now()) - now()),
        extract(epoch FROM
            (SELECT min(locked_until) FROM tasks WHERE status = 'in_progress') - now()),
        extract(epoch FROM
            (SELECT min(free_at) FROM taskworker_rate_tokens
-            WHERE task = ANY(%(rated)s::text[]) AND free_at > now()) - now());
+            WHERE task = ANY(%(rated)s::text[]) AND free_at > now()) - now()),
+       (/* include notify_queue_full */);
 
 -- name: heartbeat
 -- Extend the lease of every hold (%(ids)s, %(fences)s) this process still has
@@ -742,6 +745,14 @@ SELECT pg_notify('taskworker_tasks', %(payload)s);
 -- name: backend_pid
 -- Which server process runs this statement (a pooler in between changes it).
 SELECT pg_backend_pid();
+
+-- name: notify_queue_full
+-- Has the notification queue reached taskworker.notify_queue_limit, past which the
+-- insert trigger no longer notifies (migration 018)? (A listener that stopped
+-- reading holds the queue back; a full queue would fail every notifying commit.)
+SELECT pg_notification_queue_usage()
+       >= coalesce(nullif(current_setting('taskworker.notify_queue_limit', true), ''),
+                   '0.5')::float8;
 
 -- name: ping
 -- Is the connection still alive? (The listener asks after a long silence.)
@@ -1227,14 +1238,32 @@ ORDER BY holder;
 -- Record (or refresh) this serve process in taskworker_processes: what it serves
 -- and how long its heartbeat may go quiet (lease_seconds) before it counts as gone.
 INSERT INTO taskworker_processes (holder, host, pid, queues, tasks, default_handler,
-                                  schedules, lease_seconds)
+                                  schedules, lease_seconds, asleep)
 VALUES (%(holder)s, %(host)s, %(pid)s, %(queues)s::text[], %(tasks)s::text[],
-        %(default_handler)s, %(schedules)s::jsonb, %(lease_seconds)s)
+        %(default_handler)s, %(schedules)s::jsonb, %(lease_seconds)s, %(asleep)s)
 ON CONFLICT (holder) DO UPDATE
 SET host = excluded.host, pid = excluded.pid, queues = excluded.queues,
     tasks = excluded.tasks, default_handler = excluded.default_handler,
     schedules = excluded.schedules, lease_seconds = excluded.lease_seconds,
-    seen_at = now();
+    asleep = excluded.asleep, seen_at = now();
+
+-- name: process_asleep
+-- This process may sleep until a NOTIFY wakes it: the insert trigger notifies
+-- while a row says so (migration 018). Marked only with advisory lock
+-- 7261835002 taken exclusively, tried, not waited for: the trigger holds it
+-- shared from its look until its transaction ends, so a producer that looked
+-- before this mark and has not committed makes the mark fail (and the process
+-- polls instead). Returns whether the lock was had, and whether the row was
+-- marked (none: the process's row is missing).
+WITH lock AS (SELECT pg_try_advisory_xact_lock(7261835002) AS had),
+     mark AS (UPDATE taskworker_processes SET asleep = true
+              FROM lock WHERE lock.had AND holder = %(holder)s RETURNING 1)
+SELECT had, EXISTS (SELECT 1 FROM mark) FROM lock;
+
+-- name: process_awake
+-- This process claims again at once (its claims come back full): inserts need
+-- not notify it.
+UPDATE taskworker_processes SET asleep = false WHERE holder = %(holder)s;
 
 -- name: process_touch
 -- The heartbeat's sign of life: one row by primary key. No row returned: the

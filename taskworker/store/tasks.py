@@ -99,6 +99,7 @@ class NextDue(NamedTuple):
     retry: float | None  # the next pending task scheduled for later
     lease: float | None  # the next lease to expire
     token: float | None = None  # the next rate-limit token to be free
+    queue_full: bool = False  # the notification queue is too full to notify: poll
 
 
 class Cutoff(NamedTuple):
@@ -291,8 +292,9 @@ def alone_waiting(db: Database, served: Served = EVERYTHING) -> bool:
 
 def next_due(db: Database, rated: Sequence[str] = ()) -> NextDue:
     """What falls due next (with `rated`: also the next token of those names)."""
-    retry, lease, token = db.query(sql.next_due, {"rated": list(rated)})[0]
-    return NextDue(*(None if s is None else float(s) for s in (retry, lease, token)))
+    retry, lease, token, queue_full = db.query(sql.next_due, {"rated": list(rated)})[0]
+    retry, lease, token = (None if s is None else float(s) for s in (retry, lease, token))
+    return NextDue(retry, lease, token, bool(queue_full))
 
 
 class Held(NamedTuple):
@@ -348,6 +350,12 @@ def backend_pid(db: Database) -> int:
 def ping(db: Database) -> None:
     """Raises if the connection is dead."""
     db.query(sql.ping)
+
+
+def notify_queue_full(db: Database) -> bool:
+    """Is the notification queue too full for the insert trigger to notify (a
+    listener that stopped reading holds it back)? Raises if the connection is dead."""
+    return bool(db.query(sql.notify_queue_full)[0][0])
 
 
 def cutoff(db: Database, older_than: float | None) -> Cutoff:

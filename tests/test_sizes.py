@@ -29,7 +29,7 @@ from invariants import (
     wait_until,
 )
 from pgserver import free_port
-from proc import CLI, ServeFactory, child_env, cli, run_cli
+from proc import CLI, ServeFactory, ServeProcess, child_env, cli, run_cli
 from scrapes import scrape, value
 
 import taskworker
@@ -41,6 +41,15 @@ def memory_kb(pid: int, field: str = "VmRSS") -> int:
     """VmRSS (now) or VmHWM (peak) of a process, in kB."""
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE).group(1))
+
+
+def memory_given_back(p: ServeProcess) -> int:
+    """Wait for an idle serve to give the memory of its large tasks back (under
+    100 MB); its RSS in kB. Fails saying how much it keeps if it never does."""
+    return wait_until(lambda: (kb := memory_kb(p.pid)) < 100_000 and kb, 30,
+                      lambda: f"the idle serve to give the memory back (it keeps "
+                              f"{memory_kb(p.pid)} kB after the large tasks)", [p],
+                      fail_on_exit=True)
 
 
 def test_huge_payloads_inserted_by_hand_do_not_hold_back_the_small_ones(
@@ -114,15 +123,72 @@ def test_large_results_are_written_and_the_memory_given_back(
     wait_finished(db, 60, [p])
     # The completer gives the memory back after its batch: wait for that, and
     # fail (saying how much it keeps) if it never does.
-    idle = wait_until(lambda: (kb := memory_kb(p.pid)) < 100_000 and kb, 30,
-                      lambda: f"the idle serve to give the memory back (it keeps "
-                              f"{memory_kb(p.pid)} kB after the large tasks)", [p],
-                      fail_on_exit=True)
+    idle = memory_given_back(p)
     stop_all([p], signal.SIGINT)
     rows = tasks(db)
     assert {r["status"] for r in rows.values()} == {"done"}
     assert all(r["result"] == r["payload"][::-1] for r in rows.values())
     assert completions(db) == {i: 1 for i in rows}
+    assert idle < 100_000
+
+
+@pytest.mark.slow
+def test_a_large_task_given_back_unstarted_is_not_kept_by_its_worker(
+        db_url: str, db: Any, serve: ServeFactory) -> None:
+    """A 60 MB task's first claim takes longer than its lease allows (a trigger
+    makes it last 2.5s of LEASE_SECONDS=3): the worker that takes it gives it
+    back unstarted, and another worker runs its next claim. The idle process
+    then gives the memory back: the worker that gave it back keeps no
+    reference to the payload (it kept it until its next task, that is for ever
+    in an idle process: 109 MB instead of less than 100 MB, once in CI)."""
+    install_completion_audit(db)
+    query(db, """
+        CREATE TABLE slowed (task_id bigint PRIMARY KEY);
+        CREATE FUNCTION slow_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM slowed WHERE task_id = NEW.id) THEN
+                INSERT INTO slowed VALUES (NEW.id);
+                PERFORM pg_sleep(2.5);
+            END IF;
+            RETURN NEW;
+        END; $$;
+        CREATE TRIGGER tasks_slow_first_claim BEFORE UPDATE ON tasks FOR EACH ROW
+            WHEN (OLD.status = 'pending' AND NEW.status = 'in_progress')
+            EXECUTE FUNCTION slow_first_claim();""")
+    query(db, "INSERT INTO tasks (payload) SELECT repeat(md5('big'), 60 * 1024 * 1024 / 32)")
+    p = serve(db_url, env={**FAST, "MAX_PAYLOAD_BYTES": "64MB"})
+    wait_finished(db, 60, [p])
+    idle = memory_given_back(p)
+    stop_all([p], signal.SIGINT)
+    out = p.output()
+    given_back = re.search(r"\[Worker (\d+)\] Task ID: \d+ not started: its lease would run "
+                           r"out unrenewed; giving it back", out)
+    ran = re.search(r"\[Worker (\d+)\] Processing task ID: \d+", out)
+    assert given_back and ran, out
+    assert given_back.group(1) != ran.group(1), out  # (another worker ran it: see above)
+    (row,) = tasks(db).values()
+    assert row["status"] == "done" and row["result"] == row["payload"][::-1]
+    assert completions(db) == {row["id"]: 1}
+    assert idle < 100_000
+
+
+@pytest.mark.slow
+def test_a_large_task_that_blocks_the_process_is_not_kept_by_the_monitor(
+        db_url: str, db: Any, serve: ServeFactory) -> None:
+    """A 60 MB task whose handler blocks the process for 2s: the monitor names
+    its worker and task (read from the worker's variables), and the idle process
+    still gives the memory back. (Before Python 3.13 that read left a copy of
+    the worker's variables in its frame, which kept the payload alive for good.)"""
+    query(db, "INSERT INTO tasks (payload) SELECT repeat(md5('big'), 60 * 1024 * 1024 / 32)")
+    p = serve(db_url, env=handler_env("spin", **{**FAST, "LEASE_SECONDS": "30"},
+                                      MAX_PAYLOAD_BYTES="64MB", TEST_SPIN="2"))
+    wait_finished(db, 60, [p])
+    idle = memory_given_back(p)
+    stop_all([p], signal.SIGINT)
+    (row,) = tasks(db).values()
+    assert row["status"] == "done" and row["result"] == row["payload"][::-1]
+    assert re.search(rf"\[Worker \d+\] Task ID: {row['id']} \(at \S+ in \w+\) has blocked "
+                     r"the whole process", p.output()), p.output()
     assert idle < 100_000
 
 

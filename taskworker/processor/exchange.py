@@ -140,6 +140,7 @@ class Exchange:
             tasks, more = self.claim(self.fetcher.plan(want))
             if tasks:
                 log.info("Fetched %d tasks", len(tasks))
+            del tasks  # (it sleeps next: it keeps no payload alive meanwhile)
             if more or keyed_more:
                 self.sleep_mark.busy(self.claiming)
             elif not self.stopping():
@@ -166,7 +167,12 @@ class Exchange:
             claim = self._round_trip(self.claiming, plan, outcomes)
             claimed_at = self.claiming.sent_at  # (the send that succeeded, after an outage)
             self.fetcher.claimed(plan, claim, claimed_at)
-            return self.intake.take_in(self.claiming, claim.rows, claimed_at)
+            taken = self.intake.take_in(self.claiming, claim.rows, claimed_at)
+        if large(outcomes):  # (as the writing lane after a large batch: see write_loop)
+            del outcomes
+            self.claiming.recycle()
+            memory.release()
+        return taken
 
     def claim_keyed(self) -> bool:
         """Claim tasks enqueued with a concurrency key for the idle workers (a
@@ -290,9 +296,9 @@ class Exchange:
         while (batch := self.completer.gather()) is not None:
             if not self._along(batch):
                 self.write(self.writing, batch)
-            large = sum(o.size + len(o.task.payload or "") for o in batch) >= memory.LARGE
-            del batch
-            if large:
+            was_large = large(batch)
+            del batch  # (before the release: it frees what the batch held)
+            if was_large:
                 self.writing.recycle()
                 memory.release()
 
@@ -429,3 +435,9 @@ class Exchange:
                         f"[Worker {outcome.worker}] " if outcome.worker else "",
                         outcome.task.id, message, extra=fields(outcome))
         return [failed], written
+
+
+def large(outcomes: list[Outcome]) -> bool:
+    """Did these outcomes carry (a result) or free (a payload) memory enough to
+    give back once they are gone? (See memory.py.)"""
+    return sum(o.size + len(o.task.payload or "") for o in outcomes) >= memory.LARGE

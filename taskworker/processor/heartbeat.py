@@ -117,13 +117,17 @@ class Heartbeat:
         """Service: stop running tasks whose lease is about to run out unrenewed."""
         while True:
             gevent.sleep(min(1.0, self.lease / 6))
-            for worker, task, greenlet in self.dispatch.running_with_lease_ending(self.margin):
-                if task.id in self._stopped:
-                    continue
-                self._stopped.add(task.id)
-                log.warning("[Worker %d] Task ID: %d stopped: its lease would run out "
-                            "unrenewed; giving it back", worker, task.id,
-                            extra={"task_id": task.id, "worker": worker,
-                                   "attempt": task.attempt})
-                greenlet.kill(LeaseExpiring(), block=False)
-            self._stopped &= set(self.dispatch.held_ids())
+            self._stop_ending()
+
+    def _stop_ending(self) -> None:
+        """One look of the guard. (A method of its own: the guard's loop keeps
+        none of the tasks it stopped, nor their payloads, while it sleeps.)"""
+        for worker, task, greenlet in self.dispatch.running_with_lease_ending(self.margin):
+            if task.id in self._stopped:
+                continue
+            self._stopped.add(task.id)
+            log.warning("[Worker %d] Task ID: %d stopped: its lease would run out "
+                        "unrenewed; giving it back", worker, task.id,
+                        extra={"task_id": task.id, "worker": worker, "attempt": task.attempt})
+            greenlet.kill(LeaseExpiring(), block=False)
+        self._stopped &= set(self.dispatch.held_ids())

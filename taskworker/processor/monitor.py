@@ -39,6 +39,14 @@ WATCH_EVERY = 0.5  # seconds between two looks of the monitor thread (each takes
 BLOCKED_AFTER = 1.0  # seconds without a tick after which the hub counts as blocked
 EXIT_FORCED = 1
 
+# Before Python 3.13 (PEP 667), a frame's f_locals is a copy of its variables
+# that the frame keeps until the next read of it or its own end: read in a
+# worker's loop, it would keep the task running then, and its payload, alive
+# for as long as the worker lives (an idle process kept a 60 MB payload). So it
+# is emptied once read; the variables themselves are not touched (only a
+# Python-level tracer writes the copy back).
+SNAPSHOT_KEPT = sys.version_info < (3, 13)
+
 _start_thread = monkey.get_original("_thread", "start_new_thread")
 _thread_id = monkey.get_original("_thread", "get_ident")
 _sleep = monkey.get_original("time", "sleep")
@@ -154,11 +162,15 @@ class HubMonitor:
         innermost = frame
         task_id = worker = None
         while frame is not None:
-            if frame.f_code.co_name == "loop" and "task" in frame.f_locals \
-                    and "n" in frame.f_locals:
-                task, worker = frame.f_locals["task"], frame.f_locals["n"]
-                task_id = getattr(task, "id", None)
-                break
+            if frame.f_code.co_name == "loop":
+                names = frame.f_locals
+                found, task, n = "task" in names and "n" in names, names.get("task"), names.get("n")
+                if SNAPSHOT_KEPT:
+                    names.clear()
+                del names
+                if found:
+                    task_id, worker = getattr(task, "id", None), n
+                    break
             frame = frame.f_back
         where = "A greenlet" if task_id is None else f"[Worker {worker}] Task ID: {task_id}"
         if innermost is not None:

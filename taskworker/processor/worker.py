@@ -106,8 +106,14 @@ class Worker:
 
     def loop(self, n: int) -> None:
         """Worker number `n`: run tasks until the dispatch says stop."""
-        outcome: Outcome | None  # None between two tasks
+        task: ClaimedTask | None
+        outcome: Outcome | None
+        scope: contextvars.Context | None
         while True:
+            # An idle worker keeps no payload or result alive: not of the task it
+            # ran, nor of one it skipped or gave back unstarted (`continue`), which
+            # it kept until its next task, for ever in an idle process.
+            task = outcome = scope = None
             try:
                 task = self.dispatch.take()
             except (gevent.GreenletExit, LeaseExpiring):
@@ -168,7 +174,6 @@ class Worker:
                     self.written_apart(outcome)
                 else:
                     self.outcome(outcome)
-            task = outcome = scope = None  # an idle worker keeps no payload or result alive
 
     def run(self, task: ClaimedTask, n: int) -> Outcome:
         """Run the task's function on it and say how it ended (in its span, when

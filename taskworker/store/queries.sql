@@ -90,14 +90,16 @@ t.id,
 -- NULL when it was not traced), in the order to run them (priority, due time,
 -- id); then the pairs discovered.
 WITH RECURSIVE found(queue, name) AS (
-    (SELECT queue, coalesce(task, '') FROM tasks WHERE %(discover)s AND status = 'pending'
+    (SELECT queue, coalesce(task, '') FROM tasks
+     WHERE %(discover)s AND status = 'pending' AND format <= 2
      ORDER BY queue, coalesce(task, '') LIMIT 1)
   UNION ALL
     SELECT n.queue, n.name
     FROM found AS p
     CROSS JOIN LATERAL (
         SELECT queue, coalesce(task, '') AS name FROM tasks
-        WHERE status = 'pending' AND (queue, coalesce(task, '')) > (p.queue, p.name)
+        WHERE status = 'pending' AND format <= 2
+          AND (queue, coalesce(task, '')) > (p.queue, p.name)
         ORDER BY queue, coalesce(task, '') LIMIT 1) AS n
 ),
 pairs AS (
@@ -1184,7 +1186,7 @@ WITH last AS (
     UNION ALL
     (SELECT id, status, false FROM tasks
      WHERE %(skip_if_running)s AND status = 'pending' AND queue = %(queue)s
-       AND coalesce(task, '') = %(task)s
+       AND coalesce(task, '') = %(task)s AND format <= 2
      LIMIT 1)
     LIMIT 1
 ), taken AS (

@@ -26,6 +26,7 @@ from . import (
     rivals,
     roundtrip,
     scaling,
+    soak,
     underload,
 )
 from . import rival_systems as rs
@@ -36,6 +37,8 @@ from .processes import BenchError
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
           "underload", "calls", "bound", "producers")
+# Phases run only when --only names them (too long for the default run).
+OPTIONAL_PHASES = ("soak",)
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -104,6 +107,7 @@ class Bench:
     bound: bound.Bound | None = None
     producers: producers.Producers | None = None
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
+    soak: soak.Result | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -418,3 +422,12 @@ def phase_underload(b: Bench) -> None:
     """Pickup latency while a process is busy; the NOTIFY trigger's cost (underload.py)."""
     b.underload = underload.phase(b.db, rawsql.find_pgbench(b.args.pgbench), b.args.quick,
                                   b.say)
+
+
+def phase_soak(b: Bench) -> None:
+    """Hours of steady load on a throwaway cluster with autovacuum on, per minute
+    (soak.py): its own cluster, not --database-url's server."""
+    b.soak = soak.run(soak.options_from(b.args, "soak_"), b.say)
+    if b.args.soak_plot:
+        with open(b.args.soak_plot, "w") as fh:
+            fh.write(soak.svg(b.soak) + "\n")

@@ -940,7 +940,7 @@ def svg(r: Result) -> str:
 
 # --- command line
 
-def add_options(ap: argparse.ArgumentParser, prefix: str = "") -> None:
+def add_options(ap: argparse._ActionsContainer, prefix: str = "") -> None:
     d = Options()
     ap.add_argument(f"--{prefix}minutes", type=float, default=d.minutes,
                     help=f"length of the feed (default {d.minutes:g})")

@@ -197,7 +197,7 @@ def percentile(values: list[float], p: float) -> float | None:
 def arguments(payload_bytes: int, probe: bool = False) -> str:
     """A call of the soak task, {"args": [...], "kwargs": {...}}, of about
     `payload_bytes` bytes of JSON: an order with a few fields and lines."""
-    lines = []
+    lines: list[dict[str, Any]] = []
     order: dict[str, Any] = {"customer": "c-000123", "currency": "EUR", "lines": lines}
     i = 0
     while len(json.dumps(order)) < payload_bytes - 60:
@@ -390,7 +390,7 @@ class Soak:
     def probe(self) -> None:
         with self.conn.cursor() as cur:
             cur.execute(PROBE_INSERT, (self.probe_args,))  # autocommit: after the commit
-            self.probes.append((cur.fetchone()[0], time.time()))
+            self.probes.append((_one(cur)[0], time.time()))
         self.fed_extra += 1
 
     # --- events
@@ -411,7 +411,7 @@ class Soak:
         self.conn.autocommit = False
         with self.conn.cursor() as cur:
             cur.execute(BULK_INSERT, (self.args, s.n))
-            lo, hi, _ = cur.fetchone()
+            lo, hi, _ = _one(cur)
         self.conn.commit()
         self.conn.autocommit = True
         self.fed_extra += s.n
@@ -637,6 +637,12 @@ class Soak:
             if conn is not None:
                 with contextlib.suppress(psycopg2.Error):
                     conn.close()
+
+
+def _one(cur: psycopg2.extensions.cursor) -> tuple[Any, ...]:
+    row = cur.fetchone()
+    assert row is not None  # (a statement that returns one row)
+    return row
 
 
 def _wait_async(conn: psycopg2.extensions.connection) -> None:

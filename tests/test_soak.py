@@ -11,9 +11,11 @@ percent of what two serve processes drain on this machine.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from benchmarks import soak
+from benchmarks import processes, soak
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]  # (slow: see tox.ini)
 
@@ -23,11 +25,14 @@ TASK_BYTES = 10 * 1024  # generous bound on the disk one task ever takes (row ve
 
 
 @pytest.fixture(scope="module")
-def result() -> soak.Result:
+def result() -> Iterator[soak.Result]:
     # Four "minutes" of 30 s: two minutes of feed.
     options = soak.Options(minutes=4, rate=RATE, batch=100, prune_after=f"{PRUNE_AFTER:g}s",
                            audit=True, minute=30.0)
-    return soak.run(options, lambda message: None)
+    try:
+        yield soak.run(options, lambda message: None)
+    finally:
+        processes.remove_workdir()  # (the children's logs)
 
 
 def test_every_task_fed_finished_once_and_none_is_left(result: soak.Result) -> None:

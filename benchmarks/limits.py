@@ -11,6 +11,10 @@
          cold tasks' rate (first to last completion, from their rows'
          updated_at), interleaved rounds, ratio of medians (target >= 0.9)
 
+  claim  the statement alone: one claim_keyed of 100 tasks of the cold keys
+         (rolled back, so each sees the same table), with and without the hot
+         key, interleaved rounds, median ms (target: at most 1.1 times)
+
 The no-op path with neither in use is the baseline phase of benchmarks.run
 (`--only baseline --baseline REF`).
 """
@@ -145,6 +149,58 @@ def run_keys(url: str, cold: int, rounds: int) -> list[str]:
             "", f"- with / without: {a / b if b else 0:.2f} (target >= 0.9)"]
 
 
+def claim_time(url: str, hot: bool, cold: int, repeats: int) -> float:
+    """Median milliseconds of one claim_keyed of 100 tasks (sent and rolled back,
+    so every claim sees the same table) over `cold` tasks of the cold keys, with
+    or without the hot key (20,000 pending tasks and one running)."""
+    from taskworker.store import tasks as store
+    from taskworker.store.database import Direct
+
+    query(url, "TRUNCATE tasks")
+    query(url, "TRUNCATE taskworker_keys")
+    if hot:
+        query(url, KEYED, (0.05, "hot", 1, 20_000))
+        query(url, "UPDATE tasks SET status = 'in_progress', locked_by = 'bench', "
+                   "locked_until = now() + interval '1 hour' WHERE id = (SELECT min(id) "
+                   "FROM tasks WHERE concurrency_key = 'hot')")
+    query(url, KEYED, (0.0, "cold-", COLD_KEYS, cold))
+    query(url, "ANALYZE tasks")
+    served = store.Served(None, ["bench_keyed"], {}, [], {}, 0)
+    conn = connect(url)
+    db = Direct(conn)
+    times = []
+    try:
+        conn.autocommit = False
+        for n in range(repeats + 1):  # (the first makes the keys' rows, and is kept)
+            start = time.perf_counter()
+            got = store.claim_keyed(db, holder="bench:1:x", limit=100, lease=60, served=served,
+                                    per_key={"bench_keyed": 1}, after=None)
+            took = time.perf_counter() - start
+            if n == 0:
+                conn.commit()
+                continue
+            conn.rollback()
+            assert len(got.rows) == COLD_KEYS, len(got.rows)
+            times.append(took * 1000)
+    finally:
+        conn.close()
+    return statistics.median(times)
+
+
+def run_claim(url: str, cold: int, rounds: int, repeats: int) -> list[str]:
+    got: dict[bool, list[float]] = {False: [], True: []}
+    for r in range(rounds):
+        for hot in ((False, True) if r % 2 == 0 else (True, False)):
+            got[hot].append(claim_time(url, hot, cold, repeats))
+    a, b = (statistics.median(got[k]) for k in (True, False))
+    return [f"One claim_keyed of 100 tasks over {cold:,} tasks of {COLD_KEYS} cold keys, with and "
+            f"without a saturated hot key (20,000 pending, one running), {rounds} interleaved "
+            f"rounds of {repeats} claims, median ms", "",
+            f"- without the hot key: {b:.2f} ms ({', '.join(f'{x:.2f}' for x in got[False])})",
+            f"- with the hot key: {a:.2f} ms ({', '.join(f'{x:.2f}' for x in got[True])})",
+            f"- cost with / without: {a / b:.2f} (target <= 1.1)"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,7 +209,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20, help="of rate-limited backlog")
     ap.add_argument("--cold", type=int, default=20_000, help="cold keys' tasks")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=("rate", "keys"))
+    ap.add_argument("--only", choices=("rate", "keys", "claim"))
     args = ap.parse_args()
     server = Server(args.database_url)
     try:
@@ -162,6 +218,8 @@ def main() -> None:
         lines: list[str] = []
         if args.only in (None, "rate"):
             lines += run_rate(url, args.limit, args.seconds) + [""]
+        if args.only in (None, "claim"):
+            lines += run_claim(url, args.cold, args.rounds, 200) + [""]
         if args.only in (None, "keys"):
             lines += run_keys(url, args.cold, args.rounds)
         print("\n".join(lines))

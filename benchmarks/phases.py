@@ -27,6 +27,7 @@ from . import (
     rivals,
     roundtrip,
     scaling,
+    soak,
     underload,
 )
 from . import rival_systems as rs
@@ -37,6 +38,8 @@ from .processes import BenchError
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
           "underload", "backlog", "calls", "bound", "producers")
+# Phases run only when --only names them (too long for the default run).
+OPTIONAL_PHASES = ("soak",)
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -106,6 +109,7 @@ class Bench:
     producers: producers.Producers | None = None
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
     backlog: backlog.Backlog | None = None
+    soak: soak.Result | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -428,3 +432,12 @@ def phase_backlog(b: Bench) -> None:
     n = backlog.TASKS // 2 if b.args.quick else backlog.TASKS
     b.backlog = backlog.measure(b.db("backlog"), 2 if b.args.quick else 3,
                                 {"this code": None}, b.say, n=n)
+
+
+def phase_soak(b: Bench) -> None:
+    """Hours of steady load on a throwaway cluster with autovacuum on, per minute
+    (soak.py): its own cluster, not --database-url's server."""
+    b.soak = soak.run(soak.options_from(b.args, "soak_"), b.say)
+    if b.args.soak_plot:
+        with open(b.args.soak_plot, "w") as fh:
+            fh.write(soak.svg(b.soak) + "\n")

@@ -27,6 +27,7 @@ from . import (
     rivals,
     roundtrip,
     scaling,
+    soak,
     underload,
 )
 from . import taskworker_runs as tw
@@ -423,6 +424,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*bound.report(b.bound), ""]
     if b.producers is not None:
         out += [*producers.report(b.producers), ""]
+    if b.soak is not None:
+        out += [*soak.report(b.soak, b.args.soak_plot), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

@@ -103,10 +103,11 @@ import signal
 import sys
 from collections.abc import Callable
 
-from . import processes, profiling
+from . import processes, profiling, soak
 from .databases import Server
 from .phases import (
     COMPARED,
+    OPTIONAL_PHASES,
     PHASES,
     Bench,
     phase_backlog,
@@ -126,6 +127,7 @@ from .phases import (
     phase_rivals,
     phase_roundtrip,
     phase_rss,
+    phase_soak,
     phase_underload,
     plan_for,
 )
@@ -144,7 +146,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="20,000 tasks only, fewer settings and rounds")
     ap.add_argument("--only", default=",".join(PHASES),
-                    help=f"comma-separated phases to run (default all: {','.join(PHASES)})")
+                    help=f"comma-separated phases to run (default all: {','.join(PHASES)}; "
+                         f"only when named: {','.join(OPTIONAL_PHASES)})")
     ap.add_argument("--py-spy", type=float, default=0, metavar="SECONDS",
                     help="also profile one serve process with py-spy for SECONDS")
     ap.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
@@ -164,13 +167,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, metavar="N",
                     help="roundtrip, calls and bound phases: interleaved rounds (default 5; "
                          "--quick 3)")
+    soak_options = ap.add_argument_group("soak phase (benchmarks/soak.py)")
+    soak.add_options(soak_options, prefix="soak-")
     ap.add_argument("--keep-files", action="store_true",
                     help="keep the children's logs (printed path) instead of removing them")
     ap.add_argument("--drop-stale", action="store_true",
                     help="drop twbench_* databases left by killed runs, then exit")
     args = ap.parse_args(argv)
     args.phases = [p.strip() for p in args.only.split(",") if p.strip()]
-    unknown = set(args.phases) - set(PHASES)
+    unknown = set(args.phases) - set(PHASES) - set(OPTIONAL_PHASES)
     if unknown:
         ap.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
     if args.limit_against is None:
@@ -221,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
         "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
         "underload": phase_underload, "backlog": phase_backlog, "calls": phase_calls,
-        "bound": phase_bound, "producers": phase_producers}
-    steps = [(name, phases[name]) for name in PHASES if name in phases and name in args.phases]
+        "bound": phase_bound, "producers": phase_producers, "soak": phase_soak}
+    steps = [(name, phases[name]) for name in (*PHASES, *OPTIONAL_PHASES)
+             if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):
         steps.insert(0, ("/".join(p for p in COMPARED if p in args.phases), phase_compare))
     interrupted = False

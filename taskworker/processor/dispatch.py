@@ -22,8 +22,6 @@ from gevent.queue import Queue
 
 from ..store.tasks import ClaimedTask
 
-KEYED_FORMAT = 3  # a call enqueued with a concurrency key (migration 017)
-
 # FETCH_LIMIT unset: each claim is sized here (free_slots).
 AUTO_LIMIT = 1000  # most tasks an automatic claim takes
 PREFETCH_SECONDS = 0.05  # an automatic claim queues what the workers finish in this long,
@@ -199,7 +197,7 @@ class Dispatch:
     def finished(self, worker: int) -> None:
         """A worker is idle again: the fetcher may claim for it."""
         ran = self._running.pop(worker, None)
-        if ran is not None and ran[0].format == KEYED_FORMAT:
+        if ran is not None and ran[0].keyed:
             self._keyed_news = True
         self._finished += 1
         if self._rate_since is None:

@@ -59,9 +59,10 @@ class Outcome:
     @property
     def wakes_others(self) -> bool:
         """Once written, a task is claimable again at once, or a concurrency
-        slot is free for another task of its name."""
+        slot is free for another task of its name, or its key has room for
+        another of its tasks (the other processes' keyed claims wait for news)."""
         return (self.kind == GIVE_BACK or (self.kind in (RETRY, SNOOZE) and not self.delay)
-                or self.frees_slot)
+                or self.frees_slot or self.task.keyed)
 
 
 def fields(o: Outcome) -> dict[str, object]:

@@ -26,6 +26,9 @@ FINISHED = ("done", "error", "cancelled")  # the statuses a task never leaves by
 
 
 
+KEYED_FORMAT = 3  # a call enqueued with a concurrency key (migration 017)
+
+
 class ClaimedTask(NamedTuple):
     """One hold of a task: the row's id and payload, the attempt number users
     see, and the fencing token the claim gave it (every later write of this hold
@@ -42,6 +45,11 @@ class ClaimedTask(NamedTuple):
     unstarted_rescues: int = 0  # times it was lost before it started (see migration 011)
     format: int = 1  # 1: `payload` is the text payload; 2: it is the JSON call (migration 012)
     trace: str | None = None  # the enqueue's trace context, JSON (migration 014); None: untraced
+
+    @property
+    def keyed(self) -> bool:
+        """A call enqueued with a concurrency key (format 3, migration 017)."""
+        return self.format == KEYED_FORMAT
 
     @property
     def losses(self) -> int:

@@ -209,6 +209,10 @@ def test_every_producer_enqueues_in_the_callers_transaction(
         make: Callable[..., Producer], db_url: str, db: Any, listener: Any,
         loop: asyncio.AbstractEventLoop, add: Any) -> None:
     p, run = make(db_url, loop), settled(loop)
+    # A process sleeps (its row says asleep): inserts notify it at their commit.
+    query(db, "INSERT INTO taskworker_processes (holder, host, pid, queues, tasks, "
+              "default_handler, schedules, lease_seconds, asleep) "
+              "VALUES ('sleeper', 'h', 1, NULL, '{}', true, '{}', 30, true)")
     try:
         run(p.begin())
         before = p.state()

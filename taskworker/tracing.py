@@ -68,31 +68,33 @@ def _tracer() -> Any:
 
 
 class Producing:
-    """One enqueue's span: `placement` carries its context to the row; `sent`
-    names the tasks inserted."""
+    """One enqueue's span: `placement` carries its context to the rows; `sent`
+    names the tasks inserted (and the workflow they make up, if any)."""
 
     def __init__(self, placement: Placement, span: Any = None) -> None:
         self.placement = placement
         self.span = span
 
-    def sent(self, ids: Sequence[int]) -> None:
+    def sent(self, ids: Sequence[int], workflow_id: int | None = None) -> None:
         if self.span is not None and ids:
             if len(ids) == 1:
                 self.span.set_attribute("messaging.message.id", str(ids[0]))
             else:
                 self.span.set_attribute("messaging.batch.message_count", len(ids))
+            if workflow_id is not None:
+                self.span.set_attribute("taskworker.workflow.id", workflow_id)
 
 
 @contextmanager
-def _producing(placement: Placement) -> Iterator[Producing]:
+def _producing(placement: Placement, name: str,
+               attributes: dict[str, str]) -> Iterator[Producing]:
+    """The PRODUCER span `enqueue <name>`, its context put on `placement`."""
     from opentelemetry import propagate, trace
 
-    name = placement.task or DEFAULT_NAME
     with _tracer().start_as_current_span(
             f"enqueue {name}", kind=trace.SpanKind.PRODUCER,
             attributes={"messaging.system": SYSTEM, "messaging.operation.type": "send",
-                        "messaging.destination.name": placement.queue,
-                        "taskworker.task.name": name}) as span:
+                        **attributes}) as span:
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
         trace_context = json.dumps(carrier, separators=(",", ":")) if carrier else None
@@ -118,7 +120,23 @@ def producing(placement: Placement) -> Any:
     the rows; without OpenTelemetry, the placement unchanged."""
     if not enabled():
         return _Untraced(placement)
-    return _producing(placement)
+    name = placement.task or DEFAULT_NAME
+    return _producing(placement, name, {"messaging.destination.name": placement.queue,
+                                        "taskworker.task.name": name})
+
+
+def producing_workflow(kind: str, queues: Sequence[str]) -> Any:
+    """`producing` for a workflow's inserts: one PRODUCER span, `enqueue chain`
+    (or `group`), whose context every row of the workflow carries, so that its
+    members' runs share one trace. Its destination is the tasks' queue when they
+    share one (the span has none otherwise)."""
+    from .store.admin import Placement
+
+    if not enabled():
+        return _Untraced(Placement())
+    shared = set(queues)
+    destination = {"messaging.destination.name": queues[0]} if len(shared) == 1 else {}
+    return _producing(Placement(), kind, {**destination, "taskworker.workflow.kind": kind})
 
 
 def consumer() -> Consumer | None:

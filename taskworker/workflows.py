@@ -9,6 +9,12 @@ group), and a callback that runs once a group is done, all in the tasks table.
         run = flow.enqueue(conn)                # every row, or none
     taskworker.wait(conn, run.last)             # store's return value
 
+    async with pool.acquire() as c, c.transaction():   # asyncpg, say
+        run = await fan.enqueue_async(c)
+
+`conn` is any connection the enqueue API takes (drivers/): the same steps run
+on it, sync or awaited, in its transaction, never committed here.
+
 A signature (`task.s(*args, **kwargs)`) is a call not made yet. In a chain,
 each step is called with the previous step's return value put first in its
 positional arguments; a group's callback, and a step after a group, with the
@@ -21,15 +27,21 @@ no claim takes; the transaction that ends a task moves its workflow on (the
 trigger of migration 015): nothing runs outside the database, and a process
 killed at any moment leaves a workflow as consistent as its tasks' rows.
 
+With OpenTelemetry, the enqueue is one PRODUCER span whose context every row of
+the workflow keeps: its members' runs are CONSUMER spans of one trace.
+
 This module imports neither gevent nor the database driver at import.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from . import codec, registry
+
+if TYPE_CHECKING:
+    from .store.database import Steps
 
 BATCH_SIZE = 5000  # tasks per INSERT statement
 _INPUT = object()  # stands for the result a step receives, when its call is checked
@@ -58,9 +70,13 @@ class Chain:
     steps: tuple[Step, ...]
 
     def enqueue(self, conn: Any, /) -> Workflow:
-        """Insert every task of the chain in the transaction of `conn` (a
-        psycopg2 connection or cursor); see `Workflow`."""
+        """Insert every task of the chain in the transaction of `conn` (any
+        connection `taskworker.enqueue` takes); see `Workflow`."""
         return enqueue(conn, self)
+
+    async def enqueue_async(self, conn: Any, /) -> Workflow:
+        """`enqueue` on an asynchronous connection (as `taskworker.enqueue_async`)."""
+        return await enqueue_async(conn, self)
 
 
 @dataclass(frozen=True)
@@ -85,6 +101,10 @@ class Group:
     def enqueue(self, conn: Any, /) -> Workflow:
         """Insert every task of the group in the transaction of `conn`."""
         return enqueue(conn, self)
+
+    async def enqueue_async(self, conn: Any, /) -> Workflow:
+        """`enqueue` on an asynchronous connection (as `taskworker.enqueue_async`)."""
+        return await enqueue_async(conn, self)
 
 
 def chain(*steps: Step) -> Chain:
@@ -189,25 +209,46 @@ def rows(nodes: list[_Node], ids: list[int], max_bytes: int) -> list[dict[str, A
 
 
 def enqueue(conn: Any, flow: Step, max_bytes: int | None = None) -> Workflow:
-    """Insert the workflow's tasks in the transaction of `conn` (a psycopg2
-    connection or cursor): every row, or (the transaction rolled back) none."""
+    """Insert the workflow's tasks in the transaction of `conn` (any connection
+    `taskworker.enqueue` takes: see drivers/): every row, or (the transaction
+    rolled back) none. Never commits."""
+    from . import drivers
+
+    return drivers.run(conn, _steps(flow, max_bytes))
+
+
+async def enqueue_async(conn: Any, flow: Step, max_bytes: int | None = None) -> Workflow:
+    """`enqueue` on an asynchronous connection (any that `taskworker.enqueue_async`
+    takes): the same checks and statements."""
+    from . import drivers
+
+    return await drivers.run_async(conn, _steps(flow, max_bytes))
+
+
+def _steps(flow: Step, max_bytes: int | None) -> Steps[Workflow]:
+    """What `enqueue` and `enqueue_async` send (see store.database.Steps): the
+    ids, then the rows, inside one PRODUCER span (with OpenTelemetry) whose
+    context every row keeps."""
+    from . import tracing
     from .client import _eager
     from .settings import DEFAULT_MAX_PAYLOAD_BYTES
     from .store import admin
-    from .store.database import Direct
 
     if isinstance(flow, Signature):
         flow = Chain((flow,))
     nodes, last = plan(flow)
     limit = DEFAULT_MAX_PAYLOAD_BYTES if max_bytes is None else max_bytes
-    rows(nodes, list(range(len(nodes))), limit)  # checked before anything is sent
+    # Checked before anything is sent (the ids are not drawn yet: stand-ins).
+    queues = [row["queue"] for row in rows(nodes, list(range(len(nodes))), limit)]
     if _eager() is not None:
         raise TypeError("workflows do not run under taskworker.testing.eager() yet")
-    db = Direct(conn)
-    workflow_id, ids = admin.workflow_ids(db, len(nodes))
-    checked = rows(nodes, ids, limit)
-    for start in range(0, len(checked), BATCH_SIZE):
-        admin.enqueue_workflow(db, workflow_id, checked[start:start + BATCH_SIZE])
+    with tracing.producing_workflow(type(flow).__name__.lower(), queues) as span:
+        workflow_id, ids = yield from admin.workflow_ids(len(nodes))
+        checked = rows(nodes, ids, limit)
+        for start in range(0, len(checked), BATCH_SIZE):
+            yield from admin.enqueue_workflow(workflow_id, checked[start:start + BATCH_SIZE],
+                                              span.placement.trace)
+        span.sent(ids, workflow_id)
     return Workflow(workflow_id, ids, [ids[i] for i in last])
 
 

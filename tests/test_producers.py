@@ -1,7 +1,8 @@
 """Enqueue from any stack (part 16, item 1): psycopg 3, SQLAlchemy 2 (sync and
 async), asyncpg and Django's connection, each the real library against the real
 server. One scenario runs through every producer: enqueue a text task, a batch,
-a unique task twice and two calls inside the caller's transaction; nobody else
+a unique task twice, two calls, a chain and a group with its callback inside the
+caller's transaction; nobody else
 sees them before the commit; a rollback leaves nothing and wakes nobody; a commit
 leaves every row and the insert trigger's NOTIFY; the connection is as it was.
 The async producers run the same scenario, each call awaited on one event loop.
@@ -197,11 +198,25 @@ def enqueue_everything(p: Producer, run: Callable[[Any], Any], add: Any) -> dict
            (taskworker.enqueue, taskworker.enqueue_many, taskworker.enqueue_unique,
             add.enqueue))
     enqueue, many, unique, call = api
+    flows = (taskworker.chain(add.s(1), add.s(b=10)),
+             taskworker.group(add.s(2), add.s(3)).then(add.s()))
     return {"text": run(enqueue(c, "one", priority=3)),
             "many": run(many(c, ["two", "three"], queue="bulk")),
             "unique": [run(unique(c, "four", "key-1")), run(unique(c, "again", "key-1"))],
             "call": run(call(c, 1, b=2)),
-            "by_name": run(enqueue(c, task="producers.add", args=[5], kwargs={"b": 6}))}
+            "by_name": run(enqueue(c, task="producers.add", args=[5], kwargs={"b": 6})),
+            "flows": [run(f.enqueue_async(c) if p.asynchronous else f.enqueue(c))
+                      for f in flows]}
+
+
+def workflow_rows(db: Any, flows: list[Any]) -> dict[int, tuple[Any, ...]]:
+    """Each workflow task's (workflow id, status, arguments, next_ids), and
+    whether it has a taskworker_waits row."""
+    ids = [i for f in flows for i in f.task_ids]
+    return {r[0]: r[1:] for r in query(
+        db, "SELECT id, workflow_id, status, arguments::text, next_ids, "
+            "EXISTS (SELECT 1 FROM taskworker_waits w WHERE w.task_id = t.id) "
+            "FROM tasks t WHERE id = ANY(%s)", (ids,))}
 
 
 @pytest.mark.parametrize("make", PRODUCERS.values(), ids=list(PRODUCERS))
@@ -232,7 +247,7 @@ def test_every_producer_enqueues_in_the_callers_transaction(
         assert (first.inserted, again.inserted, again.id) == (True, False, first.id)
         rows = {r[0]: r[1:] for r in query(
             db, "SELECT id, payload, arguments::text, format, task, queue, priority, "
-                "unique_key FROM tasks")}
+                "unique_key FROM tasks WHERE workflow_id IS NULL")}
         args = {"args": [1], "kwargs": {"b": 2}}
         assert rows == {
             ids["text"]: ("one", None, 1, None, "default", 3, None),
@@ -243,6 +258,21 @@ def test_every_producer_enqueues_in_the_callers_transaction(
             ids["by_name"]: (None, json.dumps({"args": [5], "kwargs": {"b": 6}}), 2,
                              "producers.add", "sums", 0, None)}
         assert ids["many"][0] < ids["many"][1]
+        # The chain and the group with its callback: every row, linked, the waiting
+        # ones with their count of parents.
+        chained, grouped = ids["flows"]
+        a, b = chained.task_ids
+        m1, m2, cb = grouped.task_ids
+        call = json.dumps  # (the stored JSON call of add)
+        assert workflow_rows(db, ids["flows"]) == {
+            a: (chained.id, "pending", call({"args": [1], "kwargs": {}}), [b], False),
+            b: (chained.id, "waiting", call({"args": [], "kwargs": {"b": 10}}), None, True),
+            m1: (grouped.id, "pending", call({"args": [2], "kwargs": {}}), [cb], False),
+            m2: (grouped.id, "pending", call({"args": [3], "kwargs": {}}), [cb], False),
+            cb: (grouped.id, "waiting", call({"args": [], "kwargs": {}}), None, True)}
+        assert (chained.last, grouped.last) == ([b], [cb])
+        assert query(db, "SELECT task_id, parents_left FROM taskworker_waits "
+                         "ORDER BY task_id") == [(b, 1), (cb, 2)]
     finally:
         for close in p.closers:
             run(close())
@@ -332,6 +362,7 @@ try:
     with transaction.atomic():
         taskworker.enqueue(connection, "rolled back")
         add.enqueue(connection, 1)
+        taskworker.chain(add.s(1), add.s()).enqueue(connection)
         raise Undo
 except Undo:
     pass
@@ -342,8 +373,14 @@ with transaction.atomic():
         many = taskworker.enqueue_many(cur, ["two", "three"])
     unique = taskworker.enqueue_unique(connections["default"], "four", "k")
     call = add.enqueue(connection, 1, b=2)
+    flow = taskworker.group(add.s(1), add.s(2)).then(add.s()).enqueue(connection)
     assert connection.in_atomic_block
-assert count() == 5, count()
+assert count() == 8, count()
+with connection.cursor() as cur:
+    cur.execute("UPDATE tasks SET status = 'done', return_value = '3' WHERE id = %s", [call])
+with transaction.atomic():
+    assert taskworker.result(connection, call) == 3
+    assert len(flow.task_ids) == 3
 try:
     taskworker.enqueue(connections["other"], "x")
 except TypeError as exc:

@@ -44,8 +44,8 @@ def enqueue(payloads: Sequence[str], placement: Placement,
                                "arguments": None if arguments is None else list(arguments),
                                **placement._asdict()}
     # Rows are inserted in payload order (ORDER BY ordinality), so their identity
-    # values increase in that order whatever RETURNING's order is.
-    return sorted(row[0] for row in rows)
+    # values increase in that order: the array, sorted, is in the payloads' order.
+    return list(rows[0][0] or ())
 
 
 def enqueue_unique(payload: str | None, unique_key: str, placement: Placement,
@@ -262,24 +262,28 @@ def listen_finished(db: Database, listen: bool = True) -> None:
     db.query(sql.listen_finished if listen else sql.unlisten_finished)
 
 
-def workflow_ids(db: Database, count: int) -> tuple[int, list[int]]:
-    """A new workflow id and `count` task ids, increasing."""
-    workflow_id, ids = db.query(sql.workflow_ids, {"count": count})[0]
+def workflow_ids(count: int) -> Steps[tuple[int, list[int]]]:
+    """A new workflow id and `count` task ids, increasing. (This and the next
+    are steps, as `enqueue` is: a workflow is enqueued on any caller's connection.)"""
+    rows = yield sql.workflow_ids, {"count": count}
+    workflow_id, ids = rows[0]
     return workflow_id, list(ids)
 
 
-def enqueue_workflow(db: Database, workflow_id: int, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert tasks of a workflow (rows from workflows.rows), waiting or pending."""
+def enqueue_workflow(workflow_id: int, rows: Sequence[dict[str, Any]],
+                     trace: str | None) -> Steps[None]:
+    """Insert tasks of a workflow (rows from workflows.rows), waiting or pending,
+    each with the enqueue's trace context `trace` (tracing.py; None: untraced)."""
     def column(key: str) -> list[Any]:
         return [r[key] for r in rows]
 
-    db.query(sql.enqueue_workflow, {
+    yield sql.enqueue_workflow, {
         "workflow_id": workflow_id, "ids": column("id"), "tasks": column("task"),
         "queues": column("queue"), "priorities": column("priority"),
         "arguments": column("arguments"), "parents": column("parents"),
         "next_ids": column("next_ids"),
         "next_joins": column("next_joins"), "delays": column("delay"),
-        "run_ats": column("run_at")})
+        "run_ats": column("run_at"), "trace": trace}
 
 
 class Related(NamedTuple):

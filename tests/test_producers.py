@@ -453,6 +453,8 @@ def test_every_producer_traces_and_checks_names(
             ids = {"call": run(call(c, 1)), "many": run(many(c, ["a", "b"])),
                    "unique": run(unique(c, "u", "key")).id,
                    "forced": run(enqueue(c, task="producers.ad", args=[1], force=True))}
+            flow = taskworker.group(add.s(1), add.s(2)).then(add.s())
+            ids["flow"] = run(flow.enqueue_async(c) if p.asynchronous else flow.enqueue(c))
             for refused in (lambda: enqueue(c, task="producers.ad", args=[1]),
                             lambda: many(c, ["x"], task="producers.ad"),
                             lambda: unique(c, "x", "k2", task="producers.ad")):
@@ -474,8 +476,14 @@ def test_every_producer_traces_and_checks_names(
             request.get_span_context().span_id)
         assert all(rows[i] is not None and rows[i].split("-")[1] == trace_id
                    for i in (*ids["many"], ids["unique"]))
+        grouped = spans["enqueue group"]  # (one span for the workflow, its context on each row)
+        assert grouped.parent.span_id == request.get_span_context().span_id
+        assert {tuple(rows[i].split("-")[1:3]) for i in ids["flow"].task_ids} == {
+            (trace_id, f"{grouped.context.span_id:016x}")}
+        assert grouped.attributes["taskworker.workflow.id"] == ids["flow"].id
+        assert grouped.attributes["messaging.destination.name"] == "sums"
         assert len([s for s in exporter.get_finished_spans()
-                    if s.kind.name == "PRODUCER"]) == 4  # (nothing sent for a refusal)
+                    if s.kind.name == "PRODUCER"]) == 5  # (nothing sent for a refusal)
 
         exporter.clear()
         run(p.begin())

@@ -111,7 +111,9 @@ with trace.get_tracer("app").start_as_current_span("request"):
     with conn:
         ids = {"ok": traced_tasks.ok.enqueue(conn, 21), "fails": traced_tasks.fails.enqueue(conn),
                "follow": traced_tasks.follow.enqueue(conn),
-               "many": taskworker.enqueue_many(conn, ["a", "b"], task="traced.ok")}
+               "many": taskworker.enqueue_many(conn, ["a", "b"], task="traced.ok"),
+               "chain": taskworker.chain(traced_tasks.ok.s(1), traced_tasks.ok.s(),
+                                         traced_tasks.ok.s()).enqueue(conn).task_ids}
 provider.shutdown()
 print(json.dumps({"ids": ids, "spans": [
     {"name": s.name, "kind": s.kind.name, "trace_id": format(s.context.trace_id, "032x"),
@@ -144,7 +146,8 @@ def test_spans_link_producer_and_worker(db_url: str, db: Any, serve: Any,
     assert sent["kind"] == "PRODUCER" and sent["trace_id"] == request["trace_id"]
     assert sent["attributes"]["messaging.destination.name"] == "default"
     assert sent["attributes"]["messaging.message.id"] == str(ids["ok"])
-    batch = [s for s in made["spans"] if s["attributes"].get("messaging.batch.message_count")]
+    batch = [s for s in made["spans"] if s["attributes"].get("messaging.batch.message_count")
+             and s["name"] == "enqueue traced.ok"]
     assert len(batch) == 1 and batch[0]["attributes"]["messaging.batch.message_count"] == 2
     # The row keeps the producer span's context, as W3C traceparent.
     stored = dict(query(db, "SELECT id, trace_context->>'traceparent' FROM tasks"))
@@ -153,9 +156,9 @@ def test_spans_link_producer_and_worker(db_url: str, db: Any, serve: Any,
 
     p = serve(db_url, env={**path, "LOG_FORMAT": "json", "WORKER_COUNT": "1",
                            "FETCH_INTERVAL": "0.2"}, args=["--tasks", "traced_tasks"])
-    every = [ids["ok"], ids["fails"], ids["follow"], *ids["many"]]
+    every = [ids["ok"], ids["fails"], ids["follow"], *ids["many"], *ids["chain"]]
     wait_until(lambda: finished(db, every) and query(
-        db, "SELECT count(*) FROM tasks WHERE task = 'traced.ok' AND status = 'done'")[0][0] == 4,
+        db, "SELECT count(*) FROM tasks WHERE task = 'traced.ok' AND status = 'done'")[0][0] == 7,
                30, "the tasks and the follow-up to finish", [p], fail_on_exit=True)
     import taskworker  # (no SDK here: OpenTelemetry's no-op API; nothing is stored)
 
@@ -189,6 +192,20 @@ def test_spans_link_producer_and_worker(db_url: str, db: Any, serve: Any,
     assert (then["trace_id"], then["parent"]) == (follow["trace_id"], follow["span_id"])
     [followed] = [s for s in consumed.values() if s["parent"] == then["span_id"]]
     assert followed["trace_id"] == request["trace_id"] and followed["name"] == "traced.ok"
+    # A chain: one PRODUCER span, child of the request, whose context every row of
+    # the chain keeps; its members run (one after another, in this worker and as
+    # the trigger releases them) as CONSUMER spans of that span, in its trace.
+    [chained] = [s for s in made["spans"] if s["name"] == "enqueue chain"]
+    assert chained["kind"] == "PRODUCER" and chained["trace_id"] == request["trace_id"]
+    assert chained["attributes"]["messaging.batch.message_count"] == 3
+    assert chained["attributes"]["taskworker.workflow.kind"] == "chain"
+    assert {tuple(stored[i].split("-")[1:3]) for i in ids["chain"]} == {
+        (chained["trace_id"], chained["span_id"])}
+    members = [consumed[i] for i in ids["chain"]]
+    assert [(m["trace_id"], m["parent"], m["name"]) for m in members] == [
+        (request["trace_id"], chained["span_id"], "traced.ok")] * 3
+    assert query(db, "SELECT return_value FROM tasks WHERE id = %s",
+                 (ids["chain"][-1],)) == [(8,)]
 
     # Every JSON line about the task carries its span's ids, the handler's own
     # line and `processed with status` (logged after the span ended) included.

@@ -5,7 +5,7 @@ monkey-patch before anything else is imported. `enqueue`, `enqueue_many`,
 `enqueue_unique` and their `_async` forms are loaded on first use, as are `task`
 (registering a named task), the exceptions a handler raises to choose its
 task's ending (`Fail`, `Snooze`, `Cancel`), `current_task`, the results API
-(`result`, `wait` and their exceptions), workflows (`chain`, `group`,
+(`result`, `wait`, their `_async` forms and their exceptions), workflows (`chain`, `group`,
 `cancel_workflow`), `testing` (the eager mode for application tests) and
 `hooks` (code run around tasks in serve).
 """
@@ -24,7 +24,16 @@ if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ loads them 
     from .endings import Cancel, Fail, Snooze
     from .handlers import TaskContext, current_task, transaction
     from .registry import Task, task
-    from .results import NotFinished, TaskFailed, UnknownTask, WaitTimeout, result, wait
+    from .results import (
+        NotFinished,
+        TaskFailed,
+        UnknownTask,
+        WaitTimeout,
+        result,
+        result_async,
+        wait,
+        wait_async,
+    )
     from .workflows import Chain, Group, Signature, Workflow, cancel_workflow, chain, group
 
 __version__ = "0.1.0"
@@ -32,7 +41,8 @@ __all__ = ["Cancel", "Chain", "Fail", "Group", "NotFinished", "Signature", "Snoo
            "TaskContext", "TaskFailed", "UnknownTask", "WaitTimeout", "Workflow", "__version__",
            "cancel_workflow", "chain", "current_task", "enqueue", "enqueue_async",
            "enqueue_many", "enqueue_many_async", "enqueue_unique", "enqueue_unique_async",
-           "group", "hooks", "result", "task", "testing", "transaction", "wait"]
+           "group", "hooks", "result", "result_async", "task", "testing", "transaction",
+           "wait", "wait_async"]
 
 
 def __getattr__(name: str) -> Any:
@@ -49,7 +59,8 @@ def __getattr__(name: str) -> Any:
         from . import endings
 
         return getattr(endings, name)
-    if name in ("result", "wait", "TaskFailed", "NotFinished", "UnknownTask", "WaitTimeout"):
+    if name in ("result", "wait", "result_async", "wait_async", "TaskFailed", "NotFinished",
+                "UnknownTask", "WaitTimeout"):
         from . import results
 
         return getattr(results, name)

@@ -18,16 +18,14 @@ program, a threaded one, or one under gevent can wait alike.
 from __future__ import annotations
 
 import json
-import select
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from .store import admin
-from .store.database import Direct
+from .store.database import Steps
 
 FINISHED = ("done", "error", "cancelled")
-_IDLE, _FAILED = 0, 3  # psycopg2.extensions.TRANSACTION_STATUS_IDLE and _INERROR
 
 
 class TaskFailed(Exception):
@@ -74,7 +72,19 @@ def result(conn_or_cursor: Any, task_id: int) -> Any:
     eager = testing.active()
     if eager is not None:
         return eager.result(task_id)
-    found = admin.task_outcomes(drivers.database(conn_or_cursor), [task_id])
+    found = drivers.run(conn_or_cursor, admin.task_outcomes([task_id]))
+    return value_of(task_id, found.get(task_id))
+
+
+async def result_async(conn: Any, task_id: int) -> Any:
+    """`result` through an asynchronous connection (any that `enqueue_async`
+    takes: psycopg 3's, SQLAlchemy's, asyncpg's)."""
+    from . import drivers, testing
+
+    eager = testing.active()
+    if eager is not None:
+        return eager.result(task_id)
+    found = await drivers.run_async(conn, admin.task_outcomes([task_id]))
     return value_of(task_id, found.get(task_id))
 
 
@@ -84,33 +94,97 @@ def wait(conn: Any, task_ids: int | Sequence[int], timeout: float | None = None,
     result (a list of results, in the order given), as `result` does: a task in
     error or cancelled raises TaskFailed.
 
-    `conn` is a psycopg2 connection with no transaction open (only psycopg2's:
-    it sleeps on the socket and reads psycopg2's notifications; another
-    library's raises TypeError. One inside a transaction could never see the
-    outcome: RuntimeError); it is used for LISTEN and left as it was found.
-    `timeout` in seconds (None: no limit) raises WaitTimeout. `poll`: seconds
-    between reads when notifications cannot arrive (PgBouncer in transaction
-    mode); None: woken only by them. Never call it inside a running task: the
-    task would hold a worker while the one it waits for may need it
-    (RuntimeError)."""
+    `conn` is a psycopg2 or psycopg 3 connection (or a cursor of one) with no
+    transaction open, given up for the wait: it LISTENs on it, commits the
+    statements it sends, and leaves it as it was found. (Another object raises
+    TypeError: SQLAlchemy's and Django's manage their own transactions, wait on
+    the driver's connection below them; one inside a transaction could never see
+    the outcome: RuntimeError.) `timeout` in seconds (None: no limit) raises
+    WaitTimeout. `poll`: seconds between reads when notifications cannot arrive
+    (PgBouncer in transaction mode); None: woken only by them. Never call it
+    inside a running task: the task would hold a worker while the one it waits
+    for may need it (RuntimeError)."""
+    from .drivers import run, waiters
+
+    single, ids, eager = _waited(task_ids, "wait")
+    if eager is not None:
+        return eager
+    with waiters.waiter(conn) as waiter:
+        found = run(waiter, _waiting(ids, timeout, poll), adapt=_itself)
+    return _values(single, ids, found)
+
+
+async def wait_async(conn: Any, task_ids: int | Sequence[int], timeout: float | None = None,
+                     *, poll: float | None = None) -> Any:
+    """`wait` on an asynchronous connection: a psycopg 3 AsyncConnection (or
+    AsyncCursor) or an asyncpg connection with no transaction open (the same
+    rules; an SQLAlchemy AsyncConnection or AsyncSession raises TypeError: wait
+    on the driver's connection below it). The event loop runs on while it sleeps."""
+    from .drivers import run_async, waiters
+
+    single, ids, eager = _waited(task_ids, "wait_async")
+    if eager is not None:
+        return eager
+    async with waiters.async_waiter(conn) as waiter:
+        found = await run_async(waiter, _waiting(ids, timeout, poll), adapt=_itself)
+    return _values(single, ids, found)
+
+
+def _itself(waiter: Any) -> Any:
+    return waiter
+
+
+def _waited(task_ids: int | Sequence[int], name: str) -> tuple[bool, list[int], Any]:
+    """(one id given?, the ids, the results under the eager test mode or None);
+    RuntimeError inside a running task."""
     from . import testing
     from .handlers import current_task
 
     single = isinstance(task_ids, int)
     ids = [task_ids] if isinstance(task_ids, int) else list(task_ids)
     if current_task() is not None:
-        raise RuntimeError("taskworker.wait() inside a running task could deadlock the "
+        raise RuntimeError(f"taskworker.{name}() inside a running task could deadlock the "
                            "workers (the task waited for may need this worker): enqueue "
                            "a follow-up task instead")
     eager = testing.active()
-    if eager is not None:
-        values = [eager.result(i) for i in ids]
-        return values[0] if single else values
-    conn = getattr(conn, "connection", conn)  # (a cursor: its connection)
-    _check_idle(conn)
-    found = _wait(conn, ids, timeout, poll)
+    if eager is None:
+        return single, ids, None
+    values = [eager.result(i) for i in ids]
+    return single, ids, values[0] if single else values
+
+
+def _values(single: bool, ids: list[int], found: dict[int, admin.Outcome]) -> Any:
     values = [value_of(i, found.get(i)) for i in ids]
     return values[0] if single else values
+
+
+def _waiting(ids: list[int], timeout: float | None,
+             poll: float | None) -> Steps[dict[int, admin.Outcome]]:
+    """What `wait` and `wait_async` do once they listen, as steps a waiter runs
+    (drivers/waiters.py): mark the tasks awaited, then read them each time a
+    notification for one of them arrives (or every `poll` seconds), until all
+    finished. COMMIT ends what the statements opened, so that the next read sees
+    what committed since."""
+    from .drivers.waiters import COMMIT, SLEEP
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    yield from admin.await_tasks(ids)
+    yield COMMIT, {}
+    found = yield from admin.task_outcomes(ids)
+    yield COMMIT, {}
+    waiting = {i for i in ids if i in found and found[i].status not in FINISHED}
+    while waiting:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise WaitTimeout(sorted(waiting), timeout or 0.0)
+        sleep = left if poll is None else poll if left is None else min(poll, left)
+        came = {row[0] for row in (yield SLEEP, {"seconds": sleep})}
+        if came & waiting or poll is not None:
+            again = yield from admin.task_outcomes(sorted(waiting))
+            yield COMMIT, {}
+            found.update(again)
+            waiting = {i for i in waiting if i in again and again[i].status not in FINISHED}
+    return found
 
 
 def value_of(task_id: int, row: admin.Outcome | None) -> Any:
@@ -136,61 +210,3 @@ def exception_type(error: str, traceback: str | None) -> str:
         if qualified.endswith(kind) and " " not in qualified:
             return qualified
     return kind
-
-
-def _check_idle(conn: Any) -> None:
-    status = getattr(conn, "get_transaction_status", None)
-    if status is None:
-        raise TypeError(f"wait() needs a psycopg2 connection, not {type(conn).__name__}")
-    if status() != _IDLE:
-        raise RuntimeError("wait() needs a connection with no transaction open: inside "
-                           "one it could never see the outcome; commit or roll back first")
-
-
-def _wait(conn: Any, ids: list[int], timeout: float | None,
-          poll: float | None) -> dict[int, admin.Outcome]:
-    """Listen, mark the tasks awaited, then read them each time a notification
-    for one of them arrives (or every `poll` seconds), until all finished."""
-    db = Direct(conn)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    admin.listen_finished(db)
-    _commit(conn)  # listening before the marks: no finish can fall between
-    try:
-        admin.await_tasks(db, ids)
-        _commit(conn)
-        found = admin.task_outcomes(db, ids)
-        _commit(conn)
-        waiting = {i for i in ids if i in found and found[i].status not in FINISHED}
-        while waiting:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise WaitTimeout(sorted(waiting), timeout or 0.0)
-            sleep = left if poll is None else poll if left is None else min(poll, left)
-            select.select([conn], [], [], sleep)
-            conn.poll()
-            came = {int(n.payload) for n in conn.notifies
-                    if n.channel == "taskworker_finished" and n.payload.isdigit()}
-            conn.notifies.clear()
-            if came & waiting or poll is not None:
-                again = admin.task_outcomes(db, sorted(waiting))
-                _commit(conn)
-                found.update(again)
-                waiting = {i for i in waiting if i in again and again[i].status not in FINISHED}
-        return found
-    finally:
-        if not conn.closed:
-            try:
-                if conn.get_transaction_status() == _FAILED:  # (failed midway: end it)
-                    conn.rollback()
-                admin.listen_finished(db, listen=False)
-                _commit(conn)
-                conn.notifies.clear()
-            except Exception:  # the connection broke: the error that did it is raised
-                pass
-
-
-def _commit(conn: Any) -> None:
-    """End the transaction our statements opened: one is open after them even
-    in autocommit mode inside `with conn:` (psycopg2 2.9 opens one there)."""
-    if conn.get_transaction_status() != _IDLE:
-        conn.commit()

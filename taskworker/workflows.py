@@ -253,12 +253,14 @@ def _steps(flow: Step, max_bytes: int | None) -> Steps[Workflow]:
 
 
 def cancel_workflow(conn: Any, workflow_id: int) -> tuple[list[int], list[int]]:
-    """Cancel workflow `workflow_id` in the transaction of `conn`: its tasks
+    """Cancel workflow `workflow_id` in the transaction of `conn` (any
+    connection the synchronous enqueue takes): its tasks
     that have not started (pending, or waiting for others) end cancelled; the
     ones in progress are asked to stop, as `taskworker cancel` asks. Returns
     (the ids cancelled, the ids asked to stop)."""
+    from . import drivers
     from .store import admin
-    from .store.database import Direct
 
-    done = admin.cancel_workflow(Direct(conn), workflow_id, source="taskworker.cancel_workflow")
+    done = admin.cancel_workflow(drivers.database(conn), workflow_id,
+                                 source="taskworker.cancel_workflow")
     return done.cancelled, done.requested

@@ -14,6 +14,8 @@ import inspect
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -499,22 +501,163 @@ def test_every_producer_traces_and_checks_names(
             run(close())
 
 
-def test_result_reads_through_any_sync_producer_and_wait_says_it_needs_psycopg2(
-        db_url: str, db: Any, add: Any) -> None:
-    import psycopg
-    from sqlalchemy import create_engine
-
+def test_result_reads_through_every_producer(db_url: str, db: Any, add: Any,
+                                             loop: asyncio.AbstractEventLoop) -> None:
+    """`result` through each synchronous producer, `result_async` through each
+    asynchronous one (Django's: test_django_connection_enqueues_in_transaction_atomic)."""
     task_id = add.enqueue(db, 1, b=2)
     db.commit()
     query(db, "UPDATE tasks SET status = 'done', return_value = '3' WHERE id = %s",
           (task_id,))
     db.commit()
+    run = settled(loop)
+    for make in PRODUCERS.values():
+        p = make(db_url, loop)
+        try:
+            run(p.begin())
+            read = taskworker.result_async if p.asynchronous else taskworker.result
+            assert run(read(p.target, task_id)) == 3, make.__name__
+            with pytest.raises(taskworker.UnknownTask):
+                run(read(p.target, 10**12))
+            run(p.rollback())
+        finally:
+            for close in p.closers:
+                run(close())
+
+
+def finish_once_awaited(db_url: str, task_id: int, value: str) -> threading.Thread:
+    """A thread that ends the task (as a worker's outcome would: the trigger of
+    migration 012 notifies the waiters) once someone waits for it."""
+    def finish() -> None:
+        conn = psycopg2.connect(db_url)
+        conn.autocommit = True
+        try:
+            wait_until(lambda: query(conn, "SELECT awaited FROM tasks WHERE id = %s",
+                                     (task_id,)) == [(True,)], 10, "the wait to mark the task")
+            time.sleep(0.2)  # (the waiter asleep by now, most likely: woken by the NOTIFY)
+            query(conn, "UPDATE tasks SET status = 'done', return_value = %s WHERE id = %s",
+                  (value, task_id))
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
+    return thread
+
+
+def psycopg3_waiter(db_url: str, loop: asyncio.AbstractEventLoop) -> tuple[Any, Any]:
+    import psycopg
+
+    conn = psycopg.connect(db_url)
+    return conn, lambda: (conn.info.transaction_status.name, listening(conn.execute))
+
+
+def psycopg3_async_waiter(db_url: str, loop: asyncio.AbstractEventLoop) -> tuple[Any, Any]:
+    import psycopg
+
+    conn = loop.run_until_complete(psycopg.AsyncConnection.connect(db_url))
+
+    async def state() -> Any:
+        cur = await conn.execute("SELECT pg_listening_channels()")
+        channels = [r[0] for r in await cur.fetchall()]
+        await conn.rollback()
+        return conn.info.transaction_status.name, channels
+
+    return conn, lambda: loop.run_until_complete(state())
+
+
+def asyncpg_waiter(db_url: str, loop: asyncio.AbstractEventLoop) -> tuple[Any, Any]:
+    import asyncpg
+
+    conn = loop.run_until_complete(asyncpg.connect(db_url))
+
+    async def state() -> Any:
+        channels = [r[0] for r in await conn.fetch("SELECT pg_listening_channels()")]
+        return "IDLE" if not conn.is_in_transaction() else "INTRANS", channels
+
+    return conn, lambda: loop.run_until_complete(state())
+
+
+def listening(execute: Callable[..., Any]) -> list[str]:
+    channels = [r[0] for r in execute("SELECT pg_listening_channels()").fetchall()]
+    execute("ROLLBACK")
+    return channels
+
+
+WAITERS = {f.__name__: f for f in (psycopg3_waiter, psycopg3_async_waiter, asyncpg_waiter)}
+
+
+@pytest.mark.parametrize("make", WAITERS.values(), ids=list(WAITERS))
+def test_wait_sleeps_on_psycopg3_and_asyncpg_until_the_outcome(
+        make: Callable[..., tuple[Any, Any]], db_url: str, db: Any, add: Any,
+        loop: asyncio.AbstractEventLoop) -> None:
+    """`wait` on a psycopg 3 connection, `wait_async` on psycopg 3's async one
+    and asyncpg's: woken by the outcome's NOTIFY, not by polling; the connection
+    left idle and listening to nothing; a timeout, a transaction open, and
+    another library's objects refused."""
+    conn, state = make(db_url, loop)
+    asynchronous = make is not psycopg3_waiter
+    wait = ((lambda *a, **k: loop.run_until_complete(taskworker.wait_async(*a, **k)))
+            if asynchronous else taskworker.wait)
+    try:
+        first, second = add.enqueue(db, 1), add.enqueue(db, 2)
+        db.commit()
+        with pytest.raises(taskworker.WaitTimeout, match=f"task {first} not finished"):
+            wait(conn, first, timeout=0.2)
+        assert state() == ("IDLE", [])
+        finishing = finish_once_awaited(db_url, first, "11")
+        started = time.monotonic()
+        assert wait(conn, first, timeout=30) == 11
+        assert time.monotonic() - started < 10
+        finishing.join()
+        finishing = finish_once_awaited(db_url, second, '"two"')
+        assert wait(conn, [first, second], timeout=30) == [11, "two"]
+        finishing.join()
+        assert state() == ("IDLE", [])
+    finally:
+        if asynchronous:
+            loop.run_until_complete(conn.close())
+        else:
+            conn.close()
+
+
+def test_wait_refuses_what_it_cannot_listen_on(db_url: str, db: Any, add: Any,
+                                              loop: asyncio.AbstractEventLoop) -> None:
+    import psycopg
+    from sqlalchemy import create_engine
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.orm import Session
+
+    task_id = add.enqueue(db, 1)
+    db.commit()
     engine = create_engine(driver_url(db_url, "psycopg"))
-    with psycopg.connect(db_url) as conn, engine.connect() as alchemy:
-        assert taskworker.result(conn, task_id) == 3
-        assert taskworker.result(conn.cursor(), task_id) == 3
-        assert taskworker.result(alchemy, task_id) == 3
-        conn.rollback()
-        with pytest.raises(TypeError, match="^wait\\(\\) needs a psycopg2 connection"):
-            taskworker.wait(conn, task_id, timeout=1)
-    engine.dispose()
+    async_engine = create_async_engine(driver_url(db_url, "asyncpg"))
+    aconn = loop.run_until_complete(psycopg.AsyncConnection.connect(db_url))
+    try:
+        with Session(engine) as session, pytest.raises(
+                TypeError, match="^wait\\(\\) needs a psycopg2 or psycopg 3 connection of its "
+                                 "own \\(it LISTENs and commits\\), not sqlalchemy.orm.session."
+                                 "Session$"):
+            taskworker.wait(session, task_id, timeout=1)
+        with pytest.raises(TypeError, match="\\(asynchronous: await taskworker.wait_async"):
+            taskworker.wait(aconn, task_id, timeout=1)
+
+        async def refused() -> None:
+            async with async_engine.connect() as alchemy:
+                with pytest.raises(TypeError, match="^wait_async\\(\\) needs a psycopg 3 "
+                                                    "AsyncConnection or an asyncpg connection"):
+                    await taskworker.wait_async(alchemy, task_id, timeout=1)
+            await aconn.execute("SELECT 1")  # a transaction is open
+            with pytest.raises(RuntimeError, match="no transaction open"):
+                await taskworker.wait_async(aconn, task_id, timeout=1)
+            await aconn.rollback()
+
+        loop.run_until_complete(refused())
+        with psycopg.connect(db_url) as conn:
+            conn.execute("SELECT 1")
+            with pytest.raises(RuntimeError, match="no transaction open"):
+                taskworker.wait(conn, task_id, timeout=1)
+    finally:
+        loop.run_until_complete(aconn.close())
+        loop.run_until_complete(async_engine.dispose())
+        engine.dispose()

@@ -34,13 +34,15 @@ ASYNC = ("a psycopg 3 AsyncConnection or AsyncCursor, an SQLAlchemy AsyncConnect
          "AsyncSession, or an asyncpg connection")
 
 
-def run(conn: Any, steps: Steps[T]) -> T:
+def run(conn: Any, steps: Steps[T], adapt: Callable[[Any], Database] | None = None) -> T:
     """Run the enqueue API's `steps` on `conn`; their value. `conn` is looked at
-    only if a statement is to be sent (the eager test mode sends none)."""
+    only if a statement is to be sent (the eager test mode sends none). `adapt`
+    makes the Database out of `conn` (default: `database`; `wait` gives its
+    waiter, drivers/waiters.py)."""
     run = _Exchange(steps)
     try:
         if run.step is not None:
-            db = run.call(database, conn)
+            db = run.call(adapt or database, conn)
             while run.step is not None:
                 run.answer_with(db.query, *run.step)
         return run.value  # type: ignore[return-value]
@@ -48,12 +50,13 @@ def run(conn: Any, steps: Steps[T]) -> T:
         steps.close()
 
 
-async def run_async(conn: Any, steps: Steps[T]) -> T:
+async def run_async(conn: Any, steps: Steps[T],
+                    adapt: Callable[[Any], AsyncDatabase] | None = None) -> T:
     """`run`, awaiting each statement on an asynchronous connection."""
     run = _Exchange(steps)
     try:
         if run.step is not None:
-            db = run.call(async_database, conn)
+            db = run.call(adapt or async_database, conn)
             while run.step is not None:
                 try:
                     rows = await db.query(*run.step)

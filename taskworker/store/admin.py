@@ -246,15 +246,18 @@ class Outcome(NamedTuple):
     traceback: str | None
 
 
-def task_outcomes(db: Database, ids: Sequence[int]) -> dict[int, Outcome]:
-    """The outcome columns of the tasks `ids` (a pruned or unknown id is absent)."""
-    return {row[0]: Outcome(*row) for row in db.query(sql.task_outcomes, {"ids": list(ids)})}
+def task_outcomes(ids: Sequence[int]) -> Steps[dict[int, Outcome]]:
+    """The outcome columns of the tasks `ids` (a pruned or unknown id is absent).
+    (This and the next are steps: `result` and `wait` read through any
+    connection the enqueue API takes, sync or async.)"""
+    rows = yield sql.task_outcomes, {"ids": list(ids)}
+    return {row[0]: Outcome(*row) for row in rows}
 
 
-def await_tasks(db: Database, ids: Sequence[int]) -> None:
+def await_tasks(ids: Sequence[int]) -> Steps[None]:
     """Mark the unfinished tasks of `ids` as awaited: each notifies channel
     taskworker_finished when it finishes (listen_finished receives it)."""
-    db.query(sql.await_tasks, {"ids": list(ids)})
+    yield sql.await_tasks, {"ids": list(ids)}
 
 
 def listen_finished(db: Database, listen: bool = True) -> None:

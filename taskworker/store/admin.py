@@ -40,6 +40,14 @@ def enqueue(payloads: Sequence[str], placement: Placement,
     codec.py) instead, one task per call, and `payloads` is empty. (This and the
     two below are steps, not functions of a `Database`: the enqueue API runs them
     on a caller's connection, sync or async; see database.Steps.)"""
+    if len(payloads if arguments is None else arguments) == 1:
+        # One task (every `enqueue`): enqueue_unique's VALUES with no key, which
+        # never conflicts; the server plans it in 60% of the unnest's time.
+        rows = yield sql.enqueue_unique, {
+            "payload": payloads[0] if arguments is None else None,
+            "arguments": None if arguments is None else arguments[0], "unique_key": None,
+            **placement._asdict()}
+        return [rows[0][0]]
     rows = yield sql.enqueue, {"payloads": list(payloads) if arguments is None else None,
                                "arguments": None if arguments is None else list(arguments),
                                **placement._asdict()}

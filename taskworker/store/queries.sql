@@ -876,7 +876,8 @@ SELECT array_agg(id ORDER BY id) FROM added;
 -- DO NOTHING locks no row: DO UPDATE ... RETURNING would lock the live task's
 -- row until the caller's commit, stalling its completer and heartbeat.
 -- %(arguments)s: a JSON call (format 2), or NULL beside a text %(payload)s;
--- %(trace)s and %(concurrency_key)s: as in enqueue.
+-- %(trace)s and %(concurrency_key)s: as in enqueue. With %(unique_key)s NULL it
+-- never conflicts: enqueue's one task, a VALUES cheaper to plan than unnest.
 INSERT INTO tasks (payload, arguments, format, run_at, task, queue, priority, unique_key,
                    trace_context, concurrency_key)
 VALUES (%(payload)s, %(arguments)s::jsonb,

@@ -108,10 +108,10 @@ def wait(conn: Any, task_ids: int | Sequence[int], timeout: float | None = None,
 
     single, ids, eager = _waited(task_ids, "wait")
     if eager is not None:
-        return eager
+        return _picked(single, [eager.result(i) for i in ids])
     with waiters.waiter(conn) as waiter:
         found = run(waiter, _waiting(ids, timeout, poll), adapt=_itself)
-    return _values(single, ids, found)
+    return _picked(single, [value_of(i, found.get(i)) for i in ids])
 
 
 async def wait_async(conn: Any, task_ids: int | Sequence[int], timeout: float | None = None,
@@ -124,10 +124,10 @@ async def wait_async(conn: Any, task_ids: int | Sequence[int], timeout: float | 
 
     single, ids, eager = _waited(task_ids, "wait_async")
     if eager is not None:
-        return eager
+        return _picked(single, [eager.result(i) for i in ids])
     async with waiters.async_waiter(conn) as waiter:
         found = await run_async(waiter, _waiting(ids, timeout, poll), adapt=_itself)
-    return _values(single, ids, found)
+    return _picked(single, [value_of(i, found.get(i)) for i in ids])
 
 
 def _itself(waiter: Any) -> Any:
@@ -135,7 +135,7 @@ def _itself(waiter: Any) -> Any:
 
 
 def _waited(task_ids: int | Sequence[int], name: str) -> tuple[bool, list[int], Any]:
-    """(one id given?, the ids, the results under the eager test mode or None);
+    """(one id given?, the ids, the eager test mode's runner or None);
     RuntimeError inside a running task."""
     from . import testing
     from .handlers import current_task
@@ -146,15 +146,11 @@ def _waited(task_ids: int | Sequence[int], name: str) -> tuple[bool, list[int], 
         raise RuntimeError(f"taskworker.{name}() inside a running task could deadlock the "
                            "workers (the task waited for may need this worker): enqueue "
                            "a follow-up task instead")
-    eager = testing.active()
-    if eager is None:
-        return single, ids, None
-    values = [eager.result(i) for i in ids]
-    return single, ids, values[0] if single else values
+    return single, ids, testing.active()
 
 
-def _values(single: bool, ids: list[int], found: dict[int, admin.Outcome]) -> Any:
-    values = [value_of(i, found.get(i)) for i in ids]
+def _picked(single: bool, values: list[Any]) -> Any:
+    """The one value when one id was given, else the list."""
     return values[0] if single else values
 
 

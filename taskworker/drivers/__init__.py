@@ -123,6 +123,13 @@ def library(conn: Any) -> str | None:
     return None
 
 
+def described(conn: Any) -> str:
+    """`conn`'s type as a refusal names it: with its module when it is one of
+    LIBRARIES' (`psycopg.AsyncConnection`), else its bare name."""
+    kind = type(conn)
+    return f"{kind.__module__}.{kind.__qualname__}" if library(conn) else kind.__name__
+
+
 def database(conn: Any) -> Database:
     """`conn` as a Database, or TypeError (one line) if it is none of SYNC."""
     return _adapt(conn, _SYNC, _sync_maker, _async_maker, SYNC,
@@ -150,9 +157,7 @@ def _adapt(conn: Any, made: dict[type, Callable[[Any], Any]],
     if wrap is None:
         wrap = maker(conn)
         if wrap is None:
-            kind = type(conn)
-            name = f"{kind.__module__}.{kind.__qualname__}" if library(conn) else kind.__name__
-            raise TypeError(f"expected {takes}, not {name}"
+            raise TypeError(f"expected {takes}, not {described(conn)}"
                             + (f" ({instead})" if other(conn) is not None else ""))
         made[type(conn)] = wrap
     return wrap(conn)

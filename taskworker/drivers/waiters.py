@@ -27,7 +27,7 @@ from typing import Any
 
 from ..store import admin, sql
 from ..store.database import Direct, Params, Row
-from . import async_database, database, library
+from . import async_database, database, described, library
 
 COMMIT = "-- commit"  # a step: end the transaction our statements opened
 SLEEP = "-- sleep"  # a step: sleep until a notification, or params["seconds"]
@@ -52,7 +52,12 @@ def waiter(conn: Any) -> Any:
     one of SYNC, RuntimeError if a transaction is open."""
     name = library(conn)
     if name == "psycopg2":
-        return _Psycopg2(getattr(conn, "connection", conn))  # (a cursor: its connection)
+        import psycopg2.extensions
+
+        if isinstance(conn, psycopg2.extensions.cursor):
+            return _Psycopg2(conn.connection)
+        if isinstance(conn, psycopg2.extensions.connection):
+            return _Psycopg2(conn)
     if name == "psycopg":
         import psycopg
 
@@ -60,18 +65,20 @@ def waiter(conn: Any) -> Any:
             return _Psycopg3(conn if isinstance(conn, psycopg.Connection) else conn.connection)
     hint = " (asynchronous: await taskworker.wait_async(...))" if _async_kind(conn) else ""
     raise TypeError(f"wait() needs {SYNC} of its own (it LISTENs and commits), "
-                    f"not {_named(conn)}{hint}")
+                    f"not {described(conn)}{hint}")
 
 
 def async_waiter(conn: Any) -> Any:
     """`conn` (idle) as an asynchronous waiter (see `waiter`)."""
     kind = _async_kind(conn)
     if kind == "psycopg":
-        return _Psycopg3Async(getattr(conn, "connection", conn) if not hasattr(
-            conn, "notifies") else conn)
+        import psycopg
+
+        return _Psycopg3Async(conn.connection if isinstance(conn, psycopg.AsyncCursor) else conn)
     if kind == "asyncpg":
         return _Asyncpg(conn)
-    raise TypeError(f"wait_async() needs {ASYNC} of its own (it LISTENs), not {_named(conn)}")
+    raise TypeError(f"wait_async() needs {ASYNC} of its own (it LISTENs), "
+                    f"not {described(conn)}")
 
 
 def _async_kind(conn: Any) -> str | None:
@@ -86,11 +93,6 @@ def _async_kind(conn: Any) -> str | None:
 
         return "asyncpg" if numbered.is_connection(conn) else None
     return None
-
-
-def _named(conn: Any) -> str:
-    kind = type(conn)
-    return f"{kind.__module__}.{kind.__qualname__}" if library(conn) else kind.__name__
 
 
 class _Waiter:

@@ -661,3 +661,18 @@ def test_wait_refuses_what_it_cannot_listen_on(db_url: str, db: Any, add: Any,
         loop.run_until_complete(aconn.close())
         loop.run_until_complete(async_engine.dispose())
         engine.dispose()
+
+
+def test_eager_mode_waits_and_reads_without_a_connection(
+        add: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """Under taskworker.testing.eager(), `wait`, `wait_async` and `result_async`
+    answer from what ran, a None result included (no connection is looked at)."""
+    @taskworker.task("producers.nothing")
+    def nothing() -> None:
+        return None
+
+    with taskworker.testing.eager():
+        none, three = nothing.enqueue(None), add.enqueue(None, 1, b=2)
+        assert taskworker.wait(None, none) is None
+        assert loop.run_until_complete(taskworker.wait_async(None, [none, three])) == [None, 3]
+        assert loop.run_until_complete(taskworker.result_async(None, three)) == 3

@@ -320,10 +320,11 @@ def _unique(payload: str | None, arguments: str | None, unique_key: str,
 
 
 def _eager() -> Any:
-    """The eager runner of `taskworker.testing.eager()`, if one is active."""
-    from . import testing  # (cheap after the first time; no import cycle at load)
-
-    return testing.active()
+    """The eager runner of `taskworker.testing.eager()`, if one is active. None
+    while `taskworker.testing` was never imported: no eager() can be active, and
+    an import statement per enqueue costs as much as the rest of its checks."""
+    testing = sys.modules.get("taskworker.testing")
+    return None if testing is None else testing.active()
 
 
 def place(task: TaskRef, queue: str | None, priority: int | None, run_at: RunAt,

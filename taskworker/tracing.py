@@ -24,6 +24,7 @@ a worker has no tracer, so it does nothing more per task than before.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -61,7 +62,10 @@ def enabled() -> bool:
     return _enabled
 
 
+@functools.cache
 def _tracer() -> Any:
+    """taskworker's tracer, made once: before a tracer provider is set, the
+    API's proxy, which uses the provider once one is set."""
     from opentelemetry import trace
 
     return trace.get_tracer("taskworker", __version__)

@@ -25,3 +25,13 @@ def calls(conn: Any) -> None:
     send_email.options(priority="high")  # type: ignore[arg-type]
     reveal: Task = send_email  # a Task, whatever the function
     print(task_id, value, reveal)
+
+
+async def awaited(conn: Any) -> None:
+    """A workflow and the results, on an asynchronous connection."""
+    flow = taskworker.group(send_email.s("a@example.com"), send_email.s("b@example.com"))
+    run: taskworker.Workflow = await flow.enqueue_async(conn)
+    values: Any = await taskworker.wait_async(conn, run.last, timeout=30)
+    first: Any = await taskworker.result_async(conn, run.task_ids[0])
+    await flow.enqueue(conn)  # type: ignore[misc]
+    print(values, first)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ SYSTEM = "taskworker"  # messaging.system
 DEFAULT_NAME = "taskworker.default"  # the span name of a task without a name (TASK_HANDLER)
 
 _enabled: bool | None = None  # decided on first use (see enabled)
+ASK_EVERY = 1.0  # seconds between a worker's asks whether a tracer provider is set
 
 
 def enabled() -> bool:
@@ -114,11 +116,32 @@ class _Untraced:
 
 def producing(placement: Placement) -> Any:
     """A context manager around an enqueue's inserts: a PRODUCER span (with
-    OpenTelemetry) whose context the yielded `Producing.placement` carries to
-    the rows; without OpenTelemetry, the placement unchanged."""
-    if not enabled():
+    OpenTelemetry and a tracer provider set) whose context the yielded
+    `Producing.placement` carries to the rows; else the placement unchanged."""
+    if not enabled() or not provided():
         return _Untraced(placement)
     return _producing(placement)
+
+
+_provided = False  # a tracer provider was seen set (it can be set once only)
+
+
+def provided() -> bool:
+    """Has the application set a tracer provider (the SDK's, configured by
+    itself or by `opentelemetry-instrument`)? Until it does, the API's spans
+    record nothing and propagate nothing, yet opening one costs about as much
+    as running a no-op task: with OpenTelemetry merely installed (a dependency
+    of a dependency), every task and every enqueue would pay for nothing.
+    Asked at each use until the answer is yes, so a provider set later is
+    still used (a worker asks at most once a second: see Consumer)."""
+    global _provided
+    if not _provided:
+        from opentelemetry import trace
+
+        provider = trace.get_tracer_provider()
+        _provided = not isinstance(provider, (trace.ProxyTracerProvider,
+                                              trace.NoOpTracerProvider))
+    return _provided
 
 
 def consumer() -> Consumer | None:
@@ -142,11 +165,20 @@ class Consumer:
         self.kind = trace.SpanKind.CONSUMER
         self.extract = propagate.extract
         self.status, self.error = trace.Status, trace.StatusCode.ERROR
+        self.traced = provided()
+        self.ask_after = time.monotonic() + ASK_EVERY  # (while not traced)
 
     def consume(self, task: ClaimedTask, n: int,
                 run: Callable[[ClaimedTask, int], Outcome]) -> Outcome:
         """`run(task, n)` inside the task's span; its outcome, which keeps the
-        span's ids for the lines logged after the span ended."""
+        span's ids for the lines logged after the span ended. No span while no
+        tracer provider is set (see `provided`)."""
+        if not self.traced:
+            if time.monotonic() < self.ask_after:
+                return run(task, n)
+            self.traced, self.ask_after = provided(), time.monotonic() + ASK_EVERY
+            if not self.traced:
+                return run(task, n)
         parent = None
         if task.trace is not None:
             try:

@@ -181,11 +181,11 @@ def test_a_busy_statement_writes_its_outcomes_before_it_takes_a_claim(
     """claim_shares_completing writes the outcomes before it locks any task to
     claim. Another transaction may hold a lock on one of this process's rows
     (a claim elsewhere keeps the lock of a row it found claimed meanwhile and
-    passed over), and that transaction may go on to lock a pending row: if the
-    busy statement had already locked that pending row for its claim, each
-    would wait for the other (the deadlock seen in the soak, part 19). Driven
-    step by step: the other transaction locks the pending row NOWAIT while the
-    busy statement waits for the row it writes."""
+    passed over; a cancel or a user's UPDATE takes it) and go on to lock a
+    pending row: had the busy statement already locked that pending row for its
+    claim, each would wait for the other. Driven step by step: the other
+    transaction locks the pending row NOWAIT while the busy statement waits for
+    the row it writes (with the claim first, the NOWAIT fails)."""
     [held_id, pending_id] = insert_tasks(db, ["held", "pending"])
     held = claim_one(db)
     assert held.id == held_id

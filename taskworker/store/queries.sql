@@ -407,11 +407,13 @@ claimed AS (
 -- the table), then claim_shares' rows (NULL in the last column).
 -- The outcomes are written first, before any task is locked for the claim (the
 -- parts of a UNION ALL run in order, each CTE when first read): this statement
--- waits only while writing, when it holds no lock but on its own rows. A claim
--- elsewhere may keep the lock of one of those rows (it passed over it, found
--- claimed meanwhile, and a lock taken is kept to the transaction's end) and go on
--- to lock pending tasks: had this statement locked one of them first, each would
--- wait for the other (a deadlock, seen in the soak).
+-- can wait only while writing, and then holds no lock but on its own rows. A
+-- transaction elsewhere may hold the lock of one of those rows (a claim keeps the
+-- lock of a row it found claimed meanwhile and passed over; a cancel or a user's
+-- UPDATE takes it) and go on to lock pending tasks: had this statement locked one
+-- of them first, each would wait for the other. (Part 19's soak saw a deadlock
+-- between a claim and this statement once in 30 minutes; this order removes the
+-- cycles in which this statement's claim locks take part.)
 WITH /* include outcomes_given */,
 /* include outcomes_written */,
 /* include shares_claimed */

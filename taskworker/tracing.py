@@ -24,9 +24,9 @@ a worker has no tracer, so it does nothing more per task than before.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,7 @@ SYSTEM = "taskworker"  # messaging.system
 DEFAULT_NAME = "taskworker.default"  # the span name of a task without a name (TASK_HANDLER)
 
 _enabled: bool | None = None  # decided on first use (see enabled)
+ASK_EVERY = 1.0  # seconds between a worker's asks whether a tracer provider is set
 
 
 def enabled() -> bool:
@@ -62,29 +63,10 @@ def enabled() -> bool:
     return _enabled
 
 
-@functools.cache
 def _tracer() -> Any:
-    """taskworker's tracer, made once: before a tracer provider is set, the
-    API's proxy, which uses the provider once one is set."""
     from opentelemetry import trace
 
     return trace.get_tracer("taskworker", __version__)
-
-
-def _producer() -> Any:
-    """The tracer of an enqueue's PRODUCER span; None when the span could carry
-    nothing: no tracer provider is set (the API installed, no SDK configured)
-    and no span is current, so the span would record nothing and its context
-    would be invalid. An enqueue then skips it: starting and ending a span that
-    does nothing cost a tenth of an enqueue's own time."""
-    from opentelemetry import trace
-
-    tracer = _tracer()
-    if (isinstance(tracer, trace.ProxyTracer)
-            and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
-            and not trace.get_current_span().get_span_context().is_valid):
-        return None
-    return tracer
 
 
 class Producing:
@@ -106,12 +88,12 @@ class Producing:
 
 
 @contextmanager
-def _producing(tracer: Any, placement: Placement, name: str,
+def _producing(placement: Placement, name: str,
                attributes: dict[str, str]) -> Iterator[Producing]:
     """The PRODUCER span `enqueue <name>`, its context put on `placement`."""
     from opentelemetry import propagate, trace
 
-    with tracer.start_as_current_span(
+    with _tracer().start_as_current_span(
             f"enqueue {name}", kind=trace.SpanKind.PRODUCER,
             attributes={"messaging.system": SYSTEM, "messaging.operation.type": "send",
                         **attributes}) as span:
@@ -136,14 +118,13 @@ class _Untraced:
 
 def producing(placement: Placement) -> Any:
     """A context manager around an enqueue's inserts: a PRODUCER span (with
-    OpenTelemetry) whose context the yielded `Producing.placement` carries to
-    the rows; without OpenTelemetry, the placement unchanged."""
-    tracer = _producer() if enabled() else None
-    if tracer is None:
+    OpenTelemetry and a tracer provider set) whose context the yielded
+    `Producing.placement` carries to the rows; else the placement unchanged."""
+    if not enabled() or not provided():
         return _Untraced(placement)
     name = placement.task or DEFAULT_NAME
-    return _producing(tracer, placement, name, {"messaging.destination.name": placement.queue,
-                                                "taskworker.task.name": name})
+    return _producing(placement, name, {"messaging.destination.name": placement.queue,
+                                        "taskworker.task.name": name})
 
 
 def producing_workflow(kind: str, queues: Sequence[str]) -> Any:
@@ -153,12 +134,31 @@ def producing_workflow(kind: str, queues: Sequence[str]) -> Any:
     share one (the span has none otherwise)."""
     from .store.admin import Placement
 
-    tracer = _producer() if enabled() else None
-    if tracer is None:
+    if not enabled() or not provided():
         return _Untraced(Placement())
     destination = {"messaging.destination.name": queues[0]} if len(set(queues)) == 1 else {}
-    return _producing(tracer, Placement(), kind,
-                      {**destination, "taskworker.workflow.kind": kind})
+    return _producing(Placement(), kind, {**destination, "taskworker.workflow.kind": kind})
+
+
+_provided = False  # a tracer provider was seen set (it can be set once only)
+
+
+def provided() -> bool:
+    """Has the application set a tracer provider (the SDK's, configured by
+    itself or by `opentelemetry-instrument`)? Until it does, the API's spans
+    record nothing and propagate nothing, yet opening one costs about as much
+    as running a no-op task: with OpenTelemetry merely installed (a dependency
+    of a dependency), every task and every enqueue would pay for nothing.
+    Asked at each use until the answer is yes, so a provider set later is
+    still used (a worker asks at most once a second: see Consumer)."""
+    global _provided
+    if not _provided:
+        from opentelemetry import trace
+
+        provider = trace.get_tracer_provider()
+        _provided = not isinstance(provider, (trace.ProxyTracerProvider,
+                                              trace.NoOpTracerProvider))
+    return _provided
 
 
 def consumer() -> Consumer | None:
@@ -182,11 +182,20 @@ class Consumer:
         self.kind = trace.SpanKind.CONSUMER
         self.extract = propagate.extract
         self.status, self.error = trace.Status, trace.StatusCode.ERROR
+        self.traced = provided()
+        self.ask_after = time.monotonic() + ASK_EVERY  # (while not traced)
 
     def consume(self, task: ClaimedTask, n: int,
                 run: Callable[[ClaimedTask, int], Outcome]) -> Outcome:
         """`run(task, n)` inside the task's span; its outcome, which keeps the
-        span's ids for the lines logged after the span ended."""
+        span's ids for the lines logged after the span ended. No span while no
+        tracer provider is set (see `provided`)."""
+        if not self.traced:
+            if time.monotonic() < self.ask_after:
+                return run(task, n)
+            self.traced, self.ask_after = provided(), time.monotonic() + ASK_EVERY
+            if not self.traced:
+                return run(task, n)
         parent = None
         if task.trace is not None:
             try:

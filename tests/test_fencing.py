@@ -11,10 +11,12 @@ is in test_fencing_interleavings.py.
 """
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from invariants import insert_tasks, tasks
+import psycopg2
+from invariants import insert_tasks, query, tasks, wait_until
 
 from taskworker.store import admin, completion
 from taskworker.store import tasks as store
@@ -172,3 +174,55 @@ def test_nothing_but_a_claim_changes_the_fence(db_url: str, db: Any) -> None:
     seen.append(fence())
     assert seen == [0, 1, 1, 2, 2, 3, 3, 3, 4], seen
     assert fourth.fence == 4 and len({first.fence, second.fence, third.fence, fourth.fence}) == 4
+
+
+def test_a_busy_statement_writes_its_outcomes_before_it_takes_a_claim(
+        db_url: str, db: Any) -> None:
+    """claim_shares_completing writes the outcomes before it locks any task to
+    claim. Another transaction may hold a lock on one of this process's rows
+    (a claim elsewhere keeps the lock of a row it found claimed meanwhile and
+    passed over; a cancel or a user's UPDATE takes it) and go on to lock a
+    pending row: had the busy statement already locked that pending row for its
+    claim, each would wait for the other. Driven step by step: the other
+    transaction locks the pending row NOWAIT while the busy statement waits for
+    the row it writes (with the claim first, the NOWAIT fails)."""
+    [held_id, pending_id] = insert_tasks(db, ["held", "pending"])
+    held = claim_one(db)
+    assert held.id == held_id
+    other = psycopg2.connect(db_url, connect_timeout=10)
+    busy = psycopg2.connect(db_url, connect_timeout=10)
+    busy_pid = busy.get_backend_pid()
+    answer: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            answer["claim"] = store.claim_shares_completing(
+                Direct(busy), holder=HOLDER, lease=300, names=[""], shared={"default": 1},
+                inline_bytes=1000, writes=[done(held, "r")])
+            busy.commit()
+        except Exception as exc:  # (reported by the assertions below)
+            answer["error"] = exc
+            busy.rollback()
+
+    try:
+        with other.cursor() as cur:  # the lock a claim elsewhere kept on the held row
+            cur.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE", (held_id,))
+        sender = threading.Thread(target=send)
+        sender.start()
+        wait_until(lambda: query(db, "SELECT wait_event_type FROM pg_stat_activity "
+                                     "WHERE pid = %s", (busy_pid,)) == [("Lock",)],
+                   30, "the busy statement to wait for the held row's lock")
+        with other.cursor() as cur:  # not locked by the waiting statement: no wait
+            cur.execute("SELECT id FROM tasks WHERE id = %s FOR UPDATE NOWAIT", (pending_id,))
+        other.rollback()
+        sender.join(30)
+        assert not sender.is_alive()
+    finally:
+        other.close()
+    assert "error" not in answer, answer
+    claim = answer["claim"]
+    busy.close()
+    assert claim.written == {held.hold: "now"}
+    assert [row.task.id for row in claim.rows] == [pending_id]
+    assert dict(query(db, "SELECT id, status FROM tasks")) == {
+        held_id: "done", pending_id: "in_progress"}

@@ -442,6 +442,7 @@ def test_every_producer_traces_and_checks_names(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(tracing, "_tracer", lambda: provider.get_tracer("taskworker"))
+    monkeypatch.setattr(tracing, "_provided", True)  # (this provider stands for the global one)
     p, run = make(db_url, loop), settled(loop)
     api = ((taskworker.enqueue_async, taskworker.enqueue_many_async,
             taskworker.enqueue_unique_async, add.enqueue_async) if p.asynchronous else

@@ -354,3 +354,55 @@ def test_without_opentelemetry_nothing_is_imported_or_stored(
     records = [json.loads(line) for line in q.output().splitlines() if line.startswith("{")]
     assert any(r.get("task_id") == task_id for r in records)
     assert not any("trace_id" in r for r in records)
+
+
+# OpenTelemetry installed, no tracer provider set yet: an enqueue and a run open
+# no span (they would record and propagate nothing, at a cost); once the
+# application sets one, the next do.
+LATE_PROVIDER = '''
+import json, os, time, psycopg2, taskworker
+from opentelemetry import trace
+from taskworker import tracing
+from taskworker.store.tasks import ClaimedTask
+
+conn = psycopg2.connect(os.environ["DATABASE_URL"])
+seen = []
+
+def run(task, n):
+    seen.append(trace.get_current_span().get_span_context().is_valid)
+    from taskworker.processor.outcomes import Outcome
+    return Outcome(task, n, "done")
+
+consumer = tracing.consumer()
+opened = []  # spans asked of the API, by an enqueue or a run
+real_span, real_tracer = consumer.tracer.start_as_current_span, tracing._tracer
+consumer.tracer.start_as_current_span = lambda *a, **k: (opened.append("run"),
+                                                         real_span(*a, **k))[1]
+tracing._tracer = lambda: (opened.append("enqueue"), real_tracer())[1]
+with conn:
+    before = taskworker.enqueue(conn, "before")
+consumer.consume(ClaimedTask(1, "p", 1, 0), 1, run)
+
+from opentelemetry.sdk.trace import TracerProvider
+trace.set_tracer_provider(TracerProvider())
+with conn:
+    after = taskworker.enqueue(conn, "after")
+while not seen[-1]:  # a worker asks again within tracing.ASK_EVERY
+    consumer.consume(ClaimedTask(2, "p", 1, 0), 1, run)
+    time.sleep(0.01)
+print(json.dumps({"before": before, "after": after, "spans": seen, "opened": opened}))
+'''
+
+
+def test_no_span_until_a_tracer_provider_is_set(db_url: str, db: Any) -> None:
+    done = subprocess.run([sys.executable, "-c", LATE_PROVIDER], capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env=child_env({"DATABASE_URL": db_url}))
+    assert done.returncode == 0, done.stderr
+    made = json.loads(done.stdout.splitlines()[-1])
+    spans = made["spans"]  # the runs had a span only once a provider was set
+    assert spans[0] is False and spans[-1] is True and spans.count(True) == 1
+    assert made["opened"] == ["enqueue", "run"]  # none opened before: nothing paid for
+    contexts = dict(query(db, "SELECT payload, trace_context FROM tasks"))
+    assert contexts["before"] is None
+    assert "traceparent" in contexts["after"]  # (jsonb: read as a dict)

@@ -402,19 +402,28 @@ claimed AS (
 -- tasks it last ran, fenced the same way) and claim_shares, in one statement and
 -- one transaction. Both parts see the same snapshot: the rows being completed are
 -- in progress there, so the claim never takes one of them (a task given back
--- here is claimable from the next claim on). Returns claim_shares' rows (NULL in
--- the last column), then outcome_states' row for each outcome given (id, fence,
--- and in the last column whether the outcome is in the table).
+-- here is claimable from the next claim on). Returns outcome_states' row for
+-- each outcome given (id, fence, and in the last column whether the outcome is in
+-- the table), then claim_shares' rows (NULL in the last column).
+-- The outcomes are written first, before any task is locked for the claim (the
+-- parts of a UNION ALL run in order, each CTE when first read): this statement
+-- can wait only while writing, and then holds no lock but on its own rows. A
+-- transaction elsewhere may hold the lock of one of those rows (a claim keeps the
+-- lock of a row it found claimed meanwhile and passed over; a cancel or a user's
+-- UPDATE takes it) and go on to lock pending tasks: had this statement locked one
+-- of them first, each would wait for the other. (Part 19's soak saw a deadlock
+-- between a claim and this statement once in 30 minutes; this order removes the
+-- cycles in which this statement's claim locks take part.)
 WITH /* include outcomes_given */,
 /* include outcomes_written */,
 /* include shares_claimed */
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, NULL, NULL, written
+FROM (/* include outcome_states */) AS states
+UNION ALL
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
         unstarted_rescues, format, trace, NULL::text AS written
  FROM claimed
- ORDER BY priority DESC, run_at, id)
-UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, NULL, NULL, written
-FROM (/* include outcome_states */) AS states;
+ ORDER BY priority DESC, run_at, id);
 
 -- name: ordered_plans
 -- Sent in front of a claim, in its transaction: only ordered index scans, so the

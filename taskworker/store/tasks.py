@@ -140,13 +140,13 @@ _COMPLETE_TYPES = {
 # slower for a batch of hundreds than the hash join planned for the real count.
 _COMPLETING_TYPES = {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}
 CLAIM_SHARES_COMPLETING = Prepared(
-    "taskworker_claim_shares_completing_v6", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_v7", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n", generic=False)
 # For a few outcomes the nested loop is the plan anyway: planned once, it saves
 # the planning (a seventh of the statement's time with 20 outcomes).
 FEW_OUTCOMES = 32
 CLAIM_SHARES_COMPLETING_FEW = Prepared(
-    "taskworker_claim_shares_completing_few_v6", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_few_v7", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks

@@ -12,15 +12,20 @@ the last N and claim N more, one commit), as a floor for the statement shape.
 
 taskworker's extra is broken down by sending variants of its statement: the
 queries.sql text with one part taken out (or narrowed) at a time, parsed and
-prepared as taskworker does, on the same table; and one variant of the schema
-(without the two partial indexes the busy path writes into). Each variant is
-checked: every claim takes N rows and every outcome is written.
+prepared as taskworker does, on the same table; one variant of the schema
+(without tasks_finished_at_idx, which every completion writes into); and the
+minimal fused statement on tables between the minimal one and tasks (tasks'
+columns; with its triggers; with its indexes; tasks itself), which splits the
+table's share from the statement's. Each run is checked: every claim takes N
+rows and every outcome is written.
 
 Figures: the median ms per statement (client's clock: the round trip, the
 server's work and the commit's WAL flush) and, where the server has
 pg_stat_statements loaded, the server's execution + planning time per
 statement; both per task (/ N) in µs. Variants are interleaved round by round,
-each run on a table truncated, filled with (iterations + 1) x N pending rows,
+each run on a table truncated, filled with (iterations + 1) x N pending rows
+(at least 50,000: below that the minimal claim's outer UPDATE is planned as a
+sequential scan and hash join, which pgbench's runs on 100,000 rows do not get),
 analyzed and checkpointed.
 
     python -m benchmarks.claimcost [--database-url URL] [--sizes 100,300]
@@ -170,14 +175,33 @@ ALL_OUT = Variant(
 VARIANTS.append(ALL_OUT)
 MINIMAL_PAIR = "minimal pair"
 MINIMAL_FUSED = "minimal fused"
-MINIMAL_WIDE = "minimal pair, tasks' columns"
+# The minimal fused statement on tables between the minimal one and tasks:
+# (report name, table, what).
 WIDE = "minimal_wide"  # the columns of tasks, the minimal table's two indexes
+WIDE_TRIGGERS = "minimal_wide_triggers"  # and tasks' row triggers
+WIDE_INDEXES = "minimal_wide_indexes"  # the columns of tasks and its 11 indexes
+TABLES = [
+    ("minimal fused, tasks' columns", WIDE,
+     "the minimal fused statement on a table of tasks' 32 columns (the minimal table's two "
+     "indexes)"),
+    ("minimal fused, + tasks' triggers", WIDE_TRIGGERS,
+     "the same with tasks' row triggers (the claim in (run_at, id) order)"),
+    ("minimal fused, + tasks' indexes", WIDE_INDEXES,
+     "tasks' columns and its 11 indexes, no triggers (the claim in (run_at, id) order, "
+     "tasks_claimable_idx)"),
+    ("minimal fused, on tasks", "tasks",
+     "the minimal fused statement on the tasks table itself (its indexes and triggers)")]
 WIDE_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {WIDE} (LIKE tasks INCLUDING DEFAULTS INCLUDING IDENTITY);
-ALTER TABLE {WIDE} DROP CONSTRAINT IF EXISTS {WIDE}_pkey;
 ALTER TABLE {WIDE} ADD PRIMARY KEY (id);
-CREATE INDEX IF NOT EXISTS {WIDE}_pending_idx ON {WIDE} (id) WHERE status = 'pending';
+CREATE INDEX {WIDE}_pending_idx ON {WIDE} (id) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS {WIDE_TRIGGERS} (LIKE tasks INCLUDING DEFAULTS INCLUDING IDENTITY);
+ALTER TABLE {WIDE_TRIGGERS} ADD PRIMARY KEY (id);
+CREATE INDEX {WIDE_TRIGGERS}_pending_idx ON {WIDE_TRIGGERS} (run_at, id)
+    WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS {WIDE_INDEXES} (LIKE tasks INCLUDING ALL);
 """
+ROWS_AT_LEAST = 50_000  # pending rows per run: the minimal claim's plan as in pgbench's runs
 
 
 def statement_text(v: Variant) -> str:
@@ -208,6 +232,8 @@ def prepared_for(v: Variant, n: int) -> Prepared:
 def _minimal_statements(table: str) -> tuple[Prepared, Prepared, Prepared]:
     from .minimal import CLAIM, COMPLETE, TABLE
     claim = CLAIM.format(batch="%(limit)s").replace(TABLE, table)
+    if table not in (TABLE, WIDE):  # (a pending index on run_at, id: as tasks_claimable_idx)
+        claim = claim.replace("ORDER BY id", "ORDER BY run_at, id")
     complete = COMPLETE.format(ids="%(ids)s::bigint[]").replace(TABLE, table)
     fused = (f"WITH completed AS (\n{complete}\n),\nclaimed AS (\n{claim}\n)\n"
              "SELECT id, payload FROM claimed")
@@ -221,6 +247,7 @@ def _minimal_statements(table: str) -> tuple[Prepared, Prepared, Prepared]:
 class Series:
     client_ms: list[float] = field(default_factory=list)  # per statement (pair: per batch)
     server_ms: list[float] = field(default_factory=list)  # per run: mean per batch
+    plan_ms: list[float] = field(default_factory=list)  # per run: of it planning
     round_ms: list[float] = field(default_factory=list)  # per run: median per batch
 
 
@@ -234,11 +261,12 @@ class Cost:
     load: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def per_task_us(self, name: str, n: int, server: bool = False) -> float | None:
+    def per_task_us(self, name: str, n: int, server: bool = False,
+                    plan: bool = False) -> float | None:
         s = self.series.get((name, n))
         if s is None:
             return None
-        values = s.server_ms if server else s.client_ms
+        values = s.plan_ms if plan else s.server_ms if server else s.client_ms
         return statistics.median(values) * 1000 / n if values else None
 
 
@@ -268,19 +296,25 @@ def _stats_reset(cur: psycopg2.extensions.cursor, stats: bool) -> None:
         cur.execute("SELECT pg_stat_statements_reset()")
 
 
-def _stats_ms(cur: psycopg2.extensions.cursor, stats: bool) -> float | None:
-    """Execution + planning ms of this database's statements since the reset."""
+Server = tuple[float, float] | None  # ms per statement: execution + planning, planning
+
+
+def _stats_ms(cur: psycopg2.extensions.cursor, stats: bool, statements: int) -> Server:
+    """Execution + planning ms, and planning ms, of this database's statements
+    since the reset, per statement sent."""
     if not stats:
         return None
-    cur.execute("SELECT coalesce(sum(total_exec_time + total_plan_time), 0) "
+    cur.execute("SELECT coalesce(sum(total_exec_time + total_plan_time), 0), "
+                "coalesce(sum(total_plan_time), 0) "
                 "FROM pg_stat_statements WHERE dbid = "
                 "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-                "AND query NOT ILIKE '%pg_stat_statements%'")
-    return float(cur.fetchone()[0])
+                "AND toplevel AND query NOT ILIKE '%pg_stat_statements%'")
+    total, plan = cur.fetchone()
+    return float(total) / statements, float(plan) / statements
 
 
 def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
-                   notes: list[str]) -> tuple[list[float], float | None]:
+                   notes: list[str]) -> tuple[list[float], Server]:
     """ms per statement, and the server's ms per statement (pg_stat_statements)."""
     statement = prepared_for(v, n)
     admin = psycopg2.connect(url)
@@ -293,7 +327,7 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                 cur.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,))
                 dropped.append(cur.fetchone()[0])
                 cur.execute(f"DROP INDEX {index}")
-            _fill(cur, "tasks", (iterations + 1) * n, v.others)
+            _fill(cur, "tasks", max(ROWS_AT_LEAST, (iterations + 1) * n), v.others)
         params = {**tasks._shares_params(HOLDER, LEASE, [""], {"default": n}, INLINE)}
         times: list[float] = []
         rows: list[tuple] = []
@@ -315,10 +349,10 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                     short += 1
                 if i:
                     times.append(elapsed * 1000)
-            server = _stats_ms(acur, stats)
+            server = _stats_ms(acur, stats, iterations)
         if short:
             notes.append(f"{v.name}, N={n}: {short} statements claimed or wrote short")
-        return times, None if server is None else server / iterations
+        return times, server
     finally:
         conn.close()
         with admin.cursor() as cur:
@@ -328,7 +362,7 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
 
 
 def run_minimal(url: str, fused: bool, n: int, iterations: int, stats: bool,
-                notes: list[str], table: str = "") -> tuple[list[float], float | None]:
+                notes: list[str], table: str = "") -> tuple[list[float], Server]:
     """ms per batch (the pair: claim + commit, complete + commit; fused: one
     statement), and the server's ms per batch."""
     from .minimal import TABLE
@@ -340,7 +374,7 @@ def run_minimal(url: str, fused: bool, n: int, iterations: int, stats: bool,
     admin.autocommit = True
     try:
         with admin.cursor() as cur:
-            _fill(cur, table, (iterations + 1) * n)
+            _fill(cur, table, max(ROWS_AT_LEAST, (iterations + 1) * n))
         times: list[float] = []
         ids: list[int] = []
         short = 0
@@ -363,11 +397,11 @@ def run_minimal(url: str, fused: bool, n: int, iterations: int, stats: bool,
                     short += 1
                 if i:
                     times.append(elapsed * 1000)
-            server = _stats_ms(acur, stats)
+            server = _stats_ms(acur, stats, iterations)
         if short:
             kind = "minimal fused" if fused else "minimal pair"
             notes.append(f"{kind} on {table}, N={n}: {short} claims came back short")
-        return times, None if server is None else server / iterations
+        return times, server
     finally:
         conn.close()
         admin.close()
@@ -398,13 +432,18 @@ def measure(url: str, say: Callable[[str], None], sizes: tuple[int, ...] = SIZES
     with conn.cursor() as cur:
         cur.execute(SCHEMA)
         cur.execute(WIDE_SCHEMA)
+        cur.execute("SELECT pg_get_triggerdef(oid) FROM pg_trigger "
+                    "WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal")
+        for (definition,) in cur.fetchall():
+            cur.execute(definition.replace(" ON public.tasks ", f" ON {WIDE_TRIGGERS} "))
     conn.close()
     cost = Cost(tuple(sizes), iterations, rounds, has_stats(url))
-    jobs: list[tuple[str, Callable[[int], tuple[list[float], float | None]]]] = [
+    jobs: list[tuple[str, Callable[[int], tuple[list[float], Server]]]] = [
         (MINIMAL_PAIR, lambda n: run_minimal(url, False, n, iterations, cost.stats, cost.notes)),
-        (MINIMAL_FUSED, lambda n: run_minimal(url, True, n, iterations, cost.stats, cost.notes)),
-        (MINIMAL_WIDE, lambda n: run_minimal(url, False, n, iterations, cost.stats, cost.notes,
-                                             WIDE))]
+        (MINIMAL_FUSED, lambda n: run_minimal(url, True, n, iterations, cost.stats, cost.notes))]
+    for name, table, _ in TABLES:
+        jobs.append((name, lambda n, table=table: run_minimal(url, True, n, iterations,
+                                                              cost.stats, cost.notes, table)))
     for v in VARIANTS:
         statement_text(v)  # (every edit still applies, before any run)
         jobs.append((v.name, lambda n, v=v: run_taskworker(url, v, n, iterations, cost.stats,
@@ -419,7 +458,8 @@ def measure(url: str, say: Callable[[str], None], sizes: tuple[int, ...] = SIZES
                 s.client_ms.extend(times)
                 s.round_ms.append(statistics.median(times))
                 if server is not None:
-                    s.server_ms.append(server)
+                    s.server_ms.append(server[0])
+                    s.plan_ms.append(server[1])
     return cost
 
 
@@ -444,14 +484,13 @@ def report(c: Cost) -> list[str]:
         head += f" N={n}: client µs/task | rounds | vs as sent |"
         rule += " ---: | --- | ---: |"
         if c.stats:
-            head += f" N={n}: server µs/task | vs as sent |"
-            rule += " ---: | ---: |"
+            head += f" N={n}: server µs/task | of it planning | vs as sent |"
+            rule += " ---: | ---: | ---: |"
     lines += [head, rule]
     whats = {MINIMAL_PAIR: "the minimal queue's claim and completion, each its own commit "
                            "(two statements per batch: their sum)",
              MINIMAL_FUSED: "the minimal pair as one statement: complete the last N, claim N",
-             MINIMAL_WIDE: "the minimal pair on a table of tasks' 32 columns (the minimal "
-                           "table's two indexes)",
+             **{name: what for name, _, what in TABLES},
              **{v.name: v.what for v in VARIANTS}}
     for name, what in whats.items():
         row = f"| {name} | {what} |"
@@ -470,7 +509,7 @@ def report(c: Cost) -> list[str]:
                 sbase = c.per_task_us("as sent", n, server=True)
                 sdelta = "" if sv is None or sbase is None or name == "as sent" else \
                     f"{sv - sbase:+.1f}"
-                row += f" {_us(sv)} | {sdelta} |"
+                row += f" {_us(sv)} | {_us(c.per_task_us(name, n, plan=True))} | {sdelta} |"
         lines.append(row)
     lines += [f"- {note}" for note in c.notes]
     return lines

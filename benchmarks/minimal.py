@@ -128,8 +128,10 @@ class Minimal:
 
 
 def minimal_run(pgbench: str, url: str, n: int, batch: int, clients: int,
-                notes: list[str]) -> tuple[float, int]:
-    """n pending rows, claimed and completed by pgbench: (tasks/s, tasks done)."""
+                notes: list[str], before: Callable[[], None] | None = None,
+                after: Callable[[], None] | None = None) -> tuple[float, int]:
+    """n pending rows, claimed and completed by pgbench: (tasks/s, tasks done).
+    `before` and `after` are called right before and after pgbench runs."""
     transactions = max(1, n // (batch * clients))
     n = transactions * batch * clients
     script = os.path.join(workdir(), "minimal.sql")
@@ -139,8 +141,12 @@ def minimal_run(pgbench: str, url: str, n: int, batch: int, clients: int,
     try:
         with conn.cursor() as cur:
             rawsql.fill(cur, TABLE, n)
+        if before:
+            before()
         tps = rawsql.run_script(pgbench, script, url, batch, clients, transactions,
                                 PGOPTIONS, notes, name="twbench minimal")
+        if after:
+            after()
         with conn.cursor() as cur:
             cur.execute(f"SELECT count(*) FROM {TABLE} WHERE status = 'done'")
             done = cur.fetchone()[0]

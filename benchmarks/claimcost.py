@@ -44,6 +44,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -248,6 +250,7 @@ class Series:
     client_ms: list[float] = field(default_factory=list)  # per statement (pair: per batch)
     server_ms: list[float] = field(default_factory=list)  # per run: mean per batch
     plan_ms: list[float] = field(default_factory=list)  # per run: of it planning
+    cpu_ms: list[float] = field(default_factory=list)  # per run: the backend's CPU per batch
     round_ms: list[float] = field(default_factory=list)  # per run: median per batch
 
 
@@ -261,12 +264,13 @@ class Cost:
     load: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def per_task_us(self, name: str, n: int, server: bool = False,
-                    plan: bool = False) -> float | None:
+    def per_task_us(self, name: str, n: int, kind: str = "client") -> float | None:
+        """Median µs per task of `kind`: client, server, plan or cpu."""
         s = self.series.get((name, n))
         if s is None:
             return None
-        values = s.plan_ms if plan else s.server_ms if server else s.client_ms
+        values = {"client": s.client_ms, "server": s.server_ms, "plan": s.plan_ms,
+                  "cpu": s.cpu_ms}[kind]
         return statistics.median(values) * 1000 / n if values else None
 
 
@@ -296,25 +300,47 @@ def _stats_reset(cur: psycopg2.extensions.cursor, stats: bool) -> None:
         cur.execute("SELECT pg_stat_statements_reset()")
 
 
-Server = tuple[float, float] | None  # ms per statement: execution + planning, planning
+class Backend(NamedTuple):
+    """Per statement sent (the minimal pair: per batch), in ms."""
+    exec_ms: float | None  # pg_stat_statements: execution + planning
+    plan_ms: float | None  # of it planning
+    cpu_ms: float | None  # the backend's CPU time (/proc/PID/schedstat)
 
 
-def _stats_ms(cur: psycopg2.extensions.cursor, stats: bool, statements: int) -> Server:
-    """Execution + planning ms, and planning ms, of this database's statements
-    since the reset, per statement sent."""
-    if not stats:
+def backend_cpu(conn: psycopg2.extensions.connection) -> float | None:
+    """ms of CPU the server process of `conn` has used, if it runs on this
+    machine (its command line names this connection's client port)."""
+    pid = conn.info.backend_pid
+    with conn.cursor() as cur:
+        cur.execute("SELECT inet_client_port()")
+        port = cur.fetchone()[0]
+    try:
+        if f"({port})".encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e6
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def _backend(cur: psycopg2.extensions.cursor, stats: bool, statements: int,
+             conn: psycopg2.extensions.connection, cpu_start: float | None) -> Backend:
+    """Execution + planning ms, and planning ms, of this database's statements
+    since the reset, and the backend's CPU since `cpu_start`, per statement sent."""
+    cpu_end = backend_cpu(conn) if cpu_start is not None else None
+    cpu = None if cpu_start is None or cpu_end is None else (cpu_end - cpu_start) / statements
+    if not stats:
+        return Backend(None, None, cpu)
     cur.execute("SELECT coalesce(sum(total_exec_time + total_plan_time), 0), "
                 "coalesce(sum(total_plan_time), 0) "
                 "FROM pg_stat_statements WHERE dbid = "
                 "(SELECT oid FROM pg_database WHERE datname = current_database()) "
                 "AND toplevel AND query NOT ILIKE '%pg_stat_statements%'")
     total, plan = cur.fetchone()
-    return float(total) / statements, float(plan) / statements
+    return Backend(float(total) / statements, float(plan) / statements, cpu)
 
 
 def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
-                   notes: list[str]) -> tuple[list[float], Server]:
+                   notes: list[str]) -> tuple[list[float], Backend]:
     """ms per statement, and the server's ms per statement (pg_stat_statements)."""
     statement = prepared_for(v, n)
     admin = psycopg2.connect(url)
@@ -339,6 +365,7 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                 values = {**params, **outcome_arrays(writes)}
                 if i == 1:
                     _stats_reset(acur, stats)
+                    cpu_start = backend_cpu(conn)
                 t0 = time.perf_counter()
                 run_prepared(cur, statement, values)
                 found = cur.fetchall()
@@ -349,7 +376,7 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                     short += 1
                 if i:
                     times.append(elapsed * 1000)
-            server = _stats_ms(acur, stats, iterations)
+            server = _backend(acur, stats, iterations, conn, cpu_start)
         if short:
             notes.append(f"{v.name}, N={n}: {short} statements claimed or wrote short")
         return times, server
@@ -362,7 +389,7 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
 
 
 def run_minimal(url: str, fused: bool, n: int, iterations: int, stats: bool,
-                notes: list[str], table: str = "") -> tuple[list[float], Server]:
+                notes: list[str], table: str = "") -> tuple[list[float], Backend]:
     """ms per batch (the pair: claim + commit, complete + commit; fused: one
     statement), and the server's ms per batch."""
     from .minimal import TABLE
@@ -382,6 +409,7 @@ def run_minimal(url: str, fused: bool, n: int, iterations: int, stats: bool,
             for i in range(iterations + 1):
                 if i == 1:
                     _stats_reset(acur, stats)
+                    cpu_start = backend_cpu(conn)
                 t0 = time.perf_counter()
                 if fused or i == 0:
                     values = {"limit": n, "ids": arrays.numbers(ids)}
@@ -397,7 +425,7 @@ def run_minimal(url: str, fused: bool, n: int, iterations: int, stats: bool,
                     short += 1
                 if i:
                     times.append(elapsed * 1000)
-            server = _stats_ms(acur, stats, iterations)
+            server = _backend(acur, stats, iterations, conn, cpu_start)
         if short:
             kind = "minimal fused" if fused else "minimal pair"
             notes.append(f"{kind} on {table}, N={n}: {short} claims came back short")
@@ -438,7 +466,7 @@ def measure(url: str, say: Callable[[str], None], sizes: tuple[int, ...] = SIZES
             cur.execute(definition.replace(" ON public.tasks ", f" ON {WIDE_TRIGGERS} "))
     conn.close()
     cost = Cost(tuple(sizes), iterations, rounds, has_stats(url))
-    jobs: list[tuple[str, Callable[[int], tuple[list[float], Server]]]] = [
+    jobs: list[tuple[str, Callable[[int], tuple[list[float], Backend]]]] = [
         (MINIMAL_PAIR, lambda n: run_minimal(url, False, n, iterations, cost.stats, cost.notes)),
         (MINIMAL_FUSED, lambda n: run_minimal(url, True, n, iterations, cost.stats, cost.notes))]
     for name, table, _ in TABLES:
@@ -457,9 +485,11 @@ def measure(url: str, say: Callable[[str], None], sizes: tuple[int, ...] = SIZES
                 s = cost.series.setdefault((name, n), Series())
                 s.client_ms.extend(times)
                 s.round_ms.append(statistics.median(times))
-                if server is not None:
-                    s.server_ms.append(server[0])
-                    s.plan_ms.append(server[1])
+                if server.exec_ms is not None and server.plan_ms is not None:
+                    s.server_ms.append(server.exec_ms)
+                    s.plan_ms.append(server.plan_ms)
+                if server.cpu_ms is not None:
+                    s.cpu_ms.append(server.cpu_ms)
     return cost
 
 
@@ -467,50 +497,57 @@ def _us(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
+def _range(values: list[float], n: int) -> str:
+    return f"{min(values) * 1000 / n:.1f}–{max(values) * 1000 / n:.1f}" if values else "n/a"
+
+
+def _delta(c: Cost, name: str, n: int, kind: str) -> str:
+    value, base = c.per_task_us(name, n, kind), c.per_task_us("as sent", n, kind)
+    return "" if value is None or base is None or name == "as sent" else f"{value - base:+.1f}"
+
+
 def report(c: Cost) -> list[str]:
     loads = ", ".join(f"{v:.2f}" for v in c.load)
+    cpu = any(s.cpu_ms for s in c.series.values())
     lines = [f"Per statement, per task (benchmarks/claimcost.py): one connection, claim N then "
              f"{c.iterations} statements each writing the last N outcomes and claiming N more, "
              f"{c.rounds} interleaved round{'' if c.rounds == 1 else 's'} (1-min load at each "
-             f"round's start: {loads}). µs per task = ms per statement / N; client: median of "
-             "every statement's wall time (round trip, server, commit), with the range of the "
-             "rounds' medians"
-             + ("; server: pg_stat_statements' execution + planning per statement (median of "
-                "the rounds' means), without the commit's WAL flush" if c.stats else
+             f"round's start: {loads}). µs per task = ms per statement / N (the minimal pair: "
+             "per batch, its two statements). client: median of every statement's wall time "
+             "(round trip, server, commit), and the range of the rounds' medians"
+             + ("; backend CPU: the server process's CPU time (schedstat) over the run, median "
+                "of the runs and their range: the figure least moved by other load" if cpu else
+                "; no backend CPU (the server is not on this machine)")
+             + ("; server: pg_stat_statements' execution + planning (wall time in the server, "
+                "without the commit), median of the runs, and of it planning" if c.stats else
                 "; no server time (pg_stat_statements not loaded)"), ""]
-    head = "| statement | what |"
-    rule = "| --- | --- |"
-    for n in c.sizes:
-        head += f" N={n}: client µs/task | rounds | vs as sent |"
-        rule += " ---: | --- | ---: |"
-        if c.stats:
-            head += f" N={n}: server µs/task | of it planning | vs as sent |"
-            rule += " ---: | ---: | ---: |"
-    lines += [head, rule]
-    whats = {MINIMAL_PAIR: "the minimal queue's claim and completion, each its own commit "
-                           "(two statements per batch: their sum)",
+    whats = {MINIMAL_PAIR: "the minimal queue's claim and completion, each its own commit",
              MINIMAL_FUSED: "the minimal pair as one statement: complete the last N, claim N",
              **{name: what for name, _, what in TABLES},
              **{v.name: v.what for v in VARIANTS}}
-    for name, what in whats.items():
-        row = f"| {name} | {what} |"
-        for n in c.sizes:
+    for n in c.sizes:
+        head = f"| N={n} | client µs/task | rounds |"
+        rule = "| --- | ---: | --- |"
+        if cpu:
+            head += " backend CPU µs/task | runs | vs as sent |"
+            rule += " ---: | --- | ---: |"
+        if c.stats:
+            head += " server µs/task | of it planning | vs as sent |"
+            rule += " ---: | ---: | ---: |"
+        lines += [head, rule]
+        for name in whats:
             s = c.series.get((name, n), Series())
-            us = c.per_task_us(name, n)
-            base = c.per_task_us("as sent", n)
-            rounds = "–".join(f"{min(s.round_ms) * 1000 / n:.1f}" if i == 0 else
-                              f"{max(s.round_ms) * 1000 / n:.1f}" for i in range(2)) \
-                if s.round_ms else "n/a"
-            delta = "" if us is None or base is None or name == "as sent" else \
-                f"{us - base:+.1f}"
-            row += f" {_us(us)} | {rounds} | {delta} |"
+            row = f"| {name} | {_us(c.per_task_us(name, n))} | {_range(s.round_ms, n)} |"
+            if cpu:
+                row += (f" {_us(c.per_task_us(name, n, 'cpu'))} | {_range(s.cpu_ms, n)} | "
+                        f"{_delta(c, name, n, 'cpu')} |")
             if c.stats:
-                sv = c.per_task_us(name, n, server=True)
-                sbase = c.per_task_us("as sent", n, server=True)
-                sdelta = "" if sv is None or sbase is None or name == "as sent" else \
-                    f"{sv - sbase:+.1f}"
-                row += f" {_us(sv)} | {_us(c.per_task_us(name, n, plan=True))} | {sdelta} |"
-        lines.append(row)
+                row += (f" {_us(c.per_task_us(name, n, 'server'))} | "
+                        f"{_us(c.per_task_us(name, n, 'plan'))} | "
+                        f"{_delta(c, name, n, 'server')} |")
+            lines.append(row)
+        lines.append("")
+    lines += [f"- {name}: {what}" for name, what in whats.items()]
     lines += [f"- {note}" for note in c.notes]
     return lines
 

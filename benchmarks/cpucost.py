@@ -162,17 +162,24 @@ def report(c: CpuCost) -> list[str]:
     lines = [f"CPU per task (benchmarks/cpucost.py): {c.n:,} no-op tasks per run, {c.rounds} "
              f"interleaved rounds, medians (1-min load at each round's start: {loads}); client: "
              "the serve processes, or pgbench; cores busy: the rate x the CPU per task", "",
-             "| run | tasks/s | client CPU µs/task | server CPU µs/task | total µs/task | "
-             "cores busy |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| run | tasks/s (min–max) | client CPU µs/task | server CPU µs/task | "
+             "total µs/task | cores busy |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+
+    def fig(values: list[float], spec: str) -> str:
+        return (f"{statistics.median(values):{spec}} ({min(values):{spec}}–"
+                f"{max(values):{spec}})")
+
     for label, *_ in RUNS:
         samples = c.samples.get(label, [])
         if not samples:
             continue
         rate = statistics.median(s.rate for s in samples)
-        client = statistics.median(s.client_us for s in samples)
-        server = statistics.median(s.server_us for s in samples)
-        lines.append(f"| {label} | {rate:,.0f} | {client:.1f} | {server:.1f} | "
-                     f"{client + server:.1f} | {rate * (client + server) / 1e6:.2f} |")
+        total = statistics.median(s.client_us + s.server_us for s in samples)
+        lines.append(f"| {label} | {fig([s.rate for s in samples], ',.0f')} | "
+                     f"{fig([s.client_us for s in samples], '.1f')} | "
+                     f"{fig([s.server_us for s in samples], '.1f')} | "
+                     f"{fig([s.client_us + s.server_us for s in samples], '.1f')} | "
+                     f"{rate * total / 1e6:.2f} |")
     lines += [f"- {note}" for note in c.notes]
     return lines
 

@@ -17,9 +17,11 @@ from . import (
     baseline,
     bound,
     calls,
+    claimcost,
     claims,
     dashboard,
     defaults,
+    minimal,
     pgqueuer_runs,
     producers,
     profiling,
@@ -37,7 +39,7 @@ from .processes import BenchError
 
 PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss", "latency",
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
-          "underload", "backlog", "calls", "bound", "producers")
+          "underload", "backlog", "calls", "bound", "producers", "minimal")
 # Phases run only when --only names them (too long for the default run).
 OPTIONAL_PHASES = ("soak",)
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
@@ -107,6 +109,7 @@ class Bench:
     calls: calls.Calls | None = None
     bound: bound.Bound | None = None
     producers: producers.Producers | None = None
+    minimal: minimal.Minimal | None = None
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
     backlog: backlog.Backlog | None = None
     soak: soak.Result | None = None
@@ -394,6 +397,23 @@ def phase_producers(b: Bench) -> None:
     singles = b.args.tasks or singles  # (--tasks N: N one per transaction, 10 N in a batch)
     b.producers = producers.measure(b.db("producers"), singles, 10 * singles,
                                     b.args.rounds or rounds, b.say)
+
+
+def phase_minimal(b: Bench) -> None:
+    """taskworker against a minimal queue's statements run by pgbench, and the busy
+    statement's cost per task by feature (minimal.py, claimcost.py)."""
+    pgbench = rawsql.find_pgbench(b.args.pgbench)
+    if not pgbench:
+        b.notes.append("minimal skipped: pgbench not found")
+        return
+    n, rounds = (20_000, 3) if b.args.quick else (100_000, 5)
+    rounds = b.args.rounds or rounds
+    cost_url = b.db("minimal_cost")
+    b.minimal = minimal.measure(
+        b.db("minimal_tw"), b.db("minimal_raw", schema=None), pgbench, b.args.tasks or n,
+        rounds, b.say, baseline.work_tree(),
+        cost=lambda: claimcost.measure(cost_url, b.say, rounds=min(rounds, 3),
+                                       iterations=30 if b.args.quick else claimcost.ITERATIONS))
 
 
 def _older(b: Bench, ref: str) -> roundtrip.Code:

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from psycopg2.extensions import cursor
+
 from taskworker.store.sql import QUERIES
 
 from .databases import connect
@@ -170,6 +172,38 @@ class Raw:
         return self.batch * self.clients * self.transactions
 
 
+def fill(cur: cursor, table: str, n: int, analyze: bool = True) -> None:
+    """`table` emptied, then n pending rows ('task 1', ...), analyzed."""
+    cur.execute(f"TRUNCATE {table}")
+    cur.execute(f"INSERT INTO {table} (payload) "
+                "SELECT 'task ' || n FROM generate_series(1, %s) AS n", (n,))
+    if analyze:
+        cur.execute(f"ANALYZE {table}")
+
+
+def run_script(pgbench: str, script: str, db_url: str, batch: int, clients: int,
+               transactions: int, pgoptions: str, notes: list[str],
+               name: str = "twbench pgbench") -> float:
+    """pgbench running `script` (-M prepared, -D batch=N) from `clients` clients,
+    `transactions` each, with `pgoptions` added to PGOPTIONS: its tps (without
+    the initial connection time); failed transactions are noted."""
+    env = dict(os.environ, PGAPPNAME=name,
+               PGOPTIONS=f"{os.environ.get('PGOPTIONS', '')} {pgoptions}".strip())
+    code, out = run("pgbench", [pgbench, "-n", "-M", "prepared", "-f", script,
+                                "-D", f"batch={batch}",
+                                "-c", str(clients), "-j", str(clients),
+                                "-t", str(transactions), db_url], env, timeout=300)
+    if code != 0:
+        raise BenchError(f"pgbench exited {code}: {out.strip()[-500:]}")
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    if not m:
+        raise BenchError(f"no tps in pgbench output: {out.strip()[-500:]}")
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if failed and int(failed.group(1)):
+        notes.append(f"pgbench: {failed.group(1)} failed transactions")
+    return float(m.group(1))
+
+
 def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
                    clients: int = 2) -> Raw:
     """Exactly clients x transactions x batch pending tasks, all claimed and done."""
@@ -180,25 +214,9 @@ def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
     conn = connect(db_url)
     try:
         with conn.cursor() as cur:
-            cur.execute("TRUNCATE tasks")
-            cur.execute("INSERT INTO tasks (payload) "
-                        "SELECT 'task ' || n FROM generate_series(1, %s) AS n", (result.n,))
-            cur.execute("ANALYZE tasks")
-        env = dict(os.environ, PGAPPNAME="twbench pgbench",
-                   PGOPTIONS=f"{os.environ.get('PGOPTIONS', '')} {PGOPTIONS}".strip())
-        code, out = run("pgbench", [pgbench, "-n", "-M", "prepared", "-f", script,
-                                    "-D", f"batch={batch}",
-                                    "-c", str(clients), "-j", str(clients),
-                                    "-t", str(transactions), db_url], env, timeout=300)
-        if code != 0:
-            raise BenchError(f"pgbench exited {code}: {out.strip()[-500:]}")
-        m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-        if not m:
-            raise BenchError(f"no tps in pgbench output: {out.strip()[-500:]}")
-        failed = re.search(r"number of failed transactions: (\d+)", out)
-        if failed and int(failed.group(1)):
-            result.notes.append(f"pgbench: {failed.group(1)} failed transactions")
-        result.tps = float(m.group(1))
+            fill(cur, "tasks", result.n)
+        result.tps = run_script(pgbench, script, db_url, batch, clients, transactions,
+                                PGOPTIONS, result.notes)
         result.rate = result.tps * batch
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM tasks WHERE status = 'done'")

@@ -21,6 +21,7 @@ from . import (
     claims,
     dashboard,
     defaults,
+    minimal,
     producers,
     profiling,
     rawsql,
@@ -424,6 +425,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*bound.report(b.bound), ""]
     if b.producers is not None:
         out += [*producers.report(b.producers), ""]
+    if b.minimal is not None:
+        out += [*minimal.report(b.minimal), ""]
     if b.soak is not None:
         out += [*soak.report(b.soak, b.args.soak_plot), ""]
     tl = targets(b)

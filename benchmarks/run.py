@@ -81,6 +81,14 @@ at the end, also on Ctrl+C or failure):
                  20,000; --tasks N: N and 10 N) against a plain INSERT through the same
                  driver, 3 interleaved rounds (--rounds N), ratio of medians (>= 0.8)
                  (benchmarks/producers.py)
+  minimal        a minimal queue's two statements (claim 100 or 20 pending ids FOR UPDATE
+                 SKIP LOCKED, commit; complete them, commit) on a table of its own, by
+                 pgbench at 1, 2, 4 and 8 clients, against taskworker W=100 (FETCH_LIMIT
+                 unset) at 1-4 processes and W=20 FETCH_LIMIT=20; 100,000 tasks, 5
+                 interleaved rounds (--quick: 20,000, 3; --tasks N, --rounds N), three target
+                 ratios; then the busy statement's cost per task against the minimal pair, and
+                 by feature (variants of its SQL text), per statement on one connection
+                 (benchmarks/minimal.py, benchmarks/claimcost.py)
   baseline       no-op throughput of one serve (W=100 F=100) against the code of git
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
@@ -121,6 +129,7 @@ from .phases import (
     phase_finished_rows,
     phase_hosts,
     phase_latency,
+    phase_minimal,
     phase_processes,
     phase_producers,
     phase_profile,
@@ -162,11 +171,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                     help="roundtrip phase: A/B of FETCH_LIMIT=100 at W=20 and W=100 against "
                          "git REF's serve (default with --against: 6ba015e; none: skip)")
     ap.add_argument("--tasks", type=int, metavar="N",
-                    help="roundtrip, calls and bound phases: tasks per run (default 100,000; "
-                         "--quick 20,000)")
+                    help="roundtrip, calls, bound and minimal phases: tasks per run (default "
+                         "100,000; --quick 20,000)")
     ap.add_argument("--rounds", type=int, metavar="N",
-                    help="roundtrip, calls and bound phases: interleaved rounds (default 5; "
-                         "--quick 3)")
+                    help="roundtrip, calls, bound and minimal phases: interleaved rounds "
+                         "(default 5; --quick 3)")
     soak_options = ap.add_argument_group("soak phase (benchmarks/soak.py)")
     soak.add_options(soak_options, prefix="soak-")
     ap.add_argument("--keep-files", action="store_true",
@@ -187,9 +196,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if given and "roundtrip" not in args.phases:
         ap.error(f"{', '.join(given)}: options of the roundtrip phase, which --only leaves out")
     given = [o for o, v in (("--tasks", args.tasks), ("--rounds", args.rounds)) if v]
-    if given and not {"roundtrip", "calls", "bound", "producers"} & set(args.phases):
-        ap.error(f"{', '.join(given)}: options of the roundtrip, calls, bound and producers "
-                 "phases, which --only leaves out")
+    if given and not {"roundtrip", "calls", "bound", "producers", "minimal"} & set(args.phases):
+        ap.error(f"{', '.join(given)}: options of the roundtrip, calls, bound, producers and "
+                 "minimal phases, which --only leaves out")
     if any(v is not None and v < 1 for v in (args.tasks, args.rounds)):
         ap.error("--tasks and --rounds must be at least 1")
     return args
@@ -226,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         "claims": phase_claims, "baseline": phase_baseline, "dashboard": phase_dashboard,
         "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
         "underload": phase_underload, "backlog": phase_backlog, "calls": phase_calls,
-        "bound": phase_bound, "producers": phase_producers, "soak": phase_soak}
+        "bound": phase_bound, "producers": phase_producers, "minimal": phase_minimal,
+        "soak": phase_soak}
     steps = [(name, phases[name]) for name in (*PHASES, *OPTIONAL_PHASES)
              if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):

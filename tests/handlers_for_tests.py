@@ -8,10 +8,12 @@ so these handlers need no gevent import of their own.
 Knobs come from the subprocess environment:
   TEST_SLEEP        seconds every handler sleeps before it answers (default 0)
   TEST_FAIL_TIMES   flaky: fail on attempts 1..N (default 2)
+  TEST_RECORD_FOR   recording_patiently: seconds it keeps trying to record (default 60)
 """
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import time
 
@@ -41,6 +43,25 @@ def recording(payload: str | None, task) -> str | None:  # type: ignore[no-untyp
     """Sleep TEST_SLEEP, record the run in `runs`, return the reversed payload."""
     _sleep()
     _record(task)
+    return None if payload is None else payload[::-1]
+
+
+def recording_patiently(payload: str | None, task) -> str | None:  # type: ignore[no-untyped-def]
+    """Record the run in `runs` as `recording` does, its note the payload and a
+    token of this run ("task-7 3f2a..."), trying again on a lost or refused
+    connection for up to TEST_RECORD_FOR seconds (through a failover:
+    DATABASE_URL names both servers). A record sent again after a lost reply may
+    land twice: count a task's runs as its distinct notes."""
+    token = secrets.token_hex(8)
+    until = time.monotonic() + float(os.environ.get("TEST_RECORD_FOR", "60"))
+    while True:
+        try:
+            _record(task, f"{payload} {token}")
+            break
+        except psycopg2.OperationalError:
+            if time.monotonic() > until:
+                raise
+            time.sleep(0.1)
     return None if payload is None else payload[::-1]
 
 

@@ -113,17 +113,18 @@ class Cluster:
 @contextlib.contextmanager
 def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | None = None,
             host: str = "127.0.0.1", trust: Sequence[str] = (), prefix: Sequence[str] = (),
-            tmp_prefix: str = "tw-pg-") -> Iterator[Cluster]:
+            tmp_prefix: str = "tw-pg-", settings: Sequence[str] = ()) -> Iterator[Cluster]:
     """Run a private cluster in a temp dir; yield it, then destroy it.
 
     TCP on `host` only (on `port`, default a free one on 127.0.0.1), unix socket
     inside the temp dir (named `tmp_prefix` + random), trust auth for local
     clients and for the networks in `trust` (CIDR, e.g. "10.213.0.0/24"). pg_ctl
     runs behind `prefix` (e.g. `ip netns exec NAME`). Durability is switched off
-    (fsync etc.): the data is thrown away anyway.
+    (fsync etc.): the data is thrown away anyway. `settings` ("name=value") come
+    after those and override them.
     """
     root = tempfile.mkdtemp(prefix=tmp_prefix)
-    data, log = os.path.join(root, "data"), os.path.join(root, "server.log")
+    data = os.path.join(root, "data")
     if os.geteuid() == 0:
         shutil.chown(root, SERVER_USER, SERVER_USER)
     started = False
@@ -133,23 +134,9 @@ def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | N
         if trust:
             with open(os.path.join(data, "pg_hba.conf"), "a") as hba:
                 hba.writelines(f"host all all {net} trust\n" for net in trust)
-        port = port or free_port()
-        options = (f"-h {host} -p {port} -k {root} -c max_connections={max_connections}"
-                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        try:
-            started = True  # pg_ctl may leave a server behind even when it reports failure
-            _run_as_server_user([_bin("pg_ctl"), "start", "-w", "-t", str(int(start_timeout)),
-                                 "-D", data, "-l", log, "-o", options], cwd=root, prefix=prefix)
-        except subprocess.CalledProcessError as exc:
-            raise RuntimeError(f"postgres did not start: {exc.stderr!r}\n{_read(log)}") from exc
-        running = Cluster(root, host, port)
-        try:
-            wait_until(lambda: can_connect(running.local_url), start_timeout,
-                       lambda: f"postgres to answer at {running.local_url}\n{_read(log)}",
-                       interval=0.1)
-        except AssertionError as exc:  # (main() says a RuntimeError in one line)
-            raise RuntimeError(str(exc)) from None
-        yield running
+        started = True  # pg_ctl may leave a server behind even when it reports failure
+        yield start(Cluster(root, host, port or free_port()), max_connections, start_timeout,
+                     settings, prefix)
     finally:
         if started:
             with contextlib.suppress(subprocess.CalledProcessError):
@@ -161,16 +148,72 @@ def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | N
 def restart(running: Cluster, max_connections: int = 300, start_timeout: float = 30) -> None:
     """Stop the cluster at once (`-m immediate`: every connection and open
     transaction lost, as in a crash) and start it again on the same port."""
+    stop(running)
+    start(running, max_connections, start_timeout)
+
+
+def stop(running: Cluster) -> None:
+    """Stop the cluster at once (`-m immediate`: as in a crash; its folder stays)."""
+    _run_as_server_user([_bin("pg_ctl"), "stop", "-m", "immediate", "-D",
+                         os.path.join(running.root, "data")], cwd=running.root)
+
+
+def start(running: Cluster, max_connections: int = 300, start_timeout: float = 30,
+           settings: Sequence[str] = (), prefix: Sequence[str] = ()) -> Cluster:
+    """Start the cluster in `running.root` (its data/, stopped) on `running.host`
+    and `running.port`; return `running` once it answers (a standby: read-only).
+    `settings` as `cluster` takes them."""
     data, log = os.path.join(running.root, "data"), os.path.join(running.root, "server.log")
-    _run_as_server_user([_bin("pg_ctl"), "stop", "-m", "immediate", "-D", data],
-                        cwd=running.root)
     options = (f"-h {running.host} -p {running.port} -k {running.root} "
                f"-c max_connections={max_connections}"
-               " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-    _run_as_server_user([_bin("pg_ctl"), "start", "-w", "-t", str(int(start_timeout)),
-                         "-D", data, "-l", log, "-o", options], cwd=running.root)
-    wait_until(lambda: can_connect(running.local_url), start_timeout,
-               lambda: f"postgres to answer again at {running.local_url}", interval=0.1)
+               " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+               + "".join(f" -c {setting}" for setting in settings))
+    try:
+        _run_as_server_user([_bin("pg_ctl"), "start", "-w", "-t", str(int(start_timeout)),
+                             "-D", data, "-l", log, "-o", options], cwd=running.root,
+                            prefix=prefix)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(f"postgres did not start: {exc.stderr!r}\n{_read(log)}") from exc
+    try:
+        wait_until(lambda: can_connect(running.local_url), start_timeout,
+                   lambda: f"postgres to answer at {running.local_url}\n{_read(log)}",
+                   interval=0.1)
+    except AssertionError as exc:  # (main() says a RuntimeError in one line)
+        raise RuntimeError(str(exc)) from None
+    return running
+
+
+@contextlib.contextmanager
+def replica(primary: Cluster, start_timeout: float = 30, settings: Sequence[str] = ()
+            ) -> Iterator[Cluster]:
+    """A streaming replica of `primary` (asynchronous, hot standby), on a free
+    port of 127.0.0.1 in a temp dir of its own: `pg_basebackup -R` (which writes
+    standby.signal and primary_conninfo) from `primary`, then started with
+    `settings` as `cluster` starts one; yield it, then destroy it."""
+    root = tempfile.mkdtemp(prefix="tw-pg-replica-")
+    if os.geteuid() == 0:
+        shutil.chown(root, SERVER_USER, SERVER_USER)
+    started = False
+    try:
+        _run_as_server_user([_bin("pg_basebackup"), "-h", primary.host, "-p", str(primary.port),
+                             "-U", "postgres", "-D", os.path.join(root, "data"), "-R",
+                             "-X", "stream", "-c", "fast", "--no-sync"], cwd=root)
+        started = True
+        yield start(Cluster(root, "127.0.0.1", free_port()), start_timeout=start_timeout,
+                     settings=settings)
+    finally:
+        if started:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _run_as_server_user([_bin("pg_ctl"), "stop", "-m", "immediate", "-D",
+                                     os.path.join(root, "data")], cwd=root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def promote(standby: Cluster, timeout: float = 30) -> None:
+    """`pg_ctl promote`: the standby ends recovery and takes writes; returns once
+    it does."""
+    _run_as_server_user([_bin("pg_ctl"), "promote", "-w", "-t", str(int(timeout)), "-D",
+                         os.path.join(standby.root, "data")], cwd=standby.root)
 
 
 @contextlib.contextmanager

@@ -105,38 +105,81 @@ def connect(settings: Settings, *, autocommit: bool = True, name: str = "taskwor
     """Open one connection (to `url`, else DATABASE_URL), bounded by CONNECT_TIMEOUT.
 
     libpq's own connect_timeout is not honoured once psycogreen makes connections
-    asynchronous, so the bound is a gevent.Timeout. TCP keepalives, and
-    tcp_user_timeout for data sent but never acknowledged, make a dead peer or a
-    silent partition show up as an error instead of a query that waits for ever.
-    Each statement carries `statement_timeout` (default STATEMENT_TIMEOUT; 0:
-    none): see TimedConnection.
+    asynchronous, so the bound is a gevent.Timeout, on each host of a URL that
+    names several (`host1:5432,host2:5432`, tried in order, as libpq does: see
+    `hosts`). TCP keepalives, and tcp_user_timeout for data sent but never
+    acknowledged, make a dead peer or a silent partition show up as an error
+    instead of a query that waits for ever. Each statement carries
+    `statement_timeout` (default STATEMENT_TIMEOUT; 0: none): see TimedConnection.
     """
     timeout = settings.statement_timeout if statement_timeout is None else statement_timeout
     url = url or settings.database_url
     shown = mask_password(url)
-    try:
-        with gevent.Timeout(settings.connect_timeout, ConnectTimeout):
-            conn = psycopg2.connect(
-                url,
-                connection_factory=TimedConnection,
-                application_name=name,
-                keepalives=1,
-                keepalives_idle=KEEPALIVE_IDLE,
-                keepalives_interval=KEEPALIVE_INTERVAL,
-                keepalives_count=KEEPALIVE_COUNT,
-                tcp_user_timeout=int(client_deadline(settings) * 1000),
-            )
-    except ConnectTimeout:
-        raise DatabaseUnavailable(
-            f"cannot connect to database {shown}: no answer within "
-            f"{settings.connect_timeout:g}s") from None
-    except psycopg2.Error as exc:
-        kind = NoFreeSlot if NO_FREE_SLOT.search(str(exc)) else DatabaseUnavailable
-        why = mask_secrets(first_line(exc), url)  # libpq may quote the password (as a host)
-        raise kind(f"cannot connect to database {shown}: {why}") from None
+    each = hosts(url)
+    failures: list[str] = []
+    no_slot = False
+    for target, where in each:
+        try:
+            with gevent.Timeout(settings.connect_timeout, ConnectTimeout):
+                conn = psycopg2.connect(
+                    target,
+                    connection_factory=TimedConnection,
+                    application_name=name,
+                    keepalives=1,
+                    keepalives_idle=KEEPALIVE_IDLE,
+                    keepalives_interval=KEEPALIVE_INTERVAL,
+                    keepalives_count=KEEPALIVE_COUNT,
+                    tcp_user_timeout=int(client_deadline(settings) * 1000),
+                )
+            break
+        except ConnectTimeout:
+            failures.append(f"{where}no answer within {settings.connect_timeout:g}s")
+        except psycopg2.Error as exc:
+            no_slot = no_slot or bool(NO_FREE_SLOT.search(str(exc)))
+            failures.append(f"{where}{first_line(exc)}")
+    else:
+        kind = NoFreeSlot if no_slot else DatabaseUnavailable
+        why = mask_secrets("; ".join(failures), url)  # libpq may quote the password (as a host)
+        raise kind(f"cannot connect to database {shown}: {why}")
     conn.statement_timeout_ms = int(timeout * 1000)
     conn.autocommit = autocommit
     return conn
+
+
+def hosts(url: str) -> list[tuple[str, str]]:
+    """The connection strings `connect` tries in turn, each with the prefix its
+    failure is said with: `url` itself (prefix "") when it names one host, else
+    one per host of its list (`host`, `hostaddr` and `port` taken apart, in
+    their order; shuffled with `load_balance_hosts=random`), prefix "HOST:PORT: ".
+
+    libpq tries the hosts of one string in turn, each within connect_timeout;
+    in green mode nothing bounds a host that does not answer (a machine down
+    drops the packets) but the caller's timeout, which then ends the whole
+    attempt before the next host is tried: an old primary down would hide the
+    promoted replica listed after it. So each host gets an attempt, and a
+    timeout, of its own. target_session_attrs and the rest go with each."""
+    from psycopg2.extensions import make_dsn, parse_dsn
+
+    try:
+        params = parse_dsn(url)
+    except psycopg2.Error:
+        return [(url, "")]  # (libpq says why, in connect)
+    lists = {key: params[key].split(",") for key in ("host", "hostaddr", "port")
+             if key in params}
+    count = max((len(values) for values in lists.values()), default=1)
+    if count == 1 or any(len(values) not in (1, count) for values in lists.values()):
+        return [(url, "")]  # (one host; or lists that do not match, which libpq refuses)
+    each = []
+    for i in range(count):
+        one = dict(params)
+        for key, values in lists.items():
+            one[key] = values[i] if len(values) > 1 else values[0]  # (one port: for all)
+        where = one.get("host") or one.get("hostaddr") or "localhost"
+        each.append((make_dsn(**{k: v for k, v in one.items() if v != ""}),
+                     f"{where}:{one.get('port') or 5432}: "))
+    if params.get("load_balance_hosts") == "random":
+        random.shuffle(each)
+    return each
 
 
 def client_deadline(settings: Settings) -> float:

@@ -53,6 +53,14 @@ END $$;
 CREATE TRIGGER a_audit_claim BEFORE UPDATE ON tasks FOR EACH ROW
     WHEN (OLD.status = 'pending' AND NEW.status = 'in_progress')
     EXECUTE FUNCTION audit_claim();
+CREATE TABLE fence_at_insert (id bigint PRIMARY KEY, fence bigint);
+CREATE FUNCTION audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fence_at_insert VALUES (NEW.id, NEW.fence);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER a_audit_insert AFTER INSERT ON tasks FOR EACH ROW
+    EXECUTE FUNCTION audit_insert();
 """
 
 # The old serve's application: send_email as 5c69215 calls a named task (one
@@ -226,14 +234,19 @@ def claim_attempts(conn: Any) -> int:
 
 
 def rows(db: Any, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    names = ("status", "attempts", "fence", "locked_by", "format", "result", "return_value")
-    found = query(db, f"SELECT id, {', '.join(names)} FROM tasks WHERE id = ANY(%s)",
+    """The rows `ids` (inserted after CLAIM_AUDIT), with how far their fence was
+    raised since the insert (`raised`: a fence starts at random, migration 020)."""
+    names = ("status", "attempts", "raised", "locked_by", "format", "result", "return_value")
+    found = query(db, "SELECT t.id, t.status, t.attempts, t.fence - f.fence, t.locked_by, "
+                      "t.format, t.result, t.return_value FROM tasks AS t "
+                      "JOIN fence_at_insert AS f USING (id) WHERE t.id = ANY(%s)",
                   (list(ids),))
+    assert len(found) == len(set(ids)), (found, ids)
     return {r[0]: dict(zip(names, r[1:], strict=True)) for r in found}
 
 
 def untouched(row: dict[str, Any]) -> bool:
-    return (row["status"], row["attempts"], row["fence"], row["locked_by"]) == \
+    return (row["status"], row["attempts"], row["raised"], row["locked_by"]) == \
         ("pending", 0, 0, None)
 
 

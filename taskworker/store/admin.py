@@ -45,18 +45,17 @@ def enqueue(payloads: Sequence[str], placement: Placement,
         # the unnest's time; with nothing but the columns most calls give, the
         # shortest (enqueue_now), else enqueue_unique's with no key (it never
         # conflicts).
+        one = {"payload": payloads[0] if arguments is None else None,
+               "arguments": None if arguments is None else arguments[0]}
         if placement.run_at is None and placement.delay is None \
                 and placement.trace is None and placement.concurrency_key is None:
-            rows = yield sql.enqueue_now, {
-                "payload": payloads[0] if arguments is None else None,
-                "arguments": None if arguments is None else arguments[0],
-                "task": placement.task, "queue": placement.queue,
+            statement, params = sql.enqueue_now, {
+                **one, "task": placement.task, "queue": placement.queue,
                 "priority": placement.priority}
-            return [rows[0][0]]
-        rows = yield sql.enqueue_unique, {
-            "payload": payloads[0] if arguments is None else None,
-            "arguments": None if arguments is None else arguments[0], "unique_key": None,
-            **placement._asdict()}
+        else:
+            statement, params = sql.enqueue_unique, {
+                **one, "unique_key": None, **placement._asdict()}
+        rows = yield statement, params
         return [rows[0][0]]
     rows = yield sql.enqueue, {"payloads": list(payloads) if arguments is None else None,
                                "arguments": None if arguments is None else list(arguments),

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from . import claimcost, rawsql
 from . import taskworker_runs as tw
 from .databases import connect, execute
-from .processes import workdir
 
 TABLE = "minimal_tasks"
 SCHEMA = f"""
@@ -134,9 +133,7 @@ def minimal_run(pgbench: str, url: str, n: int, batch: int, clients: int,
     `before` and `after` are called right before and after pgbench runs."""
     transactions = max(1, n // (batch * clients))
     n = transactions * batch * clients
-    script = os.path.join(workdir(), "minimal.sql")
-    with open(script, "w") as fh:
-        fh.write(pgbench_script())
+    script = rawsql.script_file("minimal.sql", pgbench_script())
     conn = connect(url)
     try:
         with conn.cursor() as cur:

@@ -181,6 +181,15 @@ def fill(cur: cursor, table: str, n: int, analyze: bool = True) -> None:
         cur.execute(f"ANALYZE {table}")
 
 
+def script_file(name: str, text: str) -> str:
+    """The path of a pgbench script `name` written with `text` in the run's
+    work folder."""
+    path = os.path.join(workdir(), name)
+    with open(path, "w") as fh:
+        fh.write(text)
+    return path
+
+
 def run_script(pgbench: str, script: str, db_url: str, batch: int, clients: int,
                transactions: int, pgoptions: str, notes: list[str],
                name: str = "twbench pgbench") -> float:
@@ -208,9 +217,7 @@ def claim_complete(pgbench: str, db_url: str, batch: int, transactions: int,
                    clients: int = 2) -> Raw:
     """Exactly clients x transactions x batch pending tasks, all claimed and done."""
     result = Raw(batch, clients, transactions)
-    script = os.path.join(workdir(), "claim_complete.sql")
-    with open(script, "w") as fh:
-        fh.write(pgbench_script())
+    script = script_file("claim_complete.sql", pgbench_script())
     conn = connect(db_url)
     try:
         with conn.cursor() as cur:

@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import latency
+from . import latency, rawsql
 from . import taskworker_runs as tw
 from .databases import connect
-from .processes import BenchError, Proc, run, workdir
+from .processes import BenchError, Proc, run
 
 PROBE_RATE = 50.0  # probe inserts per second
 PROBE_INSERT = "INSERT INTO tasks (payload) VALUES ('probe') RETURNING id"
@@ -138,9 +138,7 @@ def notify_cap(pgbench: str, url: str, rounds: int, seconds: float = 3.0) -> Not
     """One-row commits/s from 4 pgbench clients: the trigger with a process
     asleep, with every process busy, and disabled, interleaved (the order
     rotated each round)."""
-    script = os.path.join(workdir(), "one_row.sql")
-    with open(script, "w") as fh:
-        fh.write("INSERT INTO tasks (payload) VALUES ('one');\n")
+    script = rawsql.script_file("one_row.sql", "INSERT INTO tasks (payload) VALUES ('one');\n")
     cap = NotifyCap()
     runs = {"asleep": cap.with_notify, "busy": cap.busy, "off": cap.without}
     conn = connect(url)

@@ -45,6 +45,10 @@ Options (events at a minute boundary, counted from the start of the feed):
                           its own; pickup p99 of the probes while it runs
   --audit                 record every claim and completion per task id (two row
                           triggers): nothing lost, nothing done twice (the test)
+  --history N             N finished calls (1 to 30 days old, ~300 B of arguments,
+                          98% done, 2% error) in the table before serve starts,
+                          vacuumed and analyzed: serve's pruner deletes them while
+                          the feed runs (item 3); per minute, how many are left
 
 The targets of the issue for the full run are checked in `targets()`.
 """
@@ -98,6 +102,7 @@ class Options:
     long_transaction: tuple[float, float] | None = None  # (start minute, minutes held)
     freeze_at: float | None = None  # minute
     audit: bool = False
+    history: int = 0  # finished rows in the table before serve starts (item 3)
     minute: float = MINUTE  # seconds per reported "minute" (shorter only in quick checks)
 
 
@@ -120,6 +125,7 @@ class Minute:
     autovacuums: int  # cumulative, since the start
     autoanalyzes: int
     rss_mb: list[float]
+    history_left: int = 0  # of the finished rows there before the start (--history)
     events: list[str] = field(default_factory=list)
     pickups: list[float] = field(default_factory=list)  # ms, probes inserted in the minute
 
@@ -174,6 +180,7 @@ class Result:
     saturations: list[Saturation] = field(default_factory=list)
     long_transaction: Held | None = None
     freeze: Held | None = None
+    history: Held | None = None  # the fill (detail: its size), end: when none was left
     freeze_pickups: list[float] = field(default_factory=list)
     audit: Audit | None = None
     fed: int = 0
@@ -296,6 +303,22 @@ WITH ins AS (
 )
 SELECT min(id), max(id), count(*) FROM ins
 """
+HISTORY_FILL = """
+INSERT INTO tasks (task, format, arguments, status, return_value, error, attempts, run_at,
+                   started_at, created_at, updated_at)
+SELECT 'soak', 2, ('{"args": [' || n || '], "kwargs": {"order": {"customer": "c-' || n %% 5000
+                   || '", "currency": "EUR", "lines": [{"sku": "SKU-' || n %% 977
+                   || '", "qty": 2, "price": "19.90", "note": ""}, {"sku": "SKU-00001", '
+                   || '"qty": 1, "price": "4.50", "note": "gift wrap"}]}}}')::jsonb,
+       s.status, CASE WHEN s.status = 'done' THEN 'null'::jsonb END,
+       CASE WHEN s.status = 'error' THEN 'ValueError: no such customer c-' || n %% 5000 END,
+       1, t.at - interval '2 s', t.at - interval '1 s', t.at - interval '2 s', t.at
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n
+CROSS JOIN LATERAL (SELECT CASE WHEN n %% 50 = 1 THEN 'error' ELSE 'done' END AS status) AS s
+CROSS JOIN LATERAL (SELECT now() - interval '1 day'
+                           - (%(rows)s - n) * (interval '29 days' / %(rows)s) AS at) AS t
+"""
+HISTORY_CHUNK = 1_000_000  # rows per INSERT of the fill
 OPEN = ("SELECT (SELECT count(*) FROM tasks WHERE status = 'pending'), "
         "(SELECT count(*) FROM tasks WHERE status = 'in_progress')")
 TABLE_STATS = """
@@ -341,6 +364,7 @@ class Soak:
         self.freezer: psycopg2.extensions.connection | None = None
         self.freeze_cursor: psycopg2.extensions.cursor | None = None
         self.fed_extra = 0  # tasks the probes and saturation probes created
+        self.history_top = 0  # the highest id of the --history rows
 
     def q(self, sql: str, params: Any = None) -> list[tuple]:
         with self.conn.cursor() as cur:
@@ -393,7 +417,33 @@ class Soak:
             self.probes.append((_one(cur)[0], time.time()))
         self.fed_extra += 1
 
+    def history_left(self) -> int:
+        """How many of the --history rows are still there: the pruner deletes the
+        lowest ids first, and the fill's ids are 1..history."""
+        if not self.history_top:
+            return 0
+        low = self.q("SELECT min(id) FROM tasks")[0][0]
+        return 0 if low is None else max(0, self.history_top - low + 1)
+
     # --- events
+
+    def fill_history(self) -> None:
+        """The finished rows a queue keeps when nothing prunes it, made before serve
+        starts; vacuumed and analyzed as a table that has been around would be."""
+        n, started = self.o.history, time.monotonic()
+        for first in range(1, n + 1, HISTORY_CHUNK):
+            last = min(n, first + HISTORY_CHUNK - 1)
+            self.q(HISTORY_FILL, {"first": first, "last": last, "rows": n})
+            self.say(f"soak: history: {last:,} of {n:,} finished rows")
+        self.history_top = self.last_id()
+        self.q("VACUUM ANALYZE tasks")
+        self.q("CHECKPOINT")
+        heap, _, *_ = self.q(TABLE_STATS)[0]
+        indexes = sum(size for _, size in self.q(INDEX_SIZES))
+        self.r.history = Held(0.0, detail=(
+            f"{n:,} finished rows made in {time.monotonic() - started:.0f} s (vacuumed and "
+            f"analyzed): heap {heap / 2**20:,.0f} MB, indexes {indexes / 2**20:,.0f} MB"))
+        self.say(f"soak: {self.r.history.detail}")
 
     def saturation(self, minute: int) -> Saturation:
         s = Saturation(minute, self.o.saturation_backlog)
@@ -492,6 +542,8 @@ class Soak:
         self.conn.cursor().execute(PROBE_CLOCK)
         if o.audit:
             self.conn.cursor().execute(AUDIT)
+        if o.history:
+            self.fill_history()
         self.start_serves()
         first_id = self.last_id()
         self.start_feeder()
@@ -513,6 +565,9 @@ class Soak:
                 next_probe = max(next_probe + 1 / o.probe_rate, now - 1)
             if now >= next_sample:
                 self.open_tasks()
+                if self.r.history and self.r.history.end is None and not self.history_left():
+                    self.r.history.end = now - self.t0
+                    self.say(f"soak: history all pruned, {self.r.history.end:.0f} s in")
                 next_sample += SAMPLE_EVERY
                 for p in self.serves:
                     if not p.alive():
@@ -550,8 +605,14 @@ class Soak:
         serve_cpu, pg_cpu = self.cpu()
         heap, toast, live, dead, autovacuums, autoanalyzes = self.q(TABLE_STATS)[0]
         indexes = {name: size / 2**20 for name, size in self.q(INDEX_SIZES)}
-        created = top - id_prev
+        history_left = self.history_left()
         events = list(self.events)
+        h = self.r.history
+        if h and (h.end is None or h.end > t_prev - self.t0):
+            events.append("pruning")  # (some history was left at the minute's start)
+            if h.end is None and not history_left:
+                h.end = now - self.t0
+        created = top - id_prev
         if self.holder is not None:
             events.append("long transaction")
         if self.freezer is not None or (self.r.freeze and self.r.freeze.end and
@@ -561,7 +622,7 @@ class Soak:
                      max(backlogs, default=0), backlogs[-1], created / (now - t_prev),
                      serve_cpu - serve_prev, pg_cpu - pg_prev, heap / 2**20, toast / 2**20,
                      indexes, live, dead, autovacuums, autoanalyzes,
-                     [_rss_mb(p.pid) for p in self.serves], events)
+                     [_rss_mb(p.pid) for p in self.serves], history_left, events)
         self.events = []
         self.backlogs = []
         self.r.minutes.append(row)
@@ -729,6 +790,7 @@ def line_of(m: Minute) -> str:
             f"us, pg {_f(m.cpu_per_task_us('pg'))} us, heap {m.heap_mb:.0f} MB, indexes "
             f"{m.index_total_mb:.0f} MB, dead {m.dead:,}, autovacuums {m.autovacuums}, "
             f"RSS {'/'.join(f'{r:.0f}' for r in m.rss_mb)} MB"
+            + (f", history left {m.history_left:,}" if "pruning" in m.events else "")
             + (f" [{', '.join(m.events)}]" if m.events else ""))
 
 
@@ -774,6 +836,14 @@ def targets(r: Result) -> list[tuple[str, str, bool | None]]:
         out.append(("serve RSS flat after the first 10 minutes (both processes)",
                     f"{rss10:.0f} MB at minute 10, at most {rss_peak:.0f} MB after",
                     rss_peak <= rss10 * 1.1 + 2))
+    if r.history is not None:
+        pruning = [m for m in r.minutes if "pruning" in m.events]
+        p99 = percentile([p for m in pruning for p in m.pickups], 99)
+        took = "not finished within the run" if r.history.end is None else \
+            f"all gone {r.history.end:.0f} s after the feed started (5-second samples)"
+        out.append((f"pruning {r.options.history:,} finished rows under the feed: pickup p99 "
+                    "at most 50 ms", f"p99 {_f(p99)} ms over the {len(pruning)} minutes it "
+                    f"ran ({took})", None if p99 is None else p99 <= 50))
     if r.freeze is not None:
         p99 = percentile(r.freeze_pickups, 99)
         out.append(("VACUUM FREEZE under full load: pickup p99 under 50 ms",
@@ -872,6 +942,10 @@ def report(r: Result, plot: str | None = None) -> list[str]:
     lt = long_transaction_effect(r)
     if lt:
         lines += ["", *lt]
+    if r.history is not None:
+        lines += ["", f"History: {r.history.detail}; left at the end of each minute: "
+                  + ", ".join(f"{m.index}: {m.history_left:,}" for m in r.minutes
+                              if "pruning" in m.events)]
     lines += ["", "Targets:", ""]
     for target, figure, met in targets(r):
         verdict = "not measured" if met is None else ("met" if met else "NOT met")
@@ -984,6 +1058,9 @@ def add_options(ap: argparse._ActionsContainer, prefix: str = "") -> None:
                     help="VACUUM FREEZE tasks after minute M")
     ap.add_argument(f"--{prefix}audit", action="store_true",
                     help="count claims and completions per task (row triggers)")
+    ap.add_argument(f"--{prefix}history", type=int, default=0, metavar="N",
+                    help="N finished rows in the table before serve starts (item 3: "
+                         "10000000), pruned under the feed")
     ap.add_argument(f"--{prefix}plot", metavar="FILE.svg", help="write the plot there")
 
 
@@ -999,7 +1076,7 @@ def options_from(args: argparse.Namespace, prefix: str = "") -> Options:
                                        if v.strip()),
                    saturation_backlog=get("saturation_backlog"),
                    long_transaction=(lt[0], lt[1]) if lt else None,
-                   freeze_at=get("freeze_at"), audit=get("audit"))
+                   freeze_at=get("freeze_at"), audit=get("audit"), history=get("history"))
 
 
 def write_outputs(r: Result, plot: str | None, markdown: str | None) -> list[str]:

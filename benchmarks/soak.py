@@ -45,6 +45,10 @@ Options (events at a minute boundary, counted from the start of the feed):
                           its own; pickup p99 of the probes while it runs
   --audit                 record every claim and completion per task id (two row
                           triggers): nothing lost, nothing done twice (the test)
+  --tasks-storage K=V,... storage parameters of the tasks table set before the
+                          start (ALTER TABLE tasks SET (...)): per-table
+                          autovacuum settings, fillfactor, as the production
+                          guide suggests
   --history N             N finished calls (1 to 30 days old, ~300 B of arguments,
                           98% done, 2% error) in the table before serve starts,
                           vacuumed and analyzed: serve's pruner deletes them while
@@ -103,6 +107,7 @@ class Options:
     freeze_at: float | None = None  # minute
     audit: bool = False
     history: int = 0  # finished rows in the table before serve starts (item 3)
+    tasks_storage: str = ""  # "k=v,..." for ALTER TABLE tasks SET (...) before the start
     minute: float = MINUTE  # seconds per reported "minute" (shorter only in quick checks)
 
 
@@ -542,6 +547,8 @@ class Soak:
         self.conn.cursor().execute(PROBE_CLOCK)
         if o.audit:
             self.conn.cursor().execute(AUDIT)
+        if o.tasks_storage:
+            self.q(f"ALTER TABLE tasks SET ({o.tasks_storage})")
         if o.history:
             self.fill_history()
         self.start_serves()
@@ -902,7 +909,9 @@ def report(r: Result, plot: str | None = None) -> list[str]:
     lines = [f"Soak (benchmarks/soak.py), started {r.started}: {o.minutes:g} minutes of "
              f"{o.rate:,.0f} tasks/s in commits of {o.batch}, ~{o.payload_bytes} B JSON "
              f"arguments; {o.processes} x serve WORKER_COUNT={o.workers} PRUNE_AFTER="
-             f"{o.prune_after}; throwaway PostgreSQL {s.get('server_version', '?')}, autovacuum "
+             f"{o.prune_after}"
+             + (f"; ALTER TABLE tasks SET ({o.tasks_storage})" if o.tasks_storage else "")
+             + f"; throwaway PostgreSQL {s.get('server_version', '?')}, autovacuum "
              f"{s.get('autovacuum', '?')} (naptime {s.get('autovacuum_naptime', '?')} s, scale "
              f"factor {s.get('autovacuum_vacuum_scale_factor', '?')}, cost limit "
              f"{s.get('autovacuum_vacuum_cost_limit', '?')}, delay "
@@ -1058,6 +1067,9 @@ def add_options(ap: argparse._ActionsContainer, prefix: str = "") -> None:
                     help="VACUUM FREEZE tasks after minute M")
     ap.add_argument(f"--{prefix}audit", action="store_true",
                     help="count claims and completions per task (row triggers)")
+    ap.add_argument(f"--{prefix}tasks-storage", default="", metavar="K=V,...",
+                    help="ALTER TABLE tasks SET (K=V,...) before the start, e.g. "
+                         "autovacuum_vacuum_scale_factor=0,autovacuum_vacuum_threshold=20000")
     ap.add_argument(f"--{prefix}history", type=int, default=0, metavar="N",
                     help="N finished rows in the table before serve starts (item 3: "
                          "10000000), pruned under the feed")
@@ -1076,7 +1088,8 @@ def options_from(args: argparse.Namespace, prefix: str = "") -> Options:
                                        if v.strip()),
                    saturation_backlog=get("saturation_backlog"),
                    long_transaction=(lt[0], lt[1]) if lt else None,
-                   freeze_at=get("freeze_at"), audit=get("audit"), history=get("history"))
+                   freeze_at=get("freeze_at"), audit=get("audit"), history=get("history"),
+                   tasks_storage=get("tasks_storage"))
 
 
 def write_outputs(r: Result, plot: str | None, markdown: str | None) -> list[str]:

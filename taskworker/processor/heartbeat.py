@@ -3,9 +3,10 @@
 Every third of LEASE_SECONDS one statement extends the lease of every task the
 process holds (queued or running); with nothing held it checks the connection
 instead; either way it refreshes the process's row in taskworker_processes
-(presence.py). A task the statement does not return was taken away (its lease expired
-and another process rescued it): it is marked lost, so a worker skips it if it
-has not started it yet.
+(presence.py), and looks for a transaction that holds vacuum back (horizon.py).
+A task the statement does not return was taken away (its lease expired and
+another process rescued it): it is marked lost, so a worker skips it if it has
+not started it yet.
 
 A process holds no claim it cannot keep. While renewals fail (the heartbeat's
 connection is down, or cannot be had for want of connection slots) the fetcher
@@ -31,6 +32,7 @@ from ..store import tasks as store
 from ..store.connection import ReconnectingConnection
 from ..store.tasks import ClaimedTask
 from .dispatch import Dispatch
+from .horizon import HorizonWatch
 from .presence import Presence
 
 
@@ -60,6 +62,7 @@ class Heartbeat:
         self.dispatch = dispatch
         self.db = ReconnectingConnection(settings, "heartbeat", should_stop=should_stop)
         self.presence = Presence(settings, holder)  # this process's row, touched every beat
+        self.horizon = HorizonWatch()  # names a transaction that holds vacuum back
         self._renewed_at: float | None = None  # monotonic start of the last good renewal
         self._stopped: set[int] = set()  # tasks the guard has stopped
         self._soon = Event()  # beat now, not at the next third of the lease
@@ -110,6 +113,7 @@ class Heartbeat:
                 stop_cancelled(self.dispatch, kept.cancel)
         self.presence.touch(self.db)  # (with nothing held, also the connection's check)
         self._renewed_at = started
+        self.horizon.look(self.db)
         if not was_renewing:
             self.dispatch.wake()  # the fetcher may claim (again)
 

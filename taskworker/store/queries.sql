@@ -765,6 +765,36 @@ SELECT pg_notification_queue_usage()
        >= coalesce(nullif(current_setting('taskworker.notify_queue_limit', true), ''),
                    '0.5')::float8;
 
+-- name: horizon_holders
+-- What holds this database's xmin horizon back now (vacuum removes no row that
+-- one of them might still see, so the claim walks ever more dead index entries):
+-- each session with a snapshot or a transaction id (the older of the two), each
+-- replication slot with an xmin (a standby's hot_standby_feedback) and each
+-- prepared transaction. Vacuums themselves are left out (a VACUUM's snapshot does
+-- not hold the horizon). Returns who, user, application, state ('' where this
+-- role may not see it) and the xid, one row each; serve's heartbeat follows
+-- them from look to look (processor/horizon.py).
+SELECT 'pid ' || a.pid, coalesce(a.usename, ''), coalesce(a.application_name, ''),
+       coalesce(a.state, ''),
+       (CASE WHEN a.backend_xid IS NULL THEN a.backend_xmin
+             WHEN a.backend_xmin IS NULL THEN a.backend_xid
+             WHEN age(a.backend_xid) >= age(a.backend_xmin) THEN a.backend_xid
+             ELSE a.backend_xmin END)::text
+FROM pg_stat_activity AS a
+WHERE a.pid <> pg_backend_pid()
+  AND coalesce(a.backend_xmin, a.backend_xid) IS NOT NULL
+  AND (a.datname = current_database() OR a.backend_type = 'walsender')
+  AND a.backend_type IS DISTINCT FROM 'autovacuum worker'  -- (NULL: another role's)
+  AND a.pid NOT IN (SELECT pid FROM pg_stat_progress_vacuum)
+UNION ALL
+SELECT 'replication slot ' || slot_name, '', '', '', xmin::text
+FROM pg_replication_slots
+WHERE xmin IS NOT NULL AND (database IS NULL OR database = current_database())
+UNION ALL
+SELECT 'prepared transaction ' || quote_literal(gid), owner::text, '', '', transaction::text
+FROM pg_prepared_xacts
+WHERE database = current_database();
+
 -- name: ping
 -- Is the connection still alive? (The listener asks after a long silence.)
 SELECT 1;

@@ -355,6 +355,19 @@ def backend_pid(db: Database) -> int:
     return int(db.query(sql.backend_pid)[0][0])
 
 
+class HorizonHolder(NamedTuple):
+    who: str  # 'pid 123', 'replication slot s1', "prepared transaction 'g'"
+    user: str  # '' where unknown (as for state and application)
+    application: str
+    state: str
+    xid: str  # the transaction id it holds the horizon at
+
+
+def horizon_holders(db: Database) -> list[HorizonHolder]:
+    """Everything holding this database's xmin horizon now (see queries.sql)."""
+    return [HorizonHolder(*row) for row in db.query(sql.horizon_holders)]
+
+
 def ping(db: Database) -> None:
     """Raises if the connection is dead."""
     db.query(sql.ping)

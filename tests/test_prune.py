@@ -6,11 +6,14 @@ PRUNE_AFTER. Tests assert the rows left in the table, the output and the exit st
 from __future__ import annotations
 
 import signal
+import subprocess
 from typing import Any
 
+import psycopg2
 import pytest
 from invariants import add_task, query
-from proc import cli
+from proc import CLI, child_env, cli
+from waiting import wait_until
 
 
 @pytest.fixture
@@ -95,6 +98,37 @@ def test_prune_in_small_batches(db_url: str, db: Any) -> None:
     assert len(set(txids)) == len(txids), f"DELETEs shared a transaction: {txids}"
     deleted = [i for _, ids in statements for i in ids]
     assert deleted == sorted(old), "not every old task deleted exactly once, lowest ids first"
+
+
+def test_one_batch_at_a_time_across_processes(db_url: str, db: Any,
+                                              history: dict[str, int]) -> None:
+    """Every serve prunes, and a server shared by ten would spend ten backends on it:
+    a batch runs only while no other process's batch does (a transaction advisory
+    lock, tried). While a transaction holds that lock, `taskworker prune` deletes
+    nothing and tries again; once it ends, it deletes what it should."""
+    other = psycopg2.connect(db_url)
+    try:
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(7261835003)")  # another "batch" runs
+        proc = subprocess.Popen([*CLI, "prune", "--older-than", "7d"],
+                                env=child_env({"DATABASE_URL": db_url}),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: query(db, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                         "query LIKE '%%pg_try_advisory_xact_lock(7261835003)%%'"
+                                         " AND pid <> pg_backend_pid()")[0][0] > 0,
+                       30, "the prune's first try")
+            assert proc.poll() is None
+            assert len(remaining(db, history)) == len(history)  # nothing deleted meanwhile
+            other.commit()  # that batch ends
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    finally:
+        other.close()
+    assert (proc.returncode, out, err) == (0, "Deleted 3 tasks\n", "")
+    assert remaining(db, history) == {"old_pending", "old_running", "recent_done",
+                                      "recent_error", "recent_cancelled"}
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -1155,9 +1155,17 @@ CROSS JOIN LATERAL (SELECT pg_notify('taskworker_cancel', r.id::text)) AS n;
 -- takes the next batch (seen: one DELETE of 25 rows with a limit of 4). A
 -- workflow's task whose result a waiting task will receive is kept until that
 -- task is released (migration 015: a group's callback reads its members' results).
-WITH batch AS MATERIALIZED (
+-- One batch at a time across every process and host: a batch runs only with the
+-- transaction advisory lock 7261835003, tried; without it the statement deletes
+-- nothing and returns one row, NULL (each serve prunes, and ten pruners deleting
+-- at once would take ten backends' CPU from the claims of a busy server).
+WITH turn AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(7261835003) AS mine
+),
+batch AS MATERIALIZED (
     SELECT id FROM tasks AS p
-    WHERE status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
+    WHERE (SELECT mine FROM turn)
+      AND status = ANY(%(statuses)s::text[]) AND updated_at < %(before)s
       AND id > %(after)s
       AND (next_ids IS NULL OR NOT EXISTS (SELECT 1 FROM tasks AS c
                                            WHERE c.id = ANY(p.next_ids)
@@ -1165,12 +1173,17 @@ WITH batch AS MATERIALIZED (
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM tasks AS t
+    USING batch
+    WHERE t.id = batch.id
+      AND t.status = ANY(%(statuses)s::text[]) AND t.updated_at < %(before)s
+    RETURNING t.id
 )
-DELETE FROM tasks AS t
-USING batch
-WHERE t.id = batch.id
-  AND t.status = ANY(%(statuses)s::text[]) AND t.updated_at < %(before)s
-RETURNING t.id;
+SELECT id FROM deleted
+UNION ALL
+SELECT NULL WHERE NOT (SELECT mine FROM turn);
 
 -- name: prune_keys
 -- Delete the rows of taskworker_keys (migration 017) whose key has no pending or

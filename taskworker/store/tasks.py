@@ -391,11 +391,14 @@ def prune_keys(db: Database) -> int:
 
 
 def prune(db: Database, *, statuses: Sequence[str], before: datetime, after_id: int,
-          limit: int) -> list[int]:
+          limit: int) -> list[int] | None:
     """Delete up to `limit` tasks in `statuses` last changed before `before`, with
-    ids above `after_id`; return the ids deleted."""
+    ids above `after_id`; return the ids deleted, or None when another process's
+    batch was running (nothing was deleted: try again later)."""
     rows = db.query(sql.prune, {"statuses": list(statuses), "before": before,
                                 "after": after_id, "limit": limit})
+    if rows == [(None,)]:
+        return None
     return [row[0] for row in rows]
 
 

@@ -283,9 +283,11 @@ def connect(url: str) -> TimedConnection:
     return conn
 
 
-def _fill(cur: psycopg2.extensions.cursor, table: str, rows: int, others: int = 0) -> None:
-    """`rows` pending, then `others` in progress, held by other processes."""
-    fill(cur, table, rows, analyze=False)
+def _fill(cur: psycopg2.extensions.cursor, table: str, rows: int, others: int = 0,
+          keep: bool = False) -> None:
+    """`rows` pending, then `others` in progress, held by other processes; in a
+    table emptied first, or with `keep` added to the rows it has."""
+    fill(cur, table, rows, analyze=False, truncate=not keep)
     if others:
         cur.execute("INSERT INTO tasks (payload, status, locked_by, locked_until, attempts, "
                     "fence) SELECT 'other ' || n, 'in_progress', 'other ' || n %% 3, "
@@ -340,8 +342,10 @@ def _backend(cur: psycopg2.extensions.cursor, stats: bool, statements: int,
 
 
 def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
-                   notes: list[str]) -> tuple[list[float], Backend]:
-    """ms per statement, and the server's ms per statement (pg_stat_statements)."""
+                   notes: list[str], keep: bool = False) -> tuple[list[float], Backend]:
+    """ms per statement, and the server's ms per statement (pg_stat_statements).
+    `keep`: the loop's pending rows are added to the table's rows instead of
+    replacing them (a table with history; the caller removes them again)."""
     statement = prepared_for(v, n)
     admin = psycopg2.connect(url)
     admin.autocommit = True
@@ -353,7 +357,8 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                 cur.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", (index,))
                 dropped.append(cur.fetchone()[0])
                 cur.execute(f"DROP INDEX {index}")
-            _fill(cur, "tasks", max(ROWS_AT_LEAST, (iterations + 1) * n), v.others)
+            _fill(cur, "tasks", max(ROWS_AT_LEAST, (iterations + 1) * n), v.others,
+                  keep)
         params = {**tasks._shares_params(HOLDER, LEASE, [""], {"default": n}, INLINE)}
         times: list[float] = []
         rows: list[tuple] = []

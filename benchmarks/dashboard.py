@@ -14,6 +14,7 @@ common filters, the 1,000th page by keyset included.
 """
 from __future__ import annotations
 
+import datetime
 import http.client
 import random
 import statistics
@@ -47,19 +48,34 @@ SELECT CASE WHEN n %% 100 = 7 THEN repeat('long payload ' || n || ' ', 400)
        CASE n %% 4 WHEN 0 THEN NULL WHEN 1 THEN 'send_email' WHEN 2 THEN 'resize'
             ELSE 'report' END,
        CASE WHEN s.status IN ('pending', 'cancelled') THEN 0 ELSE 1 END,
-       now() - (%(rows)s - n) * interval '7 ms',
+       t.at,
        CASE WHEN s.status = 'in_progress' THEN 'bench:1:abcd' END,
        CASE WHEN s.status = 'in_progress' THEN now() + interval '1 hour' END,
-       now() - (%(rows)s - n) * interval '7 ms',
-       now() - (%(rows)s - n) * interval '7 ms' + interval '2 s'
-FROM generate_series(1, %(rows)s) AS n
+       t.at,
+       t.at + interval '2 s'
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n
 CROSS JOIN LATERAL (SELECT CASE
     WHEN n > %(rows)s - %(pending)s THEN 'pending'
-    WHEN n > %(rows)s - %(pending)s - 100 THEN 'in_progress'
+    WHEN n > %(rows)s - %(pending)s - %(running)s THEN 'in_progress'
     WHEN n %% 50 = 1 THEN 'error'
     WHEN n %% 997 = 2 THEN 'cancelled'
     ELSE 'done' END AS status) AS s
+CROSS JOIN LATERAL (SELECT coalesce(%(until)s::timestamptz, now())
+                           - (%(rows)s - n) * %(step)s::interval AS at) AS t
 """
+
+
+def population(rows: int, pending: int = PENDING, running: int = 100,
+               step: datetime.timedelta = datetime.timedelta(milliseconds=7),
+               until: datetime.datetime | None = None) -> dict[str, object]:
+    """POPULATE's parameters for rows 1..`rows` (a statement may insert a part of
+    them: "first" and "last" are set here to all): the newest `pending` pending,
+    the `running` before them in progress, the rest finished; created `step`
+    apart, the newest at `until` (None: now())."""
+    return {"rows": rows, "first": 1, "last": rows, "pending": pending, "running": running,
+            "step": step, "until": until}
+
+
 INDEXES_008 = {  # what 008 adds ON tasks (its search index is a table of its own)
     "tasks_finished_at_idx":
         "CREATE INDEX tasks_finished_at_idx ON tasks (updated_at, id) "
@@ -95,12 +111,15 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-def pages(highest: int, lowest: int) -> list[tuple[str, Callable[[], str]]]:
-    """The mix of requests: (label, a function giving the next URL)."""
+def pages(highest: int, lowest: int,
+          task_id: Callable[[], int] | None = None) -> list[tuple[str, Callable[[], str]]]:
+    """The mix of requests: (label, a function giving the next URL). The task page
+    shows a task between `lowest` and `highest`, or one `task_id` gives (where ids
+    between them were deleted)."""
     page_1000 = highest - 50 * 999
 
     def random_task() -> str:
-        return f"/tasks/{random.randint(lowest, highest)}"
+        return f"/tasks/{task_id() if task_id else random.randint(lowest, highest)}"
 
     fixed = [
         ("overview", "/"), ("overview live region", "/overview/live"),
@@ -135,7 +154,7 @@ def load(url: str, say: Callable[[str], None]) -> tuple[int, int]:
     try:
         with conn.cursor() as cur:
             say(f"dashboard: inserting {ROWS:,} tasks")
-            cur.execute(POPULATE, {"rows": ROWS, "pending": PENDING})
+            cur.execute(POPULATE, population(ROWS))
             cur.execute("VACUUM ANALYZE tasks")
             cur.execute("SELECT min(id), max(id) FROM tasks")
             lowest, highest = cur.fetchone()
@@ -145,32 +164,36 @@ def load(url: str, say: Callable[[str], None]) -> tuple[int, int]:
 
 
 def caught_up(url: str, proc: Proc, say: Callable[[str], None],
-              started: float) -> tuple[float, int]:
+              started: float, timeout: float = 1800.0) -> tuple[float, int]:
     """Wait until the dashboard's indexer has copied every finished task into
-    taskworker_search; the seconds it took since `started` (monotonic), and how many."""
+    taskworker_search; the seconds it took since `started` (monotonic), and how many.
+    The side table is counted once, at the end: on millions of rows a count at each
+    look would compete with the indexer it times."""
     conn = connect(url)
     try:
         with conn.cursor() as cur:
             while True:
-                cur.execute("SELECT count(*) FROM taskworker_search")
-                indexed = cur.fetchone()[0]
                 cur.execute("SELECT count(*) FROM (SELECT 1 FROM tasks t, "
                             "taskworker_search_progress p WHERE t.status IN ('done', 'error', "
                             "'cancelled') AND t.updated_at >= p.indexed_at AND "
                             "(t.updated_at, t.id) > (p.indexed_at, "
                             "p.indexed_id) LIMIT 1) AS waiting")
-                if cur.fetchone()[0] == 0:
-                    took = time.monotonic() - started
-                    say(f"dashboard: search index caught up: {indexed:,} tasks in {took:.1f}s")
-                    # What autovacuum (off on the benchmark's server) does before long:
-                    # without statistics on words the planner reads the trigram index
-                    # for a common word too (seconds, measured).
-                    cur.execute("VACUUM ANALYZE taskworker_search")
-                    return took, indexed
-                if not proc.alive() or time.monotonic() - started > 1800:
+                waiting = cur.fetchone()[0]
+                took = time.monotonic() - started
+                if waiting and proc.alive() and took <= timeout:
+                    time.sleep(0.5)
+                    continue
+                cur.execute("SELECT count(*) FROM taskworker_search")
+                indexed = cur.fetchone()[0]
+                if waiting:
                     raise BenchError(f"the search index did not catch up ({indexed:,} "
                                      f"indexed): {proc.output()[-500:]}")
-                time.sleep(0.5)
+                say(f"dashboard: search index caught up: {indexed:,} tasks in {took:.1f}s")
+                # What autovacuum (off on the benchmark's server) does before long:
+                # without statistics on words the planner reads the trigram index
+                # for a common word too (seconds, measured).
+                cur.execute("VACUUM ANALYZE taskworker_search")
+                return took, indexed
     finally:
         conn.close()
 
@@ -194,6 +217,39 @@ def start_dashboard(url: str, port: int) -> Proc:
         time.sleep(0.2)
 
 
+def send(mix: list[tuple[str, Callable[[], str]]], result: Result, rate: float = RATE,
+         seconds: float = SECONDS, port: int = PORT) -> None:
+    """Open loop: request i is sent at i / rate seconds, by a pool of threads,
+    whatever the ones before it take (a closed loop would wait for a slow page and
+    hide it); `mix`'s pages in turn. Latencies of answers 200 go into
+    `result.latencies` by page, other answers into `result.errors`."""
+    lock = threading.Lock()
+
+    def one(label: str, path: str) -> None:
+        try:
+            status, took = get(path, port)
+        except OSError:
+            status, took = 0, 0.0
+        with lock:
+            if status == 200:
+                result.latencies.setdefault(label, []).append(took)
+            else:
+                result.errors[label] = result.errors.get(label, 0) + 1
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -0.05:
+                result.late += 1
+            label, path = mix[i % len(mix)]
+            pool.submit(one, label, path())
+            result.sent += 1
+
+
 def measure_pages(url: str, say: Callable[[str], None], result: Result) -> None:
     lowest, highest = load(url, say)
     started = time.monotonic()
@@ -202,32 +258,8 @@ def measure_pages(url: str, say: Callable[[str], None], result: Result) -> None:
         result.backfill, result.backfilled = caught_up(url, proc, say, started)
         time.sleep(3)  # the sampler's first full count
         mix = pages(highest, lowest)
-        lock = threading.Lock()
-
-        def one(label: str, path: str) -> None:
-            try:
-                status, took = get(path)
-            except OSError:
-                status, took = 0, 0.0
-            with lock:
-                if status == 200:
-                    result.latencies.setdefault(label, []).append(took)
-                else:
-                    result.errors[label] = result.errors.get(label, 0) + 1
-
         say(f"dashboard: {RATE:g} requests/s for {SECONDS:g}s over {len(mix)} pages")
-        with ThreadPoolExecutor(max_workers=64) as pool:
-            start = time.perf_counter()
-            for i in range(int(RATE * SECONDS)):
-                due = start + i / RATE
-                wait = due - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
-                elif wait < -0.05:
-                    result.late += 1
-                label, path = mix[i % len(mix)]
-                pool.submit(one, label, path())
-                result.sent += 1
+        send(mix, result)
     finally:
         proc.stop()
 
@@ -274,11 +306,14 @@ def run(pages_url: str, hot_url: str, say: Callable[[str], None]) -> Result:
     return result
 
 
-def _ms(values: list[float], q: float) -> str:
-    if not values:
-        return "-"
+def quantile(values: list[float], q: float) -> float:
+    """The value below which a share `q` of `values` lies (the nearest rank above)."""
     ordered = sorted(values)
-    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f}"
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ms(values: list[float], q: float) -> str:
+    return f"{quantile(values, q) * 1000:.1f}" if values else "-"
 
 
 def report(result: Result) -> list[str]:

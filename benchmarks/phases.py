@@ -21,6 +21,7 @@ from . import (
     claims,
     dashboard,
     defaults,
+    history,
     minimal,
     pgqueuer_runs,
     producers,
@@ -41,7 +42,7 @@ PHASES = ("throughput", "pgqueuer", "rawsql", "processes", "finished-rows", "rss
           "hosts", "claims", "baseline", "dashboard", "defaults", "rivals", "roundtrip",
           "underload", "backlog", "calls", "bound", "producers", "minimal")
 # Phases run only when --only names them (too long for the default run).
-OPTIONAL_PHASES = ("soak",)
+OPTIONAL_PHASES = ("soak", "history")
 MAIN_SETTING = (100, 100)  # WORKER_COUNT, FETCH_LIMIT for rows that use one setting
 
 
@@ -113,6 +114,7 @@ class Bench:
     underload: tuple[list[underload.UnderLoad], underload.NotifyCap | None] | None = None
     backlog: backlog.Backlog | None = None
     soak: soak.Result | None = None
+    history: history.History | None = None
     notes: list[str] = field(default_factory=list)
 
     def say(self, message: str) -> None:
@@ -461,3 +463,10 @@ def phase_soak(b: Bench) -> None:
     if b.args.soak_plot:
         with open(b.args.soak_plot, "w") as fh:
             fh.write(soak.svg(b.soak) + "\n")
+
+
+def phase_history(b: Bench) -> None:
+    """10,000,000 finished rows kept against an empty table (history.py): throughput,
+    claim cost and the dashboard's p95, interleaved rounds."""
+    b.history = history.measure({name: b.db(f"history_{name}") for name in history.DATABASES},
+                                history.options_from(b.args, "history_"), b.say)

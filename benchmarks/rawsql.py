@@ -172,9 +172,11 @@ class Raw:
         return self.batch * self.clients * self.transactions
 
 
-def fill(cur: cursor, table: str, n: int, analyze: bool = True) -> None:
-    """`table` emptied, then n pending rows ('task 1', ...), analyzed."""
-    cur.execute(f"TRUNCATE {table}")
+def fill(cur: cursor, table: str, n: int, analyze: bool = True, truncate: bool = True) -> None:
+    """`table` emptied (unless not `truncate`: rows kept), then n pending rows
+    ('task 1', ...), analyzed."""
+    if truncate:
+        cur.execute(f"TRUNCATE {table}")
     cur.execute(f"INSERT INTO {table} (payload) "
                 "SELECT 'task ' || n FROM generate_series(1, %s) AS n", (n,))
     if analyze:

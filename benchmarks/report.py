@@ -21,6 +21,7 @@ from . import (
     claims,
     dashboard,
     defaults,
+    history,
     minimal,
     producers,
     profiling,
@@ -429,6 +430,8 @@ def render(b: Bench, started: datetime.datetime, elapsed: float,
         out += [*minimal.report(b.minimal), ""]
     if b.soak is not None:
         out += [*soak.report(b.soak, b.args.soak_plot), ""]
+    if b.history is not None:
+        out += [*history.report(b.history), ""]
     tl = targets(b)
     if tl:
         out += ["Targets of issue 4:", *tl, ""]

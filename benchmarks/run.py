@@ -93,6 +93,12 @@ at the end, also on Ctrl+C or failure):
                  --baseline REF (default 610de36: part 6's code, the claim of part 3),
                  named tasks in 2 queues at 5 priorities, and plain tasks, 5 rounds
                  interleaved, ratio of medians (benchmarks/baseline.py)
+Only when --only names it:
+  history        10,000,000 finished rows kept (PRUNE_AFTER unset) against an empty
+                 table: no-op throughput (100,000 tasks, W=100, FETCH_LIMIT unset),
+                 the busy statement's ms per statement of 100, and the dashboard's p95
+                 at 100 requests/s; 3 interleaved rounds, ratios of medians (>= 0.9;
+                 issue 27, item 3 (a)); --history-rows N etc. (benchmarks/history.py)
 With --py-spy N, one extra run (N x 40,000 tasks, at least 200,000) is sampled by
 py-spy for N seconds and the top functions are listed.
 --quick: 20,000 tasks only, fewer settings, 3 rounds (about 3 minutes, 1.3 of them
@@ -111,7 +117,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from . import processes, profiling, soak
+from . import history, processes, profiling, soak
 from .databases import Server
 from .phases import (
     COMPARED,
@@ -127,6 +133,7 @@ from .phases import (
     phase_dashboard,
     phase_defaults,
     phase_finished_rows,
+    phase_history,
     phase_hosts,
     phase_latency,
     phase_minimal,
@@ -178,6 +185,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          "(default 5; --quick 3)")
     soak_options = ap.add_argument_group("soak phase (benchmarks/soak.py)")
     soak.add_options(soak_options, prefix="soak-")
+    history_options = ap.add_argument_group("history phase (benchmarks/history.py)")
+    history.add_options(history_options, prefix="history-")
     ap.add_argument("--keep-files", action="store_true",
                     help="keep the children's logs (printed path) instead of removing them")
     ap.add_argument("--drop-stale", action="store_true",
@@ -236,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         "defaults": phase_defaults, "rivals": phase_rivals, "roundtrip": phase_roundtrip,
         "underload": phase_underload, "backlog": phase_backlog, "calls": phase_calls,
         "bound": phase_bound, "producers": phase_producers, "minimal": phase_minimal,
-        "soak": phase_soak}
+        "soak": phase_soak, "history": phase_history}
     steps = [(name, phases[name]) for name in (*PHASES, *OPTIONAL_PHASES)
              if name in phases and name in args.phases]
     if any(p in args.phases for p in COMPARED):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,7 +96,7 @@ class Drain:
     n: int
     processes: int
     workers: int
-    fetch_limit: int
+    fetch_limit: int | None  # None: unset (serve's default)
     analyze: bool = True  # ANALYZE in the inserting transaction (planner statistics)
     rate: float | None = None  # tasks/s from the first to the last completion
     span: float | None = None  # seconds from the first to the last completion
@@ -135,7 +135,7 @@ GROUP BY w.t0, w.t1
 """
 
 
-def throughput(db_url: str, n: int, workers: int, fetch_limit: int, processes: int = 1,
+def throughput(db_url: str, n: int, workers: int, fetch_limit: int | None, processes: int = 1,
                truncate: bool = True, vacuum: bool = False, analyze: bool = True,
                insert: str = INSERT_PENDING, checkpoint: bool = False,
                on_start: Callable[[list[Proc]], None] | None = None,
@@ -241,22 +241,34 @@ def median_drain(runs: list[Drain]) -> Drain:
     return ranked[len(ranked) // 2]
 
 
-def add_finished_rows(db_url: str, count: int) -> None:
-    """`count` done rows, a day old, as a long-running queue leaves behind."""
+OLD_DONE = """
+INSERT INTO tasks (payload, status, result, attempts, created_at, updated_at, run_at)
+SELECT 'old task ' || n, 'done', 'old task ' || n, 1,
+       now() - interval '1 day', now() - interval '1 day', now() - interval '1 day'
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS n"""
+
+
+def add_finished_rows(db_url: str, count: int, insert: str = OLD_DONE,
+                      params: Mapping[str, object] | None = None, chunk: int = 0,
+                      say: Callable[[str], None] | None = None) -> None:
+    """`count` finished rows, as a long-running queue leaves behind (by default
+    done, a day old), then VACUUM ANALYZE. `insert` makes rows %(first)s to
+    %(last)s of %(rows)s (with `params`), `chunk` rows a statement (0: all in one):
+    millions in one statement would say nothing for many minutes, and hold
+    one transaction's worth of WAL."""
     conn = connect(db_url)
+    step = chunk or count
     try:
         with conn.cursor() as cur:
-            cur.execute("""
-                INSERT INTO tasks (payload, status, result, attempts, created_at, updated_at,
-                                   run_at)
-                SELECT 'old task ' || n, 'done', 'old task ' || n, 1,
-                       now() - interval '1 day', now() - interval '1 day',
-                       now() - interval '1 day'
-                FROM generate_series(1, %s) AS n""", (count,))
+            for first in range(1, count + 1, step):
+                last = min(count, first + step - 1)
+                cur.execute(insert, {**(params or {}), "first": first, "last": last,
+                                     "rows": count})
+                if say is not None:
+                    say(f"{last:,} of {count:,} finished rows")
             cur.execute("VACUUM ANALYZE tasks")
     finally:
         conn.close()
-
 
 
 def pickup(db_url: str, workers: int, fetch_limit: int, rate: float, seconds: float,

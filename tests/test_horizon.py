@@ -63,6 +63,7 @@ def test_a_transaction_left_open_is_named_once_then_its_end(
         watch.look(db)
         clock.now += 10
         watch.look(db)  # (named once)
+        assert watch.stats() == {"held_seconds": HELD_AFTER + 11}  # the metrics' gauge
         assert lines(caplog) == [
             f"Vacuum held back for 1m01s by pid {pid} (user {user}, application nightly "
             "report, idle in transaction): dead rows of tasks cannot be removed and claims "
@@ -71,6 +72,7 @@ def test_a_transaction_left_open_is_named_once_then_its_end(
         report.commit()
         clock.now += 5
         watch.look(db)
+        assert watch.stats() == {"held_seconds": 0.0}
         assert lines(caplog)[1:] == [
             f"Vacuum no longer held back by pid {pid} (user {user}, application nightly "
             "report, idle in transaction) (seen for 1m16s)"]

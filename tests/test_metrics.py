@@ -100,6 +100,8 @@ def test_scrape_during_a_run_matches_the_table(db_url: str, db: Any,
     for conn in ("fetcher", "heartbeat", "completer", "listener", "metrics"):
         assert value(m, "taskworker_database_reconnects_total", connection=conn) == 0
     assert value(m, "taskworker_workers") == 5
+    # (its own claims' snapshots come and go: at most a beat, never a minute)
+    assert 0 <= value(m, "taskworker_vacuum_held_seconds") < 60
 
     # The queue depth is sampled every few seconds: wait for a sample after the run.
     def depth_settled() -> dict | None:

@@ -14,6 +14,7 @@ The heartbeat looks at every beat (a third of LEASE_SECONDS) on its own
 connection. A holder (a session, slot or prepared transaction at one xid) seen
 for HELD_AFTER seconds gets one warning; its end gets one line with how long it
 was seen. Short transactions come and go between two looks and are never named.
+The metrics export how long the oldest holder has been seen, to alert on.
 """
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ class HorizonWatch:
         self._clock = clock
         self._seen: dict[tuple[str, str], tuple[float, HorizonHolder]] = {}
         self._named: set[tuple[str, str]] = set()
+
+    def stats(self) -> dict[str, float]:
+        """How long the oldest holder now seen has been seen (0: none; the metrics'
+        taskworker_vacuum_held_seconds, to alert on)."""
+        now = self._clock()
+        return {"held_seconds": max((now - since for since, _ in self._seen.values()),
+                                    default=0.0)}
 
     def look(self, db: Database) -> None:
         now = self._clock()

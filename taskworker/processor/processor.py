@@ -150,7 +150,8 @@ class Processor:
     def stats(self) -> dict[str, Mapping[str, float]]:
         parts: dict[str, Counted | None] = {"dispatch": self.dispatch, "fetcher": self.exchange,
             "completer": self.completer, "listener": self.listener, "pruner": self.pruner,
-            "monitor": self.monitor, "scheduler": self.scheduler}
+            "monitor": self.monitor, "scheduler": self.scheduler,
+            "horizon": self.heartbeat.horizon}
         return {name: part.stats() for name, part in parts.items() if part is not None}
 
     def failure(self) -> str | None:

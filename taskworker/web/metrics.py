@@ -152,6 +152,11 @@ class _Counts:
             "taskworker_outcomes_unwritten",
             "Outcomes waiting for the completer to write them.", value=written["unwritten"])
         yield GaugeMetricFamily(
+            "taskworker_vacuum_held_seconds",
+            "How long the heartbeat has seen the oldest transaction, slot or prepared "
+            "transaction that holds the database's xmin horizon (0: none).",
+            value=stats["horizon"]["held_seconds"])
+        yield GaugeMetricFamily(
             "taskworker_workers_busy", "Worker greenlets running a task.", value=dispatch["busy"])
         yield GaugeMetricFamily(
             "taskworker_workers", "Worker greenlets (WORKER_COUNT).", value=dispatch["workers"])

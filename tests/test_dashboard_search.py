@@ -6,9 +6,11 @@ and the page saying when the index is catching up. And the reason for it all:
 no index on tasks uses GIN."""
 from __future__ import annotations
 
+import http.client
 import re
 import subprocess
 import sys
+import threading
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -212,3 +214,44 @@ def test_a_late_commit_is_not_skipped_and_a_backlog_is_announced(
         assert indexed(db, late) and words_of(db, late) == "late lemur "
         assert found(c, "late lemur") == [late]
         assert 'id="search-catching-up"' not in c.get("/tasks?q=early+77").body
+
+
+def test_slow_text_searches_leave_the_other_pages_answering(db_url: str, db: Any,
+                                                            tmp_path: Path) -> None:
+    """On months of history a rare word can take seconds to find. Searches take at
+    most two of the dashboard's connections, so the other pages still answer at
+    once while eight searches wait; the searches all answer once they can go on.
+    (Here they wait on a lock the test holds on the side table.)"""
+    finished(db, "an old task")
+    top(db)
+    with running_dashboard(db_url, tmp_path) as d:
+        c = d.client()
+        assert c.get("/tasks?q=nothing+like+it").status == 200  # (connections opened)
+        holder = psycopg2.connect(db_url)
+        replies: list[int] = []
+        try:
+            with holder.cursor() as cur:
+                cur.execute("LOCK TABLE taskworker_search IN ACCESS EXCLUSIVE MODE")
+            searches = [threading.Thread(target=lambda: replies.append(
+                d.client().get("/tasks?q=nothing+like+it").status)) for _ in range(8)]
+            for t in searches:
+                t.start()
+
+            def searching() -> int:
+                return query(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name"
+                                 " = 'taskworker dashboard' AND wait_event_type = 'Lock' "
+                                 "AND query LIKE '%%taskworker_search s%%'")[0][0]
+            wait_until(lambda: searching() == 2, WAIT, "two searches waiting on the lock")
+            quick = http.client.HTTPConnection("127.0.0.1", d.port, timeout=5)
+            for path in ("/tasks", "/tasks?status=done", "/"):
+                quick.request("GET", path)
+                reply = quick.getresponse()
+                reply.read()
+                assert reply.status == 200, path  # while every search still waits
+            quick.close()
+            assert searching() == 2 and replies == []
+        finally:
+            holder.close()  # (the lock goes with it)
+        for t in searches:
+            t.join(30)
+    assert replies == [200] * 8

@@ -138,7 +138,7 @@ def tasks(app: Dashboard, request: Request) -> Response:
                  and task_id(request.query[name].strip()) is None]
     before = task_id(request.query.get("before", "").strip())
     wanted_id = task_id(request.query.get("id", "").strip())
-    with app.pool.connection() as db:
+    with app.pool.connection(search=bool(f.text)) as db:
         if wrong_ids:
             page = store.Page([], None, None)
         elif wanted_id is not None:

@@ -1,10 +1,15 @@
 """The dashboard's own connections: a few, each used by one greenlet at a time.
 
 A request takes an idle connection (or opens one), runs its statements and puts
-it back. A database that goes away makes the request fail with `Unavailable`
-(the app answers 503 with a line that names nothing of the connection); the
-outage is logged once, with what the driver said, and its end once, and the next
-request simply opens a new connection.
+it back. Text searches take at most SEARCHES of the SIZE connections: on a table
+that keeps months of history a rare word can take seconds to find (part 19: 10
+million finished rows), and searches holding every connection made every other
+page, the overview included, wait seconds behind them.
+
+A database that goes away makes the request fail with `Unavailable` (the app
+answers 503 with a line that names nothing of the connection); the outage is
+logged once, with what the driver said, and its end once, and the next request
+simply opens a new connection.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from ..store.database import Direct, PgConnection, first_line
 
 _select = get_original("select", "select")
 SIZE = 8  # connections at most; more requests at once wait for one
+SEARCHES = 2  # of them, at most this many for text searches at once
 # The side tables of search are rarely analyzed (autovacuum may be off or behind):
 # their estimates then price a 1 ms statement past jit_above_cost, and compiling
 # it took 135 ms (measured on 1,000,000 tasks); and past the parallel thresholds,
@@ -39,16 +45,33 @@ class Unavailable(Exception):
 
 
 class Pool:
-    def __init__(self, settings: Settings, size: int = SIZE) -> None:
+    def __init__(self, settings: Settings, size: int = SIZE, searches: int = SEARCHES) -> None:
         self.settings = settings
         self.deadline = client_deadline(settings)
         self._slots = BoundedSemaphore(size)
+        self._searches = BoundedSemaphore(searches)
         self._idle: list[PgConnection] = []
         self._down: str | None = None  # the outage being reported, if any
 
     @contextmanager
-    def connection(self) -> Iterator[Direct]:
-        """A connection for the block; Unavailable when the database fails it."""
+    def connection(self, search: bool = False) -> Iterator[Direct]:
+        """A connection for the block; Unavailable when the database fails it.
+        With `search` (a text search), first one of the SEARCHES turns, waited for
+        as long as a statement may take: then Unavailable, the database untouched."""
+        if not search:
+            with self._connection() as db:
+                yield db
+            return
+        if not self._searches.acquire(timeout=self.deadline):
+            raise Unavailable("other text searches are still running: try again in a moment")
+        try:
+            with self._connection() as db:
+                yield db
+        finally:
+            self._searches.release()
+
+    @contextmanager
+    def _connection(self) -> Iterator[Direct]:
         with self._slots:
             conn = self._idle.pop() if self._idle else None
             if conn is not None and _dropped(conn):

@@ -124,3 +124,24 @@ def test_a_role_without_privileges_can_look(
     assert lines(caplog)[0].startswith(
         f"Vacuum held back for 1m00s by pid {pid} (user {report.info.user}, application nightly "
         "report): ")
+
+
+def test_a_server_that_hides_a_view_costs_one_line_and_nothing_else(
+        db: Any, db_url: str, role: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A managed server may refuse a role one of the views looked at: one warning,
+    no error for the heartbeat (whose renewals keep the leases), no more looks."""
+    caplog.set_level(logging.INFO, logger="taskworker")
+    limit(db, role, 2)
+    with db.cursor() as cur:  # (this test's own database: its copy of the view)
+        cur.execute(f"REVOKE SELECT ON pg_prepared_xacts FROM PUBLIC, {role}")
+    watch = HorizonWatch(Clock())
+    conn = watcher_connection(db_url, user=role)
+    try:
+        watch.look(Direct(conn))
+        watch.look(Direct(conn))
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")  # the connection still serves
+    finally:
+        conn.close()
+    assert lines(caplog) == ["Cannot see what holds vacuum back (permission denied for view "
+                             "pg_prepared_xacts); not looking again"]

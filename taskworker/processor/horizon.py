@@ -15,15 +15,20 @@ connection. A holder (a session, slot or prepared transaction at one xid) seen
 for HELD_AFTER seconds gets one warning; its end gets one line with how long it
 was seen. Short transactions come and go between two looks and are never named.
 The metrics export how long the oldest holder has been seen, to alert on.
+A server that refuses this role one of the views looked at (a managed service
+may) gets one warning, and the watch stops: it must never cost the heartbeat,
+whose renewals keep the leases.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
+import psycopg2
+
 from ..logs import log
 from ..store import tasks as store
-from ..store.database import Database
+from ..store.database import Database, first_line
 from ..store.tasks import HorizonHolder
 
 HELD_AFTER = 60.0  # seconds a holder must be seen before it is named
@@ -49,6 +54,7 @@ class HorizonWatch:
         self._clock = clock
         self._seen: dict[tuple[str, str], tuple[float, HorizonHolder]] = {}
         self._named: set[tuple[str, str]] = set()
+        self._off = False  # the server refused a view: not looking again
 
     def stats(self) -> dict[str, float]:
         """How long the oldest holder now seen has been seen (0: none; the metrics'
@@ -58,8 +64,19 @@ class HorizonWatch:
                                     default=0.0)}
 
     def look(self, db: Database) -> None:
+        if self._off:
+            return
         now = self._clock()
-        current = {(h.who, h.xid): h for h in store.horizon_holders(db)}
+        try:
+            holders = store.horizon_holders(db)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            raise  # (the connection's: its owner reconnects)
+        except psycopg2.Error as exc:
+            self._off = True
+            log.warning("Cannot see what holds vacuum back (%s); not looking again",
+                        first_line(exc))
+            return
+        current = {(h.who, h.xid): h for h in holders}
         for key in [k for k in self._seen if k not in current]:
             since, holder = self._seen.pop(key)
             if key in self._named:

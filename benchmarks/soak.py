@@ -439,14 +439,11 @@ class Soak:
         """The finished rows a queue keeps when nothing prunes it, made before serve
         starts; vacuumed and analyzed as a table that has been around would be."""
         n, started = self.o.history, time.monotonic()
-        for first in range(1, n + 1, HISTORY_CHUNK):
-            last = min(n, first + HISTORY_CHUNK - 1)
-            self.q(HISTORY_FILL, {"first": first, "last": last, "rows": n})
-            self.say(f"soak: history: {last:,} of {n:,} finished rows")
+        tw.add_finished_rows(self.url, n, HISTORY_FILL, chunk=HISTORY_CHUNK,
+                             say=lambda m: self.say(f"soak: history: {m}"))
         top = self.last_id()
         step = max(1, n // 1000)
         self.history_samples = [*range(top - n + step, top, step), top]
-        self.q("VACUUM ANALYZE tasks")
         self.q("CHECKPOINT")
         heap, _, *_ = self.q(TABLE_STATS)[0]
         indexes = sum(size for _, size in self.q(INDEX_SIZES))

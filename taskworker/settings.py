@@ -283,6 +283,128 @@ FIELDS: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 SECRETS = ("DASHBOARD_PASSWORD", "DASHBOARD_TOKEN")  # never shown, even when invalid
 
+# What each variable means: the settings reference of the documentation
+# (docs/reference/settings.md) is rendered from FIELDS, these, the defaults of
+# Settings and the options of serve and dashboard (docs/hooks.py), so it cannot
+# drift. Markdown, with links relative to that page. The second variable of a pair
+# documented together (TASK_MIN_SECONDS / TASK_MAX_SECONDS) has an empty string.
+MEANINGS: dict[str, str] = {
+    "DATABASE_URL": (
+        "libpq URL (one host or several) or `key=value` string; the password is never shown "
+        "(see [Logs](../reference/logs.md))"
+    ),
+    "WORKER_COUNT": (
+        "worker greenlets processing tasks in parallel, at most 100,000 (each costs about 9 "
+        "KB: 100,000 take 900 MB)"
+    ),
+    "FETCH_INTERVAL": "poll interval when idle (NOTIFY wakes the fetcher sooner)",
+    "FETCH_LIMIT": (
+        "most tasks taken by one claim, a hard cap; none: each claim takes the idle workers "
+        "plus what they finish in 50 ms at the measured task rate, at most 1,000 (see "
+        "[Speed](../explanation/speed.md))"
+    ),
+    "TASK_HANDLER": (
+        "`module:function` run for each task without a name; when not set, the demo "
+        "(`taskworker.handlers:demo`), unless `TASK_MODULES` is set: then none, and such "
+        "tasks wait for a process that has one"
+    ),
+    "TASK_MODULES": (
+        "modules to import that register named tasks (`myapp.tasks,myapp.mail`), see [Named "
+        "tasks and queues](../how-to/tasks-and-queues.md)"
+    ),
+    "QUEUES": (
+        "queues to serve (none: every queue); `images:5,default` also runs at most 5 of "
+        "`images`' tasks at once in this process (a cap is at most 100,000)"
+    ),
+    "TASK_MIN_SECONDS": "demo handler: simulated work time (min must not exceed max)",
+    "TASK_MAX_SECONDS": "",
+    "CRON_TZ": (
+        "time zone of periodic tasks' cron expressions (`Europe/Berlin`), see [Periodic "
+        "tasks](../how-to/periodic.md)"
+    ),
+    "TASK_FAILURE_RATE": "demo handler: share of tasks that fail (0 to 1)",
+    "LEASE_SECONDS": "how long a claim holds a task without a heartbeat (at least 1 s)",
+    "MAX_RETRIES": "handler failures retried before a task ends in `error`",
+    "RETRY_BACKOFF": (
+        "base of the exponential retry delay (doubling, capped at 1 h, then ±20% jitter)"
+    ),
+    "MAX_RESCUES": "times a task may lose its worker before it is parked in `error`",
+    "TASK_TIMEOUT": "longest one run of a task; 0 = no limit",
+    "SHUTDOWN_TIMEOUT": "time running tasks get to finish after Ctrl+C",
+    "STATEMENT_TIMEOUT": (
+        "server-side `statement_timeout` of taskworker's statements (at most `24d`, "
+        "PostgreSQL's limit), sent with each one (`SET LOCAL`, so that it works through "
+        "PgBouncer; `migrate` runs without one); `serve` also gives up on a statement "
+        "unanswered 5 s past it (a partition)"
+    ),
+    "CONNECT_TIMEOUT": (
+        "limit on one connection attempt; with several hosts in the URL, on each host in turn "
+        "(see [Failover](../how-to/production.md))"
+    ),
+    "LISTEN": (
+        "wake on `LISTEN/NOTIFY`; behind PgBouncer in transaction mode set "
+        "`LISTEN_DATABASE_URL`, or `false` to poll"
+    ),
+    "LISTEN_DATABASE_URL": (
+        "a direct connection (past a pooler) for the listener alone; everything else uses "
+        "`DATABASE_URL`"
+    ),
+    "LOG_LEVEL": "`DEBUG`, `INFO`, `WARNING`, `ERROR`",
+    "LOG_FORMAT": "`plain` (the original's lines) or `json`",
+    "METRICS_PORT": (
+        "serve Prometheus `/metrics` and `/healthz` on this port (1-65535); one more "
+        "connection"
+    ),
+    "METRICS_HOST": (
+        "address the metrics server listens on; `0.0.0.0` (or `::`) for every interface"
+    ),
+    "HEALTH_MAX_DOWNTIME": (
+        "`/healthz` fails once a database connection has been down this long, or lost 5 times "
+        "within it"
+    ),
+    "PRUNE_AFTER": (
+        "`serve` deletes finished tasks last changed longer ago than this (`7d`), see `prune` "
+        "under [Commands](../reference/commands.md); one more connection"
+    ),
+    "TRANSACTION_POOL_SIZE": (
+        "connections for tasks' bound transactions (`taskworker.transaction()`), opened on "
+        "first use and kept; a task that asks while all are in use waits for one"
+    ),
+    "MAX_PAYLOAD_BYTES": (
+        "largest payload or result in bytes (1 MB; `512kB`, `1MB`, at most `1GB`): `enqueue` "
+        "refuses a larger payload, a claim ends such a task in `error` unrun, a larger result "
+        "fails its task"
+    ),
+    "DASHBOARD_HOST": (
+        "address the [dashboard](../how-to/dashboard.md) listens on; any address but a "
+        "loopback one needs `DASHBOARD_PASSWORD` or `DASHBOARD_TOKEN` (else exit code 2)"
+    ),
+    "DASHBOARD_PORT": (
+        "port of the dashboard: `taskworker dashboard` uses 8080 when it is not set; set for "
+        "`serve` (or `serve --dashboard`, 8080 by default), serve runs the dashboard too"
+    ),
+    "DASHBOARD_PASSWORD": (
+        "HTTP basic auth on every page of the dashboard; never logged or shown"
+    ),
+    "DASHBOARD_USER": "the user name that goes with `DASHBOARD_PASSWORD`",
+    "DASHBOARD_TOKEN": (
+        "a token for the dashboard: `Authorization: Bearer TOKEN`, or `/?token=TOKEN` opened "
+        "once in a browser (sets a session cookie)"
+    ),
+    "DASHBOARD_READONLY": "`true`: the dashboard shows no action and refuses every POST",
+    "DASHBOARD_HOSTS": (
+        "host names the [dashboard](../how-to/dashboard.md) answers besides `localhost`, the "
+        "loopback addresses and the address it listens on (`tasks.example.com,10.0.0.5`; any "
+        "port): the names a browser or a proxy sends in `Host`"
+    ),
+    "DASHBOARD_HIDE_ARGUMENTS": (
+        "task names (`send_email,billing.charge`), or `*` for every task, whose argument "
+        "values (and text payload) the [dashboard](../how-to/dashboard.md) never shows nor "
+        "searches: it shows each argument's position or name with `hidden "
+        "(DASHBOARD_HIDE_ARGUMENTS)`"
+    ),
+}
+
 
 def load(env: Mapping[str, str], overrides: Mapping[str, str | None] = {}) -> Settings:
     """Build the Settings from `env`, with `overrides` (CLI options) winning.

@@ -16,7 +16,7 @@ between are allowed); the comments show nothing on the site:
 
 A page's steps run in the order they appear, against a fresh migrated database of
 its own (`DATABASE_URL`), with the working folder first on `PYTHONPATH`.
-tests/test_docs_samples.py runs every page that has one.
+tests/test_docs_samples.py runs every page that has one, and the README's.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import dataclasses
 import re
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
 DIRECTIVE = re.compile(r"^<!-- (run|output|file: *(?P<path>\S+)|serve:(?P<args>[^>]*)) -->$")
 FENCE = re.compile(r"^(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
 
@@ -85,5 +86,5 @@ def steps(page: Path) -> list[Step]:
 
 
 def pages() -> list[Path]:
-    """Every page of the site that has a marked sample."""
-    return sorted(p for p in DOCS.rglob("*.md") if steps(p))
+    """Every page of the site that has a marked sample, and the README."""
+    return sorted(p for p in [REPO / "README.md", *DOCS.rglob("*.md")] if steps(p))

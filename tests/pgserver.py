@@ -4,7 +4,7 @@ Tests need a real server (SKIP LOCKED, LISTEN/NOTIFY, template databases), but
 must not depend on one being configured. `server_url()` uses TEST_DATABASE_URL
 when it answers and otherwise starts a private cluster on a free port, which is
 thrown away afterwards. The module has no pytest dependency so scripts (the
-README demo) can reuse it: `python tests/pgserver.py [--port N] [--dbname NAME]`
+demo) can reuse it: `python tests/pgserver.py [--port N] [--dbname NAME]`
 starts a cluster (on port N, default a free one; with database NAME created, default
 `postgres`), prints its URL and keeps it up until Ctrl+C / SIGTERM.
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from docs_samples import DOCS, Step, pages, steps
+from docs_samples import REPO, Step, pages, steps
 from proc import ServeProcess, child_env
 from invariants import stray_traceback
 
@@ -23,8 +23,8 @@ RUN_TIMEOUT = 90  # one block; a sample waits for tasks at most about 30 s
 
 def test_samples_are_found() -> None:
     """The marks are read: a page the site is known to test has its samples."""
-    found = [p.relative_to(DOCS).as_posix() for p in pages()]
-    assert "tutorial.md" in found, found
+    found = [p.relative_to(REPO).as_posix() for p in pages()]
+    assert {"README.md", "docs/tutorial.md"} <= set(found), found
 
 
 def _shell(lang: str) -> list[str]:
@@ -35,7 +35,7 @@ def _shell(lang: str) -> list[str]:
     raise AssertionError(f"cannot run a {lang or 'plain'} block: mark python or sh blocks")
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(DOCS).as_posix())
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(REPO).as_posix())
 def test_page_samples_run(page: Path, db_url: str, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -49,7 +49,7 @@ def test_page_samples_run(page: Path, db_url: str, tmp_path: Path) -> None:
     })
     served: list[ServeProcess] = []
     last: tuple[Step, str] | None = None
-    where = page.relative_to(DOCS.parent).as_posix()
+    where = page.relative_to(REPO).as_posix()
     try:
         for step in steps(page):
             at = f"{where}:{step.line}"

@@ -161,7 +161,7 @@ def test_json_every_line_of_the_process(db_url: str, db: Any, serve: ServeFactor
 def test_jq_reads_every_line(db_url: str, db: Any, serve: ServeFactory,
                              noisy_env: dict[str, str]) -> None:
     """jq, as a log pipeline runs it, over the whole output: it stops at the
-    first line that is not JSON; and the README's recipe for its date parser."""
+    first line that is not JSON; and the log reference's recipe for its date parser."""
     jq = shutil.which("jq")
     if jq is None:
         pytest.skip("jq is not installed (.ci/run installs it with apt-get)")

@@ -1,4 +1,4 @@
-"""What a release holds, and installing it as the README says to.
+"""What a release holds, and installing it as the install guide says to.
 
 `python -m build` makes the sdist and then the wheel from the unpacked sdist, so a
 file the sdist forgets is missing from the wheel too. `twine check --strict` is
@@ -84,6 +84,32 @@ def test_the_wheel_holds_what_the_package_reads(dists: Dists) -> None:
     assert meta["License-Expression"] == "MIT"
     assert meta["Author"]
     assert re.fullmatch(r"Homepage, https://\S+", meta["Project-URL"]), meta["Project-URL"]
+
+
+def test_the_description_works_away_from_the_repository(dists: Dists) -> None:
+    """PyPI shows the README away from the repository: in the built metadata every
+    link and image is absolute, and those into the repository start with the
+    project's URL (pyproject.toml, its one place) and name a file or folder of the
+    checkout (images: its raw files)."""
+    info = next(n for n in zipfile.ZipFile(dists.wheel).namelist() if n.endswith("/METADATA"))
+    meta = email.message_from_bytes(zipfile.ZipFile(dists.wheel).read(info))
+    assert meta["Description-Content-Type"].startswith("text/markdown")
+    text = meta.get_payload()
+    assert "taskworker serve --tasks myapp.tasks" in text  # the README, not another text
+    homepage = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Homepage"]
+    outside_code = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    targets = re.findall(r"(!?)\[[^\]]*\]\(([^)\s]+)\)", outside_code)
+    assert targets
+    relative = [t for _, t in targets if not t.startswith(("https://", "http://"))]
+    assert not relative, f"relative links: {relative}"
+    for image, url in targets:
+        rest = url.removeprefix(homepage)
+        if rest == url:
+            continue  # elsewhere (none today)
+        m = re.fullmatch(r"/(blob|raw)/main/([^#]+)(#.*)?", rest)
+        assert m, f"{url}: not a file or folder of the main branch"
+        assert m.group(1) == ("raw" if image else "blob"), url
+        assert (REPO / m.group(2)).exists(), f"{url}: no {m.group(2)} in the checkout"
 
 
 def test_classifiers_name_the_pythons_tox_tests(dists: Dists) -> None:

@@ -1,7 +1,7 @@
 """Through PgBouncer in transaction mode, with its stock settings: serve, every
 admin command and the enqueue API work; LISTEN through the pooler is detected
 and said in one line; LISTEN_DATABASE_URL gives the listener a direct
-connection. (`migrate` goes direct: see the README.)
+connection. (`migrate` goes direct: see docs/how-to/pgbouncer.md.)
 """
 from __future__ import annotations
 

@@ -1,246 +1,55 @@
-"""The README's configuration table is kept true to the code.
+"""The README is a page: what taskworker is, the two commands, a short tour, and links
+into the documentation site (docs/). Its links are relative, so they work in a clone and
+on any Git host; each must name a file of the checkout (setup.py makes them absolute
+for PyPI: tests/test_packaging.py). Its tour runs as a marked sample
+(tests/test_docs_samples.py).
 
-Its rows (variable(s), option, default, meaning) are compared with
-`taskworker.settings.FIELDS` and the `Settings` dataclass defaults: every variable
-is documented, every documented variable exists, every default shown is the real
-one, and every `--option` is an option of `taskworker serve` for that variable.
-The contents' links must name real sections too, every other link must work where
-the README is shown away from the repository (PyPI), and "Installing" must list the
-dependencies pyproject.toml declares.
-
-Pure: no database, no gevent in this process (`serve --help` runs as a subprocess).
+Pure: no database.
 """
-
 from __future__ import annotations
 
-import dataclasses
 import re
-import subprocess
-import sys
-import tomllib
 from pathlib import Path
-
-import pytest
-
-from taskworker import settings as tw_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-HEADER = ["Variable", "Option", "Default", "Meaning"]
-NO_VALUE = object()  # marks a Settings field without a default
+LONGEST = 220  # lines: "a README of about a page" (issue 26)
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-    line: int  # 1-based line number in README.md, for messages
-    variables: list[str]
-    options: list[str]
-    defaults: list[str]  # one per variable
+def outside_code(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
 
 
-def _cells(line: str) -> list[str]:
-    """The cells of a Markdown table line (`\\|` inside a cell is not a separator)."""
-    inner = line.strip()
-    assert inner.startswith("|") and inner.endswith("|"), line
-    return [cell.strip() for cell in re.split(r"(?<!\\)\|", inner[1:-1])]
+def test_the_readme_is_about_a_page() -> None:
+    lines = README.read_text("utf-8").splitlines()
+    assert len(lines) <= LONGEST, f"README.md has {len(lines)} lines: move the rest to docs/"
 
 
-def config_rows(text: str) -> list[Row]:
-    """The rows of the table under the `## Configuration` heading."""
-    lines = text.splitlines()
-    start = lines.index("## Configuration")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    table = [(i, line) for i, line in enumerate(lines[start:end], start + 1)
-             if line.lstrip().startswith("|")]
-    assert table, "no table under ## Configuration"
-    assert _cells(table[0][1]) == HEADER, f"unexpected header: {table[0][1]}"
-    assert set(table[1][1].replace("|", "").strip()) <= set("-: "), "no separator line"
-    rows = []
-    for number, line in table[2:]:
-        cells = _cells(line)
-        assert len(cells) == len(HEADER), f"README.md:{number}: {len(cells)} cells: {line}"
-        variables = re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0])
-        assert variables, f"README.md:{number}: no variable in {cells[0]!r}"
-        options = re.findall(r"`(--[a-z][a-z0-9-]*)`", cells[1])
-        defaults = [d.strip().strip("`").strip() for d in cells[2].split(" / ")]
-        if len(variables) > 1 and len(defaults) == 1:
-            defaults *= len(variables)  # one default shared by the row's variables
-        assert len(defaults) == len(variables), (
-            f"README.md:{number}: {len(variables)} variables but defaults {cells[2]!r}")
-        rows.append(Row(number, variables, options, defaults))
-    return rows
+def test_links_name_files_of_the_checkout() -> None:
+    targets = re.findall(r"\]\(([^)\s]+)\)", outside_code(README.read_text("utf-8")))
+    relative = [t for t in targets if not re.match(r"[a-z]+:", t)]
+    assert relative, "no link into the repository"
+    missing = [t for t in relative if not (ROOT / t.split("#")[0]).exists()]
+    assert not missing, f"links to nothing in the checkout: {missing}"
+    assert not [t for t in relative if t.startswith("#")], "a link to a section of the README"
 
 
-# --- the README's way of writing a default, read back as a value
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ms|s|m|h|d)")
-_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def normalise(text: str) -> object:
-    """`off` -> None, `true`/`false` -> bool, `5` -> 5, `0.1` -> 0.1, `5s`/`500ms`/`7d`
-    -> seconds as float, anything else -> the text itself."""
-    low = text.lower()
-    if low in ("off", "none", "(none)"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    if re.fullmatch(r"-?(\d+\.\d*|\.\d+)", text):
-        return float(text)
-    m = _DURATION.fullmatch(text)
-    if m:
-        return float(m.group(1)) * _SCALE[m.group(2)]
-    return text
-
-
-def same(shown: str, actual: object) -> bool:
-    """Does the README's `shown` default mean the dataclass default `actual`?"""
-    value = normalise(shown)
-    if actual == ():  # an empty list (TASK_MODULES): shown as none
-        actual = None
-    if actual is None or isinstance(actual, bool):
-        return value is actual
-    if isinstance(actual, int):  # a count: written as a whole number, not `5s`
-        return type(value) is int and value == actual
-    if isinstance(actual, float):  # seconds or a fraction: `5s`, `5`, `0.1`
-        return type(value) in (int, float) and float(value) == actual
-    return value == actual
-
-
-def test_normalise() -> None:
-    assert same("5s", 5.0) and same("300s", 300.0) and same("5", 5.0)
-    assert same("500ms", 0.5) and same("2m", 120.0) and same("7d", 604800.0)
-    assert same("off", None) and same("true", True) and same("false", False)
-    assert same("INFO", "INFO") and same("0.1", 0.1) and same("10", 10)
-    assert not same("5s", 5)  # a count is not a duration
-    assert not same("6", 5) and not same("4s", 5.0) and not same("on", True)
-    assert not same("0", None) and not same("1", True) and not same("info", "INFO")
-
-
-def defaults() -> dict[str, object]:
-    """Environment variable -> the default of its Settings field."""
-    fields = {f.name: f for f in dataclasses.fields(tw_settings.Settings)}
-    found = {}
-    for var, (name, _parse) in tw_settings.FIELDS.items():
-        field = fields[name]
-        found[var] = NO_VALUE if field.default is dataclasses.MISSING else field.default
-    found["DATABASE_URL"] = tw_settings.DEFAULT_DATABASE_URL  # the field has none: load() sets it
-    return found
-
-
-@pytest.fixture(scope="module")
-def rows() -> list[Row]:
-    return config_rows(README.read_text("utf-8"))
-
-
-def test_every_variable_is_documented_once(rows: list[Row]) -> None:
-    documented = [var for row in rows for var in row.variables]
-    duplicated = sorted({var for var in documented if documented.count(var) > 1})
-    assert not duplicated, f"in more than one row of the configuration table: {duplicated}"
-    missing = sorted(set(tw_settings.FIELDS) - set(documented))
-    assert not missing, f"settings.FIELDS has variables the README does not list: {missing}"
-    unknown = sorted(set(documented) - set(tw_settings.FIELDS))
-    assert not unknown, f"the README lists variables settings.FIELDS does not have: {unknown}"
-
-
-def test_defaults_match_settings(rows: list[Row]) -> None:
-    actual = defaults()
-    wrong = []
-    for row in rows:
-        for var, shown in zip(row.variables, row.defaults, strict=True):
-            if var not in actual:
-                continue  # reported by test_every_variable_is_documented_once
-            assert actual[var] is not NO_VALUE, f"Settings has no default for {var}"
-            if not same(shown, actual[var]):
-                wrong.append(f"README.md:{row.line}: {var} default shown as {shown!r}, "
-                             f"but Settings says {actual[var]!r}")
-    assert not wrong, "\n".join(wrong)
-
-
-def test_options_belong_to_serve(rows: list[Row]) -> None:
-    """Each option is in `taskworker serve --help` (`dashboard --help` for the
-    dashboard's settings), and its help names the row's variable."""
-    helps = {command: " ".join(subprocess.run(  # click wraps lines anywhere between words
-        [sys.executable, "-m", "taskworker", command, "--help"], capture_output=True,
-        text=True, timeout=60, cwd=ROOT, check=True).stdout.split())
-        for command in ("serve", "dashboard")}
-    options = [(row, option) for row in rows for option in row.options]
-    assert options, "no --option in the configuration table"
-    for row, option in options:
-        command = "dashboard" if row.variables[0].startswith("DASHBOARD_") else "serve"
-        flat = helps[command]
-        m = re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])(.*?)(?= -\w, --| --|$)", flat)
-        assert m, f"README.md:{row.line}: {option} is not an option of taskworker {command}"
-        env = re.findall(r"\[env ([A-Z0-9_]+)", m.group(1))
-        assert env and env[0] in row.variables, (
-            f"README.md:{row.line}: {command} --help says {option} sets {env}, "
-            f"the README says {row.variables}")
-
-
-def _slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to -."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
-def test_section_links_resolve() -> None:
+def test_every_page_of_the_site_is_one_click_away() -> None:
+    """The README's Documentation section links the tutorial and every how-to, reference
+    and explanation page (the site's navigation has the rest)."""
     text = README.read_text("utf-8")
-    outside_code = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    anchors = {_slug(m) for m in re.findall(r"^#{1,6} (.+)$", outside_code, flags=re.M)}
-    links = set(re.findall(r"\]\(#([^)]+)\)", outside_code))
-    assert links, "no section links"
-    assert not links - anchors, f"links to no heading: {sorted(links - anchors)}"
-
-
-def test_links_work_away_from_the_repository() -> None:
-    """The README is also the package's long description, shown where a relative link
-    leads nowhere (PyPI): every link and image is absolute, and those into the
-    repository start with the project's URL (pyproject.toml, its one place) and name a
-    file or folder the checkout has."""
-    text = README.read_text("utf-8")
-    homepage = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Homepage"]
-    outside_code = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
-    targets = re.findall(r"\]\(([^)\s]+)\)", outside_code)
-    relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
-    assert not relative, f"relative links: {relative}"
-
-    owner = homepage.rsplit("/", 1)[0]  # the same host and owner under another name: a typo
-    named = re.findall(re.escape(owner) + r"/[^\s)>`]*", text)
-    assert named, f"the README never names {homepage}"
-    for url in named:
-        rest = url.removeprefix(homepage)
-        assert rest != url, f"{url} is not under {homepage}"
-        if rest in ("", ".git"):
-            continue
-        m = re.fullmatch(r"/(blob|raw|tree)/main/(.+)", rest)
-        assert m, f"{url}: not a file or folder of the main branch"
-        path = ROOT / m.group(2)
-        assert path.is_dir() if m.group(1) == "tree" else path.is_file(), f"{url}: no {path}"
-
-
-def test_installing_lists_what_installing_pulls_in() -> None:
-    """The table names every dependency, and the command that installs them by hand
-    names the same ones, psycopg2 in place of psycopg2-binary."""
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in declared}
-    section = README.read_text("utf-8").split("\n## Installing\n", 1)[1].split("\n## ", 1)[0]
-    table = {m.lower() for m in re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)}
-    assert table == names
-    by_hand = re.search(r"^pip install (?!--)(.+)$", section, flags=re.M)
-    assert by_hand, "no `pip install <dependencies>` line"
-    assert {w.lower() for w in by_hand.group(1).split()} == (
-        names - {"psycopg2-binary"} | {"psycopg2"})
-    assert re.search(r"^pip install --no-deps \./taskworker$", section, flags=re.M)
+    linked = set(re.findall(r"\]\((docs/[^)#\s]+)\)", text))
+    pages = {p.relative_to(ROOT).as_posix() for folder in ("how-to", "reference", "explanation")
+             for p in (ROOT / "docs" / folder).glob("*.md")}
+    pages.add("docs/tutorial.md")
+    assert not pages - linked, f"pages the README does not link: {sorted(pages - linked)}"
 
 
 def test_two_commands_says_what_ci_installs_and_where_the_tests_point() -> None:
     """Every system package .ci/run may install is named under "Two commands", with
     the superuser URL the tests use on the local server (issue 25, item 14)."""
-    text = README.read_text()
-    section = text[text.index("## Two commands"):text.index("## A five-minute tour")]
+    text = README.read_text("utf-8")
+    section = text.split("\n## Two commands\n", 1)[1].split("\n## ", 1)[0]
     installs = re.findall(r'missing="\$missing ([\w-]+)"', (ROOT / ".ci" / "run").read_text())
     assert installs, "no package found in .ci/run"
     for package in installs:

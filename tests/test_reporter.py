@@ -1,7 +1,7 @@
 """One process exports the gauges about the whole table (queue depth, backlog by
 queue and by task name) for every process, chosen through the database (the
 lease row of taskworker_metrics_reporter): with several `serve` processes on one
-database, the README's dashboard queries count the table once. Through a clean
+database, the dashboard queries of the metrics reference count the table once. Through a clean
 handover (SIGINT: the row is handed back), a frozen reporter (the row runs out;
 woken, it gives way), a reporter that cannot renew its row (it stops exporting
 by itself when the row runs out, while its statement still hangs), behind
@@ -32,11 +32,11 @@ from prometheus import SCRAPE_EVERY, prometheus
 from prometheus import available as prometheus_available
 from scrapes import get, scrape, value
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+METRICS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "reference" / "metrics.md"
 # taskworker/web/table_metrics.py's (not imported: no gevent in the pytest process):
 DEPTH_EVERY = 5.0  # seconds between samples, each after a claim of the row
 REPORTER_TTL = 15.0  # seconds the row is held past a renewal
-# The dashboard queries the README shows, run here on the processes' scrapes.
+# The dashboard queries the metrics reference shows, run here on the processes' scrapes.
 DEPTH_QUERY = "max by (status) (taskworker_queue_depth)"
 BACKLOG_QUERY = "max by (queue, state) (taskworker_tasks_by_queue)"
 QUICK = {"TASK_MIN_SECONDS": "0", "TASK_MAX_SECONDS": "0", "TASK_FAILURE_RATE": "0",
@@ -130,8 +130,8 @@ def stop(p: ServeProcess) -> None:
     assert not stray_traceback(p.output()), p.output()[-4000:]
 
 
-def test_the_readme_shows_the_queries_tested_here() -> None:
-    text = README.read_text()
+def test_the_reference_shows_the_queries_tested_here() -> None:
+    text = METRICS_PAGE.read_text()
     assert DEPTH_QUERY in text and BACKLOG_QUERY in text
 
 
@@ -274,7 +274,7 @@ def test_one_reporter_behind_pgbouncer_sharing_one_server_connection(
                     "(.ci/run installs it: apt-get install prometheus)")
 def test_the_readme_query_in_prometheus_through_a_handover(
         db_url: str, db: Any, serve: ServeFactory, tmp_path: Path) -> None:
-    """A real Prometheus scraping two processes every second: the README's query
+    """A real Prometheus scraping two processes every second: the metrics reference's query
     answers the table's counts, before, during and after the reporter's shutdown
     (during it, Prometheus may still hold the old reporter's last sample beside the
     new one's for a scrape: `max` is not fooled by that)."""

@@ -229,7 +229,7 @@ def test_help_mentions_every_option_and_variable() -> None:
 
 
 def test_env_example_is_valid_configuration() -> None:
-    """.env.example, copied to .env as the README says, loads; it names only real
+    """.env.example, copied to .env as the tutorial says, loads; it names only real
     settings."""
     from dotenv import dotenv_values
 

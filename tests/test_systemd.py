@@ -71,13 +71,12 @@ def systemd_analyze() -> str:
     return found
 
 
-def readme_steps() -> list[str]:
-    """The commands of the README's "Running under systemd" block, comments dropped
-    and `a && b` split in two."""
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Running under systemd\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```sh\n(.*?)```", section, flags=re.S)
-    assert block, "no ```sh block in the README's systemd section"
+def guide_steps() -> list[str]:
+    """The commands of the first ```sh block of docs/how-to/systemd.md (the
+    documentation's systemd guide), comments dropped and `a && b` split in two."""
+    text = (REPO / "docs" / "how-to" / "systemd.md").read_text()
+    block = re.search(r"^```sh\n(.*?)^```", text, flags=re.S | re.M)
+    assert block, "no ```sh block in docs/how-to/systemd.md"
     commands = []
     for line in block.group(1).splitlines():
         line = re.sub(r"\s+#\s.*$", "", line).strip()
@@ -94,7 +93,7 @@ def test_the_readme_steps_install_on_a_fresh_host(tmp_path: Path, empty_db_url: 
     homepage = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Homepage"]
     path = os.pathsep.join([str(Path(sys.executable).parent), clean_env()["PATH"]])
     outputs, left = [], []
-    for command in readme_steps():
+    for command in guide_steps():
         words = command.split()
         if words[0] in ("systemctl", "journalctl") or "./myapp" in words:
             left.append(command)  # needs a running systemd / is the reader's own project

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from docs_samples import REPO, Step, pages, steps
-from proc import ServeProcess, child_env
 from invariants import stray_traceback
+from proc import ServeProcess, child_env
 
 RUN_TIMEOUT = 90  # one block; a sample waits for tasks at most about 30 s
 

@@ -1,4 +1,4 @@
-"""The package's shape, as the documentation's "How it works" (docs/explanation/how-it-works.md) describes it: no import
+"""The package's shape, as docs/explanation/how-it-works.md describes it: no import
 cycle, imports going one way between the sides, and SQL only in the store.
 (Module size follows cohesion, not a line count: no limit is checked.) Read
 from the source with `ast`: nothing is imported or patched here.

@@ -1,4 +1,4 @@
-"""Take the README's screenshots of the dashboard (docs/dashboard/*.png).
+"""Take the documentation's screenshots of the dashboard (docs/dashboard/*.png).
 
     python scripts/dashboard_screenshots.py postgresql://postgres@127.0.0.1:5432/postgres
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's first command: bring the demo up from a fresh clone.
+# The README's first command ("Two commands"): bring the demo up from a fresh clone.
 #   1. install taskworker into .venv
 #   2. use the PostgreSQL that DATABASE_URL (environment or .env) names if it
 #      answers (creating its database if the server answers but the database is

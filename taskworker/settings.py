@@ -339,7 +339,7 @@ MEANINGS: dict[str, str] = {
     ),
     "CONNECT_TIMEOUT": (
         "limit on one connection attempt; with several hosts in the URL, on each host in turn "
-        "(see [Failover](../how-to/production.md))"
+        "(see [Survive a failover](../how-to/hosts.md#survive-a-failover))"
     ),
     "LISTEN": (
         "wake on `LISTEN/NOTIFY`; behind PgBouncer in transaction mode set "

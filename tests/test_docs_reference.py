@@ -239,3 +239,16 @@ def test_every_log_line_is_listed_and_the_table_of_common_ones_is_true() -> None
     unknown = [row for row in rows if not any(s.fullmatch(row.removesuffix(" ...")
                                                           .removesuffix(": ...")) for s in shapes)]
     assert not unknown, f"lines of the table that no logging call writes: {unknown}"
+
+
+def test_the_supported_pythons_are_those_ci_tests() -> None:
+    """"What is supported" names the Python versions tox's envlist tests, no more."""
+    import configparser
+
+    tox = configparser.ConfigParser()
+    tox.read(ROOT / "tox.ini")
+    tested = {f"3.{minor}" for minor in re.findall(r"\bpy3(\d+)\b", tox["tox"]["envlist"])}
+    page = (ROOT / "docs" / "releasing.md").read_text("utf-8")
+    line = re.search(r"^- \*\*Python\*\* (.+)$", page, flags=re.M)
+    assert line, "no **Python** line under What is supported"
+    assert set(re.findall(r"\b3\.\d+\b", line.group(1))) == tested, line.group(0)

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from docs_samples import steps
 from invariants import insert_tasks, query
 from proc import ServeFactory, ServeProcess, importable, run_cli
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial.md"
 HANDLER_SETTINGS = "task_timeout,max_retries,task_min_seconds,task_max_seconds,task_failure_rate"
 
 HANDLERS = '''\
@@ -136,38 +137,35 @@ def test_handler_path_must_look_like_module_colon_function(db_url: str) -> None:
                            "expected package.module:function")
 
 
-def test_the_readmes_handler_as_the_readme_runs_it(db_url: str, db: Any, tmp_path: Path) -> None:
-    """The tour's step 7, run as it stands in the README: the first shell block
-    writes myapp/tasks.py into the current folder, the second starts the
-    `taskworker` console script with --tasks naming it (no PYTHONPATH: the
-    console script must find myapp in the current folder by itself), and the
-    Python block enqueues a call and waits for it, printing what the README
-    shows."""
-    text = README.read_text()
-    write = re.search(r"```sh\n(mkdir -p myapp && cat > myapp/tasks\.py <<'EOF'\n.*?\nEOF)\n```",
-                      text, re.S)
+def test_the_tutorials_tasks_as_the_tutorial_runs_them(db_url: str, tmp_path: Path) -> None:
+    """The tutorial's steps 7 to 9, run as a user runs them: its files written into
+    the current folder (myapp/tasks.py, order.py), its serve block run as it stands
+    (the `taskworker` console script with --tasks naming myapp.tasks; no PYTHONPATH:
+    the console script must find myapp in the current folder by itself), and
+    `python order.py` printing what the tutorial shows."""
+    text = TUTORIAL.read_text()
     run = re.search(r"```sh\n(taskworker serve --tasks myapp\.tasks)\n```", text)
-    call = re.search(r"```sh\npython - <<'EOF'\n(import [^`]*?from myapp\.tasks import .*?)\n"
-                     r"EOF\n```\n\n```\n(.*?)\n```", text, re.S)
-    assert write and run and call, "the README's task example changed: update this test"
+    call = re.search(r"<!-- run -->\n```sh\n(python order\.py)\n```\n\n<!-- output -->\n"
+                     r"```\n(.*?)\n```", text, re.S)
+    files = {step.path: step.code for step in steps(TUTORIAL) if step.kind == "file"}
+    assert run and call and {"myapp/tasks.py", "order.py"} <= set(files), \
+        "the tutorial's application changed: update this test"
     bindir = Path(sys.executable).parent
     if not (bindir / "taskworker").exists():
         pytest.skip(f"taskworker is not installed as a console script in {bindir}")
     app = tmp_path / "app"
-    app.mkdir()
+    for path, code in files.items():
+        (app / path).parent.mkdir(parents=True, exist_ok=True)
+        (app / path).write_text(code)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(DATABASE_URL=db_url, PATH=f"{bindir}{os.pathsep}{env.get('PATH', '')}",
                FETCH_INTERVAL="0.2", PYTHONUNBUFFERED="1")
-    subprocess.run(["bash", "-c", write.group(1)], cwd=app, env=env, check=True)
     p = ServeProcess([], env, str(app), str(tmp_path / "serve.log"),
                      command=["bash", "-c", run.group(1)])  # bash execs the one command
     try:
         p.wait_for("Starting worker 1")
-        code = call.group(1).replace("postgres://postgres@127.0.0.1:5432/taskprocessor",
-                                     db_url)  # (the tour's database: the test's here)
-        done = subprocess.run([sys.executable, "-c", code], cwd=app,
-                              env={**env, "PYTHONPATH": str(app)}, capture_output=True,
-                              text=True, timeout=60, check=False)
+        done = subprocess.run(["bash", "-c", call.group(1)], cwd=app, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
     finally:
         p.kill()
     assert done.returncode == 0, done.stderr + p.output()

@@ -1,6 +1,6 @@
-"""contrib/taskworker.service and the README's steps that install it.
+"""contrib/taskworker.service and the steps of docs/how-to/systemd.md that install it.
 
-Nothing here starts systemd. The README's steps run as they stand, with /opt, /etc
+Nothing here starts systemd. The guide's steps run as they stand, with /opt, /etc
 and /var moved under a scratch root, on a host where no taskworker user or folder
 exists: all but the `systemctl`/`journalctl` ones, which need a running systemd.
 `systemd-analyze` (Debian's systemd package; .ci/run installs it) verifies the unit
@@ -85,7 +85,7 @@ def guide_steps() -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_readme_steps_install_on_a_fresh_host(tmp_path: Path, empty_db_url: str) -> None:
+def test_the_guide_steps_install_on_a_fresh_host(tmp_path: Path, empty_db_url: str) -> None:
     root, work = tmp_path / "root", tmp_path / "work"
     (root / "etc/systemd/system").mkdir(parents=True)  # a host with systemd has it; no more
     work.mkdir()
@@ -126,7 +126,7 @@ def test_the_readme_steps_install_on_a_fresh_host(tmp_path: Path, empty_db_url: 
 
 
 def test_the_unit_verifies(tmp_path: Path) -> None:
-    """As installed by the README's steps: `verify` also checks that ExecStart's
+    """As installed by the guide's steps: `verify` also checks that ExecStart's
     program exists, which the previous test does with the real one."""
     analyze = systemd_analyze()
     if not SYSTEM_UNITS.is_dir():

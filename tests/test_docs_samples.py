@@ -4,6 +4,7 @@ real PostgreSQL (tests/docs_samples.py says how a page marks them).
 Each page runs in a fresh empty folder with a fresh migrated database: files are
 written, `taskworker serve` started, blocks run in order; a block marked as output
 must be what the run before it printed. A sample that fails shows the page and line.
+Marked `docs`: tox runs them in its docs environment, after the site's strict build.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 from docs_samples import REPO, Step, pages, steps
 from invariants import stray_traceback
 from proc import ServeProcess, child_env
+
+pytestmark = pytest.mark.docs  # tox runs these in its docs environment
 
 RUN_TIMEOUT = 90  # one block; a sample waits for tasks at most about 30 s
 

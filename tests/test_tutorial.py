@@ -27,10 +27,6 @@ import sys
 from pathlib import Path
 
 import psycopg2
-import time
-T0 = [0.0]
-def mark(s):
-    print(f'{time.monotonic()-T0[0]:.1f} {s}', flush=True)
 from dashboard_client import running_dashboard
 from docs_samples import steps
 from invariants import query, wait_until
@@ -123,7 +119,6 @@ def assert_in_order(sample: str, real: str, what: str) -> None:
 
 def test_the_tutorial_prints_what_it_shows(empty_db_url: str, serve: ServeFactory,
                                            tmp_path: Path) -> None:
-    T0[0] = time.monotonic()
     env = {"DATABASE_URL": empty_db_url}
     shell_env = child_env({**env, "PATH": _with_python()})
     cwd = tmp_path / "cwd"  # the serve fixture's folder: the user's project folder
@@ -169,7 +164,6 @@ def test_the_tutorial_prints_what_it_shows(empty_db_url: str, serve: ServeFactor
         ran = subprocess.run(["bash", "-c", block("hello from Python")], cwd=cwd,
                              capture_output=True, text=True, env=shell_env, timeout=60)
         assert ran.returncode == 0 and re.fullmatch(r"\d+\n", ran.stdout), ran
-        mark('demo.signal(signal.SIGINT)  # ')
         demo.signal(signal.SIGINT)  # the end of the demo
         assert demo.wait() == 0, demo.output()
 
@@ -179,7 +173,6 @@ def test_the_tutorial_prints_what_it_shows(empty_db_url: str, serve: ServeFactor
                 (cwd / step.path).parent.mkdir(parents=True, exist_ok=True)
                 (cwd / step.path).write_text(step.code)
         assert block("taskworker serve --tasks") == "taskworker serve --tasks myapp.tasks\n"
-        mark('app = serve(empty_db_url')
         app = serve(empty_db_url, args=["--tasks", "myapp.tasks"])
         app.wait_for(r"Starting task processor")
         for script in ("python order.py", "python photos.py"):
@@ -189,7 +182,6 @@ def test_the_tutorial_prints_what_it_shows(empty_db_url: str, serve: ServeFactor
             assert ran.stdout.strip() == after(script).strip(), (script, ran.stdout)
 
         # Step 11: the dashboard counts the three queues; the schedule after a tick.
-        mark('with running_dashboard')
         with running_dashboard(empty_db_url, tmp_path) as dashboard:
             sample = block("$ taskworker dashboard").split("\n", 1)[1]
             assert_contiguous(sample, dashboard.output(), "step 11, dashboard")
@@ -201,13 +193,10 @@ def test_the_tutorial_prints_what_it_shows(empty_db_url: str, serve: ServeFactor
                 queues = page.text.split("By queue", 1)[1].split("By task name", 1)[0]
                 return all(name in queues.split() for name in ("default", "emails", "images"))
 
-            mark('wait_until(counted')
             wait_until(counted, 30, "the overview to count the three queues", [app])
-            mark('page = client.get("/schedules"')
             page = client.get("/schedules")
             assert page.status == 200 and "myapp.tasks.report every 10s" in \
                 " ".join(page.text.split()), page
-        mark('sample = block("$ taskworker s')
         sample = block("$ taskworker schedule").split("\n", 1)[1]
 
         def listed() -> bool:
@@ -221,13 +210,10 @@ def test_the_tutorial_prints_what_it_shows(empty_db_url: str, serve: ServeFactor
         except AssertionError:
             assert_contiguous(sample, run_cli(["schedule"], env=env)[1], "step 11, schedule")
             raise
-        mark('assert_in_order(block("Serving')
         assert_in_order(block("Serving tasks: myapp.tasks"), app.output(), "step 8, serve")
 
-        mark('app.signal(signal.SIGINT)  # s')
         app.signal(signal.SIGINT)  # step 12
         assert app.wait() == 0, app.output()
-        mark("stopped")
         assert_in_order(block("Shutdown signal received"), app.output(), "step 12, Ctrl+C")
     finally:
         db.close()

@@ -10,8 +10,12 @@
 
 Inside `eager()`, enqueueing a registered task (`.enqueue`, and
 `taskworker.enqueue(..., task=...)` with arguments or a text payload) runs it
-at once, in the caller's thread, and writes nothing to the database: the
-connection is not used (pass None if the code under test has none). The
+at once, in the thread that enqueued it, and writes nothing to the database:
+the connection is not used (pass None if the code under test has none). The
+block holds for every thread of the process, not only the test's own: a test
+client that runs the application in a thread of its own (FastAPI's and
+Starlette's TestClient) enqueues eagerly too. A thread (or greenlet) that opens
+a block of its own sees only its own. The
 same checks as a real enqueue come first (the signature, what JSON can carry,
 names, priorities, times), the arguments make the same JSON round trip a worker's
 would, and the return value must be JSON too. `taskworker.result` and
@@ -40,6 +44,9 @@ from .handlers import HandlerSettings, TaskContext, _running
 from .store.admin import Outcome
 
 _local = threading.local()  # (greenlet-local under gevent's patching)
+# The open eager() blocks of the process, innermost last: what a thread that
+# opened none of its own sees (a test client's server thread).
+_everywhere: list[EagerRunner] = []
 
 
 @dataclass
@@ -59,6 +66,7 @@ class EagerRunner:
         self.outcomes: dict[int, Outcome] = {}
         self.queued: list[_Queued] = []
         self._next_id = 1
+        self._ids = threading.Lock()  # (enqueues may come from several threads)
 
     def enqueued(self, name: str, arguments: str | None, placement: Any,
                  unique_key: str | None = None, payload: str | None = None) -> int:
@@ -66,8 +74,9 @@ class EagerRunner:
         if registry.get(name) is None:
             raise LookupError(f"eager mode runs registered tasks; no task {name!r} is "
                               "registered in this process")
-        task_id = self._next_id
-        self._next_id += 1
+        with self._ids:
+            task_id = self._next_id
+            self._next_id += 1
         entry = _Queued(task_id, name, arguments, payload)
         self.outcomes[task_id] = Outcome(task_id, "pending", 1 if arguments is None else 2,
                                          None, None, None, None)
@@ -161,8 +170,12 @@ class _EagerRun:
 
 
 def active() -> EagerRunner | None:
-    """The runner of the innermost `eager()` block of this thread, or None."""
-    return getattr(_local, "runner", None)
+    """The runner of the innermost `eager()` block of this thread; in a thread
+    that opened none, that of the process's innermost block; else None."""
+    runner: EagerRunner | None = getattr(_local, "runner", None)
+    if runner is None and _everywhere:
+        return _everywhere[-1]
+    return runner
 
 
 @contextmanager
@@ -171,10 +184,13 @@ def eager(defer: bool = False, connection: Any = None) -> Iterator[EagerRunner]:
     docstring); `defer`: only when the test calls `.run()`. `connection`: what
     `taskworker.transaction()` gives a task (a savepoint on it, released when
     the task ends done, rolled back otherwise); without one it raises."""
-    was = active()
-    _local.runner = EagerRunner(defer, connection)
+    was = getattr(_local, "runner", None)
+    runner = EagerRunner(defer, connection)
+    _local.runner = runner
+    _everywhere.append(runner)
     try:
-        yield _local.runner
+        yield runner
     finally:
         _local.runner = was
+        _everywhere.remove(runner)
 

@@ -347,6 +347,38 @@ def test_eager_mode_runs_calls_at_once_or_at_the_tests_call(tmp_path: Path) -> N
     assert taskworker.testing.active() is None
 
 
+def test_eager_mode_holds_for_the_threads_a_test_client_runs_the_app_in(
+        tmp_path: Path) -> None:
+    """A test client runs the application in a thread of its own (FastAPI's
+    TestClient): its enqueues run eagerly too, each in the thread that enqueued
+    it, and the test reads their results. A thread with a block of its own sees
+    only its own; once the test's block ends, no thread is eager."""
+    (tmp_path / "cwd").mkdir()
+    app, _ = load_app(tmp_path)
+    seen: dict[str, Any] = {}
+
+    def server() -> None:  # what the client's thread runs: a route that enqueues
+        seen["id"] = app.send_email.enqueue(None, "bob@example.com", subject="Yo")
+        seen["thread"] = threading.get_ident()
+
+    def own_block(outer: Any) -> None:
+        with taskworker.testing.eager(defer=True) as mine:
+            seen["own"] = taskworker.testing.active() is mine is not outer
+
+    with taskworker.testing.eager() as outer:
+        for target in (server, lambda: own_block(outer)):
+            thread = threading.Thread(target=target)
+            thread.start()
+            thread.join()
+        assert seen["thread"] != threading.get_ident()
+        assert taskworker.result(None, seen["id"])["subject"] == "Yo"
+        assert seen["own"] is True
+    after = threading.Thread(target=lambda: seen.update(after=taskworker.testing.active()))
+    after.start()
+    after.join()
+    assert seen["after"] is None and taskworker.testing.active() is None
+
+
 def test_json_arguments_round_trip_as_json_does(db: Any, tmp_path: Path) -> None:
     (tmp_path / "cwd").mkdir()
     app, _ = load_app(tmp_path)

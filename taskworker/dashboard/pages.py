@@ -138,15 +138,23 @@ def tasks(app: Dashboard, request: Request) -> Response:
                  and task_id(request.query[name].strip()) is None]
     before = task_id(request.query.get("before", "").strip())
     wanted_id = task_id(request.query.get("id", "").strip())
-    with app.pool.connection(search=bool(f.text)) as db:
+    # A text search reads the newest window on any connection (a common word
+    # fills its page there, in milliseconds) and goes below it, through the search
+    # index, only on one of the pool's few search turns: on a long history a rare
+    # word can take seconds, and must not hold every connection.
+    with app.pool.connection() as db:
         if wrong_ids:
-            page = store.Page([], None, None)
+            found: store.Page | store.Unfilled = store.Page([], None, None)
         elif wanted_id is not None:
-            found = store.page(db, f, wanted_id + 1, 1)
-            page = store.Page([r for r in found.rows if r.id == wanted_id], None, None)
+            found = store.page(db, f, wanted_id + 1, 1, rest=False)
         else:
-            page = store.page(db, f, before, PAGE_SIZE)
+            found = store.page(db, f, before, PAGE_SIZE, rest=False)
         lag = search.lag(db) if f.text else None
+    if isinstance(found, store.Unfilled):
+        with app.pool.connection(search=True) as db:
+            found = store.text_rest(db, f, found)
+    page = found if wanted_id is None else store.Page(
+        [r for r in found.rows if r.id == wanted_id], None, None)
     hidden = {r.id for r in page.rows if app.settings.hides_arguments(r.task)}
     page = page._replace(rows=[r._replace(payload=None, payload_length=None, arguments=None,
                                           arguments_length=None) if r.id in hidden else r

@@ -97,8 +97,22 @@ class Page(NamedTuple):
     searched_to: int | None  # a page the window did not fill: searched down to this id
 
 
-def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
-    """Up to `limit` tasks matching `f` with ids below `before` (None: the newest)."""
+class Unfilled(NamedTuple):
+    """A text search's page that the window of the newest ids did not fill: the
+    rows found there, and below `floor` the rest to look for through the search
+    index (`text_rest`), which may take seconds on a long history: the dashboard
+    does that part on one of its few search turns, the window on any connection."""
+
+    rows: list[Row]
+    floor: int
+    limit: int
+
+
+def page(db: Database, f: Filter, before: int | None, limit: int,
+         rest: bool = True) -> Page | Unfilled:
+    """Up to `limit` tasks matching `f` with ids below `before` (None: the newest).
+    A text search the newest window does not fill: with `rest`, searched on
+    below it here; without, Unfilled, for `text_rest` to finish."""
     if f.workflow is not None:  # (its index lists the workflow's tasks, however old)
         rows = _rows(db, sql.dash_tasks, f, HIGHEST if before is None else before,
                      LOWEST, limit + 1)
@@ -113,7 +127,8 @@ def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
         return Page([], None, None)
     top = highest + 1 if before is None else min(before, highest + 1)
     if f.text:
-        return _text_page(db, f, top, limit)
+        window = _text_window(db, f, top, lowest, limit)
+        return text_rest(db, f, window) if rest and isinstance(window, Unfilled) else window
     floor = max(top - WINDOW, LOWEST)
     rows = _rows(db, sql.dash_tasks, f, top, floor, limit + 1)
     if len(rows) > limit:
@@ -123,25 +138,35 @@ def page(db: Database, f: Filter, before: int | None, limit: int) -> Page:
     return Page(rows, floor, floor)
 
 
-def _text_page(db: Database, f: Filter, top: int, limit: int) -> Page:
-    """A window of the newest ids first (a common word fills the page there, and
-    the trigram index would list most of the table for it); below that window,
-    finished tasks through the search side table (and those finished since the
-    indexer last passed, directly), live ones through their partial indexes."""
+def _text_window(db: Database, f: Filter, top: int, lowest: int,
+                 limit: int) -> Page | Unfilled:
+    """The window of the newest ids, read directly: a common word fills the page
+    there (and the trigram index would list most of the table for it)."""
     floor = max(top - TEXT_WINDOW, LOWEST)
     rows = _rows(db, sql.dash_tasks, f, top, floor, limit + 1)
-    if len(rows) <= limit:
-        want = limit + 1 - len(rows)
-        params = {**f.params(), "before": floor, "limit": want}
-        found: list[Row] = []
-        if f.status is None or f.status in FINISHED:
-            found += [Row(*r) for r in db.query(sql.dash_tasks_text_finished, params)]
-        live = ("pending", "in_progress") if f.status is None \
-            else (params["status"],) if f.status in LIVE else ()
-        for status in live:
-            found += [Row(*r) for r in db.query(sql.dash_tasks_text_live,
-                                                {**params, "status": status})]
-        rows += sorted(found, key=lambda r: -r.id)[:want]
+    if len(rows) > limit:
+        return Page(rows[:limit], rows[limit - 1].id, None)
+    if floor <= lowest:  # (the window reached the oldest task: nothing is below)
+        return Page(rows, None, None)
+    return Unfilled(rows, floor, limit)
+
+
+def text_rest(db: Database, f: Filter, window: Unfilled) -> Page:
+    """A text search's page finished below its window: finished tasks through the
+    search side table (and those finished since the indexer last passed,
+    directly), live ones through their partial indexes."""
+    rows, limit = list(window.rows), window.limit
+    want = limit + 1 - len(rows)
+    params = {**f.params(), "before": window.floor, "limit": want}
+    found: list[Row] = []
+    if f.status is None or f.status in FINISHED:
+        found += [Row(*r) for r in db.query(sql.dash_tasks_text_finished, params)]
+    live = ("pending", "in_progress") if f.status is None \
+        else (params["status"],) if f.status in LIVE else ()
+    for status in live:
+        found += [Row(*r) for r in db.query(sql.dash_tasks_text_live,
+                                            {**params, "status": status})]
+    rows += sorted(found, key=lambda r: -r.id)[:want]
     return Page(rows[:limit], rows[limit - 1].id if len(rows) > limit else None, None)
 
 

@@ -21,7 +21,7 @@ def bench_bound(n):
 
 @taskworker.task("bench_apart_connect")
 def bench_apart_connect(n):
-    """Today's way in the README's example: a connection of its own per run,
+    """The way of the old README example (before part 21): a connection of its own per run,
     committed apart from the outcome."""
     conn = psycopg2.connect(os.environ["DATABASE_URL"])
     try:

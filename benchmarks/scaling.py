@@ -8,7 +8,7 @@ updated_at, start-up excluded), with either
 
 - I/O-bound tasks (benchmarks/iobound.py: a cooperative 50 ms sleep), directly
   and through a PgBouncer in transaction mode (tests/pgbouncer.py, started on the
-  switch, stock settings) with LISTEN_DATABASE_URL pointing direct, as the README
+  switch, stock settings) with LISTEN_DATABASE_URL pointing direct, as the PgBouncer guide
   says to run it: capacity is hosts x WORKER_COUNT / 0.05 s, and the ratio to
   that ideal says what the queue costs; or
 - no-op tasks, directly: there is no capacity to add, so the rate is whatever the

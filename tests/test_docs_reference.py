@@ -54,12 +54,11 @@ def rendered_table() -> str:
     page has the hook's marker."""
     assert "<!-- settings-table -->" in SETTINGS_PAGE.read_text("utf-8"), (
         "docs/reference/settings.md no longer shows the generated table")
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
-    assert spec and spec.loader
-    hooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hooks)
-    table: str = hooks.settings_table()
-    return table
+    # (in a child: the hook imports the commands, and with them gevent)
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, 'docs'); import hooks; "
+                               "print(hooks.settings_table())"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, check=True).stdout
 
 
 def config_rows(text: str) -> list[Row]:

@@ -146,9 +146,9 @@ def tasks(app: Dashboard, request: Request) -> Response:
         if wrong_ids:
             found: store.Page | store.Unfilled = store.Page([], None, None)
         elif wanted_id is not None:
-            found = store.page(db, f, wanted_id + 1, 1, rest=False)
+            found = store.page(db, f, wanted_id + 1, 1)
         else:
-            found = store.page(db, f, before, PAGE_SIZE, rest=False)
+            found = store.page(db, f, before, PAGE_SIZE)
         lag = search.lag(db) if f.text else None
     if isinstance(found, store.Unfilled):
         with app.pool.connection(search=True) as db:

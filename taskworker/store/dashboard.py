@@ -108,11 +108,10 @@ class Unfilled(NamedTuple):
     limit: int
 
 
-def page(db: Database, f: Filter, before: int | None, limit: int,
-         rest: bool = True) -> Page | Unfilled:
-    """Up to `limit` tasks matching `f` with ids below `before` (None: the newest).
-    A text search the newest window does not fill: with `rest`, searched on
-    below it here; without, Unfilled, for `text_rest` to finish."""
+def page(db: Database, f: Filter, before: int | None, limit: int) -> Page | Unfilled:
+    """Up to `limit` tasks matching `f` with ids below `before` (None: the newest);
+    for a text search the newest window does not fill, Unfilled, for `text_rest`
+    to finish (on a search turn)."""
     if f.workflow is not None:  # (its index lists the workflow's tasks, however old)
         rows = _rows(db, sql.dash_tasks, f, HIGHEST if before is None else before,
                      LOWEST, limit + 1)
@@ -127,8 +126,7 @@ def page(db: Database, f: Filter, before: int | None, limit: int,
         return Page([], None, None)
     top = highest + 1 if before is None else min(before, highest + 1)
     if f.text:
-        window = _text_window(db, f, top, lowest, limit)
-        return text_rest(db, f, window) if rest and isinstance(window, Unfilled) else window
+        return _text_window(db, f, top, lowest, limit)
     floor = max(top - WINDOW, LOWEST)
     rows = _rows(db, sql.dash_tasks, f, top, floor, limit + 1)
     if len(rows) > limit:

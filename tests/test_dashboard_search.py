@@ -7,6 +7,7 @@ no index on tasks uses GIN."""
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_no_index_on_tasks_uses_gin(db: Any) -> None:
                      "WHERE schemaname = current_schema() AND tablename = 'tasks'")
     assert rows and not [name for name, ddl in rows if "USING gin" in ddl], rows
     assert query(db, "SELECT indexdef FROM pg_indexes WHERE indexname = "
-                     "'taskworker_search_words_idx'")[0][0].find("USING gin") > 0
+                     "'taskworker_search_range_words_idx'")[0][0].find("USING gin") > 0
 
 
 def test_the_dashboards_statements_run_without_jit_or_parallel_workers(db_url: str) -> None:
@@ -259,3 +260,75 @@ def test_slow_text_searches_leave_the_other_pages_answering(db_url: str, db: Any
         for t in searches:
             t.join(30)
     assert replies == [200] * 8
+
+
+RANGE = 2**18  # the ids of one range of the search index (migration 021)
+
+
+def test_a_search_reads_the_id_ranges_newest_first_and_pages_through_them(
+        db_url: str, db: Any, tmp_path: Path) -> None:
+    """Finished tasks are searched a range of ids at a time, newest first: the
+    pages list every match once, newest first, across range boundaries, a range
+    without a match passed over, and a filter applied within each range."""
+    needles = [*range(3 * RANGE + 10, 3 * RANGE + 80),  # 70: more than a page, in one range
+               3 * RANGE - 1, 2 * RANGE,  # the last and first ids of range 2
+               RANGE - 1, 5]  # range 0 (range 1 has none)
+    others = [2 * RANGE + 50_000, 7]  # matching, in another queue
+    hay = [3 * RANGE + 5, 3 * RANGE - 2, RANGE + 1, 6]
+    query(db, "INSERT INTO tasks (id, payload, status, queue) "
+              "SELECT i, 'a needle here', 'done', 'default' FROM unnest(%s::bigint[]) i "
+              "UNION ALL SELECT i, 'needle too', 'done', 'other' FROM unnest(%s::bigint[]) i "
+              "UNION ALL SELECT i, 'only hay', 'done', 'default' FROM unnest(%s::bigint[]) i",
+          (needles, others, hay))
+    top(db)
+    with running_dashboard(db_url, tmp_path) as d:
+        c = d.client()
+        wait_until(lambda: indexed(db, TOP), WAIT, "the indexer to reach the newest")
+        listed: list[int] = []
+        path: str | None = "/tasks?q=needle&queue=default"
+        while path is not None:
+            page = c.get(path)
+            assert page.status == 200, page
+            listed += ids_on(page.body)
+            more = re.search(r'href="(/tasks\?[^"]*)" id="next-page"', page.body)
+            path = more.group(1).replace("&amp;", "&") if more else None
+        assert listed == sorted(needles, reverse=True)
+        assert found(c, "needle&queue=other") == sorted(others, reverse=True)
+        assert found(c, "hay") == sorted(hay, reverse=True)
+
+
+def test_a_search_stops_at_the_range_that_fills_its_page(db: Any) -> None:
+    """With the plan a long history gets (the side table's trigram index; on a
+    table this small the planner would read it whole per range), a page filled in
+    the newest range reads that range only, and a search that finds nothing reads
+    each range once."""
+    from plans import walk
+
+    from taskworker.store import sql
+    from taskworker.store.dashboard import Filter
+    query(db, "INSERT INTO taskworker_search (task_id, words, finished_at) "
+              "SELECT i, 'word ' || i || CASE WHEN i %% 3 = 0 THEN ' common' ELSE '' END, "
+              "now() FROM generate_series(1, 4 * %s, 97) i", (RANGE,))
+    query(db, "INSERT INTO tasks (id, payload, status) SELECT task_id, words, 'done' "
+              "FROM taskworker_search")
+    query(db, "UPDATE taskworker_search_progress SET indexed_at = 'infinity'")
+    query(db, "ANALYZE taskworker_search")
+
+    def range_scans(text: str) -> tuple[int, int]:
+        """(rows found, index scans of the range index) for a page of 50."""
+        params = {**Filter(text=text).params(), "before": 2**63 - 1, "limit": 51,
+                  "indexed_at": "infinity", "indexed_id": 0}
+        with db.cursor() as cur:
+            cur.execute("SET enable_seqscan = off; SET enable_indexscan = off")
+            cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql.dash_tasks_text_finished,
+                        params)
+            plan = cur.fetchone()[0][0]["Plan"]
+            cur.execute("RESET enable_seqscan; RESET enable_indexscan")
+        scans = [n for n, _ in walk(plan)
+                 if n.get("Index Name") == "taskworker_search_range_words_idx"]
+        assert scans and all(n["Node Type"] == "Bitmap Index Scan" for n in scans), \
+            json.dumps(plan, indent=1)
+        return plan["Actual Rows"], sum(n["Actual Loops"] for n in scans)
+
+    assert range_scans("common") == (51, 1)  # (about 900 in the newest range)
+    assert range_scans("absent") == (0, 4)

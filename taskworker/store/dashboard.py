@@ -15,7 +15,7 @@ filter, list and counts use those names (STATES), never in_progress.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from . import sql
 from .admin import CLAIMED, RUNNING, state
@@ -158,7 +158,7 @@ def text_rest(db: Database, f: Filter, window: Unfilled) -> Page:
     params = {**f.params(), "before": window.floor, "limit": want}
     found: list[Row] = []
     if f.status is None or f.status in FINISHED:
-        found += [Row(*r) for r in db.query(sql.dash_tasks_text_finished, params)]
+        found += [Row(*r) for r in _text_finished(db, params)]
     live = ("pending", "in_progress") if f.status is None \
         else (params["status"],) if f.status in LIVE else ()
     for status in live:
@@ -166,6 +166,14 @@ def text_rest(db: Database, f: Filter, window: Unfilled) -> Page:
                                             {**params, "status": status})]
     rows += sorted(found, key=lambda r: -r.id)[:want]
     return Page(rows[:limit], rows[limit - 1].id if len(rows) > limit else None, None)
+
+
+def _text_finished(db: Database, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """dash_tasks_text_finished with `params` and the search indexer's position,
+    read first (the statement says why)."""
+    indexed_at, indexed_id = db.query(sql.dash_search_position)[0]
+    return db.query(sql.dash_tasks_text_finished,
+                    {**params, "indexed_at": indexed_at, "indexed_id": indexed_id})
 
 
 def _rows(db: Database, statement: str, f: Filter, before: int, floor: int,
@@ -180,8 +188,7 @@ def matching_ids(db: Database, f: Filter, before: int | None, limit: int) -> lis
     text and no status, finished tasks only (what the actions act on)."""
     top = HIGHEST if before is None else before
     if f.text and f.workflow is None and (f.status is None or f.status in FINISHED):
-        rows = db.query(sql.dash_tasks_text_finished,
-                        {**f.params(), "before": top, "limit": limit})
+        rows = _text_finished(db, {**f.params(), "before": top, "limit": limit})
     else:
         rows = db.query(sql.dash_tasks, {**f.params(), "before": top, "floor": LOWEST,
                                          "limit": limit})

@@ -1449,44 +1449,67 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: dash_tasks_text_finished
--- Text search among finished tasks below id %(before)s, newest first, in one
--- statement (one snapshot: the indexer's position read here matches the side
--- table read here):
+-- Text search among finished tasks below id %(before)s, newest first:
 -- (a) the tasks the indexer has reached, through taskworker_search's trigram
---     index, each rechecked against the task as it is now (status and text: a
---     stale side row, left by a retry or a delete, never shows a wrong result;
---     the side table holds every task's words, and the recheck leaves out the
---     arguments this dashboard hides, so that they never match).
---     The recheck is a subquery per candidate, not a join: the planner has no
---     statistics on the text of tasks and would scan the table to join it;
---     this way the plan is the side table's (its trigram index for a rare word,
---     its primary key backwards for a common one);
--- (b) the tasks finished after the indexer's position (updated_at, id), through
---     tasks_finished_at_idx, searched directly: few while the indexer keeps up.
--- A task in both (re-finished since it was indexed) is listed once.
-WITH position AS (
-    SELECT indexed_at, indexed_id FROM taskworker_search_progress
+--     index, range by range of 2^18 task ids (migration 021), newest range first,
+--     until %(limit)s are found or the oldest range is searched. A search's cost
+--     is then that of the ranges it reads, not of the whole history: a word whose
+--     matches are many but spread thin, or a filter (status, queue, name) that
+--     leaves few of them, reads the newest ranges only, where one index scan of
+--     the whole table would list every match and recheck each. Within a range
+--     the candidates are sorted by id (no bound on id is given to that scan,
+--     only the range and the words, so that the range's index is the one index
+--     it can use: given `task_id < before`, the planner walked the primary key
+--     below it, the whole table, once per range) and rechecked against the task
+--     as it is now only until enough are found (status and text: a stale side row, left
+--     by a retry or a delete, never shows a wrong result; the side table holds
+--     every task's words, and the recheck leaves out the arguments this
+--     dashboard hides, so that they never match). The recheck is a subquery per
+--     candidate, not a join: the planner has no statistics on the text of tasks
+--     and would scan the table to join it.
+-- (b) the tasks finished after the indexer's position (%(indexed_at)s,
+--     %(indexed_id)s: read by the caller before this statement, so that the
+--     planner sees the values and walks tasks_finished_at_idx from there; given
+--     as a subquery it planned a walk of the whole table backwards by id),
+--     searched directly: few while the indexer keeps up. A later position than
+--     the one read only moves rows from (b) to (a), and the UNION lists a task
+--     found by both once (re-finished since it was indexed).
+WITH RECURSIVE ranges (r, ids, found_before) AS (
+    -- r: a range of ids (task_id >> 18), ids: the matches found there,
+    -- found_before: the matches of the ranges above it
+    SELECT ((SELECT max(task_id) FROM taskworker_search WHERE task_id < %(before)s) >> 18) + 1,
+           '{}'::bigint[], 0
+    UNION ALL
+    SELECT r.r - 1,
+           array(SELECT c.task_id
+                 FROM (SELECT s.task_id
+                       FROM taskworker_search s
+                       WHERE (s.task_id >> 18) = r.r - 1
+                         AND s.words ILIKE %(pattern)s::text
+                       ORDER BY s.task_id DESC
+                       OFFSET 0) AS c
+                 WHERE c.task_id < %(before)s AND coalesce((
+                     SELECT t.status IN ('done', 'error', 'cancelled')
+                            AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
+                            AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
+                            AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
+                            AND (%(task)s::text IS NULL
+                                 OR coalesce(t.task, '') = %(task)s::text)
+                     FROM tasks t WHERE t.id = c.task_id), false)
+                 ORDER BY c.task_id DESC
+                 LIMIT %(limit)s),
+           r.found_before + cardinality(r.ids)
+    FROM ranges r
+    WHERE r.found_before + cardinality(r.ids) < %(limit)s
+      AND r.r - 1 >= (SELECT min(task_id) FROM taskworker_search) >> 18
 ), found (id) AS MATERIALIZED (
-    (SELECT s.task_id
-     FROM taskworker_search s
-     WHERE s.words ILIKE %(pattern)s::text
-       AND s.task_id < %(before)s
-       AND coalesce((
-           SELECT t.status IN ('done', 'error', 'cancelled')
-                  AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
-                  AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
-                  AND (%(queue)s::text IS NULL OR t.queue = %(queue)s::text)
-                  AND (%(task)s::text IS NULL OR coalesce(t.task, '') = %(task)s::text)
-           FROM tasks t WHERE t.id = s.task_id), false)
-     ORDER BY s.task_id DESC
-     LIMIT %(limit)s)
+    (SELECT unnest(ids) FROM ranges)
     UNION
     (SELECT t.id
      FROM tasks t
      WHERE t.status IN ('done', 'error', 'cancelled')
-       AND t.updated_at >= (SELECT indexed_at FROM position)
-       AND (t.updated_at, t.id) > ((SELECT indexed_at FROM position),
-                                   (SELECT indexed_id FROM position))
+       AND t.updated_at >= %(indexed_at)s::timestamptz
+       AND (t.updated_at, t.id) > (%(indexed_at)s::timestamptz, %(indexed_id)s::bigint)
        AND t.id < %(before)s
        AND (/* include dash_searched_text */) ILIKE %(pattern)s::text
        AND (%(status)s::text IS NULL OR t.status = %(status)s::text)
@@ -1502,6 +1525,11 @@ SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
 FROM found JOIN tasks USING (id)
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: dash_search_position
+-- Where the search indexer has got, (updated_at, id): dash_tasks_text_finished's
+-- %(indexed_at)s and %(indexed_id)s.
+SELECT indexed_at, indexed_id FROM taskworker_search_progress;
 
 -- name: dash_search_lag
 -- How far the search indexer is behind: where it has got (updated_at, id), the

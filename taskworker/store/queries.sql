@@ -1474,6 +1474,9 @@ LIMIT %(limit)s;
 --     searched directly: few while the indexer keeps up. A later position than
 --     the one read only moves rows from (b) to (a), and the UNION lists a task
 --     found by both once (re-finished since it was indexed).
+-- The tasks found are then read by id (`= ANY`: a probe of the primary key
+-- each); a join let the planner merge them with a walk of the primary key
+-- down from the newest task, through every task above the ones found.
 WITH RECURSIVE ranges (r, ids, found_before) AS (
     -- r: a range of ids (task_id >> 18), ids: the matches found there,
     -- found_before: the matches of the ranges above it
@@ -1522,7 +1525,8 @@ SELECT id, status, queue, task, priority, attempts, rescues, left(payload, 200),
        length(payload), left(error, 200), created_at, updated_at, run_at, locked_by,
        cancel_requested_at IS NOT NULL, started_at, left(arguments::text, 200),
        length(arguments::text)
-FROM found JOIN tasks USING (id)
+FROM tasks
+WHERE id = ANY (ARRAY(SELECT id FROM found))
 ORDER BY id DESC
 LIMIT %(limit)s;
 

@@ -145,11 +145,15 @@ def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | N
         shutil.rmtree(root, ignore_errors=True)
 
 
-def restart(running: Cluster, max_connections: int = 300, start_timeout: float = 30) -> None:
+def restart(running: Cluster, max_connections: int = 300, start_timeout: float = 30,
+            settings: Sequence[str] = ()) -> None:
     """Stop the cluster at once (`-m immediate`: every connection and open
-    transaction lost, as in a crash) and start it again on the same port."""
+    transaction lost, as in a crash) and start it again on the same port, with
+    `settings` as `cluster` takes them. A commit survives the crash only if the
+    cluster runs with synchronous_commit on (the throwaway default is off: an
+    acknowledged commit may still be in the WAL buffers when it dies)."""
     stop(running)
-    start(running, max_connections, start_timeout)
+    start(running, max_connections, start_timeout, settings)
 
 
 def stop(running: Cluster) -> None:

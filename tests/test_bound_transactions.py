@@ -57,6 +57,7 @@ def plain(n):
 
 EFFECTS = "CREATE TABLE effects (task_id bigint NOT NULL, pid int NOT NULL)"
 SHORT_LEASE = {**FAST, "LEASE_SECONDS": "2", "FETCH_INTERVAL": "0.2"}
+DURABLE = ("synchronous_commit=on",)  # a crash keeps every acknowledged commit
 
 
 def setup(db: Any, tmp_path: Path, hold: bool = True) -> tuple[Path, list[str]]:
@@ -182,7 +183,9 @@ def test_a_process_frozen_past_its_lease_cannot_commit_its_writes(
 @pytest.mark.slow
 def test_a_restart_of_postgresql_in_the_middle_leaves_each_effect_once(
         serve: Any, tmp_path: Path) -> None:
-    with cluster() as server:
+    # synchronous_commit on: the tasks enqueued before the crash must be in the
+    # WAL when it comes (with the throwaway default, off, a run lost them once).
+    with cluster(settings=DURABLE) as server:
         url = database_url(server.url, "postgres")
         code, _, err = cli(url, "migrate")
         assert code == 0, err
@@ -196,7 +199,7 @@ def test_a_restart_of_postgresql_in_the_middle_leaves_each_effect_once(
             wait_until(lambda: len(written_by(marks)) == 4, 30, "the handlers to write", [p])
         finally:
             db.close()
-        restart(server)  # immediate: every open transaction is lost
+        restart(server, settings=DURABLE)  # immediate: every open transaction is lost
         (marks / "hold").unlink()
         db = psycopg2.connect(url)
         db.autocommit = True

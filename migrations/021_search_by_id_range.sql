@@ -9,8 +9,8 @@
 -- full (queries.sql, dash_tasks_text_finished): its cost is that of the ranges
 -- it reads. btree_gin lets a GIN index hold the range beside the trigrams; like
 -- pg_trgm it is a trusted extension (PostgreSQL 13+) that the database's owner
--- may create. The index is built CONCURRENTLY (a minute per 10,000,000 side rows
--- here: the dashboard and serve go on meanwhile), then 008's index, which no
+-- may create. The index is built CONCURRENTLY (two minutes for 10,000,000 side
+-- rows here: the dashboard and serve go on meanwhile), then 008's index, which no
 -- statement uses any more, is dropped; each statement may run again after an
 -- interrupted run.
 CREATE EXTENSION IF NOT EXISTS btree_gin;

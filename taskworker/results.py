@@ -164,8 +164,11 @@ def _waiting(ids: list[int], timeout: float | None,
     from .drivers.waiters import COMMIT, SLEEP
 
     deadline = None if timeout is None else time.monotonic() + timeout
-    yield from admin.await_tasks(ids)
+    locked = yield from admin.await_tasks(ids)
     yield COMMIT, {}
+    for task_id in locked:  # (each in a transaction of its own: see await_tasks)
+        yield from admin.await_task(task_id)
+        yield COMMIT, {}
     found = yield from admin.task_outcomes(ids)
     yield COMMIT, {}
     waiting = {i for i in ids if i in found and found[i].status not in FINISHED}

@@ -290,6 +290,48 @@ def test_only_awaited_tasks_notify_and_a_wait_outlives_a_restart_of_serve(
     listener.close()
 
 
+def test_a_wait_does_not_deadlock_with_outcomes_written_in_another_order(
+        db_url: str, db: Any) -> None:
+    """serve writes a batch of outcomes in the order the tasks finished, each row
+    locked as it goes. A wait that marked the tasks awaited in id order, holding
+    the rows it had marked while it waited for one serve held, closed a cycle
+    (seen in CI: "deadlock detected" in the tutorial's wait). Here a session
+    stands in for serve's statement: it holds the third task, then writes the
+    first. The wait marks what is free, and the held row on its own after."""
+    ids = [row[0] for row in query(db, "INSERT INTO tasks (payload, status) SELECT 'p' || n, "
+                                       "'in_progress' FROM generate_series(1, 3) n RETURNING id")]
+    writer = psycopg2.connect(db_url)
+    outcome: dict[str, Any] = {}
+    try:
+        with writer.cursor() as cur:
+            cur.execute("UPDATE tasks SET status = 'done', result = 'r3' WHERE id = %s",
+                        (ids[2],))  # (its transaction stays open: the row stays locked)
+
+            def wait_for_them() -> None:
+                with psycopg2.connect(db_url) as conn:
+                    try:
+                        outcome["value"] = taskworker.wait(conn, ids, timeout=30)
+                    except Exception as exc:  # (reported by the assertion below)
+                        outcome["error"] = exc
+
+            waiter = threading.Thread(target=wait_for_them)
+            waiter.start()
+            wait_until(lambda: query(db, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
+                                         "USING (pid) WHERE NOT l.granted AND a.datname = "
+                                         "current_database()")[0][0] > 0,
+                       10, "the wait to wait for the held row")
+            cur.execute("SET lock_timeout = '5s'")
+            cur.execute("UPDATE tasks SET status = 'done', result = CASE id WHEN %s "
+                        "THEN 'r1' ELSE 'r2' END WHERE id = ANY(%s)", (ids[0], ids[:2]))
+        writer.commit()
+        waiter.join(30)
+    finally:
+        writer.close()
+    assert outcome == {"value": ["r1", "r2", "r3"]}
+    assert query(db, "SELECT count(*) FROM tasks WHERE id = ANY(%s) AND awaited",
+                 (ids,))[0][0] == 2  # (the third finished before the wait could mark it)
+
+
 def test_a_periodic_task_is_called_with_its_arguments(db_url: str, db: Any, serve: Any,
                                                        tmp_path: Path) -> None:
     _, args = load_app(tmp_path)

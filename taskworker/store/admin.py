@@ -271,10 +271,18 @@ def task_outcomes(ids: Sequence[int]) -> Steps[dict[int, Outcome]]:
     return {row[0]: Outcome(*row) for row in rows}
 
 
-def await_tasks(ids: Sequence[int]) -> Steps[None]:
+def await_tasks(ids: Sequence[int]) -> Steps[list[int]]:
     """Mark the unfinished tasks of `ids` as awaited: each notifies channel
-    taskworker_finished when it finishes (listen_finished receives it)."""
-    yield sql.await_tasks, {"ids": list(ids)}
+    taskworker_finished when it finishes (listen_finished receives it). Returns
+    the ids of those it skipped, locked by another transaction: mark each with
+    await_task once this transaction has committed."""
+    rows = yield sql.await_tasks, {"ids": list(ids)}
+    return [row[0] for row in rows]
+
+
+def await_task(task_id: int) -> Steps[None]:
+    """Mark one task that await_tasks skipped (in a transaction of its own)."""
+    yield sql.await_task, {"id": task_id}
 
 
 def listen_finished(db: Database, listen: bool = True) -> None:

@@ -1043,9 +1043,30 @@ WHERE id = ANY(%(ids)s::bigint[]);
 -- Someone waits for the outcomes of the tasks %(ids)s: mark the unfinished ones,
 -- so that the row sends a notification on channel taskworker_finished when it
 -- finishes (migration 012). Only marked rows notify: the busy path sends none.
-UPDATE tasks SET awaited = true
+-- Rows another transaction has locked now (serve writing their outcomes) are
+-- skipped, not waited for, and returned: the caller marks them one at a time
+-- after committing these (await_task). Waiting for them here, while holding the
+-- rows marked so far, deadlocked with serve's write of several outcomes, which
+-- locks them in the order they finished (seen once in CI: the waiter got
+-- "deadlock detected").
+WITH marked AS (
+    UPDATE tasks SET awaited = true
+    WHERE id IN (SELECT id FROM tasks
+                 WHERE id = ANY(%(ids)s::bigint[])
+                   AND status NOT IN ('done', 'error', 'cancelled') AND NOT awaited
+                 FOR NO KEY UPDATE SKIP LOCKED)
+    RETURNING id
+)
+SELECT id FROM tasks
 WHERE id = ANY(%(ids)s::bigint[]) AND status NOT IN ('done', 'error', 'cancelled')
-  AND NOT awaited;
+  AND NOT awaited AND id NOT IN (SELECT id FROM marked)
+ORDER BY id;
+
+-- name: await_task
+-- await_tasks for one task it skipped: this transaction holds no other row, so
+-- waiting for the row's lock cannot close a cycle.
+UPDATE tasks SET awaited = true
+WHERE id = %(id)s AND status NOT IN ('done', 'error', 'cancelled') AND NOT awaited;
 
 -- name: listen_finished
 -- Receive the notifications of awaited tasks finishing (payload: the task's id).

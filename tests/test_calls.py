@@ -243,6 +243,24 @@ def test_result_and_wait_say_what_they_cannot_give(db_url: str, db: Any,
     assert failed.value.status == "cancelled"
 
 
+def waiting(db_url: str, task_ids: Any, timeout: float) -> tuple[threading.Thread,
+                                                                   dict[str, Any]]:
+    """taskworker.wait on a connection of its own, in a thread (started): the
+    thread, and the dict that gets its "value" or its "error"."""
+    outcome: dict[str, Any] = {}
+
+    def wait_for_them() -> None:
+        with psycopg2.connect(db_url) as conn:
+            try:
+                outcome["value"] = taskworker.wait(conn, task_ids, timeout=timeout)
+            except Exception as exc:  # (reported by the caller's assertion)
+                outcome["error"] = exc
+
+    waiter = threading.Thread(target=wait_for_them)
+    waiter.start()
+    return waiter, outcome
+
+
 def test_only_awaited_tasks_notify_and_a_wait_outlives_a_restart_of_serve(
         db_url: str, db: Any, serve: Any, tmp_path: Path) -> None:
     app, args = load_app(tmp_path)
@@ -258,17 +276,7 @@ def test_only_awaited_tasks_notify_and_a_wait_outlives_a_restart_of_serve(
                30, "the tasks nobody waits for to finish", [first])
     wait_until(lambda: columns(db, gated, "started_at")["started_at"] is not None, 30,
                "the gated task to start", [first])
-    outcome: dict[str, Any] = {}
-
-    def wait_for_it() -> None:
-        with psycopg2.connect(db_url) as conn:
-            try:
-                outcome["value"] = taskworker.wait(conn, gated, timeout=60)
-            except Exception as exc:  # (reported by the assertion below)
-                outcome["error"] = exc
-
-    waiter = threading.Thread(target=wait_for_it)
-    waiter.start()
+    waiter, outcome = waiting(db_url, gated, 60)
     wait_until(lambda: columns(db, gated, "awaited")["awaited"], 10, "the wait to mark the task")
     first.signal(signal.SIGTERM)  # the task is given back at shutdown
     assert first.wait(60) == 0
@@ -301,21 +309,11 @@ def test_a_wait_does_not_deadlock_with_outcomes_written_in_another_order(
     ids = [row[0] for row in query(db, "INSERT INTO tasks (payload, status) SELECT 'p' || n, "
                                        "'in_progress' FROM generate_series(1, 3) n RETURNING id")]
     writer = psycopg2.connect(db_url)
-    outcome: dict[str, Any] = {}
     try:
         with writer.cursor() as cur:
             cur.execute("UPDATE tasks SET status = 'done', result = 'r3' WHERE id = %s",
                         (ids[2],))  # (its transaction stays open: the row stays locked)
-
-            def wait_for_them() -> None:
-                with psycopg2.connect(db_url) as conn:
-                    try:
-                        outcome["value"] = taskworker.wait(conn, ids, timeout=30)
-                    except Exception as exc:  # (reported by the assertion below)
-                        outcome["error"] = exc
-
-            waiter = threading.Thread(target=wait_for_them)
-            waiter.start()
+            waiter, outcome = waiting(db_url, ids, 30)
             wait_until(lambda: query(db, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
                                          "USING (pid) WHERE NOT l.granted AND a.datname = "
                                          "current_database()")[0][0] > 0,

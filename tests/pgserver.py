@@ -94,6 +94,7 @@ class Cluster:
     root: str  # its temp folder: data/, server.log, and the unix socket
     host: str  # the TCP address it listens on
     port: int
+    settings: tuple[str, ...] = ()  # "name=value", after the throwaway defaults (see start)
 
     @property
     def url(self) -> str:
@@ -135,8 +136,8 @@ def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | N
             with open(os.path.join(data, "pg_hba.conf"), "a") as hba:
                 hba.writelines(f"host all all {net} trust\n" for net in trust)
         started = True  # pg_ctl may leave a server behind even when it reports failure
-        yield start(Cluster(root, host, port or free_port()), max_connections, start_timeout,
-                     settings, prefix)
+        yield start(Cluster(root, host, port or free_port(), tuple(settings)), max_connections,
+                    start_timeout, prefix)
     finally:
         if started:
             with contextlib.suppress(subprocess.CalledProcessError):
@@ -145,15 +146,14 @@ def cluster(max_connections: int = 300, start_timeout: float = 30, port: int | N
         shutil.rmtree(root, ignore_errors=True)
 
 
-def restart(running: Cluster, max_connections: int = 300, start_timeout: float = 30,
-            settings: Sequence[str] = ()) -> None:
+def restart(running: Cluster, max_connections: int = 300, start_timeout: float = 30) -> None:
     """Stop the cluster at once (`-m immediate`: every connection and open
     transaction lost, as in a crash) and start it again on the same port, with
-    `settings` as `cluster` takes them. A commit survives the crash only if the
-    cluster runs with synchronous_commit on (the throwaway default is off: an
-    acknowledged commit may still be in the WAL buffers when it dies)."""
+    its settings. A commit survives the crash only if the cluster runs with
+    synchronous_commit on (the throwaway default is off: an acknowledged commit
+    may still be in the WAL buffers when it dies)."""
     stop(running)
-    start(running, max_connections, start_timeout, settings)
+    start(running, max_connections, start_timeout)
 
 
 def stop(running: Cluster) -> None:
@@ -163,15 +163,15 @@ def stop(running: Cluster) -> None:
 
 
 def start(running: Cluster, max_connections: int = 300, start_timeout: float = 30,
-           settings: Sequence[str] = (), prefix: Sequence[str] = ()) -> Cluster:
+           prefix: Sequence[str] = ()) -> Cluster:
     """Start the cluster in `running.root` (its data/, stopped) on `running.host`
-    and `running.port`; return `running` once it answers (a standby: read-only).
-    `settings` as `cluster` takes them."""
+    and `running.port` with `running.settings`; return `running` once it answers
+    (a standby: read-only)."""
     data, log = os.path.join(running.root, "data"), os.path.join(running.root, "server.log")
     options = (f"-h {running.host} -p {running.port} -k {running.root} "
                f"-c max_connections={max_connections}"
                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-               + "".join(f" -c {setting}" for setting in settings))
+               + "".join(f" -c {setting}" for setting in running.settings))
     try:
         _run_as_server_user([_bin("pg_ctl"), "start", "-w", "-t", str(int(start_timeout)),
                              "-D", data, "-l", log, "-o", options], cwd=running.root,
@@ -203,8 +203,8 @@ def replica(primary: Cluster, start_timeout: float = 30, settings: Sequence[str]
                              "-U", "postgres", "-D", os.path.join(root, "data"), "-R",
                              "-X", "stream", "-c", "fast", "--no-sync"], cwd=root)
         started = True
-        yield start(Cluster(root, "127.0.0.1", free_port()), start_timeout=start_timeout,
-                     settings=settings)
+        yield start(Cluster(root, "127.0.0.1", free_port(), tuple(settings)),
+                    start_timeout=start_timeout)
     finally:
         if started:
             with contextlib.suppress(subprocess.CalledProcessError):

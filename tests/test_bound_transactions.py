@@ -199,7 +199,7 @@ def test_a_restart_of_postgresql_in_the_middle_leaves_each_effect_once(
             wait_until(lambda: len(written_by(marks)) == 4, 30, "the handlers to write", [p])
         finally:
             db.close()
-        restart(server, settings=DURABLE)  # immediate: every open transaction is lost
+        restart(server)  # immediate: every open transaction is lost (commits kept: DURABLE)
         (marks / "hold").unlink()
         db = psycopg2.connect(url)
         db.autocommit = True

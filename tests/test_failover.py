@@ -241,8 +241,7 @@ def test_serve_follows_a_promoted_replica_and_every_task_there_ends_done(
         run_tokens(new, runs)
         new.close()
         # The old primary's data, started alone where no client looks for it.
-        old = connect(start(Cluster(primary.root, "127.0.0.1", free_port()),
-                            settings=DURABLE).url)
+        old = connect(start(Cluster(primary.root, "127.0.0.1", free_port(), DURABLE)).url)
         tasks_old = by_payload(old)
         run_tokens(old, runs)
         old.close()

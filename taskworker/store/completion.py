@@ -18,6 +18,12 @@ Hold = tuple[int, int]  # (task id, fence): one hold of one task
 # The holds whose outcome is in the table: "now" (written by the statement that
 # says so), or "before" (by an earlier send of it, whose reply was lost).
 Written = dict[Hold, str]
+# Behind the claim's planner settings: with sequential scans priced out, a
+# batch's rows are found by their ids (see outcomes_written), not by reading the
+# whole table for a hash join, which statistics of a smaller table can make
+# look cheaper.
+COMPLETE = sql.ordered_plans + "\n" + sql.complete
+COMPLETE_FREEING_SLOTS = sql.ordered_plans + "\n" + sql.complete_freeing_slots
 
 
 class OutcomeWrite(NamedTuple):
@@ -41,7 +47,7 @@ def complete(db: Database, *, holder: str, writes: Sequence[OutcomeWrite],
     With `frees_slots`, also free the concurrency slots of the tasks written (a
     holder that runs no limited task has none). A statement_timeout is raised
     (QueryCanceled), not sent again: the caller splits the batch."""
-    statement = sql.complete_freeing_slots if frees_slots else sql.complete
+    statement = COMPLETE_FREEING_SLOTS if frees_slots else COMPLETE
     rows = db.query(statement, {"holder": holder, **outcome_arrays(writes)},
                     resend_on_timeout=False)
     return {(task_id, fence): written for task_id, fence, written in rows

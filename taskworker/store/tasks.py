@@ -149,6 +149,12 @@ CLAIM_SHARES_COMPLETING_FEW = Prepared(
     "taskworker_claim_shares_completing_few_v7", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
+# The statements that find holds by id, behind the same settings: with
+# sequential scans priced out, each hold is one primary-key probe (see
+# completion.COMPLETE).
+HEARTBEAT = sql.ordered_plans + "\n" + sql.heartbeat
+PAYLOADS = sql.ordered_plans + "\n" + sql.payloads
+
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 
 
@@ -271,7 +277,7 @@ def ensure_tokens(db: Database, rates: dict[str, tuple[int, float]]) -> None:
 
 def payloads(db: Database, *, holder: str, holds: Sequence[Hold]) -> dict[int, str | None]:
     """The payloads of the `holds` that `holder` still has, by id."""
-    return dict(db.query(sql.payloads, {"holder": holder, **hold_arrays(holds)}))
+    return dict(db.query(PAYLOADS, {"holder": holder, **hold_arrays(holds)}))
 
 
 def hold_arrays(holds: Sequence[Hold]) -> dict[str, str]:
@@ -316,7 +322,7 @@ def heartbeat(db: Database, *, holder: str, holds: Sequence[Hold], lease: float,
     `started`, one per hold: seconds since its handler started (None: not
     started), written as started_at where it is not yet."""
     started = list(started) or [None] * len(holds)
-    rows = db.query(sql.heartbeat, {"holder": holder, "lease": lease, **hold_arrays(holds),
+    rows = db.query(HEARTBEAT, {"holder": holder, "lease": lease, **hold_arrays(holds),
                                     "agos": arrays.numbers(started)})
     return Held({row[0] for row in rows}, sorted(row[0] for row in rows if row[1]))
 

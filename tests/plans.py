@@ -32,7 +32,8 @@ class Explaining:
         self.plan: dict[str, Any] | None = None
         self.prepared: set[str] = set()  # (statements last as long as the session)
 
-    def query(self, statement: Prepared, params: Any = None) -> list[tuple[Any, ...]]:
+    def query(self, statement: Prepared, params: Any = None,
+              **_: Any) -> list[tuple[Any, ...]]:
         """The plan serve runs: the statement prepared, its generic plan, behind
         the planner settings."""
         assert isinstance(statement, Prepared), "the claim is no longer prepared"

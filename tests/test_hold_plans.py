@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from plans import Explaining as ExplainingPrepared
 from plans import walk
 
 from taskworker.store import completion, tasks
@@ -102,6 +103,23 @@ def test_outcomes_are_written_by_one_probe_per_hold(holds: Any) -> None:
     assert read <= 2 * len(held) and dropped <= len(held), (
         f"read {read} rows of tasks and a join dropped {dropped} to write {len(held)} "
         f"outcomes:\n{json.dumps(db.plan, indent=1)[:6000]}")
+
+
+@pytest.mark.parametrize("outcomes", [tasks.FEW_OUTCOMES, HOLDS])  # (a generic plan; custom)
+def test_a_busy_claim_writes_its_outcomes_by_one_probe_per_hold(holds: Any,
+                                                                 outcomes: int) -> None:
+    conn, held = holds
+    db = ExplainingPrepared(conn)
+    share = 10
+    tasks.claim_shares_completing(db, holder=HOLDER, lease=30,  # type: ignore[arg-type]
+                                  names=[""], shared={"default": share}, inline_bytes=1000,
+                                  writes=[OutcomeWrite(i, f, "done", None, None, None, False)
+                                          for i, f in held[:outcomes]])
+    assert db.plan is not None
+    read, dropped = rows_read(db.plan["Plan"])
+    assert read <= 2 * outcomes + 3 * share and dropped <= outcomes, (
+        f"read {read} rows of tasks and a join dropped {dropped} to write {outcomes} "
+        f"outcomes and claim {share}:\n{json.dumps(db.plan, indent=1)[:6000]}")
 
 
 def test_leases_are_renewed_by_one_probe_per_hold(holds: Any) -> None:

@@ -27,7 +27,7 @@ from taskworker.settings import load
 from taskworker.store.connection import Stopped
 from taskworker.store.prepared import Prepared
 from taskworker.store.sql import QUERIES
-from taskworker.store.tasks import ClaimedTask
+from taskworker.store.tasks import Claim, ClaimedTask
 
 HOLDER = "scripted:1:00000001"
 Answer = list[tuple[Any, ...]] | BaseException | Callable[[dict[str, Any]], Any]
@@ -66,9 +66,10 @@ class ScriptedDatabase:
 
 def claimed_row(task_id: int, completing: bool = False) -> tuple[Any, ...]:
     """A claim's row: id, payload, attempts, rescues, size, task, queue, share, cancel,
-    fence, unstarted_rescues, format, trace (and, from claim_shares_completing, NULL for
-    `written`)."""
-    row = (task_id, f"payload {task_id}", 1, 0, 10, None, "default", 100, False, 1, 0, 1, None)
+    fence, unstarted_rescues, format, trace, priority, run_at (and, from
+    claim_shares_completing, NULL for `written`)."""
+    row = (task_id, f"payload {task_id}", 1, 0, 10, None, "default", 100, False, 1, 0, 1, None,
+           0, "2026-12-08 00:00:00+00")
     return (*row, None) if completing else row
 
 
@@ -100,7 +101,7 @@ def held(ex: Exchange, *ids: int) -> list[Outcome]:
 
 def states(*rows: tuple[int, str]) -> list[tuple[Any, ...]]:
     """claim_shares_completing's rows for outcomes: (id, fence 1, written)."""
-    return [(i, *[None] * 8, 1, None, None, None, written) for i, written in rows]
+    return [(i, *[None] * 8, 1, None, None, None, None, None, written) for i, written in rows]
 
 
 def test_a_busy_claim_writes_the_outcomes_waiting_in_its_own_statement(
@@ -212,3 +213,30 @@ def test_a_given_back_task_wakes_every_fetcher(caplog: pytest.LogCaptureFixture)
     ex.write(ex.writing, ex.completer.take())
     assert writing.sent == ["complete", "wake_others"]
     assert ex.completer.stats()["given_back"] == 1
+
+
+def test_a_busy_claim_starts_where_its_last_claim_of_the_queue_began() -> None:
+    """Each claim_shares sends, per queue, the first row the last one took (the
+    bound: see shares_claimed); an idle spell forgets it, and the whole claim,
+    which reads from the start, is sent again once PAIRS_TTL or ten times its own
+    time has passed, whichever is longer."""
+    claiming = ScriptedDatabase({"claim_shares": [[claimed_row(5), claimed_row(6)],
+                                                  [claimed_row(7)]]})
+    ex = exchange(claiming, ScriptedDatabase({}))
+    ex.claim(ex.fetcher.plan(10))
+    ex.claim(ex.fetcher.plan(10))
+    first, second = claiming.params
+    assert (first["from_priorities"], first["from_ids"]) == ("{NULL}", "{NULL}")
+    assert (second["from_priorities"], second["from_ids"]) == ("{0}", "{5}")
+    assert second["from_run_ats"] == '{"2026-12-08 00:00:00+00"}'
+
+    ex.fetcher.idle()  # an idle spell: the next claim is the whole one, and no bound is kept
+    assert ex.fetcher.plan(10).shares is None and ex.fetcher._bounds == {}
+
+    whole = ex.fetcher.plan(10)
+    took = 0.2  # the whole claim took 0.2 s: the next is due 2 s after it, not 0.5
+    ex.fetcher.claimed(whole, Claim([], [("default", "")]), time.monotonic() - took)
+    ex.fetcher._pairs_at = time.monotonic() - 1.0
+    assert ex.fetcher.plan(10).shares is not None, "the whole claim was sent again too soon"
+    ex.fetcher._pairs_at = time.monotonic() - 2.5
+    assert ex.fetcher.plan(10).shares is None

@@ -338,7 +338,8 @@ class Exchange:
             try:
                 claim = store.claim_shares_completing(
                     db, holder=holder, lease=lease, names=plan.served.names, shared=plan.shares,
-                    inline_bytes=plan.inline_bytes, writes=[o.write() for o in outcomes])
+                    inline_bytes=plan.inline_bytes, writes=[o.write() for o in outcomes],
+                    bounds=plan.bounds)
             except Stopped:  # (shutdown, a step back: the writing lane writes them instead)
                 self.completer.requeue(outcomes)
                 raise
@@ -359,7 +360,8 @@ class Exchange:
             self.write(db, outcomes)
         if plan.shares is not None:
             return store.claim_shares(db, holder=holder, lease=lease, names=plan.served.names,
-                                      shared=plan.shares, inline_bytes=plan.inline_bytes)
+                                      shared=plan.shares, inline_bytes=plan.inline_bytes,
+                                      bounds=plan.bounds)
         return store.claim(db, holder=holder, limit=plan.limit, lease=lease, served=plan.served,
                            pairs=plan.pairs, inline_bytes=plan.inline_bytes, alone=plan.alone)
 

@@ -9,7 +9,12 @@ claim (a busy queue does not starve the others), at most the room left under its
 cap. Which queues and names have pending tasks is found by the first claim after
 an idle spell and then every PAIRS_TTL while claims keep coming back full; in
 between a busy process sends the cheaper claim_shares with the shares worked out
-here. A busy process with ALONG_WORKERS workers or more keeps a second claim in
+here, each queue's scan starting where its last such claim began (its bound: see
+shares_claimed in queries.sql). The whole claim, which reads every queue from
+its start, is what takes the tasks that fall before a bound; while it is dear (a
+long transaction keeps the entries of claimed tasks in the index) it is sent
+less often, so that it takes at most FULL_CLAIM_SHARE of the claiming lane's
+time. A busy process with ALONG_WORKERS workers or more keeps a second claim in
 flight (see `along`).
 """
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .intake import CLAIM_BYTES
 
 ALONG_WORKERS = 20  # fewest for a second claim in flight (see along)
 PAIRS_TTL = 0.5  # seconds a busy fetcher claims from the (queue, name) pairs it found
+FULL_CLAIM_SHARE = 0.1  # most of the claiming lane's time the whole claim may take
 
 
 class Plan(NamedTuple):
@@ -36,6 +42,7 @@ class Plan(NamedTuple):
     shares: dict[str, int] | None  # each queue's share: claim_shares (else the whole claim)
     inline_bytes: int  # payloads larger than this are loaded apart (intake.py)
     alone: bool = False  # a task that must run alone
+    bounds: dict[str, store.Bound] = {}  # claim_shares: where each queue's scan starts
 
 
 class Fetcher:
@@ -45,6 +52,8 @@ class Fetcher:
         self.catalog = catalog
         self._pairs: store.Pairs = []  # (queue, name) with pending tasks, as last found
         self._pairs_at = 0.0  # when (monotonic); 0: find them with the next claim
+        self._pairs_ttl = PAIRS_TTL  # until the next whole claim (longer while it is dear)
+        self._bounds: dict[str, store.Bound] = {}  # where each queue's next busy claim starts
         self.busy = False  # claims come back full: a second claim may go along
 
     def wanted(self) -> int:
@@ -57,7 +66,9 @@ class Fetcher:
         CLAIM_BYTES / limit bytes, so its reply stays within CLAIM_BYTES."""
         served, pairs = self._served(), self._known_pairs()
         shares = None if alone else store.busy_shares(served, pairs, limit)
-        return Plan(limit, served, pairs, shares, max(CLAIM_BYTES // limit, 1), alone)
+        bounds = {} if shares is None else \
+            {q: self._bounds[q] for q in shares if q in self._bounds}
+        return Plan(limit, served, pairs, shares, max(CLAIM_BYTES // limit, 1), alone, bounds)
 
     def along(self) -> Plan | None:
         """The second claim in flight, for the outcomes the writing lane sends
@@ -75,16 +86,23 @@ class Fetcher:
         return plan if plan.shares is not None else None
 
     def claimed(self, plan: Plan, claim: store.Claim, claimed_at: float) -> None:
-        """Learn from a claim's rows: the pairs it found, the queues it drained."""
+        """Learn from a claim's rows: the pairs it found (after the whole claim,
+        whose time sets when the next is due), the queues it drained, where the
+        next busy claim of each queue starts."""
         if claim.pairs is not None:
             self._pairs, self._pairs_at = claim.pairs, claimed_at
+            took = time.monotonic() - claimed_at
+            self._pairs_ttl = max(PAIRS_TTL, took / FULL_CLAIM_SHARE)
+            self._bounds = {}  # (it read every queue from its start)
         elif not plan.alone:
             self._drop_drained(claim.rows, plan.limit, plan.served.rooms)
+            self._bounds.update(claim.bounds)
 
     def idle(self) -> None:
         """A claim came back with nothing more to take: after the idle spell, look
         for new queues and names, and claim one at a time again."""
         self._pairs_at = 0.0
+        self._bounds = {}
         self.busy = False
 
     def _served(self) -> store.Served:
@@ -95,7 +113,7 @@ class Fetcher:
 
     def _known_pairs(self) -> store.Pairs | None:
         """The (queue, name) pairs kept; None after PAIRS_TTL (look again)."""
-        return self._pairs if time.monotonic() - self._pairs_at < PAIRS_TTL else None
+        return self._pairs if time.monotonic() - self._pairs_at < self._pairs_ttl else None
 
     def _drop_drained(self, rows: list[store.Claimed], limit: int,
                       rooms: dict[str, int]) -> None:

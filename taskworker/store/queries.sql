@@ -367,26 +367,54 @@ WHERE last.task IS NOT NULL OR EXISTS (SELECT 1 FROM made);
 -- its discovery and sharing, which the fetcher has done (%(queues)s with their
 -- %(shares)s). The same ordered scan per queue, the same columns; a queue paused
 -- since is skipped. (Half a millisecond less per claim than the whole `claim`,
--- which a busy process sends hundreds of times a second.)
+-- which a busy process sends hundreds of times a second.) Returns the claim's
+-- columns, then each row's priority and due time (the fetcher's next bound).
 WITH /* include shares_claimed */
 SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-       unstarted_rescues, format, trace FROM claimed
+       unstarted_rescues, format, trace, priority, run_at::text FROM claimed
 ORDER BY priority DESC, run_at, id;
 
 -- name: shares_claimed
 -- The parts of claim_shares that pick and take the rows (claim_shares and
 -- claim_shares_completing include them). Never sent alone.
+--
+-- Bounds: a queue may come with where this process's last claim from it began
+-- (%(from_priorities)s, %(from_run_ats)s, %(from_ids)s: its first row's
+-- priority, due time and id; NULL: none). The scan then starts there instead of
+-- at the start of the queue's index range: at its own priority from that row on
+-- (a range of the index), after every higher priority (new tasks of a higher
+-- priority are still taken first) and before every lower one. The entries
+-- before the bound belong to tasks claimed since, which vacuum may not have
+-- removed yet, and every one of them is a heap visit while a long transaction
+-- holds vacuum back: an unbounded claim read them all, each time (part 19: the
+-- claim fell from 5,000 to 300 tasks/s). Tasks that become claimable before a
+-- bound (given back, rescued, or enqueued with an earlier due time) are taken by
+-- the unbounded `claim`, which a busy process sends every PAIRS_TTL or more (see
+-- fetcher.py). The four parts are read in order and only as far as the share
+-- (UNION ALL under a LIMIT), so no row is locked that is not taken (each part is
+-- a subquery: a part of a UNION may not lock rows itself).
 picked AS MATERIALIZED (
     SELECT c.id, s.share
-    FROM unnest(%(queues)s::text[], %(shares)s::int[]) AS s(queue, share)
+    FROM unnest(%(queues)s::text[], %(shares)s::int[], %(from_priorities)s::int[],
+                %(from_run_ats)s::timestamptz[], %(from_ids)s::bigint[])
+         AS s(queue, share, priority, run_at, id)
     CROSS JOIN LATERAL (
-        SELECT t.id FROM tasks AS t
-        WHERE t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
-          AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
-          AND t.format <= 2
-        ORDER BY t.priority DESC, t.run_at, t.id
-        LIMIT s.share
-        FOR UPDATE OF t SKIP LOCKED) AS c
+        SELECT u.id FROM (
+            SELECT a1.id FROM (SELECT t.id FROM tasks AS t
+                               WHERE s.priority IS NULL AND /* include busy_take */) AS a1
+          UNION ALL
+            SELECT a2.id FROM (SELECT t.id FROM tasks AS t
+                               WHERE t.priority > s.priority AND /* include busy_take */) AS a2
+          UNION ALL
+            SELECT a3.id FROM (SELECT t.id FROM tasks AS t
+                               WHERE t.priority = s.priority
+                                 AND (t.run_at, t.id) >= (s.run_at, s.id)
+                                 AND /* include busy_take */) AS a3
+          UNION ALL
+            SELECT a4.id FROM (SELECT t.id FROM tasks AS t
+                               WHERE t.priority < s.priority AND /* include busy_take */) AS a4
+        ) AS u
+        LIMIT s.share) AS c
     WHERE NOT EXISTS (SELECT 1 FROM taskworker_paused_queues AS z WHERE z.queue = s.queue)
 ),
 claimed AS (
@@ -396,6 +424,18 @@ claimed AS (
     WHERE t.id = picked.id
     RETURNING /* include claimed_columns */
 )
+
+-- name: busy_take
+-- What each part of shares_claimed takes of queue s.queue (after its own bound
+-- condition): due pending tasks this process knows, in the claim's order, at
+-- most the queue's share, skipping the rows another claimer holds. Never sent
+-- alone.
+t.status = 'pending' AND t.queue = s.queue AND t.run_at <= now()
+  AND NOT t.run_alone AND coalesce(t.task, '') = ANY(%(names)s::text[])
+  AND t.format <= 2
+ORDER BY t.priority DESC, t.run_at, t.id
+LIMIT s.share
+FOR UPDATE OF t SKIP LOCKED
 
 -- name: claim_shares_completing
 -- One round trip per batch for a busy process: `complete` (the outcomes of the
@@ -417,11 +457,12 @@ claimed AS (
 WITH /* include outcomes_given */,
 /* include outcomes_written */,
 /* include shares_claimed */
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, NULL, NULL, written
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, fence, NULL, NULL, NULL, NULL,
+       NULL, written
 FROM (/* include outcome_states */) AS states
 UNION ALL
 (SELECT id, payload, attempts, rescues, size, task, queue, share, cancel, fence,
-        unstarted_rescues, format, trace, NULL::text AS written
+        unstarted_rescues, format, trace, priority, run_at::text, NULL::text AS written
  FROM claimed
  ORDER BY priority DESC, run_at, id);
 

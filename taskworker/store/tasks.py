@@ -8,7 +8,7 @@ the enqueue API's statements are in `store.admin`, and the outcomes' in
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -129,8 +129,10 @@ CLAIM_KEYED = Prepared("taskworker_claim_keyed_v1", sql.claim_keyed, {
     "queues": "text[]", "names": "text[]", "per_key": "int[]", "after_task": "text",
     "after_key": "text", "scan": "int", "rated": "text[]", "spans": "float8[]",
     "rated_room": "int"}, sql.ordered_plans + "\n")
-CLAIM_SHARES = Prepared("taskworker_claim_shares_v11", sql.claim_shares,
-                        {**_CLAIM_TYPES, "shares": "int[]"}, sql.ordered_plans + "\n")
+_SHARES_TYPES = {**_CLAIM_TYPES, "shares": "int[]", "from_priorities": "int[]",
+                 "from_run_ats": "timestamptz[]", "from_ids": "bigint[]"}
+CLAIM_SHARES = Prepared("taskworker_claim_shares_v12", sql.claim_shares, _SHARES_TYPES,
+                        sql.ordered_plans + "\n")
 _COMPLETE_TYPES = {
     "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
     "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]",
@@ -138,15 +140,15 @@ _COMPLETE_TYPES = {
 # Planned for its values each time (custom plans): a generic plan guesses the
 # outcomes' unnest() at a few rows and joins them by a nested loop, four times
 # slower for a batch of hundreds than the hash join planned for the real count.
-_COMPLETING_TYPES = {**_CLAIM_TYPES, "shares": "int[]", **_COMPLETE_TYPES}
+_COMPLETING_TYPES = {**_SHARES_TYPES, **_COMPLETE_TYPES}
 CLAIM_SHARES_COMPLETING = Prepared(
-    "taskworker_claim_shares_completing_v7", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_v8", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n", generic=False)
 # For a few outcomes the nested loop is the plan anyway: planned once, it saves
 # the planning (a seventh of the statement's time with 20 outcomes).
 FEW_OUTCOMES = 32
 CLAIM_SHARES_COMPLETING_FEW = Prepared(
-    "taskworker_claim_shares_completing_few_v7", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_few_v8", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
 # The statements that find holds by id, behind the same settings: with
@@ -156,12 +158,17 @@ HEARTBEAT = sql.ordered_plans + "\n" + sql.heartbeat
 PAYLOADS = sql.ordered_plans + "\n" + sql.payloads
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
+# Where a busy claim of a queue starts its scan (see shares_claimed in
+# queries.sql): the priority, due time (as text) and id of the first row the
+# last such claim took from it.
+Bound = tuple[int, str, int]
 
 
 class Claim(NamedTuple):
     rows: list[Claimed]  # in the order to run them: priority, due time, id
     pairs: Pairs | None  # the (queue, name) pairs with pending tasks, when discovered
     written: Written = {}  # claim_shares_completing: the holds whose outcome is in the table
+    bounds: dict[str, Bound] = {}  # claim_shares: where the next claim of each queue starts
 
 
 def busy_shares(served: Served, pairs: Pairs | None, limit: int) -> dict[str, int] | None:
@@ -223,16 +230,20 @@ def claim_keyed(db: Database, *, holder: str, limit: int, lease: float, served: 
 
 
 def claim_shares(db: Database, *, holder: str, lease: float, names: list[str],
-                 shared: dict[str, int], inline_bytes: int = 2**62) -> Claim:
+                 shared: dict[str, int], inline_bytes: int = 2**62,
+                 bounds: Mapping[str, Bound] | None = None) -> Claim:
     """Claim `shared[queue]` due tasks of each queue (tasks named in `names`),
-    as `claim` does for a busy process (see busy_shares)."""
-    found = db.query(CLAIM_SHARES, _shares_params(holder, lease, names, shared, inline_bytes))
-    return Claim(_claimed(found, inline_bytes), None)
+    as `claim` does for a busy process (see busy_shares); a queue in `bounds`
+    from its bound on (see shares_claimed)."""
+    found = db.query(CLAIM_SHARES, _shares_params(holder, lease, names, shared, inline_bytes,
+                                                  bounds or {}))
+    return Claim(_claimed(found, inline_bytes), None, {}, _bounds(found))
 
 
 def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: float,
                             names: list[str], shared: dict[str, int], inline_bytes: int,
-                            writes: Sequence[OutcomeWrite]) -> Claim:
+                            writes: Sequence[OutcomeWrite],
+                            bounds: Mapping[str, Bound] | None = None) -> Claim:
     """claim_shares, and in the same statement write `writes` as `complete`
     does (fenced); the Claim's `written` holds the holds whose outcome is in
     the table (written now, or by an earlier send of this statement).
@@ -241,18 +252,33 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
     statement = CLAIM_SHARES_COMPLETING_FEW if len(writes) <= FEW_OUTCOMES \
         else CLAIM_SHARES_COMPLETING
     found = db.query(statement, {
-        **_shares_params(holder, lease, names, shared, inline_bytes),
+        **_shares_params(holder, lease, names, shared, inline_bytes, bounds or {}),
         **outcome_arrays(writes)}, resend_on_timeout=False)
-    return Claim(_claimed([row for row in found if row[13] is None], inline_bytes), None,
-                 {(row[0], row[9]): row[13] for row in found
-                  if row[13] is not None and row[13] != "fenced"})
+    claimed = [row for row in found if row[15] is None]
+    return Claim(_claimed(claimed, inline_bytes), None,
+                 {(row[0], row[9]): row[15] for row in found
+                  if row[15] is not None and row[15] != "fenced"}, _bounds(claimed))
 
 
 def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str, int],
-                   inline_bytes: int) -> dict[str, object]:
+                   inline_bytes: int, bounds: Mapping[str, Bound]) -> dict[str, object]:
+    start = [bounds.get(queue) for queue in shared]
     return {"limit": sum(shared.values()), "holder": holder, "lease": lease,
             "inline_bytes": inline_bytes, "names": names, "queues": list(shared),
-            "shares": list(shared.values())}
+            "shares": list(shared.values()),
+            "from_priorities": arrays.numbers(None if b is None else b[0] for b in start),
+            "from_run_ats": arrays.texts(None if b is None else b[1] for b in start),
+            "from_ids": arrays.numbers(None if b is None else b[2] for b in start)}
+
+
+def _bounds(rows: list[tuple]) -> dict[str, Bound]:
+    """Each queue's first row of a busy claim (rows in the claim's order):
+    where the next claim of the queue starts."""
+    bounds: dict[str, Bound] = {}
+    for row in rows:
+        if row[0] is not None and row[13] is not None:
+            bounds.setdefault(row[6], (row[13], row[14], row[0]))
+    return bounds
 
 
 def _claimed(found: list[tuple], inline_bytes: int) -> list[Claimed]:

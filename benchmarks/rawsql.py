@@ -45,6 +45,11 @@ VALUES: dict[str, str | PerTask] = {
     "queues": "ARRAY['default']",
     "shares": "ARRAY[:batch]",
     "names": "ARRAY['']",
+    # No bound (a busy process's first claim_shares of a queue reads it from its
+    # start; pgbench keeps no state from one claim to the next).
+    "from_priorities": "ARRAY[NULL::int]",
+    "from_run_ats": "ARRAY[NULL::timestamptz]",
+    "from_ids": "ARRAY[NULL::bigint]",
     "holder": "'pgbench'",  # locked_by, and the completion's fence on it
     "lease": "30",  # seconds
     "inline_bytes": "41943",  # payloads loaded with the claim, as serve's at FETCH_LIMIT 100

@@ -114,9 +114,12 @@ PICKED_ONE_QUEUE = """picked AS MATERIALIZED (
     FOR UPDATE OF t SKIP LOCKED
 ),"""
 NULLS = "NULL, " * 8  # (the claim's columns an outcome's row leaves empty)
-STATES = (f"SELECT id, {NULLS}fence, NULL, NULL, NULL, written\n"
-          "FROM (/* include outcome_states */) AS states;")
-STATES_NONE = f"SELECT id, {NULLS}fence, NULL, NULL, NULL,\n       'now'::text\nFROM written;"
+STATES = (f"SELECT id, {NULLS}fence, NULL, NULL, NULL, NULL,\n       NULL, written\n"
+          "FROM (/* include outcome_states */) AS states")
+STATES_NONE = (f"SELECT id, {NULLS}fence, NULL, NULL, NULL, NULL,\n       NULL, 'now'::text\n"
+               "FROM written")
+# busy_take's format condition (what each part of the busy pick filters)
+BUSY_FORMAT = "  AND t.format <= 2\nORDER BY t.priority DESC, t.run_at, t.id\nLIMIT s.share\n"
 # outcomes_written's fence, and the columns it sets
 FENCE = _part(r"^-- name: outcomes_written\n.*?^(    WHERE t\.id = v\.id\n.*?)\n    RETURNING")
 OUTCOME_SET = _part(r"^-- name: outcomes_written\n.*?^(    SET status = v\.status,\n.*?"
@@ -129,7 +132,6 @@ CLAIMED_COLUMNS_NARROW = """t.id, t.payload, t.attempts, t.rescues, 0::bigint AS
     NULL::text AS task, 'default'::text AS queue, share, false AS cancel,
     t.fence, t.unstarted_rescues, 1::smallint AS format, NULL::text AS trace,
     0 AS priority, t.run_at"""
-# (tasks_in_progress_idx is the outcome write's way to its rows: see report)
 FINISHED_INDEX = ("tasks_finished_at_idx",)
 OTHERS = 900
 
@@ -138,7 +140,7 @@ VARIANTS = [
     Variant("no pause check", "without the paused-queue NOT EXISTS",
             ((PICKED, PICKED.replace(PICKED.splitlines()[-2] + "\n", "")),)),
     Variant("no format <= 2", "without `t.format <= 2` (the claim index's predicate has it)",
-            ((PICKED, PICKED.replace("          AND t.format <= 2\n", "")),)),
+            ((BUSY_FORMAT, BUSY_FORMAT.replace("  AND t.format <= 2\n", "")),)),
     Variant("one queue, no shares", "the pick without unnest/LATERAL over queues and shares "
             "(one queue's filters and priority order kept)", ((PICKED, PICKED_ONE_QUEUE),)),
     Variant("plain pick", "the pick of the minimal claim: pending in (run_at, id) order, "
@@ -359,7 +361,7 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                 cur.execute(f"DROP INDEX {index}")
             _fill(cur, "tasks", max(ROWS_AT_LEAST, (iterations + 1) * n), v.others,
                   keep)
-        params = {**tasks._shares_params(HOLDER, LEASE, [""], {"default": n}, INLINE)}
+        params = {**tasks._shares_params(HOLDER, LEASE, [""], {"default": n}, INLINE, {})}
         times: list[float] = []
         rows: list[tuple] = []
         short = 0
@@ -375,8 +377,8 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                 run_prepared(cur, statement, values)
                 found = cur.fetchall()
                 elapsed = time.perf_counter() - t0
-                rows = [r for r in found if r[13] is None]
-                written = sum(1 for r in found if r[13] in ("now", "before"))
+                rows = [r for r in found if r[15] is None]
+                written = sum(1 for r in found if r[15] in ("now", "before"))
                 if len(rows) != n or written != len(writes):
                     short += 1
                 if i:

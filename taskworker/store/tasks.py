@@ -272,12 +272,11 @@ def _shares_params(holder: str, lease: float, names: list[str], shared: dict[str
 
 
 def _bounds(rows: list[tuple]) -> dict[str, Bound]:
-    """Each queue's first row of a busy claim (rows in the claim's order):
-    where the next claim of the queue starts."""
+    """Each queue's first row of a busy claim (its claimed rows, in the claim's
+    order): where the next claim of the queue starts."""
     bounds: dict[str, Bound] = {}
     for row in rows:
-        if row[0] is not None and row[13] is not None:
-            bounds.setdefault(row[6], (row[13], row[14], row[0]))
+        bounds.setdefault(row[6], (row[13], row[14], row[0]))
     return bounds
 
 

@@ -29,7 +29,7 @@ sequential scan and hash join, which pgbench's runs on 100,000 rows do not get),
 analyzed and checkpointed.
 
     python -m benchmarks.claimcost [--database-url URL] [--sizes 100,300]
-                                   [--iterations N] [--rounds N]
+                                   [--iterations N] [--rounds N] [--only NAMES]
 
 (the URL names a server; a database of its own is made there and dropped).
 """
@@ -76,6 +76,7 @@ class Variant:
     edits: tuple[tuple[str, str], ...] = ()
     drop_indexes: tuple[str, ...] = ()
     others: int = 0  # rows in progress held by other processes
+    custom: bool = False  # planned for each statement's values (a custom plan)
 
 
 def _file() -> str:
@@ -167,6 +168,8 @@ VARIANTS = [
     Variant("no finished index", "as sent, on the table without tasks_finished_at_idx "
             "(prune, dashboard), which every completion writes into",
             drop_indexes=FINISHED_INDEX),
+    Variant("custom plan", "as sent, planned for each statement's values (serve plans it "
+            "once: a generic plan)", custom=True),
     Variant("as sent, others in progress", f"as sent, with {OTHERS} more rows in progress "
             "held by other processes (three more processes' claims of 300)", others=OTHERS),
 ]
@@ -221,14 +224,16 @@ def statement_text(v: Variant) -> str:
 
 def prepared_for(v: Variant, n: int) -> Prepared:
     """The Prepared statement serve would send for n outcomes, with the variant's text."""
-    sent = tasks.CLAIM_SHARES_COMPLETING_FEW if n <= tasks.FEW_OUTCOMES \
-        else tasks.CLAIM_SHARES_COMPLETING
+    sent = tasks.CLAIM_SHARES_COMPLETING
+    if v.custom:
+        return Prepared(f"claimcost_custom_{n}", sent.text, tasks._COMPLETING_TYPES,
+                        sent.prefix, generic=False)
     if not v.edits:
         assert statement_text(v) == sent.text
         return sent
     key = "".join(ch if ch.isalnum() else "_" for ch in v.name)
     return Prepared(f"claimcost_{key}_{n}", statement_text(v), tasks._COMPLETING_TYPES,
-                    sql.ordered_plans + "\n", generic=n <= tasks.FEW_OUTCOMES)
+                    sql.ordered_plans + "\n")
 
 
 # The minimal queue's statements (minimal.py), prepared and planned for their
@@ -459,8 +464,10 @@ def has_stats(url: str) -> bool:
 
 
 def measure(url: str, say: Callable[[str], None], sizes: tuple[int, ...] = SIZES,
-            iterations: int = ITERATIONS, rounds: int = ROUNDS) -> Cost:
-    """`url`: a database migrated by taskworker (the minimal table is made in it)."""
+            iterations: int = ITERATIONS, rounds: int = ROUNDS,
+            only: tuple[str, ...] = ()) -> Cost:
+    """`url`: a database migrated by taskworker (the minimal table is made in it);
+    `only`: the runs of these names (default: all)."""
     from .minimal import SCHEMA
     conn = psycopg2.connect(url)
     conn.autocommit = True
@@ -483,6 +490,11 @@ def measure(url: str, say: Callable[[str], None], sizes: tuple[int, ...] = SIZES
         statement_text(v)  # (every edit still applies, before any run)
         jobs.append((v.name, lambda n, v=v: run_taskworker(url, v, n, iterations, cost.stats,
                                                            cost.notes)))
+    if only:
+        unknown = set(only) - {name for name, _ in jobs}
+        if unknown:
+            raise SystemExit(f"claimcost: no run named {', '.join(sorted(unknown))}")
+        jobs = [(name, job) for name, job in jobs if name in only]
     for r in range(rounds):
         cost.load.append(os.getloadavg()[0])
         for n in sizes:
@@ -543,7 +555,9 @@ def report(c: Cost) -> list[str]:
             rule += " ---: | ---: | ---: |"
         lines += [head, rule]
         for name in whats:
-            s = c.series.get((name, n), Series())
+            if (name, n) not in c.series:  # (not run: --only)
+                continue
+            s = c.series[name, n]
             row = f"| {name} | {_us(c.per_task_us(name, n))} | {_range(s.round_ms, n)} |"
             if cpu:
                 row += (f" {_us(c.per_task_us(name, n, 'cpu'))} | {_range(s.cpu_ms, n)} | "
@@ -554,7 +568,8 @@ def report(c: Cost) -> list[str]:
                         f"{_delta(c, name, n, 'server')} |")
             lines.append(row)
         lines.append("")
-    lines += [f"- {name}: {what}" for name, what in whats.items()]
+    lines += [f"- {name}: {what}" for name, what in whats.items()
+              if any((name, n) in c.series for n in c.sizes)]
     lines += [f"- {note}" for note in c.notes]
     return lines
 
@@ -569,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--iterations", type=int, default=ITERATIONS)
     ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--only", default="", metavar="NAMES",
+                    help="comma-separated names of the runs to make (default: all)")
     args = ap.parse_args(argv)
     server = Server(args.database_url)
     try:
@@ -576,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         migrate(url)
         cost = measure(url, lambda m: print(m, file=sys.stderr, flush=True),
                        tuple(int(s) for s in args.sizes.split(",")), args.iterations,
-                       args.rounds)
+                       args.rounds, tuple(n for n in args.only.split(",") if n))
     finally:
         server.drop_all()
     print("\n".join(report(cost)))

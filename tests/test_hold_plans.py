@@ -105,7 +105,7 @@ def test_outcomes_are_written_by_one_probe_per_hold(holds: Any) -> None:
         f"outcomes:\n{json.dumps(db.plan, indent=1)[:6000]}")
 
 
-@pytest.mark.parametrize("outcomes", [tasks.FEW_OUTCOMES, HOLDS])  # (a generic plan; custom)
+@pytest.mark.parametrize("outcomes", [10, HOLDS])
 def test_a_busy_claim_writes_its_outcomes_by_one_probe_per_hold(holds: Any,
                                                                  outcomes: int) -> None:
     conn, held = holds

@@ -137,18 +137,14 @@ _COMPLETE_TYPES = {
     "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
     "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]",
     "tracebacks": "text[]"}
-# Planned for its values each time (custom plans): a generic plan guesses the
-# outcomes' unnest() at a few rows and joins them by a nested loop, four times
-# slower for a batch of hundreds than the hash join planned for the real count.
 _COMPLETING_TYPES = {**_SHARES_TYPES, **_COMPLETE_TYPES}
+# Planned once (a generic plan), like the claims, whatever the number of
+# outcomes: behind the planner settings each outcome is one primary-key probe,
+# which is what a plan for the values would choose too, and planning was a
+# quarter of the server's CPU for a statement of 100 outcomes and 100 claims
+# (benchmarks/claimcost.py, "generic plan").
 CLAIM_SHARES_COMPLETING = Prepared(
-    "taskworker_claim_shares_completing_v8", sql.claim_shares_completing, _COMPLETING_TYPES,
-    sql.ordered_plans + "\n", generic=False)
-# For a few outcomes the nested loop is the plan anyway: planned once, it saves
-# the planning (a seventh of the statement's time with 20 outcomes).
-FEW_OUTCOMES = 32
-CLAIM_SHARES_COMPLETING_FEW = Prepared(
-    "taskworker_claim_shares_completing_few_v8", sql.claim_shares_completing, _COMPLETING_TYPES,
+    "taskworker_claim_shares_completing_v9", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ordered_plans + "\n")
 
 # The statements that find holds by id, behind the same settings: with
@@ -249,9 +245,7 @@ def claim_shares_completing(db: ReconnectingConnection, *, holder: str, lease: f
     the table (written now, or by an earlier send of this statement).
     A statement_timeout is raised (QueryCanceled), not sent again: the caller
     writes the outcomes apart."""
-    statement = CLAIM_SHARES_COMPLETING_FEW if len(writes) <= FEW_OUTCOMES \
-        else CLAIM_SHARES_COMPLETING
-    found = db.query(statement, {
+    found = db.query(CLAIM_SHARES_COMPLETING, {
         **_shares_params(holder, lease, names, shared, inline_bytes, bounds or {}),
         **outcome_arrays(writes)}, resend_on_timeout=False)
     claimed = [row for row in found if row[15] is None]

@@ -4,6 +4,7 @@ the minimal queue's pgbench runs (the server's CPU and pgbench's), on this
 machine. A rate times the CPU a task costs is at most the machine's cores.
 
     python -m benchmarks.cpucost [--database-url URL] [--tasks N] [--rounds N]
+                                 [--against REF] [--only LABELS]
 
 The server must run on this machine and serve nothing else meanwhile: its CPU
 is the postmaster's, its live children's and its reaped children's (/proc),
@@ -11,6 +12,10 @@ read before and after each drain (taskworker: from the insert's commit to "none
 left"; the minimal queue: pgbench's run, without the insert). pgbench's own CPU
 is this process's reaped children's (getrusage). The rates are the minimal and
 roundtrip phases' measures. Runs are interleaved round by round, medians.
+With --against REF, git REF's serve (exported, on a database its own migrate
+made, as the roundtrip phase's --against) runs the same taskworker settings in
+the same rounds: where an older commit spent less, and on which side.
+--only: the runs whose labels start with one of these (comma-separated).
 """
 from __future__ import annotations
 
@@ -23,10 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import minimal, rawsql
+from . import baseline, minimal, rawsql
 from . import taskworker_runs as tw
 from .databases import Server, connect, execute
-from .processes import Proc
+from .processes import Proc, remove_workdir
 
 TICK = os.sysconf("SC_CLK_TCK")
 TASKS = 50_000
@@ -98,12 +103,13 @@ class CpuCost:
     n: int
     rounds: int
     samples: dict[str, list[Sample]] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)  # the runs, in the report's order
     load: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
 def _tw(url: str, pm: int, n: int, processes: int, workers: int,
-        fetch_limit: int | None) -> Sample | None:
+        fetch_limit: int | None, pythonpath: str | None = None) -> Sample | None:
     marks: dict[str, float] = {}
 
     def mark(key: str) -> Callable[[list[Proc]], None]:
@@ -112,8 +118,13 @@ def _tw(url: str, pm: int, n: int, processes: int, workers: int,
             marks[f"{key} server"] = server_cpu(pm)
         return take
 
+    def start() -> list[Proc]:
+        return [tw.start_serve(url, workers, fetch_limit, pythonpath=pythonpath)
+                for _ in range(processes)]
+
     d = tw.throughput(url, n, workers, fetch_limit,  # type: ignore[arg-type]
-                      processes=processes, on_start=mark("start"), on_drained=mark("end"))
+                      processes=processes, on_start=mark("start"), on_drained=mark("end"),
+                      start=start)
     if not d.rate or "end client" not in marks:
         return None
     return Sample(d.rate, (marks["end client"] - marks["start client"]) * 1e6 / d.done,
@@ -138,17 +149,40 @@ def _minimal(pgbench: str, url: str, pm: int, n: int, batch: int, clients: int,
                   (marks["end server"] - marks["start server"]) * 1e6 / done)
 
 
+@dataclass(frozen=True)
+class Older:
+    """An older commit's serve (--against): its label, database and import path."""
+    ref: str
+    url: str
+    pythonpath: str
+
+
+def runs(older: Older | None, only: tuple[str, ...] = ()) -> list[tuple[str, int, int, int | None,
+                                                                         Older | None]]:
+    """(label, processes, WORKER_COUNT or batch, FETCH_LIMIT or clients, older code)."""
+    found: list[tuple[str, int, int, int | None, Older | None]] = \
+        [(label, p, a, b, None) for label, p, a, b in RUNS]
+    if older is not None:
+        found += [(f"git {older.ref}{label.removeprefix('taskworker')}", p, a, b, older)
+                  for label, p, a, b in RUNS if p]
+    return [r for r in found if not only or r[0].startswith(only)]
+
+
 def measure(tw_url: str, minimal_url: str, pgbench: str, n: int, rounds: int,
-            say: Callable[[str], None]) -> CpuCost:
+            say: Callable[[str], None], older: Older | None = None,
+            only: tuple[str, ...] = ()) -> CpuCost:
     result = CpuCost(n, rounds)
     pm = postmaster(tw_url)
     execute(minimal_url, minimal.SCHEMA)
+    todo = runs(older, only)
+    result.labels = [r[0] for r in todo]
     for r in range(rounds):
         result.load.append(os.getloadavg()[0])
-        for label, processes, a, b in RUNS[r % len(RUNS):] + RUNS[:r % len(RUNS)]:
+        for label, processes, a, b, code in todo[r % len(todo):] + todo[:r % len(todo)]:
             say(f"cpu cost: {label}, {n:,} tasks (round {r + 1}/{rounds})")
             if processes:
-                s = _tw(tw_url, pm, n, processes, a, b)
+                s = _tw(code.url if code else tw_url, pm, n, processes, a, b,
+                        code.pythonpath if code else None)
             else:
                 assert b is not None
                 s = _minimal(pgbench, minimal_url, pm, n, a, b, result.notes)
@@ -169,7 +203,7 @@ def report(c: CpuCost) -> list[str]:
         return (f"{statistics.median(values):{spec}} ({min(values):{spec}}–"
                 f"{max(values):{spec}})")
 
-    for label, *_ in RUNS:
+    for label in c.labels:
         samples = c.samples.get(label, [])
         if not samples:
             continue
@@ -192,16 +226,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=TASKS)
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--pgbench")
+    ap.add_argument("--against", metavar="REF", help="also run git REF's serve")
+    ap.add_argument("--only", default="", metavar="LABELS",
+                    help="the runs whose labels start with one of these (comma-separated)")
     args = ap.parse_args(argv)
     pgbench = rawsql.find_pgbench(args.pgbench) or "pgbench"
     server = Server(args.database_url)
     try:
         tw_url = server.create("cpucost")
         tw.migrate(tw_url)
+        older = None
+        if args.against:
+            path = baseline.pythonpath(baseline.export(args.against))
+            older = Older(args.against, server.create("cpucost_against"), path)
+            tw.migrate(older.url, path)
         result = measure(tw_url, server.create("cpucost_minimal"), pgbench, args.tasks,
-                         args.rounds, lambda m: print(m, file=sys.stderr, flush=True))
+                         args.rounds, lambda m: print(m, file=sys.stderr, flush=True),
+                         older, tuple(o for o in args.only.split(",") if o))
     finally:
         server.drop_all()
+        remove_workdir()
     print("\n".join(report(result)))
     return 0
 

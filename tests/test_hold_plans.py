@@ -1,8 +1,9 @@
 """The statements that find a process's holds by (id, fence) read one row of
 tasks per hold, however many rows are in progress and whatever the statistics
 say: EXPLAIN (ANALYZE) of `complete`, `heartbeat` and `payloads` exactly as
-serve sends them (behind their planner settings), on a table never analyzed
-and on one analyzed while nothing was in progress.
+serve sends them (behind their planner settings; the outcome writes prepared,
+with the generic plan), on a table never analyzed and on one analyzed while
+nothing was in progress.
 
 Under a steady feed (a table truncated, or analyzed before the feed began) the
 planner priced tasks_in_progress_idx at one row and made it the outer side of a
@@ -94,12 +95,12 @@ def holds(request: Any, db: psycopg2.extensions.connection,
 
 def test_outcomes_are_written_by_one_probe_per_hold(holds: Any) -> None:
     conn, held = holds
-    db = Explaining(conn)
+    db = ExplainingPrepared(conn)
     completion.complete(db, holder=HOLDER, frees_slots=False,  # type: ignore[arg-type]
                         writes=[OutcomeWrite(i, f, "done", None, None, None, False)
                                 for i, f in held])
     assert db.plan is not None
-    read, dropped = rows_read(db.plan)
+    read, dropped = rows_read(db.plan["Plan"])
     assert read <= 2 * len(held) and dropped <= len(held), (
         f"read {read} rows of tasks and a join dropped {dropped} to write {len(held)} "
         f"outcomes:\n{json.dumps(db.plan, indent=1)[:6000]}")

@@ -13,17 +13,29 @@ from typing import NamedTuple
 
 from . import arrays, sql
 from .database import Database
+from .prepared import Prepared
 
 Hold = tuple[int, int]  # (task id, fence): one hold of one task
 # The holds whose outcome is in the table: "now" (written by the statement that
 # says so), or "before" (by an earlier send of it, whose reply was lost).
 Written = dict[Hold, str]
+# The arrays of the outcomes, as PREPARE takes them (the statements that
+# include outcomes_given take them too).
+OUTCOME_TYPES = {
+    "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
+    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]",
+    "tracebacks": "text[]"}
 # Behind the claim's planner settings: with sequential scans priced out, a
 # batch's rows are found by their ids (see outcomes_written), not by reading the
 # whole table for a hash join, which statistics of a smaller table can make
-# look cheaper.
-COMPLETE = sql.ordered_plans + "\n" + sql.complete
-COMPLETE_FREEING_SLOTS = sql.ordered_plans + "\n" + sql.complete_freeing_slots
+# look cheaper. Prepared, and planned once (a generic plan: that same probe per
+# outcome): planning it for each batch's values cost the server 58 us of CPU per
+# outcome in batches of 20 against 39 (21 against 16 in batches of 100).
+COMPLETE = Prepared("taskworker_complete_v1", sql.complete,
+                    {"holder": "text", **OUTCOME_TYPES}, sql.ordered_plans + "\n")
+COMPLETE_FREEING_SLOTS = Prepared("taskworker_complete_freeing_slots_v1",
+                                  sql.complete_freeing_slots, {"holder": "text", **OUTCOME_TYPES},
+                                  sql.ordered_plans + "\n")
 
 
 class OutcomeWrite(NamedTuple):

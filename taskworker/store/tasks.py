@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import arrays, sql
-from .completion import Hold, OutcomeWrite, Written, outcome_arrays
+from .completion import OUTCOME_TYPES, Hold, OutcomeWrite, Written, outcome_arrays
 from .database import Database
 from .prepared import Prepared
 from .sharing import shares
@@ -133,11 +133,7 @@ _SHARES_TYPES = {**_CLAIM_TYPES, "shares": "int[]", "from_priorities": "int[]",
                  "from_run_ats": "timestamptz[]", "from_ids": "bigint[]"}
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v12", sql.claim_shares, _SHARES_TYPES,
                         sql.ordered_plans + "\n")
-_COMPLETE_TYPES = {
-    "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
-    "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]",
-    "tracebacks": "text[]"}
-_COMPLETING_TYPES = {**_SHARES_TYPES, **_COMPLETE_TYPES}
+_COMPLETING_TYPES = {**_SHARES_TYPES, **OUTCOME_TYPES}
 # Planned once (a generic plan), like the claims, whatever the number of
 # outcomes: behind the planner settings each outcome is one primary-key probe,
 # which is what a plan for the values would choose too, and planning was a

@@ -10,6 +10,12 @@ the minimal queue's pair in the same loop (claim N, commit; complete N, commit:
 two statements per batch), and the same pair fused into one statement (complete
 the last N and claim N more, one commit), as a floor for the statement shape.
 
+Two more ways of sending what serve sends: the same statement planned for
+each statement's values (a custom plan; serve plans it once), and the writing
+lane's way (claim_shares, then the outcomes written apart by `complete`: two
+statements per batch, its figures per batch), with `complete` planned once, as
+serve does, and planned for each batch's values.
+
 taskworker's extra is broken down by sending variants of its statement: the
 queries.sql text with one part taken out (or narrowed) at a time, parsed and
 prepared as taskworker does, on the same table; one variant of the schema
@@ -50,7 +56,7 @@ from typing import NamedTuple
 import psycopg2
 import psycopg2.extensions
 
-from taskworker.store import arrays, sql, tasks
+from taskworker.store import arrays, completion, sql, tasks
 from taskworker.store.completion import OutcomeWrite, outcome_arrays
 from taskworker.store.connection import TimedConnection
 from taskworker.store.prepared import Prepared
@@ -77,6 +83,7 @@ class Variant:
     drop_indexes: tuple[str, ...] = ()
     others: int = 0  # rows in progress held by other processes
     custom: bool = False  # planned for each statement's values (a custom plan)
+    apart: bool = False  # claim_shares, then the outcomes written apart by `complete`
 
 
 def _file() -> str:
@@ -170,6 +177,10 @@ VARIANTS = [
             drop_indexes=FINISHED_INDEX),
     Variant("custom plan", "as sent, planned for each statement's values (serve plans it "
             "once: a generic plan)", custom=True),
+    Variant("apart", "claim_shares, then the outcomes written by `complete` (the writing "
+            "lane's way, when no claim goes with them): two statements per batch", apart=True),
+    Variant("apart custom plan", "apart, `complete` planned for each batch's values "
+            "(serve plans it once)", apart=True, custom=True),
     Variant("as sent, others in progress", f"as sent, with {OTHERS} more rows in progress "
             "held by other processes (three more processes' claims of 300)", others=OTHERS),
 ]
@@ -224,16 +235,19 @@ def statement_text(v: Variant) -> str:
 
 def prepared_for(v: Variant, n: int) -> Prepared:
     """The Prepared statement serve would send for n outcomes, with the variant's text."""
-    sent = tasks.CLAIM_SHARES_COMPLETING
+    sent = completion.COMPLETE if v.apart else tasks.CLAIM_SHARES_COMPLETING
     if v.custom:
-        return Prepared(f"claimcost_custom_{n}", sent.text, tasks._COMPLETING_TYPES,
-                        sent.prefix, generic=False)
+        return Prepared(f"claimcost_custom_{'apart_' if v.apart else ''}{n}", sent.text,
+                        {"holder": "text", **completion.OUTCOME_TYPES} if v.apart
+                        else tasks._COMPLETING_TYPES, sent.prefix, generic=False)
+    if v.apart:
+        return sent
     if not v.edits:
         assert statement_text(v) == sent.text
         return sent
     key = "".join(ch if ch.isalnum() else "_" for ch in v.name)
     return Prepared(f"claimcost_{key}_{n}", statement_text(v), tasks._COMPLETING_TYPES,
-                    sql.ordered_plans + "\n")
+                    sql.ORDERED)
 
 
 # The minimal queue's statements (minimal.py), prepared and planned for their
@@ -379,11 +393,20 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                     _stats_reset(acur, stats)
                     cpu_start = backend_cpu(conn)
                 t0 = time.perf_counter()
-                run_prepared(cur, statement, values)
-                found = cur.fetchall()
+                if v.apart:  # (the outcomes first, as the writing lane; then the claim)
+                    written = 0
+                    if writes:
+                        run_prepared(cur, statement, {"holder": HOLDER,
+                                                      **outcome_arrays(writes)})
+                        written = sum(1 for r in cur.fetchall() if r[2] in ("now", "before"))
+                    run_prepared(cur, tasks.CLAIM_SHARES, params)
+                    rows = cur.fetchall()
+                else:
+                    run_prepared(cur, statement, values)
+                    found = cur.fetchall()
+                    rows = [r for r in found if r[15] is None]
+                    written = sum(1 for r in found if r[15] in ("now", "before"))
                 elapsed = time.perf_counter() - t0
-                rows = [r for r in found if r[15] is None]
-                written = sum(1 for r in found if r[15] in ("now", "before"))
                 if len(rows) != n or written != len(writes):
                     short += 1
                 if i:

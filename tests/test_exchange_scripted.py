@@ -24,6 +24,7 @@ from taskworker.processor.dispatch import Dispatch
 from taskworker.processor.exchange import Exchange
 from taskworker.processor.outcomes import DONE, GIVE_BACK, Outcome
 from taskworker.settings import load
+from taskworker.store import sql
 from taskworker.store.connection import Stopped
 from taskworker.store.prepared import Prepared
 from taskworker.store.sql import QUERIES
@@ -45,7 +46,7 @@ class ScriptedDatabase:
     def query(self, statement: str | Prepared, params: Any = None, *,
               resend_on_timeout: bool = True) -> list[tuple[Any, ...]]:
         text = statement.text if isinstance(statement, Prepared) else \
-            statement.removeprefix(QUERIES["ordered_plans"] + "\n")  # (see completion.py)
+            statement.removeprefix(sql.ORDERED)  # (see tasks.HEARTBEAT)
         name = next(n for n, q in QUERIES.items() if q == text)
         self.sent.append(name)
         self.params.append(dict(params or {}))

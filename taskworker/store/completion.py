@@ -32,10 +32,10 @@ OUTCOME_TYPES = {
 # outcome): planning it for each batch's values cost the server 58 us of CPU per
 # outcome in batches of 20 against 39 (21 against 16 in batches of 100).
 COMPLETE = Prepared("taskworker_complete_v1", sql.complete,
-                    {"holder": "text", **OUTCOME_TYPES}, sql.ordered_plans + "\n")
+                    {"holder": "text", **OUTCOME_TYPES}, sql.ORDERED)
 COMPLETE_FREEING_SLOTS = Prepared("taskworker_complete_freeing_slots_v1",
                                   sql.complete_freeing_slots, {"holder": "text", **OUTCOME_TYPES},
-                                  sql.ordered_plans + "\n")
+                                  sql.ORDERED)
 
 
 class OutcomeWrite(NamedTuple):

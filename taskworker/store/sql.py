@@ -51,6 +51,9 @@ def _expand(queries: dict[str, str], name: str, within: tuple[str, ...]) -> str:
 
 
 QUERIES: dict[str, str] = _load()
+# What a statement is sent behind, in its own transaction: ordered_plans's
+# planner settings (the claims, and the statements that find holds by id).
+ORDERED = QUERIES["ordered_plans"] + "\n"
 
 
 def __getattr__(name: str) -> str:

@@ -123,16 +123,16 @@ _CLAIM_TYPES = {
     "rooms": "int[]", "discover": "bool", "pair_queues": "text[]", "pair_names": "text[]",
     "rated": "text[]", "spans": "float8[]", "rated_room": "int"}
 # Prepared once per direct connection (see prepared.py), behind the planner settings.
-CLAIM = Prepared("taskworker_claim_v12", sql.claim, _CLAIM_TYPES, sql.ordered_plans + "\n")
+CLAIM = Prepared("taskworker_claim_v12", sql.claim, _CLAIM_TYPES, sql.ORDERED)
 CLAIM_KEYED = Prepared("taskworker_claim_keyed_v1", sql.claim_keyed, {
     "limit": "int", "holder": "text", "lease": "float8", "inline_bytes": "bigint",
     "queues": "text[]", "names": "text[]", "per_key": "int[]", "after_task": "text",
     "after_key": "text", "scan": "int", "rated": "text[]", "spans": "float8[]",
-    "rated_room": "int"}, sql.ordered_plans + "\n")
+    "rated_room": "int"}, sql.ORDERED)
 _SHARES_TYPES = {**_CLAIM_TYPES, "shares": "int[]", "from_priorities": "int[]",
                  "from_run_ats": "timestamptz[]", "from_ids": "bigint[]"}
 CLAIM_SHARES = Prepared("taskworker_claim_shares_v12", sql.claim_shares, _SHARES_TYPES,
-                        sql.ordered_plans + "\n")
+                        sql.ORDERED)
 _COMPLETING_TYPES = {**_SHARES_TYPES, **OUTCOME_TYPES}
 # Planned once (a generic plan), like the claims, whatever the number of
 # outcomes: behind the planner settings each outcome is one primary-key probe,
@@ -141,13 +141,13 @@ _COMPLETING_TYPES = {**_SHARES_TYPES, **OUTCOME_TYPES}
 # (benchmarks/claimcost.py, "generic plan").
 CLAIM_SHARES_COMPLETING = Prepared(
     "taskworker_claim_shares_completing_v9", sql.claim_shares_completing, _COMPLETING_TYPES,
-    sql.ordered_plans + "\n")
+    sql.ORDERED)
 
 # The statements that find holds by id, behind the same settings: with
 # sequential scans priced out, each hold is one primary-key probe (see
 # completion.COMPLETE).
-HEARTBEAT = sql.ordered_plans + "\n" + sql.heartbeat
-PAYLOADS = sql.ordered_plans + "\n" + sql.payloads
+HEARTBEAT = sql.ORDERED + sql.heartbeat
+PAYLOADS = sql.ORDERED + sql.payloads
 
 Pairs = list[tuple[str, str]]  # (queue, task name or '') with pending tasks
 # Where a busy claim of a queue starts its scan (see shares_claimed in

@@ -29,8 +29,9 @@ OUTCOME_TYPES = {
 # batch's rows are found by their ids (see outcomes_written), not by reading the
 # whole table for a hash join, which statistics of a smaller table can make
 # look cheaper. Prepared, and planned once (a generic plan: that same probe per
-# outcome): planning it for each batch's values cost the server 58 us of CPU per
-# outcome in batches of 20 against 39 (21 against 16 in batches of 100).
+# outcome): planning it for each batch's values cost the server half as much
+# again as writing a batch of 20 (benchmarks/claimcost.py, "apart custom plan").
+# Behind a pooler, and in a task's bound transaction, it is sent whole.
 COMPLETE = Prepared("taskworker_complete_v1", sql.complete,
                     {"holder": "text", **OUTCOME_TYPES}, sql.ORDERED)
 COMPLETE_FREEING_SLOTS = Prepared("taskworker_complete_freeing_slots_v1",

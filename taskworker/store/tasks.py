@@ -138,7 +138,7 @@ _COMPLETING_TYPES = {**_SHARES_TYPES, **OUTCOME_TYPES}
 # outcomes: behind the planner settings each outcome is one primary-key probe,
 # which is what a plan for the values would choose too, and planning was a
 # quarter of the server's CPU for a statement of 100 outcomes and 100 claims
-# (benchmarks/claimcost.py, "generic plan").
+# (benchmarks/claimcost.py, "custom plan").
 CLAIM_SHARES_COMPLETING = Prepared(
     "taskworker_claim_shares_completing_v9", sql.claim_shares_completing, _COMPLETING_TYPES,
     sql.ORDERED)

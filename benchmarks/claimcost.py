@@ -238,8 +238,8 @@ def prepared_for(v: Variant, n: int) -> Prepared:
     sent = completion.COMPLETE if v.apart else tasks.CLAIM_SHARES_COMPLETING
     if v.custom:
         return Prepared(f"claimcost_custom_{'apart_' if v.apart else ''}{n}", sent.text,
-                        {"holder": "text", **completion.OUTCOME_TYPES} if v.apart
-                        else tasks._COMPLETING_TYPES, sent.prefix, generic=False)
+                        completion.COMPLETE_TYPES if v.apart else tasks._COMPLETING_TYPES,
+                        sent.prefix, generic=False)
     if v.apart:
         return sent
     if not v.edits:
@@ -388,7 +388,9 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
             for i in range(iterations + 1):
                 writes = [OutcomeWrite(r[0], r[9], "done", r[1][::-1], None, None, False,
                                        r[3] + r[10]) for r in rows]
-                values = {**params, **outcome_arrays(writes)}
+                # (built before the clock starts, for either way of sending them)
+                values = ({"holder": HOLDER, **outcome_arrays(writes)} if v.apart
+                          else {**params, **outcome_arrays(writes)})
                 if i == 1:
                     _stats_reset(acur, stats)
                     cpu_start = backend_cpu(conn)
@@ -396,8 +398,7 @@ def run_taskworker(url: str, v: Variant, n: int, iterations: int, stats: bool,
                 if v.apart:  # (the outcomes first, as the writing lane; then the claim)
                     written = 0
                     if writes:
-                        run_prepared(cur, statement, {"holder": HOLDER,
-                                                      **outcome_arrays(writes)})
+                        run_prepared(cur, statement, values)
                         written = sum(1 for r in cur.fetchall() if r[2] in ("now", "before"))
                     run_prepared(cur, tasks.CLAIM_SHARES, params)
                     rows = cur.fetchall()
@@ -608,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=ITERATIONS)
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     ap.add_argument("--only", default="", metavar="NAMES",
-                    help="comma-separated names of the runs to make (default: all)")
+                    help="names of the runs to make, separated by ';' (names have commas; "
+                         "default: all)")
     args = ap.parse_args(argv)
     server = Server(args.database_url)
     try:
@@ -616,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         migrate(url)
         cost = measure(url, lambda m: print(m, file=sys.stderr, flush=True),
                        tuple(int(s) for s in args.sizes.split(",")), args.iterations,
-                       args.rounds, tuple(n for n in args.only.split(",") if n))
+                       args.rounds, tuple(n for n in args.only.split(";") if n))
     finally:
         server.drop_all()
     print("\n".join(report(cost)))

@@ -15,7 +15,7 @@ roundtrip phases' measures. Runs are interleaved round by round, medians.
 With --against REF, git REF's serve (exported, on a database its own migrate
 made, as the roundtrip phase's --against) runs the same taskworker settings in
 the same rounds: where an older commit spent less, and on which side.
---only: the runs whose labels start with one of these (comma-separated).
+--only: the runs whose labels start with one of these, separated by ';'.
 """
 from __future__ import annotations
 
@@ -157,11 +157,13 @@ class Older:
     pythonpath: str
 
 
-def runs(older: Older | None, only: tuple[str, ...] = ()) -> list[tuple[str, int, int, int | None,
-                                                                         Older | None]]:
-    """(label, processes, WORKER_COUNT or batch, FETCH_LIMIT or clients, older code)."""
-    found: list[tuple[str, int, int, int | None, Older | None]] = \
-        [(label, p, a, b, None) for label, p, a, b in RUNS]
+# (label, processes, WORKER_COUNT or batch, FETCH_LIMIT or clients, older code)
+Run = tuple[str, int, int, int | None, Older | None]
+
+
+def runs(older: Older | None, only: tuple[str, ...] = ()) -> list[Run]:
+    """The runs to make: RUNS, and with `older` its serve at RUNS' taskworker settings."""
+    found: list[Run] = [(label, p, a, b, None) for label, p, a, b in RUNS]
     if older is not None:
         found += [(f"git {older.ref}{label.removeprefix('taskworker')}", p, a, b, older)
                   for label, p, a, b in RUNS if p]
@@ -228,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pgbench")
     ap.add_argument("--against", metavar="REF", help="also run git REF's serve")
     ap.add_argument("--only", default="", metavar="LABELS",
-                    help="the runs whose labels start with one of these (comma-separated)")
+                    help="the runs whose labels start with one of these, separated by ';' "
+                         "(labels have commas)")
     args = ap.parse_args(argv)
     pgbench = rawsql.find_pgbench(args.pgbench) or "pgbench"
     server = Server(args.database_url)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             tw.migrate(older.url, path)
         result = measure(tw_url, server.create("cpucost_minimal"), pgbench, args.tasks,
                          args.rounds, lambda m: print(m, file=sys.stderr, flush=True),
-                         older, tuple(o for o in args.only.split(",") if o))
+                         older, tuple(o for o in args.only.split(";") if o))
     finally:
         server.drop_all()
         remove_workdir()

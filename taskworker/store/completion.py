@@ -25,6 +25,7 @@ OUTCOME_TYPES = {
     "ids": "bigint[]", "fences": "bigint[]", "statuses": "text[]", "results": "text[]",
     "errors": "text[]", "delays": "float8[]", "given_back": "bool[]", "losses": "int[]",
     "tracebacks": "text[]"}
+COMPLETE_TYPES = {"holder": "text", **OUTCOME_TYPES}
 # Behind the claim's planner settings: with sequential scans priced out, a
 # batch's rows are found by their ids (see outcomes_written), not by reading the
 # whole table for a hash join, which statistics of a smaller table can make
@@ -32,11 +33,9 @@ OUTCOME_TYPES = {
 # outcome): planning it for each batch's values cost the server half as much
 # again as writing a batch of 20 (benchmarks/claimcost.py, "apart custom plan").
 # Behind a pooler, and in a task's bound transaction, it is sent whole.
-COMPLETE = Prepared("taskworker_complete_v1", sql.complete,
-                    {"holder": "text", **OUTCOME_TYPES}, sql.ORDERED)
+COMPLETE = Prepared("taskworker_complete_v1", sql.complete, COMPLETE_TYPES, sql.ORDERED)
 COMPLETE_FREEING_SLOTS = Prepared("taskworker_complete_freeing_slots_v1",
-                                  sql.complete_freeing_slots, {"holder": "text", **OUTCOME_TYPES},
-                                  sql.ORDERED)
+                                  sql.complete_freeing_slots, COMPLETE_TYPES, sql.ORDERED)
 
 
 class OutcomeWrite(NamedTuple):
